@@ -1,0 +1,246 @@
+/**
+ * Fused against unfused SAM, side by side in one process:
+ *
+ * 1. The optimizer side of one SAM step (global norm, perturb, the second gradient's check,
+ *    restore, base SGD update with momentum: firstStep + secondStep, gradients given) on the
+ *    parameter lists of an MLP 784-256-256-10, the small ResNet-style CNN and the small ViT
+ *    (152 tensors): kernel dispatches and time per step, fused (flat arena) vs unfused (the
+ *    per-tensor loop of the PyTorch implementations, without a NaN check as davda54/sam).
+ * 2. The whole SAM step against 2 x (forward + backward) + one SGD step on the MLP (batch 128)
+ *    and the CNN: the price of the optimizer side and of the perturbation.
+ *
+ * Run (bundles the TypeScript):
+ *   npx esbuild bench/sam.bench.ts --bundle --platform=node --format=esm --packages=external \
+ *     --outfile=node_modules/.cache/flatgrad/sam.bench.mjs --log-level=warning \
+ *     && node node_modules/.cache/flatgrad/sam.bench.mjs [--quick] [--backends=cpu,wasm,webgpu]
+ * Writes bench/results/sam.json and prints markdown tables. Times are medians of several reps.
+ */
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import * as fg from '../src/index.js';
+import type { Backend } from '../src/kernels/backend.js';
+import { fusedKernelsFor } from '../src/kernels/fused.js';
+import { getBackend, setBackend } from '../src/kernels/registry.js';
+
+const { nn, optim } = fg;
+const quick = process.argv.includes('--quick');
+const backendsArg = process.argv.find((a) => a.startsWith('--backends='));
+const BACKENDS = (backendsArg ? backendsArg.slice('--backends='.length) : 'cpu,wasm,webgpu').split(',') as ('cpu' | 'wasm' | 'webgpu')[];
+
+const KERNELS = [
+  'fill', 'cast', 'unary', 'binary', 'where', 'axpy', 'stridedCopy', 'reduce', 'argReduce', 'softmax', 'crossEntropy',
+  'crossEntropyBackward', 'matmul', 'im2col', 'col2im', 'maxPool2d', 'maxPool2dBackward', 'avgPool2d', 'avgPool2dBackward',
+  'gather', 'scatterAdd', 'random',
+];
+const FUSED = ['sumSquares', 'dot', 'scalars', 'perturb', 'restore', 'lincomb', 'noise', 'sgd', 'adam'];
+
+/** Counts kernel dispatches: compute passes on WebGPU, kernel calls (backend and fused) elsewhere. */
+function instrument(b: Backend): { count: () => number; reset: () => void } {
+  let n = 0;
+  const wrap = (obj: Record<string, unknown>, name: string) => {
+    const f = obj[name];
+    if (typeof f !== 'function') return;
+    obj[name] = function (this: unknown, ...args: unknown[]) {
+      n++;
+      return (f as (...a: unknown[]) => unknown).apply(this, args);
+    };
+  };
+  const rt = (b as unknown as { rt?: Record<string, unknown> }).rt;
+  if (b.name === 'webgpu' && rt) wrap(rt, 'dispatch');
+  else {
+    for (const k of KERNELS) wrap(b as unknown as Record<string, unknown>, k);
+    const fk = fusedKernelsFor(b) as unknown as Record<string, unknown> | null;
+    if (fk) for (const k of FUSED) wrap(fk, k);
+  }
+  return { count: () => n, reset: () => (n = 0) };
+}
+
+function median(xs: number[]): number {
+  const s = xs.slice().sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)];
+}
+
+/** Median ms per call of `run`, waiting for the device at the end of each rep. */
+async function timeIt(run: () => void, reps: number, perRep = 1): Promise<number> {
+  const b = getBackend();
+  run();
+  await b.sync();
+  const times: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    const t = performance.now();
+    for (let i = 0; i < perRep; i++) run();
+    await b.sync();
+    times.push((performance.now() - t) / perRep);
+  }
+  return median(times);
+}
+
+type ModelKind = 'mlp' | 'cnn' | 'vit';
+function makeModel(kind: ModelKind): fg.nn.Layer {
+  fg.manualSeed(1);
+  if (kind === 'mlp') return nn.models.mlp([784, 256, 256, 10]);
+  if (kind === 'cnn') return nn.models.resnetSmall({ inChannels: 1, numClasses: 10, widths: [16, 32, 64] });
+  return nn.models.vit({ imageSize: 28, patchSize: 7, dim: 64, depth: 12, heads: 4, numClasses: 10 });
+}
+
+interface OptRow {
+  backend: string;
+  model: ModelKind;
+  tensors: number;
+  params: number;
+  fusedDispatches: number;
+  unfusedDispatches: number;
+  fusedMs: number;
+  unfusedMs: number;
+  speedup: number;
+}
+
+async function optimizerSide(kind: ModelKind, counter: ReturnType<typeof instrument>): Promise<OptRow> {
+  const row: Partial<OptRow> = { backend: getBackend().name, model: kind };
+  const runs = [true, false].map((fused) => {
+    const model = makeModel(kind);
+    const ps = model.parameters();
+    fg.manualSeed(2);
+    for (const p of ps) p.grad = fg.randn(p.shape.slice(), { std: 0.01 }).keep();
+    // Unfused as davda54/sam: no non-finite check.
+    const opt = new optim.SAM(ps, optim.SGD, { rho: 0.05, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, fused, skipNonFinite: fused });
+    row.tensors = ps.length;
+    row.params = ps.reduce((a, p) => a + p.size, 0);
+    return {
+      opt,
+      step: () => {
+        opt.firstStep();
+        opt.secondStep();
+      },
+    };
+  });
+  const perRep = getBackend().name === 'webgpu' ? 2 : 1;
+  const times: number[][] = [[], []];
+  for (const [i, r] of runs.entries()) {
+    r.step();
+    await getBackend().sync();
+    counter.reset();
+    r.step();
+    if (i === 0) row.fusedDispatches = counter.count();
+    else row.unfusedDispatches = counter.count();
+  }
+  // Interleaved, so that the machine's load hits both alike.
+  for (let rep = 0; rep < (quick ? 3 : 9); rep++) for (const [i, r] of runs.entries()) times[i].push(await timeIt(r.step, 1, perRep));
+  row.fusedMs = median(times[0]);
+  row.unfusedMs = median(times[1]);
+  for (const r of runs) r.opt.dispose();
+  row.speedup = row.unfusedMs / row.fusedMs;
+  return row as OptRow;
+}
+
+interface StepRow {
+  backend: string;
+  model: ModelKind;
+  batch: number;
+  samMs: number;
+  baseMs: number;
+  ratio: number;
+  samDispatches: number;
+  baseDispatches: number;
+}
+
+async function wholeStep(kind: 'mlp' | 'cnn', batch: number, counter: ReturnType<typeof instrument>): Promise<StepRow> {
+  const model = makeModel(kind);
+  fg.manualSeed(3);
+  const x = (kind === 'mlp' ? fg.randn([batch, 784]) : fg.randn([batch, 1, 28, 28])).keep();
+  const y = fg.randint(0, 10, [batch]).keep();
+  const ps = model.parameters();
+  const sam = new optim.SAM(ps, optim.SGD, { rho: 0.05, lr: 0.01, momentum: 0.9 });
+  const fwdBwd = () => {
+    const l = nn.functional.crossEntropy(model.forward(x), y);
+    l.backward();
+    return l;
+  };
+  const samStep = () => fg.tidy(() => void sam.step(fwdBwd));
+  // The baseline: the same work a SAM step does outside the optimizer, with a plain SGD step.
+  const baseStep = () =>
+    fg.tidy(() => {
+      sam.zeroGrad();
+      fwdBwd();
+      sam.zeroGrad();
+      fwdBwd();
+      sam.base.step();
+    });
+  const reps = quick ? 3 : 5;
+  counter.reset();
+  samStep();
+  const samDispatches = counter.count();
+  counter.reset();
+  baseStep();
+  const baseDispatches = counter.count();
+  // Interleave so that machine load hits both alike.
+  const s: number[] = [];
+  const b: number[] = [];
+  for (let r = 0; r < reps; r++) {
+    s.push(await timeIt(samStep, 1));
+    b.push(await timeIt(baseStep, 1));
+  }
+  sam.dispose();
+  const samMs = median(s);
+  const baseMs = median(b);
+  return { backend: getBackend().name, model: kind, batch, samMs, baseMs, ratio: samMs / baseMs, samDispatches, baseDispatches };
+}
+
+const results: { opt: OptRow[]; step: StepRow[]; info: Record<string, unknown> } = {
+  opt: [],
+  step: [],
+  info: { date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, loadavg: os.loadavg(), quick },
+};
+
+for (const name of BACKENDS) {
+  let info: fg.BackendInfo;
+  try {
+    info = await fg.init({ backend: name });
+  } catch (e) {
+    console.error(`skipping ${name}: ${(e as Error).message.split('\n')[0]}`);
+    continue;
+  }
+  (results.info as Record<string, unknown>)[name] = info.adapter;
+  const b = getBackend();
+  const counter = instrument(b);
+  console.error(`# ${name}: ${info.adapter}${fusedKernelsFor(b) ? '' : ' (no fused kernels: both rows unfused)'}`);
+  for (const kind of ['mlp', 'cnn', 'vit'] as ModelKind[]) {
+    const r = await optimizerSide(kind, counter);
+    results.opt.push(r);
+    console.error(JSON.stringify(r));
+  }
+  const steps: ['mlp' | 'cnn', number][] = name === 'cpu' ? [['mlp', 128], ['cnn', 8]] : [['mlp', 128], ['cnn', 32]];
+  for (const [kind, batch] of steps) {
+    if (quick && kind === 'cnn' && name !== 'wasm') continue;
+    const r = await wholeStep(kind, batch, counter);
+    results.step.push(r);
+    console.error(JSON.stringify(r));
+  }
+  setBackend(b);
+}
+
+// Relative to the repository root (the bundle runs from node_modules/.cache).
+const dir = 'bench/results';
+if (!existsSync(dir)) mkdirSync(dir, { recursive: true });
+writeFileSync(`${dir}/sam.json`, JSON.stringify(results, null, 1) + '\n');
+
+const f = (x: number, d = 2) => x.toFixed(d);
+const lines: string[] = [];
+const out = (l: string) => lines.push(l);
+out(`Measured ${results.info.date} on ${results.info.cpus} x ${results.info.cpuModel} (load average ${(results.info.loadavg as number[]).map((x) => x.toFixed(1)).join(' ')}), Node ${results.info.node}${quick ? ', quick run' : ''}.`);
+for (const name of BACKENDS) if ((results.info as Record<string, unknown>)[name]) out(`- ${name}: ${(results.info as Record<string, unknown>)[name]}`);
+out('\n### Optimizer side of one SAM step (SGD momentum + weight decay): fused vs unfused\n');
+out('| backend | params of | tensors | parameters | dispatches fused / unfused | ms fused / unfused | speedup |');
+out('| --- | --- | ---: | ---: | ---: | ---: | ---: |');
+for (const r of results.opt) {
+  out(`| ${r.backend} | ${r.model} | ${r.tensors} | ${r.params} | ${r.fusedDispatches} / ${r.unfusedDispatches} | ${f(r.fusedMs)} / ${f(r.unfusedMs)} | ${f(r.speedup, 1)}x |`);
+}
+out('\n### Whole SAM step / (2 x forward-backward + SGD step)\n');
+out('| backend | model | batch | SAM step ms | 2 fwd-bwd + SGD ms | ratio | dispatches SAM / base |');
+out('| --- | --- | ---: | ---: | ---: | ---: | ---: |');
+for (const r of results.step) {
+  out(`| ${r.backend} | ${r.model} | ${r.batch} | ${f(r.samMs, 1)} | ${f(r.baseMs, 1)} | ${f(r.ratio, 3)} | ${r.samDispatches} / ${r.baseDispatches} |`);
+}
+writeFileSync(`${dir}/sam.md`, lines.join('\n') + '\n');
+console.log(lines.join('\n'));
+process.exit(0);

@@ -1,0 +1,36 @@
+/** flatgrad's public surface: re-exports only. */
+import './autograd/vjps.js';
+import './autograd/engine.js';
+
+export type { DType, TypedArray } from './tensor/dtype.js';
+export { setDefaultDtype, getDefaultDtype } from './tensor/dtype.js';
+export { Tensor, tidy, keep, dispose, leaks, type NestedArray } from './tensor/tensor.js';
+export { tensor, full, zeros, ones, zerosLike, onesLike, arange, eye, toBackend, type TensorOptions } from './tensor/creation.js';
+export { rand, randn, randint, uniform, manualSeed, generator } from './tensor/random.js';
+export { noGrad, isGradEnabled } from './tensor/graph.js';
+export {
+  add, sub, mul, div, pow, neg, exp, log, sqrt, rsqrt, abs, sign, square, reciprocal, relu, gelu, tanh, sigmoid,
+  softplus, sin, cos, erf, maximum, minimum, clamp, where, eq, ne, lt, le, gt, ge, cast,
+} from './tensor/ops/elementwise.js';
+export { sum, mean, max, min, argmax, argmin, variance, logsumexp, softmax, logSoftmax, norm } from './tensor/ops/reduce.js';
+export { reshape, flatten, squeeze, unsqueeze, permute, transpose, expand, broadcastTo, slice, narrow, concat, stack, pad, copy as clone } from './tensor/ops/shape.js';
+export { matmul, linear, mm } from './tensor/ops/linalg.js';
+export {
+  crossEntropy, oneHot, gather, indexSelect, conv2d, maxPool2d, avgPool2d, adaptiveAvgPool2d, dropout, layerNorm,
+  type CrossEntropyOptions, type Conv2dOptions, type Pool2dOptions,
+} from './tensor/ops/nn.js';
+export { backward, grad, type BackwardOptions } from './autograd/engine.js';
+export { gradcheck, gradgradcheck, type GradcheckOptions } from './autograd/gradcheck.js';
+export { hvp } from './autograd/hvp.js';
+export { init, backendInfo, memory, flush, isSoftwareAdapter, type InitOptions, type BackendChoice } from './init.js';
+export type { Backend, BackendInfo, BackendName, MemoryInfo, Storage } from './kernels/backend.js';
+export { getBackend } from './kernels/registry.js';
+export * as data from './data/index.js';
+export {
+  encodeSafetensors, decodeSafetensors, readSafetensorsFile, writeSafetensorsFile, SafetensorsError,
+  type SafetensorsDtype, type SafetensorsTensor, type SafetensorsFile,
+} from './io/safetensors.js';
+export { writeFileAtomic } from './io/atomic.js';
+export { hessianEigenvalues, hessianTrace, type EigenResult, type PowerIterationOptions } from './analysis/hessian.js';
+export * as nn from './nn/index.js';
+export * as optim from './optim/index.js';

@@ -1,0 +1,89 @@
+/** Backend selection: `await init({ backend })` once before creating tensors. */
+import type { Backend, BackendInfo, BackendName, MemoryInfo } from './kernels/backend.js';
+import { CpuBackend } from './kernels/cpu/index.js';
+import { getBackend, setBackend } from './kernels/registry.js';
+
+export type BackendChoice = BackendName | 'auto';
+
+export interface InitOptions {
+  /** 'auto' picks WebGPU on a real GPU, else WebAssembly; default: FLATGRAD_BACKEND in Node, else 'cpu'. */
+  backend?: BackendChoice;
+  /** A GPU object to use instead of navigator.gpu or Dawn (Node). */
+  gpu?: GPU;
+  /** An existing GPUDevice to run on. */
+  device?: GPUDevice;
+  /** Worker threads for the wasm backend (default: up to 2 where SharedArrayBuffer exists). */
+  threads?: number;
+  /** Receives the one line that says what `auto` tried and chose (default: console.warn on fallback). */
+  log?: (line: string) => void;
+}
+
+const CHOICES: BackendChoice[] = ['cpu', 'wasm', 'webgpu', 'auto'];
+
+function envBackend(): string | undefined {
+  return typeof process !== 'undefined' ? process.env?.FLATGRAD_BACKEND : undefined;
+}
+
+async function webgpu(opts: InitOptions): Promise<Backend> {
+  const { createWebGPUBackend } = await import('./kernels/webgpu/device.js');
+  return createWebGPUBackend({ gpu: opts.gpu, device: opts.device });
+}
+
+async function wasm(opts: InitOptions): Promise<Backend> {
+  const { createWasmBackend } = await import('./kernels/wasm/index.js');
+  return createWasmBackend({ threads: opts.threads });
+}
+
+/** A software adapter (SwiftShader, llvmpipe, WARP) emulates the GPU on the CPU: slower than wasm. */
+export function isSoftwareAdapter(info: BackendInfo): boolean {
+  return /swiftshader|llvmpipe|lavapipe|software|warp|basic render/i.test(`${info.adapter} ${JSON.stringify(info.details ?? {})}`);
+}
+
+export async function init(opts: InitOptions = {}): Promise<BackendInfo> {
+  const choice = (opts.backend ?? envBackend() ?? 'cpu') as BackendChoice;
+  if (!CHOICES.includes(choice)) throw new RangeError(`init: unknown backend ${JSON.stringify(choice)}; expected one of ${CHOICES.join(', ')}`);
+  const prev = getBackend();
+  let next: Backend;
+  if (choice === 'cpu') next = new CpuBackend();
+  else if (choice === 'wasm') next = await wasm(opts);
+  else if (choice === 'webgpu') next = await webgpu(opts);
+  else {
+    const tried: string[] = [];
+    let gpu: Backend | null = null;
+    try {
+      gpu = await webgpu(opts);
+      if (isSoftwareAdapter(gpu.info())) {
+        tried.push(`WebGPU found only a software adapter (${gpu.info().adapter})`);
+        gpu = null;
+      }
+    } catch (e) {
+      tried.push(`WebGPU: ${(e as Error).message.split('\n')[0]}`);
+    }
+    if (gpu) next = gpu;
+    else {
+      try {
+        next = await wasm(opts);
+      } catch (e) {
+        tried.push(`wasm: ${(e as Error).message.split('\n')[0]}`);
+        next = new CpuBackend();
+      }
+      (opts.log ?? console.warn)(`flatgrad: using the ${next.name} backend (${tried.join('; ')})`);
+    }
+  }
+  if (prev !== next && prev.name !== 'cpu') prev.flush();
+  setBackend(next);
+  return next.info();
+}
+
+export function backendInfo(): BackendInfo {
+  return getBackend().info();
+}
+
+export function memory(): MemoryInfo {
+  return getBackend().memory();
+}
+
+/** Submits queued GPU work now (it is submitted at readbacks anyway). */
+export function flush(): void {
+  getBackend().flush();
+}

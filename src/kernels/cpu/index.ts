@@ -1,0 +1,466 @@
+/**
+ * The reference backend: plain TypeScript loops over typed arrays. It is the oracle that every
+ * other backend is tested against, so clarity wins over speed here; float32 results are computed
+ * in float64 and rounded once on store.
+ */
+import { typedArrayFor, type DType, type TypedArray } from '../../tensor/dtype.js';
+import type {
+  ArgReduceOp,
+  Backend,
+  BackendInfo,
+  BroadcastLayout,
+  CrossEntropyLayout,
+  GatherLayout,
+  MatmulLayout,
+  MemoryInfo,
+  RandomDist,
+  ReduceLayout,
+  ReduceOp,
+  SoftmaxLayout,
+  Storage,
+  StridedCopyLayout,
+  WhereLayout,
+  Window2d,
+} from '../backend.js';
+import { BINARY_OPS, UNARY_OPS, type BinaryOp, type UnaryOp } from '../optable.js';
+import { hashBits, intAt, normalAt, uniformAt } from '../rng.js';
+
+export class CpuStorage implements Storage {
+  constructor(
+    readonly data: TypedArray,
+    readonly dtype: DType,
+    readonly isView = false,
+  ) {}
+  get numel(): number {
+    return this.data.length;
+  }
+}
+
+function d(s: Storage): TypedArray {
+  return (s as CpuStorage).data;
+}
+
+/** Calls f(outIndex, offsets...) for each element of `shape`, walking several stride sets at once. */
+function forEachStrided(shape: readonly number[], strides: (readonly number[])[], f: (i: number, offs: number[]) => void): void {
+  const rank = shape.length;
+  const n = shape.reduce((a, b) => a * b, 1);
+  const idx = new Array<number>(rank).fill(0);
+  const offs = strides.map(() => 0);
+  for (let i = 0; i < n; i++) {
+    f(i, offs);
+    for (let ax = rank - 1; ax >= 0; ax--) {
+      idx[ax]++;
+      for (let s = 0; s < strides.length; s++) offs[s] += strides[s][ax];
+      if (idx[ax] < shape[ax]) break;
+      for (let s = 0; s < strides.length; s++) offs[s] -= strides[s][ax] * shape[ax];
+      idx[ax] = 0;
+    }
+  }
+}
+
+/** Stable log-sum-exp of row r of a [rows, cols] matrix. */
+function rowLogSumExp(x: TypedArray, base: number, cols: number): number {
+  let mx = -Infinity;
+  for (let j = 0; j < cols; j++) if (x[base + j] > mx) mx = x[base + j];
+  if (mx === -Infinity) return -Infinity;
+  if (!Number.isFinite(mx)) return mx;
+  let s = 0;
+  for (let j = 0; j < cols; j++) s += Math.exp(x[base + j] - mx);
+  return mx + Math.log(s);
+}
+
+export class CpuBackend implements Backend {
+  readonly name = 'cpu' as const;
+  private live = 0;
+  private liveBytes = 0;
+
+  info(): BackendInfo {
+    return { name: 'cpu', adapter: 'plain TypeScript reference kernels' };
+  }
+  supportsDtype(_d: DType): boolean {
+    return true;
+  }
+
+  alloc(numel: number, dtype: DType): Storage {
+    const a = typedArrayFor(dtype, numel);
+    this.live++;
+    this.liveBytes += a.byteLength;
+    return new CpuStorage(a, dtype);
+  }
+  upload(data: TypedArray, dtype: DType): Storage {
+    const s = this.alloc(data.length, dtype);
+    d(s).set(data);
+    return s;
+  }
+  view(base: Storage, offset: number, numel: number): Storage {
+    if (offset < 0 || offset + numel > base.numel) {
+      throw new RangeError(`view: elements [${offset}, ${offset + numel}) are outside a storage of ${base.numel}`);
+    }
+    return new CpuStorage(d(base).subarray(offset, offset + numel), base.dtype, true);
+  }
+  write(dst: Storage, data: TypedArray): void {
+    if (data.length !== dst.numel) throw new RangeError(`write: ${data.length} values into a storage of ${dst.numel}`);
+    d(dst).set(data);
+  }
+  read(s: Storage): Promise<TypedArray> {
+    return Promise.resolve(this.readSync(s));
+  }
+  readSync(s: Storage): TypedArray {
+    return d(s).slice();
+  }
+  release(s: Storage): void {
+    const c = s as CpuStorage;
+    if (c.isView) return;
+    this.live--;
+    this.liveBytes -= c.data.byteLength;
+  }
+  flush(): void {}
+  sync(): Promise<void> {
+    return Promise.resolve();
+  }
+  memory(): MemoryInfo {
+    return { liveBuffers: this.live, liveBytes: this.liveBytes };
+  }
+
+  fill(out: Storage, value: number): void {
+    d(out).fill(out.dtype === 'bool' ? (value ? 1 : 0) : value);
+  }
+  cast(x: Storage, out: Storage): void {
+    const xs = d(x);
+    const o = d(out);
+    if (out.dtype === 'bool') for (let i = 0; i < xs.length; i++) o[i] = xs[i] !== 0 ? 1 : 0;
+    else if (out.dtype === 'int32') for (let i = 0; i < xs.length; i++) o[i] = Math.trunc(xs[i]);
+    else o.set(xs);
+  }
+  unary(op: UnaryOp, x: Storage, out: Storage, p0 = 0, p1 = 0): void {
+    const f = UNARY_OPS[op].cpu as (x: number, p0: number, p1: number) => number;
+    const xs = d(x);
+    const o = d(out);
+    for (let i = 0; i < xs.length; i++) o[i] = f(xs[i], p0, p1);
+  }
+  binary(op: BinaryOp, a: Storage, b: Storage, out: Storage, layout: BroadcastLayout): void {
+    const f = BINARY_OPS[op].cpu;
+    const as = d(a);
+    const bs = d(b);
+    const o = d(out);
+    forEachStrided(layout.shape, [layout.aStrides, layout.bStrides], (i, [ia, ib]) => {
+      o[i] = f(as[ia], bs[ib]);
+    });
+  }
+  where(cond: Storage, a: Storage, b: Storage, out: Storage, layout: WhereLayout): void {
+    const cs = d(cond);
+    const as = d(a);
+    const bs = d(b);
+    const o = d(out);
+    forEachStrided(layout.shape, [layout.condStrides, layout.aStrides, layout.bStrides], (i, [ic, ia, ib]) => {
+      o[i] = cs[ic] ? as[ia] : bs[ib];
+    });
+  }
+  axpy(dst: Storage, src: Storage, alpha: number): void {
+    const o = d(dst);
+    const s = d(src);
+    if (o.length !== s.length) throw new RangeError(`axpy: ${s.length} values into ${o.length}`);
+    for (let i = 0; i < o.length; i++) o[i] += alpha * s[i];
+  }
+  stridedCopy(src: Storage, dst: Storage, l: StridedCopyLayout): void {
+    const s = d(src);
+    const o = d(dst);
+    forEachStrided(l.shape, [l.srcStrides, l.dstStrides], (_i, [is, id]) => {
+      o[l.dstOffset + id] = s[l.srcOffset + is];
+    });
+  }
+  reduce(op: ReduceOp, x: Storage, out: Storage, { outer, size, inner }: ReduceLayout): void {
+    const xs = d(x);
+    const o = d(out);
+    for (let a = 0; a < outer; a++) {
+      for (let c = 0; c < inner; c++) {
+        const base = a * size * inner + c;
+        let acc = op === 'sum' ? 0 : op === 'max' ? -Infinity : Infinity;
+        for (let j = 0; j < size; j++) {
+          const v = xs[base + j * inner];
+          if (op === 'sum') acc += v;
+          else if (v !== v) acc = NaN;
+          else if (op === 'max' ? v > acc : v < acc) acc = v;
+          if (acc !== acc && op !== 'sum') break;
+        }
+        o[a * inner + c] = acc;
+      }
+    }
+  }
+  argReduce(op: ArgReduceOp, x: Storage, out: Storage, { outer, size, inner }: ReduceLayout): void {
+    const xs = d(x);
+    const o = d(out);
+    for (let a = 0; a < outer; a++) {
+      for (let c = 0; c < inner; c++) {
+        const base = a * size * inner + c;
+        let best = 0;
+        let bv = xs[base];
+        for (let j = 1; j < size && bv === bv; j++) {
+          const v = xs[base + j * inner];
+          if (v !== v || (op === 'argmax' ? v > bv : v < bv)) {
+            best = j;
+            bv = v;
+          }
+        }
+        o[a * inner + c] = best;
+      }
+    }
+  }
+  softmax(x: Storage, out: Storage, { rows, cols, log }: SoftmaxLayout): void {
+    const xs = d(x);
+    const o = d(out);
+    for (let r = 0; r < rows; r++) {
+      const base = r * cols;
+      const lse = rowLogSumExp(xs, base, cols);
+      for (let j = 0; j < cols; j++) o[base + j] = log ? xs[base + j] - lse : Math.exp(xs[base + j] - lse);
+    }
+  }
+  crossEntropy(logits: Storage, labels: Storage, out: Storage, { rows, cols, labelSmoothing: s }: CrossEntropyLayout): void {
+    const x = d(logits);
+    const y = d(labels);
+    const o = d(out);
+    for (let r = 0; r < rows; r++) {
+      const base = r * cols;
+      const label = y[r];
+      if (!(label >= 0 && label < cols)) {
+        o[r] = NaN;
+        continue;
+      }
+      const lse = rowLogSumExp(x, base, cols);
+      let loss = (1 - s) * (lse - x[base + label]);
+      if (s !== 0) {
+        let sumNll = 0;
+        for (let j = 0; j < cols; j++) sumNll += lse - x[base + j];
+        loss += (s / cols) * sumNll;
+      }
+      o[r] = loss;
+    }
+  }
+  crossEntropyBackward(logits: Storage, labels: Storage, gradRows: Storage, out: Storage, { rows, cols, labelSmoothing: s }: CrossEntropyLayout): void {
+    const x = d(logits);
+    const y = d(labels);
+    const g = d(gradRows);
+    const o = d(out);
+    for (let r = 0; r < rows; r++) {
+      const base = r * cols;
+      const label = y[r];
+      const lse = rowLogSumExp(x, base, cols);
+      const valid = label >= 0 && label < cols;
+      for (let j = 0; j < cols; j++) {
+        const target = (j === label ? 1 - s : 0) + s / cols;
+        o[base + j] = valid ? (Math.exp(x[base + j] - lse) - target) * g[r] : NaN;
+      }
+    }
+  }
+  matmul(a: Storage, b: Storage, out: Storage, l: MatmulLayout): void {
+    const A = d(a);
+    const B = d(b);
+    const O = d(out);
+    const { m, n, k } = l;
+    const acc = new Float64Array(n);
+    for (let bt = 0; bt < l.batch; bt++) {
+      const ao = bt * l.aBatchStride;
+      const bo = bt * l.bBatchStride;
+      for (let i = 0; i < m; i++) {
+        acc.fill(0);
+        for (let p = 0; p < k; p++) {
+          const av = l.transA ? A[ao + p * m + i] : A[ao + i * k + p];
+          if (av === 0) continue;
+          if (l.transB) for (let j = 0; j < n; j++) acc[j] += av * B[bo + j * k + p];
+          else {
+            const row = bo + p * n;
+            for (let j = 0; j < n; j++) acc[j] += av * B[row + j];
+          }
+        }
+        // A zero in A skipped its products; NaN and Inf in B must still reach the output.
+        O.set(acc, bt * m * n + i * n);
+      }
+    }
+    if (!this.allFinite(A) || !this.allFinite(B)) this.matmulNonFinite(A, B, O, l);
+  }
+  private allFinite(x: TypedArray): boolean {
+    for (let i = 0; i < x.length; i++) if (!Number.isFinite(x[i])) return false;
+    return true;
+  }
+  /** The exact (unskipped) product, for inputs holding NaN or Inf where 0 * Inf must be NaN. */
+  private matmulNonFinite(A: TypedArray, B: TypedArray, O: TypedArray, l: MatmulLayout): void {
+    const { m, n, k } = l;
+    for (let bt = 0; bt < l.batch; bt++) {
+      for (let i = 0; i < m; i++)
+        for (let j = 0; j < n; j++) {
+          let s = 0;
+          for (let p = 0; p < k; p++) {
+            const av = l.transA ? A[bt * l.aBatchStride + p * m + i] : A[bt * l.aBatchStride + i * k + p];
+            const bv = l.transB ? B[bt * l.bBatchStride + j * k + p] : B[bt * l.bBatchStride + p * n + j];
+            s += av * bv;
+          }
+          O[bt * m * n + i * n + j] = s;
+        }
+    }
+  }
+  im2col(x: Storage, cols: Storage, g: Window2d): void {
+    const X = d(x);
+    const C = d(cols);
+    const L = g.oh * g.ow;
+    const K = g.c * g.kh * g.kw;
+    for (let n = 0; n < g.n; n++)
+      for (let c = 0; c < g.c; c++)
+        for (let ki = 0; ki < g.kh; ki++)
+          for (let kj = 0; kj < g.kw; kj++) {
+            const row = (n * K + (c * g.kh + ki) * g.kw + kj) * L;
+            for (let oy = 0; oy < g.oh; oy++) {
+              const y = oy * g.sh - g.ph + ki * g.dh;
+              for (let ox = 0; ox < g.ow; ox++) {
+                const xx = ox * g.sw - g.pw + kj * g.dw;
+                const inside = y >= 0 && y < g.h && xx >= 0 && xx < g.w;
+                C[row + oy * g.ow + ox] = inside ? X[((n * g.c + c) * g.h + y) * g.w + xx] : 0;
+              }
+            }
+          }
+  }
+  col2im(cols: Storage, out: Storage, g: Window2d): void {
+    const C = d(cols);
+    const O = d(out);
+    O.fill(0);
+    const L = g.oh * g.ow;
+    const K = g.c * g.kh * g.kw;
+    for (let n = 0; n < g.n; n++)
+      for (let c = 0; c < g.c; c++)
+        for (let ki = 0; ki < g.kh; ki++)
+          for (let kj = 0; kj < g.kw; kj++) {
+            const row = (n * K + (c * g.kh + ki) * g.kw + kj) * L;
+            for (let oy = 0; oy < g.oh; oy++) {
+              const y = oy * g.sh - g.ph + ki * g.dh;
+              if (y < 0 || y >= g.h) continue;
+              for (let ox = 0; ox < g.ow; ox++) {
+                const xx = ox * g.sw - g.pw + kj * g.dw;
+                if (xx < 0 || xx >= g.w) continue;
+                O[((n * g.c + c) * g.h + y) * g.w + xx] += C[row + oy * g.ow + ox];
+              }
+            }
+          }
+  }
+  maxPool2d(x: Storage, out: Storage, argOut: Storage | null, g: Window2d): void {
+    const X = d(x);
+    const O = d(out);
+    const A = argOut ? d(argOut) : null;
+    for (let p = 0; p < g.n * g.c; p++)
+      for (let oy = 0; oy < g.oh; oy++)
+        for (let ox = 0; ox < g.ow; ox++) {
+          let best = -Infinity;
+          let arg = -1;
+          for (let ki = 0; ki < g.kh; ki++) {
+            const y = oy * g.sh - g.ph + ki * g.dh;
+            if (y < 0 || y >= g.h) continue;
+            for (let kj = 0; kj < g.kw; kj++) {
+              const xx = ox * g.sw - g.pw + kj * g.dw;
+              if (xx < 0 || xx >= g.w) continue;
+              const v = X[p * g.h * g.w + y * g.w + xx];
+              if (v > best || arg < 0 || v !== v) {
+                best = v;
+                arg = y * g.w + xx;
+                if (v !== v) break;
+              }
+            }
+            if (best !== best) break;
+          }
+          const o = (p * g.oh + oy) * g.ow + ox;
+          O[o] = best;
+          if (A) A[o] = arg;
+        }
+  }
+  maxPool2dBackward(grad: Storage, arg: Storage, out: Storage, g: Window2d): void {
+    const G = d(grad);
+    const A = d(arg);
+    const O = d(out);
+    O.fill(0);
+    const plane = g.oh * g.ow;
+    for (let p = 0; p < g.n * g.c; p++)
+      for (let i = 0; i < plane; i++) O[p * g.h * g.w + A[p * plane + i]] += G[p * plane + i];
+  }
+  avgPool2d(x: Storage, out: Storage, g: Window2d): void {
+    const X = d(x);
+    const O = d(out);
+    const inv = 1 / (g.kh * g.kw);
+    for (let p = 0; p < g.n * g.c; p++)
+      for (let oy = 0; oy < g.oh; oy++)
+        for (let ox = 0; ox < g.ow; ox++) {
+          let s = 0;
+          for (let ki = 0; ki < g.kh; ki++) {
+            const y = oy * g.sh - g.ph + ki * g.dh;
+            if (y < 0 || y >= g.h) continue;
+            for (let kj = 0; kj < g.kw; kj++) {
+              const xx = ox * g.sw - g.pw + kj * g.dw;
+              if (xx >= 0 && xx < g.w) s += X[p * g.h * g.w + y * g.w + xx];
+            }
+          }
+          O[(p * g.oh + oy) * g.ow + ox] = s * inv;
+        }
+  }
+  avgPool2dBackward(grad: Storage, out: Storage, g: Window2d): void {
+    const G = d(grad);
+    const O = d(out);
+    O.fill(0);
+    const inv = 1 / (g.kh * g.kw);
+    for (let p = 0; p < g.n * g.c; p++)
+      for (let oy = 0; oy < g.oh; oy++)
+        for (let ox = 0; ox < g.ow; ox++) {
+          const gv = G[(p * g.oh + oy) * g.ow + ox] * inv;
+          for (let ki = 0; ki < g.kh; ki++) {
+            const y = oy * g.sh - g.ph + ki * g.dh;
+            if (y < 0 || y >= g.h) continue;
+            for (let kj = 0; kj < g.kw; kj++) {
+              const xx = ox * g.sw - g.pw + kj * g.dw;
+              if (xx >= 0 && xx < g.w) O[p * g.h * g.w + y * g.w + xx] += gv;
+            }
+          }
+        }
+  }
+  gather(x: Storage, idx: Storage, out: Storage, l: GatherLayout): void {
+    const X = d(x);
+    const I = d(idx);
+    const O = d(out);
+    const bad = x.dtype === 'float32' || x.dtype === 'float64' ? NaN : 0;
+    for (let o = 0; o < l.outer; o++)
+      for (let j = 0; j < l.idxDim; j++)
+        for (let i = 0; i < l.inner; i++) {
+          const pos = (o * l.idxDim + j) * l.inner + i;
+          const k = l.perPosition ? I[pos] : I[j];
+          O[pos] = k >= 0 && k < l.xDim ? X[(o * l.xDim + k) * l.inner + i] : bad;
+        }
+  }
+  scatterAdd(src: Storage, idx: Storage, out: Storage, l: GatherLayout): void {
+    const S = d(src);
+    const I = d(idx);
+    const O = d(out);
+    O.fill(0);
+    for (let o = 0; o < l.outer; o++)
+      for (let j = 0; j < l.idxDim; j++)
+        for (let i = 0; i < l.inner; i++) {
+          const pos = (o * l.idxDim + j) * l.inner + i;
+          const k = l.perPosition ? I[pos] : I[j];
+          if (k >= 0 && k < l.xDim) O[(o * l.xDim + k) * l.inner + i] += S[pos];
+        }
+  }
+  random(out: Storage, key0: number, key1: number, dist: RandomDist): void {
+    const o = d(out);
+    const n = o.length;
+    switch (dist.kind) {
+      case 'uniform':
+        for (let i = 0; i < n; i++) o[i] = dist.low + (dist.high - dist.low) * uniformAt(key0, key1, i);
+        break;
+      case 'normal':
+        for (let i = 0; i < n; i++) o[i] = dist.mean + dist.std * normalAt(key0, key1, i);
+        break;
+      case 'int':
+        for (let i = 0; i < n; i++) o[i] = intAt(key0, key1, i, dist.low, dist.high);
+        break;
+      case 'bernoulliKeep': {
+        // keep when the uniform is >= p; compared in float32 so that every backend agrees.
+        const p = Math.fround(dist.p);
+        for (let i = 0; i < n; i++) o[i] = (hashBits(key0, key1, i) >>> 8) * 5.9604644775390625e-8 >= p ? 1 : 0;
+        break;
+      }
+    }
+  }
+}

@@ -1,0 +1,736 @@
+/**
+ * The WebAssembly backend: kernels with 128-bit SIMD (module.ts) over one WebAssembly.Memory,
+ * a size-class allocator in that memory, and worker threads for large matmuls (threads.ts).
+ *
+ * float32 (and int32 for the simple ops, bool for comparisons and where) runs in wasm. The rest -
+ * float64, the transcendental elementwise ops without a SIMD body, and the kernels that are
+ * index-bound rather than arithmetic-bound (pooling, gather, scatter, argmax, random, casts) -
+ * runs the CPU reference kernels over typed-array views of the same memory, which keeps it
+ * correct by construction and bit-exact where the contract asks (RNG, argmax, int kernels).
+ *
+ * The allocator rounds sizes up to classes (sizeClass) and keeps freed blocks in a free list per
+ * class for reuse; it never returns memory to the top or merges blocks, which suits training
+ * loops that allocate the same shapes step after step.
+ */
+import { CpuBackend, CpuStorage } from '../cpu/index.js';
+import type { DType, TypedArray } from '../../tensor/dtype.js';
+import type {
+  ArgReduceOp,
+  Backend,
+  BackendInfo,
+  BroadcastLayout,
+  CrossEntropyLayout,
+  GatherLayout,
+  MatmulLayout,
+  MemoryInfo,
+  RandomDist,
+  ReduceLayout,
+  ReduceOp,
+  SoftmaxLayout,
+  Storage,
+  StridedCopyLayout,
+  WhereLayout,
+  Window2d,
+} from '../backend.js';
+import type { BinaryOp, UnaryOp } from '../optable.js';
+import {
+  binaryExport,
+  buildKernelModule,
+  DEFAULT_TILING,
+  gemmScratchBytes,
+  SIMD_BINARY_F32,
+  SIMD_BINARY_I32,
+  SIMD_COMPARE,
+  SIMD_UNARY_F32,
+  SIMD_UNARY_I32,
+  unaryExport,
+  whereExport,
+  type GemmTiling,
+  type KernelExports,
+} from './module.js';
+import { availableCores, canBlock, CONTROL_BYTES_PER_WORKER, ThreadPool, type KernelCall } from './threads.js';
+
+const PAGE = 65536;
+/** Allocations start at multiples of this, so views at 64-float offsets keep vector alignment. */
+const ALIGN = 256;
+
+const BYTES: Record<DType, number> = { float32: 4, float64: 8, int32: 4, bool: 1 };
+
+export class WasmStorage implements Storage {
+  released = false;
+  constructor(
+    /** Byte address in the backend's memory. */
+    readonly ptr: number,
+    readonly numel: number,
+    readonly dtype: DType,
+    readonly isView: boolean,
+    /** Bytes reserved by the allocator (its size class); 0 for a view. */
+    readonly reserved: number,
+  ) {}
+}
+
+function ws(s: Storage): WasmStorage {
+  if (!(s instanceof WasmStorage)) throw new TypeError('wasm backend: a storage from another backend was passed');
+  if (s.released) throw new Error('wasm backend: use of a released storage');
+  return s;
+}
+
+/**
+ * Size classes: multiples of 256 bytes up to 8 KiB, then four classes per power of two, so a
+ * reused block wastes at most a quarter of itself.
+ */
+export function sizeClass(bytes: number): number {
+  const n = Math.max(bytes, ALIGN);
+  if (n <= 8192) return Math.ceil(n / ALIGN) * ALIGN;
+  const step = 2 ** Math.floor(Math.log2(n)) / 4;
+  return Math.ceil(n / step) * step;
+}
+
+export interface WasmBackendOptions {
+  /** Threads for large matmuls, the caller's included. Default: the available cores (at most 8). */
+  threads?: number;
+  /** Matmul blocking; for tuning and benchmarks. */
+  tiling?: GemmTiling;
+  /** Matmuls with fewer multiply-adds than this stay on one thread. */
+  minThreadedWork?: number;
+}
+
+/** Typed views of the whole memory, re-derived whenever the memory grows. */
+interface HeapViews {
+  buffer: ArrayBufferLike;
+  u8: Uint8Array;
+  i32: Int32Array;
+  f32: Float32Array;
+  f64: Float64Array;
+}
+
+export async function createWasmBackend(opts: WasmBackendOptions = {}): Promise<WasmBackend> {
+  const tiling = opts.tiling ?? DEFAULT_TILING;
+  const shareable = typeof SharedArrayBuffer !== 'undefined' && (globalThis as { crossOriginIsolated?: boolean }).crossOriginIsolated !== false;
+  let threads = Math.max(1, Math.floor(opts.threads ?? Math.min(8, await availableCores())));
+  if (!shareable || !canBlock()) threads = 1;
+
+  const initialPages = 256;
+  let memory: WebAssembly.Memory;
+  let maximumPages = 65536;
+  if (threads > 1) {
+    // A shared memory needs a maximum; fall back to 1 GiB where 4 GiB cannot be reserved.
+    try {
+      memory = new WebAssembly.Memory({ initial: initialPages, maximum: maximumPages, shared: true });
+    } catch {
+      maximumPages = 16384;
+      memory = new WebAssembly.Memory({ initial: initialPages, maximum: maximumPages, shared: true });
+    }
+  } else {
+    memory = new WebAssembly.Memory({ initial: initialPages, maximum: maximumPages });
+  }
+  const bytes = buildKernelModule({ shared: threads > 1, initialPages, maximumPages, tiling });
+  let module: WebAssembly.Module;
+  try {
+    module = await WebAssembly.compile(bytes as Uint8Array<ArrayBuffer>);
+  } catch (e) {
+    throw new Error(`wasm backend: this engine cannot compile the kernels (WebAssembly SIMD is required): ${(e as Error).message}`);
+  }
+  const instance = await WebAssembly.instantiate(module, { env: { memory } });
+  const backend = new WasmBackend(memory, instance.exports as unknown as KernelExports, tiling, threads, opts.minThreadedWork ?? 1 << 18);
+  if (threads > 1) {
+    const control = backend.reserve((threads - 1) * CONTROL_BYTES_PER_WORKER);
+    try {
+      backend.attachPool(await ThreadPool.start(module, memory, control, threads - 1, WasmBackend.THREADED_EXPORTS));
+    } catch (e) {
+      // Workers can be unavailable (a content security policy, a sandbox): one thread still works.
+      backend.threadsUnavailable = (e as Error)?.message ?? String(e);
+    }
+  }
+  return backend;
+}
+
+export class WasmBackend implements Backend {
+  readonly name = 'wasm' as const;
+  /** The exports that worker threads may be asked to run, by index. */
+  static readonly THREADED_EXPORTS = ['gemm'] as const;
+
+  private heapViews: HeapViews | null = null;
+  private heapTop = ALIGN;
+  private readonly freeLists = new Map<number, number[]>();
+  private live = 0;
+  private liveBytes = 0;
+  private pooled = 0;
+  private pooledBytes = 0;
+  private pool: ThreadPool | null = null;
+  /** Per-thread matmul scratch, index 0 for this thread. */
+  private readonly gemmScratch: number[] = [];
+  private scratchPtr = 0;
+  private scratchBytes = 0;
+  private readonly cpu = new CpuBackend();
+  /** Why the worker threads could not start, if they could not. */
+  threadsUnavailable: string | null = null;
+
+  constructor(
+    private readonly mem: WebAssembly.Memory,
+    private readonly k: KernelExports,
+    private readonly tiling: GemmTiling,
+    threads: number,
+    private readonly minThreadedWork: number,
+  ) {
+    for (let t = 0; t < threads; t++) this.gemmScratch.push(this.reserve(gemmScratchBytes(tiling)));
+  }
+
+  /** Permanent internal memory (thread control, matmul scratch): outside the live counters. */
+  reserve(bytes: number): number {
+    return this.bump(sizeClass(bytes));
+  }
+
+  /** @internal */
+  attachPool(pool: ThreadPool): void {
+    this.pool = pool;
+  }
+
+  /** Stops the worker threads. The backend keeps working on one thread. */
+  dispose(): void {
+    this.pool?.dispose();
+    this.pool = null;
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  info(): BackendInfo {
+    return {
+      name: 'wasm',
+      adapter: `WebAssembly SIMD128, ${this.activeThreads} thread${this.activeThreads > 1 ? 's' : ''}`,
+      details: {
+        threads: this.activeThreads,
+        sharedMemory: this.pool !== null,
+        ...(this.threadsUnavailable ? { threadsUnavailable: this.threadsUnavailable } : {}),
+        memoryBytes: this.mem.buffer.byteLength,
+        tiling: this.tiling,
+      },
+    };
+  }
+  supportsDtype(_d: DType): boolean {
+    return true;
+  }
+
+  get activeThreads(): number {
+    return this.pool ? this.pool.size + 1 : 1;
+  }
+
+  // ---- memory ----
+
+  private heap(): HeapViews {
+    const buffer = this.mem.buffer;
+    if (this.heapViews?.buffer !== buffer) {
+      this.heapViews = {
+        buffer,
+        u8: new Uint8Array(buffer),
+        i32: new Int32Array(buffer),
+        f32: new Float32Array(buffer),
+        f64: new Float64Array(buffer),
+      };
+    }
+    return this.heapViews;
+  }
+
+  private bump(bytes: number): number {
+    const ptr = this.heapTop;
+    const end = ptr + bytes;
+    const have = this.mem.buffer.byteLength;
+    if (end > have) {
+      // Grow by at least a quarter of the current size, so that a run of allocations grows rarely.
+      const pages = Math.max(Math.ceil((end - have) / PAGE), Math.ceil(have / PAGE / 4));
+      try {
+        this.mem.grow(pages);
+      } catch {
+        try {
+          this.mem.grow(Math.ceil((end - have) / PAGE));
+        } catch {
+          throw new RangeError(`wasm backend: out of memory allocating ${bytes} bytes (${have} bytes in use)`);
+        }
+      }
+    }
+    this.heapTop = end;
+    return ptr;
+  }
+
+  /**
+   * A typed array over the storage's elements, in its dtype's array type: host code (the fused
+   * optimizer kernels in src/kernels/cpu/fused.ts) works on the memory in place through it. It is
+   * valid until the next allocation, which may grow (and, unshared, detach) the memory.
+   */
+  typed(storage: Storage): TypedArray {
+    const s = ws(storage);
+    const h = this.heap();
+    switch (s.dtype) {
+      case 'float32':
+        return h.f32.subarray(s.ptr >>> 2, (s.ptr >>> 2) + s.numel);
+      case 'float64':
+        return h.f64.subarray(s.ptr >>> 3, (s.ptr >>> 3) + s.numel);
+      case 'int32':
+        return h.i32.subarray(s.ptr >>> 2, (s.ptr >>> 2) + s.numel);
+      case 'bool':
+        return h.u8.subarray(s.ptr, s.ptr + s.numel);
+    }
+  }
+
+  /** The storage as a CPU storage over the same memory, to run a reference kernel in place. */
+  private host(s: Storage): CpuStorage {
+    return new CpuStorage(this.typed(s), s.dtype, true);
+  }
+
+  alloc(numel: number, dtype: DType): Storage {
+    if (!Number.isInteger(numel) || numel < 0) throw new RangeError(`alloc: numel must be a non-negative integer, got ${numel}`);
+    const bytes = numel * BYTES[dtype];
+    // Kernels index bytes with signed 32-bit offsets.
+    if (bytes >= 2 ** 31) throw new RangeError(`alloc: ${numel} ${dtype} values exceed the wasm backend's 2 GiB per storage`);
+    const cls = sizeClass(bytes);
+    const free = this.freeLists.get(cls);
+    let ptr: number;
+    if (free && free.length > 0) {
+      ptr = free.pop()!;
+      this.pooled--;
+      this.pooledBytes -= cls;
+      this.heap().u8.fill(0, ptr, ptr + bytes);
+    } else {
+      // Fresh memory past the top has never been written: it is zero.
+      ptr = this.bump(cls);
+    }
+    this.live++;
+    this.liveBytes += bytes;
+    return new WasmStorage(ptr, numel, dtype, false, cls);
+  }
+  upload(data: TypedArray, dtype: DType): Storage {
+    const s = this.alloc(data.length, dtype);
+    this.typed(s).set(data);
+    return s;
+  }
+  view(base: Storage, offset: number, numel: number): Storage {
+    const b = ws(base);
+    if (!Number.isInteger(offset) || !Number.isInteger(numel) || offset < 0 || numel < 0 || offset + numel > b.numel) {
+      throw new RangeError(`view: elements [${offset}, ${offset + numel}) are outside a storage of ${b.numel}`);
+    }
+    return new WasmStorage(b.ptr + offset * BYTES[b.dtype], numel, b.dtype, true, 0);
+  }
+  write(dst: Storage, data: TypedArray): void {
+    if (data.length !== dst.numel) throw new RangeError(`write: ${data.length} values into a storage of ${dst.numel}`);
+    this.typed(dst).set(data);
+  }
+  read(s: Storage): Promise<TypedArray> {
+    return Promise.resolve(this.readSync(s));
+  }
+  readSync(s: Storage): TypedArray {
+    return this.typed(s).slice();
+  }
+  release(s: Storage): void {
+    const w = ws(s);
+    if (w.isView) return;
+    w.released = true;
+    let list = this.freeLists.get(w.reserved);
+    if (!list) this.freeLists.set(w.reserved, (list = []));
+    list.push(w.ptr);
+    this.live--;
+    this.liveBytes -= w.numel * BYTES[w.dtype];
+    this.pooled++;
+    this.pooledBytes += w.reserved;
+  }
+  flush(): void {}
+  sync(): Promise<void> {
+    return Promise.resolve();
+  }
+  memory(): MemoryInfo {
+    return { liveBuffers: this.live, liveBytes: this.liveBytes, pooledBuffers: this.pooled, pooledBytes: this.pooledBytes };
+  }
+
+  /** Scratch memory for one kernel call, grown as needed and reused. */
+  private scratch(bytes: number): number {
+    if (bytes > this.scratchBytes) {
+      this.scratchBytes = sizeClass(Math.max(bytes, this.scratchBytes * 2));
+      this.scratchPtr = this.bump(this.scratchBytes);
+    }
+    return this.scratchPtr;
+  }
+
+  // ---- kernels that run the reference code over this memory ----
+
+  fill(out: Storage, value: number): void {
+    this.cpu.fill(this.host(out), value);
+  }
+  cast(x: Storage, out: Storage): void {
+    this.cpu.cast(this.host(x), this.host(out));
+  }
+  argReduce(op: ArgReduceOp, x: Storage, out: Storage, layout: ReduceLayout): void {
+    this.cpu.argReduce(op, this.host(x), this.host(out), layout);
+  }
+  maxPool2d(x: Storage, out: Storage, argOut: Storage | null, g: Window2d): void {
+    this.cpu.maxPool2d(this.host(x), this.host(out), argOut && this.host(argOut), g);
+  }
+  maxPool2dBackward(grad: Storage, arg: Storage, out: Storage, g: Window2d): void {
+    this.cpu.maxPool2dBackward(this.host(grad), this.host(arg), this.host(out), g);
+  }
+  avgPool2d(x: Storage, out: Storage, g: Window2d): void {
+    this.cpu.avgPool2d(this.host(x), this.host(out), g);
+  }
+  avgPool2dBackward(grad: Storage, out: Storage, g: Window2d): void {
+    this.cpu.avgPool2dBackward(this.host(grad), this.host(out), g);
+  }
+  gather(x: Storage, idx: Storage, out: Storage, layout: GatherLayout): void {
+    this.cpu.gather(this.host(x), this.host(idx), this.host(out), layout);
+  }
+  scatterAdd(src: Storage, idx: Storage, out: Storage, layout: GatherLayout): void {
+    this.cpu.scatterAdd(this.host(src), this.host(idx), this.host(out), layout);
+  }
+  random(out: Storage, key0: number, key1: number, dist: RandomDist): void {
+    this.cpu.random(this.host(out), key0, key1, dist);
+  }
+
+  // ---- SIMD kernels ----
+
+  unary(op: UnaryOp, x: Storage, out: Storage, p0 = 0, p1 = 0): void {
+    const xs = ws(x);
+    const o = ws(out);
+    const fn = xs.dtype === o.dtype ? this.unaryKernel(op, xs.dtype) : undefined;
+    if (fn) fn(xs.ptr, o.ptr, xs.numel, p0, p1);
+    else this.cpu.unary(op, this.host(x), this.host(out), p0, p1);
+  }
+
+  binary(op: BinaryOp, a: Storage, b: Storage, out: Storage, layout: BroadcastLayout): void {
+    const as = ws(a);
+    const bs = ws(b);
+    const o = ws(out);
+    const dt = this.binaryKernelDtype(op, as.dtype, bs.dtype, o.dtype);
+    const plan = dt && planBroadcast(layout.shape, [layout.aStrides, layout.bStrides]);
+    if (!dt || !plan) this.cpu.binary(op, this.host(a), this.host(b), this.host(out), layout);
+    else this.runRows(binaryExport(op, dt, plan.variant), plan, [as, bs], o);
+  }
+
+  where(cond: Storage, a: Storage, b: Storage, out: Storage, layout: WhereLayout): void {
+    const cs = ws(cond);
+    const as = ws(a);
+    const bs = ws(b);
+    const o = ws(out);
+    const fourBytes = (d: DType) => d === 'float32' || d === 'int32';
+    const plan =
+      cs.dtype === 'bool' && fourBytes(o.dtype) && as.dtype === o.dtype && bs.dtype === o.dtype
+        ? planBroadcast(layout.shape, [layout.condStrides, layout.aStrides, layout.bStrides])
+        : null;
+    if (!plan) this.cpu.where(this.host(cond), this.host(a), this.host(b), this.host(out), layout);
+    else this.runRows(whereExport(plan.variant), plan, [cs, as, bs], o);
+  }
+
+  /** Runs a row kernel (module.ts emitRowKernel) once per index of the plan's outer dims. */
+  private runRows(name: string, plan: BroadcastPlan, operands: WasmStorage[], out: WasmStorage): void {
+    if (out.numel === 0) return;
+    const fn = this.k[name];
+    const sizes = operands.map((s) => BYTES[s.dtype]);
+    const outSize = BYTES[out.dtype];
+    let outPtr = out.ptr;
+    forEachOuter(plan.outer, operands.length, (offsets) => {
+      fn(...operands.map((s, j) => s.ptr + offsets[j] * sizes[j]), outPtr, plan.rows, plan.cols, ...plan.rowStrides);
+      outPtr += plan.rows * plan.cols * outSize;
+    });
+  }
+
+  axpy(dst: Storage, src: Storage, alpha: number): void {
+    const d = ws(dst);
+    const s = ws(src);
+    if (d.numel !== s.numel) throw new RangeError(`axpy: ${s.numel} values into ${d.numel}`);
+    if (d.dtype === 'float32' && s.dtype === 'float32') this.k.axpy(d.ptr, s.ptr, d.numel, alpha);
+    else this.cpu.axpy(this.host(dst), this.host(src), alpha);
+  }
+
+  stridedCopy(src: Storage, dst: Storage, l: StridedCopyLayout): void {
+    const s = ws(src);
+    const d = ws(dst);
+    if (s.dtype !== d.dtype) {
+      this.cpu.stridedCopy(this.host(src), this.host(dst), l);
+      return;
+    }
+    const size = BYTES[s.dtype];
+    // Copy bit patterns through a view of the element's width: NaN payloads survive.
+    const h = this.heap();
+    const mem: TypedArray = size === 8 ? h.f64 : size === 4 ? h.i32 : h.u8;
+    const sBase = s.ptr / size + l.srcOffset;
+    const dBase = d.ptr / size + l.dstOffset;
+    const dims = collapseDims(l.shape, [l.srcStrides, l.dstStrides]);
+    const last = dims.length - 1;
+    const run = last >= 0 ? dims[last].size : 1;
+    const [ss, ds] = last >= 0 ? dims[last].strides : [1, 1];
+    const outer = dims.slice(0, Math.max(last, 0));
+    forEachOuter(outer, 2, ([sOff, dOff]) => {
+      const si = sBase + sOff;
+      const di = dBase + dOff;
+      if (ss === 1 && ds === 1 && run >= 16) mem.copyWithin(di, si, si + run);
+      else for (let j = 0; j < run; j++) mem[di + j * ds] = mem[si + j * ss];
+    });
+  }
+
+  reduce(op: ReduceOp, x: Storage, out: Storage, l: ReduceLayout): void {
+    const xs = ws(x);
+    const o = ws(out);
+    if (xs.dtype !== 'float32' || o.dtype !== 'float32') {
+      this.cpu.reduce(op, this.host(x), this.host(out), l);
+      return;
+    }
+    if (l.inner === 1) this.k[`reduce_rows_${op}`](xs.ptr, o.ptr, l.outer, l.size);
+    else if (op === 'sum') this.k.reduce_cols_sum(xs.ptr, o.ptr, l.outer, l.size, l.inner, this.scratch(l.inner * 8));
+    else this.k[`reduce_cols_${op}`](xs.ptr, o.ptr, l.outer, l.size, l.inner);
+  }
+
+  softmax(x: Storage, out: Storage, l: SoftmaxLayout): void {
+    const xs = ws(x);
+    const o = ws(out);
+    if (xs.dtype === 'float32' && o.dtype === 'float32') this.k.softmax(xs.ptr, o.ptr, l.rows, l.cols, l.log ? 1 : 0);
+    else this.cpu.softmax(this.host(x), this.host(out), l);
+  }
+
+  crossEntropy(logits: Storage, labels: Storage, out: Storage, l: CrossEntropyLayout): void {
+    const x = ws(logits);
+    const y = ws(labels);
+    const o = ws(out);
+    if (x.dtype === 'float32' && y.dtype === 'int32' && o.dtype === 'float32') {
+      this.k.cross_entropy(x.ptr, y.ptr, o.ptr, l.rows, l.cols, l.labelSmoothing);
+    } else this.cpu.crossEntropy(this.host(logits), this.host(labels), this.host(out), l);
+  }
+
+  crossEntropyBackward(logits: Storage, labels: Storage, gradRows: Storage, out: Storage, l: CrossEntropyLayout): void {
+    const x = ws(logits);
+    const y = ws(labels);
+    const g = ws(gradRows);
+    const o = ws(out);
+    if (x.dtype === 'float32' && y.dtype === 'int32' && g.dtype === 'float32' && o.dtype === 'float32') {
+      this.k.cross_entropy_backward(x.ptr, y.ptr, g.ptr, o.ptr, l.rows, l.cols, l.labelSmoothing);
+    } else this.cpu.crossEntropyBackward(this.host(logits), this.host(labels), this.host(gradRows), this.host(out), l);
+  }
+
+  im2col(x: Storage, cols: Storage, g: Window2d): void {
+    const xs = ws(x);
+    const c = ws(cols);
+    if (xs.dtype === 'float32' && c.dtype === 'float32') this.k.im2col(xs.ptr, c.ptr, ...windowArgs(g));
+    else this.cpu.im2col(this.host(x), this.host(cols), g);
+  }
+
+  col2im(cols: Storage, out: Storage, g: Window2d): void {
+    const c = ws(cols);
+    const o = ws(out);
+    if (c.dtype === 'float32' && o.dtype === 'float32') this.k.col2im(c.ptr, o.ptr, ...windowArgs(g));
+    else this.cpu.col2im(this.host(cols), this.host(out), g);
+  }
+
+  matmul(a: Storage, b: Storage, out: Storage, l: MatmulLayout): void {
+    const as = ws(a);
+    const bs = ws(b);
+    const o = ws(out);
+    if (as.dtype !== 'float32' || bs.dtype !== 'float32' || o.dtype !== 'float32') {
+      this.cpu.matmul(this.host(a), this.host(b), this.host(out), l);
+      return;
+    }
+    const { batch, m, n, k } = l;
+    if (batch === 0 || m === 0 || n === 0) return;
+    if (k === 0) {
+      this.heap().f32.fill(0, o.ptr >>> 2, (o.ptr >>> 2) + batch * m * n);
+      return;
+    }
+    const job: GemmJob = {
+      a: as.ptr,
+      aRow: l.transA ? 4 : k * 4,
+      aCol: l.transA ? m * 4 : 4,
+      b: bs.ptr,
+      bRow: l.transB ? 4 : n * 4,
+      bCol: l.transB ? k * 4 : 4,
+      c: o.ptr,
+      ldc: n * 4,
+      m,
+      n,
+      k,
+      batch,
+      aBatch: l.aBatchStride * 4,
+      bBatch: l.bBatchStride * 4,
+      cBatch: m * n * 4,
+    };
+    if (this.gemv(job)) return;
+    const threads = this.pool && batch * m * n * k >= this.minThreadedWork ? this.pool.size + 1 : 1;
+    const parts = splitGemm(job, threads, this.tiling);
+    const calls: KernelCall[] = parts.map((p, t) => ({ fn: 0, args: gemmArgs(p, this.gemmScratch[t]) }));
+    const runHere = (c: KernelCall) => this.k.gemm(...c.args);
+    if (calls.length === 1) runHere(calls[0]);
+    else this.pool!.run(calls, runHere);
+  }
+
+  /**
+   * A matmul with one output row (m = 1) or column (n = 1) as matrix-vector products; false when
+   * the operands' layout does not suit them. C[0, :] = sum_p A(0, p) B(p, :), and for n = 1 the
+   * same with the roles of A and B exchanged.
+   */
+  private gemv(j: GemmJob): boolean {
+    if (j.m !== 1 && j.n !== 1) return false;
+    // x: the vector operand; M(p, i) the matrix; out runs along i (len elements, contiguous).
+    const [x, xStep, mat, stepP, stepI, len, xBatch, matBatch] =
+      j.m === 1 ? [j.a, j.aCol, j.b, j.bRow, j.bCol, j.n, j.aBatch, j.bBatch] : [j.b, j.bRow, j.a, j.aCol, j.aRow, j.m, j.bBatch, j.aBatch];
+    const rows = stepI === 4;
+    if (!rows && !(stepP === 4 && xStep === 4)) return false;
+    for (let bt = 0; bt < j.batch; bt++) {
+      const [xb, mb, yb] = [x + bt * xBatch, mat + bt * matBatch, j.c + bt * j.cBatch];
+      if (rows) this.k.gemv_rows(xb, xStep, mb, stepP, yb, len, j.k);
+      else this.k.gemv_dots(xb, mb, stepI, yb, len, j.k);
+    }
+    return true;
+  }
+
+  // ---- kernel lookup ----
+
+  private unaryKernel(op: UnaryOp, dtype: DType): ((...args: number[]) => unknown) | undefined {
+    const ops: readonly string[] = dtype === 'float32' ? SIMD_UNARY_F32 : dtype === 'int32' ? SIMD_UNARY_I32 : [];
+    return ops.includes(op) ? this.k[unaryExport(op, dtype === 'float32' ? 'f32' : 'i32')] : undefined;
+  }
+
+  /** The kernel dtype of a binary op on these dtypes, or null: run the reference. */
+  private binaryKernelDtype(op: BinaryOp, a: DType, b: DType, out: DType): 'f32' | 'i32' | null {
+    if (a !== b || (a !== 'float32' && a !== 'int32')) return null;
+    const compare = (SIMD_COMPARE as readonly string[]).includes(op);
+    const ops: readonly string[] = compare ? SIMD_COMPARE : a === 'float32' ? SIMD_BINARY_F32 : SIMD_BINARY_I32;
+    return ops.includes(op) && out === (compare ? 'bool' : a) ? (a === 'float32' ? 'f32' : 'i32') : null;
+  }
+}
+
+/** A dimension of an iteration space and its stride in each operand (in elements). */
+interface Dim {
+  size: number;
+  strides: number[];
+}
+
+/**
+ * Drops size-1 dims and merges neighbours that are contiguous in every operand, so that a
+ * broadcast or strided copy is expressed with as few (and as long) dims as possible.
+ */
+export function collapseDims(shape: readonly number[], strides: readonly (readonly number[])[]): Dim[] {
+  const dims: Dim[] = [];
+  shape.forEach((size, ax) => {
+    if (size === 1) return;
+    const st = strides.map((s) => s[ax]);
+    const prev = dims[dims.length - 1];
+    if (prev && prev.strides.every((ps, i) => ps === st[i] * size)) {
+      prev.size *= size;
+      prev.strides = st;
+    } else dims.push({ size, strides: st });
+  });
+  return dims;
+}
+
+/** Calls f with the offsets of each of `nOps` operands for every index of the outer dims (row-major). */
+function forEachOuter(outer: readonly Dim[], nOps: number, f: (offsets: readonly number[]) => void): void {
+  const rank = outer.length;
+  const offs = new Array<number>(nOps).fill(0);
+  const idx = new Array<number>(rank).fill(0);
+  let count = 1;
+  for (const d of outer) count *= d.size;
+  for (let i = 0; i < count; i++) {
+    f(offs);
+    for (let ax = rank - 1; ax >= 0; ax--) {
+      const d = outer[ax];
+      idx[ax]++;
+      for (let s = 0; s < nOps; s++) offs[s] += d.strides[s];
+      if (idx[ax] < d.size) break;
+      for (let s = 0; s < nOps; s++) offs[s] -= d.strides[s] * d.size;
+      idx[ax] = 0;
+    }
+  }
+}
+
+interface BroadcastPlan {
+  /** One letter per operand: 'v' runs along the row, 's' is one value per row. */
+  variant: string;
+  /** The last two collapsed dims run in one kernel call: [rows, cols]. */
+  rows: number;
+  cols: number;
+  /** Per operand, in elements. */
+  rowStrides: number[];
+  outer: Dim[];
+}
+
+/**
+ * Maps a broadcast onto the row kernels: the innermost dim must be contiguous or constant in
+ * each operand. Anything else (a transposed operand) returns null and runs the reference loop.
+ */
+function planBroadcast(shape: readonly number[], strides: readonly (readonly number[])[]): BroadcastPlan | null {
+  const dims = collapseDims(shape, strides);
+  const zeros = strides.map(() => 0);
+  if (dims.length === 0) return { variant: 'v'.repeat(strides.length), rows: 1, cols: 1, rowStrides: zeros, outer: [] };
+  const inner = dims[dims.length - 1];
+  if (inner.strides.some((s) => s !== 0 && s !== 1)) return null;
+  const rowDim = dims.length >= 2 ? dims[dims.length - 2] : { size: 1, strides: zeros };
+  return {
+    variant: inner.strides.map((s) => (s === 1 ? 'v' : 's')).join(''),
+    rows: rowDim.size,
+    cols: inner.size,
+    rowStrides: rowDim.strides,
+    outer: dims.slice(0, Math.max(0, dims.length - 2)),
+  };
+}
+
+function windowArgs(g: Window2d): number[] {
+  return [g.n, g.c, g.h, g.w, g.kh, g.kw, g.oh, g.ow, g.sh, g.sw, g.ph, g.pw, g.dh, g.dw];
+}
+
+/** One gemm call in bytes and counts, as the wasm export takes it (without the scratch). */
+interface GemmJob {
+  a: number;
+  aRow: number;
+  aCol: number;
+  b: number;
+  bRow: number;
+  bCol: number;
+  c: number;
+  ldc: number;
+  m: number;
+  n: number;
+  k: number;
+  batch: number;
+  aBatch: number;
+  bBatch: number;
+  cBatch: number;
+}
+
+function gemmArgs(j: GemmJob, scratch: number): number[] {
+  return [j.a, j.aRow, j.aCol, j.b, j.bRow, j.bCol, j.c, j.ldc, j.m, j.n, j.k, j.batch, j.aBatch, j.bBatch, j.cBatch, scratch];
+}
+
+/** Splits [0, units) into at most `parts` contiguous ranges of near-equal size. */
+function splitRange(units: number, parts: number): [number, number][] {
+  const n = Math.min(parts, units);
+  return Array.from({ length: n }, (_, t) => [Math.floor((t * units) / n), Math.floor(((t + 1) * units) / n)]);
+}
+
+/**
+ * Splits a gemm among threads: by batch when there are enough matrices, else along rows of C (in
+ * steps of mr) or columns (in steps of nr). Each part packs the whole of the operand it does not
+ * split (all of B for a row split, all of A for a column split), so the split goes along the
+ * larger of m and n, which makes that duplicated packing the smaller one. Every C element is
+ * computed by the same micro-kernel in the same k order in any split, so the result does not
+ * depend on the thread count.
+ */
+export function splitGemm(job: GemmJob, threads: number, t: GemmTiling): GemmJob[] {
+  if (threads <= 1) return [job];
+  if (job.batch >= threads) {
+    return splitRange(job.batch, threads).map(([b0, b1]) => ({
+      ...job,
+      a: job.a + b0 * job.aBatch,
+      b: job.b + b0 * job.bBatch,
+      c: job.c + b0 * job.cBatch,
+      batch: b1 - b0,
+    }));
+  }
+  const mTiles = Math.ceil(job.m / t.mr);
+  const nTiles = Math.ceil(job.n / t.nr);
+  if (job.m > job.n ? mTiles >= threads || nTiles < mTiles : nTiles < threads && mTiles > nTiles) {
+    return splitRange(mTiles, threads).map(([t0, t1]) => {
+      const i0 = t0 * t.mr;
+      const i1 = Math.min(job.m, t1 * t.mr);
+      return { ...job, a: job.a + i0 * job.aRow, c: job.c + i0 * job.ldc, m: i1 - i0 };
+    });
+  }
+  return splitRange(nTiles, threads).map(([t0, t1]) => {
+    const j0 = t0 * t.nr;
+    const j1 = Math.min(job.n, t1 * t.nr);
+    return { ...job, b: job.b + j0 * job.bCol, c: job.c + j0 * 4, n: j1 - j0 };
+  });
+}

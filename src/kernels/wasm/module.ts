@@ -1,0 +1,989 @@
+/**
+ * The WebAssembly kernels of the wasm backend, generated with emit.ts. Every pointer is a byte
+ * address into the one imported memory and every count is an element count, unless a name ends
+ * in `Bytes`. The module is pure: it allocates nothing and keeps no state, so the main thread
+ * and the worker threads instantiate the same bytes over the same shared memory.
+ */
+import {
+  call,
+  f32,
+  f32x4,
+  f64,
+  f64x2,
+  i32,
+  i16x8,
+  i32x4,
+  i8x16,
+  memory,
+  ModuleBuilder,
+  select,
+  v128,
+  ValType,
+  type Expr,
+  type FuncBuilder,
+  type FuncRef,
+  type Local,
+  type Operand,
+} from './emit.js';
+
+const { i32: I32, f32: F32, f64: F64, v128: V128 } = ValType;
+
+/** Register blocking and cache tiling of the matmul (see emitGemm). */
+export interface GemmTiling {
+  /** Rows of C per micro-kernel tile. */
+  mr: number;
+  /** Columns of C per micro-kernel tile: a multiple of 4 (one f32x4 per 4 columns). */
+  nr: number;
+  /** Depth of a packed block: one B micro-panel (kc x nr) stays in L1 across the A panels. */
+  kc: number;
+  /** Rows of a packed A block (mc x kc, kept in L2). */
+  mc: number;
+  /** Columns of a packed B block (kc x nc). */
+  nc: number;
+}
+
+/**
+ * 4x8 tiles (8 accumulators) beat 4x12, 6x8, 5x8, 3x16 and 8x4 under V8 on the machine this was
+ * tuned on; kc 128-384 and mc 64-128 were within noise of each other.
+ */
+export const DEFAULT_TILING: GemmTiling = { mr: 4, nr: 8, kc: 256, mc: 64, nc: 2048 };
+
+/** Bytes of scratch one thread needs for the matmul: packed A, packed B and an edge tile. */
+export function gemmScratchBytes(t: GemmTiling): number {
+  const mc = Math.ceil(t.mc / t.mr) * t.mr;
+  const nc = Math.ceil(t.nc / t.nr) * t.nr;
+  return (mc * t.kc + t.kc * nc + t.mr * t.nr) * 4;
+}
+
+/** The elementwise ops with a SIMD body; every other op runs in JS over the same memory. */
+export const SIMD_UNARY_F32 = [
+  'neg', 'abs', 'sqrt', 'rsqrt', 'square', 'reciprocal', 'relu', 'affine', 'clamp', 'insideMask', 'exp', 'sigmoid',
+] as const;
+export const SIMD_UNARY_I32 = ['neg', 'abs', 'square'] as const;
+export const SIMD_BINARY_F32 = ['add', 'sub', 'mul', 'div', 'maximum', 'minimum'] as const;
+export const SIMD_BINARY_I32 = ['add', 'sub', 'mul', 'maximum', 'minimum'] as const;
+
+export const SIMD_COMPARE = ['eq', 'ne', 'lt', 'le', 'gt', 'ge'] as const;
+
+/** The operand patterns of a row kernel with k operands: every string of k letters 'v' / 's'. */
+export function rowVariants(k: number): string[] {
+  return k === 0 ? [''] : rowVariants(k - 1).flatMap((v) => [v + 'v', v + 's']);
+}
+
+export function unaryExport(op: string, dtype: 'f32' | 'i32'): string {
+  return `unary_${op}_${dtype}`;
+}
+/** Arithmetic and comparisons of two operands; comparisons write bools. */
+export function binaryExport(op: string, dtype: 'f32' | 'i32', variant: string): string {
+  return `binary_${op}_${dtype}_${variant}`;
+}
+/** where(cond, a, b) over 4-byte values (f32 or i32 alike). */
+export function whereExport(variant: string): string {
+  return `where_${variant}`;
+}
+
+/** A unary vector body: the input (in a local) and the splatted parameters p0, p1. */
+type VecBody = (f: FuncBuilder, xs: Local[], p: Local[]) => Operand;
+
+/**
+ * A stream of elements that an elementwise loop reads or writes: 4-byte elements (f32, i32) or
+ * bool bytes, which are widened to one i32 lane each on load (0 or 1) and narrowed on store. A
+ * splat stream holds one value for every element.
+ */
+interface Stream {
+  ptr: Local;
+  bool?: boolean;
+  splat?: boolean;
+}
+
+const addrOf = (s: Stream, i: Operand) => i32.add(s.ptr, s.bool ? i : i32.shl(i, 2));
+
+/** The 4 elements of a stream at element i as an f32x4 / i32x4 (bools widened to i32 lanes). */
+function load4(s: Stream, i: Operand): Expr {
+  return s.bool ? i32x4.extendLowI16x8U(i16x8.extendLowI8x16U(v128.load32Zero(addrOf(s, i)))) : v128.load(addrOf(s, i));
+}
+
+/**
+ * Emits out[i] = body(inputs[i]) for n elements. A tail of 1-3 elements runs the same body once
+ * on the window of the last four elements (reaching back before the start when n < 4: every
+ * storage lies at address 256 or above) and stores only the tail's lanes, so each op is written
+ * once and costs one vector step there.
+ */
+function elementwise(f: FuncBuilder, n: Operand, inputs: Stream[], out: Stream, body: (xs: Local[]) => Operand): void {
+  const i = f.local(I32);
+  const end = f.local(I32);
+  const v = f.local(V128);
+  const xs = inputs.map(() => f.local(V128));
+  const splats = inputs.map((s) => {
+    if (!s.splat) return null;
+    const x = f.local(V128);
+    f.set(x, i32x4.splat(s.bool ? i32.load8u(s.ptr) : i32.load(s.ptr)));
+    return x;
+  });
+  const loadInputs = () => inputs.forEach((s, k) => f.set(xs[k], splats[k] ?? load4(s, i)));
+  // Bools leave as the low byte of each lane, packed into 4 bytes.
+  const packed = (x: Operand) => {
+    const w = i16x8.narrowI32x4U(x, x);
+    return i8x16.narrowI16x8U(w, w);
+  };
+  f.set(end, n);
+  f.set(i, 0);
+  f.block((exit) =>
+    f.loop((top) => {
+      f.brIf(exit, i32.gtS(i32.add(i, 4), end));
+      loadInputs();
+      f.exec(out.bool ? v128.store32Lane(addrOf(out, i), packed(body(xs)), 0) : v128.store(addrOf(out, i), body(xs)));
+      f.inc(i, 4);
+      f.br(top);
+    }),
+  );
+  f.if(i32.ltS(i, end), () => {
+    const rem = f.local(I32);
+    f.set(rem, i32.sub(end, i));
+    f.set(i, i32.sub(end, 4));
+    loadInputs();
+    f.set(v, out.bool ? packed(body(xs)) : body(xs));
+    storeTail(f, addrOf(out, i), v, rem, out.bool);
+  });
+}
+
+/** Stores the last `rem` (1-3) lanes of v into the window of four elements at base. */
+function storeTail(f: FuncBuilder, base: Expr, v: Local, rem: Local, bytes = false): void {
+  const storeLane = (lane: number) => f.exec(bytes ? v128.store8Lane(base, v, lane, lane) : v128.store32Lane(base, v, lane, 4 * lane));
+  storeLane(3);
+  f.if(i32.geS(rem, 2), () => storeLane(2));
+  f.if(i32.geS(rem, 3), () => storeLane(1));
+}
+
+/** The lanes of the last window that belong to a tail of `rem` (1-3) elements: lanes 4-rem..3. */
+function tailMask(rem: Operand): Expr {
+  return i32x4.gtS(v128.i32x4([0, 1, 2, 3]), i32x4.splat(i32.sub(3, rem)));
+}
+
+/**
+ * exp(x) for f32x4 (Cephes expf): x = n ln2 + r with |r| <= ln2/2, a degree-6 polynomial for e^r,
+ * and 2^n applied in two halves so that results near overflow and in the subnormal range stay
+ * right. n is rounded with the 1.5 * 2^23 trick, which also leaves it in the float's low bits.
+ * The clamps are pmin/pmax with x first, so a NaN passes through. Relative error about 2 ulp;
+ * exp(-inf) = 0, exp(inf) = inf.
+ */
+function expV(f: FuncBuilder, x: Operand): Expr {
+  const ROUND = 12582912; // 1.5 * 2^23
+  const t = f.local(V128);
+  const kf = f.local(V128);
+  const fx = f.local(V128);
+  const r = f.local(V128);
+  const p = f.local(V128);
+  const n = f.local(V128);
+  const n1 = f.local(V128);
+  f.set(t, f32x4.pmin(f32x4.pmax(x, -110), 89));
+  f.set(kf, f32x4.add(f32x4.mul(t, Math.LOG2E), ROUND));
+  f.set(fx, f32x4.sub(kf, ROUND));
+  f.set(r, f32x4.sub(f32x4.sub(t, f32x4.mul(fx, 0.693359375)), f32x4.mul(fx, -2.12194440e-4)));
+  f.set(p, f32x4.splat(1.9875691500e-4));
+  for (const c of [1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1]) {
+    f.set(p, f32x4.add(f32x4.mul(p, r), c));
+  }
+  f.set(p, f32x4.add(f32x4.add(f32x4.mul(f32x4.mul(p, r), r), r), 1));
+  f.set(n, i32x4.sub(kf, v128.i32x4([0x4b400000, 0x4b400000, 0x4b400000, 0x4b400000])));
+  f.set(n1, i32x4.shrS(n, 1));
+  const pow2 = (e: Operand) => i32x4.shl(i32x4.add(e, 127), 23);
+  return f32x4.mul(f32x4.mul(p, pow2(n1)), pow2(i32x4.sub(n, n1)));
+}
+
+/**
+ * log(x) for a positive normal f32, in f64: x = 2^e m with m in [sqrt(1/2), sqrt(2)), and
+ * log m = 2 atanh((m-1)/(m+1)) by its series to z^11 (relative error below 1e-10). Used once per
+ * row for log-sum-exp, where x is a sum of exponentials in [1, cols].
+ */
+function emitLog(mb: ModuleBuilder): FuncRef {
+  return mb.func('log_f32', [F32], [F64], (f, x) => {
+    const bits = f.local(I32);
+    const e = f.local(I32);
+    const m = f.local(F64);
+    const z = f.local(F64);
+    const z2 = f.local(F64);
+    const series = f.local(F64);
+    f.set(bits, i32.reinterpretF32(x));
+    f.set(e, i32.sub(i32.shrU(bits, 23), 127));
+    f.set(m, f64.promoteF32(f32.reinterpretI32(i32.or(i32.and(bits, 0x7fffff), 0x3f800000))));
+    f.if(f64.gt(m, Math.SQRT2), () => {
+      f.set(m, f64.mul(m, 0.5));
+      f.inc(e, 1);
+    });
+    f.set(z, f64.div(f64.sub(m, 1), f64.add(m, 1)));
+    f.set(z2, f64.mul(z, z));
+    f.set(series, 1 / 11);
+    for (const c of [1 / 9, 1 / 7, 1 / 5, 1 / 3, 1]) f.set(series, f64.add(f64.mul(series, z2), c));
+    f.push(f64.add(f64.mul(f64.convertI32S(e), Math.LN2), f64.mul(f64.mul(2, z), series)));
+  }, { exported: false });
+}
+
+const UNARY_F32_BODIES: Record<(typeof SIMD_UNARY_F32)[number], VecBody> = {
+  neg: (_f, [x]) => f32x4.neg(x),
+  abs: (_f, [x]) => f32x4.abs(x),
+  sqrt: (_f, [x]) => f32x4.sqrt(x),
+  rsqrt: (_f, [x]) => f32x4.div(1, f32x4.sqrt(x)),
+  square: (_f, [x]) => f32x4.mul(x, x),
+  reciprocal: (_f, [x]) => f32x4.div(1, x),
+  // pmax(x, 0) = x < 0 ? 0 : x keeps relu(NaN) = NaN, as the CPU closure does.
+  relu: (_f, [x]) => f32x4.pmax(x, 0),
+  affine: (_f, [x], [p0, p1]) => f32x4.add(f32x4.mul(p0, x), p1),
+  // Selects rather than min/max, to keep the CPU closure's answer when p0 > p1.
+  clamp: (_f, [x], [p0, p1]) => v128.bitselect(p0, v128.bitselect(p1, x, f32x4.gt(x, p1)), f32x4.lt(x, p0)),
+  insideMask: (_f, [x], [p0, p1]) => v128.and(f32x4.splat(f32.const(1)), v128.and(f32x4.gt(x, p0), f32x4.lt(x, p1))),
+  exp: (f, [x]) => expV(f, x),
+  sigmoid: (f, [x]) => f32x4.div(1, f32x4.add(1, expV(f, f32x4.neg(x)))),
+};
+
+const UNARY_I32_BODIES: Record<(typeof SIMD_UNARY_I32)[number], VecBody> = {
+  neg: (_f, [x]) => i32x4.neg(x),
+  abs: (_f, [x]) => i32x4.abs(x),
+  square: (_f, [x]) => i32x4.mul(x, x),
+};
+
+type PairOp = (a: Operand, b: Operand) => Expr;
+
+const BINARY_F32: Record<(typeof SIMD_BINARY_F32)[number], PairOp> = {
+  add: f32x4.add,
+  sub: f32x4.sub,
+  mul: f32x4.mul,
+  div: f32x4.div,
+  // The NaN-propagating forms: maximum(NaN, x) is NaN, as in the CPU closures.
+  maximum: f32x4.max,
+  minimum: f32x4.min,
+};
+
+const COMPARE_F32: Record<(typeof SIMD_COMPARE)[number], PairOp> = {
+  eq: f32x4.eq,
+  ne: f32x4.ne,
+  lt: f32x4.lt,
+  le: f32x4.le,
+  gt: f32x4.gt,
+  ge: f32x4.ge,
+};
+
+const COMPARE_I32: Record<(typeof SIMD_COMPARE)[number], PairOp> = {
+  eq: i32x4.eq,
+  ne: i32x4.ne,
+  lt: i32x4.ltS,
+  le: i32x4.leS,
+  gt: i32x4.gtS,
+  ge: i32x4.geS,
+};
+
+const BINARY_I32: Record<(typeof SIMD_BINARY_I32)[number], PairOp> = {
+  add: i32x4.add,
+  sub: i32x4.sub,
+  mul: i32x4.mul,
+  maximum: i32x4.maxS,
+  minimum: i32x4.minS,
+};
+
+/** unary_<op>_<dtype>(x, out, n, p0, p1). */
+function emitUnary(mb: ModuleBuilder, name: string, body: VecBody): void {
+  mb.func(name, [I32, I32, I32, F32, F32], [], (f, x, out, n, p0, p1) => {
+    const p = [f.local(V128), f.local(V128)];
+    f.set(p[0], f32x4.splat(p0));
+    f.set(p[1], f32x4.splat(p1));
+    elementwise(f, n, [{ ptr: x }], { ptr: out }, (xs) => body(f, xs, p));
+  });
+}
+
+/**
+ * A row kernel over broadcast operands: name(p_0..p_k-1, out, rows, cols, rowStride_0..k-1) with
+ * out a contiguous [rows, cols] and operand j advancing by rowStride_j elements per row (0 repeats
+ * a row: a bias add). `variant` has one letter per operand: 'v' runs along the row, 's' is one
+ * value per row (a column broadcast).
+ */
+function emitRowKernel(mb: ModuleBuilder, name: string, operands: { bool?: boolean }[], variant: string, outBool: boolean, body: (xs: Local[]) => Operand): void {
+  const k = operands.length;
+  mb.func(name, Array<ValType>(2 * k + 3).fill(I32), [], (f, ...params) => {
+    const streams: Stream[] = operands.map((o, j) => ({ ptr: params[j], bool: o.bool, splat: variant[j] === 's' }));
+    const [out, rows, cols] = params.slice(k, k + 3);
+    const strides = params.slice(k + 3);
+    const r = f.local(I32);
+    f.for(r, 0, rows, 1, () => {
+      elementwise(f, cols, streams, { ptr: out, bool: outBool }, body);
+      streams.forEach((s, j) => f.inc(s.ptr, s.bool ? strides[j] : i32.shl(strides[j], 2)));
+      f.inc(out, outBool ? cols : i32.shl(cols, 2));
+    });
+  });
+}
+
+/** Horizontal reduction of the 4 lanes of a f32x4 with a scalar op. */
+function lanes4(v: Local, op: (a: Operand, b: Operand) => Expr): Expr {
+  const lane = (k: number) => f32x4.extractLane(v, k);
+  return op(op(lane(0), lane(1)), op(lane(2), lane(3)));
+}
+
+/**
+ * row_max / row_min(ptr, n) -> f32 over n contiguous floats; NaN wins; empty gives -inf / inf.
+ * The running extreme uses pmax/pmin (NaNs in x are ignored there) and NaNs are tracked apart:
+ * a third of the instructions of the NaN-propagating max, which V8 expands to about eight.
+ */
+function emitRowExtreme(mb: ModuleBuilder, which: 'max' | 'min'): FuncRef {
+  const pick = which === 'max' ? f32x4.pmax : f32x4.pmin;
+  return mb.func(`row_${which}`, [I32, I32], [F32], (f, ptr, n) => {
+    const acc = f.local(V128);
+    const init = f.local(V128);
+    const nan = f.local(V128);
+    const x = f.local(V128);
+    const i = f.local(I32);
+    const take = () => {
+      f.set(acc, pick(acc, x));
+      f.set(nan, v128.or(nan, f32x4.ne(x, x)));
+    };
+    f.set(init, f32x4.splat(f32.const(which === 'max' ? -Infinity : Infinity)));
+    f.set(acc, init);
+    f.set(nan, f32x4.splat(f32.const(0)));
+    f.for(i, 0, i32.sub(n, 3), 4, () => {
+      f.set(x, v128.load(i32.add(ptr, i32.shl(i, 2))));
+      take();
+    });
+    f.if(i32.ltS(i, n), () => {
+      f.set(x, v128.bitselect(v128.load(i32.add(ptr, i32.shl(i32.sub(n, 4), 2))), init, tailMask(i32.sub(n, i))));
+      take();
+    });
+    f.set(acc, pick(acc, v128.shuffle(acc, acc, [8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7])));
+    f.set(acc, pick(acc, v128.shuffle(acc, acc, [4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11])));
+    f.push(select(f32.const(NaN), f32x4.extractLane(acc, 0), v128.anyTrue(nan), F32));
+  }, { exported: false });
+}
+
+/**
+ * row_sum(ptr, n) -> f64 over n contiguous floats, accumulated in f64 (two f64x2 per f32x4) so
+ * that long sums keep the CPU reference's accuracy; summation is memory-bound either way.
+ */
+function emitRowSum(mb: ModuleBuilder): FuncRef {
+  return mb.func('row_sum', [I32, I32], [F64], (f, ptr, n) => {
+    const lo = f.local(V128);
+    const hi = f.local(V128);
+    const x = f.local(V128);
+    const tail = f.local(F64);
+    const i = f.local(I32);
+    f.set(lo, f64x2Zero());
+    f.set(hi, f64x2Zero());
+    f.for(i, 0, i32.sub(n, 3), 4, () => {
+      f.set(x, v128.load(i32.add(ptr, i32.shl(i, 2))));
+      f.set(lo, f64x2.add(lo, f64x2.promoteLowF32x4(x)));
+      f.set(hi, f64x2.add(hi, f64x2.promoteLowF32x4(v128.shuffle(x, x, HIGH_HALF))));
+    });
+    f.set(tail, 0);
+    f.for(i, i, n, 1, () => f.set(tail, f64.add(tail, f64.promoteF32(f32.load(i32.add(ptr, i32.shl(i, 2)))))));
+    f.set(lo, f64x2.add(lo, hi));
+    f.push(f64.add(f64.add(f64x2.extractLane(lo, 0), f64x2.extractLane(lo, 1)), tail), F64);
+  }, { exported: false });
+}
+
+/** Byte lanes that move floats 2, 3 of a vector into lanes 0, 1. */
+const HIGH_HALF = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
+
+function f64x2Zero(): Expr {
+  return f64x2.promoteLowF32x4(f32x4.splat(f32.const(0)));
+}
+
+/**
+ * row_sum_exp(ptr, n, shift) -> f32: the sum of exp(x - shift); row_exp_store(ptr, n, shift, out)
+ * also stores each exp(x - shift) to out (softmax keeps them and scales).
+ */
+function emitRowSumExp(mb: ModuleBuilder, store: boolean): FuncRef {
+  const params = store ? [I32, I32, F32, I32] : [I32, I32, F32];
+  return mb.func(store ? 'row_exp_store' : 'row_sum_exp', params, [F32], (f, ptr, n, shift, out) => {
+    const acc = f.local(V128);
+    const e = f.local(V128);
+    const s = f.local(V128);
+    const i = f.local(I32);
+    const rem = f.local(I32);
+    const at = (p: Local, q: Operand) => i32.add(p, i32.shl(q, 2));
+    f.set(s, f32x4.splat(shift));
+    f.set(acc, f32x4.splat(f32.const(0)));
+    f.for(i, 0, i32.sub(n, 3), 4, () => {
+      f.set(e, expV(f, f32x4.sub(v128.load(at(ptr, i)), s)));
+      if (store) f.exec(v128.store(at(out, i), e));
+      f.set(acc, f32x4.add(acc, e));
+    });
+    f.set(rem, i32.sub(n, i));
+    f.if(rem, () => {
+      f.set(e, expV(f, f32x4.sub(v128.load(at(ptr, i32.sub(n, 4))), s)));
+      if (store) storeTail(f, at(out, i32.sub(n, 4)), e, rem);
+      f.set(acc, f32x4.add(acc, v128.and(e, tailMask(rem))));
+    });
+    f.push(lanes4(acc, f32.add), F32);
+  }, { exported: false });
+}
+
+/**
+ * Log-sum-exp of a row as the CPU reference computes it: max + log(sum exp(x - max)), or the max
+ * itself when that is infinite or NaN.
+ */
+function rowLogSumExp(f: FuncBuilder, fns: RowFns, row: Operand, cols: Operand, rowMax?: Local): Local {
+  const mx = rowMax ?? f.local(F32);
+  const lse = f.local(F64);
+  if (!rowMax) f.set(mx, call(fns.rowMax, row, cols));
+  f.if(
+    f32.lt(f32.abs(mx), Infinity),
+    () => f.set(lse, f64.add(f64.promoteF32(mx), call(fns.log, call(fns.rowSumExp, row, cols, mx)))),
+    () => f.set(lse, f64.promoteF32(mx)),
+  );
+  return lse;
+}
+
+interface RowFns {
+  log: FuncRef;
+  rowMax: FuncRef;
+  rowMin: FuncRef;
+  rowSum: FuncRef;
+  rowSumExp: FuncRef;
+  rowExpStore: FuncRef;
+}
+
+/**
+ * softmax(x, out, rows, cols, log): out = exp(x - lse) or x - lse per row. With a finite row max,
+ * softmax keeps the exponentials of the sum pass and scales them by 1 / sum.
+ */
+function emitSoftmax(mb: ModuleBuilder, fns: RowFns): void {
+  mb.func('softmax', [I32, I32, I32, I32, I32], [], (f, x, out, rows, cols, isLog) => {
+    const r = f.local(I32);
+    const mx = f.local(F32);
+    const v = f.local(V128);
+    f.for(r, 0, rows, 1, () => {
+      f.set(mx, call(fns.rowMax, x, cols));
+      f.if(
+        i32.and(f32.lt(f32.abs(mx), Infinity), i32.eqz(isLog)),
+        () => {
+          f.set(v, f32x4.splat(f32.div(1, call(fns.rowExpStore, x, cols, mx, out))));
+          elementwise(f, cols, [{ ptr: out }], { ptr: out }, ([e]) => f32x4.mul(e, v));
+        },
+        () => {
+          f.set(v, f32x4.splat(f32.demoteF64(rowLogSumExp(f, fns, x, cols, mx))));
+          f.if(
+            isLog,
+            () => elementwise(f, cols, [{ ptr: x }], { ptr: out }, ([e]) => f32x4.sub(e, v)),
+            () => elementwise(f, cols, [{ ptr: x }], { ptr: out }, ([e]) => expV(f, f32x4.sub(e, v))),
+          );
+        },
+      );
+      f.inc(x, i32.shl(cols, 2));
+      f.inc(out, i32.shl(cols, 2));
+    });
+  });
+}
+
+/**
+ * cross_entropy(x, labels, out, rows, cols, smoothing): per-row loss
+ * (1-s)(lse - x[y]) + s (lse - mean(x)), NaN for a label outside [0, cols).
+ */
+function emitCrossEntropy(mb: ModuleBuilder, fns: RowFns): void {
+  mb.func('cross_entropy', [I32, I32, I32, I32, I32, F32], [], (f, x, labels, out, rows, cols, s) => {
+    const r = f.local(I32);
+    const y = f.local(I32);
+    const lse = f.local(F64);
+    const loss = f.local(F64);
+    const sd = f.local(F64);
+    f.set(sd, f64.promoteF32(s));
+    f.for(r, 0, rows, 1, () => {
+      f.set(y, i32.load(labels));
+      f.if(
+        i32.geU(y, cols),
+        () => f.exec(f32.store(out, f32.const(NaN))),
+        () => {
+          f.set(lse, rowLogSumExp(f, fns, x, cols));
+          f.set(loss, f64.mul(f64.sub(1, sd), f64.sub(lse, f64.promoteF32(f32.load(i32.add(x, i32.shl(y, 2)))))));
+          f.if(f32.ne(s, 0), () =>
+            f.set(loss, f64.add(loss, f64.mul(sd, f64.sub(lse, f64.div(call(fns.rowSum, x, cols), f64.convertI32S(cols)))))),
+          );
+          f.exec(f32.store(out, f32.demoteF64(loss)));
+        },
+      );
+      f.inc(x, i32.shl(cols, 2));
+      f.inc(labels, 4);
+      f.inc(out, 4);
+    });
+  });
+}
+
+/** cross_entropy_backward(x, labels, grad, out, rows, cols, smoothing): (softmax - target) * grad[r]. */
+function emitCrossEntropyBackward(mb: ModuleBuilder, fns: RowFns): void {
+  mb.func('cross_entropy_backward', [I32, I32, I32, I32, I32, I32, F32], [], (f, x, labels, grad, out, rows, cols, s) => {
+    const r = f.local(I32);
+    const y = f.local(I32);
+    const g = f.local(F32);
+    const lse = f.local(V128);
+    const gv = f.local(V128);
+    const smooth = f.local(V128);
+    const labelAddr = f.local(I32);
+    f.set(smooth, f32x4.splat(f32.div(s, f32.convertI32S(cols))));
+    f.for(r, 0, rows, 1, () => {
+      f.set(y, i32.load(labels));
+      f.set(g, f32.load(grad));
+      f.set(lse, f32x4.splat(f32.demoteF64(rowLogSumExp(f, fns, x, cols))));
+      f.set(gv, f32x4.splat(select(g, f32.const(NaN), i32.ltU(y, cols), F32)));
+      elementwise(f, cols, [{ ptr: x }], { ptr: out }, ([v]) => f32x4.mul(f32x4.sub(expV(f, f32x4.sub(v, lse)), smooth), gv));
+      f.if(i32.ltU(y, cols), () => {
+        f.set(labelAddr, i32.add(out, i32.shl(y, 2)));
+        f.exec(f32.store(labelAddr, f32.sub(f32.load(labelAddr), f32.mul(f32.sub(1, s), g))));
+      });
+      f.inc(x, i32.shl(cols, 2));
+      f.inc(out, i32.shl(cols, 2));
+      f.inc(labels, 4);
+      f.inc(grad, 4);
+    });
+  });
+}
+
+/**
+ * reduce_rows_<op>(x, out, outer, size): the reduced dim is innermost (inner = 1).
+ * reduce_cols_<op>(x, out, outer, size, inner, scratch): vectors run along inner; the sum
+ * accumulates in a f64 scratch row of `inner` doubles.
+ */
+function emitReductions(mb: ModuleBuilder, fns: RowFns): void {
+  for (const op of ['sum', 'max', 'min'] as const) {
+    mb.func(`reduce_rows_${op}`, [I32, I32, I32, I32], [], (f, x, out, outer, size) => {
+      const a = f.local(I32);
+      f.for(a, 0, outer, 1, () => {
+        const value = op === 'sum' ? f32.demoteF64(call(fns.rowSum, x, size)) : call(op === 'max' ? fns.rowMax : fns.rowMin, x, size);
+        f.exec(f32.store(out, value));
+        f.inc(x, i32.shl(size, 2));
+        f.inc(out, 4);
+      });
+    });
+  }
+  for (const op of ['max', 'min'] as const) {
+    const vop = op === 'max' ? f32x4.max : f32x4.min;
+    mb.func(`reduce_cols_${op}`, [I32, I32, I32, I32, I32], [], (f, x, out, outer, size, inner) => {
+      const a = f.local(I32);
+      const j = f.local(I32);
+      const init = f.local(V128);
+      f.set(init, f32x4.splat(f32.const(op === 'max' ? -Infinity : Infinity)));
+      f.for(a, 0, outer, 1, () => {
+        elementwise(f, inner, [], { ptr: out }, () => init);
+        f.for(j, 0, size, 1, () => {
+          elementwise(f, inner, [{ ptr: out }, { ptr: x }], { ptr: out }, ([acc, v]) => vop(acc, v));
+          f.inc(x, i32.shl(inner, 2));
+        });
+        f.inc(out, i32.shl(inner, 2));
+      });
+    });
+  }
+  mb.func('reduce_cols_sum', [I32, I32, I32, I32, I32, I32], [], (f, x, out, outer, size, inner, scratch) => {
+    const a = f.local(I32);
+    const j = f.local(I32);
+    const c = f.local(I32);
+    const v = f.local(V128);
+    const acc = f.local(I32);
+    f.for(a, 0, outer, 1, () => {
+      f.exec(memory.fill(scratch, 0, i32.shl(inner, 3)));
+      f.for(j, 0, size, 1, () => {
+        f.for(c, 0, i32.sub(inner, 3), 4, () => {
+          f.set(v, v128.load(i32.add(x, i32.shl(c, 2))));
+          f.set(acc, i32.add(scratch, i32.shl(c, 3)));
+          f.exec(v128.store(acc, f64x2.add(v128.load(acc), f64x2.promoteLowF32x4(v))));
+          f.exec(v128.store(acc, f64x2.add(v128.load(acc, 16), f64x2.promoteLowF32x4(v128.shuffle(v, v, HIGH_HALF))), 16));
+        });
+        f.for(c, c, inner, 1, () => {
+          f.set(acc, i32.add(scratch, i32.shl(c, 3)));
+          f.exec(f64.store(acc, f64.add(f64.load(acc), f64.promoteF32(f32.load(i32.add(x, i32.shl(c, 2)))))));
+        });
+        f.inc(x, i32.shl(inner, 2));
+      });
+      f.for(c, 0, inner, 1, () => f.exec(f32.store(i32.add(out, i32.shl(c, 2)), f32.demoteF64(f64.load(i32.add(scratch, i32.shl(c, 3)))))));
+      f.inc(out, i32.shl(inner, 2));
+    });
+  });
+}
+
+/** axpy(dst, src, n, alpha): dst += alpha * src. */
+function emitAxpy(mb: ModuleBuilder): void {
+  mb.func('axpy', [I32, I32, I32, F32], [], (f, dst, src, n, alpha) => {
+    const av = f.local(V128);
+    f.set(av, f32x4.splat(alpha));
+    elementwise(f, n, [{ ptr: dst }, { ptr: src }], { ptr: dst }, ([d, s]) => f32x4.add(d, f32x4.mul(av, s)));
+  });
+}
+
+/** ceil(a / b) for b > 0 and any sign of a (i32.div_s truncates toward zero). */
+function ceilDiv(a: Local, b: Operand): Expr {
+  return select(i32.divS(i32.add(a, i32.sub(b, 1)), b), i32.divS(a, b), i32.gtS(a, 0));
+}
+
+/** The window geometry parameters shared by im2col and col2im, after the two pointers. */
+const WINDOW_PARAMS = Array<ValType>(14).fill(I32);
+
+/**
+ * The loop nest shared by im2col and col2im: for every row (image, channel, ki, kj) of the
+ * column matrix and every output row oy, `run` gets the column-matrix row pointer, the input
+ * row pointer of the first valid ox, the valid range [lo, hi) of ox, and whether the input row
+ * y is inside the image at all.
+ */
+function windowLoops(
+  f: FuncBuilder,
+  x: Local,
+  colsPtr: Local,
+  g: Local[],
+  run: (cols: Local, src: Local, lo: Local, hi: Local, rowInside: Expr) => void,
+): void {
+  const [n, c, h, w, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw] = g;
+  const [plane, ki, kj, oy, y, xoff, lo, hi, t, src] = f.localsOf(I32, 10);
+  f.for(plane, 0, i32.mul(n, c), 1, () => {
+    f.for(ki, 0, kh, 1, () =>
+      f.for(kj, 0, kw, 1, () => {
+        f.set(xoff, i32.sub(i32.mul(kj, dw), pw));
+        f.set(t, i32.sub(0, xoff));
+        f.set(lo, ceilDiv(t, sw));
+        f.set(lo, select(0, select(ow, lo, i32.gtS(lo, ow)), i32.ltS(lo, 0)));
+        f.set(t, i32.sub(w, xoff));
+        f.set(hi, ceilDiv(t, sw));
+        f.set(hi, select(lo, select(ow, hi, i32.gtS(hi, ow)), i32.ltS(hi, lo)));
+        f.for(oy, 0, oh, 1, () => {
+          f.set(y, i32.add(i32.sub(i32.mul(oy, sh), ph), i32.mul(ki, dh)));
+          f.set(src, i32.add(x, i32.shl(i32.add(i32.add(i32.mul(y, w), i32.mul(lo, sw)), xoff), 2)));
+          run(colsPtr, src, lo, hi, i32.ltU(y, h));
+          f.inc(colsPtr, i32.shl(ow, 2));
+        });
+      }),
+    );
+    f.inc(x, i32.shl(i32.mul(h, w), 2));
+  });
+}
+
+function emitIm2col(mb: ModuleBuilder): void {
+  mb.func('im2col', [I32, I32, ...WINDOW_PARAMS], [], (f, x, cols, ...g) => {
+    const ow = g[7];
+    const sw = g[9];
+    const ox = f.local(I32);
+    windowLoops(f, x, cols, g, (dst, src, lo, hi, inside) => {
+      f.if(
+        inside,
+        () => {
+          f.exec(memory.fill(dst, 0, i32.shl(lo, 2)));
+          f.exec(memory.fill(i32.add(dst, i32.shl(hi, 2)), 0, i32.shl(i32.sub(ow, hi), 2)));
+          f.if(
+            i32.eq(sw, 1),
+            () => f.exec(memory.copy(i32.add(dst, i32.shl(lo, 2)), src, i32.shl(i32.sub(hi, lo), 2))),
+            () =>
+              f.for(ox, lo, hi, 1, () => {
+                f.exec(f32.store(i32.add(dst, i32.shl(ox, 2)), f32.load(src)));
+                f.inc(src, i32.shl(sw, 2));
+              }),
+          );
+        },
+        () => f.exec(memory.fill(dst, 0, i32.shl(ow, 2))),
+      );
+    });
+  });
+}
+
+function emitCol2im(mb: ModuleBuilder): void {
+  mb.func('col2im', [I32, I32, ...WINDOW_PARAMS], [], (f, cols, out, ...g) => {
+    const [n, c, h, w] = g;
+    const sw = g[9];
+    const ox = f.local(I32);
+    const from = f.local(I32);
+    f.exec(memory.fill(out, 0, i32.shl(i32.mul(i32.mul(n, c), i32.mul(h, w)), 2)));
+    windowLoops(f, out, cols, g, (colsRow, dst, lo, hi, inside) => {
+      f.if(inside, () => {
+        f.set(from, i32.add(colsRow, i32.shl(lo, 2)));
+        f.if(
+          i32.eq(sw, 1),
+          () => elementwise(f, i32.sub(hi, lo), [{ ptr: dst }, { ptr: from }], { ptr: dst }, ([o, v]) => f32x4.add(o, v)),
+          () =>
+            f.for(ox, lo, hi, 1, () => {
+              f.exec(f32.store(dst, f32.add(f32.load(dst), f32.load(from))));
+              f.inc(dst, i32.shl(sw, 2));
+              f.inc(from, 4);
+            }),
+        );
+      });
+    });
+  });
+}
+
+/** Shuffles the f32 lanes of two vectors: `lanes` index into a ++ b (0-3 from a, 4-7 from b). */
+function shuffle32(a: Operand, b: Operand, lanes: readonly number[]): Expr {
+  return v128.shuffle(a, b, lanes.flatMap((l) => [4 * l, 4 * l + 1, 4 * l + 2, 4 * l + 3]));
+}
+
+/** Transposes in place the 4x4 block held in four vector locals (rows become columns). */
+function transpose4(f: FuncBuilder, x: Local[], tmp: Local[]): void {
+  const [r0, r1, r2, r3] = x;
+  const [t0, t1, t2, t3] = tmp;
+  f.set(t0, shuffle32(r0, r1, [0, 4, 1, 5]));
+  f.set(t1, shuffle32(r0, r1, [2, 6, 3, 7]));
+  f.set(t2, shuffle32(r2, r3, [0, 4, 1, 5]));
+  f.set(t3, shuffle32(r2, r3, [2, 6, 3, 7]));
+  f.set(r0, shuffle32(t0, t2, [0, 1, 4, 5]));
+  f.set(r1, shuffle32(t0, t2, [2, 3, 6, 7]));
+  f.set(r2, shuffle32(t1, t3, [0, 1, 4, 5]));
+  f.set(r3, shuffle32(t1, t3, [2, 3, 6, 7]));
+}
+
+/**
+ * Packs `total` rows (or columns) of a matrix into panels of `width`: panel q holds, for each of
+ * the kc steps p, the `width` values src[(q*width + r)*stepR + p*stepP], zero past `total`. The
+ * micro-kernel then reads both operands sequentially. A full panel takes one vector per 4 values
+ * when they are adjacent along r, and 4x4 transposes when they are adjacent along p (a row-major
+ * A, a transposed B); what is left over goes one value at a time.
+ */
+function emitPack(mb: ModuleBuilder, name: string, width: number): FuncRef {
+  return mb.func(name, [I32, I32, I32, I32, I32, I32], [], (f, src, stepR, stepP, total, kc, dst) => {
+    const [q, r, p, pStart, rows, from] = f.localsOf(I32, 6);
+    const block = f.localsOf(V128, 4);
+    const tmp = f.localsOf(V128, 4);
+    const at = (row: Operand, step: Operand) => i32.add(dst, i32.shl(i32.add(i32.mul(step, width), row), 2));
+    f.for(q, 0, total, width, () => {
+      f.set(rows, i32.sub(total, q));
+      f.set(pStart, 0);
+      f.if(i32.geS(rows, width), () =>
+        f.if(
+          i32.eq(stepR, 4),
+          () => {
+            f.set(from, src);
+            f.for(p, 0, kc, 1, () => {
+              for (let v = 0; v < width / 4; v++) f.exec(v128.store(at(4 * v, p), v128.load(from, 16 * v)));
+              f.inc(from, stepP);
+            });
+            f.set(pStart, kc);
+          },
+          () =>
+            f.if(i32.eq(stepP, 4), () => {
+              f.for(p, 0, i32.sub(kc, 3), 4, () => {
+                for (let g = 0; g < width / 4; g++) {
+                  block.forEach((x, k) => f.set(x, v128.load(i32.add(i32.add(src, i32.shl(p, 2)), i32.mul(4 * g + k, stepR)))));
+                  transpose4(f, block, tmp);
+                  block.forEach((c, k) => f.exec(v128.store(at(4 * g, i32.add(p, k)), c)));
+                }
+              });
+              f.set(pStart, p);
+            }),
+        ),
+      );
+      f.for(r, 0, width, 1, () => {
+        f.set(from, i32.add(i32.add(src, i32.mul(r, stepR)), i32.mul(pStart, stepP)));
+        f.if(
+          i32.ltS(r, rows),
+          () =>
+            f.for(p, pStart, kc, 1, () => {
+              f.exec(f32.store(at(r, p), f32.load(from)));
+              f.inc(from, stepP);
+            }),
+          () => f.for(p, pStart, kc, 1, () => f.exec(f32.store(at(r, p), 0))),
+        );
+      });
+      f.inc(dst, i32.mul(kc, width * 4));
+      f.inc(src, i32.mul(stepR, width));
+    });
+  });
+}
+
+/**
+ * The micro-kernel: C[mr x nr] (+)= Apanel[kc x mr]^T Bpanel[kc x nr], with mr*nr/4 f32x4
+ * accumulators held in registers and A values broadcast straight from memory (load32_splat).
+ * `accumulate` adds into C (every k block after the first). The k loop is deliberately not
+ * unrolled: V8's register allocator spills the unrolled bodies, and on the machine this was
+ * tuned on (Xeon, Node 20) unrolling by 2, 4 and 8 ran 10-25% slower than this plain loop.
+ */
+function emitMicroKernel(mb: ModuleBuilder, t: GemmTiling): FuncRef {
+  const nv = t.nr / 4;
+  return mb.func(
+    'gemm_micro',
+    [I32, I32, I32, I32, I32, I32],
+    [],
+    (f, pa, pb, c, ldcBytes, kc, accumulate) => {
+      const acc = Array.from({ length: t.mr }, () => f.localsOf(V128, nv));
+      const b = f.localsOf(V128, nv);
+      const a = f.local(V128);
+      const p = f.local(I32);
+      const row = f.local(I32);
+      for (const rowAcc of acc) for (const x of rowAcc) f.set(x, f32x4.splat(f32.const(0)));
+      f.for(p, 0, kc, 1, () => {
+        for (let v = 0; v < nv; v++) f.set(b[v], v128.load(pb, 16 * v));
+        for (let r = 0; r < t.mr; r++) {
+          f.set(a, v128.load32Splat(pa, 4 * r));
+          for (let v = 0; v < nv; v++) f.set(acc[r][v], f32x4.add(acc[r][v], f32x4.mul(a, b[v])));
+        }
+        f.inc(pa, t.mr * 4);
+        f.inc(pb, t.nr * 4);
+      });
+      const storeAll = (value: (r: number, v: number) => Operand) => {
+        f.set(row, c);
+        for (let r = 0; r < t.mr; r++) {
+          for (let v = 0; v < nv; v++) f.exec(v128.store(row, value(r, v), 16 * v));
+          f.inc(row, ldcBytes);
+        }
+      };
+      f.if(
+        accumulate,
+        () => storeAll((r, v) => f32x4.add(v128.load(row, 16 * v), acc[r][v])),
+        () => storeAll((r, v) => acc[r][v]),
+      );
+    },
+    { exported: false },
+  );
+}
+
+/**
+ * gemm(a, aRowBytes, aColBytes, b, bRowBytes, bColBytes, c, ldcBytes, m, n, k, batch,
+ * aBatchBytes, bBatchBytes, cBatchBytes, scratch): C[b] = A[b] @ B[b] with A(i, p) at
+ * a + i*aRowBytes + p*aColBytes and B(p, j) at b + p*bRowBytes + j*bColBytes, so the transpose
+ * flags are just strides, and C(i, j) at c + i*ldcBytes + 4j. Blocked as in BLIS (Goto and van
+ * de Geijn, "Anatomy of high-performance matrix multiplication", 2008): loop over nc-wide column
+ * blocks and kc-deep slices, pack B's slice once, then for each mc-tall row block pack A and
+ * sweep the micro-kernel. `scratch` holds gemmScratchBytes(tiling) bytes private to the thread.
+ */
+function emitGemm(mb: ModuleBuilder, t: GemmTiling): void {
+  const micro = emitMicroKernel(mb, t);
+  const packA = emitPack(mb, 'gemm_pack_a', t.mr);
+  const packB = emitPack(mb, 'gemm_pack_b', t.nr);
+  const mcMax = Math.ceil(t.mc / t.mr) * t.mr;
+  const ncMax = Math.ceil(t.nc / t.nr) * t.nr;
+  const params = Array<ValType>(16).fill(I32);
+  mb.func('gemm', params, [], (f, a, aRow, aCol, b, bRow, bCol, c, ldc, m, n, k, batch, aBatch, bBatch, cBatch, scratch) => {
+    const [bt, jc, pc, ic, jr, ir, nc, kc, mc, pa, pb, tile, cTile, mr, nr, i, j, cBlock] = f.localsOf(I32, 18);
+    f.set(pa, scratch);
+    f.set(pb, i32.add(scratch, mcMax * t.kc * 4));
+    f.set(tile, i32.add(pb, t.kc * ncMax * 4));
+    const minI = (x: Operand, y: Operand) => select(x, y, i32.ltS(x, y));
+    f.for(bt, 0, batch, 1, () => {
+      f.for(jc, 0, n, t.nc, () => {
+        f.set(nc, minI(t.nc, i32.sub(n, jc)));
+        f.for(pc, 0, k, t.kc, () => {
+          f.set(kc, minI(t.kc, i32.sub(k, pc)));
+          f.exec(call(packB, i32.add(i32.add(b, i32.mul(pc, bRow)), i32.mul(jc, bCol)), bCol, bRow, nc, kc, pb));
+          f.for(ic, 0, m, t.mc, () => {
+            f.set(mc, minI(t.mc, i32.sub(m, ic)));
+            f.exec(call(packA, i32.add(i32.add(a, i32.mul(ic, aRow)), i32.mul(pc, aCol)), aRow, aCol, mc, kc, pa));
+            f.set(cBlock, i32.add(c, i32.add(i32.mul(ic, ldc), i32.shl(jc, 2))));
+            f.for(jr, 0, nc, t.nr, () => {
+              f.set(nr, minI(t.nr, i32.sub(nc, jr)));
+              f.for(ir, 0, mc, t.mr, () => {
+                f.set(mr, minI(t.mr, i32.sub(mc, ir)));
+                f.set(cTile, i32.add(cBlock, i32.add(i32.mul(ir, ldc), i32.shl(jr, 2))));
+                const panelA = i32.add(pa, i32.mul(ir, i32.shl(kc, 2)));
+                const panelB = i32.add(pb, i32.mul(jr, i32.shl(kc, 2)));
+                f.if(
+                  i32.and(i32.eq(mr, t.mr), i32.eq(nr, t.nr)),
+                  () => f.exec(call(micro, panelA, panelB, cTile, ldc, kc, i32.ne(pc, 0))),
+                  () => {
+                    // An edge tile: compute the full tile into scratch, then move the valid part.
+                    f.exec(call(micro, panelA, panelB, tile, t.nr * 4, kc, 0));
+                    f.for(i, 0, mr, 1, () =>
+                      f.for(j, 0, nr, 1, () => {
+                        const dst = i32.add(cTile, i32.add(i32.mul(i, ldc), i32.shl(j, 2)));
+                        const v = f32.load(i32.add(tile, i32.shl(i32.add(i32.mul(i, t.nr), j), 2)));
+                        f.exec(f32.store(dst, select(f32.add(f32.load(dst), v), v, i32.ne(pc, 0), F32)));
+                      }),
+                    );
+                  },
+                );
+              });
+            });
+          });
+        });
+      });
+      f.inc(a, aBatch);
+      f.inc(b, bBatch);
+      f.inc(c, cBatch);
+    });
+  });
+}
+
+/**
+ * Matrix-vector products, for a matmul with one row or one column of output, which the packing
+ * of gemm would only slow down (it is bound by reading the matrix once):
+ * gemv_rows(x, xStepBytes, mat, stepPBytes, y, len, k): y[0:len] = sum_p x[p] M[p, 0:len], with
+ * rows of M contiguous (an axpy per p into y, which stays in L1);
+ * gemv_dots(x, mat, stepJBytes, y, len, k): y[j] = dot(x[0:k], M[0:k, j]), with columns of M and
+ * x contiguous.
+ */
+function emitGemv(mb: ModuleBuilder): void {
+  mb.func('gemv_rows', [I32, I32, I32, I32, I32, I32, I32], [], (f, x, xStep, mat, stepP, y, len, k) => {
+    const p = f.local(I32);
+    const xs = f.local(V128);
+    f.exec(memory.fill(y, 0, i32.shl(len, 2)));
+    f.for(p, 0, k, 1, () => {
+      f.set(xs, v128.load32Splat(x));
+      elementwise(f, len, [{ ptr: y }, { ptr: mat }], { ptr: y }, ([acc, m]) => f32x4.add(acc, f32x4.mul(xs, m)));
+      f.inc(x, xStep);
+      f.inc(mat, stepP);
+    });
+  });
+  mb.func('gemv_dots', [I32, I32, I32, I32, I32, I32], [], (f, x, mat, stepJ, y, len, k) => {
+    const j = f.local(I32);
+    const p = f.local(I32);
+    const acc0 = f.local(V128);
+    const acc1 = f.local(V128);
+    const at = (ptr: Operand, q: Operand) => v128.load(i32.add(ptr, i32.shl(q, 2)));
+    f.for(j, 0, len, 1, () => {
+      // Two accumulators halve the dependency chain of the adds.
+      f.set(acc0, f32x4.splat(f32.const(0)));
+      f.set(acc1, f32x4.splat(f32.const(0)));
+      f.for(p, 0, i32.sub(k, 7), 8, () => {
+        f.set(acc0, f32x4.add(acc0, f32x4.mul(at(x, p), at(mat, p))));
+        f.set(acc1, f32x4.add(acc1, f32x4.mul(v128.load(i32.add(x, i32.shl(p, 2)), 16), v128.load(i32.add(mat, i32.shl(p, 2)), 16))));
+      });
+      f.for(p, p, i32.sub(k, 3), 4, () => f.set(acc0, f32x4.add(acc0, f32x4.mul(at(x, p), at(mat, p)))));
+      f.if(i32.ltS(p, k), () => {
+        const last = i32.sub(k, 4);
+        f.set(acc1, f32x4.add(acc1, v128.and(f32x4.mul(at(x, last), at(mat, last)), tailMask(i32.sub(k, p)))));
+      });
+      f.set(acc0, f32x4.add(acc0, acc1));
+      f.exec(f32.store(y, lanes4(acc0, f32.add)));
+      f.inc(mat, stepJ);
+      f.inc(y, 4);
+    });
+  });
+}
+
+export interface KernelModuleOptions {
+  /** Share the memory between threads (requires SharedArrayBuffer). */
+  shared: boolean;
+  /** Memory limits in 64 KiB pages. */
+  initialPages: number;
+  maximumPages: number;
+  tiling?: GemmTiling;
+}
+
+/** The module's bytes. It imports only `env.memory`. */
+export function buildKernelModule(opts: KernelModuleOptions): Uint8Array {
+  const mb = new ModuleBuilder();
+  mb.importMemory('env', 'memory', { initial: opts.initialPages, maximum: opts.maximumPages, shared: opts.shared });
+  const fns: RowFns = {
+    log: emitLog(mb),
+    rowMax: emitRowExtreme(mb, 'max'),
+    rowMin: emitRowExtreme(mb, 'min'),
+    rowSum: emitRowSum(mb),
+    rowSumExp: emitRowSumExp(mb, false),
+    rowExpStore: emitRowSumExp(mb, true),
+  };
+  for (const op of SIMD_UNARY_F32) emitUnary(mb, unaryExport(op, 'f32'), UNARY_F32_BODIES[op]);
+  for (const op of SIMD_UNARY_I32) emitUnary(mb, unaryExport(op, 'i32'), UNARY_I32_BODIES[op]);
+  const ones = v128.i32x4([1, 1, 1, 1]);
+  for (const variant of rowVariants(2)) {
+    const pair = [{}, {}];
+    for (const op of SIMD_BINARY_F32) emitRowKernel(mb, binaryExport(op, 'f32', variant), pair, variant, false, ([a, b]) => BINARY_F32[op](a, b));
+    for (const op of SIMD_BINARY_I32) emitRowKernel(mb, binaryExport(op, 'i32', variant), pair, variant, false, ([a, b]) => BINARY_I32[op](a, b));
+    for (const op of SIMD_COMPARE) {
+      emitRowKernel(mb, binaryExport(op, 'f32', variant), pair, variant, true, ([a, b]) => v128.and(COMPARE_F32[op](a, b), ones));
+      emitRowKernel(mb, binaryExport(op, 'i32', variant), pair, variant, true, ([a, b]) => v128.and(COMPARE_I32[op](a, b), ones));
+    }
+  }
+  for (const variant of rowVariants(3)) {
+    emitRowKernel(mb, whereExport(variant), [{ bool: true }, {}, {}], variant, false, ([c, a, b]) => v128.bitselect(a, b, i32x4.ne(c, 0)));
+  }
+  emitAxpy(mb);
+  emitReductions(mb, fns);
+  emitSoftmax(mb, fns);
+  emitCrossEntropy(mb, fns);
+  emitCrossEntropyBackward(mb, fns);
+  emitIm2col(mb);
+  emitCol2im(mb);
+  emitGemm(mb, opts.tiling ?? DEFAULT_TILING);
+  emitGemv(mb);
+  return mb.toBytes();
+}
+
+/** The exports as the JS side calls them (pointers and counts as numbers). */
+export interface KernelExports {
+  [name: string]: (...args: number[]) => number | void;
+}

@@ -1,0 +1,140 @@
+/**
+ * Device acquisition: a GPUDevice from the browser's `navigator.gpu`, or in Node from the `webgpu`
+ * package (Dawn), loaded only when asked for. On Linux without a GPU driver Dawn can run on the
+ * SwiftShader Vulkan driver that Debian's chromium ships; the loader reads VK_ICD_FILENAMES when
+ * Dawn creates its instance, so it has to be set before the first `create()`.
+ */
+import { WebGPUBackend } from './index.js';
+import type { RuntimeOptions } from './runtime.js';
+
+export interface WebGPUOptions extends RuntimeOptions {
+  /** A GPU object to request the adapter from (e.g. one made with Dawn's `create([...])`). */
+  gpu?: GPU;
+  /** An already-created device: used as is (its limits are whatever it was created with). */
+  device?: GPUDevice;
+  powerPreference?: GPUPowerPreference;
+}
+
+export const SWIFTSHADER_ICD = '/usr/lib/chromium/vk_swiftshader_icd.json';
+
+/** The limits a tensor library leans on; each is requested at the adapter's maximum. */
+const WANTED_LIMITS = [
+  'maxStorageBufferBindingSize',
+  'maxBufferSize',
+  'maxComputeWorkgroupsPerDimension',
+  'maxStorageBuffersPerShaderStage',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupSizeY',
+  'maxComputeWorkgroupSizeZ',
+  'maxComputeWorkgroupStorageSize',
+  'maxUniformBufferBindingSize',
+  'maxBindGroups',
+] as const;
+
+function isNode(): boolean {
+  return typeof process !== 'undefined' && !!process.versions?.node;
+}
+
+/** Makes Dawn use SwiftShader when no Vulkan driver is configured. */
+async function preferSwiftShader(): Promise<void> {
+  if (process.platform !== 'linux' || process.env.VK_ICD_FILENAMES) return;
+  const { existsSync } = await import('node:fs');
+  if (existsSync(SWIFTSHADER_ICD)) process.env.VK_ICD_FILENAMES = SWIFTSHADER_ICD;
+}
+
+let nodeGpu: Promise<GPU> | null = null;
+
+/**
+ * GPU objects that handed out an adapter. Dawn's Node binding does not keep its instance alive
+ * from the devices it made: a collected GPU object takes the device down with it (a crash, not an
+ * error), so every one in use is held here for the life of the process.
+ */
+const gpusInUse = new Set<GPU>();
+
+/** The Dawn GPU object, created once per process (Dawn's instance reads the environment once). */
+async function dawnGpu(): Promise<GPU> {
+  nodeGpu ??= (async () => {
+    await preferSwiftShader();
+    let mod: { create: (opts: string[]) => GPU; globals: object };
+    try {
+      mod = (await import(/* @vite-ignore */ 'webgpu' as string)) as typeof mod;
+    } catch (e) {
+      throw new Error(`the 'webgpu' package (Dawn for Node) could not be loaded: ${(e as Error).message}`);
+    }
+    // Dawn's globals hold GPUBufferUsage, GPUMapMode etc., which browsers define themselves.
+    Object.assign(globalThis, mod.globals);
+    return mod.create([]);
+  })();
+  try {
+    return await nodeGpu;
+  } catch (e) {
+    nodeGpu = null;
+    throw e;
+  }
+}
+
+/** Finds an adapter or throws one error listing every attempt. */
+export async function requestAdapter(opts: WebGPUOptions = {}): Promise<GPUAdapter> {
+  const tried: string[] = [];
+  // `what` is read after the attempt: Dawn's line names the Vulkan driver it was pointed at.
+  const candidates: { what: () => string; gpu: () => Promise<GPU> }[] = [];
+  if (opts.gpu) candidates.push({ what: () => 'the GPU object passed in', gpu: async () => opts.gpu! });
+  else {
+    const nav = (globalThis as { navigator?: { gpu?: GPU } }).navigator;
+    if (nav?.gpu) candidates.push({ what: () => 'navigator.gpu', gpu: async () => nav.gpu! });
+    else tried.push('navigator.gpu (not present)');
+    if (isNode()) {
+      const icd = () => (process.env.VK_ICD_FILENAMES ? ` with VK_ICD_FILENAMES=${process.env.VK_ICD_FILENAMES}` : '');
+      candidates.push({ what: () => `Node 'webgpu' package (Dawn)${icd()}`, gpu: dawnGpu });
+    }
+  }
+  for (const c of candidates) {
+    try {
+      const gpu = await c.gpu();
+      const adapter = await gpu.requestAdapter({ powerPreference: opts.powerPreference });
+      if (adapter) {
+        gpusInUse.add(gpu);
+        return adapter;
+      }
+      tried.push(`${c.what()}: requestAdapter() returned null`);
+    } catch (e) {
+      tried.push(`${c.what()}: ${(e as Error).message}`);
+    }
+  }
+  if (isNode() && process.platform === 'linux' && !process.env.VK_ICD_FILENAMES) {
+    tried.push(`no SwiftShader driver at ${SWIFTSHADER_ICD} (install Debian's chromium for a CPU adapter)`);
+  }
+  throw new Error(`no WebGPU adapter found; tried: ${tried.join('; ')}`);
+}
+
+export async function requestDevice(adapter: GPUAdapter): Promise<GPUDevice> {
+  const requiredLimits: Record<string, number> = {};
+  for (const name of WANTED_LIMITS) {
+    const v = (adapter.limits as unknown as Record<string, number | undefined>)[name];
+    if (typeof v === 'number') requiredLimits[name] = v;
+  }
+  return adapter.requestDevice({ requiredLimits, label: 'flatgrad' });
+}
+
+/** Describes an adapter in one line, e.g. "SwiftShader driver 5.0.0 (google swiftshader)". */
+export function describeAdapter(info: GPUAdapterInfo | undefined): string {
+  if (!info) return 'unknown WebGPU adapter';
+  const main = info.description || info.device || 'WebGPU adapter';
+  const extra = [info.vendor, info.architecture].filter(Boolean).join(' ');
+  return extra ? `${main} (${extra})` : main;
+}
+
+/** Whether an adapter emulates the GPU on the CPU (SwiftShader, Mesa's lavapipe/llvmpipe). */
+export function isCpuEmulated(info: GPUAdapterInfo | undefined): boolean {
+  if (!info) return false;
+  const text = `${info.vendor} ${info.architecture} ${info.device} ${info.description}`.toLowerCase();
+  return /swiftshader|llvmpipe|lavapipe|software|warp/.test(text);
+}
+
+export async function createWebGPUBackend(opts: WebGPUOptions = {}): Promise<WebGPUBackend> {
+  if (opts.device) return new WebGPUBackend(opts.device, (opts.device as { adapterInfo?: GPUAdapterInfo }).adapterInfo, opts);
+  const adapter = await requestAdapter(opts);
+  const device = await requestDevice(adapter);
+  return new WebGPUBackend(device, adapter.info, opts);
+}

@@ -1,0 +1,207 @@
+/**
+ * The WebGPU backend: every Backend kernel as a WGSL compute shader. The runtime (runtime.ts)
+ * owns buffers, batching and pipelines; each kernel family lives in its own file and only
+ * describes dispatches.
+ */
+import type { DType, TypedArray } from '../../tensor/dtype.js';
+import type {
+  ArgReduceOp,
+  Backend,
+  BackendInfo,
+  BroadcastLayout,
+  CrossEntropyLayout,
+  GatherLayout,
+  MatmulLayout,
+  MemoryInfo,
+  RandomDist,
+  ReduceLayout,
+  ReduceOp,
+  SoftmaxLayout,
+  Storage,
+  StridedCopyLayout,
+  WhereLayout,
+  Window2d,
+} from '../backend.js';
+import type { BinaryOp, UnaryOp } from '../optable.js';
+import { avgPool2d, avgPool2dBackward, col2im, im2col, maxPool2d, maxPool2dBackward } from './conv.js';
+import { axpy, cast, fill, stridedCopy, where } from './copy.js';
+import { describeAdapter, isCpuEmulated, type WebGPUOptions } from './device.js';
+import { binary, unary } from './elementwise.js';
+import { gather, scatterAdd } from './gather.js';
+import { matmul } from './matmul.js';
+import { argReduce, reduce, sumSquares } from './reduce.js';
+import { random } from './rng.js';
+import { asGPU, deviceArray, hostArray, Runtime } from './runtime.js';
+import { crossEntropy, crossEntropyBackward, softmax } from './softmax.js';
+
+export { createWebGPUBackend, isCpuEmulated, requestAdapter, SWIFTSHADER_ICD, type WebGPUOptions } from './device.js';
+export { GPUStorage } from './runtime.js';
+
+const NO_FLOAT64 = 'webgpu backend does not support float64 (use the cpu backend for float64)';
+
+export class WebGPUBackend implements Backend {
+  readonly name = 'webgpu' as const;
+  readonly rt: Runtime;
+
+  constructor(
+    readonly device: GPUDevice,
+    readonly adapterInfo: GPUAdapterInfo | undefined,
+    opts: WebGPUOptions = {},
+  ) {
+    this.rt = new Runtime(device, { cpuEmulated: isCpuEmulated(adapterInfo), ...opts });
+  }
+
+  info(): BackendInfo {
+    const i = this.adapterInfo;
+    const l = this.device.limits;
+    return {
+      name: 'webgpu',
+      adapter: describeAdapter(i),
+      details: {
+        vendor: i?.vendor,
+        architecture: i?.architecture,
+        device: i?.device,
+        description: i?.description,
+        limits: {
+          maxStorageBufferBindingSize: l.maxStorageBufferBindingSize,
+          maxBufferSize: l.maxBufferSize,
+          maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
+          maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+          maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
+          maxComputeWorkgroupStorageSize: l.maxComputeWorkgroupStorageSize,
+        },
+      },
+    };
+  }
+  supportsDtype(d: DType): boolean {
+    return d !== 'float64';
+  }
+
+  // ---------------------------------------------------------------- memory
+
+  alloc(numel: number, dtype: DType): Storage {
+    if (dtype === 'float64') throw new TypeError(NO_FLOAT64);
+    return this.rt.alloc(numel, dtype);
+  }
+  upload(data: TypedArray, dtype: DType): Storage {
+    if (dtype === 'float64') throw new TypeError(NO_FLOAT64);
+    const s = this.rt.alloc(data.length, dtype);
+    this.rt.write(s, deviceArray(data, dtype));
+    return s;
+  }
+  view(base: Storage, offset: number, numel: number): Storage {
+    return this.rt.view(asGPU(base), offset, numel);
+  }
+  write(dst: Storage, data: TypedArray): void {
+    const d = asGPU(dst);
+    if (data.length !== d.numel) throw new RangeError(`write: ${data.length} values into a storage of ${d.numel}`);
+    this.rt.write(d, deviceArray(data, d.dtype));
+  }
+  async read(s: Storage): Promise<TypedArray> {
+    const g = asGPU(s);
+    return hostArray(await this.rt.read(g), g.dtype);
+  }
+  release(s: Storage): void {
+    this.rt.release(asGPU(s));
+  }
+  flush(): void {
+    this.rt.checkAlive();
+    this.rt.flush();
+  }
+  sync(): Promise<void> {
+    return this.rt.sync();
+  }
+  memory(): MemoryInfo {
+    return this.rt.memory();
+  }
+  /** Destroys the buffers the pool holds for reuse. */
+  trim(): void {
+    this.rt.trim();
+  }
+  /** Destroys the device; every later call throws "WebGPU device lost (destroyed)". */
+  destroy(): void {
+    this.rt.markDestroyed();
+    this.device.destroy();
+  }
+
+  // ---------------------------------------------------------------- kernels
+
+  fill(out: Storage, value: number): void {
+    fill(this.rt, asGPU(out), value);
+  }
+  cast(x: Storage, out: Storage): void {
+    cast(this.rt, asGPU(x), asGPU(out));
+  }
+  unary(op: UnaryOp, x: Storage, out: Storage, p0 = 0, p1 = 0): void {
+    unary(this.rt, op, asGPU(x), asGPU(out), p0, p1);
+  }
+  binary(op: BinaryOp, a: Storage, b: Storage, out: Storage, layout: BroadcastLayout): void {
+    binary(this.rt, op, asGPU(a), asGPU(b), asGPU(out), layout);
+  }
+  where(cond: Storage, a: Storage, b: Storage, out: Storage, layout: WhereLayout): void {
+    where(this.rt, asGPU(cond), asGPU(a), asGPU(b), asGPU(out), layout);
+  }
+  axpy(dst: Storage, src: Storage, alpha: number): void {
+    axpy(this.rt, asGPU(dst), asGPU(src), alpha);
+  }
+  stridedCopy(src: Storage, dst: Storage, layout: StridedCopyLayout): void {
+    stridedCopy(this.rt, asGPU(src), asGPU(dst), layout);
+  }
+  reduce(op: ReduceOp, x: Storage, out: Storage, layout: ReduceLayout): void {
+    reduce(this.rt, op, asGPU(x), asGPU(out), layout);
+  }
+  argReduce(op: ArgReduceOp, x: Storage, out: Storage, layout: ReduceLayout): void {
+    argReduce(this.rt, op, asGPU(x), asGPU(out), layout);
+  }
+  softmax(x: Storage, out: Storage, layout: SoftmaxLayout): void {
+    softmax(this.rt, asGPU(x), asGPU(out), layout);
+  }
+  crossEntropy(logits: Storage, labels: Storage, out: Storage, layout: CrossEntropyLayout): void {
+    crossEntropy(this.rt, asGPU(logits), asGPU(labels), asGPU(out), layout);
+  }
+  crossEntropyBackward(logits: Storage, labels: Storage, gradRows: Storage, out: Storage, layout: CrossEntropyLayout): void {
+    crossEntropyBackward(this.rt, asGPU(logits), asGPU(labels), asGPU(gradRows), asGPU(out), layout);
+  }
+  matmul(a: Storage, b: Storage, out: Storage, layout: MatmulLayout): void {
+    matmul(this.rt, asGPU(a), asGPU(b), asGPU(out), layout);
+  }
+  im2col(x: Storage, cols: Storage, g: Window2d): void {
+    im2col(this.rt, asGPU(x), asGPU(cols), g);
+  }
+  col2im(cols: Storage, out: Storage, g: Window2d): void {
+    col2im(this.rt, asGPU(cols), asGPU(out), g);
+  }
+  maxPool2d(x: Storage, out: Storage, argOut: Storage | null, g: Window2d): void {
+    maxPool2d(this.rt, asGPU(x), asGPU(out), argOut ? asGPU(argOut) : null, g);
+  }
+  maxPool2dBackward(grad: Storage, arg: Storage, out: Storage, g: Window2d): void {
+    maxPool2dBackward(this.rt, asGPU(grad), asGPU(arg), asGPU(out), g);
+  }
+  avgPool2d(x: Storage, out: Storage, g: Window2d): void {
+    avgPool2d(this.rt, asGPU(x), asGPU(out), g);
+  }
+  avgPool2dBackward(grad: Storage, out: Storage, g: Window2d): void {
+    avgPool2dBackward(this.rt, asGPU(grad), asGPU(out), g);
+  }
+  gather(x: Storage, idx: Storage, out: Storage, layout: GatherLayout): void {
+    gather(this.rt, asGPU(x), asGPU(idx), asGPU(out), layout);
+  }
+  scatterAdd(src: Storage, idx: Storage, out: Storage, layout: GatherLayout): void {
+    scatterAdd(this.rt, asGPU(src), asGPU(idx), asGPU(out), layout);
+  }
+  random(out: Storage, key0: number, key1: number, dist: RandomDist): void {
+    random(this.rt, asGPU(out), key0, key1, dist);
+  }
+
+  // ---------------------------------------------------------------- beyond the Backend contract
+
+  /**
+   * out[0] = sum(x[i]^2) over a flat float32 storage, in two passes (per-workgroup partials, then
+   * one workgroup), the result left on the GPU: the global gradient norm of a SAM step reads it
+   * there without a readback.
+   */
+  sumSquares(x: Storage, out: Storage): void {
+    sumSquares(this.rt, asGPU(x), asGPU(out));
+  }
+}
+

@@ -1,0 +1,606 @@
+/**
+ * The WebGPU runtime under every kernel: storages and the buffer pool, command batching (one open
+ * encoder and compute pass, submitted at a readback, a flush, or every N dispatches), the
+ * per-dispatch uniform ring, the pipeline cache, and error bookkeeping that names kernels.
+ */
+import type { DType, TypedArray } from '../../tensor/dtype.js';
+import type { MemoryInfo, Storage } from '../backend.js';
+import { paramStruct, scalarOf, WGSL_COMMON, type Param } from './wgsl.js';
+
+/** One GPUBuffer as the pool hands it out. `usedInBatch` says whether unsubmitted work touches it. */
+export class PooledBuffer {
+  usedInBatch = -1;
+  constructor(
+    readonly buffer: GPUBuffer,
+    readonly size: number,
+  ) {}
+}
+
+export class GPUStorage implements Storage {
+  released = false;
+  /** Set on a reused pool buffer: its bytes are stale and must be zeroed before anything reads them. */
+  needsClear = false;
+  constructor(
+    readonly buf: PooledBuffer,
+    /** Byte offset into buf (a multiple of 256 for views). */
+    readonly offset: number,
+    readonly numel: number,
+    readonly dtype: DType,
+    /** The storage a view was made from; null for an owner. */
+    readonly base: GPUStorage | null,
+  ) {}
+  get isView(): boolean {
+    return this.base !== null;
+  }
+  get buffer(): GPUBuffer {
+    return this.buf.buffer;
+  }
+  /** Bytes a binding covers: never zero, since a zero-size binding is invalid. */
+  get bindSize(): number {
+    return Math.max(4, this.numel * 4);
+  }
+  get root(): GPUStorage {
+    return this.base ?? this;
+  }
+}
+
+export function asGPU(s: Storage): GPUStorage {
+  if (!(s instanceof GPUStorage)) throw new TypeError('webgpu backend: storage belongs to another backend');
+  return s;
+}
+
+/** Size classes: powers of two with quarter steps between them, so at most 25% is wasted. */
+export function sizeClass(bytes: number): number {
+  if (bytes <= 256) return 256;
+  const step = 2 ** Math.floor(Math.log2(bytes - 1)) / 4;
+  return Math.ceil(bytes / step) * step;
+}
+
+class BufferPool {
+  private readonly free = new Map<number, GPUBuffer[]>();
+  buffers = 0;
+  bytes = 0;
+  /** Beyond this many pooled bytes a returned buffer is destroyed instead of kept. */
+  constructor(private readonly limitBytes: number) {}
+  has(size: number): boolean {
+    return (this.free.get(size)?.length ?? 0) > 0;
+  }
+  take(size: number): GPUBuffer | undefined {
+    const b = this.free.get(size)?.pop();
+    if (b) {
+      this.buffers--;
+      this.bytes -= size;
+    }
+    return b;
+  }
+  put(b: GPUBuffer, size: number): void {
+    if (this.bytes + size > this.limitBytes) {
+      b.destroy();
+      return;
+    }
+    let list = this.free.get(size);
+    if (!list) this.free.set(size, (list = []));
+    list.push(b);
+    this.buffers++;
+    this.bytes += size;
+  }
+  trim(): void {
+    for (const list of this.free.values()) for (const b of list) b.destroy();
+    this.free.clear();
+    this.buffers = 0;
+    this.bytes = 0;
+  }
+}
+
+/** How a kernel uses a binding. `write` promises to overwrite every element, so stale bytes never need zeroing. */
+export type Access = 'read' | 'read_write' | 'write';
+
+export interface Bind {
+  /** The WGSL variable name. */
+  name: string;
+  s: GPUStorage;
+  access: Access;
+  /** WGSL element type; defaults to the storage dtype's scalar. vec4 types need numel % 4 == 0. */
+  type?: string;
+}
+
+export interface KernelCall {
+  /** Kernel name for errors, e.g. 'binary'. */
+  name: string;
+  /** Specialization: everything that changes the WGSL besides binding types, which are appended. */
+  key: string;
+  binds: Bind[];
+  params: Param[];
+  /** Logical 1-D workgroup count; split into a 2-D grid when over the per-dimension limit. */
+  groups: number;
+  /** The shader after the generated Params struct, bindings and fg_group(); entry point `main`. */
+  wgsl: () => string;
+}
+
+const UNIFORM_SLOT = 256;
+const UNIFORM_SLOTS = 256;
+
+export interface RuntimeOptions {
+  /** Dispatches encoded before an automatic submit (default 64). */
+  dispatchesPerSubmit?: number;
+  /**
+   * The adapter runs shaders on the CPU (SwiftShader, lavapipe): workgroup memory is no faster
+   * than storage there and barriers are expensive, so kernels that tile through workgroup memory
+   * on GPUs pick their register-blocked direct forms instead. Detected from the adapter; tests
+   * override it to run both kernel families on one adapter.
+   */
+  cpuEmulated?: boolean;
+  /** Wraps each dispatch in an error scope so validation errors name the exact kernel (slow). */
+  validate?: boolean;
+  /** Bytes the buffer pool may hold for reuse (default 1 GiB); trim() empties it. */
+  poolLimitBytes?: number;
+}
+
+const DEFAULT_POOL_LIMIT = 2 ** 30;
+
+export class Runtime {
+  readonly limits: GPUSupportedLimits;
+  readonly cpuEmulated: boolean;
+  private readonly maxGroupsPerDim: number;
+  private readonly dispatchesPerSubmit: number;
+  private readonly validate: boolean;
+
+  private encoder: GPUCommandEncoder | null = null;
+  private pass: GPUComputePassEncoder | null = null;
+  /** Id of the open, unsubmitted batch. */
+  private batch = 0;
+  private dispatches = 0;
+  private batchKernels: string[] = [];
+  private lastKernel = '(none)';
+
+  private readonly pool: BufferPool;
+  private readonly stagingPool: BufferPool;
+  /** Buffers released while unsubmitted work used them: pooled after the next submit. */
+  private readonly deferred: PooledBuffer[] = [];
+  private liveBuffers = 0;
+  private liveBytes = 0;
+
+  private readonly ring: GPUBuffer;
+  private readonly ringData = new ArrayBuffer(UNIFORM_SLOT * UNIFORM_SLOTS);
+  private readonly ringU32 = new Uint32Array(this.ringData);
+  private readonly ringI32 = new Int32Array(this.ringData);
+  private readonly ringF32 = new Float32Array(this.ringData);
+  private ringUsed = 0;
+
+  private readonly pipelines = new Map<string, { pipeline: GPUComputePipeline; bgl: GPUBindGroupLayout }>();
+  private readonly layouts = new Map<string, { bgl: GPUBindGroupLayout; pl: GPUPipelineLayout }>();
+  private readonly compileChecks: Promise<void>[] = [];
+
+  private lostInfo: { reason: string; message: string; lastKernel: string } | null = null;
+  private pendingError: Error | null = null;
+
+  constructor(
+    readonly device: GPUDevice,
+    opts: RuntimeOptions = {},
+  ) {
+    this.limits = device.limits;
+    this.maxGroupsPerDim = device.limits.maxComputeWorkgroupsPerDimension;
+    this.dispatchesPerSubmit = opts.dispatchesPerSubmit ?? 64;
+    this.validate = opts.validate ?? false;
+    this.cpuEmulated = opts.cpuEmulated ?? false;
+    this.pool = new BufferPool(opts.poolLimitBytes ?? DEFAULT_POOL_LIMIT);
+    this.stagingPool = new BufferPool(opts.poolLimitBytes ?? DEFAULT_POOL_LIMIT);
+    this.ring = device.createBuffer({
+      label: 'flatgrad uniform ring',
+      size: this.ringData.byteLength,
+      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    });
+    device.lost.then((info) => {
+      this.lostInfo ??= { reason: info.reason, message: info.message, lastKernel: this.lastKernel };
+    });
+    device.addEventListener('uncapturederror', (ev) => {
+      const err = (ev as GPUUncapturedErrorEvent).error;
+      ev.preventDefault();
+      // Follow-ups of an error already reported (a failed compile, an invalid command buffer).
+      if (/is invalid due to a previous error/.test(err.message)) return;
+      this.recordError(`${err.constructor?.name ?? 'GPUError'} in a batch of kernels [${this.batchKernelsText()}] (last dispatched: "${this.lastKernel}"): ${err.message}`);
+    });
+  }
+
+  // ---------------------------------------------------------------- errors
+
+  private batchKernelsText(): string {
+    return [...new Set(this.batchKernels)].join(', ') || this.lastKernel;
+  }
+
+  private recordError(message: string): void {
+    this.pendingError ??= new Error(`WebGPU error: ${message}`);
+  }
+
+  /** Throws if the device is lost (sticky) or an asynchronous error was recorded (once). */
+  checkAlive(): void {
+    if (this.lostInfo) {
+      const { reason, message, lastKernel } = this.lostInfo;
+      throw new Error(`WebGPU device lost (${reason}): ${message} (last kernel dispatched: "${lastKernel}")`);
+    }
+    if (this.pendingError) {
+      const e = this.pendingError;
+      this.pendingError = null;
+      throw e;
+    }
+  }
+
+  /** Marks the device lost now, so that calls after `destroy()` fail without waiting for the event. */
+  markDestroyed(): void {
+    this.lostInfo ??= { reason: 'destroyed', message: 'the backend was destroyed', lastKernel: this.lastKernel };
+  }
+
+  // ---------------------------------------------------------------- memory
+
+  alloc(numel: number, dtype: DType): GPUStorage {
+    this.checkAlive();
+    scalarOf(dtype); // rejects float64 with the backend's message
+    if (!Number.isInteger(numel) || numel < 0) throw new RangeError(`alloc: numel must be a non-negative integer, got ${numel}`);
+    const bytes = Math.max(4, numel * 4);
+    if (bytes > this.limits.maxBufferSize || bytes > this.limits.maxStorageBufferBindingSize) {
+      throw new RangeError(
+        `alloc: ${bytes} bytes exceeds this adapter's limits (maxBufferSize ${this.limits.maxBufferSize}, maxStorageBufferBindingSize ${this.limits.maxStorageBufferBindingSize})`,
+      );
+    }
+    const size = sizeClass(bytes);
+    // A buffer of this class waiting for the submit is worth a submit: creating a new one costs an
+    // allocation plus Dawn's zero-fill, and a loop that allocates without reading back would
+    // otherwise pile up a batch's worth of them.
+    if (!this.pool.has(size) && this.deferred.some((b) => b.size === size)) this.flush();
+    const reused = this.pool.take(size);
+    const buffer =
+      reused ??
+      this.device.createBuffer({ size, usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST });
+    const s = new GPUStorage(new PooledBuffer(buffer, size), 0, numel, dtype, null);
+    // A new GPUBuffer is zero-filled by WebGPU; a reused one is zeroed lazily, only if something
+    // reads it before a kernel overwrites it.
+    s.needsClear = reused !== undefined;
+    this.liveBuffers++;
+    this.liveBytes += size;
+    return s;
+  }
+
+  view(base: GPUStorage, offset: number, numel: number): GPUStorage {
+    this.checkAlive();
+    if (base.released) throw new Error('view: the base storage was released');
+    if (!Number.isInteger(offset) || offset < 0 || !Number.isInteger(numel) || numel < 0 || offset + numel > base.numel) {
+      throw new RangeError(`view: elements [${offset}, ${offset + numel}) are outside a storage of ${base.numel}`);
+    }
+    const byteOffset = base.offset + offset * 4;
+    const align = this.limits.minStorageBufferOffsetAlignment;
+    if (byteOffset % align !== 0) {
+      throw new RangeError(`view: byte offset ${byteOffset} (element ${offset}) is not a multiple of ${align}, which WebGPU bindings require`);
+    }
+    return new GPUStorage(base.buf, byteOffset, numel, base.dtype, base.root);
+  }
+
+  release(s: GPUStorage): void {
+    if (s.isView) return;
+    if (s.released) throw new Error('release: storage was already released');
+    s.released = true;
+    this.liveBuffers--;
+    this.liveBytes -= s.buf.size;
+    this.recycle(s.buf);
+  }
+
+  private recycle(b: PooledBuffer): void {
+    if (b.usedInBatch === this.batch) this.deferred.push(b);
+    else this.pool.put(b.buffer, b.size);
+  }
+
+  /** A scratch storage that a kernel overwrites completely; give it back with `release`. */
+  temp(numel: number, dtype: DType): GPUStorage {
+    return this.alloc(numel, dtype);
+  }
+
+  memory(): MemoryInfo {
+    return {
+      liveBuffers: this.liveBuffers,
+      liveBytes: this.liveBytes,
+      pooledBuffers: this.pool.buffers,
+      pooledBytes: this.pool.bytes,
+    };
+  }
+
+  /** Destroys every pooled buffer (those waiting for a submit stay until then). */
+  trim(): void {
+    this.pool.trim();
+    this.stagingPool.trim();
+  }
+
+  /** Host data into a storage; the bytes must be the storage's element representation. */
+  write(dst: GPUStorage, bytes: ArrayBufferView): void {
+    this.checkAlive();
+    if (dst.numel === 0) return;
+    if (dst.isView) this.ensureCleared(dst);
+    else dst.needsClear = false;
+    // queue.writeBuffer runs before any unsubmitted dispatch, so those must be submitted first.
+    if (dst.buf.usedInBatch === this.batch) this.flush();
+    this.device.queue.writeBuffer(dst.buffer, dst.offset, bytes.buffer, bytes.byteOffset, dst.numel * 4);
+  }
+
+  async read(s: GPUStorage): Promise<ArrayBuffer> {
+    this.checkAlive();
+    const bytes = s.numel * 4;
+    if (bytes === 0 || s.root.needsClear) return new ArrayBuffer(bytes);
+    const size = sizeClass(bytes);
+    const staging =
+      this.stagingPool.take(size) ?? this.device.createBuffer({ size, usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST });
+    this.commandEncoder().copyBufferToBuffer(s.buffer, s.offset, staging, 0, bytes);
+    s.buf.usedInBatch = this.batch;
+    this.flush();
+    try {
+      await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+    } catch (e) {
+      this.checkAlive();
+      throw e;
+    }
+    const out = staging.getMappedRange(0, bytes).slice(0);
+    staging.unmap();
+    this.stagingPool.put(staging, size);
+    // A compile error of a kernel that fed this result surfaces here rather than at a later call.
+    await Promise.all(this.compileChecks.splice(0));
+    this.checkAlive();
+    return out;
+  }
+
+  /** Zeroes a reused buffer before its first read (see alloc). */
+  ensureCleared(s: GPUStorage): void {
+    const root = s.root;
+    if (!root.needsClear) return;
+    root.needsClear = false;
+    this.commandEncoder().clearBuffer(root.buffer, 0, root.bindSize);
+    root.buf.usedInBatch = this.batch;
+  }
+
+  /** Zero-fills a storage with a clear command (a memset, faster than any fill kernel). */
+  zero(s: GPUStorage): void {
+    this.checkAlive();
+    if (s.numel === 0) return;
+    // A stale root is zeroed whole, which covers s.
+    if (s.root.needsClear) return this.ensureCleared(s);
+    this.commandEncoder().clearBuffer(s.buffer, s.offset, s.numel * 4);
+    s.buf.usedInBatch = this.batch;
+  }
+
+  /** Copies bytes between storages in the command stream (byte offsets from each buffer's start). */
+  copy(src: GPUStorage, srcByte: number, dst: GPUStorage, dstByte: number, bytes: number): void {
+    this.ensureCleared(src);
+    this.commandEncoder().copyBufferToBuffer(src.buffer, srcByte, dst.buffer, dstByte, bytes);
+    src.buf.usedInBatch = this.batch;
+    dst.buf.usedInBatch = this.batch;
+  }
+
+  // ---------------------------------------------------------------- batching
+
+  /** The open encoder with no pass open, for copies and clears. */
+  private commandEncoder(): GPUCommandEncoder {
+    if (this.pass) {
+      this.pass.end();
+      this.pass = null;
+    }
+    return (this.encoder ??= this.device.createCommandEncoder({ label: 'flatgrad batch' }));
+  }
+
+  private computePass(): GPUComputePassEncoder {
+    if (this.pass) return this.pass;
+    this.encoder ??= this.device.createCommandEncoder({ label: 'flatgrad batch' });
+    return (this.pass = this.encoder.beginComputePass());
+  }
+
+  flush(): void {
+    if (!this.encoder) return;
+    if (this.pass) {
+      this.pass.end();
+      this.pass = null;
+    }
+    // The uniform ring is written in queue order: after the previous batch ran, before this one.
+    if (this.ringUsed) this.device.queue.writeBuffer(this.ring, 0, this.ringData, 0, this.ringUsed);
+    this.device.queue.submit([this.encoder.finish()]);
+    this.encoder = null;
+    this.batch++;
+    this.dispatches = 0;
+    this.ringUsed = 0;
+    this.batchKernels = [];
+    for (const b of this.deferred) this.pool.put(b.buffer, b.size);
+    this.deferred.length = 0;
+  }
+
+  async sync(): Promise<void> {
+    this.checkAlive();
+    this.flush();
+    await Promise.all(this.compileChecks.splice(0));
+    await this.device.queue.onSubmittedWorkDone();
+    this.checkAlive();
+  }
+
+  // ---------------------------------------------------------------- dispatch
+
+  dispatch(call: KernelCall): void {
+    this.checkAlive();
+    if (call.groups <= 0) return;
+    const slot = this.reserveUniforms(call.params);
+    const binds = this.prepareBindings(call);
+    const key = `${call.key}|${binds.map((b) => `${b.access[0]}${b.type ?? scalarOf(b.s.dtype)}`).join(',')}`;
+    const { pipeline, bgl } = this.pipeline(call, key, binds);
+    if (this.validate) this.device.pushErrorScope('validation');
+    const bindGroup = this.device.createBindGroup({
+      label: call.name,
+      layout: bgl,
+      entries: [
+        { binding: 0, resource: { buffer: this.ring, offset: slot.offset, size: slot.size } },
+        ...binds.map((b, i) => ({ binding: i + 1, resource: { buffer: b.s.buffer, offset: b.s.offset, size: b.s.bindSize } })),
+      ],
+    });
+    const pass = this.computePass();
+    pass.setPipeline(pipeline);
+    pass.setBindGroup(0, bindGroup);
+    const [x, y] = this.grid(call.groups);
+    pass.dispatchWorkgroups(x, y);
+    if (this.validate) {
+      const name = call.name;
+      this.device.popErrorScope().then((e) => e && this.recordError(`kernel "${name}": ${e.message}`));
+    }
+    for (const b of binds) b.s.buf.usedInBatch = this.batch;
+    this.lastKernel = call.name;
+    this.batchKernels.push(call.name);
+    this.releaseAliasCopies(binds, call.binds);
+    if (++this.dispatches >= this.dispatchesPerSubmit) this.flush();
+  }
+
+  /** Splits a group count over the per-dimension limit into a 2-D grid (kernels use fg_group). */
+  private grid(groups: number): [number, number] {
+    if (groups <= this.maxGroupsPerDim) return [groups, 1];
+    const y = Math.ceil(groups / this.maxGroupsPerDim);
+    return [Math.ceil(groups / y), y];
+  }
+
+  private reserveUniforms(params: readonly Param[]): { offset: number; size: number } {
+    const size = Math.max(UNIFORM_SLOT, Math.ceil((params.length * 4) / UNIFORM_SLOT) * UNIFORM_SLOT);
+    if (this.ringUsed + size > this.ringData.byteLength) this.flush();
+    const offset = this.ringUsed;
+    this.ringUsed += size;
+    let w = offset / 4;
+    for (const p of params) {
+      if (p.type === 'f32') this.ringF32[w++] = p.value;
+      else if (p.type === 'i32') this.ringI32[w++] = p.value;
+      else this.ringU32[w++] = p.value;
+    }
+    return { offset, size };
+  }
+
+  /**
+   * Zeroes stale inputs, and replaces a read binding that shares its GPUBuffer with a written one
+   * by a copy: WebGPU forbids a writable and any other binding of one buffer in a dispatch.
+   */
+  private prepareBindings(call: KernelCall): Bind[] {
+    const written = new Set<GPUBuffer>();
+    for (const b of call.binds) {
+      if (b.s.released) throw new Error(`kernel "${call.name}": binding ${b.name} uses a released storage`);
+      if (b.access !== 'read') {
+        if (written.has(b.s.buffer)) throw new Error(`kernel "${call.name}": two written bindings share one buffer`);
+        written.add(b.s.buffer);
+      }
+    }
+    // Reads first: an in-place kernel on a never-written reused buffer must read zeros.
+    for (const b of call.binds) if (b.access !== 'write' || b.s.isView) this.ensureCleared(b.s);
+    for (const b of call.binds) if (b.access === 'write' && !b.s.isView) b.s.needsClear = false;
+    return call.binds.map((b) => {
+      if (b.access !== 'read' || !written.has(b.s.buffer)) return b;
+      const copy = this.temp(b.s.numel, b.s.dtype);
+      copy.needsClear = false;
+      this.copy(b.s, b.s.offset, copy, 0, b.s.numel * 4);
+      return { ...b, s: copy };
+    });
+  }
+
+  private releaseAliasCopies(used: Bind[], given: Bind[]): void {
+    for (let i = 0; i < used.length; i++) if (used[i].s !== given[i].s) this.release(used[i].s);
+  }
+
+  // ---------------------------------------------------------------- pipelines
+
+  private pipeline(call: KernelCall, key: string, binds: Bind[]): { pipeline: GPUComputePipeline; bgl: GPUBindGroupLayout } {
+    const cached = this.pipelines.get(key);
+    if (cached) return cached;
+    const code = this.assemble(call, binds);
+    const layout = this.layoutFor(binds);
+    this.device.pushErrorScope('validation');
+    const module = this.device.createShaderModule({ label: call.name, code });
+    const pipeline = this.device.createComputePipeline({ label: key, layout: layout.pl, compute: { module, entryPoint: 'main' } });
+    const check = this.device.popErrorScope().then(async (err) => {
+      if (!err) return;
+      // Dropped from the cache so that the next use reports the compile error again instead of
+      // a cascade of "invalid pipeline" messages.
+      this.pipelines.delete(key);
+      const info = await module.getCompilationInfo();
+      this.recordError(formatCompileError(call.name, key, code, info, err.message));
+    });
+    this.compileChecks.push(check);
+    const entry = { pipeline, bgl: layout.bgl };
+    this.pipelines.set(key, entry);
+    return entry;
+  }
+
+  /** Compiles a shader on its own and rejects with the formatted error: for tests and tools. */
+  async checkShader(name: string, code: string): Promise<void> {
+    this.device.pushErrorScope('validation');
+    const module = this.device.createShaderModule({ label: name, code });
+    const err = await this.device.popErrorScope();
+    if (err) throw new Error(`WebGPU error: ${formatCompileError(name, name, code, await module.getCompilationInfo(), err.message)}`);
+  }
+
+  private assemble(call: KernelCall, binds: Bind[]): string {
+    const decls = binds.map((b, i) => {
+      const access = b.access === 'read' ? 'read' : 'read_write';
+      return `@group(0) @binding(${i + 1}) var<storage, ${access}> ${b.name}: array<${b.type ?? scalarOf(b.s.dtype)}>;`;
+    });
+    return `${paramStruct(call.params)}${decls.join('\n')}\n${WGSL_COMMON}\n${call.wgsl()}`;
+  }
+
+  /** Explicit layouts (not 'auto'), so a binding the shader happens not to use is still valid. */
+  private layoutFor(binds: Bind[]): { bgl: GPUBindGroupLayout; pl: GPUPipelineLayout } {
+    const sig = binds.map((b) => (b.access === 'read' ? 'r' : 'w')).join('');
+    let l = this.layouts.get(sig);
+    if (!l) {
+      const bgl = this.device.createBindGroupLayout({
+        entries: [
+          { binding: 0, visibility: GPUShaderStage.COMPUTE, buffer: { type: 'uniform' } },
+          ...binds.map((b, i) => ({
+            binding: i + 1,
+            visibility: GPUShaderStage.COMPUTE,
+            buffer: { type: b.access === 'read' ? ('read-only-storage' as const) : ('storage' as const) },
+          })),
+        ],
+      });
+      l = { bgl, pl: this.device.createPipelineLayout({ bindGroupLayouts: [bgl] }) };
+      this.layouts.set(sig, l);
+    }
+    return l;
+  }
+}
+
+/** "kernel X failed to compile: line N: message" followed by the offending WGSL line and a caret. */
+export function formatCompileError(name: string, key: string, code: string, info: GPUCompilationInfo, fallback: string): string {
+  const lines = code.split('\n');
+  const errors = info.messages.filter((m) => m.type === 'error');
+  if (errors.length === 0) return `kernel "${name}" (${key}) failed to build: ${fallback}`;
+  const parts = errors.map((m) => {
+    const text = lines[m.lineNum - 1] ?? '';
+    const caret = `${' '.repeat(Math.max(0, m.linePos - 1))}^`;
+    return `line ${m.lineNum}:${m.linePos}: ${m.message}\n    ${text}\n    ${caret}`;
+  });
+  return `kernel "${name}" (${key}) failed to compile:\n${parts.join('\n')}`;
+}
+
+/** Converts the raw bytes of a storage to the typed array its dtype reads as on the host. */
+export function hostArray(bytes: ArrayBuffer, dtype: DType): TypedArray {
+  switch (dtype) {
+    case 'float32':
+      return new Float32Array(bytes);
+    case 'int32':
+      return new Int32Array(bytes);
+    case 'bool':
+      return Uint8Array.from(new Uint32Array(bytes), (v) => (v ? 1 : 0));
+    case 'float64':
+      throw new TypeError('webgpu backend does not support float64 (use the cpu backend for float64)');
+  }
+}
+
+/** Host data in the device representation of `dtype` (bool -> u32 ones and zeros). */
+export function deviceArray(data: TypedArray, dtype: DType): Float32Array | Int32Array | Uint32Array {
+  switch (dtype) {
+    case 'float32':
+      return data instanceof Float32Array ? data : Float32Array.from(data);
+    case 'int32': {
+      if (data instanceof Int32Array) return data;
+      const out = new Int32Array(data.length);
+      out.set(data);
+      return out;
+    }
+    case 'bool':
+      return Uint32Array.from(data, (v) => (v ? 1 : 0));
+    case 'float64':
+      throw new TypeError('webgpu backend does not support float64 (use the cpu backend for float64)');
+  }
+}

@@ -1,0 +1,167 @@
+/**
+ * Row-wise softmax / log-softmax and the fused softmax cross-entropy forward and backward over a
+ * [rows, cols] matrix. Each needs the row's max and log-sum-exp (and, with label smoothing, the
+ * row sum): short rows get one thread each, long rows one workgroup each with tree reductions.
+ */
+import type { CrossEntropyLayout, SoftmaxLayout } from '../backend.js';
+import { fill } from './copy.js';
+import type { Bind, GPUStorage, Runtime } from './runtime.js';
+import { convert, entry, INF_F32, NAN_F32, scalarOf } from './wgsl.js';
+
+/** Rows at most this long are handled by one thread each. */
+const THREAD_ROW_MAX_COLS = 64;
+const ROWS_PER_GROUP = 64;
+
+type RowKind = 'softmax' | 'logSoftmax' | 'ce' | 'ceBackward';
+
+/**
+ * `fg_row_stats(base, lid)` -> (max, log-sum-exp, sum) of x[base .. base + cols). The edge cases
+ * follow the CPU: a row of -inf has lse -inf; an infinite max is its own lse.
+ */
+function statsThread(): string {
+  return `fn fg_row_stats(base: u32, lid: u32) -> vec3<f32> {
+  var mx = -${INF_F32};
+  for (var j = 0u; j < P.cols; j++) { let v = x[base + j]; mx = select(mx, v, v > mx); }
+  var se = 0.0;
+  var sx = 0.0;
+  for (var j = 0u; j < P.cols; j++) { let v = x[base + j]; se += exp(v - mx); sx += v; }
+  return vec3<f32>(mx, fg_lse(mx, se), sx);
+}`;
+}
+
+function statsWorkgroup(wg: number): string {
+  return `var<workgroup> red: array<f32, ${wg}>;
+fn fg_wg_reduce(v: f32, lid: u32, is_max: bool) -> f32 {
+  red[lid] = v;
+  workgroupBarrier();
+  for (var s = ${wg / 2}u; s > 0u; s = s >> 1u) {
+    if (lid < s) { red[lid] = select(red[lid] + red[lid + s], max(red[lid], red[lid + s]), is_max); }
+    workgroupBarrier();
+  }
+  let r = red[0];
+  workgroupBarrier();
+  return r;
+}
+fn fg_row_stats(base: u32, lid: u32) -> vec3<f32> {
+  var mx = -${INF_F32};
+  for (var j = lid; j < P.cols; j += ${wg}u) { let v = x[base + j]; mx = select(mx, v, v > mx); }
+  mx = fg_wg_reduce(mx, lid, true);
+  var se = 0.0;
+  var sx = 0.0;
+  for (var j = lid; j < P.cols; j += ${wg}u) { let v = x[base + j]; se += exp(v - mx); sx += v; }
+  se = fg_wg_reduce(se, lid, false);
+  sx = fg_wg_reduce(sx, lid, false);
+  return vec3<f32>(mx, fg_lse(mx, se), sx);
+}`;
+}
+
+const LSE = `fn fg_lse(mx: f32, se: f32) -> f32 {
+  if (mx == -${INF_F32}) { return mx; }
+  if (mx == ${INF_F32}) { return mx; }
+  return mx + log(se);
+}`;
+
+/** The per-element or per-row body, given `base` (row start), `r` (row), `st` (stats), `j0`/`dj` (column walk). */
+function body(kind: RowKind, labelScalar: string | null): string {
+  const label = labelScalar ? `let y = ${convert('labels[r]', labelScalar as 'i32', 'i32')};
+  let valid = y >= 0i && y < i32(P.cols);` : '';
+  switch (kind) {
+    case 'softmax':
+      return `for (var j = j0; j < P.cols; j += dj) { dst[base + j] = exp(x[base + j] - st.y); }`;
+    case 'logSoftmax':
+      return `for (var j = j0; j < P.cols; j += dj) { dst[base + j] = x[base + j] - st.y; }`;
+    case 'ce':
+      return `${label}
+  if (j0 == 0u) {
+    let lse = st.y;
+    var loss = ${NAN_F32};
+    if (valid) {
+      loss = (1.0 - P.smoothing) * (lse - x[base + u32(y)]);
+      if (P.smoothing != 0.0) { loss += P.smoothing * (lse - st.z / f32(P.cols)); }
+    }
+    dst[r] = loss;
+  }`;
+    case 'ceBackward':
+      return `${label}
+  let g = grad_rows[r];
+  let off = P.smoothing / f32(P.cols);
+  for (var j = j0; j < P.cols; j += dj) {
+    let tgt = select(0.0, 1.0 - P.smoothing, i32(j) == y) + off;
+    dst[base + j] = select(${NAN_F32}, (exp(x[base + j] - st.y) - tgt) * g, valid);
+  }`;
+  }
+}
+
+function rowKernel(
+  rt: Runtime,
+  kind: RowKind,
+  x: GPUStorage,
+  out: GPUStorage,
+  rows: number,
+  cols: number,
+  extra: { labels?: GPUStorage; gradRows?: GPUStorage; smoothing?: number },
+): void {
+  if (x.dtype !== 'float32') throw new TypeError(`${kind}: webgpu supports float32 logits, got ${x.dtype}`);
+  if (rows === 0 || out.numel === 0) return;
+  if (cols === 0) {
+    // No class can match a label, so every loss is NaN (the gradient of nothing is empty).
+    if (kind === 'ce') fill(rt, out, NaN);
+    return;
+  }
+  // CPU-emulated adapters pay a coroutine switch per invocation at each barrier: one thread per row.
+  const perThread = cols <= THREAD_ROW_MAX_COLS || rt.cpuEmulated;
+  const wg = perThread ? ROWS_PER_GROUP : cols < 1024 ? 64 : 256;
+  const binds: Bind[] = [{ name: 'x', s: x, access: 'read' }];
+  if (extra.labels) binds.push({ name: 'labels', s: extra.labels, access: 'read' });
+  if (extra.gradRows) binds.push({ name: 'grad_rows', s: extra.gradRows, access: 'read' });
+  binds.push({ name: 'dst', s: out, access: 'write' });
+  const labelScalar = extra.labels ? scalarOf(extra.labels.dtype) : null;
+  rt.dispatch({
+    name: kind,
+    key: `${kind}:${perThread ? 't' : `w${wg}`}`,
+    binds,
+    params: [
+      { name: 'rows', type: 'u32', value: rows },
+      { name: 'cols', type: 'u32', value: cols },
+      { name: 'smoothing', type: 'f32', value: extra.smoothing ?? 0 },
+    ],
+    groups: perThread ? Math.ceil(rows / wg) : rows,
+    wgsl: () => `${LSE}
+${perThread ? statsThread() : statsWorkgroup(wg)}
+${entry(wg)} {
+  ${
+    perThread
+      ? `let r = fg_group(wg, nwg) * ${wg}u + lid;
+  if (r >= P.rows) { return; }
+  let j0 = 0u;
+  let dj = 1u;`
+      : `let r = fg_group(wg, nwg);
+  if (r >= P.rows) { return; }
+  let j0 = lid;
+  let dj = ${wg}u;`
+  }
+  let base = r * P.cols;
+  let st = fg_row_stats(base, lid);
+  ${body(kind, labelScalar)}
+}`,
+  });
+}
+
+export function softmax(rt: Runtime, x: GPUStorage, out: GPUStorage, l: SoftmaxLayout): void {
+  rowKernel(rt, l.log ? 'logSoftmax' : 'softmax', x, out, l.rows, l.cols, {});
+}
+
+export function crossEntropy(rt: Runtime, logits: GPUStorage, labels: GPUStorage, out: GPUStorage, l: CrossEntropyLayout): void {
+  rowKernel(rt, 'ce', logits, out, l.rows, l.cols, { labels, smoothing: l.labelSmoothing });
+}
+
+export function crossEntropyBackward(
+  rt: Runtime,
+  logits: GPUStorage,
+  labels: GPUStorage,
+  gradRows: GPUStorage,
+  out: GPUStorage,
+  l: CrossEntropyLayout,
+): void {
+  rowKernel(rt, 'ceBackward', logits, out, l.rows, l.cols, { labels, gradRows, smoothing: l.labelSmoothing });
+}

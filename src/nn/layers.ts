@@ -1,0 +1,378 @@
+/**
+ * Layers with PyTorch's parameter layouts, names and default initializations.
+ */
+import { getDefaultDtype, type DType } from '../tensor/dtype.js';
+import { full } from '../tensor/creation.js';
+import { noGrad } from '../tensor/graph.js';
+import { fmt } from '../tensor/shape.js';
+import { Tensor, tidy } from '../tensor/tensor.js';
+import { add, gelu, mul, relu, rsqrt, sigmoid, sub, tanh } from '../tensor/ops/elementwise.js';
+import { mean, softmax } from '../tensor/ops/reduce.js';
+import { flatten, reshape } from '../tensor/ops/shape.js';
+import { linear } from '../tensor/ops/linalg.js';
+import { adaptiveAvgPool2d, avgPool2d, conv2d, dropout, layerNorm, maxPool2d } from '../tensor/ops/nn.js';
+import { defaultBias, defaultWeight } from './init.js';
+import { Module, param, runningStatsFrozen, type ModuleOptions, type Parameter } from './module.js';
+
+type Pair = number | [number, number];
+
+/** A module whose forward maps one tensor to one tensor (what Sequential chains). */
+export abstract class Layer extends Module {
+  abstract override forward(x: Tensor): Tensor;
+}
+
+function dtypeOf(opts: ModuleOptions): DType {
+  return opts.dtype ?? getDefaultDtype();
+}
+
+export class Identity extends Layer {
+  forward(x: Tensor): Tensor {
+    return x;
+  }
+}
+
+/** y = x Wᵀ + b with weight [out, in] (torch.nn.Linear). */
+export class Linear extends Layer {
+  weight: Parameter;
+  bias: Parameter | null;
+  constructor(
+    readonly inFeatures: number,
+    readonly outFeatures: number,
+    opts: ModuleOptions & { bias?: boolean } = {},
+  ) {
+    super();
+    positiveInt('Linear', 'inFeatures', inFeatures);
+    positiveInt('Linear', 'outFeatures', outFeatures);
+    const dtype = dtypeOf(opts);
+    this.weight = this.registerParameter('weight', param(defaultWeight([outFeatures, inFeatures], { dtype })));
+    this.bias = this.registerParameter('bias', opts.bias ?? true ? param(defaultBias(outFeatures, inFeatures, { dtype })) : null);
+  }
+  forward(x: Tensor): Tensor {
+    return linear(x, this.weight, this.bias);
+  }
+  protected override extraRepr(): string {
+    return `inFeatures=${this.inFeatures}, outFeatures=${this.outFeatures}, bias=${this.bias !== null}`;
+  }
+}
+
+export interface Conv2dOptions extends ModuleOptions {
+  stride?: Pair;
+  padding?: Pair;
+  dilation?: Pair;
+  groups?: number;
+  bias?: boolean;
+}
+
+/** 2-D convolution with weight [out, in/groups, kh, kw] (torch.nn.Conv2d). */
+export class Conv2d extends Layer {
+  weight: Parameter;
+  bias: Parameter | null;
+  readonly kernelSize: [number, number];
+  constructor(
+    readonly inChannels: number,
+    readonly outChannels: number,
+    kernelSize: Pair,
+    readonly opts: Conv2dOptions = {},
+  ) {
+    super();
+    positiveInt('Conv2d', 'inChannels', inChannels);
+    positiveInt('Conv2d', 'outChannels', outChannels);
+    const groups = opts.groups ?? 1;
+    if (inChannels % groups !== 0 || outChannels % groups !== 0) throw new RangeError(`Conv2d: groups ${groups} must divide inChannels ${inChannels} and outChannels ${outChannels}`);
+    this.kernelSize = typeof kernelSize === 'number' ? [kernelSize, kernelSize] : [kernelSize[0], kernelSize[1]];
+    const dtype = dtypeOf(opts);
+    const shape = [outChannels, inChannels / groups, ...this.kernelSize];
+    const fanIn = (inChannels / groups) * this.kernelSize[0] * this.kernelSize[1];
+    this.weight = this.registerParameter('weight', param(defaultWeight(shape, { dtype })));
+    this.bias = this.registerParameter('bias', opts.bias ?? true ? param(defaultBias(outChannels, fanIn, { dtype })) : null);
+  }
+  forward(x: Tensor): Tensor {
+    const { stride, padding, dilation, groups } = this.opts;
+    return conv2d(x, this.weight, this.bias, { stride, padding, dilation, groups });
+  }
+  protected override extraRepr(): string {
+    return `${this.inChannels}, ${this.outChannels}, kernelSize=${this.kernelSize.join('x')}`;
+  }
+}
+
+export class MaxPool2d extends Layer {
+  constructor(
+    readonly kernelSize: Pair,
+    readonly opts: { stride?: Pair | null; padding?: Pair; dilation?: Pair; ceilMode?: boolean } = {},
+  ) {
+    super();
+  }
+  forward(x: Tensor): Tensor {
+    return maxPool2d(x, this.kernelSize, this.opts);
+  }
+}
+
+export class AvgPool2d extends Layer {
+  constructor(
+    readonly kernelSize: Pair,
+    readonly opts: { stride?: Pair | null; padding?: Pair; ceilMode?: boolean } = {},
+  ) {
+    super();
+  }
+  forward(x: Tensor): Tensor {
+    return avgPool2d(x, this.kernelSize, this.opts);
+  }
+}
+
+export class AdaptiveAvgPool2d extends Layer {
+  constructor(readonly outputSize: Pair) {
+    super();
+  }
+  forward(x: Tensor): Tensor {
+    return adaptiveAvgPool2d(x, this.outputSize);
+  }
+}
+
+export class Flatten extends Layer {
+  constructor(
+    readonly startDim = 1,
+    readonly endDim = -1,
+  ) {
+    super();
+  }
+  forward(x: Tensor): Tensor {
+    return flatten(x, this.startDim, this.endDim);
+  }
+}
+
+export class ReLU extends Layer {
+  forward(x: Tensor): Tensor {
+    return relu(x);
+  }
+}
+
+export class GELU extends Layer {
+  constructor(readonly approximate: 'none' | 'tanh' = 'none') {
+    super();
+  }
+  forward(x: Tensor): Tensor {
+    return gelu(x, this.approximate);
+  }
+}
+
+export class Tanh extends Layer {
+  forward(x: Tensor): Tensor {
+    return tanh(x);
+  }
+}
+
+export class Sigmoid extends Layer {
+  forward(x: Tensor): Tensor {
+    return sigmoid(x);
+  }
+}
+
+export class Softmax extends Layer {
+  constructor(readonly dim = -1) {
+    super();
+  }
+  forward(x: Tensor): Tensor {
+    return softmax(x, this.dim);
+  }
+}
+
+/** Inverted dropout in training mode, identity in eval mode; masks come from the seeded generator. */
+export class Dropout extends Layer {
+  constructor(readonly p = 0.5) {
+    super();
+    if (!(p >= 0 && p <= 1)) throw new RangeError(`Dropout: p must be in [0, 1], got ${p}`);
+  }
+  forward(x: Tensor): Tensor {
+    return dropout(x, this.p, this.training);
+  }
+}
+
+export class LayerNorm extends Layer {
+  weight: Parameter | null;
+  bias: Parameter | null;
+  readonly normalizedShape: number[];
+  constructor(
+    normalizedShape: number | number[],
+    readonly opts: ModuleOptions & { eps?: number; elementwiseAffine?: boolean; bias?: boolean } = {},
+  ) {
+    super();
+    this.normalizedShape = typeof normalizedShape === 'number' ? [normalizedShape] : normalizedShape.slice();
+    const dtype = dtypeOf(opts);
+    const affine = opts.elementwiseAffine ?? true;
+    this.weight = this.registerParameter('weight', affine ? param(full(this.normalizedShape, 1, { dtype })) : null);
+    this.bias = this.registerParameter('bias', affine && (opts.bias ?? true) ? param(full(this.normalizedShape, 0, { dtype })) : null);
+  }
+  forward(x: Tensor): Tensor {
+    return layerNorm(x, this.normalizedShape, this.weight, this.bias, this.opts.eps ?? 1e-5);
+  }
+}
+
+export interface BatchNormOptions extends ModuleOptions {
+  eps?: number;
+  /** Weight of the new batch statistic in the running average; null for a cumulative average. Default 0.1. */
+  momentum?: number | null;
+  affine?: boolean;
+  trackRunningStats?: boolean;
+}
+
+/**
+ * Batch normalization over the channel dim 1 (torch.nn.BatchNorm1d/2d). In training mode it
+ * normalizes with the batch statistics (biased variance) and updates the running statistics
+ * (unbiased variance) unless they are frozen: sharpness-aware optimizers freeze them while the
+ * weights are perturbed, so only the first (clean) forward pass of a step updates them.
+ */
+abstract class BatchNormBase extends Layer {
+  weight: Parameter | null;
+  bias: Parameter | null;
+  runningMean: Tensor | null;
+  runningVar: Tensor | null;
+  numBatchesTracked: Tensor | null;
+  readonly eps: number;
+  readonly momentum: number | null;
+  private batches = 0;
+
+  constructor(
+    readonly numFeatures: number,
+    opts: BatchNormOptions,
+  ) {
+    super();
+    positiveInt(this.constructor.name, 'numFeatures', numFeatures);
+    const dtype = dtypeOf(opts);
+    this.eps = opts.eps ?? 1e-5;
+    this.momentum = opts.momentum === undefined ? 0.1 : opts.momentum;
+    const affine = opts.affine ?? true;
+    this.weight = this.registerParameter('weight', affine ? param(full([numFeatures], 1, { dtype })) : null);
+    this.bias = this.registerParameter('bias', affine ? param(full([numFeatures], 0, { dtype })) : null);
+    const track = opts.trackRunningStats ?? true;
+    this.runningMean = this.registerBuffer('running_mean', track ? full([numFeatures], 0, { dtype }) : null);
+    this.runningVar = this.registerBuffer('running_var', track ? full([numFeatures], 1, { dtype }) : null);
+    this.numBatchesTracked = this.registerBuffer('num_batches_tracked', track ? full([], 0, { dtype: 'int32' }) : null);
+  }
+
+  protected abstract checkInput(x: Tensor): void;
+
+  forward(x: Tensor): Tensor {
+    this.checkInput(x);
+    const c = this.numFeatures;
+    const axes = x.shape.map((_, i) => i).filter((i) => i !== 1);
+    const bshape = x.shape.map((d, i) => (i === 1 ? d : 1));
+    const useBatch = this.training || !this.runningMean;
+    let y: Tensor;
+    if (useBatch) {
+      const n = x.size / c;
+      if (this.training && n <= 1) throw new RangeError(`${this.constructor.name}: expected more than 1 value per channel when training, got input ${fmt(x.shape)}`);
+      const mu = mean(x, axes, true);
+      const dev = sub(x, mu);
+      const v = mean(mul(dev, dev), axes, true);
+      y = mul(dev, rsqrt(add(v, this.eps)));
+      if (this.training && this.runningMean && this.runningVar && !runningStatsFrozen()) this.updateRunning(mu, v, n);
+    } else {
+      const rm = reshape(this.runningMean!, bshape);
+      const rv = reshape(this.runningVar!, bshape);
+      y = mul(sub(x, rm), rsqrt(add(rv, this.eps)));
+    }
+    if (this.weight) y = mul(y, reshape(this.weight, bshape));
+    if (this.bias) y = add(y, reshape(this.bias, bshape));
+    return y;
+  }
+
+  private updateRunning(mu: Tensor, v: Tensor, n: number): void {
+    noGrad(() => tidy(() => {
+      this.batches++;
+      const m = this.momentum ?? 1 / this.batches;
+      const c = this.numFeatures;
+      const bm = reshape(mu.detach(), [c]);
+      const bv = reshape(v.detach(), [c]);
+      const newMean = add(mul(this.runningMean!, 1 - m), mul(bm, m));
+      const newVar = add(mul(this.runningVar!, 1 - m), mul(bv, (m * n) / (n - 1)));
+      this.setBuffer('running_mean', newMean);
+      this.setBuffer('running_var', newVar);
+      if (this.numBatchesTracked) this.setBuffer('num_batches_tracked', add(this.numBatchesTracked, 1));
+    }));
+  }
+
+  protected override extraRepr(): string {
+    return `${this.numFeatures}, eps=${this.eps}, momentum=${this.momentum}`;
+  }
+}
+
+/** BatchNorm over [N, C] or [N, C, L]. */
+export class BatchNorm1d extends BatchNormBase {
+  constructor(numFeatures: number, opts: BatchNormOptions = {}) {
+    super(numFeatures, opts);
+  }
+  protected checkInput(x: Tensor): void {
+    if ((x.ndim !== 2 && x.ndim !== 3) || x.shape[1] !== this.numFeatures) {
+      throw new RangeError(`BatchNorm1d: expected input [N, ${this.numFeatures}] or [N, ${this.numFeatures}, L], got ${fmt(x.shape)}`);
+    }
+  }
+}
+
+/** BatchNorm over [N, C, H, W]. */
+export class BatchNorm2d extends BatchNormBase {
+  constructor(numFeatures: number, opts: BatchNormOptions = {}) {
+    super(numFeatures, opts);
+  }
+  protected checkInput(x: Tensor): void {
+    if (x.ndim !== 4 || x.shape[1] !== this.numFeatures) throw new RangeError(`BatchNorm2d: expected input [N, ${this.numFeatures}, H, W], got ${fmt(x.shape)}`);
+  }
+}
+
+/** Children named '0', '1', ... applied in order. */
+export class Sequential extends Layer {
+  private readonly layers: Layer[] = [];
+  constructor(...layers: Layer[]) {
+    super();
+    for (const l of layers) this.append(l);
+  }
+  append(l: Layer): this {
+    this.registerModule(String(this.layers.length), l);
+    this.layers.push(l);
+    return this;
+  }
+  at(i: number): Layer {
+    const l = this.layers[i < 0 ? i + this.layers.length : i];
+    if (!l) throw new RangeError(`Sequential: no layer ${i} (length ${this.layers.length})`);
+    return l;
+  }
+  get length(): number {
+    return this.layers.length;
+  }
+  [Symbol.iterator](): IterableIterator<Layer> {
+    return this.layers[Symbol.iterator]();
+  }
+  forward(x: Tensor): Tensor {
+    for (const l of this.layers) x = l.forward(x);
+    return x;
+  }
+}
+
+/** A list of modules registered under '0', '1', ... (torch.nn.ModuleList); it has no forward of its own. */
+export class ModuleList<M extends Module = Module> extends Module {
+  private readonly items: M[] = [];
+  constructor(items: M[] = []) {
+    super();
+    for (const m of items) this.append(m);
+  }
+  append(m: M): this {
+    this.registerModule(String(this.items.length), m);
+    this.items.push(m);
+    return this;
+  }
+  at(i: number): M {
+    return this.items[i < 0 ? i + this.items.length : i];
+  }
+  get length(): number {
+    return this.items.length;
+  }
+  [Symbol.iterator](): IterableIterator<M> {
+    return this.items[Symbol.iterator]();
+  }
+  forward(): never {
+    throw new Error('ModuleList has no forward; call its items');
+  }
+}
+
+function positiveInt(layer: string, what: string, v: number): void {
+  if (!Number.isInteger(v) || v <= 0) throw new RangeError(`${layer}: ${what} must be a positive integer, got ${v}`);
+}

@@ -1,0 +1,160 @@
+/** Elementwise front-ends: the op table's unary and binary ops with dtype promotion and broadcasting. */
+import { BINARY_OPS, UNARY_OPS, type BinaryOp, type UnaryOp } from '../../kernels/optable.js';
+import type { Backend } from '../../kernels/backend.js';
+import { getDefaultDtype, isFloat, promoteTypes, typedArrayFor, type DType } from '../dtype.js';
+import { record } from '../graph.js';
+import { broadcastShapes, broadcastStrides, fmt } from '../shape.js';
+import { Tensor } from '../tensor.js';
+import { copy } from './shape.js';
+
+/** Throws unless every tensor lives on the same backend; returns it. */
+export function sameBackend(op: string, ...ts: Tensor[]): Backend {
+  const b = ts[0].backend;
+  for (const t of ts) {
+    if (t.backend !== b) throw new Error(`${op}: tensors live on different backends (${b.name} and ${t.backend.name}); move one with toBackend()`);
+  }
+  return b;
+}
+
+/** A rank-0 tensor holding `value` on backend `b`. */
+export function scalarTensor(value: number, dtype: DType, b: Backend): Tensor {
+  const data = typedArrayFor(dtype, 1);
+  data[0] = dtype === 'bool' ? (value ? 1 : 0) : value;
+  return Tensor.fromStorage(b.upload(data, dtype), [], b);
+}
+
+export function cast(x: Tensor, dtype: DType): Tensor {
+  if (x.dtype === dtype) return x;
+  const out = Tensor.empty(x.shape.slice(), dtype, x.backend);
+  x.backend.cast(x.storage, out.storage);
+  return isFloat(dtype) && isFloat(x.dtype) ? record('cast', out, [x], { dtype: x.dtype }) : out;
+}
+
+/** Applies a unary op of the table; int inputs of float-only ops are promoted to the default float dtype. */
+export function unaryOp(op: UnaryOp, x: Tensor, p0 = 0, p1 = 0): Tensor {
+  const def = UNARY_OPS[op] as { int?: boolean };
+  if (x.dtype === 'bool') x = cast(x, 'int32');
+  if (!isFloat(x.dtype) && !def.int) x = cast(x, getDefaultDtype());
+  const out = Tensor.empty(x.shape.slice(), x.dtype, x.backend);
+  x.backend.unary(op, x.storage, out.storage, p0, p1);
+  return record(op, out, [x], { p0, p1 });
+}
+
+function asTensor(v: Tensor | number, like: Tensor): Tensor {
+  if (v instanceof Tensor) return v;
+  if (typeof v !== 'number') throw new TypeError(`expected a Tensor or a number, got ${typeof v}`);
+  // A non-integer scalar with an int tensor makes the result floating, as in PyTorch.
+  const dtype = !isFloat(like.dtype) && !Number.isInteger(v) ? getDefaultDtype() : like.dtype === 'bool' ? 'int32' : like.dtype;
+  return scalarTensor(v, dtype, like.backend);
+}
+
+export function binaryOp(op: BinaryOp, aIn: Tensor | number, bIn: Tensor | number): Tensor {
+  if (!(aIn instanceof Tensor) && !(bIn instanceof Tensor)) throw new TypeError(`${op}: at least one operand must be a Tensor`);
+  // tensor (op) scalar on a float tensor: one affine kernel, no scalar upload.
+  if (aIn instanceof Tensor && typeof bIn === 'number' && isFloat(aIn.dtype)) {
+    if (op === 'add') return unaryOp('affine', aIn, 1, bIn);
+    if (op === 'sub') return unaryOp('affine', aIn, 1, -bIn);
+    if (op === 'mul') return unaryOp('affine', aIn, bIn, 0);
+  }
+  if (bIn instanceof Tensor && typeof aIn === 'number' && isFloat(bIn.dtype)) {
+    if (op === 'add') return unaryOp('affine', bIn, 1, aIn);
+    if (op === 'mul') return unaryOp('affine', bIn, aIn, 0);
+    if (op === 'sub') return unaryOp('affine', bIn, -1, aIn);
+  }
+  let a = asTensor(aIn, bIn instanceof Tensor ? bIn : (aIn as Tensor));
+  let b = asTensor(bIn, a);
+  const backend = sameBackend(op, a, b);
+  const def = BINARY_OPS[op] as { int?: boolean; compare?: boolean };
+  let dtype = promoteTypes(a.dtype, b.dtype);
+  if (!isFloat(dtype) && !def.int) dtype = getDefaultDtype();
+  a = cast(a, dtype);
+  b = cast(b, dtype);
+  const shape = broadcastShapes(op, a.shape, b.shape);
+  const out = Tensor.empty(shape, def.compare ? 'bool' : dtype, backend);
+  backend.binary(op, a.storage, b.storage, out.storage, {
+    shape,
+    aStrides: broadcastStrides(a.shape, shape),
+    bStrides: broadcastStrides(b.shape, shape),
+  });
+  return def.compare ? out : record(op, out, [a, b]);
+}
+
+export const add = (a: Tensor | number, b: Tensor | number) => binaryOp('add', a, b);
+export const sub = (a: Tensor | number, b: Tensor | number) => binaryOp('sub', a, b);
+export const mul = (a: Tensor | number, b: Tensor | number) => binaryOp('mul', a, b);
+export const div = (a: Tensor | number, b: Tensor | number) => binaryOp('div', a, b);
+export const maximum = (a: Tensor | number, b: Tensor | number) => binaryOp('maximum', a, b);
+export const minimum = (a: Tensor | number, b: Tensor | number) => binaryOp('minimum', a, b);
+export const eq = (a: Tensor | number, b: Tensor | number) => binaryOp('eq', a, b);
+export const ne = (a: Tensor | number, b: Tensor | number) => binaryOp('ne', a, b);
+export const lt = (a: Tensor | number, b: Tensor | number) => binaryOp('lt', a, b);
+export const le = (a: Tensor | number, b: Tensor | number) => binaryOp('le', a, b);
+export const gt = (a: Tensor | number, b: Tensor | number) => binaryOp('gt', a, b);
+export const ge = (a: Tensor | number, b: Tensor | number) => binaryOp('ge', a, b);
+
+/** a ** b; a scalar exponent uses the powScalar kernel (and a simpler gradient). */
+export function pow(a: Tensor | number, b: Tensor | number): Tensor {
+  if (a instanceof Tensor && typeof b === 'number') {
+    if (b === 1) return copy(a);
+    if (b === 2) return unaryOp('square', a);
+    return unaryOp('powScalar', a, b);
+  }
+  return binaryOp('pow', a, b);
+}
+
+export const neg = (x: Tensor) => unaryOp('neg', x);
+export const exp = (x: Tensor) => unaryOp('exp', x);
+export const log = (x: Tensor) => unaryOp('log', x);
+export const sqrt = (x: Tensor) => unaryOp('sqrt', x);
+export const rsqrt = (x: Tensor) => unaryOp('rsqrt', x);
+export const abs = (x: Tensor) => unaryOp('abs', x);
+export const sign = (x: Tensor) => unaryOp('sign', x);
+export const square = (x: Tensor) => unaryOp('square', x);
+export const reciprocal = (x: Tensor) => unaryOp('reciprocal', x);
+export const relu = (x: Tensor) => unaryOp('relu', x);
+export const tanh = (x: Tensor) => unaryOp('tanh', x);
+export const sigmoid = (x: Tensor) => unaryOp('sigmoid', x);
+export const softplus = (x: Tensor) => unaryOp('softplus', x);
+export const sin = (x: Tensor) => unaryOp('sin', x);
+export const cos = (x: Tensor) => unaryOp('cos', x);
+export const erf = (x: Tensor) => unaryOp('erf', x);
+
+/** GELU, exact (erf) by default or with PyTorch's tanh approximation. */
+export function gelu(x: Tensor, approximate: 'none' | 'tanh' = 'none'): Tensor {
+  if (approximate !== 'none' && approximate !== 'tanh') throw new RangeError(`gelu: approximate must be 'none' or 'tanh', got ${JSON.stringify(approximate)}`);
+  return unaryOp(approximate === 'tanh' ? 'geluTanh' : 'geluErf', x);
+}
+
+export function clamp(x: Tensor, min?: number | null, max?: number | null): Tensor {
+  const lo = min ?? -Infinity;
+  const hi = max ?? Infinity;
+  if (Number.isNaN(lo) || Number.isNaN(hi)) throw new RangeError(`clamp: bounds must not be NaN (min ${min}, max ${max})`);
+  if (lo > hi) throw new RangeError(`clamp: min ${lo} is greater than max ${hi}`);
+  return unaryOp('clamp', x, lo, hi);
+}
+
+/** cond ? a : b with broadcasting; cond must be bool. */
+export function where(cond: Tensor, aIn: Tensor | number, bIn: Tensor | number): Tensor {
+  if (cond.dtype !== 'bool') throw new TypeError(`where: condition must be bool, got ${cond.dtype}`);
+  const ref = aIn instanceof Tensor ? aIn : bIn instanceof Tensor ? bIn : null;
+  let a = ref ? asTensor(aIn, ref) : scalarTensor(aIn as number, getDefaultDtype(), cond.backend);
+  let b = asTensor(bIn, a);
+  const backend = sameBackend('where', cond, a, b);
+  const dtype = promoteTypes(a.dtype, b.dtype);
+  a = cast(a, dtype);
+  b = cast(b, dtype);
+  const shape = broadcastShapes('where', broadcastShapes('where', cond.shape, a.shape), b.shape);
+  const out = Tensor.empty(shape, dtype, backend);
+  backend.where(cond.storage, a.storage, b.storage, out.storage, {
+    shape,
+    condStrides: broadcastStrides(cond.shape, shape),
+    aStrides: broadcastStrides(a.shape, shape),
+    bStrides: broadcastStrides(b.shape, shape),
+  });
+  return record('where', out, [a, b], {}, [cond]);
+}
+
+/** Checks that a tensor is floating, naming the op. */
+export function requireFloat(op: string, t: Tensor, what = 'input'): void {
+  if (!isFloat(t.dtype)) throw new TypeError(`${op}: ${what} must be float32 or float64, got ${t.dtype} ${fmt(t.shape)}`);
+}

@@ -1,0 +1,81 @@
+/** Matrix products with PyTorch's matmul semantics, on a kernel with transpose flags. */
+import { record } from '../graph.js';
+import { broadcastShapes, fmt, numel, shapesEqual } from '../shape.js';
+import { Tensor } from '../tensor.js';
+import { requireFloat, sameBackend, cast } from './elementwise.js';
+import { expand, reshape, squeeze } from './shape.js';
+import { promoteTypes } from '../dtype.js';
+
+/**
+ * The primitive: op(a) @ op(b) over the last two dims, batch dims broadcast. With transA, a's last
+ * two dims are [k, m]; with transB, b's are [n, k]. Gradients are mm's with other flags, so the
+ * backward of a linear layer never materializes a transpose.
+ */
+export function mm(a: Tensor, b: Tensor, transA = false, transB = false): Tensor {
+  const backend = sameBackend('matmul', a, b);
+  requireFloat('matmul', a, 'left operand');
+  requireFloat('matmul', b, 'right operand');
+  if (a.dtype !== b.dtype) {
+    const d = promoteTypes(a.dtype, b.dtype);
+    a = cast(a, d);
+    b = cast(b, d);
+  }
+  if (a.ndim < 2 || b.ndim < 2) throw new RangeError(`matmul: mm needs rank >= 2 operands, got ${fmt(a.shape)} and ${fmt(b.shape)}`);
+  const [ar, ac] = a.shape.slice(-2);
+  const [br, bc] = b.shape.slice(-2);
+  const m = transA ? ac : ar;
+  const k = transA ? ar : ac;
+  const kb = transB ? bc : br;
+  const n = transB ? br : bc;
+  if (k !== kb) {
+    const show = (s: number[], t: boolean) => fmt(s) + (t ? 'ᵀ' : '');
+    throw new RangeError(`matmul: ${show(a.shape, transA)} @ ${show(b.shape, transB)}: inner dims ${k} and ${kb} differ`);
+  }
+  const aBatch = a.shape.slice(0, -2);
+  const bBatch = b.shape.slice(0, -2);
+  const batchShape = broadcastShapes('matmul (batch dims)', aBatch, bBatch);
+  const batch = numel(batchShape);
+  const batchOperand = (t: Tensor, own: number[]): [Tensor, number] => {
+    if (numel(own) === 1) return [t, 0];
+    if (shapesEqual(own, batchShape)) return [t, t.shape[t.ndim - 2] * t.shape[t.ndim - 1]];
+    const e = expand(t, [...batchShape, ...t.shape.slice(-2)]);
+    return [e, e.shape[e.ndim - 2] * e.shape[e.ndim - 1]];
+  };
+  const [aa, aStride] = batchOperand(a, aBatch);
+  const [bb, bStride] = batchOperand(b, bBatch);
+  const out = Tensor.empty([...batchShape, m, n], a.dtype, backend);
+  if (out.size > 0) {
+    if (k === 0) backend.fill(out.storage, 0);
+    else backend.matmul(aa.storage, bb.storage, out.storage, { batch, m, n, k, transA, transB, aBatchStride: aStride, bBatchStride: bStride });
+  }
+  return record('mm', out, [a, b], { transA, transB });
+}
+
+/** torch.matmul: 1-D operands are promoted to matrices and the added dims removed again. */
+export function matmul(a: Tensor, b: Tensor): Tensor {
+  if (a.ndim === 0 || b.ndim === 0) throw new RangeError(`matmul: operands must have at least one dim, got ${fmt(a.shape)} and ${fmt(b.shape)}`);
+  const a2 = a.ndim === 1 ? reshape(a, [1, a.shape[0]]) : a;
+  const b2 = b.ndim === 1 ? reshape(b, [b.shape[0], 1]) : b;
+  if (a2.shape[a2.ndim - 1] !== b2.shape[b2.ndim - 2]) {
+    throw new RangeError(`matmul: ${fmt(a.shape)} @ ${fmt(b.shape)}: inner dims ${a2.shape[a2.ndim - 1]} and ${b2.shape[b2.ndim - 2]} differ`);
+  }
+  let out = mm(a2, b2);
+  if (b.ndim === 1) out = squeeze(out, -1);
+  if (a.ndim === 1) out = squeeze(out, out.ndim === 1 && b.ndim === 1 ? 0 : -2);
+  return out;
+}
+
+/** y = x @ weightᵀ + bias with weight [out, in] (torch.nn.functional.linear); x may have batch dims. */
+export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor {
+  if (weight.ndim !== 2) throw new RangeError(`linear: weight must be [out, in], got ${fmt(weight.shape)}`);
+  const inF = weight.shape[1];
+  if (x.shape[x.ndim - 1] !== inF) throw new RangeError(`linear: input ${fmt(x.shape)} has ${x.shape[x.ndim - 1]} features but weight ${fmt(weight.shape)} expects ${inF}`);
+  const lead = x.shape.slice(0, -1);
+  const x2 = x.ndim === 2 ? x : reshape(x, [numel(lead), inF]);
+  let y = mm(x2, weight, false, true);
+  if (bias) {
+    if (bias.ndim !== 1 || bias.shape[0] !== weight.shape[0]) throw new RangeError(`linear: bias ${fmt(bias.shape)} does not match weight ${fmt(weight.shape)}`);
+    y = y.add(bias);
+  }
+  return x.ndim === 2 ? y : reshape(y, [...lead, weight.shape[0]]);
+}

@@ -1,0 +1,78 @@
+/** Loads the PyTorch reference cases (test/fixtures/sam, copied from ../shared/fixtures/sam). */
+import { readFileSync, readdirSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import * as fg from '../../src/index.js';
+
+export const FIXTURE_DIR = fileURLToPath(new URL('../fixtures/sam/', import.meta.url));
+
+export interface SamCase {
+  name: string;
+  model: {
+    layer_sizes: number[];
+    activation: 'relu' | 'tanh';
+    bias: boolean | boolean[];
+    params: { weight: number[][]; bias: number[] | null }[];
+  };
+  data: { batches?: { inputs: number[][]; labels: number[] }[]; inputs?: number[][]; labels?: number[] };
+  loss: { label_smoothing: number };
+  optimizer: Record<string, unknown>;
+  sharpness: Record<string, unknown>;
+  steps: number;
+}
+
+export function caseNames(): string[] {
+  return readdirSync(FIXTURE_DIR)
+    .filter((f) => f.endsWith('.json') && !f.endsWith('.sam.json') && !f.endsWith('.hvp.json'))
+    .map((f) => f.replace(/\.json$/, ''));
+}
+
+export function loadCase(name: string): { spec: SamCase; result: any; hvp: any | null } {
+  const read = (f: string) => JSON.parse(readFileSync(FIXTURE_DIR + f, 'utf8'));
+  let hvp = null;
+  try {
+    hvp = read(`${name}.hvp.json`);
+  } catch {
+    hvp = null;
+  }
+  return { spec: read(`${name}.json`), result: read(`${name}.sam.json`), hvp };
+}
+
+export function batches(spec: SamCase): { inputs: number[][]; labels: number[] }[] {
+  return spec.data.batches ?? [{ inputs: spec.data.inputs!, labels: spec.data.labels! }];
+}
+
+/** The case's weights as leaf tensors in canonical order (w0, b0, w1, b1, ...). */
+export function caseParams(spec: SamCase, dtype: fg.DType): fg.Tensor[] {
+  const out: fg.Tensor[] = [];
+  for (const layer of spec.model.params) {
+    out.push(fg.tensor(layer.weight, { dtype, requiresGrad: true }).keep());
+    if (layer.bias) out.push(fg.tensor(layer.bias, { dtype, requiresGrad: true }).keep());
+  }
+  return out;
+}
+
+/** The case's loss as a function of its parameters, written with flatgrad's functional ops. */
+export function caseLoss(spec: SamCase, batch: { inputs: number[][]; labels: number[] }, dtype: fg.DType) {
+  const x = fg.tensor(batch.inputs, { dtype }).keep();
+  const y = fg.tensor(Int32Array.from(batch.labels), { dtype: 'int32' }).keep();
+  return (...params: fg.Tensor[]): fg.Tensor => {
+    let h = x;
+    let p = 0;
+    spec.model.params.forEach((layer, l) => {
+      const w = params[p++];
+      const b = layer.bias ? params[p++] : null;
+      h = fg.linear(h, w, b);
+      if (l < spec.model.params.length - 1) h = spec.model.activation === 'relu' ? h.relu() : h.tanh();
+    });
+    return fg.crossEntropy(h, y, { labelSmoothing: spec.loss.label_smoothing });
+  };
+}
+
+export const TOL = {
+  float32: { loss: { atol: 1e-7, rtol: 1e-5 }, params: { atol: 1e-6, rtol: 1e-5 } },
+  float64: { loss: { atol: 1e-12, rtol: 1e-9 }, params: { atol: 1e-12, rtol: 1e-9 } },
+} as const;
+
+export function close(ours: number, ref: number, t: { atol: number; rtol: number }): boolean {
+  return Math.abs(ours - ref) <= t.atol + t.rtol * Math.abs(ref);
+}
