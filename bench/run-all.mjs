@@ -4,7 +4,7 @@
  * spawns its own processes, one per family and repetition), then collects bench/results/*.md into
  * bench/results/SUMMARY.md.
  *
- *   node bench/run-all.mjs [--only=webgpu,wasm,sam,steps] [--quick] [--timeout=MIN]
+ *   node bench/run-all.mjs [--only=webgpu,wasm,sam,steps] [--quick] [--timeout=MIN] [--summary]
  *
  * --quick is passed to every bench (fewer repetitions; for a smoke run, not for figures). A bench
  * that prints its markdown to stdout without writing bench/results/<name>.md gets its stdout saved
@@ -31,7 +31,8 @@ const found = readdirSync('bench')
   .map((f) => f.slice(0, -'.bench.ts'.length))
   .sort((a, b) => (ORDER.indexOf(a) + 1 || 99) - (ORDER.indexOf(b) + 1 || 99) || a.localeCompare(b));
 const only = arg('only')?.split(',');
-const benches = only ? found.filter((b) => only.includes(b)) : found;
+// --summary: run nothing, only write SUMMARY.md from the markdown already in bench/results.
+const benches = args.includes('--summary') ? [] : only ? found.filter((b) => only.includes(b)) : found;
 if (only) for (const b of only) if (!found.includes(b)) console.error(`run-all: no bench/${b}.bench.ts`);
 
 const resultsDir = 'bench/results';
@@ -114,8 +115,7 @@ const lines = [
   '',
   `Written ${new Date().toISOString()} by \`npm run bench\`${quick ? ' --quick (smoke run: fewer repetitions)' : ''} on ${cpus.length} x ${cpus[0]?.model ?? 'unknown CPU'}, Node ${process.version}; load average now ${load()}.`,
   '',
-  '| bench | this run | seconds | load average before |',
-  '| --- | --- | ---: | --- |',
+  ...(outcomes.length ? ['| bench | this run | seconds | load average before |', '| --- | --- | ---: | --- |'] : ['(No bench was run this time: the sections below are the latest results on disk.)']),
   ...outcomes.map((o) => `| ${o.name} | ${o.status}${o.mdFresh ? '' : ' (markdown not updated)'} | ${o.seconds.toFixed(0)} | ${o.loadBefore} |`),
 ];
 const mds = readdirSync(resultsDir)

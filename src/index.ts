@@ -22,7 +22,7 @@ export {
 export { backward, grad, type BackwardOptions } from './autograd/engine.js';
 export { gradcheck, gradgradcheck, type GradcheckOptions } from './autograd/gradcheck.js';
 export { hvp } from './autograd/hvp.js';
-export { init, backendInfo, memory, flush, isSoftwareAdapter, type InitOptions, type BackendChoice } from './init.js';
+export { init, backendInfo, memory, flush, trim, isSoftwareAdapter, type InitOptions, type BackendChoice } from './init.js';
 export type { Backend, BackendInfo, BackendName, MemoryInfo, Storage } from './kernels/backend.js';
 export { getBackend } from './kernels/registry.js';
 export * as data from './data/index.js';

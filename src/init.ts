@@ -54,6 +54,7 @@ export async function init(opts: InitOptions = {}): Promise<BackendInfo> {
       gpu = await webgpu(opts);
       if (isSoftwareAdapter(gpu.info())) {
         tried.push(`WebGPU found only a software adapter (${gpu.info().adapter})`);
+        gpu.destroy?.();
         gpu = null;
       }
     } catch (e) {
@@ -86,4 +87,9 @@ export function memory(): MemoryInfo {
 /** Submits queued GPU work now (it is submitted at readbacks anyway). */
 export function flush(): void {
   getBackend().flush();
+}
+
+/** Returns the backend's pooled (free) device memory to the system. */
+export function trim(): void {
+  getBackend().trim?.();
 }

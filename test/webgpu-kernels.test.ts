@@ -193,6 +193,19 @@ describe.skipIf(!gpuOrNull)(`webgpu kernels (${gpuOrNull ? gpu.info().adapter : 
       await expect(gpu.rt.checkShader('myKernel', code)).rejects.toThrow(/myKernel[\s\S]*line 2[\s\S]*return undefined_thing/);
     });
 
+    it('a validation error surfaces at the next call and names the kernel that caused it', async () => {
+      // A vec4 binding over 3 floats is smaller than the shader's minimum binding size.
+      const bad = asGPU(gpu.alloc(3, 'float32'));
+      gpu.rt.dispatch({ name: 'bogusKernel', key: 'bogus', binds: [{ name: 'dst', s: bad, access: 'write', type: 'vec4<f32>' }], params: [], groups: 1, wgsl: () => '@compute @workgroup_size(1) fn main() { dst[0] = vec4<f32>(1.0); }' });
+      await expect(gpu.sync()).rejects.toThrow(/bogusKernel/);
+      gpu.release(bad);
+      // The error is reported once; the backend goes on working.
+      const ok = gpu.upload(Float32Array.from([2]), 'float32');
+      gpu.unary('square', ok, ok);
+      expectExact(await gpu.read(ok), Float32Array.from([4]), 'after the error');
+      gpu.release(ok);
+    });
+
     it('after device loss every call throws "WebGPU device lost (reason): ..."', async () => {
       const other = await createWebGPUBackend();
       const s = other.upload(Float32Array.from([1]), 'float32');
@@ -261,6 +274,23 @@ describe.skipIf(!gpuOrNull)(`webgpu kernels (${gpuOrNull ? gpu.info().adapter : 
       await expectParity([f32(a), f32(b)], [{ numel: 12, dtype: 'float32' }], (be, [x, y], [o]) => be.binary('pow', x, y, o, layout), { rtol: 1e-6 }, 'pow');
       for (const e of [3, 2, 0.5, -1]) {
         await expectParity([f32(a)], [{ numel: 12, dtype: 'float32' }], (be, [x], [o]) => be.unary('powScalar', x, o, e), { rtol: 1e-6 }, `powScalar ${e}`);
+      }
+    });
+
+    it('NaN propagates through maximum, minimum, relu and clamp, and NaN != x, as on the CPU', async () => {
+      // 8 and 16 elements: the scalar and the vec4 shader paths.
+      for (const n of [9, 16]) {
+        const a = Float32Array.from({ length: n }, (_, i) => (i % 3 === 0 ? NaN : i - 4));
+        const b = Float32Array.from({ length: n }, (_, i) => (i % 4 === 1 ? NaN : 2 - i));
+        const layout = { shape: [n], aStrides: [1], bStrides: [1] };
+        for (const op of ['maximum', 'minimum'] as const) {
+          await expectParity([f32(a), f32(b)], [{ numel: n, dtype: 'float32' }], (be, [x, y], [o]) => be.binary(op, x, y, o, layout), 'exact', `NaN ${op}`);
+        }
+        for (const op of ['ne', 'eq', 'lt', 'ge'] as const) {
+          await expectParity([f32(a), f32(b)], [{ numel: n, dtype: 'bool' }], (be, [x, y], [o]) => be.binary(op, x, y, o, layout), 'exact', `NaN ${op}`);
+        }
+        await expectParity([f32(a)], [{ numel: n, dtype: 'float32' }], (be, [x], [o]) => be.unary('relu', x, o), 'exact', 'NaN relu');
+        await expectParity([f32(a)], [{ numel: n, dtype: 'float32' }], (be, [x], [o]) => be.unary('clamp', x, o, -1, 1), 'exact', 'NaN clamp');
       }
     });
 

@@ -51,8 +51,8 @@ const WEIGHT_DECAY_DEFAULTS: Record<OptimizerName, number> = { sgd: 5e-4, adamw:
 
 const wrapperParamFlags = Object.fromEntries(
   Object.entries(WRAPPER_PARAMS).map(([key, p]) => {
-    const users = WRAPPERS.filter((w) => key in WRAPPER_DEFAULTS[w]);
-    return [key, numberFlag(`${p.help} [${users.join(', ')}]`, p)];
+    const defaults = WRAPPERS.filter((w) => key in WRAPPER_DEFAULTS[w]).map((w) => `${w} ${WRAPPER_DEFAULTS[w][key as WrapperParam]}`);
+    return [key, numberFlag(`${p.help} [${defaults.join(', ')}]`, p)];
   }),
 ) as Record<WrapperParam, ReturnType<typeof numberFlag<undefined>>>;
 

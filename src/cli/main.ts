@@ -2,8 +2,9 @@
  * The `flatgrad` command. `main(argv, io)` runs one command in-process and resolves to its exit
  * status (0 done, 1 failed, 2 bad command line); the bundle's entry calls it with process.argv.
  */
-// The gradient rules register themselves on import, as the package entry does.
+// The gradient rules and backward() register themselves on import, as the package entry does.
 import '../autograd/vjps.js';
+import '../autograd/engine.js';
 import { UsageError } from './args.js';
 import { nodeIO, type CliIO } from './io.js';
 import { COMMANDS } from './commands/index.js';

@@ -288,8 +288,11 @@ export function heatmapSvg(spec: HeatmapSpec): string {
     out.push(`<rect x="${bx}" y="${top.toFixed(2)}" width="14" height="${((box.y1 - box.y0) / steps + 0.5).toFixed(2)}" fill="${colorAt(1 - s / steps)}"/>`);
   }
   const sb = scale(ze, box.y1, box.y0);
-  for (const t of niceTicks(ze.min, ze.max, 5)) {
-    out.push(`<text x="${bx + 18}" y="${sb(t).toFixed(1)}" dominant-baseline="middle" font-size="10">${formatTick(tf.inverse(t))}</text>`);
+  // Ticks at round values of z itself: in log scale, niceTicks spaces them evenly in z's range and
+  // their (transformed) positions crowd towards the top, which is what a log axis looks like.
+  const zTicks = niceTicks(tf.inverse(ze.min), tf.inverse(ze.max), 5);
+  for (const v of zTicks) {
+    out.push(`<text x="${bx + 18}" y="${sb(tf.f(v)).toFixed(1)}" dominant-baseline="middle" font-size="10">${formatTick(v)}</text>`);
   }
   const label = [spec.zLabel ?? '', tf.label && `(${tf.label})`].filter(Boolean).join(' ');
   if (label) out.push(`<text x="${bx}" y="${box.y0 - 8}" font-size="10">${escapeXml(label)}</text>`);

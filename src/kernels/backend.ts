@@ -172,6 +172,10 @@ export interface Backend {
   /** Waits until all submitted work has finished. */
   sync(): Promise<void>;
   memory(): MemoryInfo;
+  /** Returns pooled (free) device memory to the system; live buffers are untouched. */
+  trim?(): void;
+  /** Releases the device and every buffer; the backend is unusable afterwards. */
+  destroy?(): void;
 
   // ---- kernels ----
   fill(out: Storage, value: number): void;

@@ -6,7 +6,7 @@
 import type { StridedCopyLayout, WhereLayout } from '../backend.js';
 import { coalesce, mapKernel } from './elementwise.js';
 import type { GPUStorage, Runtime } from './runtime.js';
-import { convert, scalarOf, spreadFor, spreadGroups, spreadMain } from './wgsl.js';
+import { convert, scalarOf, spreadFor, spreadGroups, spreadMain, zeroOf } from './wgsl.js';
 
 export function fill(rt: Runtime, out: GPUStorage, value: number): void {
   if (out.numel === 0) return;
@@ -48,7 +48,7 @@ export function cast(rt: Runtime, x: GPUStorage, out: GPUStorage): void {
 export function where(rt: Runtime, cond: GPUStorage, a: GPUStorage, b: GPUStorage, out: GPUStorage, l: WhereLayout): void {
   const s = scalarOf(out.dtype);
   const cs = scalarOf(cond.dtype);
-  const zero = cs === 'f32' ? '0.0' : cs === 'i32' ? '0i' : '0u';
+  const zero = zeroOf(cs);
   mapKernel(rt, {
     name: 'where',
     key: 'where',

@@ -58,6 +58,8 @@ async function dawnGpu(): Promise<GPU> {
     await preferSwiftShader();
     let mod: { create: (opts: string[]) => GPU; globals: object };
     try {
+      // An optional dependency: typed here rather than through its package, and left to Node to
+      // resolve at run time (bundlers mark it external).
       mod = (await import(/* @vite-ignore */ 'webgpu' as string)) as typeof mod;
     } catch (e) {
       throw new Error(`the 'webgpu' package (Dawn for Node) could not be loaded: ${(e as Error).message}`);

@@ -8,7 +8,7 @@ import type { DType } from '../../tensor/dtype.js';
 import type { BroadcastLayout } from '../backend.js';
 import { BINARY_OPS, UNARY_OPS, type BinaryOp, type UnaryOp } from '../optable.js';
 import type { Bind, GPUStorage, Runtime } from './runtime.js';
-import { boolToU32, computeOf, convert, preciseBuiltins, preludeFor, scalarOf, spreadFor, spreadGroups, spreadMain, stridedOffsets, stridedParams, type Param, type Scalar } from './wgsl.js';
+import { boolToU32, computeOf, convert, preludeFor, scalarOf, spreadFor, spreadGroups, spreadMain, stridedOffsets, stridedParams, type Param, type Scalar } from './wgsl.js';
 
 /** A layout with size-1 dims dropped and mergeable neighbours merged; never rank 0. */
 export interface Coalesced {
@@ -139,13 +139,13 @@ export function mapKernel(rt: Runtime, spec: MapSpec): void {
         return `let ${o.name} = ${mode === 'splat' ? `vec4<${to}>(${scalar})` : scalar};`;
       });
       const scalarLets = Object.keys(spec.scalars ?? {}).map((name) => `let ${name} = P.${name};`);
-      const expr = preciseBuiltins(typeof spec.expr === 'string' ? spec.expr : spec.expr(vec4));
+      const expr = typeof spec.expr === 'string' ? spec.expr : spec.expr(vec4);
       const value = spec.yieldsBool ? boolToU32(expr, vec4) : convert(`(${expr})`, spec.compute, outScalar, vec4);
       const store = outStrided ? (vec4 ? `dst[u32(off_dst) / 4u]` : `dst[off_dst]`) : 'dst[v]';
       return `alias T = ${T};
 alias TU = ${vec4 ? 'vec4<u32>' : 'u32'};
 alias bool_t = ${vec4 ? 'vec4<bool>' : 'bool'};
-${preludeFor(expr)}
+${preludeFor(expr, spec.compute)}
 ${spreadMain(
   spread,
   `${flat ? '' : stridedOffsets(rank, setNames, vec4 ? 'v * 4u' : 'v', withOffset)}
@@ -182,7 +182,7 @@ function vec4Modes(spec: MapSpec, shape: number[], strides: number[][], outStrid
 /** The type an op computes in: float when any side is float or the op has no integer form. */
 function computeFor(dtypes: DType[], intOk: boolean, outDtype: DType): Scalar {
   if (!intOk || dtypes.some((d) => d === 'float32')) return 'f32';
-  return outDtype === 'float32' ? 'f32' : computeOf(outDtype === 'bool' ? 'int32' : outDtype);
+  return computeOf(outDtype);
 }
 
 export function unary(rt: Runtime, op: UnaryOp, x: GPUStorage, out: GPUStorage, p0: number, p1: number): void {

@@ -75,7 +75,7 @@ export const GPU_TILED: TiledPlan = { kind: 'tiled', tx: 16, ty: 16, rm: 4, rn: 
  */
 export const CPU_DIRECT: DirectPlan = { kind: 'direct', rm: 8, rn: 8, splitK: 1, wg: 64, gx: 8 };
 
-/** Picks a kernel by output size: big outputs tile; few rows or few outputs go direct (maybe split-K). */
+/** Picks a kernel by shape: big outputs tile (on an emulator: the 8 x 8 direct block); few rows or few outputs go direct, maybe split-K. */
 export function chooseMatmul(l: MatmulLayout, cpuEmulated: boolean): MatmulPlan {
   const outputs = l.batch * l.m * l.n;
   if (l.m <= 4) return { kind: 'direct', rm: 1, rn: l.n % 4 === 0 ? 4 : 1, splitK: splitFor(outputs / 4, l.k), wg: 64, gx: 64 };

@@ -1,6 +1,8 @@
 /**
  * Small named pieces of WGSL that the kernel families assemble their shaders from: element types
- * per dtype, conversions, the math prelude (fg_erf), NaN constants and the strided index walk.
+ * per dtype and conversions, the helpers every shader gets (fg_group, fg_nan, fg_inf, fg_isnan),
+ * the math prelude (fg_erf, fg_sin/fg_cos, fg_pow), the uniform Params struct, the strided index
+ * walk, and how flat kernels spread units over threads.
  * Every piece is a plain string or a function returning one, so a shader is readable as the
  * concatenation it is.
  */
@@ -47,7 +49,7 @@ export function convert(expr: string, from: Scalar, to: Scalar, vec4 = false): s
   return `${vecOf(to, vec4)}(${expr})`;
 }
 
-function zeroOf(s: Scalar): string {
+export function zeroOf(s: Scalar): string {
   return s === 'f32' ? '0.0' : s === 'i32' ? '0i' : '0u';
 }
 
@@ -110,7 +112,6 @@ fn fg_cos(x: T) -> T { return fg_sin_quadrant(x, T(1.0)); }
  * operand gives NaN, and pow(x, 0) is 1.
  */
 export const WGSL_POW = /* wgsl */ `
-fn fg_isnan_t(v: T) -> bool_t { return (bitcast<TU>(v) & TU(0x7fffffffu)) > TU(0x7f800000u); }
 fn fg_pow(a: T, b: T) -> T {
   let mag = pow(abs(a), b);
   let whole = b == floor(b);
@@ -125,16 +126,26 @@ fn fg_pow(a: T, b: T) -> T {
 `;
 
 /**
- * Swaps builtins that fall short of float32 and of the CPU backend in an op-table expression for
- * the prelude's versions (see WGSL_TRIG, WGSL_POW).
+ * NaN-aware pieces for alias `T`: WGSL's max, min and clamp may drop a NaN operand and `v != v`
+ * may compile to an ordered comparison, while the CPU oracle (and PyTorch) propagate NaN. For
+ * integer shaders the same names exist without the NaN test.
  */
-export function preciseBuiltins(expr: string): string {
-  return expr.replace(/\b(sin|cos|pow)\(/g, 'fg_$1(');
+function nanPrelude(compute: 'f32' | 'i32' | 'u32'): string {
+  const isnan =
+    compute === 'f32'
+      ? 'fn fg_isnan_t(v: T) -> bool_t { return (bitcast<TU>(v) & TU(0x7fffffffu)) > TU(0x7f800000u); }'
+      : 'fn fg_isnan_t(v: T) -> bool_t { return bool_t(false); }';
+  return `
+${isnan}
+fn fg_max(a: T, b: T) -> T { return select(max(a, b), a + b, fg_isnan_t(a) | fg_isnan_t(b)); }
+fn fg_min(a: T, b: T) -> T { return select(min(a, b), a + b, fg_isnan_t(a) | fg_isnan_t(b)); }
+`;
 }
 
-/** The prelude functions an expression calls, for the shader's aliases `T`, `TU` and `bool_t`. */
-export function preludeFor(expr: string): string {
+/** The prelude functions an expression of the op table calls, for the shader's aliases `T`, `TU` and `bool_t`. */
+export function preludeFor(expr: string, compute: 'f32' | 'i32' | 'u32'): string {
   return (
+    (/\bfg_(isnan_t|max|min|pow)\(/.test(expr) ? nanPrelude(compute) : '') +
     (expr.includes('fg_erf') ? WGSL_ERF : '') +
     (/\bfg_(sin|cos)\(/.test(expr) ? WGSL_TRIG : '') +
     (/\bfg_pow\(/.test(expr) ? WGSL_POW : '')
