@@ -12,7 +12,7 @@ export interface InitOptions {
   gpu?: GPU;
   /** An existing GPUDevice to run on. */
   device?: GPUDevice;
-  /** Worker threads for the wasm backend (default: up to 2 where SharedArrayBuffer exists). */
+  /** Worker threads for the wasm backend (default: one per core, at most 8, where SharedArrayBuffer exists). */
   threads?: number;
   /** Receives the one line that says what `auto` tried and chose (default: console.warn on fallback). */
   log?: (line: string) => void;
