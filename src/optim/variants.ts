@@ -15,14 +15,15 @@
  */
 import { COMMIT, S_CHECK, S_DOT, S_NORM, S_NORM2, S_NORMV, S_TMP0, S_TMP1, S_TMP2, slot, type SAssign, type SExpr } from '../kernels/fused.js';
 import { isFloat } from '../tensor/dtype.js';
-import { fmt } from '../tensor/shape.js';
+import { fmt, shapesEqual } from '../tensor/shape.js';
 import { Tensor, tidy } from '../tensor/tensor.js';
 import { noGrad, withGradMode } from '../tensor/graph.js';
 import { generator } from '../tensor/random.js';
 import { add, cast, eq, gt, mul, sub } from '../tensor/ops/elementwise.js';
 import { argmax, mean, sum } from '../tensor/ops/reduce.js';
 import { reshape } from '../tensor/ops/shape.js';
-import { checkFinite, type Closure, type ParamsInput } from './optimizer.js';
+import { checkFinite, type Closure, type OptimizerStateDict, type ParamsInput } from './optimizer.js';
+import { copyInto } from '../nn/module.js';
 import { SharpnessAware, type BaseOptimizerClass, type SharpnessOptions } from './sam.js';
 
 const SAM_GROUP = { rho: 0.05, adaptive: false, eta: 0.01, adaptiveBias: false };
@@ -122,6 +123,37 @@ export class LookSAM extends SharpnessAware {
     super('LookSAM', params, Base, opts, SAM_GROUP, { k: 5, alpha: 0.7 });
     intOpt('LookSAM', 'k', this.opts.k, 1);
     checkFinite('LookSAM', 'alpha', this.opts.alpha);
+  }
+
+  /**
+   * Adds LookSAM's own state: the step counter (which step recomputes the SAM gradient) and the
+   * stored orthogonal direction g_v (its squared norm lives in the device scalars). Without them a
+   * resumed run would recompute or reuse at the wrong steps, with a zero direction.
+   */
+  override stateDict(): OptimizerStateDict & { looksam: { iter: number; gv: Tensor[] | null } } {
+    return { ...super.stateDict(), looksam: { iter: this.iter, gv: this.engine.stateTensors('gv') } };
+  }
+
+  override loadStateDict(sd: OptimizerStateDict & { looksam?: { iter?: unknown; gv?: unknown } }): void {
+    const own = sd?.looksam;
+    if (own !== undefined) {
+      if (!(typeof own.iter === 'number' && Number.isInteger(own.iter) && own.iter >= 0)) {
+        throw new TypeError(`LookSAM.loadStateDict: looksam.iter must be a non-negative integer, got ${JSON.stringify(own.iter)}`);
+      }
+      if (own.gv != null && !(Array.isArray(own.gv) && own.gv.length === this.engine.params.length && own.gv.every((t) => t instanceof Tensor))) {
+        throw new TypeError(`LookSAM.loadStateDict: looksam.gv must be ${this.engine.params.length} tensors (one per parameter)`);
+      }
+    }
+    super.loadStateDict(sd);
+    if (own === undefined) return;
+    this.iter = own.iter as number;
+    if (Array.isArray(own.gv)) {
+      const dst = this.engine.ensureState('gv');
+      (own.gv as Tensor[]).forEach((v, k) => {
+        if (!shapesEqual(v.shape, dst[k].shape)) throw new RangeError(`LookSAM.loadStateDict: gv of parameter ${k} has shape ${fmt(v.shape)}, expected ${fmt(dst[k].shape)}`);
+        copyInto(dst[k], v, `LookSAM.loadStateDict(${k}.gv)`);
+      });
+    }
   }
 
   override step(closure?: Closure): Tensor | number {
