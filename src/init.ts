@@ -71,7 +71,14 @@ export async function init(opts: InitOptions = {}): Promise<BackendInfo> {
       (opts.log ?? console.warn)(`flatgrad: using the ${next.name} backend (${tried.join('; ')})`);
     }
   }
-  if (prev !== next && prev.name !== 'cpu') prev.flush();
+  if (prev !== next) {
+    // Submit what the old backend still queues; a lost device has nothing left to submit.
+    try {
+      prev.flush();
+    } catch {
+      /* device lost: its pending work is gone with it */
+    }
+  }
   setBackend(next);
   return next.info();
 }

@@ -11,6 +11,7 @@ import { BINARY_OPS, UNARY_OPS, type BinaryOp, type BinaryOpDef, type UnaryOp, t
 import type { Backend, MatmulLayout, Storage, Window2d } from '../src/kernels/backend.js';
 import { typedArrayFor, type DType, type TypedArray } from '../src/tensor/dtype.js';
 import { broadcastShapes, broadcastStrides } from '../src/tensor/shape.js';
+import { rng } from './helpers/random.js';
 
 const SIZES = [1, 3, 7, 63, 65, 257];
 const SPECIALS = [NaN, Infinity, -Infinity, 0, -0, 1e-30, -1e-30, 1e30, -1e30, 88.5, -88.5, 89, -104];
@@ -34,17 +35,6 @@ afterEach(() => {
   expect(wasm2.memory().liveBuffers).toBe(0);
 });
 
-/** Deterministic data: mulberry32. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 function uniform(n: number, seed: number, lo = -1, hi = 1): Float32Array {
   const r = rng(seed);
   return Float32Array.from({ length: n }, () => lo + (hi - lo) * r());

@@ -3,7 +3,7 @@
  * option is an error that names it), zeroGrad, state and state dicts, and the engine (fused over
  * a flat arena, or an unfused per-tensor loop) that every update runs on.
  */
-import { S_SKIPPED, S_SLOTS } from '../kernels/fused.js';
+import { COMMIT, S_CHECK, S_SKIPPED, S_SLOTS } from '../kernels/fused.js';
 import { shapesEqual, fmt } from '../tensor/shape.js';
 import { Tensor } from '../tensor/tensor.js';
 import { withGradMode } from '../tensor/graph.js';
@@ -180,7 +180,10 @@ export abstract class Optimizer {
     this.validateAll();
     this.engine.prepare();
     this.stepCount++;
-    this.applyUpdate('g', { restore: null, gated: false, step: this.stepCount });
+    // A non-finite gradient (NaN or Inf anywhere) skips the whole step and counts it, as in the
+    // sharpness-aware family: one reduction on the device sets the flag, no readback.
+    this.engine.sumSquares('g', S_CHECK, { gate: 'set', then: COMMIT });
+    this.applyUpdate('g', { restore: null, gated: true, step: this.stepCount });
     return loss;
   }
 

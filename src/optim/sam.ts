@@ -12,7 +12,7 @@
  */
 import { COMMIT, S_FLAG, S_NORM, S_NORM2, S_SKIPPED, S_STEPS, type RestoreMode } from '../kernels/fused.js';
 import { freezeRunningStats, unfreezeRunningStats } from '../nn/module.js';
-import type { Tensor } from '../tensor/tensor.js';
+import { Tensor } from '../tensor/tensor.js';
 import type { AdaptiveGroup } from './engine.js';
 import { checkFinite, Optimizer, isGroupList, UnknownOptionError, type Closure, type GroupInput, type ParamGroup, type ParamsInput } from './optimizer.js';
 
@@ -192,6 +192,29 @@ export abstract class SharpnessAware extends Optimizer {
       this.frozeStats = false;
     }
   }
+  /**
+   * A forward-backward pass at the perturbed weights with BatchNorm statistics frozen; if the pass
+   * throws, the weights are restored before the error propagates.
+   */
+  protected perturbedPass<T>(pass: () => T): T {
+    this.freeze();
+    try {
+      return pass();
+    } catch (err) {
+      this.engine.restore(this.mode);
+      throw err;
+    } finally {
+      this.unfreeze();
+    }
+  }
+  /**
+   * Disposes the loss of a pass the caller never sees (the perturbed pass): the closure hands its
+   * loss tensor over, and nobody else could dispose it, so a loop without an outer tidy leaked one
+   * tensor per step. `keep` (the loss returned to the caller) is left alone if it is the same tensor.
+   */
+  protected discardLoss(loss: Tensor | number | undefined, keep?: Tensor | number): void {
+    if (loss instanceof Tensor && loss !== keep && !loss.isDisposed) loss.dispose();
+  }
   /** The next update: counts it, runs the base update (fused with the restore when asked). */
   protected update(d: string, restore: boolean): void {
     this.base.stepCount++;
@@ -281,7 +304,7 @@ export class SAM extends SharpnessAware {
     const loss = this.runLoss(closure);
     this.firstStep({ zeroGrad: true });
     try {
-      this.runLoss(closure);
+      this.discardLoss(this.runLoss(closure), loss);
     } catch (err) {
       this.engine.restore(this.mode);
       this.perturbed = false;

@@ -83,15 +83,7 @@ export class MSAM extends SharpnessAware {
       e.sumSquares('g', S_NORM, { adaptive, gate: this.gated ? (i === 0 ? 'set' : 'or') : undefined });
       e.perturb('g', { coef: this.rhos(), normSlot: S_NORM, eps: this.eps, adaptive, mode: this.mode, gated: this.gated });
       e.zeroGrads();
-      this.freeze();
-      try {
-        this.runClosure(() => (closure as MicroBatchClosure)(i, m));
-      } catch (err) {
-        e.restore(this.mode);
-        throw err;
-      } finally {
-        this.unfreeze();
-      }
+      this.discardLoss(this.perturbedPass(() => this.runClosure(() => (closure as MicroBatchClosure)(i, m))));
       e.prepare();
       e.sumSquares('g', S_CHECK, { gate: this.gated ? 'or' : undefined, then: last && this.gated ? COMMIT : undefined });
       if (!last) e.restore(this.mode);
@@ -173,15 +165,7 @@ export class LookSAM extends SharpnessAware {
       e.sumSquares('g', S_NORM, { adaptive, gate: gate ? 'set' : undefined });
       e.perturb('g', { coef: rhos, normSlot: S_NORM, eps: this.eps, adaptive, mode: this.mode, gated: gate, save: 'g0' });
       e.zeroGrads();
-      this.freeze();
-      try {
-        this.runClosure(closure);
-      } catch (err) {
-        e.restore(this.mode);
-        throw err;
-      } finally {
-        this.unfreeze();
-      }
+      this.discardLoss(this.perturbedPass(() => this.runClosure(closure)));
       e.prepare();
       e.sumSquares('g', S_NORM2, { gate: gate ? 'or' : undefined, then: gate ? COMMIT : undefined });
       if (rhos.every((r) => r === 0)) {
@@ -408,15 +392,7 @@ export class RWP extends SharpnessAware {
     const [key0, key1] = generator.nextKey();
     e.noise('z', { key0, key1, scale: this.paramGroups.map((g) => g.gamma as number), filterwise: true });
     e.perturb('z', { coef: this.paramGroups.map(() => 1), normSlot: null, eps: 0, mode: this.mode, gated: false });
-    this.freeze();
-    try {
-      this.runClosure(closure);
-    } catch (err) {
-      e.restore(this.mode);
-      throw err;
-    } finally {
-      this.unfreeze();
-    }
+    this.discardLoss(this.perturbedPass(() => this.runClosure(closure)));
     e.prepare();
     e.lincomb('g', { c: a }, []);
     this.checkAndCommit('g', S_NORM2);
@@ -479,15 +455,7 @@ export class GSAM extends SharpnessAware {
     e.sumSquares('g', S_NORM, { adaptive, gate: gate ? 'set' : undefined });
     e.perturb('g', { coef: rhos, normSlot: S_NORM, eps: this.eps, adaptive, mode: this.mode, gated: gate, save: 'g0' });
     e.zeroGrads();
-    this.freeze();
-    try {
-      this.runClosure(closure);
-    } catch (err) {
-      e.restore(this.mode);
-      throw err;
-    } finally {
-      this.unfreeze();
-    }
+    this.discardLoss(this.perturbedPass(() => this.runClosure(closure)));
     e.prepare();
     if (rhos.every((r) => r === 0) || alpha === 0) {
       // g_s = g: no orthogonal part.

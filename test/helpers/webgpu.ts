@@ -25,17 +25,8 @@ export function acquireWebGPU(): Promise<Acquired> {
   return acquired;
 }
 
-/** mulberry32: a tiny seeded generator for reproducible test data. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { rng } from './random.js';
+import { rng } from './random.js';
 
 export function randomF32(n: number, seed: number, lo = -1, hi = 1): Float32Array {
   const r = rng(seed);

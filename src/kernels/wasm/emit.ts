@@ -233,7 +233,10 @@ export const f64 = {
   const: (v: number): Expr => (f) => emitConst(f, ValType.f64, v),
   load: load(null, 0x2b, 3),
   store: store(null, 0x39, 3, ValType.f64),
+  ne: plain(0x62, ValType.f64),
   gt: plain(0x64, ValType.f64),
+  abs: plain(0x99, ValType.f64),
+  sqrt: plain(0x9f, ValType.f64),
   add: plain(0xa0, ValType.f64),
   sub: plain(0xa1, ValType.f64),
   mul: plain(0xa2, ValType.f64),
@@ -262,7 +265,18 @@ export const v128 = {
       emitOperand(f, value, 'v128');
       f.raw.byte(0xfd).u32(0x5a).u32(2).u32(offset).byte(lane);
     },
+  /** Loads 64 bits into lane 0 (of i64x2) and zeroes the rest. */
+  load64Zero: load(0xfd, 0x5d, 3),
+  /** Stores lane `lane` of a vector as 64 bits. */
+  store64Lane: (addr: Operand, value: Operand, lane: number, offset = 0): Expr =>
+    (f) => {
+      emitOperand(f, addr, ValType.i32);
+      emitOperand(f, value, 'v128');
+      f.raw.byte(0xfd).u32(0x5b).u32(3).u32(offset).byte(lane);
+    },
+  not: simd(0x4d, 'v128'),
   and: simd(0x4e, 'v128'),
+  xor: simd(0x51, 'v128'),
   andnot: simd(0x4f, 'v128'),
   or: simd(0x50, 'v128'),
   /** bitselect(a, b, mask): bits of a where mask is 1, of b elsewhere. */
@@ -298,6 +312,7 @@ export const i32x4 = {
   neg: simd(0xa1, 'i32x4'),
   shl: simd(0xab, 'i32x4', ValType.i32),
   shrS: simd(0xac, 'i32x4', ValType.i32),
+  shrU: simd(0xad, 'i32x4', ValType.i32),
   add: simd(0xae, 'i32x4'),
   sub: simd(0xb1, 'i32x4'),
   mul: simd(0xb5, 'i32x4'),
@@ -346,8 +361,23 @@ export const f32x4 = {
 };
 
 export const f64x2 = {
+  splat: simd(0x14, ValType.f64),
   extractLane: simdLane(0x21, 'v128'),
+  eq: simd(0x47, 'f64x2'),
+  ne: simd(0x48, 'f64x2'),
+  lt: simd(0x49, 'f64x2'),
+  gt: simd(0x4a, 'f64x2'),
+  le: simd(0x4b, 'f64x2'),
+  ge: simd(0x4c, 'f64x2'),
+  nearest: simd(0x94, 'f64x2'),
+  abs: simd(0xec, 'f64x2'),
+  neg: simd(0xed, 'f64x2'),
+  sqrt: simd(0xef, 'f64x2'),
   add: simd(0xf0, 'f64x2'),
+  sub: simd(0xf1, 'f64x2'),
+  mul: simd(0xf2, 'f64x2'),
+  div: simd(0xf3, 'f64x2'),
+  convertLowI32x4S: simd(0xfe, 'i32x4'),
   promoteLowF32x4: simd(0x5f, 'f32x4'),
 };
 

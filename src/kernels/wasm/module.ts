@@ -25,6 +25,7 @@ import {
   type Local,
   type Operand,
 } from './emit.js';
+import { emitFusedKernels } from './fusedsimd.js';
 
 const { i32: I32, f32: F32, f64: F64, v128: V128 } = ValType;
 
@@ -980,6 +981,7 @@ export function buildKernelModule(opts: KernelModuleOptions): Uint8Array {
   emitCol2im(mb);
   emitGemm(mb, opts.tiling ?? DEFAULT_TILING);
   emitGemv(mb);
+  emitFusedKernels(mb);
   return mb.toBytes();
 }
 
