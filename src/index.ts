@@ -31,6 +31,7 @@ export {
   type SafetensorsDtype, type SafetensorsTensor, type SafetensorsFile,
 } from './io/safetensors.js';
 export { writeFileAtomic } from './io/atomic.js';
-export { hessianEigenvalues, hessianTrace, type EigenResult, type PowerIterationOptions } from './analysis/hessian.js';
+export * as analysis from './analysis/index.js';
+export { saveCheckpoint, loadCheckpoint, disposeCheckpoint, CheckpointError, type Checkpoint } from './io/checkpoint.js';
 export * as nn from './nn/index.js';
 export * as optim from './optim/index.js';
