@@ -12,6 +12,21 @@ import type { Backend, MatmulLayout, Storage, Window2d } from '../src/kernels/ba
 import { typedArrayFor, type DType, type TypedArray } from '../src/tensor/dtype.js';
 import { broadcastShapes, broadcastStrides } from '../src/tensor/shape.js';
 import { rng } from './helpers/random.js';
+import '../src/kernels/cpu/fused.js';
+import {
+  BLOCK,
+  FLAG_ACTIVE,
+  FLAG_DECAY,
+  FLAG_VECTOR,
+  FLAG_WEIGHT,
+  fusedKernelsFor,
+  S_FLAG,
+  S_SLOTS,
+  S_STEPS,
+  type ArenaLayout,
+  type ArenaParamInfo,
+  type FusedKernels,
+} from '../src/kernels/fused.js';
 
 const SIZES = [1, 3, 7, 63, 65, 257];
 const SPECIALS = [NaN, Infinity, -Infinity, 0, -0, 1e-30, -1e-30, 1e30, -1e30, 88.5, -88.5, 89, -104];
@@ -592,5 +607,221 @@ describe('wasm backend: windows, indexing, randomness', () => {
     expect(wasm.info().adapter).toMatch(/WebAssembly SIMD/);
     expect(wasm2.info().details?.threads).toBe(2);
     expect(wasm.supportsDtype('float64')).toBe(true);
+  });
+});
+
+describe('wasm backend: SIMD fused optimizer kernels and random draws', () => {
+  const NUMELS = [1, 3, 63, 65, 257];
+  const ROWLEN: Record<number, number> = { 1: 1, 3: 3, 63: 21, 65: 13, 257: 257 };
+  /** Parameters of the awkward sizes, alternating weight / vector and group 0 / 1; the third inactive. */
+  function infos(): ArenaParamInfo[] {
+    let off = 0;
+    let rows = 0;
+    return [...NUMELS, 65, 1].map((numel, k) => {
+      const weight = k % 2 === 0;
+      const rowLen = weight ? ROWLEN[numel] : numel;
+      const info = {
+        offset: off,
+        numel,
+        group: k % 2,
+        flags: (weight ? FLAG_WEIGHT | FLAG_DECAY : FLAG_VECTOR) | (k === 2 ? 0 : FLAG_ACTIVE),
+        rowLen,
+        rowBase: rows,
+      };
+      off += Math.ceil(numel / BLOCK) * BLOCK;
+      rows += numel / rowLen;
+      return info;
+    });
+  }
+  const PARAMS = infos();
+  const NUMEL = PARAMS.reduce((a, p) => Math.max(a, p.offset + Math.ceil(p.numel / BLOCK) * BLOCK), 0);
+  const ROWS = PARAMS.reduce((a, p) => a + p.numel / p.rowLen, 0);
+
+  /** Arena-shaped data: values in the parameters, zero padding; `special` puts NaN/Inf in. */
+  function arenaData(seed: number, lo = -1, hi = 1, special?: number): Float32Array {
+    const x = new Float32Array(NUMEL);
+    const r = rng(seed);
+    for (const p of PARAMS) for (let j = 0; j < p.numel; j++) x[p.offset + j] = lo + (hi - lo) * r();
+    if (special !== undefined) x[PARAMS[4].offset + 17] = special;
+    return x;
+  }
+
+  interface Arrays {
+    P: Float32Array;
+    D: Float32Array;
+    A: Float32Array;
+    M: Float32Array;
+    V: Float32Array;
+    S: Float32Array;
+  }
+  function arrays(seed: number, special?: number): Arrays {
+    const S = new Float32Array(S_SLOTS);
+    S[0] = 2.5;
+    S[S_STEPS] = 3;
+    return {
+      P: arenaData(seed),
+      D: arenaData(seed + 1, -1, 1, special),
+      A: arenaData(seed + 2),
+      M: arenaData(seed + 3),
+      V: arenaData(seed + 4, 0, 1),
+      S,
+    };
+  }
+
+  type St = Record<keyof Arrays | 'save' | 'rowNorms' | 'noise', Storage>;
+  /** Runs fn with the fused kernels of `be` over uploaded copies of the arrays; returns them all afterwards. */
+  function runFused(be: Backend, a: Arrays, fn: (k: FusedKernels, L: ArenaLayout, s: St) => void): Record<string, TypedArray> {
+    const k = fusedKernelsFor(be);
+    expect(k).not.toBeNull();
+    const blockParamHost = new Int32Array(NUMEL / BLOCK);
+    const L: ArenaLayout = {
+      dtype: 'float32',
+      numel: NUMEL,
+      blocks: NUMEL / BLOCK,
+      groups: 2,
+      params: PARAMS,
+      rows: ROWS,
+      blockParam: be.upload(blockParamHost, 'int32'),
+      paramTable: be.upload(new Int32Array(8 * PARAMS.length), 'int32'),
+      blockParamHost,
+    };
+    const s = {
+      ...Object.fromEntries(Object.entries(a).map(([n, x]) => [n, be.upload(x, 'float32')])),
+      save: be.upload(new Float32Array(NUMEL), 'float32'),
+      rowNorms: be.upload(new Float32Array(ROWS), 'float32'),
+      noise: be.upload(new Float32Array(NUMEL).fill(NaN), 'float32'),
+    } as St;
+    try {
+      fn(k!, L, s);
+      return Object.fromEntries(Object.entries(s).map(([n, x]) => [n, be.readSync!(x)]));
+    } finally {
+      for (const x of [...Object.values(s), L.blockParam, L.paramTable]) be.release(x);
+    }
+  }
+  /** Every array bit for bit the same on wasm as on the CPU. */
+  function parity(what: string, a: Arrays, fn: (k: FusedKernels, L: ArenaLayout, s: St) => void, closeSlots = false): Record<string, TypedArray> {
+    const got = runFused(wasm, a, fn);
+    const want = runFused(cpu, a, fn);
+    for (const n of Object.keys(want)) {
+      if (n === 'S' && closeSlots) expectClose(got[n], want[n], `${what}: S`, { atol: 0, rtol: 1e-6 });
+      else expectExact(got[n], want[n], `${what}: ${n}`);
+    }
+    return got;
+  }
+  const adaptive = (s: St) => ({ p: s.P, groups: [{ on: true, eta: 0.01, bias: false }, { on: true, eta: 0.02, bias: true }] });
+
+  it('uses the SIMD kernels on wasm', () => {
+    expect(fusedKernelsFor(wasm)?.constructor.name).toBe('WasmFusedKernels');
+  });
+
+  it('sumSquares, plain and ASAM-weighted, with the non-finite gate, and dot', () => {
+    for (const special of [undefined, NaN, Infinity]) {
+      const got = parity(`sumSquares ${special}`, arrays(10, special), (k, L, s) => {
+        k.sumSquares(L, s.D, s.S, 4, { gate: 'set' });
+        k.sumSquares(L, s.D, s.S, 5, { adaptive: adaptive(s), gate: 'or', then: [{ dst: 7, e: ['sqrt', { s: 5 }] }] });
+        k.dot(L, s.D, s.P, s.S, 6, [{ dst: 8, e: ['*', { s: 6 }, 2] }]);
+      }, true);
+      expect(got.S[S_FLAG]).toBe(special === undefined ? 0 : 1);
+      if (special === undefined) expect(got.S[4]).toBeGreaterThan(0);
+    }
+  });
+
+  it('perturb (delta and backup, plain and adaptive, gated) and restore', () => {
+    for (const mode of ['delta', 'backup'] as const) {
+      for (const ad of [false, true]) {
+        for (const flag of [0, 1]) {
+          const a = arrays(20);
+          a.S[S_FLAG] = flag;
+          const got = parity(`perturb ${mode} ${ad} flag ${flag}`, a, (k, L, s) => {
+            k.perturb(L, s.P, s.D, s.S, { coef: [0.05, 0.1], normSlot: 0, eps: 1e-12, adaptive: ad ? adaptive(s) : undefined, mode, aux: s.A, save: s.save, gated: true });
+          });
+          if (flag) expectExact(got.P, a.P, 'a skipped perturb leaves p');
+          else expect(Array.from(got.P)).not.toEqual(Array.from(a.P));
+          const back = parity(`perturb + restore ${mode} ${ad}`, a, (k, L, s) => {
+            k.perturb(L, s.P, s.D, s.S, { coef: [0.05, 0.1], normSlot: null, eps: 0, adaptive: ad ? adaptive(s) : undefined, mode, aux: s.A, gated: false });
+            k.restore(L, s.P, s.A, mode);
+          });
+          if (mode === 'backup') expectExact(back.P, a.P, 'restore from the backup');
+        }
+      }
+    }
+  });
+
+  it('restore + SGD in every variant, and the NaN skip', () => {
+    for (const momentum of [0, 0.9]) {
+      for (const nesterov of momentum ? [false, true] : [false]) {
+        for (const weightDecay of [0, 5e-4]) {
+          for (const step of [1, 3]) {
+            for (const special of [undefined, NaN]) {
+              const a = arrays(30, special);
+              const groups = [0.1, 0.03].map((lr) => ({ lr, momentum, dampening: 0.1, nesterov, weightDecay }));
+              const what = `sgd m=${momentum} n=${nesterov} wd=${weightDecay} step=${step} ${special}`;
+              const got = parity(what, a, (k, L, s) => {
+                k.sumSquares(L, s.D, s.S, 4, { gate: 'set' });
+                k.sgd(L, s.P, s.D, s.M, s.S, groups, { restore: { aux: s.A, mode: 'delta' }, gated: step === 3, step });
+              }, true);
+              if (special !== undefined && step === 3) expectExact(got.M, a.M, `${what}: state untouched`);
+            }
+          }
+        }
+      }
+    }
+  });
+
+  it('restore + Adam / AdamW, and the NaN skip', () => {
+    for (const decoupled of [false, true]) {
+      for (const weightDecay of [0, 0.01]) {
+        for (const special of [undefined, Infinity]) {
+          const a = arrays(40, special);
+          const groups = [1e-3, 3e-4].map((lr) => ({ lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay, decoupled }));
+          const what = `adam decoupled=${decoupled} wd=${weightDecay} ${special}`;
+          const got = parity(what, a, (k, L, s) => {
+            k.sumSquares(L, s.D, s.S, 4, { gate: 'set' });
+            k.adam(L, s.P, s.D, s.M, s.V, s.S, groups, { restore: { aux: s.A, mode: 'backup' }, gated: true, step: 0 });
+            k.adam(L, s.P, s.D, s.M, s.V, s.S, groups, { gated: false, step: 1 });
+          }, true);
+          expect(Array.from(got.M)).not.toEqual(Array.from(a.M));
+        }
+      }
+    }
+  });
+
+  it('lincomb with 0-3 terms, with and without self, slot coefficients', () => {
+    for (const self of [{ c: 0 }, { c: 0.9 }, { c: -0.5, slot: 0 }]) {
+      for (let t = 0; t <= 4; t++) {
+        const a = arrays(60);
+        a.D[PARAMS[1].offset] = -0;
+        parity(`lincomb self ${JSON.stringify(self)} terms ${t}`, a, (k, L, s) => {
+          const xs = [s.D, s.M, s.V, s.A];
+          k.lincomb(L, s.noise, { c: 0 }, [{ x: s.P, c: 1 }], s.S);
+          k.lincomb(L, s.noise, self, xs.slice(0, t).map((x, j) => ({ x, c: 0.1 * (j + 1) - 0.25, slot: j === 1 ? 0 : undefined })), s.S);
+        });
+      }
+    }
+  });
+
+  it('Gaussian noise, plain and filter-wise', () => {
+    for (const filterwise of [false, true]) {
+      parity(`noise ${filterwise}`, arrays(50), (k, L, s) => {
+        k.noise(L, s.noise, { key0: 0xdeadbeef, key1: 12345, scale: [1, 0.5], filterwise: filterwise ? { p: s.P, rowNorms: s.rowNorms } : null });
+      });
+    }
+  });
+
+  it('random draws of awkward lengths match the reference bit for bit', () => {
+    const dists = [
+      { kind: 'uniform', low: -0.1, high: 0.7 },
+      { kind: 'normal', mean: -0.3, std: 1.7 },
+      { kind: 'normal', mean: 0, std: 1 },
+      { kind: 'bernoulliKeep', p: 0.1 },
+    ] as const;
+    for (const dist of dists) {
+      for (const n of [...NUMELS, 1000]) {
+        for (const [k0, k1] of [[1, 2], [0xffffffff, 0x80000000]]) {
+          const { got, want } = both([], [[n, 'float32']], (be, _i, [o]) => be.random(o, k0, k1, dist));
+          expectExact(got[0], want[0], `random ${JSON.stringify(dist)} n=${n} keys=${k0},${k1}`);
+        }
+      }
+    }
   });
 });

@@ -367,5 +367,9 @@ registerFusedKernels('wasm', (b) => {
   // The wasm backend keeps its memory on the host; its (TypeScript-private) `typed(storage)` gives
   // a typed array over a storage. Without it, the optimizers use the unfused path.
   const typed = (b as unknown as { typed?: (s: Storage) => TypedArray }).typed;
+  // Dispatch hook: a backend may supply its own (faster) kernels, e.g. the wasm SIMD ones.
+  const own = (b as unknown as { fusedKernels?: () => FusedKernels | null }).fusedKernels;
+  const fast = typeof own === 'function' ? own.call(b) : null;
+  if (fast) return fast;
   return typeof typed === 'function' ? new HostFusedKernels(b, (s) => typed.call(b, s)) : null;
 });

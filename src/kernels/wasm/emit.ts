@@ -321,6 +321,12 @@ export const i32x4 = {
   truncSatF32x4S: simd(0xf8, 'f32x4'),
 };
 
+export const i64x2 = {
+  /** Full 64-bit products of the low (high) two unsigned i32 lanes. */
+  extmulLowI32x4U: simd(0xde, 'i32x4'),
+  extmulHighI32x4U: simd(0xdf, 'i32x4'),
+};
+
 export const i16x8 = {
   narrowI32x4U: simd(0x86, 'v128'),
   extendLowI8x16U: simd(0x89, 'v128'),

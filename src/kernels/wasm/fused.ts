@@ -1,10 +1,10 @@
 /**
  * The fused optimizer kernels of the wasm backend: the host (TypeScript) kernels of
  * src/kernels/cpu/fused.ts over typed-array views of wasm memory, with the common float32 passes
- * (sums of squares, perturb, restore, SGD and Adam(W) updates, Gaussian noise) routed to the SIMD
- * kernels of fusedsimd.ts, which agree with the host ones bit for bit (sums and normals: to the
- * last bits of a float64 before rounding to float32). Rare variants (ESAM's selection, float64
- * arenas) keep the host path.
+ * (sums of squares, dot products, perturb, restore, lincomb, SGD and Adam(W) updates, Gaussian
+ * noise) routed to the SIMD kernels of fusedsimd.ts, which agree with the host ones bit for bit
+ * (sums and normals: to the last bits of a float64 before rounding to float32). Rare variants
+ * (ESAM's selection, lincombs of 4+ terms, float64 arenas) keep the host path.
  */
 import type { TypedArray } from '../../tensor/dtype.js';
 import type { Backend, Storage } from '../backend.js';
@@ -21,15 +21,17 @@ import {
   type AdaptiveSpec,
   type ArenaLayout,
   type ArenaParamInfo,
+  type Coef,
   type NoiseOptions,
   type PerturbOptions,
   type RestoreMode,
   type SAssign,
   type SgdGroup,
   type SumSquaresOptions,
+  type Term,
   type UpdateOptions,
 } from '../fused.js';
-import { adamExport, sgdExport } from './fusedsimd.js';
+import { adamExport, lincombExport, sgdExport } from './fusedsimd.js';
 import type { KernelExports } from './module.js';
 
 export interface WasmFusedHost {
@@ -80,6 +82,19 @@ export class WasmFusedKernels extends HostFusedKernels {
     this.then(S, o.then);
   }
 
+  override dot(L: ArenaLayout, xs: Storage, ys: Storage, Ss: Storage, slot: number, then?: readonly SAssign[]): void {
+    if (L.dtype !== 'float32') return super.dot(L, xs, ys, Ss, slot, then);
+    const x = this.h.ptr(xs);
+    const y = this.h.ptr(ys);
+    let acc = 0;
+    for (const info of L.params) {
+      if (info.flags & FLAG_ACTIVE) acc += this.k.fz_dot(x, y, info.offset, info.offset + info.numel) as number;
+    }
+    const S = this.h.typed(Ss);
+    S[slot] = acc;
+    this.then(S, then);
+  }
+
   override perturb(L: ArenaLayout, ps: Storage, dirs: Storage, Ss: Storage, o: PerturbOptions): void {
     if (L.dtype !== 'float32' || o.select) return super.perturb(L, ps, dirs, Ss, o);
     const p = this.h.typed(ps);
@@ -108,13 +123,36 @@ export class WasmFusedKernels extends HostFusedKernels {
   }
 
   override restore(L: ArenaLayout, ps: Storage, auxs: Storage, mode: RestoreMode): void {
-    if (L.dtype !== 'float32' || mode === 'backup') return super.restore(L, ps, auxs, mode);
-    this.k.fz_sub(this.h.ptr(ps), this.h.ptr(auxs), 0, this.h.typed(ps).length);
+    if (L.dtype !== 'float32') return super.restore(L, ps, auxs, mode);
+    this.restoreF32(ps, auxs, mode);
+  }
+  /** The restore of a float32 arena (not through `restore`: the fused updates are one kernel each). */
+  private restoreF32(ps: Storage, auxs: Storage, mode: RestoreMode): void {
+    if (mode === 'backup') this.h.typed(ps).set(this.h.typed(auxs));
+    else this.k.fz_sub(this.h.ptr(ps), this.h.ptr(auxs), 0, this.h.typed(ps).length);
+  }
+
+  override lincomb(L: ArenaLayout, outs: Storage, self: Coef, terms: readonly Term[], Ss: Storage): void {
+    if (L.dtype !== 'float32' || terms.length > 3) return super.lincomb(L, outs, self, terms, Ss);
+    const S = this.h.typed(Ss);
+    const coef = (c: Coef) => (c.slot === undefined ? c.c : c.c * S[c.slot]);
+    const readSelf = !(self.c === 0 && self.slot === undefined);
+    if (!readSelf && terms.length === 0) {
+      const out = this.h.typed(outs);
+      for (const info of L.params) out.fill(0, info.offset, info.offset + info.numel);
+      return;
+    }
+    const fn = this.k[lincombExport(terms.length, readSelf)];
+    const op = this.h.ptr(outs);
+    const xs = terms.map((t) => this.h.ptr(t.x));
+    const cs = terms.map(coef);
+    const a = coef(self);
+    for (const info of L.params) fn(op, ...xs, info.offset, info.offset + info.numel, a, ...cs);
   }
 
   override sgd(L: ArenaLayout, ps: Storage, ds: Storage, moms: Storage | null, Ss: Storage, groups: readonly SgdGroup[], o: UpdateOptions): void {
     if (L.dtype !== 'float32') return super.sgd(L, ps, ds, moms, Ss, groups, o);
-    if (o.restore) this.restore(L, ps, o.restore.aux, o.restore.mode);
+    if (o.restore) this.restoreF32(ps, o.restore.aux, o.restore.mode);
     const S = this.h.typed(Ss);
     if (o.gated && S[S_FLAG] !== 0) return;
     const first = (o.gated ? S[S_STEPS] : o.step) <= 1;
@@ -132,7 +170,7 @@ export class WasmFusedKernels extends HostFusedKernels {
 
   override adam(L: ArenaLayout, ps: Storage, ds: Storage, ms: Storage, vs: Storage, Ss: Storage, groups: readonly AdamGroup[], o: UpdateOptions): void {
     if (L.dtype !== 'float32') return super.adam(L, ps, ds, ms, vs, Ss, groups, o);
-    if (o.restore) this.restore(L, ps, o.restore.aux, o.restore.mode);
+    if (o.restore) this.restoreF32(ps, o.restore.aux, o.restore.mode);
     const S = this.h.typed(Ss);
     if (o.gated && S[S_FLAG] !== 0) return;
     const step = o.gated ? S[S_STEPS] : o.step;

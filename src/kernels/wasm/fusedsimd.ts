@@ -4,18 +4,22 @@
  *
  * The CPU reference computes in float64 and rounds to float32 after each elementary operation
  * (`Math.fround`), with host coefficients (lr, betas, eps, ...) kept as float64. To agree with it
- * bit for bit, the update kernels run the same operations in f64x2 lanes: each f32 element is
- * promoted on load, every `fround` of the reference is a demote-and-promote, and the result is
- * demoted on store; a trailing odd element runs the same body in scalar f64. Reductions (sums of
- * squares) accumulate in f64 pairwise, so they differ from the sequential reference only in the
- * last bits of a float64 (they are stored to float32).
+ * bit for bit, the kernels run those operations in f64x2 lanes: an f32 element is promoted on
+ * load, every `fround` is a demote-and-promote, and the result is demoted on store (`pairs`; a
+ * trailing odd element runs the same body in scalar f64). The SGD, Adam, perturb and restore
+ * bodies also have a four-lane form (`quads`): an operation on two float32 values, rounded, is the
+ * f32x4 operation exactly (add, sub, mul, div, sqrt), so only the multiplies by a float64
+ * coefficient take the f64x2 detour. Reductions (sums of squares, dots) accumulate in f64
+ * pairwise, so they differ from the sequential reference only in the last bits of a float64
+ * (they are stored to float32).
  *
- * The random kernels hash four indexes per i32x4 (PCG-RXS-M-XS; its data-dependent shift is four
- * masked constant shifts). Uniform and keep-mask draws are exact; normal draws use float64
- * polynomials for log and sin (relative error around 1e-16), so after rounding to float32 they
- * match the reference's Math.log / Math.cos except on rounding ties a few parts in 1e8 apart.
+ * The random kernels hash four indexes per i32x4 (PCG-RXS-M-XS; its data-dependent shift is the
+ * high half of a 64-bit product by a per-lane power of two). Uniform and keep-mask draws are
+ * exact; normal draws use float64 series for log and sin (relative error around 1e-16), so after
+ * rounding to float32 they match the reference's Math.log / Math.cos except where the two float64
+ * values straddle a float32 rounding boundary (a few parts in 1e8 per draw; none in the tests).
  */
-import { f32, f32x4, f64, f64x2, i32, i32x4, v128, ValType, type Expr, type FuncBuilder, type Local, type ModuleBuilder, type Operand } from './emit.js';
+import { f32, f32x4, f64, f64x2, i32, i32x4, i64x2, v128, ValType, type Expr, type FuncBuilder, type Local, type ModuleBuilder, type Operand } from './emit.js';
 
 const { i32: I32, f64: F64, v128: V128 } = ValType;
 
@@ -97,6 +101,58 @@ function pairs(f: FuncBuilder, start: Local, end: Local, coefs: Local[], body: (
   return { vec, sc };
 }
 
+/**
+ * Four float32 elements at a time as an f32x4, for bodies whose f32-by-f32 operations (add, mul,
+ * div, sqrt of float32 values) run as f32x4 - exactly fround of the float64 operation - and only
+ * the operations with a float64 host coefficient go through f64x2 (`cm`, `ca`); the last 0-3
+ * elements run the two-lane body `rest` (see pairs).
+ */
+interface Quad {
+  ld(ptr: Local, i: Local): Expr;
+  st(ptr: Local, i: Local, v: Operand): Expr;
+  /** fr(c x) for a float64 coefficient c (an f64 parameter). */
+  cm(c: Local, x: Operand): Expr;
+  /** fr(x + c). */
+  ca(x: Operand, c: Local): Expr;
+  local(): Local;
+}
+
+function quads(f: FuncBuilder, start: Local, end: Local, coefs: Local[], body: (Q: Quad, i: Local) => void, rest: (L: Lanes, i: Local) => void): void {
+  const splats = new Map<Local, Local>();
+  for (const c of coefs) {
+    const l = f.local(V128);
+    f.set(l, f64x2.splat(c));
+    splats.set(c, l);
+  }
+  const tmp = f.local(V128);
+  const both = (x: Operand, op: (h: Expr) => Expr): Expr => (fb) => {
+    fb.set(tmp, x);
+    v128.shuffle(
+      f32x4.demoteF64x2Zero(op(f64x2.promoteLowF32x4(tmp))),
+      f32x4.demoteF64x2Zero(op(f64x2.promoteLowF32x4(v128.shuffle(tmp, tmp, HALF_HIGH)))),
+      LOW_LOW,
+    )(fb);
+  };
+  const Q: Quad = {
+    ld: (ptr, i) => v128.load(addr(ptr, i)),
+    st: (ptr, i, v) => v128.store(addr(ptr, i), v),
+    cm: (c, x) => both(x, (h) => f64x2.mul(splats.get(c)!, h)),
+    ca: (x, c) => both(x, (h) => f64x2.add(h, splats.get(c)!)),
+    local: () => f.local(V128),
+  };
+  const i = f.local(I32);
+  f.set(i, start);
+  f.block((exit) =>
+    f.loop((top) => {
+      f.brIf(exit, i32.gtS(i32.add(i, 4), end));
+      body(Q, i);
+      f.inc(i, 4);
+      f.br(top);
+    }),
+  );
+  pairs(f, i, end, coefs, rest);
+}
+
 function emitSumSquares(mb: ModuleBuilder): void {
   // fz_sumsq(x, start, end) -> f64; fz_sumsq_w(x, p, start, end, eta) -> f64: sum of ((|p| + eta) x)^2.
   for (const weighted of [false, true]) {
@@ -118,6 +174,23 @@ function emitSumSquares(mb: ModuleBuilder): void {
   }
 }
 
+function emitDot(mb: ModuleBuilder): void {
+  // fz_dot(x, y, start, end) -> f64: sum of x y (each product exact in f64).
+  mb.func('fz_dot', [I32, I32, I32, I32], [F64], (f, x, y, start, end) => {
+    const accV = f.local(V128);
+    const accS = f.local(F64);
+    f.set(accV, f64x2.splat(f64.const(0)));
+    f.set(accS, 0);
+    pairs(f, start, end, [], (L, i) => {
+      const t = L.local();
+      L.set(t, L.mul(L.ld(x, i), L.ld(y, i)));
+      const acc = t.type === V128 ? accV : accS;
+      L.set(acc, L.add(acc, t));
+    });
+    f.push(f64.add(f64.add(f64x2.extractLane(accV, 0), f64x2.extractLane(accV, 1)), accS), F64);
+  });
+}
+
 function emitPerturb(mb: ModuleBuilder): void {
   // fz_perturb_<delta>(p, dir, aux, start, end, c): e = fr(c dir), aux = e (delta), p = fr(p + e).
   // fz_perturb_ad_<delta>(p, dir, aux, start, end, c, eta): e = fr(c t t dir) with t = |p| + eta.
@@ -125,7 +198,14 @@ function emitPerturb(mb: ModuleBuilder): void {
     for (const delta of [0, 1]) {
       const params = adaptive ? [I32, I32, I32, I32, I32, F64, F64] : [I32, I32, I32, I32, I32, F64];
       mb.func(`fz_perturb${adaptive ? '_ad' : ''}_${delta}`, params, [], (f, p, dir, aux, start, end, c, eta) => {
-        pairs(f, start, end, adaptive ? [c, eta] : [c], (L, i) => {
+        const quad = (Q: Quad, i: Local) => {
+          const e = Q.local();
+          f.set(e, Q.cm(c, Q.ld(dir, i)));
+          if (delta) f.exec(Q.st(aux, i, e));
+          f.exec(Q.st(p, i, f32x4.add(Q.ld(p, i), e)));
+        };
+        const run = (rest: (L: Lanes, i: Local) => void) => (adaptive ? pairs(f, start, end, [c, eta], rest) : quads(f, start, end, [c], quad, rest));
+        run((L, i) => {
           const e = L.local();
           const pv = L.local();
           L.set(pv, L.ld(p, i));
@@ -142,8 +222,38 @@ function emitPerturb(mb: ModuleBuilder): void {
   }
   // fz_sub(p, aux, start, end): p = fr(p - aux).
   mb.func('fz_sub', [I32, I32, I32, I32], [], (f, p, aux, start, end) => {
-    pairs(f, start, end, [], (L, i) => f.exec(L.st(p, i, L.sub(L.ld(p, i), L.ld(aux, i)))));
+    quads(f, start, end, [], (Q, i) => f.exec(Q.st(p, i, f32x4.sub(Q.ld(p, i), Q.ld(aux, i)))), (L, i) => f.exec(L.st(p, i, L.sub(L.ld(p, i), L.ld(aux, i)))));
   });
+}
+
+/**
+ * fz_lc<t>_<self>(out, x_0..x_{t-1}, start, end, a, c_0..c_{t-1}): lincomb of src/kernels/cpu/fused.ts,
+ * out = fr([a out] + c_0 x_0 + ...) summed left to right in f64; without self and with 2+ terms
+ * the sum starts from 0 (as there: 0 + -0 is +0).
+ */
+export function lincombExport(terms: number, self: boolean): string {
+  return `fz_lc${terms}_${self ? 1 : 0}`;
+}
+
+function emitLincomb(mb: ModuleBuilder): void {
+  for (let t = 0; t <= 3; t++) {
+    for (const self of [false, true]) {
+      if (t === 0 && !self) continue;
+      mb.func(lincombExport(t, self), [...Array<ValType>(t + 3).fill(I32), ...Array<ValType>(t + 1).fill(F64)], [], (f, out, ...rest) => {
+        const xs = rest.slice(0, t);
+        const [start, end, a] = rest.slice(t, t + 3);
+        const cs = rest.slice(t + 3);
+        pairs(f, start, end, [a, ...cs], (L, i) => {
+          let v: Expr | null = self ? L.mul(L.k(a), L.ld(out, i)) : t === 1 ? null : L.add(0, 0);
+          for (let j = 0; j < t; j++) {
+            const term = L.mul(L.k(cs[j]), L.ld(xs[j], i));
+            v = v === null ? term : L.add(v, term);
+          }
+          f.exec(L.st(out, i, v!));
+        });
+      });
+    }
+  }
 }
 
 /** fz_sgd_<variant>(p, d, m, start, end, nlr, momentum, damp, wd): sgd32 of src/kernels/cpu/fused.ts. */
@@ -157,7 +267,19 @@ function emitSgd(mb: ModuleBuilder): void {
       for (const first of mom ? [false, true] : [false]) {
         for (const decay of [false, true]) {
           mb.func(sgdExport(mom, nesterov, first, decay), [I32, I32, I32, I32, I32, F64, F64, F64, F64], [], (f, p, d, m, start, end, nlr, momentum, damp, wd) => {
-            pairs(f, start, end, [nlr, momentum, damp, wd], (L, i) => {
+            const quad = (Q: Quad, i: Local) => {
+              const [pv, dd, buf] = [Q.local(), Q.local(), Q.local()];
+              f.set(pv, Q.ld(p, i));
+              f.set(dd, decay ? f32x4.add(Q.ld(d, i), Q.cm(wd, pv)) : Q.ld(d, i));
+              if (!mom) {
+                f.exec(Q.st(p, i, f32x4.add(pv, Q.cm(nlr, dd))));
+                return;
+              }
+              f.set(buf, first ? dd : f32x4.add(Q.cm(momentum, Q.ld(m, i)), Q.cm(damp, dd)));
+              f.exec(Q.st(m, i, buf));
+              f.exec(Q.st(p, i, f32x4.add(pv, Q.cm(nlr, nesterov ? f32x4.add(dd, Q.cm(momentum, buf)) : buf))));
+            };
+            quads(f, start, end, [nlr, momentum, damp, wd], quad, (L, i) => {
               const pv = L.local();
               const dd = L.local();
               L.set(pv, L.ld(p, i));
@@ -188,7 +310,21 @@ export function adamExport(mode: 0 | 1 | 2): string {
 function emitAdam(mb: ModuleBuilder): void {
   for (const mode of [0, 1, 2] as const) {
     mb.func(adamExport(mode), [I32, I32, I32, I32, I32, I32, F64, F64, F64, F64, F64, F64, F64, F64, F64], [], (f, p, d, m, v, start, end, decay, wd, beta1, c1, beta2, c2, invBc2, eps, nStep) => {
-      pairs(f, start, end, [decay, wd, beta1, c1, beta2, c2, invBc2, eps, nStep], (L, i) => {
+      const coefs = [decay, wd, beta1, c1, beta2, c2, invBc2, eps, nStep];
+      const quad = (Q: Quad, i: Local) => {
+        const [pv, dd, mi, vi, denom] = [Q.local(), Q.local(), Q.local(), Q.local(), Q.local()];
+        f.set(pv, Q.ld(p, i));
+        f.set(dd, Q.ld(d, i));
+        if (mode === 1) f.set(pv, Q.cm(decay, pv));
+        if (mode === 2) f.set(dd, f32x4.add(dd, Q.cm(wd, pv)));
+        f.set(mi, f32x4.add(Q.cm(beta1, Q.ld(m, i)), Q.cm(c1, dd)));
+        f.set(vi, f32x4.add(Q.cm(beta2, Q.ld(v, i)), Q.cm(c2, f32x4.mul(dd, dd))));
+        f.exec(Q.st(m, i, mi));
+        f.exec(Q.st(v, i, vi));
+        f.set(denom, Q.ca(Q.cm(invBc2, f32x4.sqrt(vi)), eps));
+        f.exec(Q.st(p, i, f32x4.add(pv, Q.cm(nStep, f32x4.div(mi, denom)))));
+      };
+      quads(f, start, end, coefs, quad, (L, i) => {
         const pv = L.local();
         const dd = L.local();
         const mi = L.local();
@@ -216,9 +352,10 @@ function pcgV(f: FuncBuilder, v: Operand): Local {
   const s = f.local(V128);
   const x = f.local(V128);
   f.set(s, i32x4.add(i32x4.mul(v, 747796405), 2891336453 | 0));
-  // x = s >>> ((s >>> 28) + 4): shift by 4, then by 1, 2, 4, 8 where bits 28..31 of s say so.
-  f.set(x, i32x4.shrU(s, 4));
-  for (let j = 0; j < 4; j++) f.set(x, v128.bitselect(i32x4.shrU(x, 1 << j), x, i32x4.shrS(i32x4.shl(s, 3 - j), 31)));
+  // x = s >>> r with r = (s >>> 28) + 4, per lane: the high 32 bits of s * 2^(32 - r), the
+  // multiplier built as the float 2^(28 - (s >>> 28)) (exponent bits) and truncated to an integer.
+  f.set(x, i32x4.truncSatF32x4S(i32x4.shl(i32x4.sub(155, i32x4.shrU(s, 28)), 23)));
+  f.set(x, v128.shuffle(i64x2.extmulLowI32x4U(s, x), i64x2.extmulHighI32x4U(s, x), [4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31]));
   f.set(x, i32x4.mul(v128.xor(x, s), 277803737));
   f.set(x, v128.xor(i32x4.shrU(x, 22), x));
   return x;
@@ -378,7 +515,9 @@ function emitRandom(mb: ModuleBuilder): void {
 /** Adds the fused optimizer and random kernels to the module. */
 export function emitFusedKernels(mb: ModuleBuilder): void {
   emitSumSquares(mb);
+  emitDot(mb);
   emitPerturb(mb);
+  emitLincomb(mb);
   emitSgd(mb);
   emitAdam(mb);
   emitRandom(mb);

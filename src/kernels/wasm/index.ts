@@ -4,9 +4,11 @@
  *
  * float32 (and int32 for the simple ops, bool for comparisons and where) runs in wasm. The rest -
  * float64, the transcendental elementwise ops without a SIMD body, and the kernels that are
- * index-bound rather than arithmetic-bound (pooling, gather, scatter, argmax, random, casts) -
- * runs the CPU reference kernels over typed-array views of the same memory, which keeps it
- * correct by construction and bit-exact where the contract asks (RNG, argmax, int kernels).
+ * index-bound rather than arithmetic-bound (pooling, gather, scatter, argmax, integer random,
+ * casts) - runs the CPU reference kernels over typed-array views of the same memory, which keeps
+ * it correct by construction and bit-exact where the contract asks (RNG, argmax, int kernels).
+ * float32 uniform / normal / keep-mask draws and the common fused optimizer passes run in SIMD
+ * (fusedsimd.ts, fused.ts), matching those reference kernels bit for bit.
  *
  * The allocator rounds sizes up to classes (sizeClass) and keeps freed blocks in a free list per
  * class for reuse; it never returns memory to the top or merges blocks, which suits training
@@ -48,6 +50,7 @@ import {
   type GemmTiling,
   type KernelExports,
 } from './module.js';
+import { WasmFusedKernels } from './fused.js';
 import { availableCores, canBlock, CONTROL_BYTES_PER_WORKER, ThreadPool, type KernelCall } from './threads.js';
 
 const PAGE = 65536;
@@ -380,7 +383,31 @@ export class WasmBackend implements Backend {
     this.cpu.scatterAdd(this.host(src), this.host(idx), this.host(out), layout);
   }
   random(out: Storage, key0: number, key1: number, dist: RandomDist): void {
+    const o = ws(out);
+    if (o.dtype === 'float32' && o.numel > 0) {
+      switch (dist.kind) {
+        case 'uniform':
+          this.k.rng_uniform(o.ptr, o.numel, 0, key0, key1, dist.low, dist.high - dist.low);
+          return;
+        case 'normal':
+          this.k.rng_normal_1(o.ptr, o.numel, 0, key0, key1, dist.mean, dist.std);
+          return;
+        case 'bernoulliKeep':
+          this.k.rng_keep(o.ptr, o.numel, 0, key0, key1, Math.fround(dist.p));
+          return;
+      }
+    }
     this.cpu.random(this.host(out), key0, key1, dist);
+  }
+
+  private fused: WasmFusedKernels | null = null;
+  /**
+   * The fused optimizer kernels (src/kernels/fused.ts) with SIMD fast paths; the dispatch in
+   * src/kernels/cpu/fused.ts picks them up for this backend.
+   */
+  fusedKernels(): WasmFusedKernels {
+    this.fused ??= new WasmFusedKernels({ backend: this, exports: this.k, typed: (s) => this.typed(s), ptr: (s) => ws(s).ptr });
+    return this.fused;
   }
 
   // ---- SIMD kernels ----
