@@ -52,16 +52,10 @@ let current: BackendName = 'cpu';
 export const ATOL = 1e-4;
 export const RTOL = 1e-3;
 
-/** mulberry32: inputs made on the host, identical for every backend. */
+/** Inputs made on the host by the library's seeded generator, identical for every backend. */
 function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+  const r = new fg.data.SeededRng(seed);
+  return () => r.uniform();
 }
 
 let seedCounter = 1;

@@ -55,7 +55,7 @@ export class HostFusedKernels implements FusedKernels {
   }
 
   /** T for parameter k, or null when T = 1. */
-  private adaptiveEta(ad: AdaptiveSpec | undefined, info: ArenaParamInfo): number | null {
+  protected adaptiveEta(ad: AdaptiveSpec | undefined, info: ArenaParamInfo): number | null {
     if (!ad) return null;
     const g = ad.groups[info.group];
     if (!g || !g.on) return null;
@@ -63,7 +63,7 @@ export class HostFusedKernels implements FusedKernels {
     return g.eta;
   }
 
-  private runThen(S: TypedArray, prog: readonly SAssign[] | undefined): void {
+  protected runThen(S: TypedArray, prog: readonly SAssign[] | undefined): void {
     if (!prog) return;
     for (const a of prog) S[a.dst] = evalSExpr(a.e, S);
   }

@@ -10,17 +10,13 @@ import type { TypedArray } from '../../tensor/dtype.js';
 import type { Backend, Storage } from '../backend.js';
 import { HostFusedKernels } from '../cpu/fused.js';
 import {
-  evalSExpr,
   FLAG_ACTIVE,
   FLAG_DECAY,
   FLAG_VECTOR,
-  FLAG_WEIGHT,
   S_FLAG,
   S_STEPS,
   type AdamGroup,
-  type AdaptiveSpec,
   type ArenaLayout,
-  type ArenaParamInfo,
   type Coef,
   type NoiseOptions,
   type PerturbOptions,
@@ -52,18 +48,6 @@ export class WasmFusedKernels extends HostFusedKernels {
     this.k = h.exports;
   }
 
-  private etaOf(ad: AdaptiveSpec | undefined, info: ArenaParamInfo): number | null {
-    if (!ad) return null;
-    const g = ad.groups[info.group];
-    if (!g || !g.on) return null;
-    if (!(info.flags & FLAG_WEIGHT) && !g.bias) return null;
-    return g.eta;
-  }
-
-  private then(S: TypedArray, prog: readonly SAssign[] | undefined): void {
-    if (prog) for (const a of prog) S[a.dst] = evalSExpr(a.e, S);
-  }
-
   override sumSquares(L: ArenaLayout, xs: Storage, Ss: Storage, slot: number, o: SumSquaresOptions = {}): void {
     if (L.dtype !== 'float32' || o.select) return super.sumSquares(L, xs, Ss, slot, o);
     const x = this.h.ptr(xs);
@@ -71,7 +55,7 @@ export class WasmFusedKernels extends HostFusedKernels {
     let acc = 0;
     for (const info of L.params) {
       if (!(info.flags & FLAG_ACTIVE)) continue;
-      const eta = this.etaOf(o.adaptive, info);
+      const eta = this.adaptiveEta(o.adaptive, info);
       const end = info.offset + info.numel;
       acc += (eta === null ? this.k.fz_sumsq(x, info.offset, end) : this.k.fz_sumsq_w(x, p, info.offset, end, eta)) as number;
     }
@@ -79,7 +63,7 @@ export class WasmFusedKernels extends HostFusedKernels {
     S[slot] = acc;
     if (o.gate === 'set') S[S_FLAG] = Number.isFinite(acc) ? 0 : 1;
     else if (o.gate === 'or') S[S_FLAG] = S[S_FLAG] !== 0 || !Number.isFinite(acc) ? 1 : 0;
-    this.then(S, o.then);
+    this.runThen(S, o.then);
   }
 
   override dot(L: ArenaLayout, xs: Storage, ys: Storage, Ss: Storage, slot: number, then?: readonly SAssign[]): void {
@@ -92,7 +76,7 @@ export class WasmFusedKernels extends HostFusedKernels {
     }
     const S = this.h.typed(Ss);
     S[slot] = acc;
-    this.then(S, then);
+    this.runThen(S, then);
   }
 
   override perturb(L: ArenaLayout, ps: Storage, dirs: Storage, Ss: Storage, o: PerturbOptions): void {
@@ -116,7 +100,7 @@ export class WasmFusedKernels extends HostFusedKernels {
         if (c === 0) aux.fill(0, start, end);
       } else aux.set(p.subarray(start, end), start);
       if (c === 0) continue;
-      const eta = this.etaOf(o.adaptive, info);
+      const eta = this.adaptiveEta(o.adaptive, info);
       if (eta === null) this.k[delta ? 'fz_perturb_1' : 'fz_perturb_0'](pp, dp, ap, start, end, c);
       else this.k[delta ? 'fz_perturb_ad_1' : 'fz_perturb_ad_0'](pp, dp, ap, start, end, c, eta);
     }
