@@ -40,6 +40,19 @@ import { CpuStorage } from './index.js';
 
 const ident = (x: number) => x;
 
+/**
+ * Per-parameter Adam(W) coefficients at `step`: the weight decay that applies, the bias-corrected
+ * step -lr / (1 - beta1^t) and 1 / sqrt(1 - beta2^t). Shared with the wasm SIMD kernels so that
+ * both round the same float64 coefficients.
+ */
+export function adamCoefficients(g: AdamGroup, info: ArenaParamInfo, step: number): { wd: number; nStep: number; invBc2: number } {
+  return {
+    wd: info.flags & FLAG_DECAY ? g.weightDecay : 0,
+    nStep: -(g.lr / (1 - Math.pow(g.beta1, step))),
+    invBc2: 1 / Math.sqrt(1 - Math.pow(g.beta2, step)),
+  };
+}
+
 export class HostFusedKernels implements FusedKernels {
   constructor(
     readonly backend: Backend,
@@ -251,11 +264,9 @@ export class HostFusedKernels implements FusedKernels {
     const step = o.gated ? S[S_STEPS] : o.step;
     for (const info of L.params) {
       if (!(info.flags & FLAG_ACTIVE)) continue;
-      const { lr, beta1, beta2, eps, decoupled } = groups[info.group];
-      const wd = info.flags & FLAG_DECAY ? groups[info.group].weightDecay : 0;
-      const nStep = -(lr / (1 - Math.pow(beta1, step)));
-      const invBc2 = 1 / Math.sqrt(1 - Math.pow(beta2, step));
-      const decay = 1 - lr * wd;
+      const { beta1, beta2, eps, decoupled } = groups[info.group];
+      const { wd, nStep, invBc2 } = adamCoefficients(groups[info.group], info, step);
+      const decay = 1 - groups[info.group].lr * wd;
       const c1 = 1 - beta1;
       const c2 = 1 - beta2;
       const start = info.offset;

@@ -8,7 +8,7 @@
  */
 import type { TypedArray } from '../../tensor/dtype.js';
 import type { Backend, Storage } from '../backend.js';
-import { HostFusedKernels } from '../cpu/fused.js';
+import { adamCoefficients, HostFusedKernels } from '../cpu/fused.js';
 import {
   FLAG_ACTIVE,
   FLAG_DECAY,
@@ -162,9 +162,7 @@ export class WasmFusedKernels extends HostFusedKernels {
     for (const info of L.params) {
       if (!(info.flags & FLAG_ACTIVE)) continue;
       const { lr, beta1, beta2, eps, decoupled } = groups[info.group];
-      const wd = info.flags & FLAG_DECAY ? groups[info.group].weightDecay : 0;
-      const nStep = -(lr / (1 - Math.pow(beta1, step)));
-      const invBc2 = 1 / Math.sqrt(1 - Math.pow(beta2, step));
+      const { wd, nStep, invBc2 } = adamCoefficients(groups[info.group], info, step);
       const mode = wd === 0 ? 0 : decoupled ? 1 : 2;
       this.k[adamExport(mode)](pp, dp, mp, vp, info.offset, info.offset + info.numel, 1 - lr * wd, wd, beta1, 1 - beta1, beta2, 1 - beta2, invBc2, eps, nStep);
     }
