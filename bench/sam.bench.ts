@@ -32,7 +32,7 @@ const KERNELS = [
   'crossEntropyBackward', 'matmul', 'im2col', 'col2im', 'maxPool2d', 'maxPool2dBackward', 'avgPool2d', 'avgPool2dBackward',
   'gather', 'scatterAdd', 'random',
 ];
-const FUSED = ['sumSquares', 'dot', 'scalars', 'perturb', 'restore', 'lincomb', 'noise', 'sgd', 'adam'];
+const FUSED = ['norm', 'dot', 'scalars', 'perturb', 'restore', 'lincomb', 'noise', 'sgd', 'adam'];
 
 /** Counts kernel dispatches: compute passes on WebGPU, kernel calls (backend and fused) elsewhere. */
 function instrument(b: Backend): { count: () => number; reset: () => void } {

@@ -5,13 +5,26 @@ import { getBackend, setBackend } from './kernels/registry.js';
 
 export type BackendChoice = BackendName | 'auto';
 
+/**
+ * The WebGPU objects `init` accepts, typed by the little flatgrad needs to recognize them, so that
+ * the published declarations compile in a project without @webgpu/types (or a DOM lib): a `GPU`
+ * (navigator.gpu, Dawn's `create()`) or a `GPUDevice` from any of them fits.
+ */
+export interface GPULike {
+  requestAdapter(options?: never): Promise<unknown>;
+}
+export interface GPUDeviceLike {
+  readonly queue: unknown;
+  createBuffer(descriptor: never): unknown;
+}
+
 export interface InitOptions {
   /** 'auto' picks WebGPU on a real GPU, else WebAssembly; default: FLATGRAD_BACKEND in Node, else 'cpu'. */
   backend?: BackendChoice;
   /** A GPU object to use instead of navigator.gpu or Dawn (Node). */
-  gpu?: GPU;
+  gpu?: GPULike;
   /** An existing GPUDevice to run on. */
-  device?: GPUDevice;
+  device?: GPUDeviceLike;
   /** Worker threads for the wasm backend (default: one per core, at most 8, where SharedArrayBuffer exists). */
   threads?: number;
   /** Receives the one line that says what `auto` tried and chose (default: console.warn on fallback). */
@@ -26,7 +39,8 @@ function envBackend(): string | undefined {
 
 async function webgpu(opts: InitOptions): Promise<Backend> {
   const { createWebGPUBackend } = await import('./kernels/webgpu/device.js');
-  return createWebGPUBackend({ gpu: opts.gpu, device: opts.device });
+  // The structural types above stand for the real WebGPU ones, which the backend uses.
+  return createWebGPUBackend({ gpu: opts.gpu as GPU | undefined, device: opts.device as GPUDevice | undefined });
 }
 
 async function wasm(opts: InitOptions): Promise<Backend> {

@@ -134,7 +134,7 @@ async function runCase(c: Case, r: Ref, dtype: fg.DType, fused: boolean): Promis
           adaptive: s.type === 'asam',
           eta: s.eta ?? 0.01,
           adaptiveBias: s.adaptive_bias ?? false,
-          eps: s.norm_eps ?? 1e-12,
+          normEps: s.norm_eps ?? 1e-12,
           restore: s.restore === 'subtract' ? 'subtract' : 'copy',
         });
   const plain = sam ? null : new Base(params, { ...baseOpts, fused });

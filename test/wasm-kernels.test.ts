@@ -217,7 +217,7 @@ describe('wasm backend: memory', () => {
       const r = wasm.alloc(128 * 32, 'float32');
       wasm.unary('relu', h, r);
       const loss = wasm.alloc(128, 'float32');
-      wasm.crossEntropy(r, ys, loss, { rows: 128, cols: 32, labelSmoothing: 0 });
+      wasm.crossEntropy(r, ys, loss, { rows: 128, cols: 32, labelSmoothing: 0, ignoreIndex: -100 });
       const total = wasm.alloc(1, 'float32');
       wasm.reduce('sum', loss, total, { outer: 1, size: 128, inner: 1 });
       const v = wasm.view(r, 64, 64);
@@ -444,7 +444,7 @@ describe('wasm backend: reductions, softmax, cross-entropy', () => {
       }
       const g = uniform(rows, cols, 0.5, 2);
       for (const labelSmoothing of [0, 0.1]) {
-        const l = { rows, cols, labelSmoothing };
+        const l = { rows, cols, labelSmoothing, ignoreIndex: -100 };
         bothClose(`CE ${rows}x${cols} s=${labelSmoothing}`, [x, y], [[rows, 'float32']], (be, [a, t], [o]) => be.crossEntropy(a, t, o, l), { scale: new Array(rows).fill(20) });
         bothClose(`CE backward ${rows}x${cols} s=${labelSmoothing}`, [x, y, g], [[rows * cols, 'float32']], (be, [a, t, gr], [o]) => be.crossEntropyBackward(a, t, gr, o, l), { atol: 1e-6 });
       }
@@ -572,8 +572,8 @@ describe('wasm backend: windows, indexing, randomness', () => {
       bothClose(`maxPool ${JSON.stringify(g)}`, [x], [[oLen, 'float32'], [oLen, 'int32']], (be, [a], [o, arg]) => be.maxPool2d(a, o, arg, g));
       const arg = runOn(cpu, [x], [[oLen, 'float32'], [oLen, 'int32']], (be, [a], [o, ar]) => be.maxPool2d(a, o, ar, g))[1];
       bothClose(`maxPool backward`, [uniform(oLen, 1000 + t), arg], [[xLen, 'float32']], (be, [gr, ar], [o]) => be.maxPool2dBackward(gr, ar, o, g));
-      bothClose(`avgPool`, [x.map((v) => (Number.isFinite(v) ? v : 1))], [[oLen, 'float32']], (be, [a], [o]) => be.avgPool2d(a, o, g));
-      bothClose(`avgPool backward`, [uniform(oLen, 1100 + t)], [[xLen, 'float32']], (be, [gr], [o]) => be.avgPool2dBackward(gr, o, g));
+      bothClose(`avgPool`, [x.map((v) => (Number.isFinite(v) ? v : 1))], [[oLen, 'float32']], (be, [a], [o]) => be.avgPool2d(a, o, { ...g, countIncludePad: true, divisorOverride: 0 }));
+      bothClose(`avgPool backward`, [uniform(oLen, 1100 + t)], [[xLen, 'float32']], (be, [gr], [o]) => be.avgPool2dBackward(gr, o, { ...g, countIncludePad: true, divisorOverride: 0 }));
     });
   });
 
@@ -653,6 +653,8 @@ describe('wasm backend: SIMD fused optimizer kernels and random draws', () => {
     M: Float32Array;
     V: Float32Array;
     S: Float32Array;
+    /** Per-parameter step counts (updates taken so far). */
+    T: Float32Array;
   }
   function arrays(seed: number, special?: number): Arrays {
     const S = new Float32Array(S_SLOTS);
@@ -665,6 +667,7 @@ describe('wasm backend: SIMD fused optimizer kernels and random draws', () => {
       M: arenaData(seed + 3),
       V: arenaData(seed + 4, 0, 1),
       S,
+      T: Float32Array.from(PARAMS, (_, k) => 2 + (k % 2)),
     };
   }
 
@@ -714,11 +717,11 @@ describe('wasm backend: SIMD fused optimizer kernels and random draws', () => {
     expect(fusedKernelsFor(wasm)?.constructor.name).toBe('WasmFusedKernels');
   });
 
-  it('sumSquares, plain and ASAM-weighted, with the non-finite gate, and dot', () => {
+  it('norm (float64-summed squares), plain and ASAM-weighted, with the non-finite gate, and dot', () => {
     for (const special of [undefined, NaN, Infinity]) {
-      const got = parity(`sumSquares ${special}`, arrays(10, special), (k, L, s) => {
-        k.sumSquares(L, s.D, s.S, 4, { gate: 'set' });
-        k.sumSquares(L, s.D, s.S, 5, { adaptive: adaptive(s), gate: 'or', then: [{ dst: 7, e: ['sqrt', { s: 5 }] }] });
+      const got = parity(`norm ${special}`, arrays(10, special), (k, L, s) => {
+        k.norm(L, s.D, s.S, 4, { gate: 'set' });
+        k.norm(L, s.D, s.S, 5, { adaptive: adaptive(s), gate: 'or', then: [{ dst: 7, e: ['sqrt', { s: 5 }] }] });
         k.dot(L, s.D, s.P, s.S, 6, [{ dst: 8, e: ['*', { s: 6 }, 2] }]);
       }, true);
       expect(got.S[S_FLAG]).toBe(special === undefined ? 0 : 1);
@@ -754,11 +757,12 @@ describe('wasm backend: SIMD fused optimizer kernels and random draws', () => {
           for (const step of [1, 3]) {
             for (const special of [undefined, NaN]) {
               const a = arrays(30, special);
+              a.T.fill(step - 1);
               const groups = [0.1, 0.03].map((lr) => ({ lr, momentum, dampening: 0.1, nesterov, weightDecay }));
               const what = `sgd m=${momentum} n=${nesterov} wd=${weightDecay} step=${step} ${special}`;
               const got = parity(what, a, (k, L, s) => {
-                k.sumSquares(L, s.D, s.S, 4, { gate: 'set' });
-                k.sgd(L, s.P, s.D, s.M, s.S, groups, { restore: { aux: s.A, mode: 'delta' }, gated: step === 3, step });
+                k.norm(L, s.D, s.S, 4, { gate: 'set' });
+                k.sgd(L, s.P, s.D, s.M, s.S, groups, { restore: { aux: s.A, mode: 'delta' }, gated: step === 3, steps: s.T });
               }, true);
               if (special !== undefined && step === 3) expectExact(got.M, a.M, `${what}: state untouched`);
             }
@@ -776,9 +780,9 @@ describe('wasm backend: SIMD fused optimizer kernels and random draws', () => {
           const groups = [1e-3, 3e-4].map((lr) => ({ lr, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay, decoupled }));
           const what = `adam decoupled=${decoupled} wd=${weightDecay} ${special}`;
           const got = parity(what, a, (k, L, s) => {
-            k.sumSquares(L, s.D, s.S, 4, { gate: 'set' });
-            k.adam(L, s.P, s.D, s.M, s.V, s.S, groups, { restore: { aux: s.A, mode: 'backup' }, gated: true, step: 0 });
-            k.adam(L, s.P, s.D, s.M, s.V, s.S, groups, { gated: false, step: 1 });
+            k.norm(L, s.D, s.S, 4, { gate: 'set' });
+            k.adam(L, s.P, s.D, s.M, s.V, s.S, groups, { restore: { aux: s.A, mode: 'backup' }, gated: true, steps: s.T });
+            k.adam(L, s.P, s.D, s.M, s.V, s.S, groups, { gated: false, steps: s.T });
           }, true);
           expect(Array.from(got.M)).not.toEqual(Array.from(a.M));
         }

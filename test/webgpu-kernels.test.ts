@@ -229,14 +229,16 @@ describe.skipIf(!gpuOrNull)(`webgpu kernels (${gpuOrNull ? gpu.info().adapter : 
         const lo = ['log', 'sqrt', 'rsqrt', 'powScalar'].includes(op) ? 0.05 : -4;
         const x = randomF32(n, 11, lo, 4);
         const [p0, p1] = op === 'clamp' || op === 'insideMask' ? [-0.5, 0.7] : op === 'powScalar' ? [1.7, 0] : [1.5, -0.25];
-        await expectParity([f32(x)], [{ numel: n, dtype: 'float32' }], (b, [xs], [o]) => b.unary(op, xs, o, p0, p1), { atol: 2e-5, rtol: 2e-5 }, op);
+        const outDtype = (UNARY_OPS[op] as { bool?: boolean }).bool ? 'bool' : 'float32';
+        await expectParity([f32(x)], [{ numel: n, dtype: outDtype }], (b, [xs], [o]) => b.unary(op, xs, o, p0, p1), { atol: 2e-5, rtol: 2e-5 }, op);
       }
     });
 
     it('integer unary ops on int32, and int -> float ops', async () => {
       const x = randomI32(65, 3, -1000, 1000);
       for (const op of (Object.keys(UNARY_OPS) as UnaryOp[]).filter((o) => (UNARY_OPS[o] as { int?: boolean }).int)) {
-        await expectParity([i32(x)], [{ numel: 65, dtype: 'int32' }], (b, [xs], [o]) => b.unary(op, xs, o), 'exact', op);
+        const outDtype = (UNARY_OPS[op] as { bool?: boolean }).bool ? 'bool' : 'int32';
+        await expectParity([i32(x)], [{ numel: 65, dtype: outDtype }], (b, [xs], [o]) => b.unary(op, xs, o), 'exact', op);
       }
       await expectParity([i32(x)], [{ numel: 65, dtype: 'float32' }], (b, [xs], [o]) => b.unary('sqrt', xs, o), {}, 'sqrt int->float');
     });
@@ -467,7 +469,7 @@ describe.skipIf(!gpuOrNull)(`webgpu kernels (${gpuOrNull ? gpu.info().adapter : 
         await expectParity([f32(x)], [{ numel: rows * cols, dtype: 'float32' }], (b, [s], [o]) => b.softmax(s, o, { rows, cols, log }), { atol: 2e-6 }, `softmax log=${log}`);
       }
       for (const labelSmoothing of [0, 0.1]) {
-        const l = { rows, cols, labelSmoothing };
+        const l = { rows, cols, labelSmoothing, ignoreIndex: -100 };
         await expectParity([f32(x), i32(labels)], [{ numel: rows, dtype: 'float32' }], (b, [s, y], [o]) => b.crossEntropy(s, y, o, l), { atol: 2e-5 }, `ce s=${labelSmoothing}`);
         await expectParity([f32(x), i32(labels), f32(g)], [{ numel: rows * cols, dtype: 'float32' }], (b, [s, y, gr], [o]) => b.crossEntropyBackward(s, y, gr, o, l), { atol: 2e-6 }, `ce backward s=${labelSmoothing}`);
       }
@@ -549,8 +551,8 @@ describe.skipIf(!gpuOrNull)(`webgpu kernels (${gpuOrNull ? gpu.info().adapter : 
         b.release(out);
         b.release(arg);
       }, { atol: 1e-6 }, 'maxPool2dBackward');
-      await expectParity([f32(x)], [{ numel: oN, dtype: 'float32' }], (b, [s], [o]) => b.avgPool2d(s, o, g), { atol: 1e-6 }, 'avgPool2d');
-      await expectParity([f32(grad)], [{ numel: xN, dtype: 'float32' }], (b, [gr], [o]) => b.avgPool2dBackward(gr, o, g), { atol: 1e-6 }, 'avgPool2dBackward');
+      await expectParity([f32(x)], [{ numel: oN, dtype: 'float32' }], (b, [s], [o]) => b.avgPool2d(s, o, { ...g, countIncludePad: true, divisorOverride: 0 }), { atol: 1e-6 }, 'avgPool2d');
+      await expectParity([f32(grad)], [{ numel: xN, dtype: 'float32' }], (b, [gr], [o]) => b.avgPool2dBackward(gr, o, { ...g, countIncludePad: true, divisorOverride: 0 }), { atol: 1e-6 }, 'avgPool2dBackward');
     });
   });
 
@@ -600,7 +602,7 @@ describe.skipIf(!gpuOrNull)(`webgpu kernels (${gpuOrNull ? gpu.info().adapter : 
         const h = gpu.alloc(8 * 16, 'float32');
         gpu.matmul(x, w, h, { batch: 1, m: 8, n: 16, k: 32, transA: false, transB: false, aBatchStride: 0, bBatchStride: 0 });
         const loss = gpu.alloc(8, 'float32');
-        gpu.crossEntropy(h, labels, loss, { rows: 8, cols: 16, labelSmoothing: 0 });
+        gpu.crossEntropy(h, labels, loss, { rows: 8, cols: 16, labelSmoothing: 0, ignoreIndex: -100 });
         const total = gpu.alloc(1, 'float32');
         gpu.reduce('sum', loss, total, { outer: 1, size: 8, inner: 1 });
         const sq = gpu.alloc(1, 'float32');

@@ -5,8 +5,7 @@
  */
 import { hooks, withGradMode, type Node } from '../tensor/graph.js';
 import { fmt, shapesEqual } from '../tensor/shape.js';
-import { Tensor, keep } from '../tensor/tensor.js';
-import { onesLike } from '../tensor/creation.js';
+import { Tensor, keep, tidy } from '../tensor/tensor.js';
 import { add } from '../tensor/ops/elementwise.js';
 import { copy } from '../tensor/ops/shape.js';
 import { vjpRegistry } from '../tensor/graph.js';
@@ -41,16 +40,30 @@ function topoOrder(outputs: Tensor[], stopAt: Set<Tensor> | null): Tensor[] {
 
 /**
  * Propagates `outGrads` from `outputs` down the graph. Each tensor that has no node (a leaf) or
- * is in `stopAt` is handed to `sink` with its total gradient.
+ * is in `stopAt` is handed to `sink` with its total gradient, which the sink then owns.
+ * `outGrads` are the caller's (never disposed, never handed to a sink: a sink gets a copy) except
+ * those flagged in `engineMade` (the implied ones), which are freed once consumed.
  */
-function propagate(outputs: Tensor[], outGrads: Tensor[], opts: BackwardOptions, stopAt: Set<Tensor> | null, sink: (t: Tensor, g: Tensor) => void): void {
+function propagate(
+  outputs: Tensor[],
+  outGrads: Tensor[],
+  engineMade: boolean[],
+  opts: BackwardOptions,
+  stopAt: Set<Tensor> | null,
+  sink: (t: Tensor, g: Tensor) => void,
+): void {
   const createGraph = opts.createGraph ?? false;
   const retainGraph = opts.retainGraph ?? createGraph;
   const order = topoOrder(outputs, stopAt);
   const grads = new Map<Tensor, Tensor>();
-  // Engine-made gradients may be freed once consumed; `uses` counts map entries sharing one tensor.
+  const callers = new Set(outGrads.filter((_, i) => !engineMade[i]));
+  // Engine-made gradients are freed once consumed; `uses` counts the holders of one tensor (map
+  // entries, or a vjp result on its way into the map). The caller's tensors are never counted,
+  // so nothing here ever frees them, even when a vjp passes one straight through (add, reshape).
   const uses = new Map<Tensor, number>();
-  const own = (g: Tensor) => uses.set(g, (uses.get(g) ?? 0) + 1);
+  const own = (g: Tensor) => {
+    if (!callers.has(g)) uses.set(g, (uses.get(g) ?? 0) + 1);
+  };
   const release = (g: Tensor) => {
     const n = (uses.get(g) ?? 0) - 1;
     if (n > 0) uses.set(g, n);
@@ -59,21 +72,22 @@ function propagate(outputs: Tensor[], outGrads: Tensor[], opts: BackwardOptions,
       if (!createGraph) g.dispose();
     }
   };
+  /** Adds g (one use of which the caller hands over) to t's gradient. */
   const accumulate = (t: Tensor, g: Tensor) => {
     const prev = grads.get(t);
     if (!prev) {
       grads.set(t, g);
-      own(g);
       return;
     }
     const sum = add(prev, g);
-    grads.set(t, sum);
     own(sum);
+    grads.set(t, sum);
     release(prev);
+    release(g);
   };
   outputs.forEach((o, i) => {
-    const prev = grads.get(o);
-    grads.set(o, prev ? add(prev, outGrads[i]) : outGrads[i]);
+    own(outGrads[i]);
+    accumulate(o, outGrads[i]);
   });
 
   withGradMode(createGraph, () => {
@@ -83,50 +97,74 @@ function propagate(outputs: Tensor[], outGrads: Tensor[], opts: BackwardOptions,
       if (!g) continue;
       const node = t.gradFn;
       if (!node || stopAt?.has(t)) {
-        // The sink owns what it gets: a gradient still shared with another entry (or passed in by
-        // the caller) is copied, so later in-place accumulation cannot alias it.
-        const exclusive = uses.get(g) === 1;
-        sink(t, exclusive || createGraph ? g : copy(g));
+        // The sink owns what it gets, and a .grad may later be accumulated into in place: a
+        // gradient still held elsewhere (another entry, the caller, or a view sharing its
+        // storage) is copied so that nothing aliases it.
+        const exclusive = uses.get(g) === 1 && g.storageRef.refs === 1;
+        sink(t, exclusive ? g : copy(g));
         if (exclusive) uses.delete(g);
-        else if (uses.has(g)) release(g);
+        else release(g);
         continue;
       }
       if (freedNodes.has(node)) {
         throw new Error(`backward: the graph through ${node.op} was already used by a backward pass and freed; pass { retainGraph: true } to the first backward to run it twice`);
       }
       const vjp = vjpRegistry.get(node.op)!;
-      const inGrads = vjp(g, node, t);
+      // Without createGraph the vjp's temporaries are not part of any graph: free them at once.
+      const inGrads = createGraph ? vjp(g, node, t) : tidy(() => vjp(g, node, t));
       node.inputs.forEach((inp, i) => {
         const gi = inGrads[i];
         if (!gi || !inp.requiresGrad) return;
         if (!shapesEqual(gi.shape, inp.shape)) {
           throw new Error(`internal: the ${node.op} gradient for input ${i} has shape ${fmt(gi.shape)}, expected ${fmt(inp.shape)}`);
         }
+        own(gi);
         accumulate(inp, gi);
       });
       grads.delete(t);
-      if (uses.has(g) && !inGrads.includes(g)) release(g);
+      // Results for inputs that need no gradient were never taken: free them too.
+      if (!createGraph) for (const gi of inGrads) if (gi && gi !== g && !uses.has(gi) && !callers.has(gi)) gi.dispose();
+      release(g);
       if (!retainGraph) freedNodes.add(node);
     }
   });
 }
 
+/**
+ * Listeners told when backward accumulates into a .grad in place: the optimizer's flat arena keeps
+ * each parameter's .grad as a view across zeroGrad and learns from this which parameters received
+ * a gradient since (torch skips those whose .grad is None). Keyed by the .grad tensor.
+ */
+const inPlaceGradListeners = new WeakMap<Tensor, () => void>();
+export function onGradAccumulated(grad: Tensor, listener: () => void): void {
+  inPlaceGradListeners.set(grad, listener);
+}
+
+/** The gradient implied for a single-element output: 1, on the output's own backend. */
+function impliedGrad(out: Tensor): Tensor {
+  const g = Tensor.empty(out.shape.slice(), out.dtype, out.backend);
+  out.backend.fill(g.storage, 1);
+  return g;
+}
+
 /** Accumulates d(root)/d(leaf) into every leaf's .grad (in place where a .grad exists). */
 export function backward(root: Tensor, grad?: Tensor, opts: BackwardOptions = {}): void {
   if (!root.requiresGrad) throw new Error(`backward: the tensor ${fmt(root.shape)} does not require grad (no input of its computation has requiresGrad)`);
+  const implied = !grad;
   if (!grad) {
     if (root.size !== 1) throw new Error(`backward: the output has shape ${fmt(root.shape)}; pass a gradient of that shape (a gradient is implied only for a single-element output)`);
-    grad = onesLike(root);
+    grad = impliedGrad(root);
   } else if (!shapesEqual(grad.shape, root.shape)) {
     throw new RangeError(`backward: gradient of shape ${fmt(grad.shape)} for an output of shape ${fmt(root.shape)}`);
   }
   const createGraph = opts.createGraph ?? false;
-  propagate([root], [grad], opts, null, (leaf, g) => {
+  propagate([root], [grad], [implied], opts, null, (leaf, g) => {
     if (!leaf.grad || leaf.grad.isDisposed) leaf.grad = keep(g);
     else if (createGraph) leaf.grad = keep(add(leaf.grad, g));
     else {
       // In place: a .grad that is a view into the optimizer's flat gradient arena stays one.
       leaf.backend.axpy(leaf.grad.storage, g.storage, 1);
+      inPlaceGradListeners.get(leaf.grad)?.();
       g.dispose();
     }
   });
@@ -144,13 +182,20 @@ export function grad(
   const outs = Array.isArray(outputs) ? outputs : [outputs];
   const ins = Array.isArray(inputs) ? inputs : [inputs];
   for (const i of ins) if (!i.requiresGrad) throw new Error(`grad: input ${fmt(i.shape)} does not require grad`);
-  const gOut = opts.gradOutputs ?? outs.map((o) => {
-    if (o.size !== 1) throw new Error(`grad: output of shape ${fmt(o.shape)} needs an entry in gradOutputs`);
-    return onesLike(o);
-  });
   for (const o of outs) if (!o.requiresGrad) throw new Error(`grad: output ${fmt(o.shape)} does not require grad`);
+  const given = opts.gradOutputs;
+  if (given) {
+    if (given.length !== outs.length) throw new RangeError(`grad: ${given.length} gradOutputs for ${outs.length} outputs`);
+    given.forEach((g, i) => {
+      if (!shapesEqual(g.shape, outs[i].shape)) throw new RangeError(`grad: gradOutputs[${i}] has shape ${fmt(g.shape)} for an output of shape ${fmt(outs[i].shape)}`);
+    });
+  }
+  const gOut = given ?? outs.map((o) => {
+    if (o.size !== 1) throw new Error(`grad: output of shape ${fmt(o.shape)} needs an entry in gradOutputs`);
+    return impliedGrad(o);
+  });
   const found = new Map<Tensor, Tensor>();
-  propagate(outs, gOut, opts, new Set(ins), (t, g) => found.set(t, g));
+  propagate(outs, gOut, outs.map(() => !given), opts, new Set(ins), (t, g) => found.set(t, g));
   return ins.map((i) => {
     const g = found.get(i);
     if (!g && !opts.allowUnused) throw new Error(`grad: input ${fmt(i.shape)} is not used to compute the outputs (pass allowUnused: true to get null)`);

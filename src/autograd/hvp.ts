@@ -1,6 +1,6 @@
 /** Exact Hessian-vector products by double backward. */
 import { fmt, shapesEqual } from '../tensor/shape.js';
-import type { Tensor } from '../tensor/tensor.js';
+import { Tensor } from '../tensor/tensor.js';
 import { mul } from '../tensor/ops/elementwise.js';
 import { sum } from '../tensor/ops/reduce.js';
 import { grad } from './engine.js';
@@ -17,14 +17,21 @@ export function hvp(f: (...params: Tensor[]) => Tensor, params: Tensor[], v: Ten
   });
   const loss = f(...params);
   if (loss.size !== 1) throw new RangeError(`hvp: f must return a scalar, got shape ${fmt(loss.shape)}`);
+  // Fresh storage is zeroed; it lives on the parameter's own backend.
+  const zero = (i: number) => Tensor.empty(params[i].shape.slice(), params[i].dtype, params[i].backend);
+  // A loss that does not depend on the parameters through the graph has a zero Hessian.
+  if (!loss.requiresGrad) return params.map((_, i) => zero(i));
   const gs = grad(loss, params, { createGraph: true, allowUnused: true });
+  // A gradient recorded without a graph back to the parameters (f linear in them, or piecewise
+  // linear as relu) is constant where it was taken: its terms add nothing to H·v, so they are
+  // left out, and with none left H·v is zero (torch.autograd.functional.hvp).
   let dot: Tensor | null = null;
   gs.forEach((g, i) => {
-    if (!g) return;
+    if (!g?.requiresGrad) return;
     const term = sum(mul(g, v[i]));
     dot = dot ? dot.add(term) : term;
   });
-  if (!dot) return params.map((p) => mul(p.detach(), 0));
+  if (!dot) return params.map((_, i) => zero(i));
   const hv = grad(dot, params, { allowUnused: true });
-  return hv.map((h, i) => h ?? mul(params[i].detach(), 0));
+  return hv.map((h, i) => h ?? zero(i));
 }

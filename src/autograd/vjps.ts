@@ -2,17 +2,21 @@
  * Vector-Jacobian products, one per recorded op, written in tensor ops so that they are
  * differentiable themselves (double backward for Hessian-vector products).
  */
-import type { Window2d } from '../kernels/backend.js';
-import { vjpRegistry, type Node, type Vjp } from '../tensor/graph.js';
-import type { Tensor } from '../tensor/tensor.js';
-import { add, cast, cos, div, eq, exp, gt, mul, neg, sigmoid, sin, square, sub, unaryOp, where, pow } from '../tensor/ops/elementwise.js';
-import { expandFrom, sum, sumTo } from '../tensor/ops/reduce.js';
-import { narrow, permute, reshape, slice, sliceScatter } from '../tensor/ops/shape.js';
+import type { AvgPool2dLayout, Conv2dLayout, Window2d } from '../kernels/backend.js';
+import { isGradEnabled, vjpRegistry, type Node, type Vjp } from '../tensor/graph.js';
+import { Tensor } from '../tensor/tensor.js';
+import { numel } from '../tensor/shape.js';
+import { add, cast, cos, div, eq, exp, ge, gt, isnan, le, logicalAnd, logicalOr, mul, neg, sigmoid, sin, square, sub, unaryOp, where, pow } from '../tensor/ops/elementwise.js';
+import { cumsum, expandFrom, prod, sum, sumTo } from '../tensor/ops/reduce.js';
+import { expand, flip, narrow, permute, reshape, slice, sliceScatter } from '../tensor/ops/shape.js';
 import { mm } from '../tensor/ops/linalg.js';
 import {
   avgPool2dWindow,
   avgPool2dBackward,
   col2im,
+  conv2dBackwardInput,
+  conv2dBackwardWeight,
+  conv2dWithLayout,
   crossEntropyGrad,
   gather,
   im2col,
@@ -34,17 +38,25 @@ def('div', (g, { inputs: [a, b] }) => [
   a.requiresGrad ? sumTo(div(g, b), a.shape) : null,
   b.requiresGrad ? sumTo(neg(div(mul(g, a), square(b))), b.shape) : null,
 ]);
+/**
+ * As PyTorch: d/da is 0 where b == 0 (not 0 * pow(0, -1) = NaN), and d/db is 0 where a == 0 and
+ * b >= 0 (not 0 * log(0) = NaN).
+ */
 def('pow', (g, { inputs: [a, b] }, out) => [
-  a.requiresGrad ? sumTo(mul(g, mul(b, pow(a, sub(b, 1)))), a.shape) : null,
-  b.requiresGrad ? sumTo(mul(g, mul(out, unaryOp('log', a))), b.shape) : null,
+  a.requiresGrad ? sumTo(where(eq(b, 0), 0, mul(g, mul(b, pow(a, sub(b, 1))))), a.shape) : null,
+  b.requiresGrad ? sumTo(where(logicalAnd(eq(a, 0), ge(b, 0)), 0, mul(g, mul(out, unaryOp('log', a)))), b.shape) : null,
 ]);
-/** max/min: the gradient goes to the winner, split evenly on ties (as PyTorch). */
+/**
+ * max/min: the gradient goes to the winner, split evenly on ties; where either side is NaN (so is
+ * the output) both sides get the whole gradient, as in PyTorch.
+ */
 const extremum = (first: (a: Tensor, b: Tensor) => Tensor): Vjp => (g, { inputs: [a, b] }) => {
   const ta = cast(first(a, b), g.dtype);
   const tie = mul(cast(eq(a, b), g.dtype), 0.5);
   const wa = add(ta, tie);
   const wb = sub(1, wa);
-  return [sumTo(mul(g, wa), a.shape), sumTo(mul(g, wb), b.shape)];
+  const nan = logicalOr(isnan(a), isnan(b));
+  return [sumTo(where(nan, g, mul(g, wa)), a.shape), sumTo(where(nan, g, mul(g, wb)), b.shape)];
 };
 def('maximum', extremum(gt));
 def('minimum', extremum((a, b) => gt(b, a)));
@@ -63,7 +75,22 @@ unary('sqrt', (g, _x, out) => div(mul(g, 0.5), out));
 unary('rsqrt', (g, _x, out) => mul(g, mul(pow(out, 3), -0.5)));
 unary('square', (g, x) => mul(g, mul(x, 2)));
 unary('reciprocal', (g, _x, out) => neg(mul(g, square(out))));
-unary('relu', (g, x) => where(gt(x, 0), g, 0));
+// Zero where x <= 0 and g elsewhere, NaN included (PyTorch's threshold_backward).
+unary('relu', (g, x) => where(le(x, 0), 0, g));
+// The slope where x > 0 is false: at 0 and at NaN too, as in PyTorch.
+unary('leakyRelu', (g, x, _o, n) => where(gt(x, 0), g, mul(g, attr<number>(n, 'p0'))));
+// alpha e^x = out + alpha where x <= 0; 1 elsewhere (NaN included), as in PyTorch.
+unary('elu', (g, x, out, n) => where(le(x, 0), mul(g, add(out, attr<number>(n, 'p0'))), g));
+unary('silu', (g, x) => {
+  const s = sigmoid(x);
+  return mul(g, mul(s, add(mul(x, sub(1, s)), 1)));
+});
+unary('expm1', (g, _x, out) => mul(g, add(out, 1)));
+unary('log1p', (g, x) => div(g, add(x, 1)));
+// Piecewise constant: zero gradient, as in PyTorch.
+unary('floor', (g) => mul(g, 0));
+unary('ceil', (g) => mul(g, 0));
+unary('round', (g) => mul(g, 0));
 unary('tanh', (g, _x, out) => mul(g, sub(1, square(out))));
 unary('sigmoid', (g, _x, out) => mul(g, mul(out, sub(1, out))));
 unary('softplus', (g, x) => mul(g, sigmoid(x)));
@@ -85,7 +112,8 @@ unary('cos', (g, x) => neg(mul(g, sin(x))));
 unary('affine', (g, _x, _o, n) => mul(g, attr<number>(n, 'p0')));
 unary('powScalar', (g, x, _o, n) => {
   const p = attr<number>(n, 'p0');
-  return mul(g, mul(pow(x, p - 1), p));
+  // x^0 is constant: its gradient is 0 also at x = 0 (not 0 * 0^-1 = NaN), as in PyTorch.
+  return p === 0 ? mul(g, 0) : mul(g, mul(pow(x, p - 1), p));
 });
 unary('clamp', (g, x, _o, n) => mul(g, unaryOp('insideMask', x, attr<number>(n, 'p0'), attr<number>(n, 'p1'))));
 unary('insideMask', (g) => mul(g, 0));
@@ -101,6 +129,42 @@ const extremeReduce: Vjp = (g, { inputs: [x], attrs }, out) => {
 };
 def('max', extremeReduce);
 def('min', extremeReduce);
+/**
+ * d prod / d x_i is the product of the others. Dividing out by x_i fails at zeros, so: with no
+ * zero in the slice it is out / x_i; with exactly one zero only that place gets a gradient, the
+ * product of the nonzero others; with two or more zeros every product of others is zero. That
+ * rule's own derivative is wrong at zeros (it treats the zero count as constant), so when the
+ * gradient is itself being differentiated the product of the others is formed directly instead,
+ * as a product over each slice with one factor replaced by 1 (n^2 memory per slice of n).
+ */
+def('prod', (g, { inputs: [x], attrs }, out) => {
+  const kept = attrs.keptShape as number[];
+  const axes = kept.map((d, i) => (d === 1 && x.shape[i] !== 1 ? i : -1)).filter((i) => i >= 0);
+  if (axes.length === 0) return [reshape(g, x.shape)];
+  if (isGradEnabled()) {
+    const rest = x.shape.map((_, i) => i).filter((i) => !axes.includes(i));
+    const order = [...rest, ...axes];
+    const moved = permute(x, order);
+    const rows = numel(rest.map((i) => x.shape[i]));
+    const n = numel(axes.map((i) => x.shape[i]));
+    const eye = Tensor.fromStorage(x.backend.upload(Uint8Array.from({ length: n * n }, (_, k) => (k % (n + 1) === 0 ? 1 : 0)), 'bool'), [n, n], x.backend);
+    const others = prod(where(eye, 1, expand(reshape(moved, [rows, 1, n]), [rows, n, n])), 2);
+    const inverse = order.map((_, i) => order.indexOf(i));
+    return [permute(reshape(mul(others, reshape(g, [rows, 1])), moved.shape), inverse)];
+  }
+  const isZero = eq(x, 0);
+  const zeros = expandFrom(sum(isZero, axes, true), kept, x.shape);
+  const nonzero = where(isZero, 1, x);
+  const gx = expandFrom(reshape(g, kept), kept, x.shape);
+  const othersOfZero = mul(gx, expandFrom(prod(nonzero, axes, true), kept, x.shape));
+  const othersOfNonzero = div(mul(gx, expandFrom(reshape(out, kept), kept, x.shape)), nonzero);
+  return [where(isZero, where(eq(zeros, 1), othersOfZero, 0), where(eq(zeros, 0), othersOfNonzero, 0))];
+});
+/** The adjoint of a prefix sum is a suffix sum: flip, cumsum, flip. */
+def('cumsum', (g, n) => {
+  const dim = attr<number>(n, 'dim');
+  return [flip(cumsum(flip(g, dim), dim), dim)];
+});
 def('softmax', (g, n, y) => {
   const dim = attr<number>(n, 'dim');
   return [mul(y, sub(g, sum(mul(g, y), dim, true)))];
@@ -119,6 +183,7 @@ def('permute', (g, n) => {
   return [permute(g, inv)];
 });
 def('expand', (g, n) => [sumTo(g, attr<number[]>(n, 'from'))]);
+def('flip', (g, n) => [flip(g, attr<number[]>(n, 'dims'))]);
 def('slice', (g, n) => [sliceScatter(g, attr<number[]>(n, 'inShape'), attr<number>(n, 'dim'), attr<number>(n, 'start'), attr<number>(n, 'step'))]);
 def('sliceScatter', (g, n) => {
   const dim = attr<number>(n, 'dim');
@@ -157,10 +222,32 @@ def('mm', (g, { inputs: [a, b], attrs }) => {
 });
 
 // ---- nn ----
-def('crossEntropy', (g, { inputs: [logits], saved: [labels], attrs }) => [crossEntropyGrad(logits, labels, g, attrs.labelSmoothing as number)]);
+def('crossEntropy', (g, { inputs: [logits], saved: [labels], attrs }) => [
+  crossEntropyGrad(logits, labels, g, attrs.labelSmoothing as number, attrs.ignoreIndex as number),
+]);
+// PyTorch's rule, not the derivative of the forward's log clamped at -100: (x - t) / max(x(1-x), 1e-12)
+// keeps the gradient finite at x = 0 and 1; the target's is log(1-x) - log(x).
+def('binaryCrossEntropy', (g, { inputs: [x, t] }) => [
+  x.requiresGrad ? mul(g, div(sub(x, t), unaryOp('clamp', mul(sub(1, x), x), 1e-12, Infinity))) : null,
+  t.requiresGrad ? mul(g, sub(unaryOp('log', sub(1, x)), unaryOp('log', x))) : null,
+]);
 def('gather', (g, { saved: [index], attrs }) => [scatterAdd(g, attrs.dim as number, index, attrs.inShape as number[], true)]);
 def('indexSelect', (g, { saved: [index], attrs }) => [scatterAdd(g, attrs.dim as number, index, attrs.inShape as number[], false)]);
 def('scatterAdd', (g, { saved: [index], attrs }) => [attrs.perPosition ? gather(g, attrs.dim as number, index) : indexSelect(g, attrs.dim as number, index)]);
+// conv2d(x, w) is bilinear, and its two gradients are the adjoints of it in each argument, so the
+// three ops are each other's vjps (which gives double backward through a convolution).
+def('conv2d', (g, { inputs: [x, w], attrs }) => {
+  const l = attrs.l as Conv2dLayout;
+  return [x.requiresGrad ? conv2dBackwardInput(g, w, l) : null, w.requiresGrad ? conv2dBackwardWeight(x, g, l) : null];
+});
+def('conv2dBackwardInput', (g, { inputs: [grad, w], attrs }) => {
+  const l = attrs.l as Conv2dLayout;
+  return [grad.requiresGrad ? conv2dWithLayout(g, w, l) : null, w.requiresGrad ? conv2dBackwardWeight(g, grad, l) : null];
+});
+def('conv2dBackwardWeight', (g, { inputs: [x, grad], attrs }) => {
+  const l = attrs.l as Conv2dLayout;
+  return [x.requiresGrad ? conv2dBackwardInput(grad, g, l) : null, grad.requiresGrad ? conv2dWithLayout(x, g, l) : null];
+});
 def('im2col', (g, n) => [col2im(g, attr<Window2d>(n, 'g'))]);
 def('col2im', (g, n) => [im2col(g, attr<Window2d>(n, 'g'))]);
 def('maxPool2d', (g, n) => [maxPool2dBackward(g, n.saved[0], attr<Window2d>(n, 'g'))]);
@@ -171,5 +258,5 @@ def('maxPool2dBackward', (g, n) => {
   const picked = gather(reshape(g, [planes, w.h * w.w]), 1, reshape(n.saved[0], [planes, w.oh * w.ow]));
   return [reshape(picked, [w.n, w.c, w.oh, w.ow])];
 });
-def('avgPool2d', (g, n) => [avgPool2dBackward(g, attr<Window2d>(n, 'g'))]);
-def('avgPool2dBackward', (g, n) => [avgPool2dWindow(g, attr<Window2d>(n, 'g'))]);
+def('avgPool2d', (g, n) => [avgPool2dBackward(g, attr<AvgPool2dLayout>(n, 'g'))]);
+def('avgPool2dBackward', (g, n) => [avgPool2dWindow(g, attr<AvgPool2dLayout>(n, 'g'))]);

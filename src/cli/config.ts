@@ -86,6 +86,7 @@ export const RUN_FLAGS = {
   name: stringFlag('run name: files go to <out>/<name> [<model>-<wrapper or optimizer>-s<seed>]'),
   out: stringFlag('directory for runs', { default: 'runs', placeholder: '<dir>' }),
   resume: switchFlag('continue the run <out>/<name> from its checkpoint'),
+  checkpointEvery: numberFlag('also write the checkpoint every n steps, so that --resume after a kill loses at most n steps [at each epoch end only]', { integer: true, min: 1 }),
 };
 
 export type TrainFlagValues = FlagValues<typeof TRAIN_FLAGS>;

@@ -83,6 +83,33 @@ export interface RunTarget {
   resume: boolean;
   /** When resuming, refuse a checkpoint trained with another configuration (backend and threads aside). */
   sameConfig?: boolean;
+  /** Also write the checkpoint after every this many steps (it is always written at each epoch's end). */
+  checkpointEvery?: number;
+  /** Called after each training step with the number of steps taken in the run so far (embedders' progress). */
+  onStep?: (step: number) => void;
+}
+
+/**
+ * Where a run stands, saved in each checkpoint: the data loader's position (the next batch of
+ * `epoch`; an epoch's order and augmentation are pure functions of (seed, epoch, batch)) and the
+ * running totals of the unfinished epoch, so that a run killed mid-epoch and resumed from its last
+ * checkpoint continues exactly there, bit for bit on the CPU.
+ */
+interface Position {
+  epoch: number;
+  batch: number;
+  /** The learning rate the epoch started with (its metrics row reports it). */
+  lr: number;
+  totals: Totals;
+  window: Totals;
+  /** Seconds of training steps already spent in this epoch. */
+  seconds: number;
+}
+
+interface Totals {
+  loss: number;
+  correct: number;
+  seen: number;
 }
 
 /** Readbacks are batched: one per this many steps (or per progress redraw), not one per step. */
@@ -116,14 +143,22 @@ export async function runTraining(requested: TrainConfig, target: RunTarget, bac
   const trainer = buildTrainer(cfg, model, stepsPerEpoch);
 
   let history: History;
+  let position: Position | null = null;
   if (saved) {
     model.loadStateDict(saved.model);
     trainer.loadStateDict(saved.optimizer as Record<string, unknown>);
     generator.setState(saved.rng as { seed: number; draws: number });
     history = saved.meta.history as unknown as History;
+    position = (saved.meta.position as unknown as Position | undefined) ?? null;
     disposeCheckpoint(saved);
     const done = history.epochs.length;
-    io.stderr.write(done >= cfg.epochs ? `${target.name}: already finished (${done} epochs)\n` : `${target.name}: resuming after epoch ${done} of ${cfg.epochs}\n`);
+    io.stderr.write(
+      done >= cfg.epochs
+        ? `${target.name}: already finished (${done} epochs)\n`
+        : position
+          ? `${target.name}: resuming in epoch ${position.epoch + 1} of ${cfg.epochs} at step ${position.batch} of ${stepsPerEpoch}\n`
+          : `${target.name}: resuming after epoch ${done} of ${cfg.epochs}\n`,
+    );
   } else {
     const initial = await evaluate(model, testBatches());
     history = { epochs: [], points: [], initial: { testLoss: initial.loss, testAccuracy: initial.accuracy }, trainSeconds: 0, wallSeconds: 0 };
@@ -139,16 +174,26 @@ export async function runTraining(requested: TrainConfig, target: RunTarget, bac
     accuracyPlot: join(target.dir, 'accuracy.svg'),
   };
 
-  for (let epoch = history.epochs.length; epoch < cfg.epochs; epoch++) {
+  const save = async (at: Position | null): Promise<void> => {
+    history.wallSeconds = wallBefore + (performance.now() - wallStart) / 1000;
+    const meta: Record<string, StateTree> = { config: cfg as unknown as StateTree, name: target.name, numClasses: data.numClasses, history: history as unknown as StateTree };
+    if (at) meta.position = at as unknown as StateTree;
+    await saveCheckpoint(ckptPath, { model: model.stateDict(), optimizer: trainer.stateDict() as StateTree, rng: generator.getState(), meta });
+  };
+
+  // A checkpoint written mid-epoch resumes in that epoch; one written at an epoch's end, after it.
+  const firstEpoch = position ? position.epoch : history.epochs.length;
+  for (let epoch = firstEpoch; epoch < cfg.epochs; epoch++) {
     model.train();
+    const resumeAt = position && position.epoch === epoch ? position : null;
     const bar = new ProgressBar(io.stderr, { total: stepsPerEpoch, label: `${target.name} epoch ${epoch + 1}/${cfg.epochs}` });
-    const epochStart = performance.now();
-    const lr = trainer.currentLr();
-    const totals = { loss: 0, correct: 0, seen: 0 };
-    const windowTotals = { loss: 0, correct: 0, seen: 0 };
+    const epochStart = performance.now() - (resumeAt?.seconds ?? 0) * 1000;
+    const lr = resumeAt?.lr ?? trainer.currentLr();
+    const totals: Totals = { ...(resumeAt?.totals ?? { loss: 0, correct: 0, seen: 0 }) };
+    const windowTotals: Totals = { ...(resumeAt?.window ?? { loss: 0, correct: 0, seen: 0 }) };
     const pointEvery = Math.max(1, Math.floor(stepsPerEpoch / POINTS_PER_EPOCH));
     let pending: { stats: Tensor; size: number }[] = [];
-    let done = 0;
+    let done = resumeAt?.batch ?? 0;
 
     const drain = async () => {
       if (pending.length === 0) return;
@@ -178,7 +223,7 @@ export async function runTraining(requested: TrainConfig, target: RunTarget, bac
       bar.update(done, { loss: totals.loss / totals.seen, accuracy: totals.correct / totals.seen });
     };
 
-    for (const b of loader.batches(epoch)) {
+    for (const b of loader.batches(epoch, done)) {
       const stats = tidy(() => {
         const r = trainer.step(tensor(b.x, { shape: b.xShape }), tensor(b.y));
         return stack([r.loss, r.correct.to(r.loss.dtype)]);
@@ -186,7 +231,14 @@ export async function runTraining(requested: TrainConfig, target: RunTarget, bac
       trainer.advance();
       pending.push({ stats, size: b.y.length });
       done++;
+      const step = epoch * stepsPerEpoch + done;
       if (pending.length >= READ_EVERY) await drain();
+      if (target.checkpointEvery && step % target.checkpointEvery === 0 && done < stepsPerEpoch) {
+        await drain();
+        const seconds = (performance.now() - epochStart) / 1000;
+        await save({ epoch, batch: done, lr, totals: { ...totals }, window: { ...windowTotals }, seconds });
+      }
+      target.onStep?.(step);
     }
     await drain();
     const epochSeconds = (performance.now() - epochStart) / 1000;
@@ -208,13 +260,7 @@ export async function runTraining(requested: TrainConfig, target: RunTarget, bac
     };
     history.epochs.push(row);
     bar.finish(stepsPerEpoch, { loss: row.trainLoss, accuracy: row.trainAccuracy }, `test acc ${(row.testAccuracy * 100).toFixed(1)}%${skippedSteps ? `  skipped ${skippedSteps}` : ''}`);
-    history.wallSeconds = wallBefore + (performance.now() - wallStart) / 1000;
-    await saveCheckpoint(ckptPath, {
-      model: model.stateDict(),
-      optimizer: trainer.stateDict() as StateTree,
-      rng: generator.getState(),
-      meta: { config: cfg as unknown as StateTree, name: target.name, numClasses: data.numClasses, history: history as unknown as StateTree },
-    });
+    await save(null);
     await writeRunFiles(files, target.name, history);
   }
 

@@ -131,7 +131,11 @@ export async function shippedSubsetDir(): Promise<string> {
       tried.push(dir);
     }
   }
-  throw new Error(`Fashion-MNIST subset not found; looked in ${tried.join(', ')}`);
+  // The npm package leaves the subset out (3 MB that an app embedding training does not need).
+  throw new Error(
+    `Fashion-MNIST subset not found; looked in ${tried.join(', ')}. The npm package does not ship it: ` +
+      `run from a clone of the repository, or pass a directory with the four IDX files (or the full set) instead`,
+  );
 }
 
 /** Images normalized with the Fashion-MNIST statistics as features [1, 28, 28], labels as int32. */

@@ -117,41 +117,78 @@ function isNode(): boolean {
 }
 
 /**
- * Decompresses gzip data: node:zlib in Node (three times faster there than the web stream),
- * DecompressionStream elsewhere.
+ * The most decompressed bytes accepted (1 GiB; the full Fashion-MNIST training images are 47 MB):
+ * a small gzip file can claim gigabytes (a "gzip bomb"), and decompression stops at this limit.
  */
-export async function gunzip(bytes: Uint8Array, source?: string): Promise<Uint8Array> {
+export const MAX_DECOMPRESSED_BYTES = 2 ** 30;
+
+/**
+ * Decompresses gzip data: node:zlib in Node (three times faster there than the web stream),
+ * DecompressionStream elsewhere. Output beyond `maxBytes` is refused, not allocated.
+ */
+export async function gunzip(bytes: Uint8Array, source?: string, maxBytes = MAX_DECOMPRESSED_BYTES): Promise<Uint8Array> {
   const where = source ? `gzip file ${source}` : 'gzip data';
   if (!isGzip(bytes)) throw new IdxFormatError(`${where}: not gzip: expected magic 1f 8b, found ${hex(bytes.subarray(0, 2)) || 'nothing'}`);
+  let out: Uint8Array | null;
   try {
-    return await (isNode() ? gunzipWithZlib(bytes) : gunzipWithDecompressionStream(bytes));
+    out = await (isNode() ? gunzipWithZlib(bytes, maxBytes) : gunzipWithDecompressionStream(bytes, maxBytes));
   } catch (e) {
     throw new IdxFormatError(`${where}: corrupt or truncated gzip data (${(e as Error).message})`, { cause: e });
   }
+  if (!out) throw new IdxFormatError(`${where}: decompresses to more than ${maxBytes} bytes, the limit`);
+  return out;
 }
 
-async function gunzipWithZlib(bytes: Uint8Array): Promise<Uint8Array> {
+/** null when the output would pass `maxBytes`. */
+async function gunzipWithZlib(bytes: Uint8Array, maxBytes: number): Promise<Uint8Array | null> {
   const zlib = await import('node:zlib');
   return new Promise((resolve, reject) =>
-    zlib.gunzip(bytes, (err, out) => (err ? reject(err) : resolve(new Uint8Array(out.buffer, out.byteOffset, out.byteLength)))),
+    zlib.gunzip(bytes, { maxOutputLength: maxBytes }, (err, out) =>
+      err ? ((err as { code?: string }).code === 'ERR_BUFFER_TOO_LARGE' ? resolve(null) : reject(err)) : resolve(new Uint8Array(out.buffer, out.byteOffset, out.byteLength)),
+    ),
   );
 }
 
-/** The browser's path; exported so that Node tests can check it too. */
-export async function gunzipWithDecompressionStream(bytes: Uint8Array): Promise<Uint8Array> {
+/** The browser's path; exported so that Node tests can check it too. null when the output would pass `maxBytes`. */
+export async function gunzipWithDecompressionStream(bytes: Uint8Array, maxBytes = MAX_DECOMPRESSED_BYTES): Promise<Uint8Array | null> {
   const stream = new Blob([bytes as Uint8Array<ArrayBuffer>]).stream().pipeThrough(new DecompressionStream('gzip'));
-  return new Uint8Array(await new Response(stream).arrayBuffer());
+  const reader = stream.getReader();
+  const chunks: Uint8Array[] = [];
+  let total = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    total += value.length;
+    if (total > maxBytes) {
+      await reader.cancel();
+      return null;
+    }
+    chunks.push(value);
+  }
+  const out = new Uint8Array(total);
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
 }
 
-/** Decodes IDX bytes that may be gzip-compressed (detected by the gzip magic number). */
-export async function decodeIdx(bytes: Uint8Array, source?: string): Promise<IdxArray> {
-  return parseIdx(isGzip(bytes) ? await gunzip(bytes, source) : bytes, source);
+/**
+ * Decodes IDX bytes that may be gzip-compressed (detected by the gzip magic number); decompressed
+ * data past `maxBytes` is refused.
+ */
+export async function decodeIdx(bytes: Uint8Array, source?: string, maxBytes = MAX_DECOMPRESSED_BYTES): Promise<IdxArray> {
+  return parseIdx(isGzip(bytes) ? await gunzip(bytes, source, maxBytes) : bytes, source);
 }
 
-/** Reads an IDX file, gzip-compressed or not (Node only). */
-export async function readIdxFile(path: string | URL): Promise<IdxArray> {
+/**
+ * Reads an IDX file, gzip-compressed or not (Node only). A file: URL is typed by the fields used,
+ * not as the global URL, so that the declarations compile in a project without DOM or Node types.
+ */
+export async function readIdxFile(path: string | { readonly href: string; readonly pathname: string }): Promise<IdxArray> {
   const { readFile } = await import('node:fs/promises');
-  const bytes = await readFile(path);
-  const source = path instanceof URL ? decodeURIComponent(path.pathname) : path;
+  const bytes = await readFile(typeof path === 'string' ? path : new URL(path.href));
+  const source = typeof path === 'string' ? path : decodeURIComponent(path.pathname);
   return decodeIdx(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), source);
 }

@@ -9,7 +9,7 @@
 import type { DType, TypedArray } from '../tensor/dtype.js';
 import { tensor } from '../tensor/creation.js';
 import { Tensor } from '../tensor/tensor.js';
-import { readSafetensorsFile, writeSafetensorsFile, type SafetensorsDtype, type SafetensorsInput } from './safetensors.js';
+import { decodeSafetensors, SafetensorsError, writeSafetensorsFile, type SafetensorsDtype, type SafetensorsInput } from './safetensors.js';
 
 export const CHECKPOINT_FORMAT = 'flatgrad-checkpoint';
 export const CHECKPOINT_VERSION = 1;
@@ -89,8 +89,28 @@ export interface LoadedCheckpoint {
 
 const ARRAY_TYPES: Record<string, new (a: ArrayLike<number>) => TypedArray> = { Float32Array, Float64Array, Int32Array, Uint8Array };
 
+/** State nested deeper than this is refused (a crafted file must not exhaust the stack). */
+const MAX_STATE_DEPTH = 256;
+
 export async function loadCheckpoint(path: string): Promise<LoadedCheckpoint> {
-  const file = await readSafetensorsFile(path);
+  const { readFile } = await import('node:fs/promises');
+  const bytes = await readFile(path);
+  return decodeCheckpoint(new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength), path);
+}
+
+/**
+ * Decodes checkpoint bytes (`path` names them in errors). A damaged or crafted file fails with a
+ * SafetensorsError (the container) or a CheckpointError (the state in it), never another error;
+ * nothing is allocated beyond what the file's own bytes hold.
+ */
+export function decodeCheckpoint(bytes: Uint8Array, path = 'checkpoint'): LoadedCheckpoint {
+  let file;
+  try {
+    file = decodeSafetensors(bytes);
+  } catch (e) {
+    if (e instanceof SafetensorsError) throw new SafetensorsError(`${path}: ${e.message}`, { cause: e });
+    throw e;
+  }
   if (file.metadata.format !== CHECKPOINT_FORMAT) {
     throw new CheckpointError(`${path}: not a flatgrad checkpoint (its safetensors metadata has no format '${CHECKPOINT_FORMAT}')`);
   }
@@ -111,19 +131,23 @@ export async function loadCheckpoint(path: string): Promise<LoadedCheckpoint> {
     created.push(t);
     return t;
   };
-  const decode = (x: unknown): StateTree => {
-    if (Array.isArray(x)) return x.map(decode);
+  const decode = (x: unknown, depth = 0): StateTree => {
+    if (depth > MAX_STATE_DEPTH) throw new CheckpointError(`${path}: the checkpoint state is nested more than ${MAX_STATE_DEPTH} levels deep`);
+    if (Array.isArray(x)) return x.map((v) => decode(v, depth + 1));
     if (!isPlainObject(x)) return x as StateTree;
     if (typeof x.$tensor === 'string') return toTensor(x.$tensor);
     if (typeof x.$array === 'string') return new (ARRAY_TYPES[String(x.type)] ?? Float64Array)(entry(x.$array).data);
     if (typeof x.$number === 'string') return Number(x.$number);
-    return Object.fromEntries(Object.entries(x).map(([k, v]) => [k, decode(v)]));
+    return Object.fromEntries(Object.entries(x).map(([k, v]) => [k, decode(v, depth + 1)]));
   };
   try {
-    const rest = JSON.parse(file.metadata.state ?? '{}') as Record<string, unknown>;
+    const rest = JSON.parse(file.metadata.state ?? '{}') as unknown;
+    if (!isPlainObject(rest)) throw new CheckpointError(`${path}: the checkpoint state must be a JSON object, got ${JSON.stringify(rest)?.slice(0, 40)}`);
     const model: Record<string, Tensor> = {};
     for (const name of Object.keys(file.tensors)) if (name.startsWith('model.')) model[name.slice('model.'.length)] = toTensor(name);
-    return { model, optimizer: decode(rest.optimizer), rng: decode(rest.rng), meta: (decode(rest.meta) ?? {}) as Record<string, StateTree> };
+    const meta = decode(rest.meta) ?? {};
+    if (!isPlainObject(meta)) throw new CheckpointError(`${path}: the checkpoint's meta must be an object`);
+    return { model, optimizer: decode(rest.optimizer), rng: decode(rest.rng), meta: meta as Record<string, StateTree> };
   } catch (e) {
     for (const t of created) t.dispose();
     if (e instanceof SyntaxError) throw new CheckpointError(`${path}: the checkpoint state is not valid JSON (${e.message})`);

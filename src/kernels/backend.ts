@@ -75,7 +75,8 @@ export interface ReduceLayout {
   inner: number;
 }
 
-export type ReduceOp = 'sum' | 'max' | 'min';
+/** prod multiplies in the accumulation type (float64 on cpu, rounded once on store), as sum does. */
+export type ReduceOp = 'sum' | 'max' | 'min' | 'prod';
 export type ArgReduceOp = 'argmax' | 'argmin';
 
 /**
@@ -112,6 +113,28 @@ export interface Window2d {
   dw: number;
 }
 
+/**
+ * A grouped 2-D convolution (cross-correlation, as PyTorch): input [n, c, h, w], weight
+ * [outChannels, c/groups, kh, kw], output [n, outChannels, oh, ow]; the window fields as Window2d.
+ */
+export interface Conv2dLayout extends Window2d {
+  outChannels: number;
+  groups: number;
+}
+
+/**
+ * Average pooling: a window geometry (dh and dw are ignored: average pooling has no dilation)
+ * plus PyTorch's divisor rules. A window is the
+ * kh x kw block at (oy*sh - ph, ox*sw - pw), cut at the far edge of the padded input (which ceil
+ * mode can overhang); the sum covers its cells inside the input.
+ */
+export interface AvgPool2dLayout extends Window2d {
+  /** Divide by the cut window's cells, padding included (count_include_pad), or only those inside the input. */
+  countIncludePad: boolean;
+  /** When nonzero, every window divides by this instead (divisor_override). */
+  divisorOverride: number;
+}
+
 /** Index-based selection along the middle dim of [outer, xDim, inner]. */
 export interface GatherLayout {
   outer: number;
@@ -125,6 +148,11 @@ export interface GatherLayout {
    * position (torch.index_select).
    */
   perPosition: boolean;
+}
+
+/** A sort along the middle dim of [outer, size, inner]; descending puts NaN first, as torch does. */
+export interface SortLayout extends ReduceLayout {
+  descending: boolean;
 }
 
 export type RandomDist =
@@ -144,6 +172,8 @@ export interface CrossEntropyLayout {
   rows: number;
   cols: number;
   labelSmoothing: number;
+  /** A row whose label equals this gives loss 0 and gradient 0 (PyTorch's ignore_index; it may be a class in [0, cols)). */
+  ignoreIndex: number;
 }
 
 export interface Backend {
@@ -195,16 +225,23 @@ export interface Backend {
   softmax(x: Storage, out: Storage, layout: SoftmaxLayout): void;
   /**
    * Per-row loss of softmax cross-entropy with label smoothing s:
-   * (1-s)(-log p[y]) + (s/C) sum_k(-log p[k]). labels are int32; a label outside [0, cols) gives NaN.
+   * (1-s)(-log p[y]) + (s/C) sum_k(-log p[k]). labels are int32; a row labelled ignoreIndex gives 0
+   * (whatever its logits), any other label outside [0, cols) gives NaN.
    */
   crossEntropy(logits: Storage, labels: Storage, out: Storage, layout: CrossEntropyLayout): void;
-  /** d(loss_r)/d(logits) * gradRows[r] = (softmax - target) * gradRows[r], target smoothed. */
+  /** d(loss_r)/d(logits) * gradRows[r] = (softmax - target) * gradRows[r], target smoothed; a row labelled ignoreIndex is 0. */
   crossEntropyBackward(logits: Storage, labels: Storage, gradRows: Storage, out: Storage, layout: CrossEntropyLayout): void;
   matmul(a: Storage, b: Storage, out: Storage, layout: MatmulLayout): void;
   /** x [n, c, h, w] -> cols [n, c*kh*kw, oh*ow] (zero where the window is in the padding). */
   im2col(x: Storage, cols: Storage, g: Window2d): void;
   /** The adjoint of im2col: sums cols [n, c*kh*kw, oh*ow] back into out [n, c, h, w]. */
   col2im(cols: Storage, out: Storage, g: Window2d): void;
+  /** out [n, outChannels, oh, ow] = conv2d(x [n, c, h, w], weight [outChannels, c/groups, kh, kw]), no bias. */
+  conv2d(x: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void;
+  /** The gradient of conv2d with respect to its input: out [n, c, h, w] from grad [n, outChannels, oh, ow]. */
+  conv2dBackwardInput(grad: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void;
+  /** The gradient of conv2d with respect to its weight, summed over the batch: out [outChannels, c/groups, kh, kw]. */
+  conv2dBackwardWeight(x: Storage, grad: Storage, out: Storage, l: Conv2dLayout): void;
   /**
    * Max pooling into out [n, c, oh, ow]; `argOut` (int32, may be null) receives the flat index
    * (y*w + x) within the input plane of each maximum. Padding never wins.
@@ -212,13 +249,25 @@ export interface Backend {
   maxPool2d(x: Storage, out: Storage, argOut: Storage | null, g: Window2d): void;
   /** The gradient of maxPool2d: out [n, c, h, w] = sum of grad over the windows whose argmax is that pixel. */
   maxPool2dBackward(grad: Storage, arg: Storage, out: Storage, g: Window2d): void;
-  /** Average pooling; padding counts in the divisor (PyTorch's count_include_pad=True). */
-  avgPool2d(x: Storage, out: Storage, g: Window2d): void;
-  avgPool2dBackward(grad: Storage, out: Storage, g: Window2d): void;
+  /** Average pooling into out [n, c, oh, ow], each window divided as `g` says. */
+  avgPool2d(x: Storage, out: Storage, g: AvgPool2dLayout): void;
+  /** Its gradient: out [n, c, h, w] = sum over the windows covering a pixel of grad / that window's divisor. */
+  avgPool2dBackward(grad: Storage, out: Storage, g: AvgPool2dLayout): void;
   /** out[o, j, i] = x[o, idx[o, j, i] (or idx[j]), i]; an index outside [0, xDim) gives NaN (0 for int data). */
   gather(x: Storage, idx: Storage, out: Storage, layout: GatherLayout): void;
   /** The adjoint of gather: out [outer, xDim, inner] = sum of src over the positions whose index hits it. */
   scatterAdd(src: Storage, idx: Storage, out: Storage, layout: GatherLayout): void;
+  /**
+   * Inclusive prefix sum along the middle dim of [outer, size, inner]: out[o, j, i] = sum of
+   * x[o, 0..j, i], accumulated in order (float64 on cpu, rounded once on store, as torch's CPU cumsum).
+   */
+  cumsum(x: Storage, out: Storage, layout: ReduceLayout): void;
+  /**
+   * out (int32, the shape of x) holds, for each (outer, inner) column of [outer, size, inner], the
+   * positions j that put the column in order: a stable sort (equal values keep their order, so the
+   * lowest index comes first) where NaN counts as larger than every number (torch.sort, stable=True).
+   */
+  argsort(x: Storage, out: Storage, layout: SortLayout): void;
   /** Fills out from the counter-based generator (src/kernels/rng.ts) with key (key0, key1). */
   random(out: Storage, key0: number, key1: number, dist: RandomDist): void;
 }

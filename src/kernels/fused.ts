@@ -40,7 +40,7 @@ export const FLAG_ACTIVE = 4;
 /** A vector (fewer than 2 dims): RWP's filter-wise noise uses the whole tensor's norm plus 1e-16. */
 export const FLAG_VECTOR = 8;
 
-/** Scalar slots of S. */
+/** Scalar slots of S. The norm slots (S_NORM, S_NORM2, S_NORMV, S_CHECK) hold norms, not their squares: a squared norm overflows float32 from 1.8e19. */
 export const S_NORM = 0;
 export const S_FLAG = 1;
 export const S_STEPS = 2;
@@ -136,10 +136,13 @@ export interface SelectSpec {
   beta: number;
 }
 
-export interface SumSquaresOptions {
+export interface NormOptions {
   adaptive?: AdaptiveSpec;
   select?: SelectSpec;
-  /** 'set': S[S_FLAG] = nonfinite(sum); 'or': S[S_FLAG] = S[S_FLAG] or nonfinite(sum). */
+  /**
+   * 'set': S[S_FLAG] = (a NaN or Inf among the values); 'or': S[S_FLAG] = S[S_FLAG] or that. Tested
+   * directly, not through the norm: a finite 1e20 is no reason to skip a step.
+   */
   gate?: 'set' | 'or';
   /** Runs after the sum is stored (in the same final pass on a GPU). */
   then?: readonly SAssign[];
@@ -149,7 +152,7 @@ export type RestoreMode = 'backup' | 'delta';
 
 export interface PerturbOptions {
   /**
-   * e = coef[group] * k * T^2 * dir (T = 1 unless adaptive), k = 1 / (sqrt(S[normSlot]) + eps) when
+   * e = coef[group] * k * T^2 * dir (T = 1 unless adaptive), k = 1 / (S[normSlot] + eps) when
    * normSlot is given, else 1.
    */
   coef: readonly number[];
@@ -206,16 +209,25 @@ export interface AdamGroup {
 export interface UpdateOptions {
   /** Restore p from aux first (SAM's fused restore + step). */
   restore?: { aux: Storage; mode: RestoreMode } | null;
-  /** Skip the update (p restored, state untouched) when S[S_FLAG] is set; the step number is S[S_STEPS]. */
+  /** Skip the update (p restored, state and step counts untouched) when S[S_FLAG] is set. */
   gated: boolean;
-  /** The step number (1-based) of an ungated update. */
-  step: number;
+  /**
+   * Per-parameter counts of updates taken (torch's state[p]['step']), one element per parameter in
+   * the arena's dtype. An update that is taken adds one to the count of every active parameter
+   * first; Adam's bias correction and SGD's first momentum step use that parameter's own count, so
+   * a parameter that went without a gradient for some steps is corrected as torch corrects it.
+   */
+  steps: Storage;
 }
 
 export interface FusedKernels {
   readonly backend: Backend;
-  /** S[slot] = sum of (T x)^2 over the active (and selected) parameters. */
-  sumSquares(L: ArenaLayout, x: Storage, S: Storage, slot: number, o?: SumSquaresOptions): void;
+  /**
+   * S[slot] = the L2 norm of T x over the active (and selected) parameters, computed so that it does
+   * not overflow while it is representable (float32 squares summed in float64 on the host; scaled by
+   * the largest magnitude on a GPU). Not finite when a value is NaN or Inf.
+   */
+  norm(L: ArenaLayout, x: Storage, S: Storage, slot: number, o?: NormOptions): void;
   /** S[slot] = sum of x*y over the active parameters. */
   dot(L: ArenaLayout, x: Storage, y: Storage, S: Storage, slot: number, then?: readonly SAssign[]): void;
   /** Runs a scalar program over S in one invocation. */

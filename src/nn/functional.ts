@@ -8,8 +8,9 @@ import { crossEntropy as ce, type CrossEntropyOptions } from '../tensor/ops/nn.j
 export type Reduction = 'mean' | 'sum' | 'none';
 
 /**
- * Softmax cross-entropy of logits [N, C] against int32 class indices [N], with label smoothing s:
- * (1-s)(-log p[y]) + (s/C) sum_k(-log p[k]) per row, then the reduction (default mean).
+ * Softmax cross-entropy of logits [N, C] (or [C], [N, C, d1, ...]) against int32 class indices,
+ * with label smoothing s: (1-s)(-log p[y]) + (s/C) sum_k(-log p[k]) per row, class weights and
+ * ignoreIndex as PyTorch, then the reduction (default mean).
  */
 export function crossEntropy(logits: Tensor, labels: Tensor, opts: CrossEntropyOptions = {}): Tensor {
   return ce(logits, labels, opts);
@@ -32,5 +33,12 @@ export {
 } from '../tensor/ops/linalg.js';
 export { relu, gelu, tanh, sigmoid, softplus } from '../tensor/ops/elementwise.js';
 export { softmax, logSoftmax } from '../tensor/ops/reduce.js';
-export { conv2d, maxPool2d, avgPool2d, adaptiveAvgPool2d, dropout, layerNorm, oneHot } from '../tensor/ops/nn.js';
+export { conv2d, maxPool2d, avgPool2d, adaptiveAvgPool2d, dropout, layerNorm, oneHot, embedding } from '../tensor/ops/nn.js';
+export { conv1d, convTranspose2d, type Conv1dOptions, type ConvTranspose2dOptions } from '../tensor/ops/conv.js';
+export { interpolate, type InterpolateOptions } from '../tensor/ops/interpolate.js';
+export { groupNorm, normalize, cosineSimilarity } from '../tensor/ops/normalization.js';
+export {
+  nllLoss, binaryCrossEntropy, binaryCrossEntropyWithLogits, l1Loss, smoothL1Loss, huberLoss, klDiv,
+  type NllLossOptions, type BinaryCrossEntropyOptions, type BinaryCrossEntropyWithLogitsOptions, type KlDivOptions,
+} from '../tensor/ops/losses.js';
 export type { CrossEntropyOptions };

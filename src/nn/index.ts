@@ -19,6 +19,11 @@ export {
   Identity,
   Linear,
   Conv2d,
+  Conv1d,
+  ConvTranspose2d,
+  Embedding,
+  GroupNorm,
+  Upsample,
   MaxPool2d,
   AvgPool2d,
   AdaptiveAvgPool2d,
@@ -35,6 +40,8 @@ export {
   Sequential,
   ModuleList,
   type Conv2dOptions,
+  type Conv1dOptions,
+  type ConvTranspose2dOptions,
   type BatchNormOptions,
 } from './layers.js';
 export { MultiheadAttention, type MultiheadAttentionOptions, type AttentionCallOptions } from './attention.js';

@@ -2,16 +2,20 @@
  * Layers with PyTorch's parameter layouts, names and default initializations.
  */
 import { getDefaultDtype, type DType } from '../tensor/dtype.js';
-import { full } from '../tensor/creation.js';
+import { full, tensor } from '../tensor/creation.js';
 import { noGrad } from '../tensor/graph.js';
+import { captureHooks } from '../compile/hooks.js';
 import { fmt } from '../tensor/shape.js';
 import { Tensor, tidy } from '../tensor/tensor.js';
-import { add, gelu, mul, relu, rsqrt, sigmoid, sub, tanh } from '../tensor/ops/elementwise.js';
+import { add, gelu, mul, relu, rsqrt, sigmoid, sub, tanh, where } from '../tensor/ops/elementwise.js';
 import { mean, softmax } from '../tensor/ops/reduce.js';
 import { flatten, reshape } from '../tensor/ops/shape.js';
 import { linear } from '../tensor/ops/linalg.js';
-import { adaptiveAvgPool2d, avgPool2d, conv2d, dropout, layerNorm, maxPool2d } from '../tensor/ops/nn.js';
-import { defaultBias, defaultWeight } from './init.js';
+import { adaptiveAvgPool2d, avgPool2d, conv2d, dropout, embedding, layerNorm, maxPool2d, type AvgPool2dOptions } from '../tensor/ops/nn.js';
+import { conv1d, convTranspose2d } from '../tensor/ops/conv.js';
+import { interpolate, type InterpolateOptions } from '../tensor/ops/interpolate.js';
+import { groupNorm } from '../tensor/ops/normalization.js';
+import { defaultBias, defaultWeight, normal } from './init.js';
 import { Module, param, runningStatsFrozen, type ModuleOptions, type Parameter } from './module.js';
 
 type Pair = number | [number, number];
@@ -57,7 +61,8 @@ export class Linear extends Layer {
 
 export interface Conv2dOptions extends ModuleOptions {
   stride?: Pair;
-  padding?: Pair;
+  /** Zero padding per side, or 'same' (stride 1 only) or 'valid', as PyTorch. */
+  padding?: Pair | 'same' | 'valid';
   dilation?: Pair;
   groups?: number;
   bias?: boolean;
@@ -95,6 +100,155 @@ export class Conv2d extends Layer {
   }
 }
 
+export interface Conv1dOptions extends ModuleOptions {
+  stride?: number;
+  padding?: number | 'same' | 'valid';
+  dilation?: number;
+  groups?: number;
+  bias?: boolean;
+}
+
+/** 1-D convolution with weight [out, in/groups, k] (torch.nn.Conv1d). */
+export class Conv1d extends Layer {
+  weight: Parameter;
+  bias: Parameter | null;
+  constructor(
+    readonly inChannels: number,
+    readonly outChannels: number,
+    readonly kernelSize: number,
+    readonly opts: Conv1dOptions = {},
+  ) {
+    super();
+    positiveInt('Conv1d', 'inChannels', inChannels);
+    positiveInt('Conv1d', 'outChannels', outChannels);
+    positiveInt('Conv1d', 'kernelSize', kernelSize);
+    const groups = opts.groups ?? 1;
+    if (inChannels % groups !== 0 || outChannels % groups !== 0) throw new RangeError(`Conv1d: groups ${groups} must divide inChannels ${inChannels} and outChannels ${outChannels}`);
+    const dtype = dtypeOf(opts);
+    this.weight = this.registerParameter('weight', param(defaultWeight([outChannels, inChannels / groups, kernelSize], { dtype })));
+    this.bias = this.registerParameter('bias', opts.bias ?? true ? param(defaultBias(outChannels, (inChannels / groups) * kernelSize, { dtype })) : null);
+  }
+  forward(x: Tensor): Tensor {
+    const { stride, padding, dilation, groups } = this.opts;
+    return conv1d(x, this.weight, this.bias, { stride, padding, dilation, groups });
+  }
+  protected override extraRepr(): string {
+    return `${this.inChannels}, ${this.outChannels}, kernelSize=${this.kernelSize}`;
+  }
+}
+
+export interface ConvTranspose2dOptions extends ModuleOptions {
+  stride?: Pair;
+  padding?: Pair;
+  outputPadding?: Pair;
+  dilation?: Pair;
+  groups?: number;
+  bias?: boolean;
+}
+
+/** 2-D transposed convolution with weight [in, out/groups, kh, kw] (torch.nn.ConvTranspose2d). */
+export class ConvTranspose2d extends Layer {
+  weight: Parameter;
+  bias: Parameter | null;
+  readonly kernelSize: [number, number];
+  constructor(
+    readonly inChannels: number,
+    readonly outChannels: number,
+    kernelSize: Pair,
+    readonly opts: ConvTranspose2dOptions = {},
+  ) {
+    super();
+    positiveInt('ConvTranspose2d', 'inChannels', inChannels);
+    positiveInt('ConvTranspose2d', 'outChannels', outChannels);
+    const groups = opts.groups ?? 1;
+    if (inChannels % groups !== 0 || outChannels % groups !== 0) throw new RangeError(`ConvTranspose2d: groups ${groups} must divide inChannels ${inChannels} and outChannels ${outChannels}`);
+    this.kernelSize = typeof kernelSize === 'number' ? [kernelSize, kernelSize] : [kernelSize[0], kernelSize[1]];
+    const dtype = dtypeOf(opts);
+    // PyTorch takes fan_in from dim 1 of this layout too: out/groups * kh * kw.
+    const fanIn = (outChannels / groups) * this.kernelSize[0] * this.kernelSize[1];
+    this.weight = this.registerParameter('weight', param(defaultWeight([inChannels, outChannels / groups, ...this.kernelSize], { dtype })));
+    this.bias = this.registerParameter('bias', opts.bias ?? true ? param(defaultBias(outChannels, fanIn, { dtype })) : null);
+  }
+  forward(x: Tensor): Tensor {
+    const { stride, padding, outputPadding, dilation, groups } = this.opts;
+    return convTranspose2d(x, this.weight, this.bias, { stride, padding, outputPadding, dilation, groups });
+  }
+  protected override extraRepr(): string {
+    return `${this.inChannels}, ${this.outChannels}, kernelSize=${this.kernelSize.join('x')}`;
+  }
+}
+
+/** A lookup table [numEmbeddings, embeddingDim] drawn from N(0, 1), the padding row zero (torch.nn.Embedding). */
+export class Embedding extends Layer {
+  weight: Parameter;
+  readonly paddingIdx: number | null;
+  constructor(
+    readonly numEmbeddings: number,
+    readonly embeddingDim: number,
+    opts: ModuleOptions & { paddingIdx?: number | null } = {},
+  ) {
+    super();
+    positiveInt('Embedding', 'numEmbeddings', numEmbeddings);
+    positiveInt('Embedding', 'embeddingDim', embeddingDim);
+    const dtype = dtypeOf(opts);
+    const pad = opts.paddingIdx ?? null;
+    if (pad !== null && (!Number.isInteger(pad) || pad < -numEmbeddings || pad >= numEmbeddings)) {
+      throw new RangeError(`Embedding: paddingIdx ${pad} must be an integer in [-${numEmbeddings}, ${numEmbeddings})`);
+    }
+    this.paddingIdx = pad === null ? null : pad < 0 ? pad + numEmbeddings : pad;
+    let w = normal([numEmbeddings, embeddingDim], 0, 1, { dtype });
+    if (this.paddingIdx !== null) {
+      // PyTorch fills the padding row with zeros (+0: a multiply by 0 would leave -0 where the draw was negative).
+      const keep = new Uint8Array(numEmbeddings).fill(1);
+      keep[this.paddingIdx] = 0;
+      w = noGrad(() => tidy(() => where(tensor(keep, { shape: [numEmbeddings, 1], dtype: 'bool' }), w, 0)));
+    }
+    this.weight = this.registerParameter('weight', param(w));
+  }
+  forward(indices: Tensor): Tensor {
+    return embedding(indices, this.weight, this.paddingIdx);
+  }
+  protected override extraRepr(): string {
+    return `${this.numEmbeddings}, ${this.embeddingDim}${this.paddingIdx === null ? '' : `, paddingIdx=${this.paddingIdx}`}`;
+  }
+}
+
+/** Group normalization over [N, C, *] with per-channel weight and bias (torch.nn.GroupNorm). */
+export class GroupNorm extends Layer {
+  weight: Parameter | null;
+  bias: Parameter | null;
+  constructor(
+    readonly numGroups: number,
+    readonly numChannels: number,
+    readonly opts: ModuleOptions & { eps?: number; affine?: boolean } = {},
+  ) {
+    super();
+    positiveInt('GroupNorm', 'numGroups', numGroups);
+    positiveInt('GroupNorm', 'numChannels', numChannels);
+    if (numChannels % numGroups !== 0) throw new RangeError(`GroupNorm: numGroups ${numGroups} must divide numChannels ${numChannels}`);
+    const dtype = dtypeOf(opts);
+    const affine = opts.affine ?? true;
+    this.weight = this.registerParameter('weight', affine ? param(full([numChannels], 1, { dtype })) : null);
+    this.bias = this.registerParameter('bias', affine ? param(full([numChannels], 0, { dtype })) : null);
+  }
+  forward(x: Tensor): Tensor {
+    return groupNorm(x, this.numGroups, this.weight, this.bias, this.opts.eps ?? 1e-5);
+  }
+  protected override extraRepr(): string {
+    return `${this.numGroups}, ${this.numChannels}, eps=${this.opts.eps ?? 1e-5}`;
+  }
+}
+
+/** Resizes NCHW input (torch.nn.Upsample): nearest or bilinear, to a size or by a scale factor. */
+export class Upsample extends Layer {
+  constructor(readonly opts: InterpolateOptions) {
+    super();
+  }
+  forward(x: Tensor): Tensor {
+    return interpolate(x, this.opts);
+  }
+}
+
 export class MaxPool2d extends Layer {
   constructor(
     readonly kernelSize: Pair,
@@ -110,7 +264,7 @@ export class MaxPool2d extends Layer {
 export class AvgPool2d extends Layer {
   constructor(
     readonly kernelSize: Pair,
-    readonly opts: { stride?: Pair | null; padding?: Pair; ceilMode?: boolean } = {},
+    readonly opts: AvgPool2dOptions = {},
   ) {
     super();
   }
@@ -278,6 +432,8 @@ abstract class BatchNormBase extends Layer {
 
   private updateRunning(mu: Tensor, v: Tensor, n: number): void {
     noGrad(() => tidy(() => {
+      // Captured steps advance the count on replay; the cumulative average (momentum null) depends on it.
+      captureHooks.hostState?.('BatchNorm.batches', this.momentum == null ? () => this.batches : null, () => { this.batches++; });
       this.batches++;
       const m = this.momentum ?? 1 / this.batches;
       const c = this.numFeatures;

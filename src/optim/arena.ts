@@ -25,6 +25,7 @@ import {
 import type { DType } from '../tensor/dtype.js';
 import { fmt } from '../tensor/shape.js';
 import { StorageRef, Tensor } from '../tensor/tensor.js';
+import { onGradAccumulated } from '../autograd/engine.js';
 
 /** A weight for ASAM: 2 or more dims, or registered under a name containing 'weight'. */
 export function isWeightParam(p: Tensor): boolean {
@@ -61,6 +62,15 @@ export class FlatArena {
   private readonly viewTensors = new Map<string, Tensor[]>();
   private tableHost: Int32Array;
   private disposed = false;
+  /**
+   * Whether parameter k received a gradient since the last zeroGrads(): torch's `p.grad is not
+   * None` under set_to_none, while the .grad view itself stays. Backward's in-place accumulation
+   * sets it (onGradAccumulated), assigning p.grad sets it (syncGrads), zeroGrads clears it. At
+   * construction the views hold the old gradients or zeros, as torch's zero-filled .grad would.
+   */
+  private readonly received: boolean[] = [];
+  /** Per-parameter counts of updates taken (torch's state[p]['step']), one element per parameter. */
+  readonly stepCounts: Storage;
 
   constructor(params: Tensor[], groupOf: number[], groups: number, decay: 'all' | 'weights' = 'all') {
     if (params.length === 0) throw new RangeError('optimizer: got an empty parameter list');
@@ -116,6 +126,7 @@ export class FlatArena {
       p.rebind(new StorageRef(b, pv, this.pRef));
       const gt = Tensor.fromStorage(gv, p.shape.slice(), b, this.gRef).keep();
       this.gradTensors.push(gt);
+      onGradAccumulated(gt, () => (this.received[k] = true));
       const old = p.grad;
       if (old && !old.isDisposed && n > 0) {
         if (old.size !== n) throw new RangeError(`optimizer: parameter ${k} ${fmt(p.shape)} has a gradient of ${old.size} elements`);
@@ -124,7 +135,9 @@ export class FlatArena {
       }
       // A frozen parameter (requiresGrad false) keeps grad null, so it stays inactive as in torch.
       if (p.requiresGrad || p.grad) p.grad = gt;
+      this.received.push(p.grad === gt);
     });
+    this.stepCounts = b.alloc(Math.max(params.length, 1), dtype);
   }
 
   /** The gradient view tensor of parameter k (made again if someone disposed it). */
@@ -133,6 +146,7 @@ export class FlatArena {
     if (t.isDisposed) {
       t = Tensor.fromStorage(this.gViews[k], this.params[k].shape.slice(), this.backend, this.gRef).keep();
       this.gradTensors[k] = t;
+      onGradAccumulated(t, () => (this.received[k] = true));
     }
     return t;
   }
@@ -209,7 +223,7 @@ export class FlatArena {
       const view = this.gradView(k);
       let active = true;
       if (g === view) {
-        // in place
+        active = this.received[k];
       } else if (g && !g.isDisposed) {
         if (g.size !== p.size) throw new RangeError(`optimizer: parameter ${k} ${fmt(p.shape)} has a gradient of shape ${fmt(g.shape)}`);
         if (g.backend !== b) throw new Error(`optimizer: parameter ${k}'s gradient lives on ${g.backend.name}, the parameter on ${b.name}`);
@@ -218,6 +232,7 @@ export class FlatArena {
         if (src !== g) src.dispose();
         g.dispose();
         p.grad = view;
+        this.received[k] = true;
       } else {
         active = false;
         if (info.flags & FLAG_ACTIVE && info.numel > 0) b.fill(this.gViews[k], 0);
@@ -234,11 +249,17 @@ export class FlatArena {
     }
   }
 
-  /** Zeroes the flat gradient (one fill); with setToNone the .grad fields are cleared too. */
-  zeroGrads(setToNone: boolean): void {
+  /**
+   * Zeroes the flat gradient (one fill). By default (setToNone undefined) the .grad views stay but
+   * count as torch's None until backward accumulates into them: the next update leaves a parameter
+   * without a new gradient alone. setToNone: true also clears the .grad fields; false keeps them as
+   * gradients of zeros that the update uses (torch's set_to_none=False).
+   */
+  zeroGrads(setToNone?: boolean): void {
     this.backend.fill(this.G, 0);
     this.params.forEach((p, k) => {
       const view = this.gradView(k);
+      this.received[k] = setToNone === false && (p.requiresGrad || !!p.grad);
       if (setToNone) {
         if (p.grad && p.grad !== view) p.grad.dispose();
         p.grad = null;
@@ -260,6 +281,7 @@ export class FlatArena {
     for (const [, s] of this.vecs) this.backend.release(s);
     this.vecs.clear();
     this.viewTensors.clear();
+    this.backend.release(this.stepCounts);
     this.backend.release(this.layout.blockParam);
     this.backend.release(this.layout.paramTable);
     this.pRef.release();

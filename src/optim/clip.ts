@@ -38,6 +38,6 @@ export function clipGradNormFused(opt: Optimizer, maxNorm: number): void {
   if (!(maxNorm > 0) || !Number.isFinite(maxNorm)) throw new RangeError(`clipGradNorm: maxNorm must be a positive finite number, got ${maxNorm}`);
   const e = opt.engine;
   e.prepare();
-  e.sumSquares('g', S_TMP3, { then: [{ dst: S_TMP2, e: ['min', 1, ['/', maxNorm, ['+', ['sqrt', slot(S_TMP3)], 1e-6]]] }] });
+  e.norm('g', S_TMP3, { then: [{ dst: S_TMP2, e: ['min', 1, ['/', maxNorm, ['+', slot(S_TMP3), 1e-6]]] }] });
   e.lincomb('g', { c: 1, slot: S_TMP2 }, []);
 }

@@ -12,16 +12,16 @@
  * src/kernels/fused.ts), so neither engine reads back during a step (except the unfused engine's
  * non-finite check on host-memory backends, which is a free synchronous read there).
  */
-// The fused kernel implementations register themselves with fusedKernelsFor() when loaded.
+// The host (cpu, wasm) fused kernels register themselves with fusedKernelsFor() when loaded; the
+// WebGPU ones are loaded with the WebGPU backend (src/kernels/webgpu/device.ts), so an app that
+// never chooses WebGPU does not ship them.
 import '../kernels/cpu/fused.js';
-import '../kernels/webgpu/fused.js';
 import type { Backend, Storage } from '../kernels/backend.js';
 import {
   BLOCK,
   fusedKernelsFor,
   S_FLAG,
   S_SLOTS,
-  S_STEPS,
   type AdamGroup,
   type Coef,
   type FusedKernels,
@@ -34,8 +34,9 @@ import {
 import { uniformAt } from '../kernels/rng.js';
 import type { DType } from '../tensor/dtype.js';
 import { Tensor, tidy } from '../tensor/tensor.js';
-import { abs, add, cast, div, eq, gt, lt, maximum, minimum, mul, ne, pow, reciprocal, sqrt, sub, where } from '../tensor/ops/elementwise.js';
-import { sum } from '../tensor/ops/reduce.js';
+import { copyInto } from '../nn/module.js';
+import { abs, add, cast, div, eq, exp, gt, lt, maximum, minimum, mul, ne, pow, reciprocal, sqrt, sub, where } from '../tensor/ops/elementwise.js';
+import { max, sum } from '../tensor/ops/reduce.js';
 import { copy as cloneT, reshape, stack } from '../tensor/ops/shape.js';
 import { noGrad } from '../tensor/graph.js';
 import { FlatArena, isWeightParam } from './arena.js';
@@ -46,7 +47,7 @@ export interface AdaptiveGroup {
   bias: boolean;
 }
 
-export interface EngineSumSquares {
+export interface EngineNorm {
   adaptive?: readonly AdaptiveGroup[];
   select?: SelectSpec;
   gate?: 'set' | 'or';
@@ -72,7 +73,6 @@ export interface EngineTerm extends Coef {
 export interface EngineUpdate {
   restore?: RestoreMode | null;
   gated: boolean;
-  step: number;
 }
 
 export interface Engine {
@@ -82,9 +82,13 @@ export interface Engine {
   readonly params: readonly Tensor[];
   /** Per-step: takes in replaced gradients, marks parameters without one inactive. */
   prepare(): void;
-  /** Clears gradients between passes (flat: one fill; loop: set to none, as torch's default). */
+  /**
+   * Clears gradients between passes, as torch's default set_to_none: the next update leaves a
+   * parameter that receives no gradient alone (flat: one fill, the .grad views stay; loop: .grad = null).
+   */
   zeroGrads(setToNone?: boolean): void;
-  sumSquares(x: string, slot: number, o?: EngineSumSquares): void;
+  /** S[slot] = ||T x|| without overflow; `gate` tests the values for NaN/Inf directly (see NormOptions). */
+  norm(x: string, slot: number, o?: EngineNorm): void;
   dot(x: string, y: string, slot: number, then?: readonly SAssign[]): void;
   scalars(prog: readonly SAssign[]): void;
   perturb(dir: string, o: EnginePerturb): void;
@@ -99,6 +103,13 @@ export interface Engine {
   /** Per-parameter tensors of a state vector, creating it (zeros) when needed. */
   ensureState(name: string): Tensor[];
   hasState(name: string): boolean;
+  /**
+   * Per-parameter counts of updates taken (torch's state[p]['step']): numbers where the backend
+   * reads synchronously, else 0-d tensors holding the device counts at the time of the call.
+   */
+  paramSteps(): (number | Tensor)[];
+  /** Sets parameter k's count of updates taken (loading a state dict). */
+  setParamStep(k: number, v: number | Tensor): void;
   /** The scalar slots as a tensor (flat) or a list of 0-d tensors (loop), for state dicts. */
   scalarsTensor(): Tensor;
   loadScalars(values: ArrayLike<number>): void;
@@ -145,11 +156,11 @@ export class FlatEngine implements Engine {
   prepare(): void {
     this.arena.syncGrads();
   }
-  zeroGrads(setToNone = false): void {
+  zeroGrads(setToNone?: boolean): void {
     this.arena.zeroGrads(setToNone);
   }
-  sumSquares(x: string, slot: number, o: EngineSumSquares = {}): void {
-    this.k.sumSquares(this.L, this.v(x), this.S, slot, { adaptive: this.adaptive(o.adaptive), select: o.select, gate: o.gate, then: o.then });
+  norm(x: string, slot: number, o: EngineNorm = {}): void {
+    this.k.norm(this.L, this.v(x), this.S, slot, { adaptive: this.adaptive(o.adaptive), select: o.select, gate: o.gate, then: o.then });
   }
   dot(x: string, y: string, slot: number, then?: readonly SAssign[]): void {
     this.k.dot(this.L, this.v(x), this.v(y), this.S, slot, then);
@@ -192,14 +203,14 @@ export class FlatEngine implements Engine {
     this.k.sgd(this.L, this.arena.P, this.v(d), mom, this.S, groups, {
       restore: o.restore ? { aux: this.v('aux'), mode: o.restore } : null,
       gated: o.gated,
-      step: o.step,
+      steps: this.arena.stepCounts,
     });
   }
   adam(d: string, groups: readonly AdamGroup[], o: EngineUpdate): void {
     this.k.adam(this.L, this.arena.P, this.v(d), this.v('exp_avg'), this.v('exp_avg_sq'), this.S, groups, {
       restore: o.restore ? { aux: this.v('aux'), mode: o.restore } : null,
       gated: o.gated,
-      step: o.step,
+      steps: this.arena.stepCounts,
     });
   }
   stateTensors(name: string): Tensor[] | null {
@@ -210,6 +221,31 @@ export class FlatEngine implements Engine {
   }
   hasState(name: string): boolean {
     return this.arena.hasVec(name);
+  }
+  /** 0-d copies of the step counts for state dicts on asynchronous backends (kept, refreshed on each call). */
+  private stepCopies: Tensor[] | null = null;
+  private static one(offset: number) {
+    return { shape: [1], srcStrides: [1], srcOffset: offset, dstStrides: [1], dstOffset: 0 };
+  }
+  paramSteps(): (number | Tensor)[] {
+    const counts = this.arena.stepCounts;
+    const rs = this.backend.readSync;
+    if (rs) {
+      const host = rs.call(this.backend, counts);
+      return this.params.map((_, k) => host[k]);
+    }
+    // WebGPU binds views only at 256-byte offsets, so the counts are copied out rather than viewed.
+    this.stepCopies ??= this.params.map(() => Tensor.empty([], this.dtype, this.backend).keep());
+    this.stepCopies.forEach((t, k) => this.backend.stridedCopy(counts, t.storage, FlatEngine.one(k)));
+    return this.stepCopies;
+  }
+  setParamStep(k: number, v: number | Tensor): void {
+    // A one-element tensor of this backend and dtype is copied on the device; anything else goes through a number.
+    const onDevice = v instanceof Tensor && v.backend === this.backend && v.dtype === this.dtype;
+    const src = onDevice ? v : Tensor.empty([], this.dtype, this.backend);
+    if (!onDevice) copyInto(src, Float64Array.of(typeof v === 'number' ? v : hostNumber(v, `optimizer.loadStateDict(${k}.step)`)));
+    this.backend.stridedCopy(src.storage, this.arena.stepCounts, { shape: [1], srcStrides: [1], srcOffset: 0, dstStrides: [1], dstOffset: k });
+    if (!onDevice) src.dispose();
   }
   scalarsTensor(): Tensor {
     this.sTensor ??= Tensor.fromStorage(this.S, [S_SLOTS], this.backend).keep();
@@ -228,6 +264,7 @@ export class FlatEngine implements Engine {
     return this.backend.readSync ? Float64Array.from(this.backend.readSync(this.S)) : null;
   }
   dispose(): void {
+    for (const t of this.stepCopies ?? []) t.dispose();
     if (!this.sTensor) this.backend.release(this.S);
     else this.sTensor.dispose();
     this.arena.dispose();
@@ -259,6 +296,8 @@ export class LoopEngine implements Engine {
   private readonly selIndex: number[];
 
   private readonly decays: boolean[];
+  /** Per-parameter counts of updates taken (torch's state[p]['step']), 0-d tensors on the device. */
+  private readonly steps: Tensor[];
 
   constructor(
     readonly params: readonly Tensor[],
@@ -277,6 +316,7 @@ export class LoopEngine implements Engine {
     this.weight = params.map(isWeightParam);
     this.decays = this.weight.map((w) => decay === 'all' || w);
     this.selIndex = params.map((_, k) => k);
+    this.steps = params.map(() => this.zero0());
   }
 
   private zero0(): Tensor {
@@ -391,29 +431,32 @@ export class LoopEngine implements Engine {
     }
   }
 
-  sumSquares(x: string, slot: number, o: EngineSumSquares = {}): void {
+  norm(x: string, slot: number, o: EngineNorm = {}): void {
     noGrad(() => {
       const xs = this.vec(x);
-      const total = tidy(() => {
-        const parts: Tensor[] = [];
+      const [total, bad] = tidy(() => {
+        const ts: Tensor[] = [];
         this.params.forEach((p, k) => {
           const xk = xs[k];
           if (!this.active(k) || !xk || !this.selected(o.select, k)) return;
           const eta = this.etaOf(o.adaptive, k);
-          const t = eta === null ? xk : mul(add(abs(p), eta), xk);
-          parts.push(sum(t.square()));
+          ts.push(eta === null ? xk : mul(add(abs(p), eta), xk));
         });
-        return parts.length ? sum(stack(parts)) : Tensor.empty([], this.dtype, this.backend);
+        const zero = Tensor.empty([], this.dtype, this.backend);
+        if (!ts.length) return [zero, cast(zero, this.dtype)];
+        // NaN and Inf are counted directly: a sum of squares overflows on finite values (1e20).
+        const nonfinite = gt(sum(stack(ts.map((t) => sum(this.nonfinite(t))))), 0);
+        // ||x|| = m sqrt(sum((x / m)^2)) with m = max |x| over the finite values: no overflow.
+        const finite = ts.map((t) => where(lt(abs(t), Infinity), t, 0));
+        const m = max(stack(finite.map((t) => max(abs(t)))));
+        const safe = where(gt(m, 0), m, 1);
+        const n = mul(sqrt(sum(stack(finite.map((t) => sum(div(t, safe).square()))))), m);
+        return [where(nonfinite, Infinity, n), cast(nonfinite, this.dtype)];
       });
       this.setS(slot, total);
-      if (o.gate) {
-        const nf = tidy(() => this.nonfinite(total));
-        if (o.gate === 'set') this.setS(S_FLAG, nf);
-        else {
-          this.setS(S_FLAG, tidy(() => maximum(this.S[S_FLAG], nf)));
-          nf.dispose();
-        }
-      }
+      if (o.gate === 'set') this.setS(S_FLAG, bad);
+      else if (o.gate === 'or') this.setS(S_FLAG, tidy(() => maximum(this.S[S_FLAG], bad)));
+      if (o.gate !== 'set') bad.dispose();
       this.runProg(o.then);
     });
   }
@@ -441,7 +484,7 @@ export class LoopEngine implements Engine {
       const ds = this.vec(dir);
       // k = 1 / (||.|| + eps), zeroed when the step is gated off.
       const kT = tidy(() => {
-        let k: Tensor | null = o.normSlot === null ? null : reciprocal(add(sqrt(this.S[o.normSlot]), o.eps));
+        let k: Tensor | null = o.normSlot === null ? null : reciprocal(add(this.S[o.normSlot], o.eps));
         if (o.gated) k = where(ne(this.S[S_FLAG], 0), 0, k ?? this.num(1));
         return k ?? this.num(1);
       });
@@ -546,25 +589,27 @@ export class LoopEngine implements Engine {
   }
 
   /** The gate on the host: true when the step must be skipped (sync read on host backends). */
-  private gateHost(): { skip: boolean; step: number | null; onDevice: boolean } {
+  private gateHost(): { skip: boolean; onDevice: boolean } {
     const rs = this.backend.readSync;
-    if (!rs) return { skip: false, step: null, onDevice: true };
+    if (!rs) return { skip: false, onDevice: true };
     const flag = rs.call(this.backend, this.S[S_FLAG].storage)[0];
-    const step = rs.call(this.backend, this.S[S_STEPS].storage)[0];
-    return { skip: flag !== 0, step, onDevice: false };
+    return { skip: flag !== 0, onDevice: false };
   }
 
-  /** Applies `upd` to every active parameter; with a device-side gate the new values pass through where(flag, old, new). */
-  private updateLoop(o: EngineUpdate, body: (k: number, p: Tensor, d: Tensor, step: number) => Record<string, Tensor>, d: string): void {
+  /**
+   * Applies `body` to every active parameter with its own step number (its count of updates taken,
+   * this one included: a host number where the backend reads synchronously, else a 0-d tensor).
+   * With a device-side gate every new value, state created on this step included (from zeros), and
+   * the step count pass through where(flag, old, new): a skipped step changes nothing.
+   */
+  private updateLoop(o: EngineUpdate, body: (k: number, p: Tensor, d: Tensor, step: number | Tensor) => Record<string, Tensor>, d: string): void {
     noGrad(() => {
       if (o.restore) this.restore(o.restore);
-      let step = o.step;
       let deviceGate = false;
       if (o.gated) {
         const g = this.gateHost();
         if (!g.onDevice) {
           if (g.skip) return;
-          step = g.step!;
         } else deviceGate = true;
       }
       const ds = this.vec(d);
@@ -572,12 +617,17 @@ export class LoopEngine implements Engine {
         const dk = ds[k];
         if (!this.active(k) || !dk) return;
         tidy(() => {
-          const news = body(k, p, dk, step);
+          const skipped = deviceGate ? ne(this.S[S_FLAG], 0) : null;
+          const taken = add(this.steps[k], 1);
+          const nextCount = skipped ? where(skipped, this.steps[k], taken) : taken;
+          const news = body(k, p, dk, this.backend.readSync ? taken.itemSync() : taken);
           for (const [name, t] of Object.entries(news)) {
-            const old = name === 'p' ? p : this.vec(name)[k];
-            const val = deviceGate && old ? where(ne(this.S[S_FLAG], 0), old, t) : t;
+            const old = name === 'p' ? p : (this.vec(name)[k] ?? (skipped ? Tensor.empty(p.shape.slice(), this.dtype, this.backend) : null));
+            const val = skipped && old ? where(skipped, old, t) : t;
             this.put(name, k, name === 'p' ? val : val.keep());
           }
+          this.steps[k].dispose();
+          this.steps[k] = nextCount.keep();
         });
       });
     });
@@ -592,7 +642,9 @@ export class LoopEngine implements Engine {
       if (wd !== 0) dd = add(dd, mul(p, wd));
       if (momentum !== 0) {
         const old = this.vec('momentum_buffer')[k];
-        const buf = !old || step <= 1 ? cloneT(dd) : add(mul(old, momentum), mul(dd, 1 - dampening));
+        // torch starts the buffer at d on a parameter's first step (its own count, not the optimizer's).
+        const later = old ? add(mul(old, momentum), mul(dd, 1 - dampening)) : null;
+        const buf = !later ? cloneT(dd) : typeof step === 'number' ? (step <= 1 ? cloneT(dd) : later) : where(eq(step, 1), dd, later);
         out.momentum_buffer = buf;
         dd = nesterov ? add(dd, mul(buf, momentum)) : buf;
       }
@@ -614,10 +666,12 @@ export class LoopEngine implements Engine {
       const v0 = this.vec('exp_avg_sq')[k] ?? Tensor.empty(p.shape.slice(), this.dtype, this.backend);
       const m = add(mul(m0, beta1), mul(dd, 1 - beta1));
       const v = add(mul(v0, beta2), mul(mul(dd, dd), 1 - beta2));
-      const stepSize = lr / (1 - Math.pow(beta1, step));
-      const invBc2 = 1 / Math.sqrt(1 - Math.pow(beta2, step));
+      // Bias correction by this parameter's own step count (on the device when it is a tensor).
+      // On the device beta^t is exp(t ln beta): t is a whole number of steps and t ln beta is small.
+      const negStepSize = typeof step === 'number' ? -(lr / (1 - Math.pow(beta1, step))) : div(-lr, sub(1, exp(mul(step, Math.log(beta1)))));
+      const invBc2 = typeof step === 'number' ? 1 / Math.sqrt(1 - Math.pow(beta2, step)) : reciprocal(sqrt(sub(1, exp(mul(step, Math.log(beta2))))));
       const denom = add(mul(sqrt(v), invBc2), eps);
-      return { exp_avg: m, exp_avg_sq: v, p: add(pp, mul(div(m, denom), -stepSize)) };
+      return { exp_avg: m, exp_avg_sq: v, p: add(pp, mul(div(m, denom), negStepSize)) };
     }, d);
   }
 
@@ -638,6 +692,18 @@ export class LoopEngine implements Engine {
   hasState(name: string): boolean {
     return this.vecs.has(name);
   }
+  paramSteps(): (number | Tensor)[] {
+    return this.backend.readSync ? this.steps.map((t) => t.itemSync()) : this.steps.slice();
+  }
+  setParamStep(k: number, v: number | Tensor): void {
+    // A copy: the state dict's tensor stays the caller's.
+    const t =
+      v instanceof Tensor && v.backend === this.backend
+        ? noGrad(() => tidy(() => cloneT(reshape(cast(v, this.dtype), []))))
+        : this.num(typeof v === 'number' ? v : hostNumber(v, `optimizer.loadStateDict(${k}.step)`));
+    this.steps[k].dispose();
+    this.steps[k] = t.keep();
+  }
   scalarsTensor(): Tensor {
     return stack(this.S).keep();
   }
@@ -655,9 +721,16 @@ export class LoopEngine implements Engine {
   }
   dispose(): void {
     for (const t of this.S) t.dispose();
+    for (const t of this.steps) t.dispose();
     for (const v of this.vecs.values()) for (const t of v) t?.dispose();
     this.vecs.clear();
   }
+}
+
+/** The value of a one-element tensor read synchronously (a state dict from another backend). */
+function hostNumber(t: Tensor, where: string): number {
+  if (!t.backend.readSync) throw new Error(`${where}: a step count on the ${t.backend.name} backend, which reads asynchronously; read it first`);
+  return t.backend.readSync(t.storage)[0];
 }
 
 /** The fused engine where the backend has fused kernels (and `fused` is not false), else the loop. */

@@ -66,12 +66,14 @@ export abstract class Scheduler {
     return this.getLastValues();
   }
 
-  stateDict(): { lastEpoch: number; baseValues: number[]; key: string } {
-    return { lastEpoch: this.lastEpoch, baseValues: this.baseValues.slice(), key: this.key };
+  /** torch's state_dict: last_epoch, base_lrs and _last_lr (the values themselves live in the optimizer's groups). */
+  stateDict(): { lastEpoch: number; baseValues: number[]; lastValues: number[]; key: string } {
+    return { lastEpoch: this.lastEpoch, baseValues: this.baseValues.slice(), lastValues: this.last.slice(), key: this.key };
   }
-  loadStateDict(sd: { lastEpoch: number; baseValues?: number[] }): void {
+  loadStateDict(sd: { lastEpoch: number; baseValues?: number[]; lastValues?: number[] }): void {
     this.lastEpoch = sd.lastEpoch;
     if (sd.baseValues) sd.baseValues.forEach((v, i) => (this.baseValues[i] = v));
+    if (sd.lastValues) this.last = sd.lastValues.slice();
   }
 }
 

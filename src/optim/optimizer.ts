@@ -7,6 +7,7 @@ import { COMMIT, S_CHECK, S_SKIPPED, S_SLOTS } from '../kernels/fused.js';
 import { shapesEqual, fmt } from '../tensor/shape.js';
 import { Tensor } from '../tensor/tensor.js';
 import { withGradMode } from '../tensor/graph.js';
+import { captureHooks } from '../compile/hooks.js';
 import { copyInto } from '../nn/module.js';
 import { makeEngine, type Engine, type EngineUpdate } from './engine.js';
 
@@ -179,17 +180,23 @@ export abstract class Optimizer {
     const loss = closure ? this.runClosure(closure) : undefined;
     this.validateAll();
     this.engine.prepare();
+    // A captured step (src/compile) replays device work only: it counts the step through this hook.
+    captureHooks.hostState?.('Optimizer.stepCount', null, () => { this.stepCount++; });
     this.stepCount++;
     // A non-finite gradient (NaN or Inf anywhere) skips the whole step and counts it, as in the
     // sharpness-aware family: one reduction on the device sets the flag, no readback.
-    this.engine.sumSquares('g', S_CHECK, { gate: 'set', then: COMMIT });
-    this.applyUpdate('g', { restore: null, gated: true, step: this.stepCount });
+    this.engine.norm('g', S_CHECK, { gate: 'set', then: COMMIT });
+    this.applyUpdate('g', { restore: null, gated: true });
     return loss;
   }
 
   /**
-   * Clears the gradients. Default: the fused engine zeroes the flat gradient in one fill (the
-   * .grad views stay); the unfused one sets them to null (torch's default). `setToNone` forces one.
+   * Clears the gradients with torch's default (set_to_none) meaning: until backward accumulates
+   * into it (or .grad is assigned), a parameter has no gradient and the next update leaves it
+   * alone. The fused engine zeroes the flat gradient in one fill and keeps the .grad views (writing
+   * into a view's storage directly does not count as a gradient: assign p.grad instead); the
+   * unfused one sets them to null. `setToNone: true` nulls them on both; `false` keeps zero
+   * gradients that the update uses, as torch's set_to_none=False.
    */
   zeroGrad(opts: { setToNone?: boolean } = {}): void {
     this.engine.zeroGrads(opts.setToNone);
@@ -223,7 +230,8 @@ export abstract class Optimizer {
       if (!ts) continue;
       ts.forEach((t, k) => ((state[k] ??= {})[n] = t));
     }
-    if (this.stepCount > 0) for (let k = 0; k < this.engine.params.length; k++) (state[k] ??= {}).step ??= this.stepCount;
+    // torch keeps a step per parameter (state[p]['step']): one that went without gradients has fewer.
+    if (this.stepCount > 0) this.engine.paramSteps().forEach((n, k) => ((state[k] ??= {}).step = n));
     let idx = 0;
     const param_groups = this.paramGroups.map((g) => {
       const { params, ...rest } = g;
@@ -247,17 +255,28 @@ export abstract class Optimizer {
       for (const [k, v] of Object.entries(g)) if (k !== 'params') this.paramGroups[i][k] = v;
     });
     const params = this.engine.params;
+    const stepsGiven = new Set<number>();
     for (const [ks, entry] of Object.entries(sd.state ?? {})) {
       const k = Number(ks);
       if (!(k >= 0 && k < params.length)) throw new RangeError(`${this.name}.loadStateDict: state for parameter ${ks}, which does not exist`);
       for (const [name, v] of Object.entries(entry)) {
+        if (name === 'step') {
+          if (typeof v !== 'number' && !(v instanceof Tensor && v.size === 1)) throw new TypeError(`${this.name}.loadStateDict: step of parameter ${k} must be a number or a one-element tensor`);
+          this.engine.setParamStep(k, v);
+          stepsGiven.add(k);
+          continue;
+        }
         if (!(v instanceof Tensor)) continue;
         if (!this.stateNames().includes(name)) throw new Error(`${this.name}.loadStateDict: unknown state ${JSON.stringify(name)} for parameter ${k}`);
         if (!shapesEqual(v.shape, params[k].shape)) throw new RangeError(`${this.name}.loadStateDict: ${name} of parameter ${k} has shape ${fmt(v.shape)}, expected ${fmt(params[k].shape)}`);
         copyInto(this.engine.ensureState(name)[k], v, `${this.name}.loadStateDict(${k}.${name})`);
       }
     }
-    if (typeof sd.step_count === 'number') this.stepCount = sd.step_count;
+    if (typeof sd.step_count === 'number') {
+      this.stepCount = sd.step_count;
+      // A state dict without per-parameter steps: every parameter took every update.
+      for (let k = 0; k < params.length; k++) if (!stepsGiven.has(k)) this.engine.setParamStep(k, sd.step_count);
+    }
     if (sd.scalars) {
       const s = sd.scalars;
       if (s.size !== S_SLOTS) throw new RangeError(`${this.name}.loadStateDict: scalars must have ${S_SLOTS} elements`);

@@ -13,6 +13,7 @@
 import { COMMIT, S_FLAG, S_NORM, S_NORM2, S_SKIPPED, S_STEPS, type RestoreMode } from '../kernels/fused.js';
 import { freezeRunningStats, unfreezeRunningStats } from '../nn/module.js';
 import { Tensor } from '../tensor/tensor.js';
+import { captureHooks } from '../compile/hooks.js';
 import type { AdaptiveGroup } from './engine.js';
 import { checkFinite, Optimizer, isGroupList, UnknownOptionError, type Closure, type GroupInput, type ParamGroup, type ParamsInput } from './optimizer.js';
 
@@ -29,8 +30,11 @@ export interface SharpnessOptions {
   eta?: number;
   /** ASAM: weight biases too (T = |b| + eta). Default false, as the official ASAM. */
   adaptiveBias?: boolean;
-  /** Added to the gradient norm. Default 1e-12. */
-  eps?: number;
+  /**
+   * Added to the gradient norm (e = rho g / (||g|| + normEps)). Default 1e-12. Named apart from the
+   * base optimizer's `eps` (Adam's), which reaches the base as every other base option does.
+   */
+  normEps?: number;
   /** 'copy' (exact, default) or 'subtract' (p -= e). */
   restore?: 'copy' | 'subtract';
   /** Skip (and count) a step whose gradients hold NaN or Inf. Default true. */
@@ -57,7 +61,7 @@ export interface SharpnessStats {
 }
 
 const GROUP_KEYS = ['rho', 'adaptive', 'eta', 'adaptiveBias'] as const;
-const COMMON_GLOBALS: Record<string, unknown> = { eps: 1e-12, restore: 'copy', skipNonFinite: true, freezeBatchNorm: true };
+const COMMON_GLOBALS: Record<string, unknown> = { normEps: 1e-12, restore: 'copy', skipNonFinite: true, freezeBatchNorm: true };
 
 interface Setup {
   base: Optimizer;
@@ -109,10 +113,24 @@ function setup(
   try {
     base = new Base(baseGroups, baseOpts);
   } catch (e) {
-    if (e instanceof UnknownOptionError) throw new UnknownOptionError(`${name} (base ${e.where})`, e.key, [...samKeys, ...e.known]);
+    if (e instanceof UnknownOptionError) {
+      const err = new UnknownOptionError(`${name} (base ${e.where})`, e.key, [...samKeys, ...e.known]);
+      // davda54/sam passes every keyword to the base optimizer; flatgrad does too, so a SAM-style
+      // `eps` meant for the norm reaches a base without one. Say where the norm's epsilon went.
+      if (e.key === 'eps') err.message += `; the epsilon added to ${name}'s gradient norm is "normEps"`;
+      throw err;
+    }
     throw e;
   }
   if (!(base instanceof Optimizer)) throw new TypeError(`${name}: the base optimizer must be a flatgrad Optimizer`);
+  // An option both the wrapper and its base know would be silently taken by one of them.
+  const baseKeys = new Set(Object.keys(base.defaults));
+  const given = [...Object.keys(opts), ...groupsIn.flatMap((g) => Object.keys(g))];
+  for (const k of given) {
+    if (samKeys.has(k) && baseKeys.has(k)) {
+      throw new Error(`${name}: option ${JSON.stringify(k)} is ambiguous: both ${name} and its base optimizer ${base.name} take an option of that name`);
+    }
+  }
   base.paramGroups.forEach((g, i) => {
     for (const [k, v] of Object.entries(samGroup)) if (!(k in g) || samPerGroup[i][k] === undefined) g[k] = v;
     Object.assign(g, samPerGroup[i]);
@@ -144,7 +162,7 @@ export abstract class SharpnessAware extends Optimizer {
   }
   protected override validateAll(): void {
     super.validateAll();
-    checkFinite(this.name, 'eps', this.opts.eps);
+    checkFinite(this.name, 'normEps', this.opts.normEps);
     if (this.opts.restore !== 'copy' && this.opts.restore !== 'subtract') throw new RangeError(`${this.name}: restore must be 'copy' or 'subtract', got ${JSON.stringify(this.opts.restore)}`);
     (this.base as unknown as { validateAll(): void }).validateAll();
   }
@@ -170,8 +188,9 @@ export abstract class SharpnessAware extends Optimizer {
   protected get mode(): RestoreMode {
     return this.opts.restore === 'subtract' ? 'delta' : 'backup';
   }
-  protected get eps(): number {
-    return this.opts.eps as number;
+  /** The epsilon added to the gradient norm (the base optimizer's own `eps` is the base's). */
+  protected get normEps(): number {
+    return this.opts.normEps as number;
   }
   protected rhos(): number[] {
     return this.paramGroups.map((g) => g.rho as number);
@@ -217,12 +236,13 @@ export abstract class SharpnessAware extends Optimizer {
   }
   /** The next update: counts it, runs the base update (fused with the restore when asked). */
   protected update(d: string, restore: boolean): void {
+    captureHooks.hostState?.('Optimizer.stepCount', null, () => { this.base.stepCount++; });
     this.base.stepCount++;
-    this.base.applyUpdate(d, { restore: restore ? this.mode : null, gated: this.gated, step: this.base.stepCount });
+    this.base.applyUpdate(d, { restore: restore ? this.mode : null, gated: this.gated });
   }
   /** The check of a later gradient: ORs its non-finite flag into the step's and commits the counters. */
   protected checkAndCommit(vec: string, slot: number): void {
-    this.engine.sumSquares(vec, slot, { gate: this.gated ? 'or' : undefined, then: this.gated ? COMMIT : undefined });
+    this.engine.norm(vec, slot, { gate: this.gated ? 'or' : undefined, then: this.gated ? COMMIT : undefined });
   }
   protected runLoss(closure: Closure): Tensor | number {
     return this.runClosure(closure);
@@ -245,8 +265,8 @@ export abstract class SharpnessAware extends Optimizer {
       attempted,
       taken: this.gated ? s[S_STEPS] : attempted,
       skipped,
-      gradNorm: Math.sqrt(s[S_NORM]),
-      perturbedGradNorm: Math.sqrt(s[S_NORM2]),
+      gradNorm: s[S_NORM],
+      perturbedGradNorm: s[S_NORM2],
       lastSkipped: s[S_FLAG] !== 0,
       scalars: s,
     };
@@ -278,8 +298,8 @@ export class SAM extends SharpnessAware {
     const e = this.engine;
     e.prepare();
     const adaptive = this.adaptiveGroups();
-    e.sumSquares('g', S_NORM, { adaptive, gate: this.gated ? 'set' : undefined });
-    e.perturb('g', { coef: this.rhos(), normSlot: S_NORM, eps: this.eps, adaptive, mode: this.mode, gated: this.gated });
+    e.norm('g', S_NORM, { adaptive, gate: this.gated ? 'set' : undefined });
+    e.perturb('g', { coef: this.rhos(), normSlot: S_NORM, eps: this.normEps, adaptive, mode: this.mode, gated: this.gated });
     this.perturbed = true;
     this.freeze();
     if (o.zeroGrad) e.zeroGrads();

@@ -11,7 +11,7 @@
  *
  * Every step keeps the family's guarantees: no readback, the non-finite check and skip counter,
  * BatchNorm running statistics frozen during perturbed passes, and rho = 0 reducing bit for bit
- * to the base optimizer (for MSAM with m = 1 and ESAM with gamma = 1).
+ * to the base optimizer (for MSAM with m = 1, ESAM with gamma = 1, and RWP with gamma = 0).
  */
 import { COMMIT, S_CHECK, S_DOT, S_NORM, S_NORM2, S_NORMV, S_TMP0, S_TMP1, S_TMP2, slot, type SAssign, type SExpr } from '../kernels/fused.js';
 import { isFloat } from '../tensor/dtype.js';
@@ -19,6 +19,7 @@ import { fmt, shapesEqual } from '../tensor/shape.js';
 import { Tensor, tidy } from '../tensor/tensor.js';
 import { noGrad, withGradMode } from '../tensor/graph.js';
 import { generator } from '../tensor/random.js';
+import { captureHooks } from '../compile/hooks.js';
 import { add, cast, eq, gt, mul, sub } from '../tensor/ops/elementwise.js';
 import { argmax, mean, sum } from '../tensor/ops/reduce.js';
 import { reshape } from '../tensor/ops/shape.js';
@@ -80,12 +81,12 @@ export class MSAM extends SharpnessAware {
       const last = i === m - 1;
       losses.push(this.runClosure(() => (closure as MicroBatchClosure)(i, m)));
       e.prepare();
-      e.sumSquares('g', S_NORM, { adaptive, gate: this.gated ? (i === 0 ? 'set' : 'or') : undefined });
-      e.perturb('g', { coef: this.rhos(), normSlot: S_NORM, eps: this.eps, adaptive, mode: this.mode, gated: this.gated });
+      e.norm('g', S_NORM, { adaptive, gate: this.gated ? (i === 0 ? 'set' : 'or') : undefined });
+      e.perturb('g', { coef: this.rhos(), normSlot: S_NORM, eps: this.normEps, adaptive, mode: this.mode, gated: this.gated });
       e.zeroGrads();
       this.discardLoss(this.perturbedPass(() => this.runClosure(() => (closure as MicroBatchClosure)(i, m))));
       e.prepare();
-      e.sumSquares('g', S_CHECK, { gate: this.gated ? 'or' : undefined, then: last && this.gated ? COMMIT : undefined });
+      e.norm('g', S_CHECK, { gate: this.gated ? 'or' : undefined, then: last && this.gated ? COMMIT : undefined });
       if (!last) e.restore(this.mode);
       e.lincomb('acc', i === 0 ? { c: 0 } : { c: 1 }, [{ x: 'g', c: 1 / m }]);
       e.zeroGrads();
@@ -158,39 +159,42 @@ export class LookSAM extends SharpnessAware {
     e.zeroGrads();
     const loss = this.runClosure(closure);
     e.prepare();
+    // Which branch runs is host state: a captured step keeps one plan per branch and advances iter.
+    captureHooks.hostState?.('LookSAM.iter', () => this.iter % k === 0, () => { this.iter++; });
     const t = this.iter++;
     if (t % k === 0) {
       const adaptive = this.adaptiveGroups();
       const rhos = this.rhos();
-      e.sumSquares('g', S_NORM, { adaptive, gate: gate ? 'set' : undefined });
-      e.perturb('g', { coef: rhos, normSlot: S_NORM, eps: this.eps, adaptive, mode: this.mode, gated: gate, save: 'g0' });
+      e.norm('g', S_NORM, { adaptive, gate: gate ? 'set' : undefined });
+      e.perturb('g', { coef: rhos, normSlot: S_NORM, eps: this.normEps, adaptive, mode: this.mode, gated: gate, save: 'g0' });
       e.zeroGrads();
       this.discardLoss(this.perturbedPass(() => this.runClosure(closure)));
       e.prepare();
-      e.sumSquares('g', S_NORM2, { gate: gate ? 'or' : undefined, then: gate ? COMMIT : undefined });
+      e.norm('g', S_NORM2, { gate: gate ? 'or' : undefined, then: gate ? COMMIT : undefined });
       if (rhos.every((r) => r === 0)) {
         // g_s = g exactly: no orthogonal component (and nothing to reuse).
         e.scalars([{ dst: S_NORMV, e: 0 }]);
       } else {
-        let gg: SExpr = slot(S_NORM);
+        let gn: SExpr = slot(S_NORM);
         if (adaptive) {
-          e.sumSquares('g0', S_TMP1);
-          gg = slot(S_TMP1);
+          e.norm('g0', S_TMP1);
+          gn = slot(S_TMP1);
         }
-        e.dot('g0', 'g', S_DOT, [{ dst: S_TMP0, e: ['select', ['>', gg, 0], ['/', slot(S_DOT), gg], 0] }]);
+        // <g0, g> / ||g0||^2, divided by the norm twice (its square could overflow).
+        e.dot('g0', 'g', S_DOT, [{ dst: S_TMP0, e: ['select', ['>', gn, 0], ['/', ['/', slot(S_DOT), gn], gn], 0] }]);
         e.lincomb('gv', { c: 0 }, [
           { x: 'g', c: 1 },
           { x: 'g0', c: -1, slot: S_TMP0 },
         ]);
-        e.sumSquares('gv', S_NORMV);
+        e.norm('gv', S_NORMV);
       }
       this.update('g', true);
     } else {
       const then: SAssign[] = [
         ...(gate ? COMMIT : []),
-        { dst: S_TMP2, e: ['select', ['>', slot(S_NORMV), 0], ['/', ['*', alpha, ['sqrt', slot(S_TMP1)]], ['sqrt', slot(S_NORMV)]], 0] },
+        { dst: S_TMP2, e: ['select', ['>', slot(S_NORMV), 0], ['/', ['*', alpha, slot(S_TMP1)], slot(S_NORMV)], 0] },
       ];
-      e.sumSquares('g', S_TMP1, { gate: gate ? 'set' : undefined, then });
+      e.norm('g', S_TMP1, { gate: gate ? 'set' : undefined, then });
       e.lincomb('g', { c: 1 }, [{ x: 'gv', c: 1, slot: S_TMP2 }]);
       this.update('g', false);
     }
@@ -275,8 +279,8 @@ export class ESAM extends SharpnessAware {
       const [key0, key1] = generator.nextKey();
       select = { key0, key1, beta };
     }
-    e.sumSquares('g', S_NORM, { adaptive, select, gate: gate ? 'set' : undefined });
-    e.perturb('g', { coef: this.rhos().map((r) => r / beta), normSlot: S_NORM, eps: this.eps, adaptive, select, mode: this.mode, gated: gate });
+    e.norm('g', S_NORM, { adaptive, select, gate: gate ? 'set' : undefined });
+    e.perturb('g', { coef: this.rhos().map((r) => r / beta), normSlot: S_NORM, eps: this.normEps, adaptive, select, mode: this.mode, gated: gate });
     this.freeze();
     try {
       const k = Math.max(1, Math.round(gamma * B));
@@ -330,8 +334,8 @@ export class RandomSAM extends SharpnessAware {
     e.prepare();
     const [key0, key1] = generator.nextKey();
     e.noise('z', { key0, key1, scale: this.paramGroups.map(() => 1), filterwise: false });
-    e.sumSquares('z', S_NORM, { gate: this.gated ? 'set' : undefined });
-    e.perturb('z', { coef: this.rhos(), normSlot: S_NORM, eps: this.eps, mode: this.mode, gated: false });
+    e.norm('z', S_NORM, { gate: this.gated ? 'set' : undefined });
+    e.perturb('z', { coef: this.rhos(), normSlot: S_NORM, eps: this.normEps, mode: this.mode, gated: false });
     let loss: Tensor | number;
     try {
       loss = this.runClosure(closure);
@@ -379,12 +383,14 @@ export class RWP extends SharpnessAware {
     e.zeroGrads();
     const loss = this.runClosure(closure);
     e.prepare();
-    if (a === 0) {
-      e.sumSquares('g', S_NORM, { gate: gate ? 'set' : undefined, then: gate ? COMMIT : undefined });
+    // No noisy gradient in the mix (alpha = 0), or no noise (gamma = 0: g(w + 0) = g(w), while
+    // ((1 - a)/a g + g) a below would round it): the base optimizer's step, bit for bit.
+    if (a === 0 || this.paramGroups.every((g) => g.gamma === 0)) {
+      e.norm('g', S_NORM, { gate: gate ? 'set' : undefined, then: gate ? COMMIT : undefined });
       this.update('g', false);
       return loss;
     }
-    e.sumSquares('g', S_NORM, { gate: gate ? 'set' : undefined });
+    e.norm('g', S_NORM, { gate: gate ? 'set' : undefined });
     // Keep (1 - a)/a g(w) in the gradient; the noisy pass adds g(w + eps) to it, and a scales the sum.
     if (a === 1) e.zeroGrads(false);
     else e.lincomb('g', { c: (1 - a) / a }, []);
@@ -444,7 +450,7 @@ export class GSAM extends SharpnessAware {
     if (!closure) throw new Error('GSAM.step: needs a closure that does the forward and backward pass and returns the loss');
     this.validateAll();
     const alpha = this.opts.alpha as number;
-    const peps = this.eps;
+    const peps = this.normEps;
     const e = this.engine;
     const gate = this.gated;
     const adaptive = this.adaptiveGroups();
@@ -452,8 +458,8 @@ export class GSAM extends SharpnessAware {
     e.zeroGrads();
     const loss = this.runClosure(closure);
     e.prepare();
-    e.sumSquares('g', S_NORM, { adaptive, gate: gate ? 'set' : undefined });
-    e.perturb('g', { coef: rhos, normSlot: S_NORM, eps: this.eps, adaptive, mode: this.mode, gated: gate, save: 'g0' });
+    e.norm('g', S_NORM, { adaptive, gate: gate ? 'set' : undefined });
+    e.perturb('g', { coef: rhos, normSlot: S_NORM, eps: this.normEps, adaptive, mode: this.mode, gated: gate, save: 'g0' });
     e.zeroGrads();
     this.discardLoss(this.perturbedPass(() => this.runClosure(closure)));
     e.prepare();
@@ -461,10 +467,10 @@ export class GSAM extends SharpnessAware {
       // g_s = g: no orthogonal part.
       this.checkAndCommit('g', S_NORM2);
     } else {
-      e.sumSquares('g', S_NORM2, { gate: gate ? 'or' : undefined });
-      if (adaptive) e.sumSquares('g0', S_NORM);
-      const n = ['sqrt', slot(S_NORM)] as SExpr;
-      const n2 = ['sqrt', slot(S_NORM2)] as SExpr;
+      e.norm('g', S_NORM2, { gate: gate ? 'or' : undefined });
+      if (adaptive) e.norm('g0', S_NORM);
+      const n = slot(S_NORM);
+      const n2 = slot(S_NORM2);
       // cosine = <g, g_s> / (||g_s|| ||g|| + eps); vertical = g - cosine ||g|| g_s / (||g_s|| + eps);
       // d = g_s - alpha vertical = (1 + alpha c) g_s - alpha g, c = cosine ||g|| / (||g_s|| + eps).
       e.dot('g0', 'g', S_DOT, [

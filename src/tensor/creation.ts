@@ -73,16 +73,18 @@ export function tensor(data: NestedArray | TypedArray | number[], opts: TensorOp
   return t;
 }
 
-export function full(shape: number[], value: number, opts: Omit<TensorOptions, 'shape'> = {}): Tensor {
-  const dtype = opts.dtype ? checkDtype(opts.dtype, 'full') : getDefaultDtype();
-  const t = Tensor.empty(checkShape(shape, 'full'), dtype);
+/** A tensor of `shape` filled with `value`; errors name `op`, the function the caller called. */
+function filled(op: string, shape: number[], value: number, opts: Omit<TensorOptions, 'shape'>): Tensor {
+  const dtype = opts.dtype ? checkDtype(opts.dtype, op) : getDefaultDtype();
+  const t = Tensor.empty(checkShape(shape, op), dtype);
   if (value !== 0 && t.size > 0) t.backend.fill(t.storage, value);
   if (opts.requiresGrad) t.requiresGrad_();
   return t;
 }
 
-export const zeros = (shape: number[], opts: Omit<TensorOptions, 'shape'> = {}) => full(shape, 0, opts);
-export const ones = (shape: number[], opts: Omit<TensorOptions, 'shape'> = {}) => full(shape, 1, opts);
+export const full = (shape: number[], value: number, opts: Omit<TensorOptions, 'shape'> = {}) => filled('full', shape, value, opts);
+export const zeros = (shape: number[], opts: Omit<TensorOptions, 'shape'> = {}) => filled('zeros', shape, 0, opts);
+export const ones = (shape: number[], opts: Omit<TensorOptions, 'shape'> = {}) => filled('ones', shape, 1, opts);
 export const zerosLike = (t: Tensor, opts: Omit<TensorOptions, 'shape'> = {}) => full(t.shape.slice(), 0, { dtype: t.dtype, ...opts });
 export const onesLike = (t: Tensor, opts: Omit<TensorOptions, 'shape'> = {}) => full(t.shape.slice(), 1, { dtype: t.dtype, ...opts });
 
@@ -90,6 +92,11 @@ export const onesLike = (t: Tensor, opts: Omit<TensorOptions, 'shape'> = {}) => 
 export function arange(start: number, end?: number, step = 1, opts: { dtype?: DType } = {}): Tensor {
   if (end === undefined) [start, end] = [0, start];
   if (step === 0 || !Number.isFinite(step)) throw new RangeError(`arange: step must be finite and nonzero, got ${step}`);
+  if (!Number.isFinite(start) || !Number.isFinite(end)) throw new RangeError(`arange: start and end must be finite, got ${start} and ${end}`);
+  // As PyTorch: a step pointing away from end is an error, not an empty range.
+  if ((step > 0 && end < start) || (step < 0 && end > start)) {
+    throw new RangeError(`arange: step ${step} points away from end ${end} (start ${start}): the range would be empty`);
+  }
   const n = Math.max(0, Math.ceil((end - start) / step));
   const dtype = opts.dtype ?? ([start, end, step].every(Number.isInteger) ? 'int32' : getDefaultDtype());
   const v = typedArrayFor(dtype, n);
@@ -97,7 +104,24 @@ export function arange(start: number, end?: number, step = 1, opts: { dtype?: DT
   return tensor(v, { dtype, shape: [n] });
 }
 
+/**
+ * `steps` evenly spaced values from start to end inclusive (torch.linspace): start + i*step for
+ * the first half and end - (steps-1-i)*step for the second, as torch's CPU kernel, so both ends
+ * are exact. Each value is computed in float64 and rounded once; torch's own last bit depends on
+ * its build's vector width and FMA contraction, so the middle values agree with it to an ulp.
+ */
+export function linspace(start: number, end: number, steps: number, opts: { dtype?: DType } = {}): Tensor {
+  if (!Number.isInteger(steps) || steps < 0) throw new RangeError(`linspace: steps must be a non-negative integer, got ${steps}`);
+  const dtype = opts.dtype ?? getDefaultDtype();
+  const v = typedArrayFor(dtype, steps);
+  const step = (end - start) / (steps - 1);
+  const half = Math.floor(steps / 2);
+  for (let i = 0; i < steps; i++) v[i] = steps === 1 ? start : i < half ? start + step * i : end - step * (steps - i - 1);
+  return tensor(v, { dtype, shape: [steps] });
+}
+
 export function eye(n: number, m = n, opts: { dtype?: DType } = {}): Tensor {
+  if (!Number.isInteger(n) || n < 0 || !Number.isInteger(m) || m < 0) throw new RangeError(`eye: n and m must be non-negative integers, got ${n} and ${m}`);
   const dtype = opts.dtype ?? getDefaultDtype();
   const v = typedArrayFor(dtype, n * m);
   for (let i = 0; i < Math.min(n, m); i++) v[i * m + i] = 1;

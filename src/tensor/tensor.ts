@@ -13,6 +13,19 @@ import * as R from './ops/reduce.js';
 import * as S from './ops/shape.js';
 import * as L from './ops/linalg.js';
 import * as N from './ops/nn.js';
+import * as O from './ops/sort.js';
+import * as X from './ops/indexing.js';
+import { einsum } from './ops/einsum.js';
+
+// `[Symbol.dispose]` below needs Symbol.dispose in the consumer's types, which only lib
+// esnext.disposable (or @types/node) declares. Declared here the way @types/node does, so that the
+// published tensor.d.ts compiles with the default libs of TypeScript 5.x and later, and merges
+// with the lib's own declaration where the consumer has it.
+declare global {
+  interface SymbolConstructor {
+    readonly dispose: unique symbol;
+  }
+}
 
 /** Shared ownership of one backend storage: reshapes and detaches share it. */
 export class StorageRef {
@@ -220,6 +233,22 @@ export class Tensor {
   softplus(): Tensor { return E.softplus(this); }
   sin(): Tensor { return E.sin(this); }
   cos(): Tensor { return E.cos(this); }
+  erf(): Tensor { return E.erf(this); }
+  expm1(): Tensor { return E.expm1(this); }
+  log1p(): Tensor { return E.log1p(this); }
+  floor(): Tensor { return E.floor(this); }
+  ceil(): Tensor { return E.ceil(this); }
+  round(): Tensor { return E.round(this); }
+  isnan(): Tensor { return E.isnan(this); }
+  isinf(): Tensor { return E.isinf(this); }
+  isfinite(): Tensor { return E.isfinite(this); }
+  logicalNot(): Tensor { return E.logicalNot(this); }
+  logicalAnd(o: Tensor | number): Tensor { return E.logicalAnd(this, o); }
+  logicalOr(o: Tensor | number): Tensor { return E.logicalOr(this, o); }
+  logicalXor(o: Tensor | number): Tensor { return E.logicalXor(this, o); }
+  leakyRelu(negativeSlope = 0.01): Tensor { return E.leakyRelu(this, negativeSlope); }
+  elu(alpha = 1): Tensor { return E.elu(this, alpha); }
+  silu(): Tensor { return E.silu(this); }
   clamp(min?: number | null, max?: number | null): Tensor { return E.clamp(this, min, max); }
   where(cond: Tensor, other: Tensor | number): Tensor { return E.where(cond, this, other); }
   to(dtype: DType): Tensor { return E.cast(this, dtype); }
@@ -241,6 +270,17 @@ export class Tensor {
   softmax(dim: number): Tensor { return R.softmax(this, dim); }
   logSoftmax(dim: number): Tensor { return R.logSoftmax(this, dim); }
   norm(): Tensor { return R.norm(this); }
+  prod(dim?: number | number[] | null, keepdim = false): Tensor { return R.prod(this, dim, keepdim); }
+  std(dim?: number | number[] | null, opts?: { correction?: number; keepdim?: boolean }): Tensor { return R.std(this, dim, opts); }
+  any(dim?: number | number[] | null, keepdim = false): Tensor { return R.any(this, dim, keepdim); }
+  all(dim?: number | number[] | null, keepdim = false): Tensor { return R.all(this, dim, keepdim); }
+  cumsum(dim: number): Tensor { return R.cumsum(this, dim); }
+  /** torch's x.max(dim): values and indices (see maxWithIndices; max(dims) is the values-only reduction). */
+  maxWithIndices(dim: number, keepdim = false): O.ValuesIndices { return O.maxWithIndices(this, dim, keepdim); }
+  minWithIndices(dim: number, keepdim = false): O.ValuesIndices { return O.minWithIndices(this, dim, keepdim); }
+  sort(dim = -1, descending = false): O.ValuesIndices { return O.sort(this, dim, descending); }
+  argsort(dim = -1, descending = false): Tensor { return O.argsort(this, dim, descending); }
+  topk(k: number, dim = -1, largest = true, sorted = true): O.ValuesIndices { return O.topk(this, k, dim, largest, sorted); }
 
   // ---- shape ----
   reshape(...shape: number[] | [number[]]): Tensor { return S.reshape(this, S.shapeArg(shape)); }
@@ -258,9 +298,21 @@ export class Tensor {
   pad(pads: number[], value = 0): Tensor { return S.pad(this, pads, value); }
   gather(dim: number, index: Tensor): Tensor { return N.gather(this, dim, index); }
   indexSelect(dim: number, index: Tensor): Tensor { return N.indexSelect(this, dim, index); }
+  flip(...dims: number[] | [number[]]): Tensor { return S.flip(this, S.shapeArg(dims)); }
+  split(sizeOrSections: number | number[], dim = 0): Tensor[] { return S.split(this, sizeOrSections, dim); }
+  chunk(chunks: number, dim = 0): Tensor[] { return S.chunk(this, chunks, dim); }
+  scatterAdd(dim: number, index: Tensor, src: Tensor): Tensor { return X.scatterAdd(this, dim, index, src); }
+  indexAdd(dim: number, index: Tensor, source: Tensor, alpha = 1): Tensor { return X.indexAdd(this, dim, index, source, alpha); }
+  maskedFill(mask: Tensor, value: number | Tensor): Tensor { return X.maskedFill(this, mask, value); }
 
   // ---- linear algebra and nn ----
   matmul(o: Tensor): Tensor { return L.matmul(this, o); }
+  bmm(o: Tensor): Tensor { return L.bmm(this, o); }
+  outer(o: Tensor): Tensor { return L.outer(this, o); }
+  tril(diagonal = 0): Tensor { return L.tril(this, diagonal); }
+  triu(diagonal = 0): Tensor { return L.triu(this, diagonal); }
+  /** einsum with this tensor as the first operand. */
+  einsum(equation: string, ...others: Tensor[]): Tensor { return einsum(equation, this, ...others); }
 }
 
 function toNested(data: TypedArray, shape: readonly number[], dtype: DType): NestedArray {

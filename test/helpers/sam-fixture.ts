@@ -51,21 +51,24 @@ export function caseParams(spec: SamCase, dtype: fg.DType): fg.Tensor[] {
   return out;
 }
 
+/** The case's MLP applied to x (rows of inputs) with the given parameters (canonical order): the logits. */
+export function caseForward(spec: SamCase, x: fg.Tensor, params: readonly fg.Tensor[]): fg.Tensor {
+  let h = x;
+  let p = 0;
+  spec.model.params.forEach((layer, l) => {
+    const w = params[p++];
+    const b = layer.bias ? params[p++] : null;
+    h = fg.linear(h, w, b);
+    if (l < spec.model.params.length - 1) h = spec.model.activation === 'relu' ? h.relu() : h.tanh();
+  });
+  return h;
+}
+
 /** The case's loss as a function of its parameters, written with flatgrad's functional ops. */
 export function caseLoss(spec: SamCase, batch: { inputs: number[][]; labels: number[] }, dtype: fg.DType) {
   const x = fg.tensor(batch.inputs, { dtype }).keep();
   const y = fg.tensor(Int32Array.from(batch.labels), { dtype: 'int32' }).keep();
-  return (...params: fg.Tensor[]): fg.Tensor => {
-    let h = x;
-    let p = 0;
-    spec.model.params.forEach((layer, l) => {
-      const w = params[p++];
-      const b = layer.bias ? params[p++] : null;
-      h = fg.linear(h, w, b);
-      if (l < spec.model.params.length - 1) h = spec.model.activation === 'relu' ? h.relu() : h.tanh();
-    });
-    return fg.crossEntropy(h, y, { labelSmoothing: spec.loss.label_smoothing });
-  };
+  return (...params: fg.Tensor[]): fg.Tensor => fg.crossEntropy(caseForward(spec, x, params), y, { labelSmoothing: spec.loss.label_smoothing });
 }
 
 export const TOL = {
@@ -75,4 +78,37 @@ export const TOL = {
 
 export function close(ours: number, ref: number, t: { atol: number; rtol: number }): boolean {
   return Math.abs(ours - ref) <= t.atol + t.rtol * Math.abs(ref);
+}
+
+/**
+ * One step of a sharpness-aware optimizer, or of a plain base optimizer (kind 'base'), given the
+ * batch's per-sample losses: perSample(null) for every row, perSample(idx) for the rows idx (int32).
+ * Each member gets the closure it takes: MSAM one per micro-batch (of `micro` micro-batches of
+ * consecutive rows), ESAM the per-sample losses, the others forward and backward of the mean loss.
+ */
+export function familyStep(opt: fg.optim.Optimizer, kind: string, perSample: (idx: fg.Tensor | null) => fg.Tensor, rows: number, micro = 1): fg.Tensor | number | undefined {
+  const meanLoss = () =>
+    fg.tidy(() => {
+      const l = perSample(null).mean();
+      l.backward();
+      return l;
+    });
+  if (kind === 'base') {
+    opt.zeroGrad();
+    const l = meanLoss();
+    opt.step();
+    return l;
+  }
+  if (kind === 'msam') {
+    const per = rows / micro;
+    return opt.step(((i: number) =>
+      fg.tidy(() => {
+        // One micro-batch is the whole batch, exactly as the base optimizer's closure computes it.
+        const l = perSample(micro === 1 ? null : fg.tensor(Int32Array.from({ length: per }, (_, j) => i * per + j), { dtype: 'int32' })).mean();
+        l.backward();
+        return l;
+      })) as never);
+  }
+  if (kind === 'esam') return opt.step(perSample as never);
+  return opt.step(meanLoss);
 }

@@ -6,7 +6,7 @@
 import { readFile, stat } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { UsageError, kebab, listFlag, parseNumber, parseOverrides, stringFlag, switchFlag, type FlagValues } from '../args.js';
-import { OPTIMIZERS, TRAIN_FLAGS, WRAPPERS, WRAPPER_DEFAULTS, WRAPPER_PARAMS, resolveTrainConfig, type WrapperName, type WrapperParam } from '../config.js';
+import { OPTIMIZERS, RUN_FLAGS, TRAIN_FLAGS, WRAPPERS, WRAPPER_DEFAULTS, WRAPPER_PARAMS, resolveTrainConfig, type WrapperName, type WrapperParam } from '../config.js';
 import type { CliIO } from '../io.js';
 import { toCsv, writeJson, writeLineChart, writeText } from '../report.js';
 import { CHECKPOINT_FILE } from '../restore.js';
@@ -69,6 +69,7 @@ export const compareCommand = defineCommand({
     name: stringFlag('comparison name: files go to <out>/<name>/', { default: 'compare' }),
     out: stringFlag('directory for runs', { default: 'runs', placeholder: '<dir>' }),
     resume: switchFlag('reuse finished runs and resume unfinished ones from their checkpoints (same configuration only)'),
+    checkpointEvery: RUN_FLAGS.checkpointEvery,
   },
   notes: 'example: flatgrad compare --configs sgd,sam,asam:rho=1 --seeds 0,1,2 --epochs 10 --data full',
   async run({ flags, given }, io) {
@@ -100,7 +101,7 @@ export const compareCommand = defineCommand({
       const runDir = join(dir, runName);
       io.stderr.write(`[${i + 1}/${plan.length}] ${runName}: ${describeConfig(item.config)}\n`);
       const resume = flags.resume && (await hasCheckpoint(runDir));
-      const summary = await runTraining(item.config, { dir: runDir, name: runName, resume, sameConfig: true }, backend, io);
+      const summary = await runTraining(item.config, { dir: runDir, name: runName, resume, sameConfig: true, checkpointEvery: flags.checkpointEvery }, backend, io);
       io.stderr.write(formatSummaryLine(summary) + '\n');
       results.push({ label: item.label, summary });
     }

@@ -9,6 +9,8 @@ export interface Command {
   summary: string;
   /** What follows the command name in the usage line, e.g. `<checkpoint> [flags]`. */
   synopsis: string;
+  /** The flags it parses (for help, and for tests that feed it arbitrary command lines). */
+  flags: FlagSet;
   flagsHelp(): string;
   run(argv: readonly string[], io: CliIO): Promise<number>;
 }
@@ -38,6 +40,7 @@ export function defineCommand<F extends FlagSet>(spec: CommandSpec<F>): Command 
     name: spec.name,
     summary: spec.summary,
     synopsis: spec.synopsis,
+    flags: spec.flags,
     flagsHelp: () => describeFlags(spec.flags) + (spec.notes ? `\n\n${spec.notes}` : ''),
     async run(argv, io) {
       const args = parseFlags(argv, spec.flags);

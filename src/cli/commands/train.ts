@@ -35,7 +35,7 @@ export const trainCommand = defineCommand({
     const dir = join(await resolvePath(io, flags.out), name);
     const backend = await startBackend(cfg.backend, cfg.threads, io);
     io.stderr.write(`${name}: ${describeConfig(cfg)}; ${backend.backend} backend (${backend.adapter})\n`);
-    const summary = await runTraining(cfg, { dir, name, resume: flags.resume }, backend, io);
+    const summary = await runTraining(cfg, { dir, name, resume: flags.resume, checkpointEvery: flags.checkpointEvery }, backend, io);
     io.stdout.write(formatSummaryLine(summary) + '\n');
   },
 });

@@ -18,7 +18,6 @@ import {
   FLAG_WEIGHT,
   registerFusedKernels,
   S_FLAG,
-  S_STEPS,
   type AdamGroup,
   type AdaptiveSpec,
   type ArenaLayout,
@@ -32,7 +31,7 @@ import {
   type SAssign,
   type SelectSpec,
   type SgdGroup,
-  type SumSquaresOptions,
+  type NormOptions,
   type Term,
   type UpdateOptions,
 } from '../fused.js';
@@ -81,21 +80,32 @@ export class HostFusedKernels implements FusedKernels {
     for (const a of prog) S[a.dst] = evalSExpr(a.e, S);
   }
 
-  sumSquares(L: ArenaLayout, xs: Storage, Ss: Storage, slot: number, o: SumSquaresOptions = {}): void {
+  norm(L: ArenaLayout, xs: Storage, Ss: Storage, slot: number, o: NormOptions = {}): void {
     const x = this.arr(xs);
-    const S = this.arr(Ss);
     const p = o.adaptive ? this.arr(o.adaptive.p) : null;
-    let acc = 0;
-    for (let k = 0; k < L.params.length; k++) {
-      const info = L.params[k];
-      if (!(info.flags & FLAG_ACTIVE) || !this.selected(o.select, k)) continue;
-      const eta = this.adaptiveEta(o.adaptive, info);
-      const end = info.offset + info.numel;
-      acc += eta === null ? sumSq(x, info.offset, end) : sumSqWeighted(x, p!, eta, info.offset, end);
-    }
-    S[slot] = acc;
-    if (o.gate === 'set') S[S_FLAG] = Number.isFinite(acc) ? 0 : 1;
-    else if (o.gate === 'or') S[S_FLAG] = S[S_FLAG] !== 0 || !Number.isFinite(acc) ? 1 : 0;
+    const ranges: { start: number; end: number; eta: number | null }[] = [];
+    L.params.forEach((info, k) => {
+      if (!(info.flags & FLAG_ACTIVE) || !this.selected(o.select, k)) return;
+      ranges.push({ start: info.offset, end: info.offset + info.numel, eta: this.adaptiveEta(o.adaptive, info) });
+    });
+    let norm: number;
+    if (L.dtype === 'float32') {
+      // Squares of float32 values summed in float64 cannot overflow (n 2^256 is far below 2^1024), so
+      // the sum is finite exactly when every value is: it is the direct NaN/Inf test as well.
+      let acc = 0;
+      for (const r of ranges) acc += r.eta === null ? sumSq(x, r.start, r.end) : sumSqWeighted(x, p!, r.eta, r.start, r.end);
+      norm = Math.sqrt(acc);
+    } else norm = scaledNorm(x, p, ranges);
+    this.storeNorm(Ss, slot, norm, o);
+  }
+
+  /** S[slot] = norm, the gate from its finiteness (a norm is finite exactly when every value is), then `then`. */
+  protected storeNorm(Ss: Storage, slot: number, norm: number, o: NormOptions): void {
+    const S = this.arr(Ss);
+    S[slot] = norm;
+    const bad = !Number.isFinite(norm);
+    if (o.gate === 'set') S[S_FLAG] = bad ? 1 : 0;
+    else if (o.gate === 'or') S[S_FLAG] = S[S_FLAG] !== 0 || bad ? 1 : 0;
     this.runThen(S, o.then);
   }
 
@@ -126,7 +136,7 @@ export class HostFusedKernels implements FusedKernels {
     const aux = this.arr(o.aux);
     const save = o.save ? this.arr(o.save) : null;
     const skip = o.gated && S[S_FLAG] !== 0;
-    const k = o.normSlot === null ? 1 : 1 / (Math.sqrt(S[o.normSlot]) + o.eps);
+    const k = o.normSlot === null ? 1 : 1 / (S[o.normSlot] + o.eps);
     const delta = o.mode === 'delta';
     if (save) save.set(dir);
     for (let idx = 0; idx < L.params.length; idx++) {
@@ -228,6 +238,15 @@ export class HostFusedKernels implements FusedKernels {
     }
   }
 
+  /** Adds one to the step count of every active parameter (an update is being taken) and returns the counts. */
+  protected advanceSteps(L: ArenaLayout, stepsStorage: Storage): TypedArray {
+    const steps = this.arr(stepsStorage);
+    L.params.forEach((info, k) => {
+      if (info.flags & FLAG_ACTIVE) steps[k] += 1;
+    });
+    return steps;
+  }
+
   sgd(L: ArenaLayout, ps: Storage, ds: Storage, moms: Storage | null, Ss: Storage, groups: readonly SgdGroup[], o: UpdateOptions): void {
     const f32 = L.dtype === 'float32';
     const fr = Math.fround;
@@ -237,9 +256,10 @@ export class HostFusedKernels implements FusedKernels {
     const S = this.arr(Ss);
     if (o.restore) this.restoreInto(L, ps, o.restore.aux, o.restore.mode);
     if (o.gated && S[S_FLAG] !== 0) return;
-    const first = (o.gated ? S[S_STEPS] : o.step) <= 1;
-    for (const info of L.params) {
+    const steps = this.advanceSteps(L, o.steps);
+    for (const [k, info] of L.params.entries()) {
       if (!(info.flags & FLAG_ACTIVE)) continue;
+      const first = steps[k] <= 1;
       const { lr, momentum, dampening, nesterov } = groups[info.group];
       const wd = info.flags & FLAG_DECAY ? groups[info.group].weightDecay : 0;
       const start = info.offset;
@@ -261,11 +281,11 @@ export class HostFusedKernels implements FusedKernels {
     const S = this.arr(Ss);
     if (o.restore) this.restoreInto(L, ps, o.restore.aux, o.restore.mode);
     if (o.gated && S[S_FLAG] !== 0) return;
-    const step = o.gated ? S[S_STEPS] : o.step;
-    for (const info of L.params) {
+    const steps = this.advanceSteps(L, o.steps);
+    for (const [k, info] of L.params.entries()) {
       if (!(info.flags & FLAG_ACTIVE)) continue;
       const { beta1, beta2, eps, decoupled } = groups[info.group];
-      const { wd, nStep, invBc2 } = adamCoefficients(groups[info.group], info, step);
+      const { wd, nStep, invBc2 } = adamCoefficients(groups[info.group], info, steps[k]);
       const decay = 1 - groups[info.group].lr * wd;
       const c1 = 1 - beta1;
       const c2 = 1 - beta2;
@@ -362,6 +382,31 @@ function sumSq(x: TypedArray, start: number, end: number): number {
   let acc = 0;
   for (let i = start; i < end; i++) acc += x[i] * x[i];
   return acc;
+}
+
+/**
+ * ||T x|| over the ranges of a float64 arena, where squares can overflow: the largest magnitude m
+ * first, then m sqrt(sum((T x / m)^2)). NaN when a value is NaN, Inf when one is infinite.
+ */
+function scaledNorm(x: TypedArray, p: TypedArray | null, ranges: readonly { start: number; end: number; eta: number | null }[]): number {
+  const term = (i: number, eta: number | null) => (eta === null ? x[i] : (Math.abs(p![i]) + eta) * x[i]);
+  let m = 0;
+  for (const r of ranges) {
+    for (let i = r.start; i < r.end; i++) {
+      const a = Math.abs(term(i, r.eta));
+      if (a !== a) return NaN;
+      if (a > m) m = a;
+    }
+  }
+  if (m === 0 || m === Infinity) return m;
+  let acc = 0;
+  for (const r of ranges) {
+    for (let i = r.start; i < r.end; i++) {
+      const s = term(i, r.eta) / m;
+      acc += s * s;
+    }
+  }
+  return m * Math.sqrt(acc);
 }
 
 function sumSqWeighted(x: TypedArray, p: TypedArray, eta: number, start: number, end: number): number {

@@ -6,9 +6,11 @@
 import { typedArrayFor, type DType, type TypedArray } from '../../tensor/dtype.js';
 import type {
   ArgReduceOp,
+  AvgPool2dLayout,
   Backend,
   BackendInfo,
   BroadcastLayout,
+  Conv2dLayout,
   CrossEntropyLayout,
   GatherLayout,
   MatmulLayout,
@@ -17,13 +19,15 @@ import type {
   ReduceLayout,
   ReduceOp,
   SoftmaxLayout,
+  SortLayout,
   Storage,
   StridedCopyLayout,
   WhereLayout,
   Window2d,
 } from '../backend.js';
-import { BINARY_OPS, UNARY_OPS, type BinaryOp, type UnaryOp } from '../optable.js';
+import { BINARY_OPS, UNARY_OPS, type BinaryOp, type BinaryOpDef, type UnaryOp, type UnaryOpDef } from '../optable.js';
 import { hashBits, intAt, normalAt, uniformAt } from '../rng.js';
+import { conv2dBackwardInputReference, conv2dBackwardWeightReference, conv2dReference } from './conv.js';
 
 export class CpuStorage implements Storage {
   constructor(
@@ -61,12 +65,41 @@ function forEachStrided(shape: readonly number[], strides: (readonly number[])[]
 /** Stable log-sum-exp of row r of a [rows, cols] matrix. */
 function rowLogSumExp(x: TypedArray, base: number, cols: number): number {
   let mx = -Infinity;
-  for (let j = 0; j < cols; j++) if (x[base + j] > mx) mx = x[base + j];
+  for (let j = 0; j < cols; j++) {
+    const v = x[base + j];
+    // A NaN anywhere makes the whole row NaN, as in PyTorch (a -inf entry would otherwise give 0).
+    if (v !== v) return NaN;
+    if (v > mx) mx = v;
+  }
   if (mx === -Infinity) return -Infinity;
   if (!Number.isFinite(mx)) return mx;
   let s = 0;
   for (let j = 0; j < cols; j++) s += Math.exp(x[base + j] - mx);
   return mx + Math.log(s);
+}
+
+/** Whether u comes strictly before v in a sort: NaN is larger than every number (torch's order). */
+export function sortsBefore(u: number, v: number, descending: boolean): boolean {
+  if (descending) return v !== v ? false : u !== u || u > v;
+  return u !== u ? false : v !== v || u < v;
+}
+
+/**
+ * The input cells [y0, y1) x [x0, x1) that average-pooling output (oy, ox) sums, and what it
+ * divides by: PyTorch's avg_pool2d rules (the window is cut at the far edge of the padded input,
+ * which ceil mode can overhang, before its padded cells are counted).
+ */
+export function avgPoolWindow(g: AvgPool2dLayout, oy: number, ox: number): { y0: number; y1: number; x0: number; x1: number; divisor: number } {
+  const ys = oy * g.sh - g.ph;
+  const xs = ox * g.sw - g.pw;
+  const ye = Math.min(ys + g.kh, g.h + g.ph);
+  const xe = Math.min(xs + g.kw, g.w + g.pw);
+  const y0 = Math.max(ys, 0);
+  const x0 = Math.max(xs, 0);
+  const y1 = Math.min(ye, g.h);
+  const x1 = Math.min(xe, g.w);
+  const divisor = g.divisorOverride || (g.countIncludePad ? (ye - ys) * (xe - xs) : (y1 - y0) * (x1 - x0));
+  return { y0, y1, x0, x1, divisor };
 }
 
 export class CpuBackend implements Backend {
@@ -133,13 +166,16 @@ export class CpuBackend implements Backend {
     else o.set(xs);
   }
   unary(op: UnaryOp, x: Storage, out: Storage, p0 = 0, p1 = 0): void {
-    const f = UNARY_OPS[op].cpu as (x: number, p0: number, p1: number) => number;
+    const def: UnaryOpDef = UNARY_OPS[op];
+    const f = (out.dtype === 'int32' && def.cpuInt) || def.cpu;
     const xs = d(x);
     const o = d(out);
     for (let i = 0; i < xs.length; i++) o[i] = f(xs[i], p0, p1);
   }
   binary(op: BinaryOp, a: Storage, b: Storage, out: Storage, layout: BroadcastLayout): void {
-    const f = BINARY_OPS[op].cpu;
+    const def: BinaryOpDef = BINARY_OPS[op];
+    // int32 products wrap like int32 (Math.imul); float64 arithmetic would lose their low bits.
+    const f = (out.dtype === 'int32' && def.cpuInt) || def.cpu;
     const as = d(a);
     const bs = d(b);
     const o = d(out);
@@ -175,10 +211,11 @@ export class CpuBackend implements Backend {
     for (let a = 0; a < outer; a++) {
       for (let c = 0; c < inner; c++) {
         const base = a * size * inner + c;
-        let acc = op === 'sum' ? 0 : op === 'max' ? -Infinity : Infinity;
+        let acc = op === 'sum' ? 0 : op === 'prod' ? 1 : op === 'max' ? -Infinity : Infinity;
         for (let j = 0; j < size; j++) {
           const v = xs[base + j * inner];
           if (op === 'sum') acc += v;
+          else if (op === 'prod') acc *= v;
           else if (v !== v) acc = NaN;
           else if (op === 'max' ? v > acc : v < acc) acc = v;
           if (acc !== acc && op !== 'sum') break;
@@ -215,13 +252,18 @@ export class CpuBackend implements Backend {
       for (let j = 0; j < cols; j++) o[base + j] = log ? xs[base + j] - lse : Math.exp(xs[base + j] - lse);
     }
   }
-  crossEntropy(logits: Storage, labels: Storage, out: Storage, { rows, cols, labelSmoothing: s }: CrossEntropyLayout): void {
+  crossEntropy(logits: Storage, labels: Storage, out: Storage, { rows, cols, labelSmoothing: s, ignoreIndex }: CrossEntropyLayout): void {
     const x = d(logits);
     const y = d(labels);
     const o = d(out);
     for (let r = 0; r < rows; r++) {
       const base = r * cols;
       const label = y[r];
+      // Checked first: ignoreIndex may name a real class, and an ignored row's logits are never read.
+      if (label === ignoreIndex) {
+        o[r] = 0;
+        continue;
+      }
       if (!(label >= 0 && label < cols)) {
         o[r] = NaN;
         continue;
@@ -236,7 +278,7 @@ export class CpuBackend implements Backend {
       o[r] = loss;
     }
   }
-  crossEntropyBackward(logits: Storage, labels: Storage, gradRows: Storage, out: Storage, { rows, cols, labelSmoothing: s }: CrossEntropyLayout): void {
+  crossEntropyBackward(logits: Storage, labels: Storage, gradRows: Storage, out: Storage, { rows, cols, labelSmoothing: s, ignoreIndex }: CrossEntropyLayout): void {
     const x = d(logits);
     const y = d(labels);
     const g = d(gradRows);
@@ -244,6 +286,10 @@ export class CpuBackend implements Backend {
     for (let r = 0; r < rows; r++) {
       const base = r * cols;
       const label = y[r];
+      if (label === ignoreIndex) {
+        o.fill(0, base, base + cols);
+        continue;
+      }
       const lse = rowLogSumExp(x, base, cols);
       const valid = label >= 0 && label < cols;
       for (let j = 0; j < cols; j++) {
@@ -340,6 +386,15 @@ export class CpuBackend implements Backend {
             }
           }
   }
+  conv2d(x: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
+    conv2dReference(d(x), d(weight), d(out), l);
+  }
+  conv2dBackwardInput(grad: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
+    conv2dBackwardInputReference(d(grad), d(weight), d(out), l);
+  }
+  conv2dBackwardWeight(x: Storage, grad: Storage, out: Storage, l: Conv2dLayout): void {
+    conv2dBackwardWeightReference(d(x), d(grad), d(out), l);
+  }
   maxPool2d(x: Storage, out: Storage, argOut: Storage | null, g: Window2d): void {
     const X = d(x);
     const O = d(out);
@@ -378,42 +433,28 @@ export class CpuBackend implements Backend {
     for (let p = 0; p < g.n * g.c; p++)
       for (let i = 0; i < plane; i++) O[p * g.h * g.w + A[p * plane + i]] += G[p * plane + i];
   }
-  avgPool2d(x: Storage, out: Storage, g: Window2d): void {
+  avgPool2d(x: Storage, out: Storage, g: AvgPool2dLayout): void {
     const X = d(x);
     const O = d(out);
-    const inv = 1 / (g.kh * g.kw);
     for (let p = 0; p < g.n * g.c; p++)
       for (let oy = 0; oy < g.oh; oy++)
         for (let ox = 0; ox < g.ow; ox++) {
+          const { y0, y1, x0, x1, divisor } = avgPoolWindow(g, oy, ox);
           let s = 0;
-          for (let ki = 0; ki < g.kh; ki++) {
-            const y = oy * g.sh - g.ph + ki * g.dh;
-            if (y < 0 || y >= g.h) continue;
-            for (let kj = 0; kj < g.kw; kj++) {
-              const xx = ox * g.sw - g.pw + kj * g.dw;
-              if (xx >= 0 && xx < g.w) s += X[p * g.h * g.w + y * g.w + xx];
-            }
-          }
-          O[(p * g.oh + oy) * g.ow + ox] = s * inv;
+          for (let y = y0; y < y1; y++) for (let xx = x0; xx < x1; xx++) s += X[(p * g.h + y) * g.w + xx];
+          O[(p * g.oh + oy) * g.ow + ox] = s / divisor;
         }
   }
-  avgPool2dBackward(grad: Storage, out: Storage, g: Window2d): void {
+  avgPool2dBackward(grad: Storage, out: Storage, g: AvgPool2dLayout): void {
     const G = d(grad);
     const O = d(out);
     O.fill(0);
-    const inv = 1 / (g.kh * g.kw);
     for (let p = 0; p < g.n * g.c; p++)
       for (let oy = 0; oy < g.oh; oy++)
         for (let ox = 0; ox < g.ow; ox++) {
-          const gv = G[(p * g.oh + oy) * g.ow + ox] * inv;
-          for (let ki = 0; ki < g.kh; ki++) {
-            const y = oy * g.sh - g.ph + ki * g.dh;
-            if (y < 0 || y >= g.h) continue;
-            for (let kj = 0; kj < g.kw; kj++) {
-              const xx = ox * g.sw - g.pw + kj * g.dw;
-              if (xx >= 0 && xx < g.w) O[p * g.h * g.w + y * g.w + xx] += gv;
-            }
-          }
+          const { y0, y1, x0, x1, divisor } = avgPoolWindow(g, oy, ox);
+          const gv = G[(p * g.oh + oy) * g.ow + ox] / divisor;
+          for (let y = y0; y < y1; y++) for (let xx = x0; xx < x1; xx++) O[(p * g.h + y) * g.w + xx] += gv;
         }
   }
   gather(x: Storage, idx: Storage, out: Storage, l: GatherLayout): void {
@@ -441,6 +482,32 @@ export class CpuBackend implements Backend {
           const k = l.perPosition ? I[pos] : I[j];
           if (k >= 0 && k < l.xDim) O[(o * l.xDim + k) * l.inner + i] += S[pos];
         }
+  }
+  cumsum(x: Storage, out: Storage, { outer, size, inner }: ReduceLayout): void {
+    const xs = d(x);
+    const o = d(out);
+    for (let a = 0; a < outer; a++)
+      for (let c = 0; c < inner; c++) {
+        let acc = 0;
+        for (let j = 0; j < size; j++) {
+          const p = (a * size + j) * inner + c;
+          acc += xs[p];
+          o[p] = acc;
+        }
+      }
+  }
+  argsort(x: Storage, out: Storage, { outer, size, inner, descending }: SortLayout): void {
+    const xs = d(x);
+    const o = d(out);
+    const order = Array.from({ length: size }, (_, j) => j);
+    for (let a = 0; a < outer; a++)
+      for (let c = 0; c < inner; c++) {
+        const at = (j: number) => xs[(a * size + j) * inner + c];
+        for (let j = 0; j < size; j++) order[j] = j;
+        // Array.prototype.sort is stable (ES2019): ties keep ascending j.
+        order.sort((p, q) => sortsBefore(at(p), at(q), descending) ? -1 : sortsBefore(at(q), at(p), descending) ? 1 : 0);
+        for (let j = 0; j < size; j++) o[(a * size + j) * inner + c] = order[j];
+      }
   }
   random(out: Storage, key0: number, key1: number, dist: RandomDist): void {
     const o = d(out);

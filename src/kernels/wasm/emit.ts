@@ -345,6 +345,8 @@ export const f32x4 = {
   gt: simd(0x44, 'f32x4'),
   le: simd(0x45, 'f32x4'),
   ge: simd(0x46, 'f32x4'),
+  ceil: simd(0x67, 'f32x4'),
+  floor: simd(0x68, 'f32x4'),
   nearest: simd(0x6a, 'f32x4'),
   abs: simd(0xe0, 'f32x4'),
   neg: simd(0xe1, 'f32x4'),

@@ -14,7 +14,6 @@ import {
   FLAG_DECAY,
   FLAG_VECTOR,
   S_FLAG,
-  S_STEPS,
   type AdamGroup,
   type ArenaLayout,
   type Coef,
@@ -23,7 +22,7 @@ import {
   type RestoreMode,
   type SAssign,
   type SgdGroup,
-  type SumSquaresOptions,
+  type NormOptions,
   type Term,
   type UpdateOptions,
 } from '../fused.js';
@@ -48,10 +47,11 @@ export class WasmFusedKernels extends HostFusedKernels {
     this.k = h.exports;
   }
 
-  override sumSquares(L: ArenaLayout, xs: Storage, Ss: Storage, slot: number, o: SumSquaresOptions = {}): void {
-    if (L.dtype !== 'float32' || o.select) return super.sumSquares(L, xs, Ss, slot, o);
+  override norm(L: ArenaLayout, xs: Storage, Ss: Storage, slot: number, o: NormOptions = {}): void {
+    if (L.dtype !== 'float32' || o.select) return super.norm(L, xs, Ss, slot, o);
     const x = this.h.ptr(xs);
     const p = o.adaptive ? this.h.ptr(o.adaptive.p) : 0;
+    // float32 squares summed in float64: no overflow, finite exactly when every value is (as the host kernel).
     let acc = 0;
     for (const info of L.params) {
       if (!(info.flags & FLAG_ACTIVE)) continue;
@@ -59,11 +59,7 @@ export class WasmFusedKernels extends HostFusedKernels {
       const end = info.offset + info.numel;
       acc += (eta === null ? this.k.fz_sumsq(x, info.offset, end) : this.k.fz_sumsq_w(x, p, info.offset, end, eta)) as number;
     }
-    const S = this.h.typed(Ss);
-    S[slot] = acc;
-    if (o.gate === 'set') S[S_FLAG] = Number.isFinite(acc) ? 0 : 1;
-    else if (o.gate === 'or') S[S_FLAG] = S[S_FLAG] !== 0 || !Number.isFinite(acc) ? 1 : 0;
-    this.runThen(S, o.then);
+    this.storeNorm(Ss, slot, Math.sqrt(acc), o);
   }
 
   override dot(L: ArenaLayout, xs: Storage, ys: Storage, Ss: Storage, slot: number, then?: readonly SAssign[]): void {
@@ -89,7 +85,7 @@ export class WasmFusedKernels extends HostFusedKernels {
     const dp = this.h.ptr(dirs);
     const ap = this.h.ptr(o.aux);
     const skip = o.gated && S[S_FLAG] !== 0;
-    const kk = o.normSlot === null ? 1 : 1 / (Math.sqrt(S[o.normSlot]) + o.eps);
+    const kk = o.normSlot === null ? 1 : 1 / (S[o.normSlot] + o.eps);
     const delta = o.mode === 'delta';
     for (const info of L.params) {
       const start = info.offset;
@@ -139,12 +135,13 @@ export class WasmFusedKernels extends HostFusedKernels {
     if (o.restore) this.restoreF32(ps, o.restore.aux, o.restore.mode);
     const S = this.h.typed(Ss);
     if (o.gated && S[S_FLAG] !== 0) return;
-    const first = (o.gated ? S[S_STEPS] : o.step) <= 1;
+    const steps = this.advanceSteps(L, o.steps);
     const pp = this.h.ptr(ps);
     const dp = this.h.ptr(ds);
     const mp = moms ? this.h.ptr(moms) : 0;
-    for (const info of L.params) {
+    for (const [k, info] of L.params.entries()) {
       if (!(info.flags & FLAG_ACTIVE)) continue;
+      const first = steps[k] <= 1;
       const { lr, momentum, dampening, nesterov } = groups[info.group];
       const wd = info.flags & FLAG_DECAY ? groups[info.group].weightDecay : 0;
       const mom = momentum !== 0;
@@ -157,12 +154,12 @@ export class WasmFusedKernels extends HostFusedKernels {
     if (o.restore) this.restoreF32(ps, o.restore.aux, o.restore.mode);
     const S = this.h.typed(Ss);
     if (o.gated && S[S_FLAG] !== 0) return;
-    const step = o.gated ? S[S_STEPS] : o.step;
+    const steps = this.advanceSteps(L, o.steps);
     const [pp, dp, mp, vp] = [ps, ds, ms, vs].map((s) => this.h.ptr(s));
-    for (const info of L.params) {
+    for (const [k, info] of L.params.entries()) {
       if (!(info.flags & FLAG_ACTIVE)) continue;
       const { lr, beta1, beta2, eps, decoupled } = groups[info.group];
-      const { wd, nStep, invBc2 } = adamCoefficients(groups[info.group], info, step);
+      const { wd, nStep, invBc2 } = adamCoefficients(groups[info.group], info, steps[k]);
       const mode = wd === 0 ? 0 : decoupled ? 1 : 2;
       this.k[adamExport(mode)](pp, dp, mp, vp, info.offset, info.offset + info.numel, 1 - lr * wd, wd, beta1, 1 - beta1, beta2, 1 - beta2, invBc2, eps, nStep);
     }

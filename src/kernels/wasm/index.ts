@@ -4,9 +4,10 @@
  *
  * float32 (and int32 for the simple ops, bool for comparisons and where) runs in wasm. The rest -
  * float64, the transcendental elementwise ops without a SIMD body, and the kernels that are
- * index-bound rather than arithmetic-bound (pooling, gather, scatter, argmax, integer random,
- * casts) - runs the CPU reference kernels over typed-array views of the same memory, which keeps
- * it correct by construction and bit-exact where the contract asks (RNG, argmax, int kernels).
+ * index-bound rather than arithmetic-bound (pooling, gather, scatter, argmax, argsort, integer
+ * random, casts), and the sequential or rare ones (cumsum, the prod reduction) - runs the CPU
+ * reference kernels over typed-array views of the same memory, which keeps it correct by
+ * construction and bit-exact where the contract asks (RNG, argmax, int kernels).
  * float32 uniform / normal / keep-mask draws and the common fused optimizer passes run in SIMD
  * (fusedsimd.ts, fused.ts), matching those reference kernels bit for bit.
  *
@@ -18,9 +19,11 @@ import { CpuBackend, CpuStorage } from '../cpu/index.js';
 import type { DType, TypedArray } from '../../tensor/dtype.js';
 import type {
   ArgReduceOp,
+  AvgPool2dLayout,
   Backend,
   BackendInfo,
   BroadcastLayout,
+  Conv2dLayout,
   CrossEntropyLayout,
   GatherLayout,
   MatmulLayout,
@@ -29,6 +32,7 @@ import type {
   ReduceLayout,
   ReduceOp,
   SoftmaxLayout,
+  SortLayout,
   Storage,
   StridedCopyLayout,
   WhereLayout,
@@ -51,6 +55,7 @@ import {
   type KernelExports,
 } from './module.js';
 import { WasmFusedKernels } from './fused.js';
+import { WasmConv } from './conv.js';
 import { availableCores, canBlock, CONTROL_BYTES_PER_WORKER, ThreadPool, type KernelCall } from './threads.js';
 
 const PAGE = 65536;
@@ -370,10 +375,10 @@ export class WasmBackend implements Backend {
   maxPool2dBackward(grad: Storage, arg: Storage, out: Storage, g: Window2d): void {
     this.cpu.maxPool2dBackward(this.host(grad), this.host(arg), this.host(out), g);
   }
-  avgPool2d(x: Storage, out: Storage, g: Window2d): void {
+  avgPool2d(x: Storage, out: Storage, g: AvgPool2dLayout): void {
     this.cpu.avgPool2d(this.host(x), this.host(out), g);
   }
-  avgPool2dBackward(grad: Storage, out: Storage, g: Window2d): void {
+  avgPool2dBackward(grad: Storage, out: Storage, g: AvgPool2dLayout): void {
     this.cpu.avgPool2dBackward(this.host(grad), this.host(out), g);
   }
   gather(x: Storage, idx: Storage, out: Storage, layout: GatherLayout): void {
@@ -381,6 +386,12 @@ export class WasmBackend implements Backend {
   }
   scatterAdd(src: Storage, idx: Storage, out: Storage, layout: GatherLayout): void {
     this.cpu.scatterAdd(this.host(src), this.host(idx), this.host(out), layout);
+  }
+  cumsum(x: Storage, out: Storage, layout: ReduceLayout): void {
+    this.cpu.cumsum(this.host(x), this.host(out), layout);
+  }
+  argsort(x: Storage, out: Storage, layout: SortLayout): void {
+    this.cpu.argsort(this.host(x), this.host(out), layout);
   }
   random(out: Storage, key0: number, key1: number, dist: RandomDist): void {
     const o = ws(out);
@@ -494,7 +505,8 @@ export class WasmBackend implements Backend {
   reduce(op: ReduceOp, x: Storage, out: Storage, l: ReduceLayout): void {
     const xs = ws(x);
     const o = ws(out);
-    if (xs.dtype !== 'float32' || o.dtype !== 'float32') {
+    // prod has no SIMD body: it is rare, and the reference's float64 product is the one torch matches.
+    if (xs.dtype !== 'float32' || o.dtype !== 'float32' || op === 'prod') {
       this.cpu.reduce(op, this.host(x), this.host(out), l);
       return;
     }
@@ -515,7 +527,7 @@ export class WasmBackend implements Backend {
     const y = ws(labels);
     const o = ws(out);
     if (x.dtype === 'float32' && y.dtype === 'int32' && o.dtype === 'float32') {
-      this.k.cross_entropy(x.ptr, y.ptr, o.ptr, l.rows, l.cols, l.labelSmoothing);
+      this.k.cross_entropy(x.ptr, y.ptr, o.ptr, l.rows, l.cols, l.labelSmoothing, l.ignoreIndex);
     } else this.cpu.crossEntropy(this.host(logits), this.host(labels), this.host(out), l);
   }
 
@@ -525,8 +537,31 @@ export class WasmBackend implements Backend {
     const g = ws(gradRows);
     const o = ws(out);
     if (x.dtype === 'float32' && y.dtype === 'int32' && g.dtype === 'float32' && o.dtype === 'float32') {
-      this.k.cross_entropy_backward(x.ptr, y.ptr, g.ptr, o.ptr, l.rows, l.cols, l.labelSmoothing);
+      this.k.cross_entropy_backward(x.ptr, y.ptr, g.ptr, o.ptr, l.rows, l.cols, l.labelSmoothing, l.ignoreIndex);
     } else this.cpu.crossEntropyBackward(this.host(logits), this.host(labels), this.host(gradRows), this.host(out), l);
+  }
+
+  private convKernels: WasmConv | null = null;
+  /** The implicit-GEMM convolutions of conv.ts for float32; the reference kernels otherwise. */
+  private conv(...operands: Storage[]): WasmConv | null {
+    if (operands.some((s) => ws(s).dtype !== 'float32')) return null;
+    this.convKernels ??= new WasmConv({ exports: this.k, ptr: (s) => ws(s).ptr, scratch: (b) => this.scratch(b), f32: () => this.heap().f32, i32: () => this.heap().i32 });
+    return this.convKernels;
+  }
+  conv2d(x: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
+    const k = this.conv(x, weight, out);
+    if (k) k.forward(x, weight, out, l);
+    else this.cpu.conv2d(this.host(x), this.host(weight), this.host(out), l);
+  }
+  conv2dBackwardInput(grad: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
+    const k = this.conv(grad, weight, out);
+    if (k) k.backwardInput(grad, weight, out, l);
+    else this.cpu.conv2dBackwardInput(this.host(grad), this.host(weight), this.host(out), l);
+  }
+  conv2dBackwardWeight(x: Storage, grad: Storage, out: Storage, l: Conv2dLayout): void {
+    const k = this.conv(x, grad, out);
+    if (k) k.backwardWeight(x, grad, out, l);
+    else this.cpu.conv2dBackwardWeight(this.host(x), this.host(grad), this.host(out), l);
   }
 
   im2col(x: Storage, cols: Storage, g: Window2d): void {

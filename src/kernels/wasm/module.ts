@@ -26,6 +26,7 @@ import {
   type Operand,
 } from './emit.js';
 import { emitFusedKernels } from './fusedsimd.js';
+import { emitConvKernels } from './conv.js';
 
 const { i32: I32, f32: F32, f64: F64, v128: V128 } = ValType;
 
@@ -59,6 +60,7 @@ export function gemmScratchBytes(t: GemmTiling): number {
 /** The elementwise ops with a SIMD body; every other op runs in JS over the same memory. */
 export const SIMD_UNARY_F32 = [
   'neg', 'abs', 'sqrt', 'rsqrt', 'square', 'reciprocal', 'relu', 'affine', 'clamp', 'insideMask', 'exp', 'sigmoid',
+  'floor', 'ceil', 'round', 'leakyRelu',
 ] as const;
 export const SIMD_UNARY_I32 = ['neg', 'abs', 'square'] as const;
 export const SIMD_BINARY_F32 = ['add', 'sub', 'mul', 'div', 'maximum', 'minimum'] as const;
@@ -110,7 +112,7 @@ function load4(s: Stream, i: Operand): Expr {
  * storage lies at address 256 or above) and stores only the tail's lanes, so each op is written
  * once and costs one vector step there.
  */
-function elementwise(f: FuncBuilder, n: Operand, inputs: Stream[], out: Stream, body: (xs: Local[]) => Operand): void {
+export function elementwise(f: FuncBuilder, n: Operand, inputs: Stream[], out: Stream, body: (xs: Local[]) => Operand): void {
   const i = f.local(I32);
   const end = f.local(I32);
   const v = f.local(V128);
@@ -232,9 +234,23 @@ const UNARY_F32_BODIES: Record<(typeof SIMD_UNARY_F32)[number], VecBody> = {
   affine: (_f, [x], [p0, p1]) => f32x4.add(f32x4.mul(p0, x), p1),
   // Selects rather than min/max, to keep the CPU closure's answer when p0 > p1.
   clamp: (_f, [x], [p0, p1]) => v128.bitselect(p0, v128.bitselect(p1, x, f32x4.gt(x, p1)), f32x4.lt(x, p0)),
-  insideMask: (_f, [x], [p0, p1]) => v128.and(f32x4.splat(f32.const(1)), v128.and(f32x4.gt(x, p0), f32x4.lt(x, p1))),
+  // Inclusive bounds, as the CPU closure and PyTorch's clamp gradient (NaN is outside).
+  insideMask: (_f, [x], [p0, p1]) => v128.and(f32x4.splat(f32.const(1)), v128.and(f32x4.ge(x, p0), f32x4.le(x, p1))),
   exp: (f, [x]) => expV(f, x),
-  sigmoid: (f, [x]) => f32x4.div(1, f32x4.add(1, expV(f, f32x4.neg(x)))),
+  // e = e^-|x|: 1 / (1 + e) for x >= 0 and e / (1 + e) below, so that far left the result is
+  // e^x (down to the subnormals) instead of 1 / (1 + inf) = 0.
+  sigmoid: (f, [x]) => {
+    const e = f.local(V128);
+    const r = f.local(V128);
+    f.set(e, expV(f, f32x4.neg(f32x4.abs(x))));
+    f.set(r, f32x4.div(1, f32x4.add(1, e)));
+    return v128.bitselect(f32x4.mul(e, r), r, f32x4.lt(x, 0));
+  },
+  floor: (_f, [x]) => f32x4.floor(x),
+  ceil: (_f, [x]) => f32x4.ceil(x),
+  // nearest rounds half to even, as torch.round.
+  round: (_f, [x]) => f32x4.nearest(x),
+  leakyRelu: (_f, [x], [p0]) => v128.bitselect(x, f32x4.mul(p0, x), f32x4.gt(x, 0)),
 };
 
 const UNARY_I32_BODIES: Record<(typeof SIMD_UNARY_I32)[number], VecBody> = {
@@ -441,13 +457,16 @@ interface RowFns {
 
 /**
  * softmax(x, out, rows, cols, log): out = exp(x - lse) or x - lse per row. With a finite row max,
- * softmax keeps the exponentials of the sum pass and scales them by 1 / sum.
+ * softmax keeps the exponentials of the sum pass and scales them by 1 / sum. logSoftmax is
+ * (x - max) - log(sum): subtracting a float32 lse instead would lose the bits of lse's rounding
+ * (an ulp of the max, 6e-5 for logits near 1000, against PyTorch's few ulps of the result).
  */
 function emitSoftmax(mb: ModuleBuilder, fns: RowFns): void {
   mb.func('softmax', [I32, I32, I32, I32, I32], [], (f, x, out, rows, cols, isLog) => {
     const r = f.local(I32);
     const mx = f.local(F32);
     const v = f.local(V128);
+    const shift = f.local(V128);
     f.for(r, 0, rows, 1, () => {
       f.set(mx, call(fns.rowMax, x, cols));
       f.if(
@@ -457,11 +476,14 @@ function emitSoftmax(mb: ModuleBuilder, fns: RowFns): void {
           elementwise(f, cols, [{ ptr: out }], { ptr: out }, ([e]) => f32x4.mul(e, v));
         },
         () => {
-          f.set(v, f32x4.splat(f32.demoteF64(rowLogSumExp(f, fns, x, cols, mx))));
+          // lse = mx + log(sum exp(x - mx)), or mx itself when mx is infinite or NaN (the CPU rule).
+          f.set(shift, f32x4.splat(mx));
+          f.set(v, f32x4.splat(f32.const(0)));
+          f.if(f32.lt(f32.abs(mx), Infinity), () => f.set(v, f32x4.splat(f32.demoteF64(call(fns.log, call(fns.rowSumExp, x, cols, mx))))));
           f.if(
             isLog,
-            () => elementwise(f, cols, [{ ptr: x }], { ptr: out }, ([e]) => f32x4.sub(e, v)),
-            () => elementwise(f, cols, [{ ptr: x }], { ptr: out }, ([e]) => expV(f, f32x4.sub(e, v))),
+            () => elementwise(f, cols, [{ ptr: x }], { ptr: out }, ([e]) => f32x4.sub(f32x4.sub(e, shift), v)),
+            () => elementwise(f, cols, [{ ptr: x }], { ptr: out }, ([e]) => expV(f, f32x4.sub(f32x4.sub(e, shift), v))),
           );
         },
       );
@@ -472,11 +494,12 @@ function emitSoftmax(mb: ModuleBuilder, fns: RowFns): void {
 }
 
 /**
- * cross_entropy(x, labels, out, rows, cols, smoothing): per-row loss
- * (1-s)(lse - x[y]) + s (lse - mean(x)), NaN for a label outside [0, cols).
+ * cross_entropy(x, labels, out, rows, cols, smoothing, ignore): per-row loss
+ * (1-s)(lse - x[y]) + s (lse - mean(x)), NaN for a label outside [0, cols), 0 for the label
+ * `ignore` (which may be a class: it is applied last, over whatever the row computed).
  */
 function emitCrossEntropy(mb: ModuleBuilder, fns: RowFns): void {
-  mb.func('cross_entropy', [I32, I32, I32, I32, I32, F32], [], (f, x, labels, out, rows, cols, s) => {
+  mb.func('cross_entropy', [I32, I32, I32, I32, I32, F32, I32], [], (f, x, labels, out, rows, cols, s, ignore) => {
     const r = f.local(I32);
     const y = f.local(I32);
     const lse = f.local(F64);
@@ -497,6 +520,7 @@ function emitCrossEntropy(mb: ModuleBuilder, fns: RowFns): void {
           f.exec(f32.store(out, f32.demoteF64(loss)));
         },
       );
+      f.if(i32.eq(y, ignore), () => f.exec(f32.store(out, f32.const(0))));
       f.inc(x, i32.shl(cols, 2));
       f.inc(labels, 4);
       f.inc(out, 4);
@@ -504,13 +528,18 @@ function emitCrossEntropy(mb: ModuleBuilder, fns: RowFns): void {
   });
 }
 
-/** cross_entropy_backward(x, labels, grad, out, rows, cols, smoothing): (softmax - target) * grad[r]. */
+/**
+ * cross_entropy_backward(x, labels, grad, out, rows, cols, smoothing, ignore): (softmax - target) * grad[r],
+ * a row of zeros for the label `ignore` (written last, over whatever the row computed).
+ */
 function emitCrossEntropyBackward(mb: ModuleBuilder, fns: RowFns): void {
-  mb.func('cross_entropy_backward', [I32, I32, I32, I32, I32, I32, F32], [], (f, x, labels, grad, out, rows, cols, s) => {
+  mb.func('cross_entropy_backward', [I32, I32, I32, I32, I32, I32, F32, I32], [], (f, x, labels, grad, out, rows, cols, s, ignore) => {
     const r = f.local(I32);
     const y = f.local(I32);
     const g = f.local(F32);
-    const lse = f.local(V128);
+    const mx = f.local(F32);
+    const shift = f.local(V128);
+    const logSum = f.local(V128);
     const gv = f.local(V128);
     const smooth = f.local(V128);
     const labelAddr = f.local(I32);
@@ -518,13 +547,19 @@ function emitCrossEntropyBackward(mb: ModuleBuilder, fns: RowFns): void {
     f.for(r, 0, rows, 1, () => {
       f.set(y, i32.load(labels));
       f.set(g, f32.load(grad));
-      f.set(lse, f32x4.splat(f32.demoteF64(rowLogSumExp(f, fns, x, cols))));
+      // softmax as exp((x - max) - log(sum)), as the softmax kernel: exp(x - lse) with a float32
+      // lse would carry lse's rounding (an ulp of the max) into every probability.
+      f.set(mx, call(fns.rowMax, x, cols));
+      f.set(shift, f32x4.splat(mx));
+      f.set(logSum, f32x4.splat(f32.const(0)));
+      f.if(f32.lt(f32.abs(mx), Infinity), () => f.set(logSum, f32x4.splat(f32.demoteF64(call(fns.log, call(fns.rowSumExp, x, cols, mx))))));
       f.set(gv, f32x4.splat(select(g, f32.const(NaN), i32.ltU(y, cols), F32)));
-      elementwise(f, cols, [{ ptr: x }], { ptr: out }, ([v]) => f32x4.mul(f32x4.sub(expV(f, f32x4.sub(v, lse)), smooth), gv));
+      elementwise(f, cols, [{ ptr: x }], { ptr: out }, ([v]) => f32x4.mul(f32x4.sub(expV(f, f32x4.sub(f32x4.sub(v, shift), logSum)), smooth), gv));
       f.if(i32.ltU(y, cols), () => {
         f.set(labelAddr, i32.add(out, i32.shl(y, 2)));
         f.exec(f32.store(labelAddr, f32.sub(f32.load(labelAddr), f32.mul(f32.sub(1, s), g))));
       });
+      f.if(i32.eq(y, ignore), () => f.exec(memory.fill(out, 0, i32.shl(cols, 2))));
       f.inc(x, i32.shl(cols, 2));
       f.inc(out, i32.shl(cols, 2));
       f.inc(labels, 4);
@@ -604,7 +639,7 @@ function emitAxpy(mb: ModuleBuilder): void {
 }
 
 /** ceil(a / b) for b > 0 and any sign of a (i32.div_s truncates toward zero). */
-function ceilDiv(a: Local, b: Operand): Expr {
+export function ceilDiv(a: Local, b: Operand): Expr {
   return select(i32.divS(i32.add(a, i32.sub(b, 1)), b), i32.divS(a, b), i32.gtS(a, 0));
 }
 
@@ -982,6 +1017,7 @@ export function buildKernelModule(opts: KernelModuleOptions): Uint8Array {
   emitGemm(mb, opts.tiling ?? DEFAULT_TILING);
   emitGemv(mb);
   emitFusedKernels(mb);
+  emitConvKernels(mb);
   return mb.toBytes();
 }
 

@@ -4,20 +4,20 @@
  * backwards (col2im, pooling gradients) walk the windows that cover their pixel instead of
  * scattering with atomics.
  */
-import type { Window2d } from '../backend.js';
+import type { AvgPool2dLayout, Conv2dLayout, Window2d } from '../backend.js';
 import type { Bind, GPUStorage, Runtime } from './runtime.js';
-import { entry, INF_F32 } from './wgsl.js';
+import { entry, INF_F32, type Param } from './wgsl.js';
 
 const WG = 256;
 const FIELDS = ['n', 'c', 'h', 'w', 'kh', 'kw', 'oh', 'ow', 'sh', 'sw', 'ph', 'pw', 'dh', 'dw'] as const;
 
-function windowKernel(rt: Runtime, name: string, binds: Bind[], total: number, g: Window2d, main: string, helpers = ''): void {
+function windowKernel(rt: Runtime, name: string, binds: Bind[], total: number, g: Window2d, main: string, helpers = '', extra: Param[] = []): void {
   if (total === 0) return;
   rt.dispatch({
     name,
     key: name,
     binds,
-    params: [...FIELDS.map((f) => ({ name: f, type: 'i32' as const, value: g[f] })), { name: 'total', type: 'u32', value: total }],
+    params: [...FIELDS.map((f) => ({ name: f, type: 'i32' as const, value: g[f] })), { name: 'total', type: 'u32', value: total }, ...extra],
     groups: Math.ceil(total / WG),
     wgsl: () => `${helpers}
 ${entry(WG)} {
@@ -81,6 +81,114 @@ export function col2im(rt: Runtime, cols: GPUStorage, out: GPUStorage, g: Window
   dst[t] = sum;`);
 }
 
+/** The channel counts of a convolution, as uniforms next to the window fields. */
+const convParams = (l: Conv2dLayout): Param[] => [
+  { name: 'oc', type: 'i32', value: l.outChannels },
+  { name: 'groups', type: 'i32', value: l.groups },
+];
+
+/**
+ * The direct convolution: one thread per output element, summing its group's channels times the
+ * kernel window. On SwiftShader (the CPU-emulated adapter here) this beats an im2col + matmul,
+ * which writes and reads back kh*kw times the input; a real GPU would want the output tiled in
+ * workgroup memory (not written yet: see the README's note on untimed real-GPU kernel forms).
+ */
+export function conv2d(rt: Runtime, x: GPUStorage, weight: GPUStorage, out: GPUStorage, l: Conv2dLayout): void {
+  const binds: Bind[] = [{ name: 'src', s: x, access: 'read' }, { name: 'wt', s: weight, access: 'read' }, { name: 'dst', s: out, access: 'write' }];
+  windowKernel(rt, 'conv2d', binds, l.n * l.outChannels * l.oh * l.ow, l, `
+  let ox = ti % P.ow;
+  let oy = (ti / P.ow) % P.oh;
+  let o = (ti / (P.ow * P.oh)) % P.oc;
+  let b = ti / (P.ow * P.oh * P.oc);
+  let cg = P.c / P.groups;
+  let c0 = (o / (P.oc / P.groups)) * cg;
+  var sum = 0.0;
+  for (var ci = 0i; ci < cg; ci++) {
+    let plane = (b * P.c + c0 + ci) * P.h;
+    let taps = (o * cg + ci) * P.kh;
+    for (var ki = 0i; ki < P.kh; ki++) {
+      let y = oy * P.sh - P.ph + ki * P.dh;
+      if (y < 0i || y >= P.h) { continue; }
+      for (var kj = 0i; kj < P.kw; kj++) {
+        let x = ox * P.sw - P.pw + kj * P.dw;
+        if (x < 0i || x >= P.w) { continue; }
+        sum += wt[(taps + ki) * P.kw + kj] * src[(plane + y) * P.w + x];
+      }
+    }
+  }
+  dst[t] = sum;`, '', convParams(l));
+}
+
+/** The input gradient as a gather: one thread per input pixel, over the windows covering it. */
+export function conv2dBackwardInput(rt: Runtime, grad: GPUStorage, weight: GPUStorage, out: GPUStorage, l: Conv2dLayout): void {
+  const binds: Bind[] = [{ name: 'grad', s: grad, access: 'read' }, { name: 'wt', s: weight, access: 'read' }, { name: 'dst', s: out, access: 'write' }];
+  windowKernel(rt, 'conv2dBackwardInput', binds, l.n * l.c * l.h * l.w, l, `
+  let x = ti % P.w;
+  let y = (ti / P.w) % P.h;
+  let c = (ti / (P.w * P.h)) % P.c;
+  let b = ti / (P.w * P.h * P.c);
+  let cg = P.c / P.groups;
+  let og = P.oc / P.groups;
+  let o0 = (c / cg) * og;
+  let ci = c % cg;
+  var sum = 0.0;
+  ${forWindowsCovering(`for (var o = o0; o < o0 + og; o++) {
+        sum += wt[((o * cg + ci) * P.kh + ki) * P.kw + kj] * grad[((b * P.oc + o) * P.oh + oy) * P.ow + ox];
+      }`)}
+  dst[t] = sum;`, '', convParams(l));
+}
+
+const WEIGHT_GRAD_WG = 64;
+
+/**
+ * The weight gradient: one workgroup per weight element, whose threads stride over the batch and
+ * the output positions and then add their partial sums in workgroup memory (a thread per weight
+ * alone would leave most of the device idle: a layer has few weights and many positions).
+ */
+export function conv2dBackwardWeight(rt: Runtime, x: GPUStorage, grad: GPUStorage, out: GPUStorage, l: Conv2dLayout): void {
+  const total = l.outChannels * (l.c / l.groups) * l.kh * l.kw;
+  if (total === 0) return;
+  const g = l as Window2d;
+  rt.dispatch({
+    name: 'conv2dBackwardWeight',
+    key: 'conv2dBackwardWeight',
+    binds: [{ name: 'src', s: x, access: 'read' }, { name: 'grad', s: grad, access: 'read' }, { name: 'dst', s: out, access: 'write' }],
+    params: [...FIELDS.map((f) => ({ name: f, type: 'i32' as const, value: g[f] })), { name: 'total', type: 'u32', value: total }, ...convParams(l)],
+    groups: total,
+    wgsl: () => `var<workgroup> partial: array<f32, ${WEIGHT_GRAD_WG}>;
+${entry(WEIGHT_GRAD_WG)} {
+  let t = fg_group(wg, nwg);
+  if (t >= P.total) { return; }
+  let ti = i32(t);
+  let cg = P.c / P.groups;
+  let kj = ti % P.kw;
+  let ki = (ti / P.kw) % P.kh;
+  let ci = (ti / (P.kw * P.kh)) % cg;
+  let o = ti / (P.kw * P.kh * cg);
+  let c = (o / (P.oc / P.groups)) * cg + ci;
+  let positions = P.n * P.oh * P.ow;
+  var sum = 0.0;
+  for (var q = i32(lid); q < positions; q += ${WEIGHT_GRAD_WG}i) {
+    let ox = q % P.ow;
+    let oy = (q / P.ow) % P.oh;
+    let b = q / (P.ow * P.oh);
+    let y = oy * P.sh - P.ph + ki * P.dh;
+    let x = ox * P.sw - P.pw + kj * P.dw;
+    if (y >= 0i && y < P.h && x >= 0i && x < P.w) {
+      sum += grad[((b * P.oc + o) * P.oh + oy) * P.ow + ox] * src[((b * P.c + c) * P.h + y) * P.w + x];
+    }
+  }
+  partial[lid] = sum;
+  workgroupBarrier();
+  for (var half = ${WEIGHT_GRAD_WG / 2}u; half > 0u; half = half / 2u) {
+    if (lid < half) { partial[lid] += partial[lid + half]; }
+    workgroupBarrier();
+  }
+  if (lid == 0u) { dst[t] = partial[0]; }
+}`,
+  });
+}
+
 export function maxPool2d(rt: Runtime, x: GPUStorage, out: GPUStorage, argOut: GPUStorage | null, g: Window2d): void {
   const binds: Bind[] = [{ name: 'src', s: x, access: 'read' }, { name: 'dst', s: out, access: 'write' }];
   if (argOut) binds.push({ name: 'arg_out', s: argOut, access: 'write' });
@@ -120,27 +228,80 @@ export function maxPool2dBackward(rt: Runtime, grad: GPUStorage, arg: GPUStorage
   );
 }
 
-export function avgPool2d(rt: Runtime, x: GPUStorage, out: GPUStorage, g: Window2d): void {
-  windowKernel(rt, 'avgPool2d', [{ name: 'src', s: x, access: 'read' }, { name: 'dst', s: out, access: 'write' }], g.n * g.c * g.oh * g.ow, g, `
+/** The divisor options of an average pooling, as uniforms (0/1 and 0 = none). */
+const avgPoolParams = (g: AvgPool2dLayout): Param[] => [
+  { name: 'count_include_pad', type: 'i32', value: g.countIncludePad ? 1 : 0 },
+  { name: 'divisor_override', type: 'i32', value: g.divisorOverride },
+];
+
+/**
+ * PyTorch's avg_pool2d window of output (oy, ox), as avgPoolWindow in the CPU backend: the input
+ * cells [y0, y1) x [x0, x1) it sums, and its divisor (the window cut at the far edge of the padded
+ * input, which ceil mode can overhang, then counted with or without its padding, or overridden).
+ */
+const AVG_POOL_WINDOW = `
+struct AvgWindow { y0: i32, y1: i32, x0: i32, x1: i32, divisor: f32 }
+fn avg_window(oy: i32, ox: i32) -> AvgWindow {
+  let ys = oy * P.sh - P.ph;
+  let xs = ox * P.sw - P.pw;
+  let ye = min(ys + P.kh, P.h + P.ph);
+  let xe = min(xs + P.kw, P.w + P.pw);
+  var win: AvgWindow;
+  win.y0 = max(ys, 0i);
+  win.x0 = max(xs, 0i);
+  win.y1 = min(ye, P.h);
+  win.x1 = min(xe, P.w);
+  var cells = (ye - ys) * (xe - xs);
+  if (P.count_include_pad == 0i) { cells = (win.y1 - win.y0) * (win.x1 - win.x0); }
+  if (P.divisor_override != 0i) { cells = P.divisor_override; }
+  win.divisor = f32(cells);
+  return win;
+}`;
+
+export function avgPool2d(rt: Runtime, x: GPUStorage, out: GPUStorage, g: AvgPool2dLayout): void {
+  windowKernel(
+    rt,
+    'avgPool2d',
+    [{ name: 'src', s: x, access: 'read' }, { name: 'dst', s: out, access: 'write' }],
+    g.n * g.c * g.oh * g.ow,
+    g,
+    `
   ${OUTPUT_PIXEL}
+  let win = avg_window(oy, ox);
   var sum = 0.0;
-  for (var ki = 0i; ki < P.kh; ki++) {
-    let y = oy * P.sh - P.ph + ki * P.dh;
-    if (y < 0i || y >= P.h) { continue; }
-    for (var kj = 0i; kj < P.kw; kj++) {
-      let x = ox * P.sw - P.pw + kj * P.dw;
-      if (x >= 0i && x < P.w) { sum += src[(p * P.h + y) * P.w + x]; }
-    }
+  for (var y = win.y0; y < win.y1; y++) {
+    for (var x = win.x0; x < win.x1; x++) { sum += src[(p * P.h + y) * P.w + x]; }
   }
-  // Padding counts in the divisor (count_include_pad).
-  dst[t] = sum / f32(P.kh * P.kw);`);
+  dst[t] = sum / win.divisor;`,
+    AVG_POOL_WINDOW,
+    avgPoolParams(g),
+  );
 }
 
-export function avgPool2dBackward(rt: Runtime, grad: GPUStorage, out: GPUStorage, g: Window2d): void {
-  windowKernel(rt, 'avgPool2dBackward', [{ name: 'grad', s: grad, access: 'read' }, { name: 'dst', s: out, access: 'write' }], g.n * g.c * g.h * g.w, g, `
+export function avgPool2dBackward(rt: Runtime, grad: GPUStorage, out: GPUStorage, g: AvgPool2dLayout): void {
+  windowKernel(
+    rt,
+    'avgPool2dBackward',
+    [{ name: 'grad', s: grad, access: 'read' }, { name: 'dst', s: out, access: 'write' }],
+    g.n * g.c * g.h * g.w,
+    g,
+    `
   ${INPUT_PIXEL}
   let o0 = p * P.oh * P.ow;
+  // The windows covering (y, x): oy * sh - ph <= y < oy * sh - ph + kh (no dilation in average
+  // pooling), likewise for x. The cut at the padded edge removes only padding cells.
+  let ny = y + P.ph - P.kh;
+  let nx = x + P.pw - P.kw;
+  let oy0 = select(0i, ny / P.sh + 1i, ny >= 0i);
+  let ox0 = select(0i, nx / P.sw + 1i, nx >= 0i);
+  let oy1 = min((y + P.ph) / P.sh, P.oh - 1i);
+  let ox1 = min((x + P.pw) / P.sw, P.ow - 1i);
   var sum = 0.0;
-  ${forWindowsCovering('sum += grad[o0 + oy * P.ow + ox];')}
-  dst[t] = sum / f32(P.kh * P.kw);`);
+  for (var oy = oy0; oy <= oy1; oy++) {
+    for (var ox = ox0; ox <= ox1; ox++) { sum += grad[o0 + oy * P.ow + ox] / avg_window(oy, ox).divisor; }
+  }
+  dst[t] = sum;`,
+    AVG_POOL_WINDOW,
+    avgPoolParams(g),
+  );
 }

@@ -4,8 +4,11 @@
  * SwiftShader Vulkan driver that Debian's chromium ships; the loader reads VK_ICD_FILENAMES when
  * Dawn creates its instance, so it has to be set before the first `create()`.
  */
+// The fused optimizer kernels register themselves for 'webgpu' on load: they come with the
+// backend that runs them, not with the optimizers (which must not pull WGSL into a cpu/wasm app).
+import './fused.js';
 import { WebGPUBackend } from './index.js';
-import type { RuntimeOptions } from './runtime.js';
+import { CHECKED_LIMITS, type RuntimeOptions } from './runtime.js';
 
 export interface WebGPUOptions extends RuntimeOptions {
   /** A GPU object to request the adapter from (e.g. one made with Dawn's `create([...])`). */
@@ -17,20 +20,12 @@ export interface WebGPUOptions extends RuntimeOptions {
 
 export const SWIFTSHADER_ICD = '/usr/lib/chromium/vk_swiftshader_icd.json';
 
-/** The limits a tensor library leans on; each is requested at the adapter's maximum. */
-const WANTED_LIMITS = [
-  'maxStorageBufferBindingSize',
-  'maxBufferSize',
-  'maxComputeWorkgroupsPerDimension',
-  'maxStorageBuffersPerShaderStage',
-  'maxComputeInvocationsPerWorkgroup',
-  'maxComputeWorkgroupSizeX',
-  'maxComputeWorkgroupSizeY',
-  'maxComputeWorkgroupSizeZ',
-  'maxComputeWorkgroupStorageSize',
-  'maxUniformBufferBindingSize',
-  'maxBindGroups',
-] as const;
+/**
+ * The limits a tensor library leans on, each requested at the adapter's best value (WebGPU's
+ * defaults are far below what adapters offer: 128 MiB bindings, 8 storage buffers): the ones the
+ * runtime checks kernels against, and the bind groups a pipeline layout may hold.
+ */
+const WANTED_LIMITS = [...CHECKED_LIMITS, 'maxBindGroups'] as const;
 
 function isNode(): boolean {
   return typeof process !== 'undefined' && !!process.versions?.node;

@@ -145,7 +145,7 @@ export function mapKernel(rt: Runtime, spec: MapSpec): void {
       return `alias T = ${T};
 alias TU = ${vec4 ? 'vec4<u32>' : 'u32'};
 alias bool_t = ${vec4 ? 'vec4<bool>' : 'bool'};
-${preludeFor(expr, spec.compute)}
+${preludeFor(expr, spec.compute, vec4)}
 ${spreadMain(
   spread,
   `${flat ? '' : stridedOffsets(rank, setNames, vec4 ? 'v * 4u' : 'v', withOffset)}
@@ -187,15 +187,16 @@ function computeFor(dtypes: DType[], intOk: boolean, outDtype: DType): Scalar {
 
 export function unary(rt: Runtime, op: UnaryOp, x: GPUStorage, out: GPUStorage, p0: number, p1: number): void {
   if (x.numel !== out.numel) throw new RangeError(`unary ${op}: ${x.numel} inputs for ${out.numel} outputs`);
-  const def = UNARY_OPS[op] as { wgsl: string; int?: boolean };
+  const def = UNARY_OPS[op] as { wgsl: string; int?: boolean; bool?: boolean };
   mapKernel(rt, {
     name: 'unary',
     key: op,
     shape: [x.numel],
     inputs: [{ name: 'x', s: x, strides: [1] }],
     out,
-    compute: computeFor([x.dtype], def.int === true, out.dtype),
+    compute: computeFor([x.dtype], def.int === true, def.bool ? 'int32' : out.dtype),
     expr: def.wgsl,
+    yieldsBool: def.bool === true,
     scalars: { p0, p1 },
   });
 }

@@ -14,7 +14,6 @@ import {
   PARAM_FIELDS,
   registerFusedKernels,
   S_FLAG,
-  S_STEPS,
   type AdamGroup,
   type AdaptiveSpec,
   type ArenaLayout,
@@ -27,7 +26,7 @@ import {
   type SelectSpec,
   type SExpr,
   type SgdGroup,
-  type SumSquaresOptions,
+  type NormOptions,
   type Term,
   type UpdateOptions,
 } from '../fused.js';
@@ -228,13 +227,12 @@ export class WebGPUFusedKernels implements FusedKernels {
     return `let i = fg_group(wg, nwg) * ${WG}u + lid;\n  if (i >= P.n) { return; }`;
   }
 
-  /** Pass 2 of a reduction: one workgroup sums the partials into S[slot], sets the gate, runs `then`. */
-  private finalize(partials: GPUStorage, nchunks: number, S: GPUStorage, slot: number, gate: 'set' | 'or' | undefined, then: readonly SAssign[] | undefined, name: string): void {
+  /** Pass 2 of a sum: one workgroup sums the partials into S[slot] and runs `then`. */
+  private finalize(partials: GPUStorage, nchunks: number, S: GPUStorage, slot: number, then: readonly SAssign[] | undefined, name: string): void {
     const prog = compileProg(then, 'k');
-    const gateLine = gate === 'set' ? `S[${S_FLAG}u] = select(0.0, 1.0, fg_nonfinite(total));` : gate === 'or' ? `S[${S_FLAG}u] = select(S[${S_FLAG}u], 1.0, fg_nonfinite(total));` : '';
     this.rt.dispatch({
       name: `${name}.final`,
-      key: `fused.final:${this.rt.cpuEmulated ? 'emu' : 'tree'}:${gate ?? ''}:${prog.key}`,
+      key: `fused.final:${this.rt.cpuEmulated ? 'emu' : 'tree'}:${prog.key}`,
       binds: [
         { name: 'part', s: partials, access: 'read' },
         { name: 'S', s: S, access: 'read_write' },
@@ -249,7 +247,6 @@ ${entry(1)} {
   var total = 0.0;
   for (var j = 0u; j < P.n; j++) { total += part[j]; }
   S[P.slot] = total;
-  ${gateLine}
   ${prog.code}
 }`
           : `${TABLES_NONE}
@@ -266,7 +263,6 @@ ${entry(WG)} {
   if (lid == 0u) {
     let total = sv[0];
     S[P.slot] = total;
-    ${gateLine}
     ${prog.code}
   }
 }`,
@@ -282,15 +278,7 @@ ${entry(WG)} {
     const nchunks = emu ? Math.min(MAX_CHUNKS, Math.ceil(n4 / 64)) : Math.min(MAX_CHUNKS, Math.ceil(L.numel / CHUNK));
     const chunk4 = Math.ceil(n4 / nchunks);
     const partials = this.rt.temp(nchunks, 'float32');
-    const visit = `let k = bp[q / 16u];
-    if (k >= 0) {
-      let b = u32(k) * ${PARAM_FIELDS}u;
-      let grp = u32(pt[b + 2u]);
-      let flags = u32(pt[b + 3u]);
-      if ((flags & ${FLAG_ACTIVE}u) != 0u${filter}) {
-        ${term}
-      }
-    }`;
+    const visit = visitActive(term, filter);
     if (emu) {
       this.rt.dispatch({
         name: `${name}.partial`,
@@ -318,7 +306,7 @@ ${entry(64)} {
       name: `${name}.partial`,
       key: `fused.partial:${key}`,
       binds: [...binds, ...this.tables(L), { name: 'part', s: partials, access: 'write' }],
-      params: [u32('n4', n4), u32('chunk4', chunk4), ...params],
+      params: [u32('n4', n4), u32('chunk4', chunk4), u32('nchunks', nchunks), ...params],
       groups: nchunks,
       wgsl: () => `${WGSL_RNG}
 ${fns}
@@ -337,7 +325,8 @@ ${entry(WG)} {
     if (lid < s) { sv[lid] = sv[lid] + sv[lid + s]; }
     workgroupBarrier();
   }
-  if (lid == 0u) { part[g] = sv[0]; }
+  // A split dispatch's spare groups (g >= nchunks) must not write.
+  if (lid == 0u && g < P.nchunks) { part[g] = sv[0]; }
 }`,
     });
     return { partials, nchunks };
@@ -347,28 +336,140 @@ ${entry(WG)} {
     return { name, s: asGPU(s), access, type: V4 };
   }
 
-  sumSquares(L: ArenaLayout, x: Storage, S: Storage, slot: number, o: SumSquaresOptions = {}): void {
+  /**
+   * The norm in two passes like the sums, but each thread keeps (m, s): the largest magnitude seen
+   * and the sum of squares scaled by it, ||x|| = m sqrt(s), so finite values never overflow (a
+   * float32 sum of squares does from 1.8e19). NaN and Inf are flagged directly from their bits
+   * (their lanes count as 0 in (m, s)); a flagged norm is stored as Inf.
+   */
+  norm(L: ArenaLayout, x: Storage, S: Storage, slot: number, o: NormOptions = {}): void {
     const ad = adaptiveParts(o.adaptive);
     const binds: Bind[] = [this.v4('x', x, 'read')];
     if (o.adaptive) binds.push(this.v4('p', o.adaptive.p, 'read'));
-    const term = o.adaptive ? 'let v = fg_T(grp, flags, p[q]) * x[q];\n        acc += dot(v, v);' : 'let v = x[q];\n        acc += dot(v, v);';
-    const { partials, nchunks } = this.reduce(
-      L,
-      'fused.sumSquares',
-      `sumsq:${o.adaptive ? `ad${ad.params.length}` : ''}:${o.select ? 'sel' : ''}`,
-      binds,
-      [...ad.params, ...selectParams(o.select)],
-      `${ad.fns}\n${o.select ? SELECT_FN : ''}`,
-      term,
+    const n4 = L.numel / 4;
+    const emu = this.rt.cpuEmulated;
+    const nchunks = emu ? Math.min(MAX_CHUNKS, Math.ceil(n4 / 64)) : Math.min(MAX_CHUNKS, Math.ceil(L.numel / CHUNK));
+    const chunk4 = Math.ceil(n4 / nchunks);
+    // Three values per partial: m, s, and 1 where a NaN or Inf was seen.
+    const partials = this.rt.temp(3 * nchunks, 'float32');
+    const visit = visitActive(
+      `let v = ${o.adaptive ? 'fg_T(grp, flags, p[q]) * x[q]' : 'x[q]'};
+        let nf = (bitcast<vec4<u32>>(v) & vec4<u32>(0x7f800000u)) == vec4<u32>(0x7f800000u);
+        if (any(nf)) { bad = 1.0; }
+        let a = select(abs(v), vec4<f32>(0.0), nf);
+        let am = max(max(a.x, a.y), max(a.z, a.w));
+        if (am > m) { let r = m / am; s = s * r * r; m = am; }
+        if (m > 0.0) { let t = a / m; s += dot(t, t); }`,
       o.select ? ' && fg_selected(u32(k))' : '',
     );
-    this.finalize(partials, nchunks, asGPU(S), slot, o.gate, o.then, 'fused.sumSquares');
+    const fns = `${WGSL_RNG}
+${ad.fns}
+${o.select ? SELECT_FN : ''}
+${NORM_COMBINE}`;
+    const params = [u32('n4', n4), u32('chunk4', chunk4), u32('nchunks', nchunks), ...ad.params, ...selectParams(o.select)];
+    const key = `${o.adaptive ? `ad${ad.params.length}` : ''}:${o.select ? 'sel' : ''}`;
+    const bindsAll = [...binds, ...this.tables(L), { name: 'part', s: partials, access: 'write' as const }];
+    if (emu) {
+      // SwiftShader: one invocation per contiguous range, no barriers (as in reduce()).
+      this.rt.dispatch({
+        name: 'fused.norm.partial',
+        key: `fused.norm.partial.emu:${key}`,
+        binds: bindsAll,
+        params,
+        groups: Math.ceil(nchunks / 64),
+        wgsl: () => `${fns}
+${entry(64)} {
+  let t = fg_group(wg, nwg) * 64u + lid;
+  if (t >= P.nchunks) { return; }
+  let start = t * P.chunk4;
+  let end = min(P.n4, start + P.chunk4);
+  var m = 0.0;
+  var s = 0.0;
+  var bad = 0.0;
+  for (var q = start; q < end; q++) {
+    ${visit}
+  }
+  part[3u * t] = m;
+  part[3u * t + 1u] = s;
+  part[3u * t + 2u] = bad;
+}`,
+      });
+    } else {
+      this.rt.dispatch({
+        name: 'fused.norm.partial',
+        key: `fused.norm.partial:${key}`,
+        binds: bindsAll,
+        params,
+        groups: nchunks,
+        wgsl: () => `${fns}
+var<workgroup> wm: array<f32, ${WG}>;
+var<workgroup> ws: array<f32, ${WG}>;
+var<workgroup> wb: array<f32, ${WG}>;
+${entry(WG)} {
+  let g = fg_group(wg, nwg);
+  let start = g * P.chunk4;
+  let end = min(P.n4, start + P.chunk4);
+  var m = 0.0;
+  var s = 0.0;
+  var bad = 0.0;
+  for (var q = start + lid; q < end; q += ${WG}u) {
+    ${visit}
+  }
+  wm[lid] = m;
+  ws[lid] = s;
+  wb[lid] = bad;
+  workgroupBarrier();
+  for (var h = ${WG / 2}u; h > 0u; h = h >> 1u) {
+    if (lid < h) {
+      let c = fg_norm_combine(vec2<f32>(wm[lid], ws[lid]), vec2<f32>(wm[lid + h], ws[lid + h]));
+      wm[lid] = c.x;
+      ws[lid] = c.y;
+      wb[lid] = max(wb[lid], wb[lid + h]);
+    }
+    workgroupBarrier();
+  }
+  if (lid == 0u) {
+    part[3u * g] = wm[0];
+    part[3u * g + 1u] = ws[0];
+    part[3u * g + 2u] = wb[0];
+  }
+}`,
+      });
+    }
+    // Pass 2: one invocation combines the partials (at most MAX_CHUNKS), stores the norm, gates, runs `then`.
+    const prog = compileProg(o.then, 'k');
+    const gateLine = o.gate === 'set' ? `S[${S_FLAG}u] = bad;` : o.gate === 'or' ? `S[${S_FLAG}u] = max(S[${S_FLAG}u], bad);` : '';
+    this.rt.dispatch({
+      name: 'fused.norm.final',
+      key: `fused.norm.final:${o.gate ?? ''}:${prog.key}`,
+      binds: [
+        { name: 'part', s: partials, access: 'read' },
+        { name: 'S', s: asGPU(S), access: 'read_write' },
+      ],
+      params: [u32('n', nchunks), u32('slot', slot), ...prog.params],
+      groups: 1,
+      wgsl: () => `${TABLES_NONE}
+${NORM_COMBINE}
+${entry(1)} {
+  var ms = vec2<f32>(0.0, 0.0);
+  var bad = 0.0;
+  for (var j = 0u; j < P.n; j++) {
+    ms = fg_norm_combine(ms, vec2<f32>(part[3u * j], part[3u * j + 1u]));
+    bad = max(bad, part[3u * j + 2u]);
+  }
+  // Inf from a runtime bit pattern (a constant one is rejected as not representable).
+  var infBits = 0x7f800000u;
+  S[P.slot] = select(ms.x * sqrt(ms.y), bitcast<f32>(infBits), bad != 0.0);
+  ${gateLine}
+  ${prog.code}
+}`,
+    });
     this.rt.release(partials);
   }
 
   dot(L: ArenaLayout, x: Storage, y: Storage, S: Storage, slot: number, then?: readonly SAssign[]): void {
     const { partials, nchunks } = this.reduce(L, 'fused.dot', 'dot', [this.v4('x', x, 'read'), this.v4('y', y, 'read')], [], '', 'acc += dot(x[q], y[q]);', '');
-    this.finalize(partials, nchunks, asGPU(S), slot, undefined, then, 'fused.dot');
+    this.finalize(partials, nchunks, asGPU(S), slot, then, 'fused.dot');
     this.rt.release(partials);
   }
 
@@ -400,7 +501,7 @@ ${entry(1)} {
       ...this.tables(L),
     ];
     if (o.save) binds.push(this.v4('save', o.save, 'write'));
-    const kExpr = o.normSlot === null ? '1.0' : `1.0 / (sqrt(S[${o.normSlot}u]) + P.eps)`;
+    const kExpr = o.normSlot === null ? '1.0' : `1.0 / (S[${o.normSlot}u] + P.eps)`;
     this.rt.dispatch({
       name: 'fused.perturb',
       key: `fused.perturb:${this.rt.cpuEmulated ? 'emu' : ''}:${coef.params.length}:${o.adaptive ? `ad${ad.params.length}` : ''}:${o.select ? 'sel' : ''}:${o.mode}:${o.save ? 'save' : ''}:${o.gated ? 'g' : ''}:${o.normSlot ?? 'x'}`,
@@ -527,25 +628,52 @@ ${entry(WG)} {
     });
   }
 
+  /**
+   * Adds one to the step count of every active parameter when the update is taken (not gated off):
+   * a dispatch of its own, so that every invocation of the update reads the advanced count.
+   */
+  private advanceSteps(L: ArenaLayout, steps: Storage, S: Storage, gated: boolean): void {
+    this.rt.dispatch({
+      name: 'fused.advanceSteps',
+      key: `fused.advanceSteps:${gated ? 'g' : ''}`,
+      binds: [
+        { name: 'steps', s: asGPU(steps), access: 'read_write' },
+        { name: 'S', s: asGPU(S), access: 'read' },
+        { name: 'pt', s: asGPU(L.paramTable), access: 'read' },
+      ],
+      params: [u32('n', L.params.length)],
+      groups: this.groupsOf(L.params.length),
+      wgsl: () => `${entry(WG)} {
+  let k = fg_group(wg, nwg) * ${WG}u + lid;
+  if (k >= P.n) { return; }
+  ${gated ? `if (S[${S_FLAG}u] != 0.0) { return; }` : ''}
+  if ((u32(pt[k * ${PARAM_FIELDS}u + 3u]) & ${FLAG_ACTIVE}u) != 0u) { steps[k] = steps[k] + 1.0; }
+}`,
+    });
+  }
+
   /** The shared frame of the update kernels: restore, gate, then `body` (vec4 lanes) on active parameters. */
   private update(L: ArenaLayout, name: string, key: string, binds: Bind[], params: Param[], fns: string, body: string, o: UpdateOptions, S: Storage): void {
     const r = o.restore;
+    this.advanceSteps(L, o.steps, S, o.gated);
     if (r) binds.push(this.v4('aux', r.aux, 'read'));
-    binds.push({ name: 'S', s: asGPU(S), access: 'read' }, ...this.tables(L));
+    binds.push({ name: 'S', s: asGPU(S), access: 'read' }, { name: 'steps', s: asGPU(o.steps), access: 'read' }, ...this.tables(L));
     const load = !r ? 'p[q]' : r.mode === 'backup' ? 'aux[q]' : 'p[q] - aux[q]';
     this.rt.dispatch({
       name,
       key: `${key}:${r ? r.mode : ''}:${o.gated ? 'g' : ''}:${this.rt.cpuEmulated ? 'emu' : ''}`,
       binds,
-      params: [u32('n4', L.numel / 4), f32('step', o.step), ...params],
+      params: [u32('n4', L.numel / 4), ...params],
       groups: this.groups4(L),
       wgsl: () => `${POWI}
 ${fns}
 ${entry(WG)} {
-  ${o.gated ? `let skip = S[${S_FLAG}u] != 0.0;\n  let stepf = S[${S_STEPS}u];` : 'let skip = false;\n  let stepf = P.step;'}
+  ${o.gated ? `let skip = S[${S_FLAG}u] != 0.0;` : 'let skip = false;'}
   ${vec4Frame(this.rt.cpuEmulated, `var pv = ${load};
     if (!skip && live) {
       let g = grp;
+      // This parameter's own count of updates taken (torch's state[p]['step']), already advanced.
+      let stepf = steps[u32(k)];
       ${body}
     }
     ${r ? 'p[q] = pv;' : 'if (!skip && live) { p[q] = pv; }'}`)}
@@ -609,6 +737,32 @@ ${entry(WG)} {
     const np = vals.map((x) => x.params.length).join('');
     this.update(L, 'fused.adam', `fused.adam:${np}:${decoupled ? 'w' : ''}`, binds, vals.flatMap((x) => x.params), vals.map((x) => x.fn).join('\n'), body, o, S);
   }
+}
+
+/**
+ * Combines two scaled sums of squares (m, s), each ||.||^2 = m^2 s, into one scaled by the larger m.
+ */
+const NORM_COMBINE = /* wgsl */ `
+fn fg_norm_combine(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+  let m = max(a.x, b.x);
+  if (m == 0.0) { return vec2<f32>(0.0, 0.0); }
+  let ra = a.x / m;
+  let rb = b.x / m;
+  return vec2<f32>(m, a.y * ra * ra + b.y * rb * rb);
+}
+`;
+
+/** The frame of a reduction's visit of vec4 q: `term` runs when q's parameter is active (and passes `filter`). */
+function visitActive(term: string, filter: string): string {
+  return `let k = bp[q / 16u];
+    if (k >= 0) {
+      let b = u32(k) * ${PARAM_FIELDS}u;
+      let grp = u32(pt[b + 2u]);
+      let flags = u32(pt[b + 3u]);
+      if ((flags & ${FLAG_ACTIVE}u) != 0u${filter}) {
+        ${term}
+      }
+    }`;
 }
 
 /** Kernels without tables still get the non-finite test. */

@@ -1,10 +1,15 @@
 /**
  * gather (torch.gather / index_select) and its adjoint scatterAdd over [outer, xDim, inner].
- * scatterAdd has no float atomics to lean on: each output element walks the indices of its
- * (outer, inner) column and sums the sources that hit it, which is deterministic too.
+ * scatterAdd has no float atomics to lean on, and scanning every index for every output costs
+ * O(xDim * idxDim) per column (an embedding's backward: vocabulary x tokens x width). Instead the
+ * index column is stably sorted once (sort.ts), and each output element binary-searches its index
+ * there and sums only the sources that hit it, in ascending source order: deterministic, and the
+ * same order of additions as the CPU reference.
  */
 import type { GatherLayout } from '../backend.js';
 import type { GPUStorage, Runtime } from './runtime.js';
+import { fill } from './copy.js';
+import { argsort } from './sort.js';
 import { convert, entry, NAN_F32, scalarOf } from './wgsl.js';
 
 const WG = 256;
@@ -55,14 +60,22 @@ export function gather(rt: Runtime, x: GPUStorage, idx: GPUStorage, out: GPUStor
 export function scatterAdd(rt: Runtime, src: GPUStorage, idx: GPUStorage, out: GPUStorage, l: GatherLayout): void {
   const total = l.outer * l.xDim * l.inner;
   if (total === 0) return;
+  if (l.idxDim === 0) return fill(rt, out, 0);
+  // The index columns, stably sorted: one column per (outer, inner) position, or the one shared
+  // index of index_select.
+  const columns = l.perPosition ? { outer: l.outer, inner: l.inner } : { outer: 1, inner: 1 };
+  const order = rt.temp(columns.outer * l.idxDim * columns.inner, 'int32');
+  argsort(rt, idx, order, { ...columns, size: l.idxDim, descending: false });
   const os = scalarOf(out.dtype);
   const acc = os === 'f32' ? 'f32' : 'i32';
+  const key = (q: string) => convert(`idx[col + u32(order[col + (${q}) * stride]) * stride]`, scalarOf(idx.dtype), 'i32');
   rt.dispatch({
     name: 'scatterAdd',
     key: `scatterAdd:${l.perPosition}`,
     binds: [
       { name: 'src', s: src, access: 'read' },
       { name: 'idx', s: idx, access: 'read' },
+      { name: 'order', s: order, access: 'read' },
       { name: 'dst', s: out, access: 'write' },
     ],
     params: [...layoutParams(l), { name: 'total', type: 'u32', value: total }],
@@ -73,12 +86,23 @@ export function scatterAdd(rt: Runtime, src: GPUStorage, idx: GPUStorage, out: G
   let i = t % P.inner;
   let k = i32((t / P.inner) % u32(P.x_dim));
   let o = t / (P.inner * u32(P.x_dim));
+  let col = ${l.perPosition ? 'o * P.idx_dim * P.inner + i' : '0u'};
+  let stride = ${l.perPosition ? 'P.inner' : '1u'};
+  // Lower bound of k in the sorted column, then its run of equal indices in ascending j.
+  var a = 0u;
+  var b = P.idx_dim;
+  while (a < b) {
+    let m = (a + b) / 2u;
+    if (${key('m')} < k) { a = m + 1u; } else { b = m; }
+  }
   var sum = ${acc}(0);
-  for (var j = 0u; j < P.idx_dim; j++) {
-    let pos = (o * P.idx_dim + j) * P.inner + i;
-    if (${indexAt(idx, l.perPosition)} == k) { sum += ${convert('src[pos]', scalarOf(src.dtype), acc)}; }
+  for (var q = a; q < P.idx_dim; q++) {
+    if (${key('q')} != k) { break; }
+    let j = u32(order[col + q * stride]);
+    sum += ${convert('src[(o * P.idx_dim + j) * P.inner + i]', scalarOf(src.dtype), acc)};
   }
   dst[t] = ${convert('sum', acc, os)};
 }`,
   });
+  rt.release(order);
 }

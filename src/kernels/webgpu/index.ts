@@ -6,9 +6,11 @@
 import type { DType, TypedArray } from '../../tensor/dtype.js';
 import type {
   ArgReduceOp,
+  AvgPool2dLayout,
   Backend,
   BackendInfo,
   BroadcastLayout,
+  Conv2dLayout,
   CrossEntropyLayout,
   GatherLayout,
   MatmulLayout,
@@ -17,13 +19,14 @@ import type {
   ReduceLayout,
   ReduceOp,
   SoftmaxLayout,
+  SortLayout,
   Storage,
   StridedCopyLayout,
   WhereLayout,
   Window2d,
 } from '../backend.js';
 import type { BinaryOp, UnaryOp } from '../optable.js';
-import { avgPool2d, avgPool2dBackward, col2im, im2col, maxPool2d, maxPool2dBackward } from './conv.js';
+import { avgPool2d, avgPool2dBackward, col2im, conv2d, conv2dBackwardInput, conv2dBackwardWeight, im2col, maxPool2d, maxPool2dBackward } from './conv.js';
 import { axpy, cast, fill, stridedCopy, where } from './copy.js';
 import { describeAdapter, isCpuEmulated, type WebGPUOptions } from './device.js';
 import { binary, unary } from './elementwise.js';
@@ -31,6 +34,8 @@ import { gather, scatterAdd } from './gather.js';
 import { matmul } from './matmul.js';
 import { argReduce, reduce, sumSquares } from './reduce.js';
 import { random } from './rng.js';
+import { cumsum } from './scan.js';
+import { argsort } from './sort.js';
 import { asGPU, deviceArray, hostArray, Runtime } from './runtime.js';
 import { crossEntropy, crossEntropyBackward, softmax } from './softmax.js';
 
@@ -53,7 +58,8 @@ export class WebGPUBackend implements Backend {
 
   info(): BackendInfo {
     const i = this.adapterInfo;
-    const l = this.device.limits;
+    // The limits kernels are checked against: the device's, or lower ones injected for tests.
+    const l = this.rt.limits;
     return {
       name: 'webgpu',
       adapter: describeAdapter(i),
@@ -171,16 +177,25 @@ export class WebGPUBackend implements Backend {
   col2im(cols: Storage, out: Storage, g: Window2d): void {
     col2im(this.rt, asGPU(cols), asGPU(out), g);
   }
+  conv2d(x: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
+    conv2d(this.rt, asGPU(x), asGPU(weight), asGPU(out), l);
+  }
+  conv2dBackwardInput(grad: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
+    conv2dBackwardInput(this.rt, asGPU(grad), asGPU(weight), asGPU(out), l);
+  }
+  conv2dBackwardWeight(x: Storage, grad: Storage, out: Storage, l: Conv2dLayout): void {
+    conv2dBackwardWeight(this.rt, asGPU(x), asGPU(grad), asGPU(out), l);
+  }
   maxPool2d(x: Storage, out: Storage, argOut: Storage | null, g: Window2d): void {
     maxPool2d(this.rt, asGPU(x), asGPU(out), argOut ? asGPU(argOut) : null, g);
   }
   maxPool2dBackward(grad: Storage, arg: Storage, out: Storage, g: Window2d): void {
     maxPool2dBackward(this.rt, asGPU(grad), asGPU(arg), asGPU(out), g);
   }
-  avgPool2d(x: Storage, out: Storage, g: Window2d): void {
+  avgPool2d(x: Storage, out: Storage, g: AvgPool2dLayout): void {
     avgPool2d(this.rt, asGPU(x), asGPU(out), g);
   }
-  avgPool2dBackward(grad: Storage, out: Storage, g: Window2d): void {
+  avgPool2dBackward(grad: Storage, out: Storage, g: AvgPool2dLayout): void {
     avgPool2dBackward(this.rt, asGPU(grad), asGPU(out), g);
   }
   gather(x: Storage, idx: Storage, out: Storage, layout: GatherLayout): void {
@@ -188,6 +203,12 @@ export class WebGPUBackend implements Backend {
   }
   scatterAdd(src: Storage, idx: Storage, out: Storage, layout: GatherLayout): void {
     scatterAdd(this.rt, asGPU(src), asGPU(idx), asGPU(out), layout);
+  }
+  cumsum(x: Storage, out: Storage, layout: ReduceLayout): void {
+    cumsum(this.rt, asGPU(x), asGPU(out), layout);
+  }
+  argsort(x: Storage, out: Storage, layout: SortLayout): void {
+    argsort(this.rt, asGPU(x), asGPU(out), layout);
   }
   random(out: Storage, key0: number, key1: number, dist: RandomDist): void {
     random(this.rt, asGPU(out), key0, key1, dist);

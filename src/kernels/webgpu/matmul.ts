@@ -249,6 +249,7 @@ function direct(rt: Runtime, a: GPUStorage, b: GPUStorage, out: GPUStorage, s: S
   const bVec = p.rn === 1 ? s.bVecK && ks === 4 : s.bVecN || (s.bVecK && ks === 4);
   const outVec = s.outVec && p.rn % 4 === 0;
   const full = `${l.m % p.rm === 0}${l.n % p.rn === 0}`;
+  const groups = p.splitK * l.batch * tilesM * tilesN;
   const key = `mm.direct:${p.rm}x${p.rn}:${p.wg}/${gx}:${l.transA}${l.transB}:${ks}:${aVec}${bVec}${outVec}:${full}:${s.aVecM}${s.aVecK}${s.bVecN}${s.bVecK}`;
   rt.dispatch({
     name: 'matmul.direct',
@@ -261,12 +262,15 @@ function direct(rt: Runtime, a: GPUStorage, b: GPUStorage, out: GPUStorage, s: S
       { name: 'tiles_m', type: 'u32', value: tilesM },
       { name: 'tiles_n', type: 'u32', value: tilesN },
       { name: 'chunk', type: 'u32', value: chunk },
+      { name: 'groups', type: 'u32', value: groups },
     ],
-    groups: p.splitK * l.batch * tilesM * tilesN,
+    groups,
     wgsl: () => {
       const panels = directPanels(s, p, ks);
       return `${entry(p.wg)} {
   let g = fg_group(wg, nwg);
+  // A split dispatch's spare groups: their split index would be splitK, a block past the output.
+  if (g >= P.groups) { return; }
   let cb = (g % P.tiles_n) * ${gx}u + lid % ${gx}u;
   let rest = g / P.tiles_n;
   let rb = (rest % P.tiles_m) * ${gy}u + lid / ${gx}u;

@@ -1,5 +1,5 @@
 /**
- * Reductions over the middle dim of [outer, size, inner]: sum/max/min, argmax/argmin, and the
+ * Reductions over the middle dim of [outer, size, inner]: sum/prod/max/min, argmax/argmin, and the
  * two-pass global sum of squares. Two kernel shapes:
  * - tree: one workgroup per contiguous row (inner == 1), threads stride over the row and meet in a
  *   workgroup-memory tree; long rows with few of them are split into chunks whose partials are
@@ -31,12 +31,14 @@ function identity(op: AnyReduce | ArgReduceOp, T: 'f32' | 'i32'): string {
   const small = T === 'f32' ? `-${INF_F32}` : 'bitcast<i32>(0x80000000u)';
   if (op === 'max' || op === 'argmax') return small;
   if (op === 'min' || op === 'argmin') return big;
+  if (op === 'prod') return `${T}(1)`;
   return `${T}(0)`;
 }
 
 /** `fg_comb(a, b)`: the reduction's combine; max/min let a NaN on either side win. */
 function combineFn(op: AnyReduce, T: 'f32' | 'i32'): string {
   if (op === 'sum' || op === 'sumsq') return `fn fg_comb(a: ${T}, b: ${T}) -> ${T} { return a + b; }`;
+  if (op === 'prod') return `fn fg_comb(a: ${T}, b: ${T}) -> ${T} { return a * b; }`;
   const cmp = op === 'max' ? '>' : '<';
   return `fn fg_comb(a: ${T}, b: ${T}) -> ${T} { if (${isNan('b', T)}) { return b; } return select(a, b, b ${cmp} a); }`;
 }
@@ -191,7 +193,7 @@ export function reduce(rt: Runtime, op: ReduceOp, x: GPUStorage, out: GPUStorage
   if (out.numel !== l.outer * l.inner) throw new RangeError(`reduce: out has ${out.numel} elements, layout needs ${l.outer * l.inner}`);
   if (out.numel === 0) return;
   if (l.size === 0) {
-    fill(rt, out, op === 'sum' ? 0 : op === 'max' ? -Infinity : Infinity);
+    fill(rt, out, op === 'sum' ? 0 : op === 'prod' ? 1 : op === 'max' ? -Infinity : Infinity);
     return;
   }
   reduceInto(rt, op, x, out, l, computeType(x, out));

@@ -107,7 +107,11 @@ export interface Bind {
 export interface KernelCall {
   /** Kernel name for errors, e.g. 'binary'. */
   name: string;
-  /** Specialization: everything that changes the WGSL besides binding types, which are appended. */
+  /**
+   * A short description of the specialization, for labels and error messages only: the pipeline
+   * cache is keyed by the generated WGSL itself, so two kernels that differ in any way never share
+   * a pipeline whatever their keys say.
+   */
   key: string;
   binds: Bind[];
   params: Param[];
@@ -119,6 +123,40 @@ export interface KernelCall {
 
 const UNIFORM_SLOT = 256;
 const UNIFORM_SLOTS = 256;
+
+/**
+ * The device limits that the runtime and the kernels rely on: the device is requested with the
+ * adapter's values for these (device.ts), allocations and pipelines are checked against them here.
+ */
+export const CHECKED_LIMITS = [
+  'maxBufferSize',
+  'maxStorageBufferBindingSize',
+  'maxStorageBuffersPerShaderStage',
+  'maxUniformBufferBindingSize',
+  'maxComputeWorkgroupsPerDimension',
+  'maxComputeInvocationsPerWorkgroup',
+  'maxComputeWorkgroupSizeX',
+  'maxComputeWorkgroupSizeY',
+  'maxComputeWorkgroupSizeZ',
+  'maxComputeWorkgroupStorageSize',
+  'minStorageBufferOffsetAlignment',
+] as const;
+export type LimitName = (typeof CHECKED_LIMITS)[number];
+export type Limits = Readonly<Record<LimitName, number>>;
+
+/**
+ * The device's limits, each made stricter by `lower` where it names one (a `max` limit lowered, a
+ * `min` alignment raised), never looser: what the device itself enforces stays the bound.
+ */
+export function effectiveLimits(device: GPUSupportedLimits, lower: Partial<Record<LimitName, number>> = {}): Limits {
+  const out = {} as Record<LimitName, number>;
+  for (const name of CHECKED_LIMITS) {
+    const own = device[name];
+    const asked = lower[name];
+    out[name] = asked === undefined ? own : name.startsWith('min') ? Math.max(own, asked) : Math.min(own, asked);
+  }
+  return out;
+}
 
 export interface RuntimeOptions {
   /** Dispatches encoded before an automatic submit (default 64). */
@@ -134,12 +172,17 @@ export interface RuntimeOptions {
   validate?: boolean;
   /** Bytes the buffer pool may hold for reuse (default 1 GiB); trim() empties it. */
   poolLimitBytes?: number;
+  /**
+   * Limits stricter than the device's, checked as if the device had them: lets tests reach the
+   * limit errors and the split-dispatch paths with small sizes. Looser values are ignored.
+   */
+  limits?: Partial<Record<LimitName, number>>;
 }
 
 const DEFAULT_POOL_LIMIT = 2 ** 30;
 
 export class Runtime {
-  readonly limits: GPUSupportedLimits;
+  readonly limits: Limits;
   readonly cpuEmulated: boolean;
   private readonly maxGroupsPerDim: number;
   private readonly dispatchesPerSubmit: number;
@@ -167,6 +210,7 @@ export class Runtime {
   private readonly ringF32 = new Float32Array(this.ringData);
   private ringUsed = 0;
 
+  /** Keyed by the bind-group layout and the full WGSL text of the shader: see `pipeline`. */
   private readonly pipelines = new Map<string, { pipeline: GPUComputePipeline; bgl: GPUBindGroupLayout }>();
   private readonly layouts = new Map<string, { bgl: GPUBindGroupLayout; pl: GPUPipelineLayout }>();
   private readonly compileChecks: Promise<void>[] = [];
@@ -178,8 +222,8 @@ export class Runtime {
     readonly device: GPUDevice,
     opts: RuntimeOptions = {},
   ) {
-    this.limits = device.limits;
-    this.maxGroupsPerDim = device.limits.maxComputeWorkgroupsPerDimension;
+    this.limits = effectiveLimits(device.limits, opts.limits);
+    this.maxGroupsPerDim = this.limits.maxComputeWorkgroupsPerDimension;
     this.dispatchesPerSubmit = opts.dispatchesPerSubmit ?? 64;
     this.validate = opts.validate ?? false;
     this.cpuEmulated = opts.cpuEmulated ?? false;
@@ -237,9 +281,10 @@ export class Runtime {
     scalarOf(dtype); // rejects float64 with the backend's message
     if (!Number.isInteger(numel) || numel < 0) throw new RangeError(`alloc: numel must be a non-negative integer, got ${numel}`);
     const bytes = Math.max(4, numel * 4);
+    // Every storage is bound whole by some kernel, so the binding limit bounds it as well as the buffer limit.
     if (bytes > this.limits.maxBufferSize || bytes > this.limits.maxStorageBufferBindingSize) {
       throw new RangeError(
-        `alloc: ${bytes} bytes exceeds this adapter's limits (maxBufferSize ${this.limits.maxBufferSize}, maxStorageBufferBindingSize ${this.limits.maxStorageBufferBindingSize})`,
+        `alloc: ${bytes} bytes (${numel} elements of ${dtype}) exceeds this device's limits (maxBufferSize ${this.limits.maxBufferSize}, maxStorageBufferBindingSize ${this.limits.maxStorageBufferBindingSize})`,
       );
     }
     const size = sizeClass(bytes);
@@ -419,10 +464,11 @@ export class Runtime {
   dispatch(call: KernelCall): void {
     this.checkAlive();
     if (call.groups <= 0) return;
+    // Everything that can refuse the call does so before anything is encoded.
+    const [x, y] = this.grid(call);
+    const { pipeline, bgl } = this.pipeline(call);
     const slot = this.reserveUniforms(call.params);
     const binds = this.prepareBindings(call);
-    const key = `${call.key}|${binds.map((b) => `${b.access[0]}${b.type ?? scalarOf(b.s.dtype)}`).join(',')}`;
-    const { pipeline, bgl } = this.pipeline(call, key, binds);
     if (this.validate) this.device.pushErrorScope('validation');
     const bindGroup = this.device.createBindGroup({
       label: call.name,
@@ -435,7 +481,6 @@ export class Runtime {
     const pass = this.computePass();
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, bindGroup);
-    const [x, y] = this.grid(call.groups);
     pass.dispatchWorkgroups(x, y);
     if (this.validate) {
       const name = call.name;
@@ -448,10 +493,21 @@ export class Runtime {
     if (++this.dispatches >= this.dispatchesPerSubmit) this.flush();
   }
 
-  /** Splits a group count over the per-dimension limit into a 2-D grid (kernels use fg_group). */
-  private grid(groups: number): [number, number] {
-    if (groups <= this.maxGroupsPerDim) return [groups, 1];
-    const y = Math.ceil(groups / this.maxGroupsPerDim);
+  /**
+   * Splits a group count over the per-dimension limit into a 2-D grid (kernels use fg_group). The
+   * grid may hold up to y - 1 groups more than asked for: every kernel guards its total, so those
+   * return without writing.
+   */
+  private grid(call: KernelCall): [number, number] {
+    const { groups } = call;
+    const max = this.maxGroupsPerDim;
+    if (groups <= max) return [groups, 1];
+    if (groups > max * max) {
+      throw new RangeError(
+        `kernel "${call.name}" (${call.key}) needs ${groups} workgroups, more than a 2-D grid holds with this device's maxComputeWorkgroupsPerDimension of ${max} (${max} x ${max})`,
+      );
+    }
+    const y = Math.ceil(groups / max);
     return [Math.ceil(groups / y), y];
   }
 
@@ -500,25 +556,35 @@ export class Runtime {
 
   // ---------------------------------------------------------------- pipelines
 
-  private pipeline(call: KernelCall, key: string, binds: Bind[]): { pipeline: GPUComputePipeline; bgl: GPUBindGroupLayout } {
-    const cached = this.pipelines.get(key);
+  /**
+   * The pipeline of a call, cached under its bind-group layout and its full WGSL text: two calls
+   * share a pipeline exactly when their shaders are the same text, so no hand-kept key can make a
+   * kernel run another's shader (or another's uniform layout). The text is generated on every
+   * dispatch; that is cheap next to encoding the dispatch.
+   */
+  private pipeline(call: KernelCall): { pipeline: GPUComputePipeline; bgl: GPUBindGroupLayout } {
+    const code = this.assemble(call, call.binds);
+    const sig = layoutSignature(call.binds);
+    const cacheKey = `${sig}\n${code}`;
+    const cached = this.pipelines.get(cacheKey);
     if (cached) return cached;
-    const code = this.assemble(call, binds);
-    const layout = this.layoutFor(binds);
+    checkKernelLimits(call, code, this.limits);
+    const layout = this.layoutFor(call.binds, sig);
+    const label = `${call.name} (${call.key})`;
     this.device.pushErrorScope('validation');
-    const module = this.device.createShaderModule({ label: call.name, code });
-    const pipeline = this.device.createComputePipeline({ label: key, layout: layout.pl, compute: { module, entryPoint: 'main' } });
+    const module = this.device.createShaderModule({ label, code });
+    const pipeline = this.device.createComputePipeline({ label, layout: layout.pl, compute: { module, entryPoint: 'main' } });
     const check = this.device.popErrorScope().then(async (err) => {
       if (!err) return;
       // Dropped from the cache so that the next use reports the compile error again instead of
       // a cascade of "invalid pipeline" messages.
-      this.pipelines.delete(key);
+      this.pipelines.delete(cacheKey);
       const info = await module.getCompilationInfo();
-      this.recordError(formatCompileError(call.name, key, code, info, err.message));
+      this.recordError(formatCompileError(call.name, call.key, code, info, err.message));
     });
     this.compileChecks.push(check);
     const entry = { pipeline, bgl: layout.bgl };
-    this.pipelines.set(key, entry);
+    this.pipelines.set(cacheKey, entry);
     return entry;
   }
 
@@ -539,8 +605,7 @@ export class Runtime {
   }
 
   /** Explicit layouts (not 'auto'), so a binding the shader happens not to use is still valid. */
-  private layoutFor(binds: Bind[]): { bgl: GPUBindGroupLayout; pl: GPUPipelineLayout } {
-    const sig = binds.map((b) => (b.access === 'read' ? 'r' : 'w')).join('');
+  private layoutFor(binds: Bind[], sig: string): { bgl: GPUBindGroupLayout; pl: GPUPipelineLayout } {
     let l = this.layouts.get(sig);
     if (!l) {
       const bgl = this.device.createBindGroupLayout({
@@ -558,6 +623,74 @@ export class Runtime {
     }
     return l;
   }
+}
+
+/** The bind-group layout of a call's bindings: binding 0 the uniforms, then one letter per storage binding. */
+function layoutSignature(binds: readonly Bind[]): string {
+  return binds.map((b) => (b.access === 'read' ? 'r' : 'w')).join('');
+}
+
+/**
+ * Checks a kernel's shader against the device limits it relies on, before the pipeline is made,
+ * so that a kernel the device cannot run fails at once with the kernel, the limit and both values
+ * (instead of an invalid pipeline reported later, or a dispatch that silently does nothing). The
+ * workgroup size and workgroup variables are read from the WGSL text the kernel generated.
+ */
+export function checkKernelLimits(call: KernelCall, code: string, limits: Limits): void {
+  const fail = (need: string, limit: LimitName) => {
+    throw new RangeError(`kernel "${call.name}" (${call.key}) ${need}, more than this device's ${limit} of ${limits[limit]}`);
+  };
+  if (call.binds.length > limits.maxStorageBuffersPerShaderStage) {
+    fail(`binds ${call.binds.length} storage buffers`, 'maxStorageBuffersPerShaderStage');
+  }
+  const uniformBytes = call.params.length * 4;
+  if (uniformBytes > Math.min(limits.maxUniformBufferBindingSize, UNIFORM_SLOT * UNIFORM_SLOTS)) {
+    if (uniformBytes > limits.maxUniformBufferBindingSize) fail(`has ${uniformBytes} bytes of uniforms`, 'maxUniformBufferBindingSize');
+    throw new RangeError(`kernel "${call.name}" (${call.key}) has ${uniformBytes} bytes of uniforms, more than the runtime's uniform ring of ${UNIFORM_SLOT * UNIFORM_SLOTS}`);
+  }
+  const size = /@workgroup_size\(([^)]*)\)/.exec(code);
+  if (!size) throw new Error(`kernel "${call.name}" (${call.key}): no @workgroup_size in its WGSL`);
+  const dims = size[1].split(',').map((d) => Number(d.trim().replace(/[iu]$/, '')));
+  if (dims.some((d) => !Number.isInteger(d) || d < 1)) {
+    throw new Error(`kernel "${call.name}" (${call.key}): @workgroup_size(${size[1]}) must be integer literals for the runtime to check it`);
+  }
+  (['maxComputeWorkgroupSizeX', 'maxComputeWorkgroupSizeY', 'maxComputeWorkgroupSizeZ'] as const).forEach((limit, i) => {
+    if ((dims[i] ?? 1) > limits[limit]) fail(`has @workgroup_size(${size[1]})`, limit);
+  });
+  const invocations = dims.reduce((a, b) => a * b, 1);
+  if (invocations > limits.maxComputeInvocationsPerWorkgroup) fail(`runs a workgroup of ${invocations} invocations`, 'maxComputeInvocationsPerWorkgroup');
+  let shared = 0;
+  for (const m of code.matchAll(/var<workgroup>\s*(\w+)\s*:\s*([^;=]+);/g)) {
+    const bytes = wgslTypeBytes(m[2].trim());
+    if (bytes === null) throw new Error(`kernel "${call.name}" (${call.key}): cannot size workgroup variable ${m[1]} of type ${m[2].trim()}`);
+    shared += bytes;
+  }
+  if (shared > limits.maxComputeWorkgroupStorageSize) fail(`uses ${shared} bytes of workgroup memory`, 'maxComputeWorkgroupStorageSize');
+}
+
+/** Size and alignment in bytes of the WGSL types kernels put in workgroup memory (scalars, vectors, fixed arrays of them). */
+function wgslLayout(type: string): { size: number; align: number } | null {
+  const t = type.replace(/\s+/g, '');
+  if (/^(f32|i32|u32|bool|atomic<(i32|u32)>)$/.test(t)) return { size: 4, align: 4 };
+  if (t === 'f16') return { size: 2, align: 2 };
+  const vec = /^vec([234])(?:<(f32|i32|u32|bool|f16)>|([fiuh]))$/.exec(t);
+  if (vec) {
+    const n = Number(vec[1]);
+    const elem = vec[2] === 'f16' || vec[3] === 'h' ? 2 : 4;
+    return { size: n * elem, align: (n === 3 ? 4 : n) * elem };
+  }
+  const arr = /^array<(.+),(\d+)u?>$/.exec(t);
+  if (arr) {
+    const e = wgslLayout(arr[1]);
+    if (!e) return null;
+    const stride = Math.ceil(e.size / e.align) * e.align;
+    return { size: stride * Number(arr[2]), align: e.align };
+  }
+  return null;
+}
+
+function wgslTypeBytes(type: string): number | null {
+  return wgslLayout(type)?.size ?? null;
 }
 
 /** "kernel X failed to compile: line N: message" followed by the offending WGSL line and a caret. */

@@ -6,7 +6,7 @@
 import type { CrossEntropyLayout, SoftmaxLayout } from '../backend.js';
 import { fill } from './copy.js';
 import type { Bind, GPUStorage, Runtime } from './runtime.js';
-import { convert, entry, INF_F32, NAN_F32, scalarOf } from './wgsl.js';
+import { convert, entry, INF_F32, NAN_F32, scalarMathPrelude, scalarOf } from './wgsl.js';
 
 /** Rows at most this long are handled by one thread each. */
 const THREAD_ROW_MAX_COLS = 64;
@@ -24,7 +24,7 @@ function statsThread(): string {
   for (var j = 0u; j < P.cols; j++) { let v = x[base + j]; mx = select(mx, v, v > mx); }
   var se = 0.0;
   var sx = 0.0;
-  for (var j = 0u; j < P.cols; j++) { let v = x[base + j]; se += exp(v - mx); sx += v; }
+  for (var j = 0u; j < P.cols; j++) { let v = x[base + j]; se += fg_exp(v - mx); sx += v; }
   return vec3<f32>(mx, fg_lse(mx, se), sx);
 }`;
 }
@@ -48,7 +48,7 @@ fn fg_row_stats(base: u32, lid: u32) -> vec3<f32> {
   mx = fg_wg_reduce(mx, lid, true);
   var se = 0.0;
   var sx = 0.0;
-  for (var j = lid; j < P.cols; j += ${wg}u) { let v = x[base + j]; se += exp(v - mx); sx += v; }
+  for (var j = lid; j < P.cols; j += ${wg}u) { let v = x[base + j]; se += fg_exp(v - mx); sx += v; }
   se = fg_wg_reduce(se, lid, false);
   sx = fg_wg_reduce(sx, lid, false);
   return vec3<f32>(mx, fg_lse(mx, se), sx);
@@ -58,16 +58,18 @@ fn fg_row_stats(base: u32, lid: u32) -> vec3<f32> {
 const LSE = `fn fg_lse(mx: f32, se: f32) -> f32 {
   if (mx == -${INF_F32}) { return mx; }
   if (mx == ${INF_F32}) { return mx; }
-  return mx + log(se);
+  return mx + fg_log(se);
 }`;
 
 /** The per-element or per-row body, given `base` (row start), `r` (row), `st` (stats), `j0`/`dj` (column walk). */
 function body(kind: RowKind, labelScalar: string | null): string {
+  // An ignored label is tested apart from the range: ignoreIndex may name a real class.
   const label = labelScalar ? `let y = ${convert('labels[r]', labelScalar as 'i32', 'i32')};
+  let ignored = y == P.ignore_index;
   let valid = y >= 0i && y < i32(P.cols);` : '';
   switch (kind) {
     case 'softmax':
-      return `for (var j = j0; j < P.cols; j += dj) { dst[base + j] = exp(x[base + j] - st.y); }`;
+      return `for (var j = j0; j < P.cols; j += dj) { dst[base + j] = fg_exp(x[base + j] - st.y); }`;
     case 'logSoftmax':
       return `for (var j = j0; j < P.cols; j += dj) { dst[base + j] = x[base + j] - st.y; }`;
     case 'ce':
@@ -79,7 +81,7 @@ function body(kind: RowKind, labelScalar: string | null): string {
       loss = (1.0 - P.smoothing) * (lse - x[base + u32(y)]);
       if (P.smoothing != 0.0) { loss += P.smoothing * (lse - st.z / f32(P.cols)); }
     }
-    dst[r] = loss;
+    dst[r] = select(loss, 0.0, ignored);
   }`;
     case 'ceBackward':
       return `${label}
@@ -87,7 +89,7 @@ function body(kind: RowKind, labelScalar: string | null): string {
   let off = P.smoothing / f32(P.cols);
   for (var j = j0; j < P.cols; j += dj) {
     let tgt = select(0.0, 1.0 - P.smoothing, i32(j) == y) + off;
-    dst[base + j] = select(${NAN_F32}, (exp(x[base + j] - st.y) - tgt) * g, valid);
+    dst[base + j] = select(select(${NAN_F32}, (fg_exp(x[base + j] - st.y) - tgt) * g, valid), 0.0, ignored);
   }`;
   }
 }
@@ -99,7 +101,7 @@ function rowKernel(
   out: GPUStorage,
   rows: number,
   cols: number,
-  extra: { labels?: GPUStorage; gradRows?: GPUStorage; smoothing?: number },
+  extra: { labels?: GPUStorage; gradRows?: GPUStorage; smoothing?: number; ignoreIndex?: number },
 ): void {
   if (x.dtype !== 'float32') throw new TypeError(`${kind}: webgpu supports float32 logits, got ${x.dtype}`);
   if (rows === 0 || out.numel === 0) return;
@@ -124,9 +126,12 @@ function rowKernel(
       { name: 'rows', type: 'u32', value: rows },
       { name: 'cols', type: 'u32', value: cols },
       { name: 'smoothing', type: 'f32', value: extra.smoothing ?? 0 },
+      { name: 'ignore_index', type: 'i32', value: extra.ignoreIndex ?? 0 },
     ],
     groups: perThread ? Math.ceil(rows / wg) : rows,
-    wgsl: () => `${LSE}
+    // exp and log from the prelude: the builtins lose ulps (and flush subnormal probabilities).
+    wgsl: () => `${scalarMathPrelude('fg_exp( fg_log(')}
+${LSE}
 ${perThread ? statsThread() : statsWorkgroup(wg)}
 ${entry(wg)} {
   ${
@@ -152,7 +157,7 @@ export function softmax(rt: Runtime, x: GPUStorage, out: GPUStorage, l: SoftmaxL
 }
 
 export function crossEntropy(rt: Runtime, logits: GPUStorage, labels: GPUStorage, out: GPUStorage, l: CrossEntropyLayout): void {
-  rowKernel(rt, 'ce', logits, out, l.rows, l.cols, { labels, smoothing: l.labelSmoothing });
+  rowKernel(rt, 'ce', logits, out, l.rows, l.cols, { labels, smoothing: l.labelSmoothing, ignoreIndex: l.ignoreIndex });
 }
 
 export function crossEntropyBackward(
@@ -163,5 +168,5 @@ export function crossEntropyBackward(
   out: GPUStorage,
   l: CrossEntropyLayout,
 ): void {
-  rowKernel(rt, 'ceBackward', logits, out, l.rows, l.cols, { labels, gradRows, smoothing: l.labelSmoothing });
+  rowKernel(rt, 'ceBackward', logits, out, l.rows, l.cols, { labels, gradRows, smoothing: l.labelSmoothing, ignoreIndex: l.ignoreIndex });
 }

@@ -32,12 +32,13 @@ export function cast(x: Tensor, dtype: DType): Tensor {
 
 /** Applies a unary op of the table; int inputs of float-only ops are promoted to the default float dtype. */
 export function unaryOp(op: UnaryOp, x: Tensor, p0 = 0, p1 = 0): Tensor {
-  const def = UNARY_OPS[op] as { int?: boolean };
+  const def = UNARY_OPS[op] as { int?: boolean; bool?: boolean };
   if (x.dtype === 'bool') x = cast(x, 'int32');
   if (!isFloat(x.dtype) && !def.int) x = cast(x, getDefaultDtype());
-  const out = Tensor.empty(x.shape.slice(), x.dtype, x.backend);
+  const out = Tensor.empty(x.shape.slice(), def.bool ? 'bool' : x.dtype, x.backend);
   x.backend.unary(op, x.storage, out.storage, p0, p1);
-  return record(op, out, [x], { p0, p1 });
+  // A bool result has no gradient.
+  return def.bool ? out : record(op, out, [x], { p0, p1 });
 }
 
 function asTensor(v: Tensor | number, like: Tensor): Tensor {
@@ -118,6 +119,36 @@ export const softplus = (x: Tensor) => unaryOp('softplus', x);
 export const sin = (x: Tensor) => unaryOp('sin', x);
 export const cos = (x: Tensor) => unaryOp('cos', x);
 export const erf = (x: Tensor) => unaryOp('erf', x);
+export const expm1 = (x: Tensor) => unaryOp('expm1', x);
+export const log1p = (x: Tensor) => unaryOp('log1p', x);
+export const silu = (x: Tensor) => unaryOp('silu', x);
+export const isnan = (x: Tensor) => unaryOp('isnan', x);
+export const isinf = (x: Tensor) => unaryOp('isinf', x);
+export const isfinite = (x: Tensor) => unaryOp('isfinite', x);
+export const logicalNot = (x: Tensor) => unaryOp('logicalNot', x);
+export const logicalAnd = (a: Tensor | number, b: Tensor | number) => binaryOp('logicalAnd', a, b);
+export const logicalOr = (a: Tensor | number, b: Tensor | number) => binaryOp('logicalOr', a, b);
+export const logicalXor = (a: Tensor | number, b: Tensor | number) => binaryOp('logicalXor', a, b);
+
+/** floor, ceil and round (half to even, as torch.round) keep an integer tensor as it is. */
+function integral(op: 'floor' | 'ceil' | 'round', x: Tensor): Tensor {
+  return isFloat(x.dtype) ? unaryOp(op, x) : copy(x);
+}
+export const floor = (x: Tensor) => integral('floor', x);
+export const ceil = (x: Tensor) => integral('ceil', x);
+export const round = (x: Tensor) => integral('round', x);
+
+/** x for x > 0, negativeSlope * x otherwise (PyTorch's default slope 0.01). */
+export function leakyRelu(x: Tensor, negativeSlope = 0.01): Tensor {
+  if (!Number.isFinite(negativeSlope)) throw new RangeError(`leakyRelu: negativeSlope must be finite, got ${negativeSlope}`);
+  return unaryOp('leakyRelu', x, negativeSlope);
+}
+
+/** x for x > 0, alpha * (e^x - 1) otherwise. */
+export function elu(x: Tensor, alpha = 1): Tensor {
+  if (!Number.isFinite(alpha)) throw new RangeError(`elu: alpha must be finite, got ${alpha}`);
+  return unaryOp('elu', x, alpha);
+}
 
 /** GELU, exact (erf) by default or with PyTorch's tanh approximation. */
 export function gelu(x: Tensor, approximate: 'none' | 'tanh' = 'none'): Tensor {

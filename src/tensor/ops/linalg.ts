@@ -2,7 +2,7 @@
 import { record } from '../graph.js';
 import { broadcastShapes, fmt, numel, shapesEqual } from '../shape.js';
 import { Tensor } from '../tensor.js';
-import { requireFloat, sameBackend, cast } from './elementwise.js';
+import { requireFloat, sameBackend, cast, mul, scalarTensor, where } from './elementwise.js';
 import { expand, reshape, squeeze } from './shape.js';
 import { promoteTypes } from '../dtype.js';
 
@@ -68,6 +68,7 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
 /** y = x @ weightᵀ + bias with weight [out, in] (torch.nn.functional.linear); x may have batch dims. */
 export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor {
   if (weight.ndim !== 2) throw new RangeError(`linear: weight must be [out, in], got ${fmt(weight.shape)}`);
+  if (x.ndim === 0) throw new RangeError(`linear: input must have at least one dim (its features), got a 0-d tensor []`);
   const inF = weight.shape[1];
   if (x.shape[x.ndim - 1] !== inF) throw new RangeError(`linear: input ${fmt(x.shape)} has ${x.shape[x.ndim - 1]} features but weight ${fmt(weight.shape)} expects ${inF}`);
   const lead = x.shape.slice(0, -1);
@@ -78,4 +79,41 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null): Tensor 
     y = y.add(bias);
   }
   return x.ndim === 2 ? y : reshape(y, [...lead, weight.shape[0]]);
+}
+
+/** torch.bmm: [b, n, m] @ [b, m, p] -> [b, n, p], with no broadcasting. */
+export function bmm(a: Tensor, b: Tensor): Tensor {
+  if (a.ndim !== 3 || b.ndim !== 3 || a.shape[0] !== b.shape[0] || a.shape[2] !== b.shape[1]) {
+    throw new RangeError(`bmm: needs [b, n, m] and [b, m, p], got ${fmt(a.shape)} and ${fmt(b.shape)}`);
+  }
+  return mm(a, b);
+}
+
+/** torch.outer: a [n], b [m] -> [n, m] with out[i, j] = a[i] * b[j]. */
+export function outer(a: Tensor, b: Tensor): Tensor {
+  if (a.ndim !== 1 || b.ndim !== 1) throw new RangeError(`outer: needs two 1-D tensors, got ${fmt(a.shape)} and ${fmt(b.shape)}`);
+  return mul(reshape(a, [a.shape[0], 1]), reshape(b, [1, b.shape[0]]));
+}
+
+/** Keeps the elements of the last two dims with column - row <= diagonal (lower) or >= diagonal (upper). */
+function triangle(op: 'tril' | 'triu', x: Tensor, diagonal: number): Tensor {
+  if (x.ndim < 2) throw new RangeError(`${op}: needs a tensor of rank >= 2, got ${fmt(x.shape)}`);
+  if (!Number.isInteger(diagonal)) throw new RangeError(`${op}: diagonal must be an integer, got ${diagonal}`);
+  const [rows, cols] = x.shape.slice(-2);
+  const keep = new Uint8Array(rows * cols);
+  for (let r = 0; r < rows; r++)
+    for (let c = 0; c < cols; c++) keep[r * cols + c] = (op === 'tril' ? c - r <= diagonal : c - r >= diagonal) ? 1 : 0;
+  const mask = Tensor.fromStorage(x.backend.upload(keep, 'bool'), [rows, cols], x.backend);
+  // Filling with zero of x's own dtype keeps int and bool tensors in their dtype.
+  return where(mask, x, scalarTensor(0, x.dtype, x.backend));
+}
+
+/** torch.tril: the lower triangle (column - row <= diagonal) of the last two dims, zeros elsewhere. */
+export function tril(x: Tensor, diagonal = 0): Tensor {
+  return triangle('tril', x, diagonal);
+}
+
+/** torch.triu: the upper triangle (column - row >= diagonal) of the last two dims, zeros elsewhere. */
+export function triu(x: Tensor, diagonal = 0): Tensor {
+  return triangle('triu', x, diagonal);
 }

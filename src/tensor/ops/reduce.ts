@@ -1,9 +1,9 @@
-/** Reductions over any axes, softmax and friends. */
+/** Reductions over any axes, prefix sums, softmax and friends. */
 import type { ArgReduceOp, ReduceLayout, ReduceOp } from '../../kernels/backend.js';
 import { noGrad, record } from '../graph.js';
 import { fmt, normAxes, normAxis, numel, shapesEqual, type Shape } from '../shape.js';
 import { Tensor } from '../tensor.js';
-import { abs, add, cast, exp, log, mul, requireFloat, sqrt, square, sub, where } from './elementwise.js';
+import { abs, add, cast, eq, exp, gt, log, mul, ne, requireFloat, sqrt, square, sub, where } from './elementwise.js';
 import { expand, permute, reshape } from './shape.js';
 
 interface Plan {
@@ -37,12 +37,31 @@ function plan(op: string, x: Tensor, dims: number | readonly number[] | null | u
   return { x: moved, layout: { outer: numel(rest.map((i) => x.shape[i])), size: numel(axes.map((i) => x.shape[i])), inner: 1 }, keptShape, outShape };
 }
 
+/** The number of elements each output of a reduction over `axes` combines (1 for a 0-d tensor). */
+function reducedCount(x: Tensor, axes: readonly number[]): number {
+  return x.ndim === 0 ? 1 : numel(axes.map((a) => x.shape[a]));
+}
+
+/**
+ * max, min, argmax and argmin have no identity element: as in PyTorch, reducing over a dim of
+ * size 0 is an error, while reducing another dim of an empty tensor gives an empty result.
+ */
+function checkHasElements(op: string, x: Tensor, dims: number | readonly number[] | null | undefined): void {
+  if (x.size !== 0) return;
+  if (dims === undefined || dims === null) {
+    throw new RangeError(`${op}: cannot reduce the empty tensor ${fmt(x.shape)} over all dims (${op} of no elements is undefined); pass a dim of nonzero size`);
+  }
+  for (const a of normAxes(op, dims, x.ndim)) {
+    if (x.shape[a] === 0) throw new RangeError(`${op}: cannot reduce over dim ${a} of size 0 in ${fmt(x.shape)} (${op} of no elements is undefined)`);
+  }
+}
+
 function runReduce(op: ReduceOp, x: Tensor, dims: number | readonly number[] | null | undefined, keepdim: boolean): Tensor {
   if (x.dtype === 'bool') x = cast(x, 'int32');
-  if ((op === 'max' || op === 'min') && x.size === 0) throw new RangeError(`${op}: cannot reduce an empty tensor ${fmt(x.shape)}`);
+  if (op === 'max' || op === 'min') checkHasElements(op, x, dims);
   const p = plan(op, x, dims, keepdim);
   const out = Tensor.empty(p.outShape, x.dtype, x.backend);
-  x.backend.reduce(op, p.x.storage, out.storage, p.layout);
+  if (out.size > 0) x.backend.reduce(op, p.x.storage, out.storage, p.layout);
   if (p.x !== x) p.x.dispose();
   return record(op, out, [x], { keptShape: p.keptShape });
 }
@@ -53,8 +72,7 @@ export function sum(x: Tensor, dims?: number | readonly number[] | null, keepdim
 
 export function mean(x: Tensor, dims?: number | readonly number[] | null, keepdim = false): Tensor {
   requireFloat('mean', x);
-  const axes = normAxes('mean', dims, x.ndim);
-  const count = numel(axes.map((a) => x.shape[a]));
+  const count = reducedCount(x, normAxes('mean', dims, x.ndim));
   return mul(sum(x, dims, keepdim), 1 / count);
 }
 
@@ -67,18 +85,52 @@ export function min(x: Tensor, dims?: number | readonly number[] | null, keepdim
 }
 
 function argReduce(op: ArgReduceOp, x: Tensor, dim: number | null | undefined, keepdim: boolean): Tensor {
-  if (x.size === 0) throw new RangeError(`${op}: cannot reduce an empty tensor ${fmt(x.shape)}`);
+  checkHasElements(op, x, dim);
   if (dim === undefined || dim === null) {
-    const flat = reshape(x, [x.size]);
     const out = Tensor.empty(keepdim ? x.shape.map(() => 1) : [], 'int32', x.backend);
-    x.backend.argReduce(op, flat.storage, out.storage, { outer: 1, size: x.size, inner: 1 });
+    x.backend.argReduce(op, x.storage, out.storage, { outer: 1, size: x.size, inner: 1 });
     return out;
   }
   const ax = normAxis(op, dim, x.ndim);
   const p = plan(op, x, ax, keepdim);
   const out = Tensor.empty(p.outShape, 'int32', x.backend);
-  x.backend.argReduce(op, p.x.storage, out.storage, p.layout);
+  if (out.size > 0) x.backend.argReduce(op, p.x.storage, out.storage, p.layout);
+  if (p.x !== x) p.x.dispose();
   return out;
+}
+
+/**
+ * Product over `dims` (all when omitted). torch.prod takes one dim; a list is accepted as sum
+ * does. Its gradient is exact where x holds zeros (see the 'prod' rule in autograd/vjps.ts).
+ */
+export function prod(x: Tensor, dims?: number | readonly number[] | null, keepdim = false): Tensor {
+  return runReduce('prod', x, dims, keepdim);
+}
+
+/** Whether any element along `dims` is nonzero (NaN counts as nonzero); false over an empty dim. */
+export function any(x: Tensor, dims?: number | readonly number[] | null, keepdim = false): Tensor {
+  return noGrad(() => gt(sum(ne(x, 0), dims, keepdim), 0));
+}
+
+/** Whether every element along `dims` is nonzero (NaN counts as nonzero); true over an empty dim. */
+export function all(x: Tensor, dims?: number | readonly number[] | null, keepdim = false): Tensor {
+  return noGrad(() => eq(sum(eq(x, 0), dims, keepdim), 0));
+}
+
+/** The [outer, size, inner] view of x around one dim; a 0-d tensor is one element. */
+export function dimLayout(op: string, x: Tensor, dim: number): { ax: number; layout: ReduceLayout } {
+  const ax = normAxis(op, dim, x.ndim);
+  if (x.ndim === 0) return { ax, layout: { outer: 1, size: 1, inner: 1 } };
+  return { ax, layout: { outer: numel(x.shape.slice(0, ax)), size: x.shape[ax], inner: numel(x.shape.slice(ax + 1)) } };
+}
+
+/** Inclusive prefix sums along `dim` (torch.cumsum); bool sums as int32. */
+export function cumsum(x: Tensor, dim: number): Tensor {
+  if (x.dtype === 'bool') x = cast(x, 'int32');
+  const { ax, layout } = dimLayout('cumsum', x, dim);
+  const out = Tensor.empty(x.shape.slice(), x.dtype, x.backend);
+  if (out.size > 0) x.backend.cumsum(x.storage, out.storage, layout);
+  return record('cumsum', out, [x], { dim: ax });
 }
 
 export function argmax(x: Tensor, dim?: number | null, keepdim = false): Tensor {
@@ -94,16 +146,23 @@ export function variance(x: Tensor, dims?: number | readonly number[] | null, op
   requireFloat('var', x);
   const correction = opts.correction ?? 1;
   const axes = normAxes('var', dims, x.ndim);
-  const n = numel(axes.map((a) => x.shape[a]));
+  const n = reducedCount(x, axes);
   const dev = sub(x, mean(x, axes, true));
   return mul(sum(square(dev), axes, opts.keepdim ?? false), 1 / Math.max(n - correction, 0));
+}
+
+/** Standard deviation: the square root of `variance` (torch.std, Bessel's correction by default). */
+export function std(x: Tensor, dims?: number | readonly number[] | null, opts: { correction?: number; keepdim?: boolean } = {}): Tensor {
+  requireFloat('std', x);
+  return sqrt(variance(x, dims, opts));
 }
 
 export function logsumexp(x: Tensor, dims: number | readonly number[], keepdim = false): Tensor {
   requireFloat('logsumexp', x);
   const axes = normAxes('logsumexp', dims, x.ndim);
-  // Shift by the (constant) max for stability; a row of -inf stays -inf instead of NaN.
-  const m = noGrad(() => {
+  // Shift by the (constant) max for stability; a row of -inf stays -inf instead of NaN. An empty
+  // row has no max and needs no shift: its sum is 0 and its logsumexp -inf, as PyTorch.
+  const m = reducedCount(x, axes) === 0 ? 0 : noGrad(() => {
     const raw = max(x, axes, true);
     return where(abs(raw).lt(Infinity), raw, 0);
   });
@@ -114,7 +173,11 @@ export function logsumexp(x: Tensor, dims: number | readonly number[], keepdim =
 /** Moves `dim` last, applies the row kernel, and moves it back. */
 function rowwise(op: 'softmax' | 'logSoftmax', x: Tensor, dim: number): Tensor {
   requireFloat(op, x);
-  if (x.ndim === 0) x = reshape(x, [1]);
+  // A 0-d tensor is one row of one element; the result keeps its shape [] (PyTorch).
+  if (x.ndim === 0) {
+    normAxis(op, dim, 0);
+    return reshape(rowwise(op, reshape(x, [1]), 0), []);
+  }
   const ax = normAxis(op, dim, x.ndim);
   const last = x.ndim - 1;
   const order = x.shape.map((_, i) => i);

@@ -1,6 +1,6 @@
 /** Shape front-ends. reshape shares storage; everything that changes the layout is one stridedCopy. */
 import { record } from '../graph.js';
-import { broadcastShapes, contiguousStrides, fmt, normAxis, numel, shapesEqual, type Shape } from '../shape.js';
+import { broadcastShapes, contiguousStrides, fmt, normAxes, normAxis, numel, shapesEqual, type Shape } from '../shape.js';
 import { Tensor } from '../tensor.js';
 import { sameBackend } from './elementwise.js';
 
@@ -75,6 +75,8 @@ export function transpose(x: Tensor, dim0: number, dim1: number): Tensor {
   if (x.ndim < 2 && dim0 === -2 && dim1 === -1) return x;
   const a = normAxis('transpose', dim0, x.ndim);
   const b = normAxis('transpose', dim1, x.ndim);
+  // Swapping a dim with itself is the identity; for a 0-d tensor that is the only swap (PyTorch).
+  if (a === b) return x;
   const d = Array.from({ length: x.ndim }, (_, i) => i);
   [d[a], d[b]] = [d[b], d[a]];
   return permute(x, d);
@@ -104,7 +106,13 @@ export function broadcastTo(x: Tensor, shape: Shape): Tensor {
 }
 
 /** Elements start, start+step, ... < end along dim (Python slice rules for negatives and clamping). */
+/** slice, narrow and concat work along a dim: a 0-d tensor has none (PyTorch refuses it too). */
+function requireDims(op: string, x: Tensor, what = 'the input'): void {
+  if (x.ndim === 0) throw new RangeError(`${op}: ${what} is a 0-d tensor, which has no dim to work along (reshape it to [1] first)`);
+}
+
 export function slice(x: Tensor, dim: number, start?: number | null, end?: number | null, step = 1): Tensor {
+  requireDims('slice', x);
   const ax = normAxis('slice', dim, x.ndim);
   if (!Number.isInteger(step) || step <= 0) throw new RangeError(`slice: step must be a positive integer, got ${step}`);
   const n = x.shape[ax];
@@ -123,6 +131,7 @@ export function slice(x: Tensor, dim: number, start?: number | null, end?: numbe
 }
 
 export function narrow(x: Tensor, dim: number, start: number, length: number): Tensor {
+  requireDims('narrow', x);
   const ax = normAxis('narrow', dim, x.ndim);
   const s = start < 0 ? start + x.shape[ax] : start;
   if (!Number.isInteger(length) || length < 0 || s < 0 || s + length > x.shape[ax]) {
@@ -145,6 +154,10 @@ export function sliceScatter(g: Tensor, inShape: number[], dim: number, start: n
 
 export function concat(ts: Tensor[], dim = 0): Tensor {
   if (ts.length === 0) throw new RangeError('concat: needs at least one tensor');
+  ts.forEach((t, i) => requireDims('concat', t, `tensor ${i}`));
+  // PyTorch's legacy rule: a 1-D empty tensor [0] may sit beside tensors of any rank and adds nothing.
+  const legacyEmpty = (t: Tensor) => t.ndim === 1 && t.size === 0;
+  if (ts.some(legacyEmpty) && !ts.every(legacyEmpty)) return concat(ts.filter((t) => !legacyEmpty(t)), dim);
   const first = ts[0];
   const ax = normAxis('concat', dim, first.ndim);
   const backend = sameBackend('concat', ...ts);
@@ -206,4 +219,56 @@ export function pad(x: Tensor, pads: number[], value = 0): Tensor {
     });
   }
   return record('pad', out, [x], { before, inShape: x.shape.slice() });
+}
+
+/** Reverses x along `dims` (torch.flip): one stridedCopy reading with negative strides. */
+export function flip(x: Tensor, dims: number | readonly number[]): Tensor {
+  const axes = normAxes('flip', dims, x.ndim).filter((a) => a < x.ndim && x.shape[a] > 1);
+  if (axes.length === 0) return x;
+  const st = contiguousStrides(x.shape);
+  const strides = st.map((s, i) => (axes.includes(i) ? -s : s));
+  const offset = axes.reduce((o, a) => o + (x.shape[a] - 1) * st[a], 0);
+  return record('flip', gatherLayout(x, x.shape.slice(), strides, offset), [x], { dims: axes });
+}
+
+/**
+ * Splits x along `dim` (torch.split): into pieces of `sizeOrSections` elements (the last one
+ * smaller), or into pieces of the listed sizes, which must add up to the dim.
+ */
+export function split(x: Tensor, sizeOrSections: number | readonly number[], dim = 0): Tensor[] {
+  const ax = normAxis('split', dim, x.ndim);
+  if (x.ndim === 0) throw new RangeError('split: a 0-d tensor has no dim to split');
+  const n = x.shape[ax];
+  let sizes: number[];
+  if (typeof sizeOrSections === 'number') {
+    const s = sizeOrSections;
+    if (!Number.isInteger(s) || s < 0 || (s === 0 && n > 0)) throw new RangeError(`split: split size must be a positive integer, got ${s} for dim ${dim} of ${fmt(x.shape)}`);
+    const count = n === 0 ? 1 : Math.ceil(n / s);
+    sizes = Array.from({ length: count }, (_, i) => Math.min(s, n - i * s));
+  } else {
+    sizes = sizeOrSections.slice();
+    const total = sizes.reduce((a, b) => a + b, 0);
+    if (sizes.some((s) => !Number.isInteger(s) || s < 0) || total !== n) {
+      throw new RangeError(`split: sections ${JSON.stringify(sizes)} must be non-negative integers adding up to ${n} (dim ${dim} of ${fmt(x.shape)})`);
+    }
+  }
+  let at = 0;
+  return sizes.map((s) => {
+    const part = narrow(x, ax, at, s);
+    at += s;
+    return part;
+  });
+}
+
+/**
+ * Splits x into `chunks` pieces of ceil(size / chunks) along `dim` (torch.chunk): fewer pieces
+ * when the last ones would be empty, except that an empty dim gives `chunks` empty pieces, as torch.
+ */
+export function chunk(x: Tensor, chunks: number, dim = 0): Tensor[] {
+  if (!Number.isInteger(chunks) || chunks <= 0) throw new RangeError(`chunk: chunks must be a positive integer, got ${chunks}`);
+  const ax = normAxis('chunk', dim, x.ndim);
+  if (x.ndim === 0) throw new RangeError('chunk: a 0-d tensor has no dim to split');
+  const n = x.shape[ax];
+  if (n === 0) return Array.from({ length: chunks }, () => narrow(x, ax, 0, 0));
+  return split(x, Math.ceil(n / chunks), ax);
 }

@@ -1,0 +1,207 @@
+/**
+ * fg.compile(step): a training step traced once per input signature and replayed as a plan.
+ *
+ * Calls go: the first call for a signature runs eagerly (warm-up: optimizers build their arena and
+ * state lazily, so the first step is not representative, as in tinygrad's TinyJit); the next one
+ * runs eagerly under the recorder (src/compile/trace.ts) and becomes a plan (src/compile/plan.ts);
+ * later calls replay the plan. A new shape or dtype of a tensor argument, a different non-tensor
+ * argument or `opts.key()` value is a new signature. Host state that steers the step (declared by
+ * the library through captureHooks.hostState: LookSAM's phase, BatchNorm's cumulative average)
+ * selects among the plans of a signature, and a value not seen yet is traced.
+ *
+ * What the plan cannot know: host values the step reads from outside its arguments. They are
+ * constants of the plan (a learning rate changed by a scheduler must be part of `opts.key`, or the
+ * step compiled again). Steps that read data back to the host (itemSync, dataSync), dispose state
+ * they do not replace, or return tensors that existed before them, cannot be replayed: they run
+ * eagerly, with a one-time message naming the op.
+ */
+import type { Backend, Storage } from '../kernels/backend.js';
+import { getBackend } from '../kernels/registry.js';
+import { generator } from '../tensor/random.js';
+import { Tensor } from '../tensor/tensor.js';
+import { fmt } from '../tensor/shape.js';
+import { Plan, type PlanStats } from './plan.js';
+import { traceStep, type Trace } from './trace.js';
+
+export interface CompileOptions {
+  /** Run every call eagerly (the oracle, and a switch for debugging). */
+  eager?: boolean;
+  /** Eager calls per signature before tracing (default 1). */
+  warmup?: number;
+  /** Plans kept per signature (host-state variants) before giving up and running eagerly (default 8). */
+  maxPlans?: number;
+  /** Host values the step depends on beyond its arguments (a scheduled learning rate): part of the signature. */
+  key?: () => unknown;
+  /** Where the one-time fall-back message goes (default console.warn). */
+  onMessage?: (message: string) => void;
+}
+
+export interface CompileStats {
+  eagerCalls: number;
+  traces: number;
+  replays: number;
+  /** The latest plan's figures, or null before one exists. */
+  plan: PlanStats | null;
+}
+
+export type CompiledStep<A extends unknown[], R> = ((...args: A) => R) & {
+  /** The reason this step runs eagerly for good, or null while it is captured. */
+  readonly fallback: string | null;
+  stats(): CompileStats;
+  /** Releases the plans' buffers; the function keeps working (it traces again). */
+  dispose(): void;
+};
+
+interface OutputTemplate {
+  $o: number;
+  shape: number[];
+}
+
+interface Variant {
+  plan: Plan;
+  trace: Trace;
+  output: unknown;
+}
+
+interface Entry {
+  calls: number;
+  variants: Variant[];
+}
+
+let tracing = false;
+
+function collectTensors(x: unknown, into: Tensor[], sig: string[]): void {
+  if (x instanceof Tensor) {
+    into.push(x);
+    sig.push(`${x.dtype}${fmt(x.shape)}@${x.backend.name}`);
+  } else if (Array.isArray(x)) {
+    sig.push('[');
+    for (const v of x) collectTensors(v, into, sig);
+    sig.push(']');
+  } else if (x === null || ['number', 'string', 'boolean', 'undefined'].includes(typeof x)) sig.push(JSON.stringify(x) ?? 'undefined');
+  else throw new TypeError(`compile: arguments must be tensors, arrays of them, or numbers, strings and booleans; got ${Object.prototype.toString.call(x)}`);
+}
+
+/** The returned value with tensors replaced by output slots; `storages` collects their storages. */
+function outputTemplate(x: unknown, storages: Storage[], why: (w: string) => void): unknown {
+  if (x instanceof Tensor) {
+    let i = storages.indexOf(x.storage);
+    if (i < 0) i = storages.push(x.storage) - 1;
+    return { $o: i, shape: x.shape.slice() } satisfies OutputTemplate;
+  }
+  if (Array.isArray(x)) return x.map((v) => outputTemplate(v, storages, why));
+  if (x && typeof x === 'object') {
+    if (Object.getPrototypeOf(x) !== Object.prototype) {
+      why(`the step returns a ${(x as object).constructor?.name ?? 'non-plain'} object (return tensors, arrays or plain objects)`);
+      return x;
+    }
+    const o: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(x)) o[k] = outputTemplate(v, storages, why);
+    return o;
+  }
+  return x;
+}
+
+function buildOutput(t: unknown, outs: Storage[], backend: Backend): unknown {
+  if (Array.isArray(t)) return t.map((v) => buildOutput(v, outs, backend));
+  if (t && typeof t === 'object') {
+    if ('$o' in t) {
+      const o = t as OutputTemplate;
+      return Tensor.fromStorage(outs[o.$o], o.shape.slice(), backend);
+    }
+    const r: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(t)) r[k] = buildOutput(v, outs, backend);
+    return r;
+  }
+  return t;
+}
+
+function sameValue(a: unknown, b: unknown): boolean {
+  return Object.is(a, b) || JSON.stringify(a) === JSON.stringify(b);
+}
+
+/**
+ * Returns `fn` captured: same arguments, same results (tensors are new ones the caller owns; read
+ * them back only when needed). Results equal the eager step's bit for bit on cpu and wasm.
+ */
+export function compile<A extends unknown[], R>(fn: (...args: A) => R, opts: CompileOptions = {}): CompiledStep<A, R> {
+  const warmup = opts.warmup ?? 1;
+  const maxPlans = opts.maxPlans ?? 8;
+  const name = fn.name || 'step';
+  const entries = new Map<string, Entry>();
+  const counts = { eagerCalls: 0, traces: 0, replays: 0 };
+  let fallback: string | null = null;
+  let lastPlan: Plan | null = null;
+
+  const giveUp = (why: string): void => {
+    if (fallback) return;
+    fallback = why;
+    const msg = `flatgrad compile(${name}): running eagerly from now on: ${why}`;
+    (opts.onMessage ?? console.warn)(msg);
+  };
+  const eager = (args: A): R => {
+    counts.eagerCalls++;
+    return fn(...args);
+  };
+
+  const compiled = ((...args: A): R => {
+    if (opts.eager || fallback || tracing) return eager(args);
+    const inputs: Tensor[] = [];
+    const sig: string[] = [];
+    collectTensors(args, inputs, sig);
+    if (opts.key) sig.push(`key=${JSON.stringify(opts.key())}`);
+    const signature = sig.join(',');
+    let entry = entries.get(signature);
+    if (!entry) entries.set(signature, (entry = { calls: 0, variants: [] }));
+    if (entry.calls++ < warmup) return eager(args);
+    const backend = inputs[0]?.backend ?? getBackend();
+    const storages = inputs.map((t) => t.storage);
+
+    const variant = entry.variants.find((v) => v.trace.hostStates.every((h) => !h.guard || sameValue(h.guard(), h.value)));
+    if (variant) {
+      const { plan, trace } = variant;
+      for (const c of trace.hostChecks) c.check(inputs[c.inputIndex]);
+      const keys: [number, number][] = [];
+      for (let i = 0; i < trace.draws; i++) keys.push(generator.nextKey());
+      const outs = plan.replay(storages, keys);
+      for (const h of trace.hostStates) h.advance?.();
+      counts.replays++;
+      return buildOutput(variant.output, outs, plan.backend) as R;
+    }
+    if (entry.variants.length >= maxPlans) {
+      giveUp(`host state took more than ${maxPlans} values for one input signature (${entry.variants[0]?.trace.hostStates.map((h) => h.name).join(', ') || 'none declared'})`);
+      return eager(args);
+    }
+
+    tracing = true;
+    let traced: { result: R; trace: Trace };
+    try {
+      traced = traceStep(backend, storages, () => fn(...args));
+    } finally {
+      tracing = false;
+    }
+    counts.traces++;
+    const outStorages: Storage[] = [];
+    let why: string | null = null;
+    const output = outputTemplate(traced.result, outStorages, (w) => { why ??= w; });
+    const plan = new Plan(traced.trace, outStorages);
+    why ??= plan.unsupported;
+    if (why) {
+      plan.dispose();
+      giveUp(why);
+    } else {
+      entry.variants.push({ plan, trace: traced.trace, output });
+      lastPlan = plan;
+    }
+    return traced.result;
+  }) as CompiledStep<A, R>;
+
+  Object.defineProperty(compiled, 'fallback', { get: () => fallback });
+  compiled.stats = () => ({ ...counts, plan: lastPlan?.stats ?? null });
+  compiled.dispose = () => {
+    for (const e of entries.values()) for (const v of e.variants) v.plan.dispose();
+    entries.clear();
+    lastPlan = null;
+  };
+  return compiled;
+}

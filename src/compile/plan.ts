@@ -1,0 +1,296 @@
+/**
+ * A captured step as a plan: the recorded device calls bound to a static buffer assignment, ready
+ * to replay without a tape, Tensor objects or allocations.
+ *
+ * Storages of the trace fall into:
+ * - fixed: existed before the step (parameters, the arena, optimizer state, constants) or were
+ *   made by it and outlived it without being returned (new state): the plan uses them as they are;
+ * - inputs: the compiled function's tensor arguments, bound anew on each replay;
+ * - outputs: made by the step and returned: allocated anew on each replay (the caller owns them);
+ * - temporaries: made and released within the step. Each gets a planned buffer; buffers are
+ *   shared by temporaries whose lives (first to last use) do not overlap, so a replay allocates
+ *   and frees nothing. A temporary first touched by a read is zeroed first, as allocation would;
+ * - swapped state: a tensor that existed before the step and was pointed at new storage during it
+ *   (BatchNorm's running statistics, via Tensor.rebind). The old storage is kept; it is what the
+ *   next replay reads, so the new value is copied back into it at the end of each replay.
+ *
+ * `calls` is the seam for later passes: a fusion pass rewrites this list (elementwise chains into
+ * one generated kernel) before it is bound.
+ */
+import type { Backend, Storage } from '../kernels/backend.js';
+import { fusedKernelsFor } from '../kernels/fused.js';
+import type { KeyRef, SlotRef, StorageRecord, Trace, TraceEvent } from './trace.js';
+
+/** Where a storage of the plan comes from on a replay. */
+export type Binding =
+  | { kind: 'fixed'; storage: Storage }
+  | { kind: 'input'; index: number }
+  | { kind: 'output'; index: number }
+  | { kind: 'buffer'; buffer: number; offset: number }
+  | { kind: 'unsupported'; why: string };
+
+/** A call in the plan: the recorded event plus, for planned buffers, a zero fill in front. */
+export interface PlannedCall {
+  event: TraceEvent;
+  /** Slots to zero before this call (first touched by a read, as a fresh allocation would be zero). */
+  zero: number[];
+}
+
+export interface PlanStats {
+  /** Device calls per replay (kernels and host writes, including zero fills and state copies). */
+  calls: number;
+  /** Planned buffers, and their total elements. */
+  buffers: number;
+  bufferElements: number;
+  /** Temporaries that the buffers serve (without reuse each would be a buffer). */
+  temporaries: number;
+  /** Old storages of swapped state that the plan keeps (the new value is copied back into them). */
+  keptState: number;
+}
+
+interface BoundStep {
+  fn: (...a: unknown[]) => unknown;
+  self: object;
+  args: unknown[];
+}
+interface Patch {
+  obj: Record<number | string, unknown>;
+  key: number | string;
+  from: { input: number } | { output: number } | KeyRef;
+}
+
+export class Plan {
+  readonly backend: Backend;
+  readonly calls: PlannedCall[];
+  private steps: BoundStep[] = [];
+  private patches: Patch[] = [];
+  private buffers: Storage[] = [];
+  /** Swapped state kept alive by the plan (released with it). */
+  private kept: Storage[] = [];
+  /** Per output index: numel and dtype of the storage each replay allocates. */
+  readonly outputs: { numel: number; dtype: Storage['dtype'] }[];
+  readonly stats: PlanStats;
+  readonly unsupported: string | null;
+
+  constructor(readonly trace: Trace, outputStorages: Storage[]) {
+    this.backend = trace.backend;
+    const b = trace.backend;
+    const records = trace.storages;
+    const outputIndex = new Map<Storage, number>();
+    outputStorages.forEach((s, i) => { if (!outputIndex.has(s)) outputIndex.set(s, i); });
+    this.outputs = outputStorages.map((s) => ({ numel: s.numel, dtype: s.dtype }));
+
+    let why: string | null = trace.unsupported;
+    const fail = (w: string): Binding => {
+      why ??= w;
+      return { kind: 'unsupported', why: w };
+    };
+
+    // Pre-existing storages released during the step must be state that was swapped for new storage.
+    const swaps: { from: Storage; to: Storage }[] = [];
+    for (const r of records) {
+      if (r.origin !== 'pre' || !r.released) continue;
+      let to = trace.rebinds.get(r.storage);
+      const seen = new Set<Storage>();
+      while (to && trace.rebinds.has(to) && !seen.has(to)) {
+        seen.add(to);
+        to = trace.rebinds.get(to);
+      }
+      // Its release was held back during the trace: the plan owns it either way.
+      this.kept.push(r.storage);
+      if (!to) fail(`the step disposes a ${r.dtype} tensor of ${r.numel} elements that existed before it, without replacing it in place (Tensor.rebind)`);
+      else swaps.push({ from: r.storage, to });
+    }
+    // Where the step is done with the old state before it first touches the new one (BatchNorm:
+    // new = f(old)), the plan reads the new storage in place of the old: the state lives in one
+    // place (what the host objects point at), so changing it between steps (loadStateDict) is
+    // seen, and the old storage is freed. Otherwise the new value is copied back after each replay.
+    const redirect = new Map<number, Storage>();
+    for (let i = swaps.length - 1; i >= 0; i--) {
+      const { from, to } = swaps[i];
+      const rFrom = records.find((r) => r.storage === from && r.origin === 'pre')!;
+      const rTo = records.find((r) => r.storage === to && !r.released);
+      const viewed = records.some((r) => r.viewOf?.base === rFrom.id);
+      if (rTo && !viewed && rFrom.lastUse < rTo.firstUse) {
+        redirect.set(rFrom.id, to);
+        swaps.splice(i, 1);
+      }
+    }
+
+    // Bindings: roots first (views are bound after, from their base).
+    const binding: Binding[] = new Array(records.length);
+    const temps: StorageRecord[] = [];
+    for (const r of records) {
+      if (r.viewOf) continue;
+      if (r.origin === 'input') binding[r.id] = { kind: 'input', index: r.inputIndex };
+      else if (outputIndex.has(r.storage)) {
+        if (r.origin === 'pre') binding[r.id] = fail('the step returns a tensor that existed before it (return a copy)');
+        else binding[r.id] = { kind: 'output', index: outputIndex.get(r.storage)! };
+      } else if (r.origin === 'made' && r.released) temps.push(r);
+      else binding[r.id] = { kind: 'fixed', storage: redirect.get(r.id) ?? r.storage };
+    }
+    for (const s of outputStorages) if (!records.some((r) => r.storage === s)) fail('the step returns a tensor that its device calls never made');
+
+    // Buffer assignment over the temporaries' lives: a free list per (dtype, numel), since kernels
+    // take a storage's length from the storage.
+    const zeroAt = new Map<number, number[]>();
+    const bufferSize: { numel: number; dtype: Storage['dtype'] }[] = [];
+    const free = new Map<string, number[]>();
+    const ends = new Map<number, StorageRecord[]>();
+    const starts = [...temps].filter((t) => t.firstUse >= 0).sort((a, c) => a.firstUse - c.firstUse);
+    for (const t of temps) if (t.firstUse < 0) binding[t.id] = { kind: 'fixed', storage: t.storage }; // never touched: never used
+    for (const t of starts) {
+      // Free the buffers of temporaries whose last use came before this one's first use.
+      for (const [at, list] of [...ends]) {
+        if (at >= t.firstUse) continue;
+        for (const done of list) {
+          const bnd = binding[done.id] as { buffer: number };
+          const key = `${done.dtype}:${done.numel}`;
+          if (!free.has(key)) free.set(key, []);
+          free.get(key)!.push(bnd.buffer);
+        }
+        ends.delete(at);
+      }
+      const key = `${t.dtype}:${t.numel}`;
+      let buf = free.get(key)?.pop();
+      if (buf === undefined) {
+        buf = bufferSize.length;
+        bufferSize.push({ numel: t.numel, dtype: t.dtype });
+      }
+      binding[t.id] = { kind: 'buffer', buffer: buf, offset: 0 };
+      if (!t.firstUseWritesAll) {
+        if (!zeroAt.has(t.firstUse)) zeroAt.set(t.firstUse, []);
+        zeroAt.get(t.firstUse)!.push(t.id);
+      }
+      if (!ends.has(t.lastUse)) ends.set(t.lastUse, []);
+      ends.get(t.lastUse)!.push(t);
+    }
+    for (const r of records) {
+      if (!r.viewOf) continue;
+      if (outputIndex.has(r.storage)) {
+        binding[r.id] = fail('the step returns a view into another storage (return a copy)');
+        continue;
+      }
+      const base = binding[r.viewOf.base];
+      if (base.kind === 'fixed') binding[r.id] = { kind: 'fixed', storage: r.storage };
+      else if (base.kind === 'buffer') binding[r.id] = { kind: 'buffer', buffer: base.buffer, offset: base.offset + r.viewOf.offset };
+      else binding[r.id] = fail(`the step makes a view into ${base.kind === 'input' ? 'an input' : 'a returned'} tensor's storage`);
+      // A view's own numel differs from its buffer's: remember it for materialization.
+      (binding[r.id] as { numel?: number }).numel = r.numel;
+    }
+
+    this.calls = trace.events.map((event, i) => ({ event, zero: zeroAt.get(i) ?? [] }));
+    this.unsupported = why;
+    const callCount = this.calls.reduce((n, c) => n + 1 + c.zero.length, 0) + swaps.length;
+    this.stats = {
+      calls: callCount,
+      buffers: bufferSize.length,
+      bufferElements: bufferSize.reduce((n, s) => n + s.numel, 0),
+      temporaries: starts.length,
+      keptState: 0,
+    };
+    if (why) return;
+
+    // Materialize: allocate the buffers once and bind every call's arguments.
+    this.buffers = bufferSize.map((s) => b.alloc(s.numel, s.dtype));
+    const views = new Map<number, Storage>();
+    const storageFor = (slot: number): Storage | { input: number } | { output: number } => {
+      const bnd = binding[slot] as Binding & { numel?: number };
+      switch (bnd.kind) {
+        case 'fixed': return bnd.storage;
+        case 'input': return { input: bnd.index };
+        case 'output': return { output: bnd.index };
+        case 'buffer': {
+          const buf = this.buffers[bnd.buffer];
+          const n = bnd.numel ?? records[slot].numel;
+          if (bnd.offset === 0 && n === buf.numel) return buf;
+          if (!views.has(slot)) views.set(slot, b.view(buf, bnd.offset, n));
+          return views.get(slot)!;
+        }
+        default: throw new Error(`internal: unsupported binding reached materialization (${bnd.why})`);
+      }
+    };
+    const bind = (x: unknown, parent: Record<number | string, unknown>, key: number | string): unknown => {
+      if (typeof x !== 'object' || x === null) return x;
+      if ('$s' in x) {
+        const s = storageFor((x as SlotRef).$s);
+        if ('input' in s || 'output' in s) {
+          this.patches.push({ obj: parent, key, from: s as { input: number } | { output: number } });
+          return null;
+        }
+        return s;
+      }
+      if ('$k' in x) {
+        this.patches.push({ obj: parent, key, from: x as KeyRef });
+        return 0;
+      }
+      if ('blockParam' in x && 'paramTable' in x) return x;
+      if (ArrayBuffer.isView(x)) return x;
+      if (Array.isArray(x)) {
+        const out: unknown[] = new Array(x.length);
+        x.forEach((v, i) => { out[i] = bind(v, out as unknown as Record<number, unknown>, i); });
+        return out;
+      }
+      const o: Record<string, unknown> = {};
+      for (const [k, v] of Object.entries(x)) o[k] = bind(v, o, k);
+      return o;
+    };
+    const fused = fusedKernelsFor(b) as unknown as Record<string, (...a: unknown[]) => unknown> | null;
+    const be = b as unknown as Record<string, (...a: unknown[]) => unknown>;
+    for (const c of this.calls) {
+      for (const z of c.zero) {
+        const args: unknown[] = [null, 0];
+        args[0] = bind({ $s: z }, args as unknown as Record<number, unknown>, 0);
+        this.steps.push({ fn: be.fill, self: b, args });
+      }
+      const e = c.event;
+      if (e.kind === 'write') {
+        const args: unknown[] = [null, e.data];
+        args[0] = bind({ $s: e.slot }, args as unknown as Record<number, unknown>, 0);
+        this.steps.push({ fn: be.write, self: b, args });
+      } else {
+        const self = e.target === 'backend' ? b : fused!;
+        const fn = (self as Record<string, (...a: unknown[]) => unknown>)[e.method];
+        const args: unknown[] = new Array(e.args.length);
+        e.args.forEach((a, i) => { args[i] = bind(a, args as unknown as Record<number, unknown>, i); });
+        this.steps.push({ fn, self, args });
+      }
+    }
+    for (const id of redirect.keys()) {
+      const old = records[id].storage;
+      this.kept.splice(this.kept.indexOf(old), 1);
+      b.release(old);
+    }
+    this.stats.keptState = this.kept.length;
+    for (const { from, to } of swaps) {
+      const copyBack: BoundStep = {
+        fn: be.stridedCopy, self: b,
+        args: [to, from, { shape: [from.numel], srcStrides: [1], srcOffset: 0, dstStrides: [1], dstOffset: 0 }],
+      };
+      this.steps.push(copyBack);
+      // The traced step itself left the new state in `to` only: the first replay reads `from`.
+      copyBack.fn.apply(b, copyBack.args);
+    }
+  }
+
+  /** Runs the plan: inputs bound, outputs allocated here and returned, random keys drawn by the caller. */
+  replay(inputs: Storage[], keys: [number, number][]): Storage[] {
+    const b = this.backend;
+    const outs = this.outputs.map((o) => b.alloc(o.numel, o.dtype));
+    for (const p of this.patches) {
+      const f = p.from;
+      p.obj[p.key] = '$k' in f ? keys[f.$k][f.part] : 'input' in f ? inputs[f.input] : outs[f.output];
+    }
+    for (const s of this.steps) s.fn.apply(s.self, s.args);
+    return outs;
+  }
+
+  /** Releases the planned buffers and the swapped state the plan kept alive. */
+  dispose(): void {
+    for (const s of this.buffers) this.backend.release(s);
+    for (const s of this.kept) this.backend.release(s);
+    this.buffers = [];
+    this.kept = [];
+    this.steps = [];
+  }
+}

@@ -1,0 +1,362 @@
+/**
+ * Tracing: runs a step eagerly once while a recording layer sits at the Backend boundary. The
+ * Backend contract (src/kernels/backend.ts) plus the fused arena kernels (src/kernels/fused.ts) are
+ * everything a step can do to a device, so the list of calls they receive, with their storages
+ * and layouts, is the whole step as far as the device is concerned.
+ *
+ * The layer shadows the methods of the one backend instance (and of its fused-kernel object) with
+ * own properties for the duration of the trace, and deletes them afterwards: no edit to any
+ * backend, and nothing left behind. Calls a kernel makes to its own backend while running (scratch
+ * buffers, reference fallbacks) are not recorded: only the outermost call is part of the step.
+ */
+import type { Backend, Storage } from '../kernels/backend.js';
+import { fusedKernelsFor } from '../kernels/fused.js';
+import { generator } from '../tensor/random.js';
+import { Tensor } from '../tensor/tensor.js';
+import { captureHooks } from './hooks.js';
+
+/** A storage placeholder in a recorded argument list. */
+export interface SlotRef {
+  $s: number;
+}
+/** A random key placeholder: part 0 or 1 of the generator draw number `$k` of this trace. */
+export interface KeyRef {
+  $k: number;
+  part: 0 | 1;
+}
+
+export type StorageOrigin =
+  /** Existed before the step (parameters, arena, optimizer state, constants): used as is. */
+  | 'pre'
+  /** One of the compiled function's tensor arguments. */
+  | 'input'
+  /** Made during the step. */
+  | 'made';
+
+export interface StorageRecord {
+  id: number;
+  storage: Storage;
+  origin: StorageOrigin;
+  inputIndex: number;
+  numel: number;
+  dtype: Storage['dtype'];
+  /** For a view made during the step: what it views. */
+  viewOf: { base: number; offset: number } | null;
+  released: boolean;
+  /** Index of the first and last call that touched it (through a view too); -1 when none. */
+  firstUse: number;
+  lastUse: number;
+  /** Whether the first call that touched it wrote every element without reading it. */
+  firstUseWritesAll: boolean;
+}
+
+/** One recorded device operation. Memory events keep their place in the order, kernels have args. */
+export type TraceEvent =
+  | { kind: 'call'; target: 'backend' | 'fused'; method: string; args: unknown[]; touched: number[] }
+  | { kind: 'write'; slot: number; data: ArrayLike<number> };
+
+/** A host state declared through captureHooks.hostState. */
+export interface HostState {
+  name: string;
+  guard: (() => unknown) | null;
+  value: unknown;
+  advance: (() => void) | null;
+}
+
+export interface HostCheck {
+  inputIndex: number;
+  check: (t: unknown) => void;
+}
+
+export interface Trace {
+  backend: Backend;
+  events: TraceEvent[];
+  storages: StorageRecord[];
+  /** Generator draws made by the step, in order. */
+  draws: number;
+  hostStates: HostState[];
+  hostChecks: HostCheck[];
+  /** old storage -> new storage, for state tensors that the step pointed at new storage (Tensor.rebind). */
+  rebinds: Map<Storage, Storage>;
+  /** Why this step cannot be replayed (the first reason found), or null. */
+  unsupported: string | null;
+}
+
+/**
+ * Argument positions that a backend kernel overwrites in full without reading (the Backend
+ * contract: "every kernel writes every element of out"). Everything else that a call passes counts
+ * as read, which is the safe assumption: a planned buffer first touched by a read is zeroed first,
+ * as a fresh allocation would be.
+ */
+const WRITES_ALL: Record<string, number[]> = {
+  fill: [0], cast: [1], unary: [2], binary: [3], where: [3], reduce: [2], argReduce: [2], softmax: [1],
+  crossEntropy: [2], crossEntropyBackward: [3], matmul: [2], im2col: [1], col2im: [1], maxPool2d: [1, 2],
+  maxPool2dBackward: [2], avgPool2d: [1], avgPool2dBackward: [1], gather: [2], scatterAdd: [2], cumsum: [1],
+  argsort: [1], random: [0], conv2d: [2], conv2dBackwardInput: [2], conv2dBackwardWeight: [2],
+};
+
+/** Backend methods that are not device work: they pass through unrecorded. */
+const PASS_THROUGH = new Set([
+  'info', 'supportsDtype', 'memory', 'flush', 'sync', 'trim', 'destroy', 'constructor',
+  // Backend internals (allocator, module set-up) that its own methods call.
+  'heap', 'bump', 'reserve', 'attachPool', 'dispose', 'fusedKernels', 'scratch', 'checkAlive',
+]);
+/**
+ * Backend methods that hand out the memory itself (wasm's typed view of a storage): code that
+ * writes through them outside a kernel call does device work the recorder cannot see.
+ */
+const DIRECT_ACCESS = new Set(['typed']);
+const MEMORY_METHODS = new Set(['alloc', 'upload', 'view', 'write', 'read', 'readSync', 'release']);
+
+function isStorage(x: unknown): x is Storage {
+  return typeof x === 'object' && x !== null && typeof (x as Storage).numel === 'number' && typeof (x as Storage).dtype === 'string' && 'isView' in x;
+}
+function isView(s: Storage): boolean {
+  return !!(s as { isView?: boolean }).isView;
+}
+
+function methodNames(obj: object): string[] {
+  const names = new Set<string>();
+  for (let o: object | null = obj; o && o !== Object.prototype; o = Object.getPrototypeOf(o)) {
+    for (const k of Object.getOwnPropertyNames(o)) {
+      if (PASS_THROUGH.has(k)) continue;
+      const d = Object.getOwnPropertyDescriptor(o, k);
+      if (d && typeof d.value === 'function') names.add(k);
+    }
+  }
+  return [...names];
+}
+
+/** The function frames of the current stack outside the recorder, for messages naming the op. */
+function callers(): string {
+  const lines = (new Error().stack ?? '').split('\n').slice(1);
+  const frames = lines
+    .map((l) => l.trim().replace(/^at /, ''))
+    .filter((l) => !/[\\/]compile[\\/]trace\.[tj]s/.test(l) && !/[\\/]kernels[\\/]/.test(l));
+  return frames
+    .slice(0, 3)
+    .map((f) => f.replace(/\s*\(.*[\\/]([^\\/]+:\d+):\d+\)$/, ' ($1)'))
+    .join(' <- ');
+}
+
+/**
+ * Runs `fn` eagerly with the recorder installed on `backend` and returns its result and the trace.
+ * `inputs` are the storages of the compiled function's tensor arguments, in order.
+ */
+export function traceStep<R>(backend: Backend, inputs: Storage[], fn: () => R): { result: R; trace: Trace } {
+  const trace: Trace = { backend, events: [], storages: [], draws: 0, hostStates: [], hostChecks: [], rebinds: new Map(), unsupported: null };
+  const byStorage = new Map<Storage, StorageRecord>();
+  const note = (why: string): void => {
+    if (!trace.unsupported) trace.unsupported = why;
+  };
+  const register = (s: Storage, origin: StorageOrigin, inputIndex = -1, viewOf: StorageRecord['viewOf'] = null): StorageRecord => {
+    const r: StorageRecord = {
+      id: trace.storages.length, storage: s, origin, inputIndex, numel: s.numel, dtype: s.dtype, viewOf,
+      released: false, firstUse: -1, lastUse: -1, firstUseWritesAll: false,
+    };
+    trace.storages.push(r);
+    byStorage.set(s, r);
+    return r;
+  };
+  const recordOf = (s: Storage): StorageRecord => byStorage.get(s) ?? register(s, 'pre');
+  inputs.forEach((s, i) => {
+    const r = byStorage.get(s);
+    // The same tensor passed twice is one input (its first position).
+    if (!r) register(s, 'input', i);
+  });
+
+  // Random keys handed out during the step: numbers in kernel arguments that equal one of them
+  // become placeholders, refilled with fresh draws on each replay.
+  const keys = new Map<number, { draw: number; part: 0 | 1 }>();
+  const nextKey = generator.nextKey;
+  generator.nextKey = function (this: typeof generator): [number, number] {
+    const k = nextKey.call(this);
+    if (depth === 0) {
+      keys.set(k[0], { draw: trace.draws, part: 0 });
+      keys.set(k[1], { draw: trace.draws, part: 1 });
+      trace.draws++;
+    }
+    return k;
+  };
+
+  const origRebind = Tensor.prototype.rebind;
+  Tensor.prototype.rebind = function (this: Tensor, ref) {
+    const old = this.storage;
+    origRebind.call(this, ref);
+    trace.rebinds.set(old, ref.storage);
+  };
+
+  let allowedRead: Storage | null = null;
+  captureHooks.hostState = (name, guard, advance) => {
+    trace.hostStates.push({ name, guard, value: guard ? guard() : undefined, advance });
+  };
+  captureHooks.hostCheck = (s, check) => {
+    const r = byStorage.get(s as Storage);
+    if (r && r.origin === 'input') {
+      trace.hostChecks.push({ inputIndex: r.inputIndex, check });
+      allowedRead = s as Storage;
+    }
+  };
+
+  // Replaces each argument by its template: storages by slots, random keys by key refs.
+  const touched = new Set<number>();
+  const template = (x: unknown, callIndex: number, writesAll: boolean): unknown => {
+    if (typeof x === 'number') {
+      const k = keys.get(x);
+      return k ? ({ $k: k.draw, part: k.part } satisfies KeyRef) : x;
+    }
+    if (typeof x !== 'object' || x === null) return x;
+    if (isStorage(x)) {
+      const r = recordOf(x);
+      touch(r, callIndex, writesAll);
+      return { $s: r.id } satisfies SlotRef;
+    }
+    if (ArrayBuffer.isView(x)) return (x as unknown as { slice(): unknown }).slice();
+    // The arena layout is a constant of the optimizer: kept by reference.
+    if ('blockParam' in x && 'paramTable' in x) return x;
+    if (Array.isArray(x)) return x.map((v) => template(v, callIndex, false));
+    if (Object.getPrototypeOf(x) !== Object.prototype) {
+      note(`a kernel argument of class ${(x as object).constructor?.name ?? '?'} cannot be recorded`);
+      return x;
+    }
+    const o: Record<string, unknown> = {};
+    for (const [k, v] of Object.entries(x)) o[k] = template(v, callIndex, false);
+    return o;
+  };
+  const touch = (r: StorageRecord, callIndex: number, writesAll: boolean): void => {
+    // A view's use is a use of the storage it views.
+    let root = r;
+    while (root.viewOf) root = trace.storages[root.viewOf.base];
+    for (const x of root === r ? [r] : [r, root]) {
+      if (x.firstUse < 0) {
+        x.firstUse = callIndex;
+        x.firstUseWritesAll = writesAll && x === r;
+      } else if (x.firstUse === callIndex && !writesAll) x.firstUseWritesAll = false;
+      x.lastUse = callIndex;
+      touched.add(x.id);
+    }
+  };
+
+  let depth = 0;
+  const restores: (() => void)[] = [];
+  const shadow = (obj: Record<string, unknown>, name: string, wrapper: (orig: (...a: unknown[]) => unknown) => (...a: unknown[]) => unknown): void => {
+    const own = Object.getOwnPropertyDescriptor(obj, name);
+    const orig = obj[name] as (...a: unknown[]) => unknown;
+    obj[name] = wrapper(orig);
+    restores.push(() => {
+      if (own) Object.defineProperty(obj, name, own);
+      else delete obj[name];
+    });
+  };
+  const recordCall = (target: 'backend' | 'fused', method: string, orig: (...a: unknown[]) => unknown, self: object, args: unknown[]): unknown => {
+    if (depth > 0) return orig.apply(self, args);
+    const callIndex = trace.events.length;
+    touched.clear();
+    const outs = target === 'backend' ? WRITES_ALL[method] ?? [] : [];
+    const tmpl = args.map((a, i) => template(a, callIndex, outs.includes(i)));
+    trace.events.push({ kind: 'call', target, method, args: tmpl, touched: [...touched] });
+    depth++;
+    try {
+      return orig.apply(self, args);
+    } finally {
+      depth--;
+    }
+  };
+
+  /** Runs a backend original with the recorder off: whatever it calls on its own is internal. */
+  const inner = (orig: (...a: unknown[]) => unknown, self: object, args: unknown[]): unknown => {
+    depth++;
+    try {
+      return orig.apply(self, args);
+    } finally {
+      depth--;
+    }
+  };
+  const b = backend as unknown as Record<string, unknown>;
+  for (const name of methodNames(backend)) {
+    if (DIRECT_ACCESS.has(name)) {
+      shadow(b, name, (orig) => function (this: object, ...args: unknown[]) {
+        if (depth === 0) note(`the step reaches device memory directly (${name} in ${callers()}), which a plan cannot replay`);
+        return orig.apply(this, args);
+      });
+    } else if (!MEMORY_METHODS.has(name)) {
+      shadow(b, name, (orig) => function (this: object, ...args: unknown[]) { return recordCall('backend', name, orig, this, args); });
+    }
+  }
+  shadow(b, 'alloc', (orig) => function (this: object, ...args: unknown[]) {
+    const s = inner(orig, this, args) as Storage;
+    if (depth === 0) register(s, 'made');
+    return s;
+  });
+  shadow(b, 'upload', (orig) => function (this: object, ...args: unknown[]) {
+    const s = inner(orig, this, args) as Storage;
+    if (depth === 0) {
+      const r = register(s, 'made');
+      const callIndex = trace.events.length;
+      touch(r, callIndex, true);
+      trace.events.push({ kind: 'write', slot: r.id, data: (args[0] as { slice(): ArrayLike<number> }).slice() });
+    }
+    return s;
+  });
+  shadow(b, 'write', (orig) => function (this: object, ...args: unknown[]) {
+    if (depth === 0) {
+      const r = recordOf(args[0] as Storage);
+      if (r.origin === 'input') note('the step overwrites one of its input tensors from the host');
+      touch(r, trace.events.length, true);
+      trace.events.push({ kind: 'write', slot: r.id, data: (args[1] as { slice(): ArrayLike<number> }).slice() });
+    }
+    return inner(orig, this, args);
+  });
+  shadow(b, 'view', (orig) => function (this: object, ...args: unknown[]) {
+    const s = inner(orig, this, args) as Storage;
+    if (depth === 0) {
+      const base = recordOf(args[0] as Storage);
+      register(s, 'made', -1, { base: base.id, offset: args[1] as number });
+    }
+    return s;
+  });
+  shadow(b, 'release', (orig) => function (this: object, ...args: unknown[]) {
+    const s = args[0] as Storage;
+    if (depth === 0 && !isView(s)) {
+      const r = recordOf(s);
+      r.released = true;
+      // State that existed before the step and is replaced during it: the plan keeps the old
+      // storage alive (it is the state the next replay reads) and copies the new value back.
+      if (r.origin === 'pre') return undefined;
+    }
+    return inner(orig, this, args);
+  });
+  const readCheck = (orig: (...a: unknown[]) => unknown, method: string) =>
+    function (this: object, ...args: unknown[]) {
+      const s = args[0] as Storage;
+      if (depth === 0) {
+        if (allowedRead === s) allowedRead = null;
+        else note(`the step reads a ${s.dtype} tensor of ${s.numel} element${s.numel === 1 ? '' : 's'} back to the host (${method} in ${callers()}), so what it does may depend on the data`);
+      }
+      return inner(orig, this, args);
+    };
+  shadow(b, 'readSync', (orig) => readCheck(orig, 'readSync'));
+  shadow(b, 'read', (orig) => readCheck(orig, 'read'));
+
+  const fused = fusedKernelsFor(backend) as unknown as Record<string, unknown> | null;
+  if (fused) {
+    for (const name of methodNames(fused)) {
+      shadow(fused, name, (orig) => function (this: object, ...args: unknown[]) { return recordCall('fused', name, orig, this, args); });
+    }
+  }
+
+  try {
+    const result = fn();
+    return { result, trace };
+  } finally {
+    for (let i = restores.length - 1; i >= 0; i--) restores[i]();
+    generator.nextKey = nextKey;
+    // nextKey is a prototype method: the own property set above is removed, not just reassigned.
+    if (Object.getOwnPropertyDescriptor(generator, 'nextKey')?.value === nextKey && nextKey === Object.getPrototypeOf(generator).nextKey) {
+      delete (generator as unknown as Record<string, unknown>).nextKey;
+    }
+    Tensor.prototype.rebind = origRebind;
+    captureHooks.hostState = null;
+    captureHooks.hostCheck = null;
+  }
+}

@@ -1,0 +1,60 @@
+/**
+ * The fixed summation order of arena reductions, shared by every renderer so that the float32
+ * reference and the wasm kernels agree bit for bit (and WebGPU within a few ulps):
+ *
+ * 1. Per 64-element block (a block lies inside one parameter), four lane accumulators: lane j
+ *    takes the elements 4q + j of the block in increasing q, starting from +0; elements past the
+ *    parameter's end, and blocks of inactive parameters or padding, add nothing. The block's
+ *    partial is (l0 + l1) + (l2 + l3) (max for max |x|, or for the non-finite flag).
+ * 2. The block partials in a fixed pairwise tree: for w = 1, 2, 4, ...: P[i] = P[i] (+) P[i + w]
+ *    for every i that is a multiple of 2w; the result is P[0].
+ *
+ * `norm` is overflow-free: a block's partial is (m, s), m = its largest |x| and s = the sum of
+ * (x / m)^2 in the lane order above (s = 0 when m is 0, Inf or NaN); two partials combine as
+ * m = max(m1, m2), s = s1 (m1/m)^2 + s2 (m2/m)^2; the norm is m sqrt(s) (m itself when m is 0,
+ * Inf or NaN: a NaN anywhere gives NaN, an infinity Inf).
+ */
+import type { ReductionKind } from './expr.js';
+
+/** Partial arrays per reduction: norm keeps two (m and s). */
+export function partialsOf(kind: ReductionKind): number {
+  return kind === 'norm' ? 2 : 1;
+}
+
+/** m is positive and finite: the scaled sum is meaningful. */
+export const scalable = (m: number): boolean => m > 0 && m < Infinity;
+
+/** NaN-propagating max (Math.max, and wasm's f32x4.max / f32.max). */
+const nmax = Math.max;
+
+/**
+ * Combines block partials `parts` (one array, or [m, s] for norm) of `blocks` entries in the fixed
+ * tree, in place, and returns the final value. `r` rounds to the arena's dtype.
+ */
+export function combinePartials(kind: ReductionKind, parts: readonly Float64Array[] | readonly Float32Array[], blocks: number, r: (x: number) => number): number {
+  const P = parts[0];
+  for (let w = 1; w < blocks; w *= 2) {
+    for (let i = 0; i + w < blocks; i += 2 * w) {
+      if (kind === 'sum') P[i] = r(P[i] + P[i + w]);
+      else if (kind === 'maxabs' || kind === 'nonfinite') P[i] = nmax(P[i], P[i + w]);
+      else {
+        const S = parts[1];
+        const m1 = P[i];
+        const m2 = P[i + w];
+        const m = nmax(m1, m2);
+        if (!scalable(m)) {
+          P[i] = m;
+          S[i] = 0;
+        } else {
+          const r1 = r(m1 / m);
+          const r2 = r(m2 / m);
+          P[i] = m;
+          S[i] = r(r(S[i] * r(r1 * r1)) + r(S[i + w] * r(r2 * r2)));
+        }
+      }
+    }
+  }
+  if (kind !== 'norm') return P[0];
+  const m = P[0];
+  return scalable(m) ? r(m * r(Math.sqrt(parts[1][0]))) : m;
+}

@@ -1,0 +1,317 @@
+/**
+ * The TypeScript reference renderer of arena kernels: the oracle the other renderers are checked
+ * against, and the kernels of the cpu backend (and of the wasm backend for float64 arenas).
+ *
+ * Semantics, in both precisions:
+ * - coefficients (uniform subtrees: hyper-parameters, slots, flags, step, constants) are computed
+ *   once per parameter in float64, as PyTorch computes its Python-scalar coefficients, and rounded
+ *   to the arena's dtype where they enter the elementwise body;
+ * - in a float32 arena every elementwise operation is rounded to float32 (Math.fround), with no
+ *   fused multiply-add; the wasm f32x4 kernels (wasm.ts) compute the same operations in IEEE
+ *   float32 and so agree bit for bit;
+ * - reductions follow the fixed order of reduce.ts.
+ *
+ * The body is generated JavaScript (new Function) for speed; where a Content-Security-Policy
+ * forbids that, the same semantics run through an interpreter (`interpretRange`), which the tests
+ * hold equal to the generated code bit for bit.
+ */
+import type { TypedArray } from '../../tensor/dtype.js';
+import type { ArenaKernel } from './define.js';
+import { type Node } from './expr.js';
+import { partialsOf, scalable } from './reduce.js';
+
+/** What a coefficient may read: the group's hyper-parameters, the slots of S, the parameter's flags and step count. */
+export interface UniformEnv {
+  hyper(name: string): number;
+  slot(name: string): number;
+  flags: number;
+  step: number;
+}
+
+/** A uniform expression in float64 (booleans as 1 and 0). */
+export function evalUniform(n: Node, env: UniformEnv): number {
+  const a = () => evalUniform((n as { a: Node }).a, env);
+  const b = () => evalUniform((n as { b: Node }).b, env);
+  switch (n.op) {
+    case 'const': return n.value;
+    case 'hyper': return env.hyper(n.name);
+    case 'slot': return env.slot(n.name);
+    case 'flag': return env.flags & n.flag ? 1 : 0;
+    case 'step': return env.step;
+    case 'vec': throw new Error(`arena kernel: internal: vector ${n.name} in a uniform expression`);
+    case 'add': return a() + b();
+    case 'sub': return a() - b();
+    case 'mul': return a() * b();
+    case 'div': return a() / b();
+    case 'min': return Math.min(a(), b());
+    case 'max': return Math.max(a(), b());
+    case 'neg': return -a();
+    case 'abs': return Math.abs(a());
+    case 'sqrt': return Math.sqrt(a());
+    case 'sign': return Math.sign(a());
+    case 'lt': return a() < b() ? 1 : 0;
+    case 'le': return a() <= b() ? 1 : 0;
+    case 'gt': return a() > b() ? 1 : 0;
+    case 'ge': return a() >= b() ? 1 : 0;
+    case 'eq': return a() === b() ? 1 : 0;
+    case 'ne': return a() !== b() ? 1 : 0;
+    case 'and': return a() !== 0 && b() !== 0 ? 1 : 0;
+    case 'or': return a() !== 0 || b() !== 0 ? 1 : 0;
+    case 'not': return a() === 0 ? 1 : 0;
+    case 'nonfinite': return Number.isFinite(a()) ? 0 : 1;
+    case 'where': return evalUniform(n.c, env) !== 0 ? a() : b();
+    case 'pow': return Math.pow(a(), b());
+  }
+}
+
+/** The kernel's coefficients for one parameter: float64 values rounded by `round` (floats only). */
+export function coefficientValues(kernel: ArenaKernel, env: UniformEnv, round: (x: number) => number, out = new Float64Array(kernel.coefs.length)): Float64Array {
+  kernel.coefs.forEach((c, j) => {
+    const v = evalUniform(c, env);
+    out[j] = c.ty === 'f' ? round(v) : v;
+  });
+  return out;
+}
+
+/**
+ * Runs the kernel over elements [start, end) of one parameter (start a multiple of 64 in an
+ * arena, 0 for a lone tensor). V: one array per declared vector (in declaration order), C: the
+ * coefficients, P: the partial arrays (reductions in order, norm taking two), written from block
+ * `pblk` on; `write` false computes the reductions only (a guarded-off parameter).
+ */
+export type RangeFn = (V: readonly TypedArray[], start: number, end: number, C: Float64Array, P: readonly Float64Array[], pblk: number, write: boolean) => void;
+
+type Precision = 'float32' | 'float64';
+
+const compiled = new WeakMap<ArenaKernel, Partial<Record<Precision, RangeFn>>>();
+
+let codegenAllowed: boolean | null = null;
+/** Whether generated code can run here (a Content-Security-Policy without 'unsafe-eval' forbids it). */
+export function canGenerateCode(): boolean {
+  if (codegenAllowed === null) {
+    try {
+      codegenAllowed = new Function('return 1')() === 1;
+    } catch {
+      codegenAllowed = false;
+    }
+  }
+  return codegenAllowed;
+}
+
+/** The reference range function of a kernel in a precision: generated code, or the interpreter. */
+export function referenceKernel(kernel: ArenaKernel, precision: Precision, opts: { interpret?: boolean } = {}): RangeFn {
+  if (opts.interpret || !canGenerateCode()) return (V, s, e, C, P, b, w) => interpretRange(kernel, precision, V, s, e, C, P, b, w);
+  let byP = compiled.get(kernel);
+  if (!byP) compiled.set(kernel, (byP = {}));
+  return (byP[precision] ??= new Function(renderReference(kernel, precision))() as RangeFn);
+}
+
+/** The generated JavaScript source of the reference (a function body returning the range function). */
+export function renderReference(kernel: ArenaKernel, precision: Precision): string {
+  const f32 = precision === 'float32';
+  const R = (x: string) => (f32 ? `R(${x})` : x);
+  const coefIdx = new Map(kernel.coefs.map((c, j) => [c, j]));
+  const vecIdx = new Map(kernel.vectors.map((v, i) => [v.name, i]));
+  const elemIdx = new Map(kernel.elementwise.map((n, i) => [n, i]));
+  const ref = (n: Node): string => {
+    const c = coefIdx.get(n);
+    if (c !== undefined) return `c${c}`;
+    return `t${elemIdx.get(n)}`;
+  };
+  const exprOf = (n: Node): string => {
+    const a = 'a' in n ? ref(n.a) : '';
+    const b = 'b' in n ? ref(n.b) : '';
+    switch (n.op) {
+      case 'vec': return `v${vecIdx.get(n.name)}[j]`;
+      case 'add': return R(`${a} + ${b}`);
+      case 'sub': return R(`${a} - ${b}`);
+      case 'mul': return R(`${a} * ${b}`);
+      case 'div': return R(`${a} / ${b}`);
+      case 'min': return `Math.min(${a}, ${b})`;
+      case 'max': return `Math.max(${a}, ${b})`;
+      case 'neg': return `-${a}`;
+      case 'abs': return `Math.abs(${a})`;
+      case 'sqrt': return R(`Math.sqrt(${a})`);
+      case 'sign': return `Math.sign(${a})`;
+      case 'lt': return `${a} < ${b}`;
+      case 'le': return `${a} <= ${b}`;
+      case 'gt': return `${a} > ${b}`;
+      case 'ge': return `${a} >= ${b}`;
+      case 'eq': return `${a} === ${b}`;
+      case 'ne': return `${a} !== ${b}`;
+      case 'and': return `${a} && ${b}`;
+      case 'or': return `${a} || ${b}`;
+      case 'not': return `!${a}`;
+      case 'nonfinite': return `${a} - ${a} !== 0`;
+      case 'where': return `${ref(n.c)} ? ${a} : ${b}`;
+      default: throw new Error(`arena kernel "${kernel.name}": internal: ${n.op} is uniform-only`);
+    }
+  };
+  /** Statements computing `nodes` (those elementwise) for element j. */
+  const compute = (roots: readonly Node[]) => {
+    const need = new Set<Node>();
+    const visit = (n: Node) => {
+      if (need.has(n) || coefIdx.has(n)) return;
+      need.add(n);
+      for (const c of 'c' in n ? [n.c, n.a, n.b] : 'b' in n ? [n.a, n.b] : 'a' in n ? [n.a] : []) visit(c);
+    };
+    roots.forEach(visit);
+    return kernel.elementwise.filter((n) => need.has(n)).map((n) => `const ${ref(n)} = ${exprOf(n)};`).join(' ');
+  };
+  const writes = kernel.writes.map((w) => `v${w.vector}[j] = ${ref(w.value)};`).join(' ');
+  const lines: string[] = ['"use strict";', 'const R = Math.fround;', 'return function (V, start, end, C, P, pblk, write) {'];
+  kernel.vectors.forEach((_, i) => lines.push(`const v${i} = V[${i}];`));
+  kernel.coefs.forEach((c, j) => lines.push(c.ty === 'f' ? `const c${j} = C[${j}];` : `const c${j} = C[${j}] !== 0;`));
+  const all = [...kernel.writes.map((w) => w.value), ...kernel.reductions.map((r) => r.x)];
+  if (kernel.reductions.length === 0) {
+    lines.push(`for (let j = start; j < end; j++) { ${compute(all)} if (write) { ${writes} } }`);
+  } else {
+    let p = 0;
+    const base = kernel.reductions.map((r) => {
+      const b = p;
+      p += partialsOf(r.reduction);
+      return b;
+    });
+    const norms = kernel.reductions.map((r, i) => ({ r, i })).filter(({ r }) => r.reduction === 'norm');
+    lines.push('for (let b = start, blk = pblk; b < end; b += 64, blk++) {', 'const e = b + 64 < end ? b + 64 : end;');
+    const lanes = (body: (L: number) => string) =>
+      `for (let i = b; i < e; i += 4) { ${[0, 1, 2, 3].map((L) => `${L === 0 ? '' : `if (i + ${L} < e) `}{ const j = i + ${L}; ${body(L)} }`).join(' ')} }`;
+    if (norms.length > 0) {
+      // Loop 1: each norm's block maximum, from which its scaled sum is taken in loop 2.
+      for (const { i } of norms) lines.push(`let n${i}_0 = 0, n${i}_1 = 0, n${i}_2 = 0, n${i}_3 = 0;`);
+      lines.push(lanes((L) => `${compute(norms.map(({ r }) => r.x))} ${norms.map(({ r, i }) => `n${i}_${L} = Math.max(n${i}_${L}, Math.abs(${ref(r.x)}));`).join(' ')}`));
+      for (const { i } of norms) {
+        lines.push(`const m${i} = Math.max(Math.max(n${i}_0, n${i}_1), Math.max(n${i}_2, n${i}_3)); const sc${i} = m${i} > 0 && m${i} < Infinity; P[${base[i]}][blk] = m${i};`);
+      }
+    }
+    kernel.reductions.forEach((_, i) => lines.push(`let a${i}_0 = 0, a${i}_1 = 0, a${i}_2 = 0, a${i}_3 = 0;`));
+    const acc = (L: number) =>
+      kernel.reductions
+        .map((r, i) => {
+          const x = ref(r.x);
+          const a = `a${i}_${L}`;
+          switch (r.reduction) {
+            case 'sum': return `${a} = ${R(`${a} + ${x}`)};`;
+            case 'maxabs': return `${a} = Math.max(${a}, Math.abs(${x}));`;
+            case 'nonfinite': return `if (${x} - ${x} !== 0) ${a} = 1;`;
+            case 'norm': return `if (sc${i}) { const q = ${R(`${x} / m${i}`)}; ${a} = ${R(`${a} + ${R('q * q')}`)}; }`;
+          }
+        })
+        .join(' ');
+    lines.push(lanes((L) => `${compute(all)} ${acc(L)} if (write) { ${writes} }`));
+    kernel.reductions.forEach((r, i) => {
+      const sum = R(`${R(`a${i}_0 + a${i}_1`)} + ${R(`a${i}_2 + a${i}_3`)}`);
+      switch (r.reduction) {
+        case 'sum': lines.push(`P[${base[i]}][blk] = ${sum};`); break;
+        case 'maxabs':
+        case 'nonfinite': lines.push(`P[${base[i]}][blk] = Math.max(Math.max(a${i}_0, a${i}_1), Math.max(a${i}_2, a${i}_3));`); break;
+        case 'norm': lines.push(`P[${base[i] + 1}][blk] = sc${i} ? ${sum} : 0;`); break;
+      }
+    });
+    lines.push('}');
+  }
+  lines.push('};');
+  return lines.join('\n');
+}
+
+/** The same semantics as the generated code, without generating code (CSP fallback). */
+export function interpretRange(kernel: ArenaKernel, precision: Precision, V: readonly TypedArray[], start: number, end: number, C: Float64Array, P: readonly Float64Array[], pblk: number, write: boolean): void {
+  const R = precision === 'float32' ? Math.fround : (x: number) => x;
+  const coefIdx = new Map(kernel.coefs.map((c, j) => [c, j]));
+  const vecIdx = new Map(kernel.vectors.map((v, i) => [v.name, i]));
+  const val = new Map<Node, number | boolean>();
+  const get = (n: Node): number | boolean => {
+    const c = coefIdx.get(n);
+    if (c !== undefined) return n.ty === 'f' ? C[c] : C[c] !== 0;
+    return val.get(n)!;
+  };
+  const f = (n: Node) => get(n) as number;
+  const evalAt = (j: number) => {
+    val.clear();
+    for (const n of kernel.elementwise) {
+      let v: number | boolean;
+      switch (n.op) {
+        case 'vec': v = V[vecIdx.get(n.name)!][j]; break;
+        case 'add': v = R(f(n.a) + f(n.b)); break;
+        case 'sub': v = R(f(n.a) - f(n.b)); break;
+        case 'mul': v = R(f(n.a) * f(n.b)); break;
+        case 'div': v = R(f(n.a) / f(n.b)); break;
+        case 'min': v = Math.min(f(n.a), f(n.b)); break;
+        case 'max': v = Math.max(f(n.a), f(n.b)); break;
+        case 'neg': v = -f(n.a); break;
+        case 'abs': v = Math.abs(f(n.a)); break;
+        case 'sqrt': v = R(Math.sqrt(f(n.a))); break;
+        case 'sign': v = Math.sign(f(n.a)); break;
+        case 'lt': v = f(n.a) < f(n.b); break;
+        case 'le': v = f(n.a) <= f(n.b); break;
+        case 'gt': v = f(n.a) > f(n.b); break;
+        case 'ge': v = f(n.a) >= f(n.b); break;
+        case 'eq': v = f(n.a) === f(n.b); break;
+        case 'ne': v = f(n.a) !== f(n.b); break;
+        case 'and': v = (get(n.a) as boolean) && (get(n.b) as boolean); break;
+        case 'or': v = (get(n.a) as boolean) || (get(n.b) as boolean); break;
+        case 'not': v = !(get(n.a) as boolean); break;
+        case 'nonfinite': v = f(n.a) - f(n.a) !== 0; break;
+        case 'where': v = get(n.c) ? f(n.a) : f(n.b); break;
+        default: throw new Error(`arena kernel "${kernel.name}": internal: ${n.op} is uniform-only`);
+      }
+      val.set(n, v);
+    }
+  };
+  const store = (j: number) => {
+    if (write) for (const w of kernel.writes) V[w.vector][j] = f(w.value);
+  };
+  if (kernel.reductions.length === 0) {
+    for (let j = start; j < end; j++) {
+      evalAt(j);
+      store(j);
+    }
+    return;
+  }
+  const base: number[] = [];
+  let p = 0;
+  for (const r of kernel.reductions) {
+    base.push(p);
+    p += partialsOf(r.reduction);
+  }
+  const nr = kernel.reductions.length;
+  for (let b = start, blk = pblk; b < end; b += 64, blk++) {
+    const e = Math.min(b + 64, end);
+    const m = new Float64Array(nr);
+    kernel.reductions.forEach((r, i) => {
+      if (r.reduction !== 'norm') return;
+      const n = [0, 0, 0, 0];
+      for (let j = b; j < e; j++) {
+        evalAt(j);
+        n[j & 3] = Math.max(n[j & 3], Math.abs(f(r.x)));
+      }
+      m[i] = Math.max(Math.max(n[0], n[1]), Math.max(n[2], n[3]));
+      P[base[i]][blk] = m[i];
+    });
+    const acc = kernel.reductions.map(() => [0, 0, 0, 0]);
+    for (let j = b; j < e; j++) {
+      evalAt(j);
+      const L = (j - b) & 3;
+      kernel.reductions.forEach((r, i) => {
+        const x = f(r.x);
+        const a = acc[i];
+        if (r.reduction === 'sum') a[L] = R(a[L] + x);
+        else if (r.reduction === 'maxabs') a[L] = Math.max(a[L], Math.abs(x));
+        else if (r.reduction === 'nonfinite') {
+          if (x - x !== 0) a[0] = 1;
+        } else if (scalable(m[i])) {
+          const q = R(x / m[i]);
+          a[L] = R(a[L] + R(q * q));
+        }
+      });
+      store(j);
+    }
+    kernel.reductions.forEach((r, i) => {
+      const a = acc[i];
+      const sum = R(R(a[0] + a[1]) + R(a[2] + a[3]));
+      if (r.reduction === 'sum') P[base[i]][blk] = sum;
+      else if (r.reduction === 'norm') P[base[i] + 1][blk] = scalable(m[i]) ? sum : 0;
+      else P[base[i]][blk] = Math.max(Math.max(a[0], a[1]), Math.max(a[2], a[3]));
+    });
+  }
+}

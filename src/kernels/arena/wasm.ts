@@ -1,0 +1,240 @@
+/**
+ * The WebAssembly SIMD renderer of arena kernels: one exported function per kernel, four float32
+ * lanes at a time (f32x4), emitted with the project's emitter (src/kernels/wasm/emit.ts) into a
+ * small module that imports the wasm backend's memory.
+ *
+ * Every elementwise operation is the IEEE float32 operation (add, sub, mul, div, sqrt, min, max,
+ * abs, neg, comparisons and selects; no fused multiply-add, which wasm SIMD does not have in its
+ * base set), so it equals the float32 reference's Math.fround of the float64 operation bit for
+ * bit. Coefficients arrive as f32 arguments computed by the host exactly as the reference
+ * computes them (reference.ts coefficientValues). Reductions follow reduce.ts: the lanes of a
+ * quad are the four lane accumulators, and the block partials go to memory for the host's tree.
+ *
+ * The function: (ptr of each vector..., start, end, ptr of each partial array at block pblk...,
+ * write, coefficient...) over elements [start, end). The last quad of a range may run past `end`
+ * into the parameter's padding (arena vectors are padded to 64 elements, wasm allocations to 256
+ * bytes); those lanes are neither stored nor counted.
+ */
+import { f32, f32x4, i32, i32x4, ModuleBuilder, v128, ValType, type Expr, type Local, type Operand } from '../wasm/emit.js';
+import type { ArenaKernel } from './define.js';
+import type { Node } from './expr.js';
+import { partialsOf } from './reduce.js';
+
+const { i32: I32, f32: F32, v128: V128 } = ValType;
+
+export const WASM_EXPORT = 'arena_kernel';
+
+const addr = (ptr: Operand, i: Operand): Expr => i32.add(ptr, i32.shl(i, 2));
+
+/** The module bytes of a kernel, importing env.memory (shared when the backend's memory is). */
+export function renderWasm(kernel: ArenaKernel, shared: boolean): Uint8Array {
+  const mb = new ModuleBuilder();
+  mb.importMemory('env', 'memory', shared ? { initial: 1, maximum: 65536, shared: true } : { initial: 1 });
+  const nv = kernel.vectors.length;
+  const np = kernel.reductions.reduce((s, r) => s + partialsOf(r.reduction), 0);
+  const params: ValType[] = [...Array(nv).fill(I32), I32, I32, ...Array(np).fill(I32), I32, ...kernel.coefs.map(() => F32)];
+  mb.func(WASM_EXPORT, params, [], (f, ...args) => {
+    const vptr = args.slice(0, nv);
+    const start = args[nv];
+    const end = args[nv + 1];
+    const pptr = args.slice(nv + 2, nv + 2 + np);
+    const write = args[nv + 2 + np];
+    const cargs = args.slice(nv + 3 + np);
+    const vecIdx = new Map(kernel.vectors.map((v, i) => [v.name, i]));
+    // Coefficients splatted once: floats as f32x4, booleans as lane masks.
+    const coef = new Map<Node, Local>();
+    kernel.coefs.forEach((c, j) => {
+      const l = f.local(V128);
+      f.set(l, c.ty === 'f' ? f32x4.splat(cargs[j]) : f32x4.ne(f32x4.splat(cargs[j]), 0));
+      coef.set(c, l);
+    });
+    const zero = f.local(V128);
+    f.set(zero, f32x4.splat(f32.const(0)));
+    const lanes = f.local(V128);
+    f.set(lanes, v128.i32x4([0, 1, 2, 3]));
+    const endV = f.local(V128);
+    f.set(endV, i32x4.splat(end));
+    const i = f.local(I32);
+    const valid = f.local(V128);
+    const temps = new Map<Node, Local>();
+    const ref = (n: Node): Local => coef.get(n) ?? temps.get(n)!;
+    /** Sets the locals of the elementwise nodes that `roots` need, for the quad at i. */
+    const compute = (roots: readonly Node[]) => {
+      const need = new Set<Node>();
+      const visit = (n: Node) => {
+        if (need.has(n) || coef.has(n)) return;
+        need.add(n);
+        for (const c of 'c' in n ? [n.c, n.a, n.b] : 'b' in n ? [n.a, n.b] : 'a' in n ? [n.a] : []) visit(c);
+      };
+      roots.forEach(visit);
+      for (const n of kernel.elementwise) {
+        if (!need.has(n)) continue;
+        let l = temps.get(n);
+        if (!l) temps.set(n, (l = f.local(V128)));
+        f.set(l, exprOf(n));
+      }
+    };
+    const signMask = v128.i32x4([0x7f800000, 0x7f800000, 0x7f800000, 0x7f800000]);
+    const exprOf = (n: Node): Expr => {
+      const a = 'a' in n ? ref(n.a) : zero;
+      const b = 'b' in n ? ref(n.b) : zero;
+      switch (n.op) {
+        case 'vec': return v128.load(addr(vptr[vecIdx.get(n.name)!], i));
+        case 'add': return f32x4.add(a, b);
+        case 'sub': return f32x4.sub(a, b);
+        case 'mul': return f32x4.mul(a, b);
+        case 'div': return f32x4.div(a, b);
+        case 'min': return f32x4.min(a, b);
+        case 'max': return f32x4.max(a, b);
+        case 'neg': return f32x4.neg(a);
+        case 'abs': return f32x4.abs(a);
+        case 'sqrt': return f32x4.sqrt(a);
+        // Math.sign: 1 where x > 0, -1 where x < 0, x itself (+-0, NaN) elsewhere.
+        case 'sign': return v128.bitselect(f32x4.splat(f32.const(-1)), v128.bitselect(f32x4.splat(f32.const(1)), a, f32x4.gt(a, zero)), f32x4.lt(a, zero));
+        case 'lt': return f32x4.lt(a, b);
+        case 'le': return f32x4.le(a, b);
+        case 'gt': return f32x4.gt(a, b);
+        case 'ge': return f32x4.ge(a, b);
+        case 'eq': return f32x4.eq(a, b);
+        case 'ne': return f32x4.ne(a, b);
+        case 'and': return v128.and(a, b);
+        case 'or': return v128.or(a, b);
+        case 'not': return v128.not(a);
+        case 'nonfinite': return i32x4.eq(v128.and(a, signMask), signMask);
+        case 'where': return v128.bitselect(a, b, ref(n.c));
+        default: throw new Error(`arena kernel "${kernel.name}": internal: ${n.op} is uniform-only`);
+      }
+    };
+    /** Stores the written vectors' lanes of the quad at i that lie before `end`. */
+    const stores = (e: Local) => {
+      if (kernel.writes.length === 0) return;
+      f.if(write, () => {
+        f.if(
+          i32.leS(i32.add(i, 4), e),
+          () => f.exec(...kernel.writes.map((w) => v128.store(addr(vptr[w.vector], i), ref(w.value)))),
+          () => {
+            for (let L = 0; L < 4; L++) {
+              f.if(i32.ltS(i32.add(i, L), e), () => f.exec(...kernel.writes.map((w) => v128.store32Lane(addr(vptr[w.vector], i), ref(w.value), L, 4 * L))));
+            }
+          },
+        );
+      });
+    };
+    const quads = (b: Local, e: Local, body: () => void) =>
+      f.for(i, b, e, 4, () => {
+        f.set(valid, i32x4.ltS(i32x4.add(i32x4.splat(i), lanes), endV));
+        body();
+      });
+    const all = [...kernel.writes.map((w) => w.value), ...kernel.reductions.map((r) => r.x)];
+    if (kernel.reductions.length === 0) {
+      quads(start, end, () => {
+        compute(all);
+        stores(end);
+      });
+      return;
+    }
+    const b = f.local(I32);
+    const e = f.local(I32);
+    const blk = f.local(I32);
+    const acc = kernel.reductions.map(() => f.local(V128));
+    const bm = kernel.reductions.map((r) => (r.reduction === 'norm' ? f.local(F32) : null));
+    const masked = (x: Operand) => v128.bitselect(x, zero, valid);
+    const lane = (x: Local, L: number) => f32x4.extractLane(x, L);
+    let p = 0;
+    const base = kernel.reductions.map((r) => {
+      const o = p;
+      p += partialsOf(r.reduction);
+      return o;
+    });
+    f.set(blk, 0);
+    f.for(b, start, end, 64, () => {
+      f.set(e, i32.add(b, 64));
+      f.if(i32.gtS(e, end), () => f.set(e, end));
+      f.set(endV, i32x4.splat(e));
+      kernel.reductions.forEach((r, ri) => {
+        if (r.reduction !== 'norm') return;
+        f.set(acc[ri], zero);
+        quads(b, e, () => {
+          compute([r.x]);
+          f.set(acc[ri], f32x4.max(acc[ri], masked(f32x4.abs(ref(r.x)))));
+        });
+        f.set(bm[ri]!, f32.max(f32.max(lane(acc[ri], 0), lane(acc[ri], 1)), f32.max(lane(acc[ri], 2), lane(acc[ri], 3))));
+        f.exec(f32.store(i32.add(pptr[base[ri]], i32.shl(blk, 2)), bm[ri]!));
+      });
+      for (const a of acc) f.set(a, zero);
+      quads(b, e, () => {
+        compute(all);
+        kernel.reductions.forEach((r, ri) => {
+          const x = ref(r.x);
+          switch (r.reduction) {
+            case 'sum':
+              f.set(acc[ri], f32x4.add(acc[ri], masked(x)));
+              break;
+            case 'maxabs':
+              f.set(acc[ri], f32x4.max(acc[ri], masked(f32x4.abs(x))));
+              break;
+            case 'nonfinite':
+              f.set(acc[ri], v128.or(acc[ri], v128.and(i32x4.eq(v128.and(x, signMask), signMask), valid)));
+              break;
+            case 'norm': {
+              const q = f32x4.div(x, f32x4.splat(bm[ri]!));
+              f.set(acc[ri], f32x4.add(acc[ri], masked(f32x4.mul(q, q))));
+              break;
+            }
+          }
+        });
+        stores(e);
+      });
+      kernel.reductions.forEach((r, ri) => {
+        const a = acc[ri];
+        const sum = f32.add(f32.add(lane(a, 0), lane(a, 1)), f32.add(lane(a, 2), lane(a, 3)));
+        const at = (k: number) => i32.add(pptr[base[ri] + k], i32.shl(blk, 2));
+        switch (r.reduction) {
+          case 'sum':
+            f.exec(f32.store(at(0), sum));
+            break;
+          case 'maxabs':
+            f.exec(f32.store(at(0), f32.max(f32.max(lane(a, 0), lane(a, 1)), f32.max(lane(a, 2), lane(a, 3)))));
+            break;
+          case 'nonfinite':
+            f.exec(f32.store(at(0), f32.convertI32S(v128.anyTrue(a))));
+            break;
+          case 'norm': {
+            // s = 0 unless the block maximum is positive and finite (as reduce.ts scalable()).
+            const m = bm[ri]!;
+            f.if(
+              i32.and(f32.gt(m, f32.const(0)), f32.lt(m, f32.const(Infinity))),
+              () => f.exec(f32.store(at(1), sum)),
+              () => f.exec(f32.store(at(1), f32.const(0))),
+            );
+            break;
+          }
+        }
+      });
+      f.inc(blk);
+    });
+  });
+  return mb.toBytes();
+}
+
+type ArenaWasmFn = (...args: number[]) => void;
+const instances = new WeakMap<WebAssembly.Memory, WeakMap<ArenaKernel, ArenaWasmFn>>();
+
+/**
+ * The compiled kernel over a backend memory (compiled once per kernel and memory). Compiled
+ * synchronously: Node allows any size; a browser's main thread limits synchronous compiles to
+ * small modules (phase 2: compile ahead with WebAssembly.compile when a kernel is registered).
+ */
+export function wasmKernel(kernel: ArenaKernel, memory: WebAssembly.Memory): ArenaWasmFn {
+  let byKernel = instances.get(memory);
+  if (!byKernel) instances.set(memory, (byKernel = new WeakMap()));
+  let fn = byKernel.get(kernel);
+  if (!fn) {
+    const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
+    const bytes = renderWasm(kernel, shared);
+    const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes as Uint8Array<ArrayBuffer>), { env: { memory } });
+    fn = instance.exports[WASM_EXPORT] as ArenaWasmFn;
+    byKernel.set(kernel, fn);
+  }
+  return fn;
+}

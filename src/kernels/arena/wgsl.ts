@@ -1,0 +1,349 @@
+/**
+ * The WGSL renderer of arena kernels, for the WebGPU runtime (src/kernels/webgpu/runtime.ts),
+ * whose pipeline cache is keyed by the shader text: the text below is a pure function of the
+ * kernel's definition (its signature) and the number of parameter groups, so two different
+ * definitions never share a pipeline.
+ *
+ * One invocation walks one 64-element block as 16 vec4s (the block belongs to one parameter, so
+ * its table lookups and coefficients are computed once); the last vec4 of a parameter is written
+ * with select() so that its padding lanes keep their value. Coefficients made of hyper-parameters
+ * and constants are computed by the host in float64 (as the reference computes them) and passed
+ * as uniforms; the parts that read S, the flags or the step count are computed on the device in
+ * float32, and WGSL may contract a * b + c into a fused multiply-add, so WebGPU agrees with the
+ * float32 reference within a few ulps rather than bit for bit. Reductions follow reduce.ts: the
+ * four lanes of the vec4 accumulators are the four lane accumulators of a block; a second
+ * dispatch (one workgroup) combines the block partials in the same pairwise tree.
+ */
+import { FLAG_ACTIVE, PARAM_FIELDS } from '../fused.js';
+import type { ArenaKernel } from './define.js';
+import { children, type Node } from './expr.js';
+import { partialsOf } from './reduce.js';
+import { entry } from '../webgpu/wgsl.js';
+
+/** Workgroup size of the block kernel (one block per invocation). */
+export const WGSL_BLOCK_WG = 64;
+/** Workgroup size of the tree pass. */
+export const WGSL_TREE_WG = 256;
+
+const V4 = 'vec4<f32>';
+
+function f32Literal(x: number): string {
+  if (Number.isNaN(x)) return 'fg_nan()';
+  if (x === Infinity) return 'fg_inf()';
+  if (x === -Infinity) return '(-fg_inf())';
+  const bits = new Uint32Array(Float32Array.of(x).buffer)[0];
+  return `bitcast<f32>(0x${bits.toString(16).padStart(8, '0')}u)`;
+}
+
+const HELPERS = /* wgsl */ `
+fn fg_nonfinite(v: f32) -> bool { return (bitcast<u32>(v) & 0x7f800000u) == 0x7f800000u; }
+fn fg_nonfinite4(v: vec4<f32>) -> vec4<bool> { return (bitcast<vec4<u32>>(v) & vec4<u32>(0x7f800000u)) == vec4<u32>(0x7f800000u); }
+fn fg_sign(v: f32) -> f32 { return select(select(v, -1.0, v < 0.0), 1.0, v > 0.0); }
+fn fg_sign4(v: vec4<f32>) -> vec4<f32> { return select(select(v, vec4<f32>(-1.0), v < vec4<f32>(0.0)), vec4<f32>(1.0), v > vec4<f32>(0.0)); }
+fn fg_scalable(m: f32) -> bool { return m > 0.0 && !fg_nonfinite(m); }
+fn fg_powi(b: f32, t: f32) -> f32 {
+  var r = 1.0;
+  var x = b;
+  var n = u32(max(t, 0.0));
+  loop {
+    if (n == 0u) { break; }
+    if ((n & 1u) == 1u) { r = r * x; }
+    x = x * x;
+    n = n >> 1u;
+  }
+  return r;
+}
+fn fg_pow(b: f32, e: f32) -> f32 { return select(pow(b, e), fg_powi(b, e), e >= 0.0 && e == floor(e) && e < 4294967296.0); }
+`;
+
+const groupLevelMemo = new WeakMap<Node, boolean>();
+/** A uniform expression of constants and hyper-parameters only: one value per parameter group. */
+function groupLevel(n: Node): boolean {
+  let r = groupLevelMemo.get(n);
+  if (r === undefined) {
+    r = n.op === 'const' || n.op === 'hyper' || (n.op !== 'slot' && n.op !== 'step' && n.op !== 'flag' && n.op !== 'vec' && children(n).every(groupLevel));
+    groupLevelMemo.set(n, r);
+  }
+  return r;
+}
+
+/**
+ * The maximal per-group subtrees of the kernel's coefficients and guard (hyper-parameters and
+ * constants only, not a lone constant): the host computes them in float64, as the reference does,
+ * and passes them as uniforms u<j>_<group>; only what depends on S, the flags or the step count is
+ * computed on the device in float32.
+ */
+export function wgslHostUniforms(kernel: ArenaKernel): Node[] {
+  const out: Node[] = [];
+  const seen = new Set<Node>();
+  const visit = (n: Node) => {
+    if (seen.has(n)) return;
+    seen.add(n);
+    if (groupLevel(n)) {
+      if (n.op !== 'const') out.push(n);
+      return;
+    }
+    children(n).forEach(visit);
+  };
+  [...kernel.coefs, ...(kernel.guard ? [kernel.guard] : [])].forEach(visit);
+  return out;
+}
+
+/** A uniform expression as scalar WGSL (k, grp, flags in scope). */
+function uniformWgsl(kernel: ArenaKernel, n: Node, host: ReadonlyMap<Node, number>): string {
+  const hj = host.get(n);
+  if (hj !== undefined) return n.ty === 'b' ? `(fg_u${hj}(grp) != 0.0)` : `fg_u${hj}(grp)`;
+  const u = (x: Node) => uniformWgsl(kernel, x, host);
+  const a = 'a' in n ? u(n.a) : '';
+  const b = 'b' in n ? u(n.b) : '';
+  switch (n.op) {
+    case 'const': return f32Literal(n.value);
+    case 'hyper': throw new Error(`arena kernel "${kernel.name}": internal: hyper-parameter ${n.name} not hoisted`);
+    case 'slot': return `S[${kernel.slots[n.name]}u]`;
+    case 'flag': return `((flags & ${n.flag}u) != 0u)`;
+    case 'step': return 'steps[u32(k)]';
+    case 'add': return `(${a} + ${b})`;
+    case 'sub': return `(${a} - ${b})`;
+    case 'mul': return `(${a} * ${b})`;
+    case 'div': return `(${a} / ${b})`;
+    case 'min': return `min(${a}, ${b})`;
+    case 'max': return `max(${a}, ${b})`;
+    case 'neg': return `(-${a})`;
+    case 'abs': return `abs(${a})`;
+    case 'sqrt': return `sqrt(${a})`;
+    case 'sign': return `fg_sign(${a})`;
+    case 'lt': return `(${a} < ${b})`;
+    case 'le': return `(${a} <= ${b})`;
+    case 'gt': return `(${a} > ${b})`;
+    case 'ge': return `(${a} >= ${b})`;
+    case 'eq': return `(${a} == ${b})`;
+    case 'ne': return `(${a} != ${b})`;
+    case 'and': return `(${a} && ${b})`;
+    case 'or': return `(${a} || ${b})`;
+    case 'not': return `(!${a})`;
+    case 'nonfinite': return `fg_nonfinite(${a})`;
+    case 'where': return `select(${b}, ${a}, ${u(n.c)})`;
+    case 'pow': return `fg_pow(${a}, ${b})`;
+    case 'vec': throw new Error(`arena kernel "${kernel.name}": internal: vector ${n.name} in a uniform expression`);
+  }
+}
+
+/** Per-group lookups of the host-computed uniforms: u<j>_<g> and fg_u<j>(g). */
+function hostUniformFns(kernel: ArenaKernel, groups: number): { fns: string; index: Map<Node, number> } {
+  const nodes = wgslHostUniforms(kernel);
+  const fns = nodes
+    .map((_, j) => {
+      const picks = Array.from({ length: groups }, (_, g) => (g === 0 ? `var r = P.u${j}_0;` : `if (g == ${g}u) { r = P.u${j}_${g}; }`)).join(' ');
+      return `fn fg_u${j}(g: u32) -> f32 { ${picks} return r; }`;
+    })
+    .join('\n');
+  return { fns, index: new Map(nodes.map((n, j) => [n, j])) };
+}
+
+export function usesSteps(kernel: ArenaKernel): boolean {
+  const nodes = [...kernel.coefs, ...(kernel.guard ? [kernel.guard] : [])];
+  const seen = new Set<Node>();
+  const visit = (n: Node): boolean => {
+    if (seen.has(n)) return false;
+    seen.add(n);
+    if (n.op === 'step') return true;
+    return ('c' in n && visit(n.c)) || ('a' in n && visit(n.a)) || ('b' in n && visit(n.b));
+  };
+  return kernel.countSteps || nodes.some(visit);
+}
+
+/**
+ * The block kernel. Bindings the runtime declares (in this order): v_<name> (array<vec4<f32>>) for
+ * each declared vector, S, bp, pt, then steps when the kernel uses step counts, then part when it
+ * has reductions. Uniforms: nblocks, then h_<name>_<g>.
+ */
+export function renderWgsl(kernel: ArenaKernel, groups: number): string {
+  const hu = hostUniformFns(kernel, groups);
+  const coefIdx = new Map(kernel.coefs.map((c, j) => [c, j]));
+  const elemIdx = new Map(kernel.elementwise.map((n, i) => [n, i]));
+  const ref = (n: Node) => (coefIdx.has(n) ? `c${coefIdx.get(n)}` : `t${elemIdx.get(n)}`);
+  const exprOf = (n: Node): string => {
+    const a = 'a' in n ? ref(n.a) : '';
+    const b = 'b' in n ? ref(n.b) : '';
+    switch (n.op) {
+      case 'vec': return `v_${n.name}[q]`;
+      case 'add': return `${a} + ${b}`;
+      case 'sub': return `${a} - ${b}`;
+      case 'mul': return `${a} * ${b}`;
+      case 'div': return `${a} / ${b}`;
+      case 'min': return `min(${a}, ${b})`;
+      case 'max': return `max(${a}, ${b})`;
+      case 'neg': return `-${a}`;
+      case 'abs': return `abs(${a})`;
+      case 'sqrt': return `sqrt(${a})`;
+      case 'sign': return `fg_sign4(${a})`;
+      case 'lt': return `${a} < ${b}`;
+      case 'le': return `${a} <= ${b}`;
+      case 'gt': return `${a} > ${b}`;
+      case 'ge': return `${a} >= ${b}`;
+      case 'eq': return `${a} == ${b}`;
+      case 'ne': return `${a} != ${b}`;
+      case 'and': return `${a} & ${b}`;
+      case 'or': return `${a} | ${b}`;
+      case 'not': return `!${a}`;
+      case 'nonfinite': return `fg_nonfinite4(${a})`;
+      case 'where': return `select(${b}, ${a}, ${ref(n.c)})`;
+      default: throw new Error(`arena kernel "${kernel.name}": internal: ${n.op} is uniform-only`);
+    }
+  };
+  const compute = (roots: readonly Node[]) => {
+    const need = new Set<Node>();
+    const visit = (n: Node) => {
+      if (need.has(n) || coefIdx.has(n)) return;
+      need.add(n);
+      for (const c of 'c' in n ? [n.c, n.a, n.b] : 'b' in n ? [n.a, n.b] : 'a' in n ? [n.a] : []) visit(c);
+    };
+    roots.forEach(visit);
+    return kernel.elementwise.filter((n) => need.has(n)).map((n) => `let ${ref(n)} = ${exprOf(n)};`).join('\n      ');
+  };
+  const R = kernel.reductions;
+  let p = 0;
+  const base = R.map((r) => {
+    const o = p;
+    p += partialsOf(r.reduction);
+    return o;
+  });
+  const part = (c: number) => `part[${c}u * P.nblocks + blk]`;
+  const identity = R.flatMap((r, i) => Array.from({ length: partialsOf(r.reduction) }, (_, c) => `${part(base[i] + c)} = 0.0;`)).join(' ');
+  const coefDecls = kernel.coefs
+    .map((c, j) => (c.ty === 'f' ? `let c${j} = vec4<f32>(${uniformWgsl(kernel, c, hu.index)});` : `let c${j} = vec4<bool>(${uniformWgsl(kernel, c, hu.index)});`))
+    .join('\n  ');
+  const all = [...kernel.writes.map((w) => w.value), ...R.map((r) => r.x)];
+  const writes = kernel.writes
+    .map((w) => {
+      const v = `v_${kernel.vectors[w.vector].name}`;
+      return `${v}[q] = select(${v}[q], ${ref(w.value)}, valid);`;
+    })
+    .join('\n        ');
+  const norms = R.map((r, i) => ({ r, i })).filter(({ r }) => r.reduction === 'norm');
+  const loop = (body: string) => `for (var j = 0u; j < 16u; j++) {
+      let q = blk * 16u + j;
+      let i0 = q * 4u;
+      let valid = vec4<u32>(i0, i0 + 1u, i0 + 2u, i0 + 3u) < vec4<u32>(end);
+      ${body}
+    }`;
+  const zero = `${V4}(0.0)`;
+  const normLoops = norms
+    .map(
+      ({ r, i }) => `var n${i} = ${zero};
+    ${loop(`${compute([r.x])}
+      n${i} = max(n${i}, select(${zero}, abs(${ref(r.x)}), valid));`)}
+    let m${i} = max(max(n${i}.x, n${i}.y), max(n${i}.z, n${i}.w));
+    ${part(base[i])} = m${i};`,
+    )
+    .join('\n    ');
+  const accs = R.map((_, i) => `var a${i} = ${zero};`).join(' ');
+  const accStep = R.map((r, i) => {
+    const x = ref(r.x);
+    switch (r.reduction) {
+      case 'sum': return `a${i} = a${i} + select(${zero}, ${x}, valid);`;
+      case 'maxabs': return `a${i} = max(a${i}, select(${zero}, abs(${x}), valid));`;
+      case 'nonfinite': return `a${i} = max(a${i}, select(${zero}, ${V4}(1.0), fg_nonfinite4(${x}) & valid));`;
+      case 'norm': return `let s${i} = ${x} / ${V4}(m${i}); a${i} = a${i} + select(${zero}, s${i} * s${i}, valid);`;
+    }
+  }).join('\n      ');
+  const partials = R.map((r, i) => {
+    const sum = `(a${i}.x + a${i}.y) + (a${i}.z + a${i}.w)`;
+    switch (r.reduction) {
+      case 'sum': return `${part(base[i])} = ${sum};`;
+      case 'maxabs':
+      case 'nonfinite': return `${part(base[i])} = max(max(a${i}.x, a${i}.y), max(a${i}.z, a${i}.w));`;
+      case 'norm': return `${part(base[i] + 1)} = select(0.0, ${sum}, fg_scalable(m${i}));`;
+    }
+  }).join('\n  ');
+  const skip = (cond: string) => `if (${cond}) { ${identity} return; }`;
+  return `${HELPERS}
+${hu.fns}
+${entry(WGSL_BLOCK_WG)} {
+  let blk = fg_group(wg, nwg) * ${WGSL_BLOCK_WG}u + lid;
+  if (blk >= P.nblocks) { return; }
+  let k = bp[blk];
+  ${skip('k < 0')}
+  let tb = u32(k) * ${PARAM_FIELDS}u;
+  let off = u32(pt[tb]);
+  let end = off + u32(pt[tb + 1u]);
+  let grp = u32(pt[tb + 2u]);
+  let flags = u32(pt[tb + 3u]);
+  ${kernel.includeInactive ? '' : skip(`(flags & ${FLAG_ACTIVE}u) == 0u`)}
+  let wr = ${kernel.guard ? uniformWgsl(kernel, kernel.guard, hu.index) : 'true'};
+  ${R.length === 0 ? 'if (!wr) { return; }' : ''}
+  ${coefDecls}
+  ${normLoops}
+  ${accs}
+  ${loop(`${compute(all)}
+      ${accStep}
+      if (wr) {
+        ${writes}
+      }`)}
+  ${partials}
+}`;
+}
+
+/** The reductions' tree pass: one workgroup combines the block partials as reduce.ts and writes the slots. */
+export function renderWgslTree(kernel: ArenaKernel): string {
+  const R = kernel.reductions;
+  let p = 0;
+  const base = R.map((r) => {
+    const o = p;
+    p += partialsOf(r.reduction);
+    return o;
+  });
+  const at = (c: number, idx: string) => `part[${c}u * n + ${idx}]`;
+  const combine = R.map((r, i) => {
+    const x = at(base[i], 'i');
+    const y = at(base[i], 'i + w');
+    switch (r.reduction) {
+      case 'sum': return `${x} = ${x} + ${y};`;
+      case 'maxabs':
+      case 'nonfinite': return `${x} = max(${x}, ${y});`;
+      case 'norm': {
+        const s1 = at(base[i] + 1, 'i');
+        const s2 = at(base[i] + 1, 'i + w');
+        return `{ let m1 = ${x}; let m2 = ${y}; let m = max(m1, m2);
+        if (fg_scalable(m)) { let r1 = m1 / m; let r2 = m2 / m; ${s1} = ${s1} * (r1 * r1) + ${s2} * (r2 * r2); } else { ${s1} = 0.0; }
+        ${x} = m; }`;
+      }
+    }
+  }).join('\n        ');
+  const finals = R.map((r, i) => {
+    const v = at(base[i], '0u');
+    if (r.reduction !== 'norm') return `S[${r.slot}u] = ${v};`;
+    return `S[${r.slot}u] = select(${v}, ${v} * sqrt(${at(base[i] + 1, '0u')}), fg_scalable(${v}));`;
+  }).join('\n    ');
+  return `${HELPERS}
+${entry(WGSL_TREE_WG)} {
+  let n = P.nblocks;
+  for (var w = 1u; w < n; w = w * 2u) {
+    for (var i = lid * 2u * w; i + w < n; i = i + ${2 * WGSL_TREE_WG}u * w) {
+        ${combine}
+    }
+    storageBarrier();
+    workgroupBarrier();
+  }
+  if (lid == 0u) {
+    ${finals}
+  }
+}`;
+}
+
+/** The step-count pass: adds one to each active parameter's count where the guard holds. */
+export function renderWgslSteps(kernel: ArenaKernel, groups: number): string {
+  const hu = hostUniformFns(kernel, groups);
+  return `${HELPERS}
+${hu.fns}
+${entry(WGSL_BLOCK_WG)} {
+  let kk = fg_group(wg, nwg) * ${WGSL_BLOCK_WG}u + lid;
+  if (kk >= P.nparams) { return; }
+  let k = i32(kk);
+  let tb = kk * ${PARAM_FIELDS}u;
+  let grp = u32(pt[tb + 2u]);
+  let flags = u32(pt[tb + 3u]);
+  if ((flags & ${FLAG_ACTIVE}u) != 0u && ${kernel.guard ? uniformWgsl(kernel, kernel.guard, hu.index) : 'true'}) { steps[kk] = steps[kk] + 1.0; }
+}`;
+}
+

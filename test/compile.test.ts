@@ -1,0 +1,297 @@
+/**
+ * Captured steps (fg.compile): a replayed plan equals the eager step bit for bit on cpu and wasm
+ * (within float32 tolerance on WebGPU) for the MLP, the CNN (BatchNorm in train mode) and the ViT
+ * (dropout from the counter-based generator), with SGD, AdamW and the sharpness-aware family, over
+ * several steps with new inputs each step. Also: a new shape traces again, a step that reads back
+ * falls back to eager with a message naming the read, the label range check still runs on replay,
+ * host state (LookSAM's phase, step counts) advances as eagerly, and memory stays flat.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import * as fg from '../src/index.js';
+import { getBackend, setBackend } from '../src/kernels/registry.js';
+import type { Backend } from '../src/kernels/backend.js';
+import { createWasmBackend } from '../src/kernels/wasm/index.js';
+import { CpuBackend } from '../src/kernels/cpu/index.js';
+import { acquireWebGPU, expectClose } from './helpers/webgpu.js';
+import { rng } from './helpers/random.js';
+
+const { nn, optim } = fg;
+type Tensor = fg.Tensor;
+
+type ModelKind = 'mlp' | 'cnn' | 'vit';
+type OptKind = 'SGD' | 'AdamW' | 'SAM' | 'ASAM' | 'LookSAM';
+
+interface Config {
+  model: ModelKind;
+  opt: OptKind;
+  /** Dropout probability (mlp and vit). */
+  dropout?: number;
+  batch?: number;
+}
+
+/** The models here all map one tensor to logits. */
+type Net = fg.nn.Module & { forward(x: Tensor): Tensor };
+
+function makeModel(c: Config): Net {
+  if (c.model === 'mlp') return nn.models.mlp([12, 16, 16, 4], { dropout: c.dropout });
+  if (c.model === 'cnn') return nn.models.resnetSmall({ inChannels: 1, numClasses: 4, widths: [4, 8] });
+  return nn.models.vit({ imageSize: 8, patchSize: 4, dim: 8, depth: 1, heads: 2, mlpRatio: 2, numClasses: 4, dropout: c.dropout });
+}
+
+function inputShape(c: Config, n: number): number[] {
+  return c.model === 'mlp' ? [n, 12] : [n, 1, 8, 8];
+}
+
+function makeOpt(c: Config, params: fg.nn.Parameter[]): fg.optim.Optimizer {
+  const sgd = { lr: 0.05, momentum: 0.9, weightDecay: 1e-3 };
+  switch (c.opt) {
+    case 'SGD': return new optim.SGD(params, sgd);
+    case 'AdamW': return new optim.AdamW(params, { lr: 1e-2, weightDecay: 1e-2 });
+    case 'SAM': return new optim.SAM(params, optim.SGD, { ...sgd, rho: 0.05 });
+    case 'ASAM': return new optim.ASAM(params, optim.AdamW, { lr: 1e-2, rho: 0.5 });
+    case 'LookSAM': return new optim.LookSAM(params, optim.SGD, { ...sgd, rho: 0.05, k: 2, alpha: 0.7 });
+  }
+}
+
+/** The training step under test: forward, backward and the update, returning the loss. */
+function stepFor(model: Net, opt: fg.optim.Optimizer, c: Config) {
+  return function trainStep(x: Tensor, y: Tensor): Tensor {
+    const closure = () =>
+      fg.tidy(() => {
+        const loss = fg.crossEntropy(model.forward(x), y);
+        loss.backward();
+        return loss;
+      });
+    if (c.opt === 'SGD' || c.opt === 'AdamW') {
+      opt.zeroGrad();
+      const loss = closure();
+      opt.step();
+      return loss;
+    }
+    return opt.step(closure) as Tensor;
+  };
+}
+
+/** Host data for step t: the same for every run of a config. */
+function batch(c: Config, t: number, n: number): { x: Float32Array; y: Int32Array } {
+  const r = rng(1000 + t);
+  const shape = inputShape(c, n);
+  const x = Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => r() * 2 - 1);
+  const y = Int32Array.from({ length: n }, () => Math.floor(r() * 4));
+  return { x, y };
+}
+
+interface RunResult {
+  losses: Float32Array;
+  state: Map<string, Float32Array>;
+  stepCount: number;
+  compiled: fg.CompiledStep<[Tensor, Tensor], Tensor> | null;
+}
+
+/** Runs `steps` steps from seed 7, eagerly or captured; returns losses and the model's state dict. */
+async function run(c: Config, steps: number, captured: boolean, sizes?: number[]): Promise<RunResult> {
+  fg.manualSeed(7);
+  const model = makeModel(c);
+  model.train();
+  const opt = makeOpt(c, model.parameters());
+  const step = stepFor(model, opt, c);
+  const compiled = captured ? fg.compile(step, { onMessage: (m) => { throw new Error(`unexpected fall-back: ${m}`); } }) : null;
+  const f = compiled ?? step;
+  const losses: number[] = [];
+  for (let t = 0; t < steps; t++) {
+    const n = sizes?.[t] ?? c.batch ?? 4;
+    const { x, y } = batch(c, t, n);
+    const xt = fg.tensor(x, { shape: inputShape(c, n) });
+    const yt = fg.tensor(y, { dtype: 'int32' });
+    const loss = f(xt, yt);
+    losses.push(...(await loss.data()));
+    loss.dispose();
+    xt.dispose();
+    yt.dispose();
+  }
+  const state = new Map<string, Float32Array>();
+  for (const [k, v] of Object.entries(model.stateDict())) state.set(k, Float32Array.from(await (v as Tensor).data()));
+  const stepCount = (opt as unknown as { stepCount: number }).stepCount;
+  return { losses: Float32Array.from(losses), state, stepCount, compiled };
+}
+
+function expectBitEqual(a: ArrayLike<number>, b: ArrayLike<number>, what: string): void {
+  expect(a.length, `${what}: length`).toBe(b.length);
+  for (let i = 0; i < a.length; i++) {
+    if (!Object.is(a[i], b[i])) expect.fail(`${what}: element ${i} differs: captured ${a[i]}, eager ${b[i]}`);
+  }
+}
+
+async function compareBitExact(c: Config, steps = 5): Promise<RunResult> {
+  const eager = await run(c, steps, false);
+  const cap = await run(c, steps, true);
+  expectBitEqual(cap.losses, eager.losses, 'losses');
+  expect([...cap.state.keys()]).toEqual([...eager.state.keys()]);
+  for (const [k, v] of eager.state) expectBitEqual(cap.state.get(k)!, v, k);
+  expect(cap.stepCount).toBe(eager.stepCount);
+  const st = cap.compiled!.stats();
+  // One warm-up call, one trace, and the rest replayed.
+  expect(st.traces).toBeGreaterThanOrEqual(1);
+  expect(st.replays).toBeGreaterThanOrEqual(1);
+  expect(st.eagerCalls + st.traces + st.replays).toBe(steps);
+  return cap;
+}
+
+const CONFIGS: Config[] = [
+  { model: 'mlp', opt: 'SGD' },
+  { model: 'mlp', opt: 'AdamW' },
+  { model: 'mlp', opt: 'SAM', dropout: 0.25 },
+  { model: 'mlp', opt: 'ASAM' },
+  { model: 'mlp', opt: 'LookSAM' },
+  { model: 'cnn', opt: 'SGD' },
+  { model: 'cnn', opt: 'SAM' },
+  { model: 'vit', opt: 'AdamW', dropout: 0.1 },
+  { model: 'vit', opt: 'SAM', dropout: 0.1 },
+];
+
+const label = (c: Config) => `${c.model} + ${c.opt}${c.dropout ? ` + dropout ${c.dropout}` : ''}`;
+
+for (const which of ['cpu', 'wasm'] as const) {
+  describe(`compile on ${which}: replay equals the eager step bit for bit`, () => {
+    let prev: Backend;
+    beforeAll(async () => {
+      prev = getBackend();
+      setBackend(which === 'cpu' ? new CpuBackend() : await createWasmBackend({ threads: 1 }));
+    });
+    afterAll(() => setBackend(prev));
+    for (const c of CONFIGS) {
+      it(label(c), async () => {
+        await compareBitExact(c, c.opt === 'LookSAM' ? 7 : 5);
+      });
+    }
+  });
+}
+
+describe('compile: signatures, fall-back, host checks and memory (cpu)', () => {
+  let prev: Backend;
+  beforeAll(() => {
+    prev = getBackend();
+    setBackend(new CpuBackend());
+  });
+  afterAll(() => setBackend(prev));
+
+  it('traces again for a new batch size and replays each shape bit for bit', async () => {
+    const c: Config = { model: 'mlp', opt: 'SAM' };
+    const sizes = [4, 4, 4, 6, 6, 6, 4, 6];
+    fg.manualSeed(7);
+    const eager = await run(c, sizes.length, false, sizes);
+    const cap = await run(c, sizes.length, true, sizes);
+    expectBitEqual(cap.losses, eager.losses, 'losses');
+    for (const [k, v] of eager.state) expectBitEqual(cap.state.get(k)!, v, k);
+    // Per shape: one warm-up, one trace; the other four calls replay.
+    expect(cap.compiled!.stats()).toMatchObject({ eagerCalls: 2, traces: 2, replays: 4 });
+  });
+
+  it('falls back to eager, once and saying why, when the step reads a tensor back', () => {
+    fg.manualSeed(3);
+    const model = nn.models.mlp([3, 4, 2]);
+    const opt = new optim.SGD(model.parameters(), { lr: 0.1 });
+    const messages: string[] = [];
+    let sawLoss = 0;
+    const step = fg.compile(function readsLoss(x: Tensor, y: Tensor) {
+      opt.zeroGrad();
+      const loss = fg.tidy(() => {
+        const l = fg.crossEntropy(model.forward(x), y);
+        l.backward();
+        return l;
+      });
+      sawLoss = loss.itemSync(); // a data-dependent host value
+      opt.step();
+      return loss;
+    }, { onMessage: (m) => messages.push(m) });
+    for (let t = 0; t < 4; t++) {
+      const x = fg.randn([2, 3]);
+      const y = fg.tensor([0, 1], { dtype: 'int32' });
+      const loss = step(x, y);
+      // Every call ran the step, so the host value is that of this call.
+      expect(sawLoss).toBe(loss.itemSync());
+      fg.dispose([x, y, loss]);
+    }
+    expect(messages).toHaveLength(1);
+    expect(messages[0]).toMatch(/compile\(readsLoss\): running eagerly/);
+    expect(messages[0]).toMatch(/reads a float32 tensor of 1 element back to the host \(readSync in Tensor\.dataSync .*<- Tensor\.itemSync .*<- readsLoss /);
+    expect(step.fallback).toBe(messages[0].replace(/^.*running eagerly from now on: /, ''));
+    expect(step.stats()).toMatchObject({ traces: 1, replays: 0, eagerCalls: 3 });
+  });
+
+  it('runs the label range check on every replay', () => {
+    fg.manualSeed(4);
+    const model = nn.models.mlp([3, 4, 2]);
+    const opt = new optim.SGD(model.parameters(), { lr: 0.1 });
+    const step = fg.compile(stepFor(model, opt, { model: 'mlp', opt: 'SGD' }), { onMessage: (m) => { throw new Error(m); } });
+    const x = fg.randn([2, 3]);
+    for (let t = 0; t < 3; t++) fg.dispose(step(x, fg.tensor([1, 0], { dtype: 'int32' })));
+    expect(step.stats().replays).toBe(1);
+    const before = model.stateDict()['0.weight'].dataSync().slice();
+    expect(() => step(x, fg.tensor([0, 2], { dtype: 'int32' }))).toThrow(/crossEntropy: label 2 at position 1 is out of range \[0, 2\)/);
+    // The check runs before the replay: nothing moved.
+    expect(model.stateDict()['0.weight'].dataSync()).toEqual(before);
+  });
+
+  it('keeps memory flat over many replays and frees its buffers on dispose', () => {
+    fg.manualSeed(5);
+    const c: Config = { model: 'cnn', opt: 'SAM' };
+    const model = makeModel(c);
+    model.train();
+    const opt = makeOpt(c, model.parameters());
+    const step = fg.compile(stepFor(model, opt, c));
+    const x = fg.randn([2, 1, 8, 8]);
+    const y = fg.tensor([1, 3], { dtype: 'int32' });
+    for (let t = 0; t < 3; t++) step(x, y).dispose();
+    const live = fg.memory().liveBuffers;
+    const bytes = fg.memory().liveBytes;
+    for (let t = 0; t < 20; t++) step(x, y).dispose();
+    expect(fg.memory().liveBuffers).toBe(live);
+    expect(fg.memory().liveBytes).toBe(bytes);
+    const plan = step.stats().plan!;
+    expect(plan.buffers).toBeGreaterThan(0);
+    // Liveness lets temporaries share buffers.
+    expect(plan.buffers).toBeLessThan(plan.temporaries);
+    step.dispose();
+    expect(fg.memory().liveBuffers).toBe(live - plan.buffers - plan.keptState);
+  });
+
+  it('runs every call eagerly with { eager: true }', () => {
+    fg.manualSeed(6);
+    const model = nn.models.mlp([3, 2]);
+    const opt = new optim.SGD(model.parameters(), { lr: 0.1 });
+    const step = fg.compile(stepFor(model, opt, { model: 'mlp', opt: 'SGD' }), { eager: true });
+    const x = fg.randn([2, 3]);
+    const y = fg.tensor([1, 0], { dtype: 'int32' });
+    for (let t = 0; t < 4; t++) step(x, y).dispose();
+    expect(step.stats()).toMatchObject({ eagerCalls: 4, traces: 0, replays: 0 });
+  });
+
+  it('keeps one plan per LookSAM phase and replays both', async () => {
+    const cap = await run({ model: 'mlp', opt: 'LookSAM' }, 8, true);
+    // Warm-up (a recompute step), then one trace per phase, then replays.
+    expect(cap.compiled!.stats()).toMatchObject({ eagerCalls: 1, traces: 2, replays: 5 });
+  });
+});
+
+describe('compile on WebGPU: replay matches the eager step within float32 tolerance', () => {
+  let prev: Backend;
+  let gpu: Backend | null = null;
+  beforeAll(async () => {
+    prev = getBackend();
+    gpu = (await acquireWebGPU()).backend;
+    if (gpu) setBackend(gpu);
+  });
+  afterAll(() => setBackend(prev));
+  for (const c of [{ model: 'mlp', opt: 'SAM', dropout: 0.25 }, { model: 'cnn', opt: 'SGD' }, { model: 'vit', opt: 'AdamW', dropout: 0.1 }] as Config[]) {
+    it(label(c), async (ctx) => {
+      if (!gpu) ctx.skip();
+      const eager = await run(c, 4, false);
+      const cap = await run(c, 4, true);
+      expectClose(cap.losses, eager.losses, { atol: 1e-5, rtol: 1e-4 }, 'losses');
+      for (const [k, v] of eager.state) expectClose(cap.state.get(k)!, v, { atol: 1e-5, rtol: 1e-4 }, k);
+      expect(cap.stepCount).toBe(eager.stepCount);
+      expect(cap.compiled!.stats().replays).toBe(2);
+    });
+  }
+});
