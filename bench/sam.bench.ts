@@ -20,6 +20,11 @@ import os from 'node:os';
 import * as fg from '../src/index.js';
 import type { Backend } from '../src/kernels/backend.js';
 import { fusedKernelsFor } from '../src/kernels/fused.js';
+import { hostPassObservers, runArenaKernel } from '../src/kernels/arena/run.js';
+import { builtinKernels, copyCall } from '../src/kernels/arena/fused.js';
+import type { ArenaKernel } from '../src/kernels/arena/define.js';
+import { S_SLOTS } from '../src/kernels/fused.js';
+import { FlatArena } from '../src/optim/arena.js';
 import { getBackend, setBackend } from '../src/kernels/registry.js';
 
 const { nn, optim } = fg;
@@ -32,7 +37,6 @@ const KERNELS = [
   'crossEntropyBackward', 'matmul', 'im2col', 'col2im', 'maxPool2d', 'maxPool2dBackward', 'avgPool2d', 'avgPool2dBackward',
   'gather', 'scatterAdd', 'random',
 ];
-const FUSED = ['norm', 'dot', 'scalars', 'perturb', 'restore', 'lincomb', 'noise', 'sgd', 'adam'];
 
 /** Counts kernel dispatches: compute passes on WebGPU, kernel calls (backend and fused) elsewhere. */
 function instrument(b: Backend): { count: () => number; reset: () => void } {
@@ -49,8 +53,14 @@ function instrument(b: Backend): { count: () => number; reset: () => void } {
   if (b.name === 'webgpu' && rt) wrap(rt, 'dispatch');
   else {
     for (const k of KERNELS) wrap(b as unknown as Record<string, unknown>, k);
+    // The fused and per-tensor optimizer kernels are arena kernels: their runner reports each pass
+    // (one dispatch per arena pass, one per tensor in the per-tensor baseline), so no list of them
+    // is kept here. The one kernel outside the language, the host noise, is counted by its method.
+    hostPassObservers.add((_k, be, _e, d) => {
+      if (be === b) n += d;
+    });
     const fk = fusedKernelsFor(b) as unknown as Record<string, unknown> | null;
-    if (fk) for (const k of FUSED) wrap(fk, k);
+    if (fk) wrap(fk, 'noise');
   }
   return { count: () => n, reset: () => (n = 0) };
 }
@@ -186,9 +196,55 @@ async function wholeStep(kind: 'mlp' | 'cnn', batch: number, counter: ReturnType
   return { backend: getBackend().name, model: kind, batch, samMs, baseMs, ratio: samMs / baseMs, samDispatches, baseDispatches };
 }
 
-const results: { opt: OptRow[]; step: StepRow[]; info: Record<string, unknown> } = {
+interface BandwidthRow {
+  backend: string;
+  kernel: string;
+  /** Bytes the pass moves: each vector it reads and each it writes, over the arena. */
+  bytes: number;
+  ms: number;
+  gbs: number;
+  /** GB/s over the copy kernel's GB/s, measured alongside. */
+  vsCopy: number;
+}
+
+/**
+ * Every built-in arena kernel the SAM runs above defined (builtinKernels(): derived, no list kept
+ * here) against the copy kernel, over the ViT's arena: bytes moved per second, as a fraction of
+ * what a plain copy of the same layout achieves.
+ */
+async function bandwidth(counterless: Backend): Promise<BandwidthRow[]> {
+  const model = makeModel('vit');
+  const ps = model.parameters();
+  for (const p of ps) p.grad = fg.zeros(p.shape.slice()).keep();
+  const arena = new FlatArena(ps, ps.map(() => 0), 1, 'all');
+  arena.syncGrads();
+  const S = counterless.alloc(S_SLOTS, arena.dtype);
+  const L = arena.layout;
+  const copy = copyCall('out', 'x').kernel;
+  const kernels = builtinKernels().filter(({ kernel }) => kernel.vectors.length > 0);
+  const time = async (k: ArenaKernel) => {
+    const vectors = Object.fromEntries(k.vectors.map((v) => [v.name, arena.vec(v.name)]));
+    return timeIt(() => runArenaKernel(k, counterless, { layout: L, vectors, S, steps: arena.stepCounts }), quick ? 5 : 15, 4);
+  };
+  const bytesOf = (k: ArenaKernel) => k.vectors.reduce((n, v) => n + (v.read ? 1 : 0) + (v.access !== 'read' ? 1 : 0), 0) * L.numel * (arena.dtype === 'float64' ? 8 : 4);
+  const rows: BandwidthRow[] = [];
+  for (const { key, kernel: k } of kernels) {
+    // The copy is timed right before each kernel, so that the machine's load hits both alike.
+    const copyMs = await time(copy);
+    const ms = await time(k);
+    const gbs = bytesOf(k) / ms / 1e6;
+    rows.push({ backend: counterless.name, kernel: `${key} [${k.vectors.map((v) => `${v.name}:${v.access}`).join(' ')}]`, bytes: bytesOf(k), ms, gbs, vsCopy: gbs / (bytesOf(copy) / copyMs / 1e6) });
+  }
+  counterless.release(S);
+  arena.dispose();
+  for (const p of ps) p.grad?.dispose();
+  return rows;
+}
+
+const results: { opt: OptRow[]; step: StepRow[]; bandwidth: BandwidthRow[]; info: Record<string, unknown> } = {
   opt: [],
   step: [],
+  bandwidth: [],
   info: { date: new Date().toISOString(), node: process.version, cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, loadavg: os.loadavg(), quick },
 };
 
@@ -216,6 +272,12 @@ for (const name of BACKENDS) {
     results.step.push(r);
     console.error(JSON.stringify(r));
   }
+  if (fusedKernelsFor(b) && name !== 'cpu') {
+    for (const r of await bandwidth(b)) {
+      results.bandwidth.push(r);
+      console.error(JSON.stringify(r));
+    }
+  }
   setBackend(b);
 }
 
@@ -241,6 +303,10 @@ out('| --- | --- | ---: | ---: | ---: | ---: | ---: |');
 for (const r of results.step) {
   out(`| ${r.backend} | ${r.model} | ${r.batch} | ${f(r.samMs, 1)} | ${f(r.baseMs, 1)} | ${f(r.ratio, 3)} | ${r.samDispatches} / ${r.baseDispatches} |`);
 }
+out('\n### Bandwidth of each arena kernel against a copy kernel of the same layout (ViT arena)\n');
+out('| backend | kernel [vectors] | MB moved | ms | GB/s | vs copy |');
+out('| --- | --- | ---: | ---: | ---: | ---: |');
+for (const r of results.bandwidth) out(`| ${r.backend} | ${r.kernel} | ${f(r.bytes / 1e6, 1)} | ${f(r.ms, 3)} | ${f(r.gbs, 1)} | ${f(r.vsCopy, 2)} |`);
 writeFileSync(`${dir}/sam.md`, lines.join('\n') + '\n');
 console.log(lines.join('\n'));
 process.exit(0);

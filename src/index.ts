@@ -1,6 +1,5 @@
 /** flatgrad's public surface: re-exports only. */
-import './autograd/vjps.js';
-import './autograd/engine.js';
+import './autograd/rules.js';
 
 export type { DType, TypedArray } from './tensor/dtype.js';
 export { setDefaultDtype, getDefaultDtype } from './tensor/dtype.js';
@@ -54,3 +53,5 @@ export * as nn from './nn/index.js';
 export * as optim from './optim/index.js';
 /** Arena kernels: an optimizer kernel defined once, run fused on cpu, wasm and WebGPU (docs/KERNELS.md). */
 export * as arena from './kernels/arena/index.js';
+/** Checks for a new optimizer kernel or SAM-family member on every backend (fg.testing.checkOptimizer). */
+export * as testing from './testing/index.js';

@@ -9,9 +9,10 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as fg from '../src/index.js';
 import { getBackend, setBackend } from '../src/kernels/registry.js';
-import type { Backend } from '../src/kernels/backend.js';
+import type { Backend, Storage } from '../src/kernels/backend.js';
 import { createWasmBackend } from '../src/kernels/wasm/index.js';
-import { CpuBackend } from '../src/kernels/cpu/index.js';
+import { CpuBackend, type CpuStorage } from '../src/kernels/cpu/index.js';
+import { captureHooks } from '../src/compile/hooks.js';
 import { acquireWebGPU, expectClose } from './helpers/webgpu.js';
 import { rng } from './helpers/random.js';
 
@@ -27,6 +28,8 @@ interface Config {
   /** Dropout probability (mlp and vit). */
   dropout?: number;
   batch?: number;
+  /** Labels without a host copy (made on the device): the label check cannot run on the host. */
+  labelsOnDevice?: boolean;
 }
 
 /** The models here all map one tensor to logits. */
@@ -102,7 +105,12 @@ async function run(c: Config, steps: number, captured: boolean, sizes?: number[]
     const n = sizes?.[t] ?? c.batch ?? 4;
     const { x, y } = batch(c, t, n);
     const xt = fg.tensor(x, { shape: inputShape(c, n) });
-    const yt = fg.tensor(y, { dtype: 'int32' });
+    const yHost = fg.tensor(y, { dtype: 'int32' });
+    const yt = c.labelsOnDevice ? fg.add(yHost, 0) : yHost;
+    if (c.labelsOnDevice) {
+      expect(yt.hostData).toBeNull();
+      yHost.dispose();
+    }
     const loss = f(xt, yt);
     losses.push(...(await loss.data()));
     loss.dispose();
@@ -145,21 +153,28 @@ const CONFIGS: Config[] = [
   { model: 'mlp', opt: 'LookSAM' },
   { model: 'cnn', opt: 'SGD' },
   { model: 'cnn', opt: 'SAM' },
+  { model: 'cnn', opt: 'LookSAM' },
   { model: 'vit', opt: 'AdamW', dropout: 0.1 },
   { model: 'vit', opt: 'SAM', dropout: 0.1 },
+  { model: 'vit', opt: 'ASAM', dropout: 0.1 },
 ];
 
-const label = (c: Config) => `${c.model} + ${c.opt}${c.dropout ? ` + dropout ${c.dropout}` : ''}`;
+const label = (c: Config) => `${c.model} + ${c.opt}${c.dropout ? ` + dropout ${c.dropout}` : ''}${c.labelsOnDevice ? ', labels on the device' : ''}`;
 
-for (const which of ['cpu', 'wasm'] as const) {
+for (const which of ['cpu', 'wasm', 'wasm with 2 threads'] as const) {
   describe(`compile on ${which}: replay equals the eager step bit for bit`, () => {
     let prev: Backend;
     beforeAll(async () => {
       prev = getBackend();
-      setBackend(which === 'cpu' ? new CpuBackend() : await createWasmBackend({ threads: 1 }));
+      setBackend(
+        which === 'cpu' ? new CpuBackend()
+        : which === 'wasm' ? await createWasmBackend({ threads: 1 })
+        // Every matmul split over the worker threads.
+        : await createWasmBackend({ threads: 2, minThreadedWork: 1 }),
+      );
     });
     afterAll(() => setBackend(prev));
-    for (const c of CONFIGS) {
+    for (const c of which === 'wasm with 2 threads' ? CONFIGS.filter((x) => x.opt === 'SAM') : CONFIGS) {
       it(label(c), async () => {
         await compareBitExact(c, c.opt === 'LookSAM' ? 7 : 5);
       });
@@ -219,6 +234,39 @@ describe('compile: signatures, fall-back, host checks and memory (cpu)', () => {
     expect(step.stats()).toMatchObject({ traces: 1, replays: 0, eagerCalls: 3 });
   });
 
+  it('falls back to eager when the step replaces state without Tensor.rebind', () => {
+    let state = fg.tensor([1, 2, 3]).keep();
+    const messages: string[] = [];
+    const step = fg.compile(function accumulate(x: Tensor) {
+      const next = fg.add(state, x).keep();
+      state.dispose();
+      state = next;
+      return fg.mul(state, 2);
+    }, { onMessage: (m) => messages.push(m) });
+    const x = fg.tensor([1, 1, 1]);
+    const outs: number[][] = [];
+    for (let t = 0; t < 4; t++) outs.push(Array.from(step(x).dataSync()));
+    expect(outs).toEqual([[4, 6, 8], [6, 8, 10], [8, 10, 12], [10, 12, 14]]);
+    expect(messages).toEqual([
+      'flatgrad compile(accumulate): running eagerly from now on: the step disposes a float32 tensor of 3 elements that existed before it, without replacing it in place (Tensor.rebind)',
+    ]);
+  });
+
+  it('falls back to eager when the step returns one of its inputs', () => {
+    const messages: string[] = [];
+    const step = fg.compile(function passThrough(x: Tensor, y: Tensor) {
+      return [x, fg.add(x, y)];
+    }, { onMessage: (m) => messages.push(m) });
+    const x = fg.tensor([1, 2]);
+    for (let t = 0; t < 3; t++) {
+      const y = fg.tensor([t, t]);
+      const [a, b] = step(x, y);
+      expect(a).toBe(x);
+      expect(Array.from(b.dataSync())).toEqual([1 + t, 2 + t]);
+    }
+    expect(messages).toEqual(['flatgrad compile(passThrough): running eagerly from now on: the step returns one of its input tensors (return a copy)']);
+  });
+
   it('runs the label range check on every replay', () => {
     fg.manualSeed(4);
     const model = nn.models.mlp([3, 4, 2]);
@@ -256,6 +304,56 @@ describe('compile: signatures, fall-back, host checks and memory (cpu)', () => {
     expect(fg.memory().liveBuffers).toBe(live - plan.buffers - plan.keptState);
   });
 
+  it('traces again when a scheduler changes the learning rate', () => {
+    const runLr = (captured: boolean) => {
+      fg.manualSeed(8);
+      const model = nn.models.mlp([3, 4, 2]);
+      const opt = new optim.SGD(model.parameters(), { lr: 0.1, momentum: 0.9 });
+      const raw = stepFor(model, opt, { model: 'mlp', opt: 'SGD' });
+      const step = captured ? fg.compile(raw, { onMessage: (m) => { throw new Error(m); } }) : raw;
+      const x = fg.randn([2, 3]);
+      const y = fg.tensor([1, 0], { dtype: 'int32' });
+      const losses: number[] = [];
+      for (let t = 0; t < 7; t++) {
+        if (t === 4) opt.paramGroups[0].lr = 0.01;
+        const l = step(x, y);
+        losses.push(l.itemSync());
+        l.dispose();
+      }
+      return { losses, w: Array.from(model.stateDict()['0.weight'].dataSync()), stats: captured ? (step as fg.CompiledStep<[Tensor, Tensor], Tensor>).stats() : null };
+    };
+    const eager = runLr(false);
+    const cap = runLr(true);
+    expectBitEqual(cap.losses, eager.losses, 'losses');
+    expectBitEqual(cap.w, eager.w, 'weight');
+    // lr 0.1: warm-up, trace, 2 replays; lr 0.01: trace, 2 replays.
+    expect(cap.stats).toMatchObject({ eagerCalls: 1, traces: 2, replays: 4 });
+  });
+
+  it('follows state that host code moves between replays (an eager forward in train mode)', async () => {
+    const c: Config = { model: 'cnn', opt: 'SGD' };
+    const go = async (captured: boolean) => {
+      fg.manualSeed(9);
+      const model = makeModel(c);
+      model.train();
+      const opt = makeOpt(c, model.parameters());
+      const raw = stepFor(model, opt, c);
+      const step = captured ? fg.compile(raw, { onMessage: (m) => { throw new Error(m); } }) : raw;
+      for (let t = 0; t < 5; t++) {
+        const { x, y } = batch(c, t, 2);
+        fg.dispose(fg.tidy(() => step(fg.tensor(x, { shape: inputShape(c, 2) }), fg.tensor(y, { dtype: 'int32' }))));
+        // BatchNorm points its running statistics at new storage on every train-mode forward.
+        fg.noGrad(() => fg.tidy(() => void model.forward(fg.tensor(batch(c, 100 + t, 2).x, { shape: inputShape(c, 2) }))));
+      }
+      const state = new Map<string, Float32Array>();
+      for (const [k, v] of Object.entries(model.stateDict())) state.set(k, Float32Array.from(await (v as Tensor).data()));
+      return state;
+    };
+    const eager = await go(false);
+    const cap = await go(true);
+    for (const [k, v] of eager) expectBitEqual(cap.get(k)!, v, k);
+  });
+
   it('runs every call eagerly with { eager: true }', () => {
     fg.manualSeed(6);
     const model = nn.models.mlp([3, 2]);
@@ -283,7 +381,12 @@ describe('compile on WebGPU: replay matches the eager step within float32 tolera
     if (gpu) setBackend(gpu);
   });
   afterAll(() => setBackend(prev));
-  for (const c of [{ model: 'mlp', opt: 'SAM', dropout: 0.25 }, { model: 'cnn', opt: 'SGD' }, { model: 'vit', opt: 'AdamW', dropout: 0.1 }] as Config[]) {
+  for (const c of [
+    { model: 'mlp', opt: 'SAM', dropout: 0.25 },
+    { model: 'mlp', opt: 'SGD', labelsOnDevice: true },
+    { model: 'cnn', opt: 'SGD' },
+    { model: 'vit', opt: 'AdamW', dropout: 0.1 },
+  ] as Config[]) {
     it(label(c), async (ctx) => {
       if (!gpu) ctx.skip();
       const eager = await run(c, 4, false);
@@ -294,4 +397,32 @@ describe('compile on WebGPU: replay matches the eager step within float32 tolera
       expect(cap.compiled!.stats().replays).toBe(2);
     });
   }
+});
+
+describe('compile: device work outside the Backend methods (cpu)', () => {
+  let prev: Backend;
+  beforeAll(() => {
+    prev = getBackend();
+    setBackend(new CpuBackend());
+  });
+  afterAll(() => setBackend(prev));
+
+  it('replays a call routed through captureHooks.deviceCall', () => {
+    const w = fg.tensor([1, 2, 3]).keep();
+    // Writes host memory directly, as the arena kernels do: invisible at the Backend boundary.
+    const doubleInPlace = (s: Storage): void => {
+      const d = (s as CpuStorage).data;
+      for (let i = 0; i < d.length; i++) d[i] *= 2;
+    };
+    const step = fg.compile(function doubles(x: Tensor) {
+      if (captureHooks.deviceCall) captureHooks.deviceCall('doubleInPlace', doubleInPlace, [w.storage]);
+      else doubleInPlace(w.storage);
+      return fg.add(w, x);
+    }, { onMessage: (m) => { throw new Error(m); } });
+    const x = fg.tensor([10, 20, 30]);
+    const seen: number[][] = [];
+    for (let t = 0; t < 4; t++) seen.push(Array.from(step(x).dataSync()));
+    expect(step.stats()).toMatchObject({ eagerCalls: 1, traces: 1, replays: 2 });
+    expect(seen).toEqual([[12, 24, 36], [14, 28, 42], [18, 36, 54], [26, 52, 78]]);
+  });
 });

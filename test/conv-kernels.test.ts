@@ -10,6 +10,7 @@ import { CpuBackend } from '../src/kernels/cpu/index.js';
 import { conv2dReference } from '../src/kernels/cpu/conv.js';
 import { createWasmBackend, type WasmBackend } from '../src/kernels/wasm/index.js';
 import type { Backend, Conv2dLayout } from '../src/kernels/backend.js';
+import { createWebGPUBackend } from '../src/kernels/webgpu/index.js';
 import { acquireWebGPU, randomF32 } from './helpers/webgpu.js';
 
 interface Case {
@@ -116,6 +117,30 @@ describe('wasm convolution kernels match the CPU reference', () => {
 
   CASES.forEach((t, i) => it(t.name, () => checkParity(wasm, t, 100 + 10 * i)));
 
+  it('on a backend with worker threads (shared memory) too', async () => {
+    const threaded = await createWasmBackend({ threads: 2 });
+    try {
+      for (const t of [CASES[1], CASES[13]]) await checkParity(threaded, t, 900);
+      expect(threaded.memory().liveBuffers).toBe(0);
+    } finally {
+      threaded.dispose();
+    }
+  });
+
+  it('an infinity in the last input column gives the weight gradient the reference gives (no 0 * inf from the grid)', async () => {
+    const t = CASES[0];
+    const l = layoutOf(t);
+    const x = randomF32(l.n * l.c * l.h * l.w, 17);
+    x[((1 * l.c + 1) * l.h + 2) * l.w + (l.w - 1)] = Infinity;
+    const dy = randomF32(l.n * l.outChannels * l.oh * l.ow, 18);
+    const numel = l.outChannels * l.c * l.kh * l.kw;
+    const want = await run(cpu, 'conv2dBackwardWeight', l, x, dy, numel);
+    const got = await run(wasm, 'conv2dBackwardWeight', l, x, dy, numel);
+    // The taps that never see that column stay finite; the others are infinite.
+    expect(want.some((v) => Number.isFinite(v)) && want.some((v) => !Number.isFinite(v))).toBe(true);
+    expect(Array.from(got)).toEqual(Array.from(want));
+  });
+
   it('a NaN in the input reaches exactly the outputs whose window holds it', async () => {
     const t = CASES[0];
     const l = layoutOf(t);
@@ -130,8 +155,14 @@ describe('wasm convolution kernels match the CPU reference', () => {
 });
 
 const { backend: gpu, reason } = await acquireWebGPU();
+/** The adapter's own kernel form and the other one (direct kernels for CPU emulation, tiled implicit GEMM for GPUs). */
+const gpuForms = gpu ? [gpu, await createWebGPUBackend({ cpuEmulated: !gpu.rt.cpuEmulated })] : [];
 describe.skipIf(!gpu)(`WebGPU convolution kernels match the CPU reference${gpu ? '' : ` (skipped: ${reason})`}`, () => {
-  CASES.filter((t) => !t.wasmOnly).forEach((t, i) => it(t.name, () => checkParity(gpu!, t, 300 + 10 * i)));
+  afterAll(() => gpuForms[1]?.destroy?.());
+  for (const be of gpuForms) {
+    const form = be.rt.cpuEmulated ? 'direct kernels' : 'tiled implicit GEMM';
+    CASES.filter((t) => !t.wasmOnly).forEach((t, i) => it(`${form}: ${t.name}`, () => checkParity(be, t, 300 + 10 * i)));
+  }
 });
 
 describe('conv2d front-end on wasm agrees with cpu (bias, groups, same padding, conv1d, convTranspose2d)', () => {
@@ -159,6 +190,17 @@ describe('conv2d front-end on wasm agrees with cpu (bias, groups, same padding, 
   });
 });
 
+describe('conv2d dtypes', () => {
+  it('a float32 input with float64 weights promotes to float64, as matmul does', () => {
+    const x = fg.tensor(randomF32(2 * 3 * 5 * 5, 40), { shape: [2, 3, 5, 5] });
+    const w64 = fg.tensor(Float64Array.from(randomF32(4 * 3 * 3 * 3, 41)), { shape: [4, 3, 3, 3], dtype: 'float64' });
+    const y = fg.conv2d(x, w64, null, { padding: 1 });
+    expect(y.dtype).toBe('float64');
+    const want = fg.conv2d(x.to('float64'), w64, null, { padding: 1 });
+    expect(Array.from(y.dataSync())).toEqual(Array.from(want.dataSync()));
+  });
+});
+
 describe('gradcheck of the convolution ops (float64, cpu)', () => {
   const input = (shape: number[]) => fg.randn(shape, { dtype: 'float64' }).detach().requiresGrad_();
   it('conv2d with stride, dilation, groups and padding, and its double backward', () => {
@@ -171,4 +213,64 @@ describe('gradcheck of the convolution ops (float64, cpu)', () => {
     expect(fg.gradcheck((x, w) => fg.conv2d(x, w, null, { groups: 3, padding: 1 }), [input([1, 3, 5, 5]), input([3, 1, 3, 3])])).toBe(true);
     expect(fg.gradcheck((x, w) => fg.conv2d(x, w, null, { stride: 2 }), [input([2, 3, 5, 4]), input([2, 3, 1, 1])])).toBe(true);
   });
+});
+
+describe('wasm pooling (SIMD interior, reference border) matches the CPU reference', () => {
+  let wasm: WasmBackend;
+  beforeAll(async () => {
+    wasm = await createWasmBackend({ threads: 1 });
+  });
+  afterAll(() => wasm?.dispose());
+  afterEach(() => expect(wasm.memory().liveBuffers).toBe(0));
+
+  // [n*c planes, h, w, k, stride, pad, dilation]: strides 1, 2 (the vector paths) and 3 (scalar), borders, odd sizes.
+  const GEOMS: [number, number, number, [number, number], [number, number], [number, number], [number, number]][] = [
+    [3, 28, 28, [2, 2], [2, 2], [0, 0], [1, 1]],
+    [2, 13, 17, [3, 3], [2, 2], [1, 1], [1, 1]],
+    [2, 9, 23, [3, 3], [1, 1], [1, 1], [1, 1]],
+    [1, 11, 14, [3, 2], [3, 3], [1, 1], [1, 1]],
+    [2, 12, 19, [2, 3], [1, 2], [1, 1], [2, 2]],
+    [1, 5, 4, [5, 4], [1, 1], [2, 2], [1, 1]],
+  ];
+  const windowOf = ([planes, h, w, k, s, p, d]: (typeof GEOMS)[number]) => {
+    const out = (size: number, i: number) => Math.floor((size + 2 * p[i] - d[i] * (k[i] - 1) - 1) / s[i]) + 1;
+    return { n: 1, c: planes, h, w, kh: k[0], kw: k[1], oh: out(h, 0), ow: out(w, 1), sh: s[0], sw: s[1], ph: p[0], pw: p[1], dh: d[0], dw: d[1] };
+  };
+  /** Ties, NaNs (first one wins) and -Infinity among random values. */
+  const awkward = (n: number, seed: number) => {
+    const x = randomF32(n, seed);
+    for (let i = 0; i < n; i += 7) x[i] = x[(i * 5) % n];
+    for (let i = 3; i < n; i += 37) x[i] = NaN;
+    for (let i = 5; i < n; i += 41) x[i] = -Infinity;
+    return x;
+  };
+
+  GEOMS.forEach((geom, t) =>
+    it(`maxPool2d and avgPool2d ${JSON.stringify(geom)}`, async () => {
+      const g = windowOf(geom);
+      const outN = g.c * g.oh * g.ow;
+      const x = awkward(g.c * g.h * g.w, 500 + t);
+      const results = await Promise.all(
+        [cpu, wasm].map(async (be: Backend) => {
+          const xs = be.upload(x, 'float32');
+          const [o, a, avg] = [be.alloc(outN, 'float32'), be.alloc(outN, 'int32'), be.alloc(outN, 'float32')];
+          be.write(o, new Float32Array(outN).fill(7));
+          be.write(a, new Int32Array(outN).fill(-7));
+          be.maxPool2d(xs, o, a, g);
+          be.avgPool2d(xs, avg, { ...g, dh: 1, dw: 1, countIncludePad: t % 2 === 0, divisorOverride: t === 3 ? 5 : 0 });
+          const r = [await be.read(o), await be.read(a), await be.read(avg)];
+          for (const s of [xs, o, a, avg]) be.release(s);
+          return r;
+        }),
+      );
+      const [[maxC, argC, avgC], [maxW, argW, avgW]] = results;
+      expect(Array.from(argW)).toEqual(Array.from(argC));
+      expect(Array.from(maxW)).toEqual(Array.from(maxC));
+      for (let i = 0; i < outN; i++) {
+        const [want, got] = [avgC[i], avgW[i]];
+        if (Number.isNaN(want) || !Number.isFinite(want)) expect(got, `avg ${i}`).toBe(want);
+        else expect(Math.abs(got - want), `avg ${i}: ${got} vs ${want}`).toBeLessThanOrEqual(1e-5 * (1 + Math.abs(want)));
+      }
+    }),
+  );
 });

@@ -17,6 +17,7 @@ import type { Backend, CrossEntropyLayout } from '../src/kernels/backend.js';
 import { CpuBackend } from '../src/kernels/cpu/index.js';
 import { getBackend, setBackend } from '../src/kernels/registry.js';
 import { createWasmBackend } from '../src/kernels/wasm/index.js';
+import { createWebGPUBackend } from '../src/kernels/webgpu/index.js';
 import type { DType, TypedArray } from '../src/tensor/dtype.js';
 import { acquireWebGPU, expectClose, randomF32, type Tolerance } from './helpers/webgpu.js';
 
@@ -41,7 +42,11 @@ const decode = (e: Encoded): number[] => e.data.map((v) => (v === 'nan' ? NaN : 
 const prev = getBackend();
 const cpu = new CpuBackend();
 const wasm = await createWasmBackend({ threads: 1 });
-const gpu = (await acquireWebGPU()).backend as Backend | null;
+const webgpu = (await acquireWebGPU()).backend;
+const gpu: Backend | null = webgpu;
+// The same device with the real-GPU kernel choice: rows longer than 64 get a workgroup each (on a
+// CPU-emulated adapter every row gets one thread), so both WGSL row reductions are tested here.
+const gpuWorkgroupRows: Backend | null = webgpu ? await createWebGPUBackend({ device: webgpu.device, cpuEmulated: false }) : null;
 afterAll(() => setBackend(prev));
 
 const BACKENDS: [string, Backend | null][] = [
@@ -95,7 +100,7 @@ describe('the kernels: cpu reference, wasm and WebGPU agree, ignored rows are ex
         };
         it(name, async () => {
           const reference = await run(cpu);
-          for (const [where, b] of BACKENDS) {
+          for (const [where, b] of [...BACKENDS, ['webgpu, a workgroup per row', gpuWorkgroupRows] as const]) {
             if (!b) continue;
             const got = b === cpu ? reference : await run(b);
             for (let r = 0; r < rows; r++) {

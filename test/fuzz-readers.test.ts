@@ -160,7 +160,9 @@ describe('safetensors reader', () => {
 const IDX_DTYPES: IdxDtype[] = ['uint8', 'int8', 'int16', 'int32', 'float32', 'float64'];
 const idxArb = fc.record({ dtype: fc.constantFrom(...IDX_DTYPES), shape: fc.array(fc.integer({ min: 0, max: 5 }), { maxLength: 3 }) }).map(({ dtype, shape }) => {
   const n = numel(shape);
-  const data = { uint8: Uint8Array, int8: Int8Array, int16: Int16Array, int32: Int32Array, float32: Float32Array, float64: Float64Array }[dtype].from({ length: n }, (_, i) => i % 100);
+  const Array_ = { uint8: Uint8Array, int8: Int8Array, int16: Int16Array, int32: Int32Array, float32: Float32Array, float64: Float64Array }[dtype] as new (n: number) => IdxArray['data'];
+  const data = new Array_(n);
+  for (let i = 0; i < n; i++) data[i] = i % 100;
   return encodeIdx({ dtype, shape, data } as IdxArray);
 });
 

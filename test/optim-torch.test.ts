@@ -32,7 +32,9 @@ const FIXTURE_DIR = new URL('./fixtures/optim/', import.meta.url);
 const FIXTURES: Fixture[] = readdirSync(FIXTURE_DIR)
   .filter((f) => f.endsWith('.json'))
   .sort()
-  .map((f) => JSON.parse(readFileSync(new URL(f, FIXTURE_DIR), 'utf8')) as Fixture);
+  .map((f) => JSON.parse(readFileSync(new URL(f, FIXTURE_DIR), 'utf8')) as Fixture)
+  // The directory also holds the worked examples' fixtures (lion.json, ...), of another format.
+  .filter((f) => typeof f.case?.name === 'string' && Array.isArray(f.param_steps));
 
 /** The generator's formulas (scripts/gen-optim-fixtures.py). */
 const sines = (n: number, seed: number) => Float64Array.from({ length: n }, (_, i) => Math.sin(0.37 * i + seed));

@@ -12,7 +12,7 @@ import type { Backend, MatmulLayout, Storage, Window2d } from '../src/kernels/ba
 import { typedArrayFor, type DType, type TypedArray } from '../src/tensor/dtype.js';
 import { broadcastShapes, broadcastStrides } from '../src/tensor/shape.js';
 import { rng } from './helpers/random.js';
-import '../src/kernels/cpu/fused.js';
+import '../src/kernels/arena/fused.js';
 import {
   BLOCK,
   FLAG_ACTIVE,
@@ -610,7 +610,7 @@ describe('wasm backend: windows, indexing, randomness', () => {
   });
 });
 
-describe('wasm backend: SIMD fused optimizer kernels and random draws', () => {
+describe('wasm backend: fused optimizer kernels (arena kernels in f32x4) and random draws', () => {
   const NUMELS = [1, 3, 63, 65, 257];
   const ROWLEN: Record<number, number> = { 1: 1, 3: 3, 63: 21, 65: 13, 257: 257 };
   /** Parameters of the awkward sizes, alternating weight / vector and group 0 / 1; the third inactive. */
@@ -701,20 +701,21 @@ describe('wasm backend: SIMD fused optimizer kernels and random draws', () => {
       for (const x of [...Object.values(s), L.blockParam, L.paramTable]) be.release(x);
     }
   }
-  /** Every array bit for bit the same on wasm as on the CPU. */
-  function parity(what: string, a: Arrays, fn: (k: FusedKernels, L: ArenaLayout, s: St) => void, closeSlots = false): Record<string, TypedArray> {
+  /**
+   * Every array bit for bit the same on wasm (f32x4) as on the CPU (the float32 reference), the
+   * slots of S (norms, dots, flags, scalar programs) included: the reductions share one order.
+   */
+  function parity(what: string, a: Arrays, fn: (k: FusedKernels, L: ArenaLayout, s: St) => void): Record<string, TypedArray> {
     const got = runFused(wasm, a, fn);
     const want = runFused(cpu, a, fn);
-    for (const n of Object.keys(want)) {
-      if (n === 'S' && closeSlots) expectClose(got[n], want[n], `${what}: S`, { atol: 0, rtol: 1e-6 });
-      else expectExact(got[n], want[n], `${what}: ${n}`);
-    }
+    for (const n of Object.keys(want)) expectExact(got[n], want[n], `${what}: ${n}`);
     return got;
   }
   const adaptive = (s: St) => ({ p: s.P, groups: [{ on: true, eta: 0.01, bias: false }, { on: true, eta: 0.02, bias: true }] });
 
-  it('uses the SIMD kernels on wasm', () => {
-    expect(fusedKernelsFor(wasm)?.constructor.name).toBe('WasmFusedKernels');
+  it('uses the arena kernels on wasm and cpu', () => {
+    expect(fusedKernelsFor(wasm)?.constructor.name).toBe('ArenaFusedKernels');
+    expect(fusedKernelsFor(cpu)?.constructor.name).toBe('ArenaFusedKernels');
   });
 
   it('norm (float64-summed squares), plain and ASAM-weighted, with the non-finite gate, and dot', () => {
@@ -723,7 +724,7 @@ describe('wasm backend: SIMD fused optimizer kernels and random draws', () => {
         k.norm(L, s.D, s.S, 4, { gate: 'set' });
         k.norm(L, s.D, s.S, 5, { adaptive: adaptive(s), gate: 'or', then: [{ dst: 7, e: ['sqrt', { s: 5 }] }] });
         k.dot(L, s.D, s.P, s.S, 6, [{ dst: 8, e: ['*', { s: 6 }, 2] }]);
-      }, true);
+      });
       expect(got.S[S_FLAG]).toBe(special === undefined ? 0 : 1);
       if (special === undefined) expect(got.S[4]).toBeGreaterThan(0);
     }
@@ -763,7 +764,7 @@ describe('wasm backend: SIMD fused optimizer kernels and random draws', () => {
               const got = parity(what, a, (k, L, s) => {
                 k.norm(L, s.D, s.S, 4, { gate: 'set' });
                 k.sgd(L, s.P, s.D, s.M, s.S, groups, { restore: { aux: s.A, mode: 'delta' }, gated: step === 3, steps: s.T });
-              }, true);
+              });
               if (special !== undefined && step === 3) expectExact(got.M, a.M, `${what}: state untouched`);
             }
           }
@@ -783,7 +784,7 @@ describe('wasm backend: SIMD fused optimizer kernels and random draws', () => {
             k.norm(L, s.D, s.S, 4, { gate: 'set' });
             k.adam(L, s.P, s.D, s.M, s.V, s.S, groups, { restore: { aux: s.A, mode: 'backup' }, gated: true, steps: s.T });
             k.adam(L, s.P, s.D, s.M, s.V, s.S, groups, { gated: false, steps: s.T });
-          }, true);
+          });
           expect(Array.from(got.M)).not.toEqual(Array.from(a.M));
         }
       }

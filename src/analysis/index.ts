@@ -1,3 +1,5 @@
+/** flatgrad.analysis: Hessian spectra, rho-sharpness and loss landscapes (all run backward). */
+import '../autograd/rules.js';
 export { hessianEigenvalues, hessianTrace, type EigenResult, type PowerIterationOptions } from './hessian.js';
 export { rhoSharpness, type RhoSharpnessOptions, type RhoSharpnessResult } from './sharpness.js';
 export {

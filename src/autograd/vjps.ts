@@ -79,8 +79,10 @@ unary('reciprocal', (g, _x, out) => neg(mul(g, square(out))));
 unary('relu', (g, x) => where(le(x, 0), 0, g));
 // The slope where x > 0 is false: at 0 and at NaN too, as in PyTorch.
 unary('leakyRelu', (g, x, _o, n) => where(gt(x, 0), g, mul(g, attr<number>(n, 'p0'))));
-// alpha e^x = out + alpha where x <= 0; 1 elsewhere (NaN included), as in PyTorch.
-unary('elu', (g, x, out, n) => where(le(x, 0), mul(g, add(out, attr<number>(n, 'p0'))), g));
+// 1 where x > 0; alpha e^x = out + alpha elsewhere, NaN at NaN (PyTorch's float64). At x = 0
+// out is replaced by its constant value 0, so that the second derivative there is 0, as
+// PyTorch's elu_double_backward masks it with x < 0.
+unary('elu', (g, x, out, n) => where(gt(x, 0), g, mul(g, add(where(eq(x, 0), 0, out), attr<number>(n, 'p0')))));
 unary('silu', (g, x) => {
   const s = sigmoid(x);
   return mul(g, mul(s, add(mul(x, sub(1, s)), 1)));

@@ -3,8 +3,7 @@
  * status (0 done, 1 failed, 2 bad command line); the bundle's entry calls it with process.argv.
  */
 // The gradient rules and backward() register themselves on import, as the package entry does.
-import '../autograd/vjps.js';
-import '../autograd/engine.js';
+import '../autograd/rules.js';
 import { UsageError } from './args.js';
 import { nodeIO, type CliIO } from './io.js';
 import { COMMANDS } from './commands/index.js';

@@ -168,6 +168,56 @@ export function lineChartSvg(spec: LineChartSpec): string {
   return out.join('\n') + '\n';
 }
 
+export interface BarChartSpec {
+  title?: string;
+  yLabel: string;
+  /** One group of bars per category (the x axis). */
+  categories: string[];
+  /** One bar per series in each group; values[c] is the bar of category c (NaN: no bar). */
+  series: { name: string; values: number[] }[];
+  width?: number;
+  height?: number;
+}
+
+/** Grouped bars from zero (`flatgrad bench`: ms per step of each optimizer, a bar per backend and mode). */
+export function barChartSvg(spec: BarChartSpec): string {
+  const legendWidth = Math.min(280, 48 + 7 * Math.max(0, ...spec.series.map((s) => s.name.length)));
+  const width = MARGIN.left + (spec.width ?? Math.max(320, 40 + spec.categories.length * (16 * spec.series.length + 24))) + MARGIN.right + legendWidth;
+  const height = Math.max(spec.height ?? 360, MARGIN.top + spec.series.length * LEGEND_ROW + 8 + MARGIN.bottom);
+  const box = { x0: MARGIN.left, x1: width - MARGIN.right - legendWidth, y0: MARGIN.top, y1: height - MARGIN.bottom };
+  const y = { min: 0, max: extent([0, ...spec.series.flatMap((s) => s.values)], 0.05).max };
+  const sy = scale(y, box.y1, box.y0);
+  const out = svgOpen(width, height, spec.title);
+  for (const t of niceTicks(y.min, y.max, 5)) {
+    const py = sy(t).toFixed(1);
+    out.push(`<line x1="${box.x0}" y1="${py}" x2="${box.x1}" y2="${py}" stroke="#eee"/>`);
+    out.push(`<text x="${box.x0 - 8}" y="${py}" text-anchor="end" dominant-baseline="middle">${formatTick(t)}</text>`);
+  }
+  out.push(`<rect x="${box.x0}" y="${box.y0}" width="${box.x1 - box.x0}" height="${box.y1 - box.y0}" fill="none" stroke="black"/>`);
+  const cy = (box.y0 + box.y1) / 2;
+  out.push(`<text x="16" y="${cy}" text-anchor="middle" transform="rotate(-90 16 ${cy})">${escapeXml(spec.yLabel)}</text>`);
+  const groupWidth = (box.x1 - box.x0) / Math.max(1, spec.categories.length);
+  const bar = (groupWidth - 16) / Math.max(1, spec.series.length);
+  spec.categories.forEach((c, ci) => {
+    const gx = box.x0 + ci * groupWidth;
+    out.push(`<text x="${(gx + groupWidth / 2).toFixed(1)}" y="${box.y1 + 18}" text-anchor="middle">${escapeXml(c)}</text>`);
+    spec.series.forEach((s, si) => {
+      const v = s.values[ci];
+      if (!Number.isFinite(v)) return;
+      const top = sy(v);
+      out.push(`<rect x="${(gx + 8 + si * bar).toFixed(1)}" y="${top.toFixed(1)}" width="${Math.max(1, bar - 2).toFixed(1)}" height="${(box.y1 - top).toFixed(1)}" fill="${PALETTE[si % PALETTE.length]}"><title>${escapeXml(`${s.name}, ${c}: ${formatTick(v)}`)}</title></rect>`);
+    });
+  });
+  spec.series.forEach((s, i) => {
+    const ly = box.y0 + 8 + i * LEGEND_ROW;
+    const lx = box.x1 + 12;
+    out.push(`<rect x="${lx}" y="${ly - 6}" width="22" height="12" fill="${PALETTE[i % PALETTE.length]}"/>`);
+    out.push(`<text x="${lx + 28}" y="${ly}" dominant-baseline="middle">${escapeXml(s.name)}</text>`);
+  });
+  out.push('</svg>');
+  return out.join('\n') + '\n';
+}
+
 const VEGA_LITE_SCHEMA = 'https://vega.github.io/schema/vega-lite/v5.json';
 
 export function lineChartVegaLite(spec: LineChartSpec): object {

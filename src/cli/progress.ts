@@ -48,8 +48,8 @@ export class ProgressBar {
     this.start = this.now();
   }
 
-  /** `done` steps of `total` are finished. */
-  update(done: number, stats: ProgressStats): void {
+  /** `done` steps of `total` are finished (stats: the running loss and accuracy, when there are any). */
+  update(done: number, stats?: ProgressStats): void {
     const t = this.now();
     const interval = this.out.isTTY ? (this.opts.redrawEvery ?? 100) : (this.opts.logEvery ?? 10_000);
     // The final state is drawn by finish(), with the epoch's closing numbers.
@@ -59,12 +59,12 @@ export class ProgressBar {
   }
 
   /** Draws the final state of the epoch and ends the line. */
-  finish(done: number, stats: ProgressStats, extra = ''): void {
+  finish(done: number, stats?: ProgressStats, extra = ''): void {
     this.draw(done, stats, this.now(), extra);
     if (this.out.isTTY) this.out.write('\n');
   }
 
-  private draw(done: number, stats: ProgressStats, t: number, extra = ''): void {
+  private draw(done: number, stats: ProgressStats | undefined, t: number, extra = ''): void {
     const { total, label } = this.opts;
     const elapsed = (t - this.start) / 1000;
     const rate = elapsed > 0 ? done / elapsed : 0;
@@ -73,7 +73,7 @@ export class ProgressBar {
     const filled = total > 0 ? Math.round((done / total) * width) : width;
     const bar = `[${'#'.repeat(filled)}${'.'.repeat(width - filled)}]`;
     const count = `${String(done).padStart(String(total).length)}/${total}`;
-    const line = [label, bar, count, `${rate.toFixed(1)} step/s`, eta, `loss ${stats.loss.toFixed(4)}`, `acc ${(stats.accuracy * 100).toFixed(1)}%`, extra]
+    const line = [label, bar, count, `${rate.toFixed(1)} step/s`, eta, stats ? `loss ${stats.loss.toFixed(4)}` : '', stats ? `acc ${(stats.accuracy * 100).toFixed(1)}%` : '', extra]
       .filter(Boolean)
       .join('  ');
     if (this.out.isTTY) {

@@ -6,14 +6,21 @@
  * runs eagerly under the recorder (src/compile/trace.ts) and becomes a plan (src/compile/plan.ts);
  * later calls replay the plan. A new shape or dtype of a tensor argument, a different non-tensor
  * argument or `opts.key()` value is a new signature. Host state that steers the step (declared by
- * the library through captureHooks.hostState: LookSAM's phase, BatchNorm's cumulative average)
- * selects among the plans of a signature, and a value not seen yet is traced.
+ * the library through captureHooks.hostState: LookSAM's phase, BatchNorm's cumulative average, an
+ * optimizer's hyper-parameters) selects among the plans of a signature, and a value not seen yet
+ * is traced.
  *
- * What the plan cannot know: host values the step reads from outside its arguments. They are
- * constants of the plan (a learning rate changed by a scheduler must be part of `opts.key`, or the
- * step compiled again). Steps that read data back to the host (itemSync, dataSync), dispose state
- * they do not replace, or return tensors that existed before them, cannot be replayed: they run
- * eagerly, with a one-time message naming the op.
+ * Why record at the Backend boundary rather than trace the tensor program: the contract is the
+ * complete list of what a step does to a device, it is small, and every backend already keeps it,
+ * so one recorder serves cpu, wasm and WebGPU and the replay runs the very kernels the eager step
+ * ran (hence bit for bit). The host work that disappears is the front-end's: shape logic, Tensor
+ * objects, the tape, tidy scopes, allocation.
+ *
+ * What the plan cannot know: host values the step reads from outside its arguments and that no
+ * hook declares. They are constants of the plan (put them in `opts.key`). Steps that read data
+ * back to the host (itemSync, dataSync), dispose state they do not replace, or return tensors that
+ * existed before them or their own inputs, cannot be replayed: they run eagerly, with a one-time
+ * message naming the op.
  */
 import type { Backend, Storage } from '../kernels/backend.js';
 import { getBackend } from '../kernels/registry.js';
@@ -22,6 +29,7 @@ import { Tensor } from '../tensor/tensor.js';
 import { fmt } from '../tensor/shape.js';
 import { Plan, type PlanStats } from './plan.js';
 import { traceStep, type Trace } from './trace.js';
+import { captureHooks } from './hooks.js';
 
 export interface CompileOptions {
   /** Run every call eagerly (the oracle, and a switch for debugging). */
@@ -57,9 +65,10 @@ interface OutputTemplate {
   shape: number[];
 }
 
+/** A plan and the host side of its step (the trace itself, with its copies of host data, is dropped). */
 interface Variant {
   plan: Plan;
-  trace: Trace;
+  host: Pick<Trace, 'hostStates' | 'hostChecks' | 'draws'>;
   output: unknown;
 }
 
@@ -69,6 +78,25 @@ interface Entry {
 }
 
 let tracing = false;
+
+/**
+ * Every live plan of every compiled function: state that moves to new storage (Tensor.rebind, in
+ * an eager step, a trace or any host code) is followed by all of them, so that no plan keeps
+ * reading a storage that its owner has left (and freed).
+ */
+const livePlans = new Set<Plan>();
+function followState(from: object, to: object): void {
+  for (const p of livePlans) p.retarget(from as Storage, to as Storage);
+}
+function addLivePlan(p: Plan): void {
+  livePlans.add(p);
+  captureHooks.rebound = followState;
+}
+function dropLivePlan(p: Plan): void {
+  p.dispose();
+  livePlans.delete(p);
+  if (livePlans.size === 0 && captureHooks.rebound === followState) captureHooks.rebound = null;
+}
 
 function collectTensors(x: unknown, into: Tensor[], sig: string[]): void {
   if (x instanceof Tensor) {
@@ -133,9 +161,15 @@ export function compile<A extends unknown[], R>(fn: (...args: A) => R, opts: Com
   let fallback: string | null = null;
   let lastPlan: Plan | null = null;
 
+  const dropPlans = (): void => {
+    for (const e of entries.values()) for (const v of e.variants) dropLivePlan(v.plan);
+    entries.clear();
+    lastPlan = null;
+  };
   const giveUp = (why: string): void => {
     if (fallback) return;
     fallback = why;
+    dropPlans();
     const msg = `flatgrad compile(${name}): running eagerly from now on: ${why}`;
     (opts.onMessage ?? console.warn)(msg);
   };
@@ -157,9 +191,9 @@ export function compile<A extends unknown[], R>(fn: (...args: A) => R, opts: Com
     const backend = inputs[0]?.backend ?? getBackend();
     const storages = inputs.map((t) => t.storage);
 
-    const variant = entry.variants.find((v) => v.trace.hostStates.every((h) => !h.guard || sameValue(h.guard(), h.value)));
+    const variant = entry.variants.find((v) => v.host.hostStates.every((h) => !h.guard || sameValue(h.guard(), h.value)));
     if (variant) {
-      const { plan, trace } = variant;
+      const { plan, host: trace } = variant;
       for (const c of trace.hostChecks) c.check(inputs[c.inputIndex]);
       const keys: [number, number][] = [];
       for (let i = 0; i < trace.draws; i++) keys.push(generator.nextKey());
@@ -169,7 +203,7 @@ export function compile<A extends unknown[], R>(fn: (...args: A) => R, opts: Com
       return buildOutput(variant.output, outs, plan.backend) as R;
     }
     if (entry.variants.length >= maxPlans) {
-      giveUp(`host state took more than ${maxPlans} values for one input signature (${entry.variants[0]?.trace.hostStates.map((h) => h.name).join(', ') || 'none declared'})`);
+      giveUp(`host state took more than ${maxPlans} values for one input signature (${entry.variants[0]?.host.hostStates.map((h) => h.name).join(', ') || 'none declared'})`);
       return eager(args);
     }
 
@@ -190,7 +224,9 @@ export function compile<A extends unknown[], R>(fn: (...args: A) => R, opts: Com
       plan.dispose();
       giveUp(why);
     } else {
-      entry.variants.push({ plan, trace: traced.trace, output });
+      const { hostStates, hostChecks, draws } = traced.trace;
+      entry.variants.push({ plan, host: { hostStates, hostChecks, draws }, output });
+      addLivePlan(plan);
       lastPlan = plan;
     }
     return traced.result;
@@ -198,10 +234,6 @@ export function compile<A extends unknown[], R>(fn: (...args: A) => R, opts: Com
 
   Object.defineProperty(compiled, 'fallback', { get: () => fallback });
   compiled.stats = () => ({ ...counts, plan: lastPlan?.stats ?? null });
-  compiled.dispose = () => {
-    for (const e of entries.values()) for (const v of e.variants) v.plan.dispose();
-    entries.clear();
-    lastPlan = null;
-  };
+  compiled.dispose = dropPlans;
   return compiled;
 }

@@ -24,6 +24,19 @@ export interface CaptureHooks {
    * host read is not a data-dependent branch.
    */
   hostCheck: ((storage: object, check: (storageOwner: unknown) => void) => void) | null;
+  /**
+   * Device work that does not go through the Backend methods (a kernel that writes a host-memory
+   * storage directly, or encodes on the WebGPU runtime itself) routes its call through this hook
+   * while it is set: `captureHooks.deviceCall ? captureHooks.deviceCall('name', fn, args) : fn(...args)`.
+   * The recorder then records it as one call of `fn` with those arguments (storages in them found
+   * anywhere in plain objects and arrays) and runs it.
+   */
+  deviceCall: ((name: string, fn: (...args: never[]) => unknown, args: unknown[]) => unknown) | null;
+  /**
+   * A tensor was pointed at new storage (Tensor.rebind: BatchNorm's running statistics each
+   * step). Plans that use the old storage as state move to the new one; a trace records the move.
+   */
+  rebound: ((from: object, to: object) => void) | null;
 }
 
-export const captureHooks: CaptureHooks = { hostState: null, hostCheck: null };
+export const captureHooks: CaptureHooks = { hostState: null, hostCheck: null, deviceCall: null, rebound: null };

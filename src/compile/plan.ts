@@ -11,8 +11,11 @@
  *   shared by temporaries whose lives (first to last use) do not overlap, so a replay allocates
  *   and frees nothing. A temporary first touched by a read is zeroed first, as allocation would;
  * - swapped state: a tensor that existed before the step and was pointed at new storage during it
- *   (BatchNorm's running statistics, via Tensor.rebind). The old storage is kept; it is what the
- *   next replay reads, so the new value is copied back into it at the end of each replay.
+ *   (BatchNorm's running statistics, via Tensor.rebind). Where the step is done with the old value
+ *   before it writes the new one, the plan reads and writes the new storage (the old one is freed);
+ *   otherwise it keeps the old storage and copies the current state into it first on each replay.
+ *   State that moves later (another plan's trace, an eager step, host code) is followed: see
+ *   `retarget` and compile.ts.
  *
  * `calls` is the seam for later passes: a fusion pass rewrites this list (elementwise chains into
  * one generated kernel) before it is bound.
@@ -46,11 +49,13 @@ export interface PlanStats {
   temporaries: number;
   /** Old storages of swapped state that the plan keeps (the new value is copied back into them). */
   keptState: number;
+  /** Of `calls`: zero fills of reused buffers (an eager step gets them from its fresh allocations). */
+  zeroFills: number;
 }
 
 interface BoundStep {
   fn: (...a: unknown[]) => unknown;
-  self: object;
+  self: object | null;
   args: unknown[];
 }
 interface Patch {
@@ -72,7 +77,7 @@ export class Plan {
   readonly stats: PlanStats;
   readonly unsupported: string | null;
 
-  constructor(readonly trace: Trace, outputStorages: Storage[]) {
+  constructor(trace: Trace, outputStorages: Storage[]) {
     this.backend = trace.backend;
     const b = trace.backend;
     const records = trace.storages;
@@ -99,6 +104,7 @@ export class Plan {
       // Its release was held back during the trace: the plan owns it either way.
       this.kept.push(r.storage);
       if (!to) fail(`the step disposes a ${r.dtype} tensor of ${r.numel} elements that existed before it, without replacing it in place (Tensor.rebind)`);
+      else if (records.some((x) => x.storage === to && x.released)) fail(`the step replaces a ${r.dtype} tensor of ${r.numel} elements that existed before it by storage that it frees again`);
       else swaps.push({ from: r.storage, to });
     }
     // Where the step is done with the old state before it first touches the new one (BatchNorm:
@@ -122,8 +128,9 @@ export class Plan {
     const temps: StorageRecord[] = [];
     for (const r of records) {
       if (r.viewOf) continue;
-      if (r.origin === 'input') binding[r.id] = { kind: 'input', index: r.inputIndex };
-      else if (outputIndex.has(r.storage)) {
+      if (r.origin === 'input') {
+        binding[r.id] = outputIndex.has(r.storage) ? fail('the step returns one of its input tensors (return a copy)') : { kind: 'input', index: r.inputIndex };
+      } else if (outputIndex.has(r.storage)) {
         if (r.origin === 'pre') binding[r.id] = fail('the step returns a tensor that existed before it (return a copy)');
         else binding[r.id] = { kind: 'output', index: outputIndex.get(r.storage)! };
       } else if (r.origin === 'made' && r.released) temps.push(r);
@@ -136,20 +143,18 @@ export class Plan {
     const zeroAt = new Map<number, number[]>();
     const bufferSize: { numel: number; dtype: Storage['dtype'] }[] = [];
     const free = new Map<string, number[]>();
-    const ends = new Map<number, StorageRecord[]>();
-    const starts = [...temps].filter((t) => t.firstUse >= 0).sort((a, c) => a.firstUse - c.firstUse);
+    const starts = temps.filter((t) => t.firstUse >= 0).sort((a, c) => a.firstUse - c.firstUse);
+    const byEnd = [...starts].sort((a, c) => a.lastUse - c.lastUse);
+    let ended = 0;
     for (const t of temps) if (t.firstUse < 0) binding[t.id] = { kind: 'fixed', storage: t.storage }; // never touched: never used
     for (const t of starts) {
-      // Free the buffers of temporaries whose last use came before this one's first use.
-      for (const [at, list] of [...ends]) {
-        if (at >= t.firstUse) continue;
-        for (const done of list) {
-          const bnd = binding[done.id] as { buffer: number };
-          const key = `${done.dtype}:${done.numel}`;
-          if (!free.has(key)) free.set(key, []);
-          free.get(key)!.push(bnd.buffer);
-        }
-        ends.delete(at);
+      // Free the buffers of temporaries whose last use came before this one's first use (not at
+      // it: a call's inputs and outputs need distinct buffers).
+      for (; ended < byEnd.length && byEnd[ended].lastUse < t.firstUse; ended++) {
+        const done = byEnd[ended];
+        const key = `${done.dtype}:${done.numel}`;
+        if (!free.has(key)) free.set(key, []);
+        free.get(key)!.push((binding[done.id] as { buffer: number }).buffer);
       }
       const key = `${t.dtype}:${t.numel}`;
       let buf = free.get(key)?.pop();
@@ -162,8 +167,6 @@ export class Plan {
         if (!zeroAt.has(t.firstUse)) zeroAt.set(t.firstUse, []);
         zeroAt.get(t.firstUse)!.push(t.id);
       }
-      if (!ends.has(t.lastUse)) ends.set(t.lastUse, []);
-      ends.get(t.lastUse)!.push(t);
     }
     for (const r of records) {
       if (!r.viewOf) continue;
@@ -188,6 +191,7 @@ export class Plan {
       bufferElements: bufferSize.reduce((n, s) => n + s.numel, 0),
       temporaries: starts.length,
       keptState: 0,
+      zeroFills: this.calls.reduce((n, c) => n + c.zero.length, 0),
     };
     if (why) return;
 
@@ -210,8 +214,12 @@ export class Plan {
         default: throw new Error(`internal: unsupported binding reached materialization (${bnd.why})`);
       }
     };
+    // Copies the template's objects with placeholders bound; an object with none inside is the
+    // recorded object itself (kept by reference in the trace).
+    let found = 0;
     const bind = (x: unknown, parent: Record<number | string, unknown>, key: number | string): unknown => {
       if (typeof x !== 'object' || x === null) return x;
+      if ('$s' in x || '$k' in x) found++;
       if ('$s' in x) {
         const s = storageFor((x as SlotRef).$s);
         if ('input' in s || 'output' in s) {
@@ -226,14 +234,18 @@ export class Plan {
       }
       if ('blockParam' in x && 'paramTable' in x) return x;
       if (ArrayBuffer.isView(x)) return x;
+      const before = found;
+      let copy: unknown;
       if (Array.isArray(x)) {
         const out: unknown[] = new Array(x.length);
         x.forEach((v, i) => { out[i] = bind(v, out as unknown as Record<number, unknown>, i); });
-        return out;
+        copy = out;
+      } else {
+        const o: Record<string, unknown> = {};
+        for (const [k, v] of Object.entries(x)) o[k] = bind(v, o, k);
+        copy = o;
       }
-      const o: Record<string, unknown> = {};
-      for (const [k, v] of Object.entries(x)) o[k] = bind(v, o, k);
-      return o;
+      return found === before ? x : copy;
     };
     const fused = fusedKernelsFor(b) as unknown as Record<string, (...a: unknown[]) => unknown> | null;
     const be = b as unknown as Record<string, (...a: unknown[]) => unknown>;
@@ -249,8 +261,8 @@ export class Plan {
         args[0] = bind({ $s: e.slot }, args as unknown as Record<number, unknown>, 0);
         this.steps.push({ fn: be.write, self: b, args });
       } else {
-        const self = e.target === 'backend' ? b : fused!;
-        const fn = (self as Record<string, (...a: unknown[]) => unknown>)[e.method];
+        const self = e.target === 'backend' ? b : e.target === 'fused' ? fused! : null;
+        const fn = e.fn ?? (self as Record<string, (...a: unknown[]) => unknown>)[e.method];
         const args: unknown[] = new Array(e.args.length);
         e.args.forEach((a, i) => { args[i] = bind(a, args as unknown as Record<number, unknown>, i); });
         this.steps.push({ fn, self, args });
@@ -262,15 +274,36 @@ export class Plan {
       b.release(old);
     }
     this.stats.keptState = this.kept.length;
-    for (const { from, to } of swaps) {
-      const copyBack: BoundStep = {
-        fn: be.stridedCopy, self: b,
-        args: [to, from, { shape: [from.numel], srcStrides: [1], srcOffset: 0, dstStrides: [1], dstOffset: 0 }],
-      };
-      this.steps.push(copyBack);
-      // The traced step itself left the new state in `to` only: the first replay reads `from`.
-      copyBack.fn.apply(b, copyBack.args);
-    }
+    // Swapped state the plan could not redirect: each replay starts by copying the current state
+    // (`to`, where the host objects point, which other plans and eager steps update too) into the
+    // storage that the recorded calls read.
+    this.steps.unshift(...swaps.map(({ from, to }) => ({
+      fn: be.stridedCopy, self: b,
+      args: [to, from, { shape: [from.numel], srcStrides: [1], srcOffset: 0, dstStrides: [1], dstOffset: 0 }],
+    })));
+  }
+
+  /**
+   * State moved from `from` to `to` outside this plan (another plan's trace, an eager step, host
+   * code: Tensor.rebind): the plan reads and writes `to` from now on.
+   */
+  retarget(from: Storage, to: Storage): void {
+    const walk = (x: unknown): void => {
+      if (typeof x !== 'object' || x === null || ArrayBuffer.isView(x) || Object.isFrozen(x)) return;
+      if (Array.isArray(x)) {
+        for (let i = 0; i < x.length; i++) {
+          if (x[i] === from) x[i] = to;
+          else walk(x[i]);
+        }
+      } else if (Object.getPrototypeOf(x) === Object.prototype && !('blockParam' in x)) {
+        const o = x as Record<string, unknown>;
+        for (const k of Object.keys(o)) {
+          if (o[k] === from) o[k] = to;
+          else walk(o[k]);
+        }
+      }
+    };
+    for (const s of this.steps) walk(s.args);
   }
 
   /** Runs the plan: inputs bound, outputs allocated here and returned, random keys drawn by the caller. */

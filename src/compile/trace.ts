@@ -9,10 +9,9 @@
  * backend, and nothing left behind. Calls a kernel makes to its own backend while running (scratch
  * buffers, reference fallbacks) are not recorded: only the outermost call is part of the step.
  */
-import type { Backend, Storage } from '../kernels/backend.js';
+import type { Backend, Storage, StridedCopyLayout } from '../kernels/backend.js';
 import { fusedKernelsFor } from '../kernels/fused.js';
 import { generator } from '../tensor/random.js';
-import { Tensor } from '../tensor/tensor.js';
 import { captureHooks } from './hooks.js';
 
 /** A storage placeholder in a recorded argument list. */
@@ -52,7 +51,7 @@ export interface StorageRecord {
 
 /** One recorded device operation. Memory events keep their place in the order, kernels have args. */
 export type TraceEvent =
-  | { kind: 'call'; target: 'backend' | 'fused'; method: string; args: unknown[]; touched: number[] }
+  | { kind: 'call'; target: 'backend' | 'fused' | 'extern'; method: string; args: unknown[]; fn?: (...a: unknown[]) => unknown }
   | { kind: 'write'; slot: number; data: ArrayLike<number> };
 
 /** A host state declared through captureHooks.hostState. */
@@ -94,6 +93,25 @@ const WRITES_ALL: Record<string, number[]> = {
   maxPool2dBackward: [2], avgPool2d: [1], avgPool2dBackward: [1], gather: [2], scatterAdd: [2], cumsum: [1],
   argsort: [1], random: [0], conv2d: [2], conv2dBackwardInput: [2], conv2dBackwardWeight: [2],
 };
+
+/**
+ * Whether a strided copy writes every element of its destination: a row-major walk of the whole
+ * storage from offset 0 (a `.contiguous()` copy), as opposed to the pieces of a concat or a pad.
+ */
+function copiesOverAll(l: StridedCopyLayout, numel: number): boolean {
+  if (l.dstOffset !== 0) return false;
+  let stride = 1;
+  for (let i = l.shape.length - 1; i >= 0; i--) {
+    if (l.shape[i] !== 1 && l.dstStrides[i] !== stride) return false;
+    stride *= l.shape[i];
+  }
+  return stride === numel;
+}
+
+function writesAllAt(method: string, args: unknown[]): readonly number[] {
+  if (method === 'stridedCopy') return copiesOverAll(args[2] as StridedCopyLayout, (args[1] as Storage).numel) ? [1] : [];
+  return WRITES_ALL[method] ?? [];
+}
 
 /** Backend methods that are not device work: they pass through unrecorded. */
 const PASS_THROUGH = new Set([
@@ -169,6 +187,7 @@ export function traceStep<R>(backend: Backend, inputs: Storage[], fn: () => R): 
   // become placeholders, refilled with fresh draws on each replay.
   const keys = new Map<number, { draw: number; part: 0 | 1 }>();
   const nextKey = generator.nextKey;
+  const ownNextKey = Object.prototype.hasOwnProperty.call(generator, 'nextKey');
   generator.nextKey = function (this: typeof generator): [number, number] {
     const k = nextKey.call(this);
     if (depth === 0) {
@@ -179,17 +198,17 @@ export function traceStep<R>(backend: Backend, inputs: Storage[], fn: () => R): 
     return k;
   };
 
-  const origRebind = Tensor.prototype.rebind;
-  Tensor.prototype.rebind = function (this: Tensor, ref) {
-    const old = this.storage;
-    origRebind.call(this, ref);
-    trace.rebinds.set(old, ref.storage);
+  const outerRebound = captureHooks.rebound;
+  captureHooks.rebound = (from, to) => {
+    trace.rebinds.set(from as Storage, to as Storage);
+    outerRebound?.(from, to);
   };
 
   let allowedRead: Storage | null = null;
   captureHooks.hostState = (name, guard, advance) => {
     trace.hostStates.push({ name, guard, value: guard ? guard() : undefined, advance });
   };
+  captureHooks.deviceCall = (name, fn, args) => recordCall('extern', name, fn as (...a: unknown[]) => unknown, null, args);
   captureHooks.hostCheck = (s, check) => {
     const r = byStorage.get(s as Storage);
     if (r && r.origin === 'input') {
@@ -199,29 +218,40 @@ export function traceStep<R>(backend: Backend, inputs: Storage[], fn: () => R): 
   };
 
   // Replaces each argument by its template: storages by slots, random keys by key refs.
-  const touched = new Set<number>();
+  // Objects are copied (host code may change a layout or a group's hyper-parameters after the
+  // call); an object without storages or keys inside that is frozen, or is passed to an external
+  // device call (captureHooks.deviceCall), is kept by reference, as its identity may matter.
+  let placeholders = 0;
+  let byReference = false;
   const template = (x: unknown, callIndex: number, writesAll: boolean): unknown => {
     if (typeof x === 'number') {
       const k = keys.get(x);
-      return k ? ({ $k: k.draw, part: k.part } satisfies KeyRef) : x;
+      if (!k) return x;
+      placeholders++;
+      return { $k: k.draw, part: k.part } satisfies KeyRef;
     }
     if (typeof x !== 'object' || x === null) return x;
     if (isStorage(x)) {
       const r = recordOf(x);
       touch(r, callIndex, writesAll);
+      placeholders++;
       return { $s: r.id } satisfies SlotRef;
     }
     if (ArrayBuffer.isView(x)) return (x as unknown as { slice(): unknown }).slice();
     // The arena layout is a constant of the optimizer: kept by reference.
     if ('blockParam' in x && 'paramTable' in x) return x;
-    if (Array.isArray(x)) return x.map((v) => template(v, callIndex, false));
-    if (Object.getPrototypeOf(x) !== Object.prototype) {
-      note(`a kernel argument of class ${(x as object).constructor?.name ?? '?'} cannot be recorded`);
+    const before = placeholders;
+    let copy: unknown;
+    if (Array.isArray(x)) copy = x.map((v) => template(v, callIndex, false));
+    else if (Object.getPrototypeOf(x) !== Object.prototype) {
+      if (!byReference) note(`a kernel argument of class ${(x as object).constructor?.name ?? '?'} cannot be recorded`);
       return x;
+    } else {
+      const o: Record<string, unknown> = {};
+      for (const [k, v] of Object.entries(x)) o[k] = template(v, callIndex, false);
+      copy = o;
     }
-    const o: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(x)) o[k] = template(v, callIndex, false);
-    return o;
+    return placeholders === before && (byReference || Object.isFrozen(x)) ? x : copy;
   };
   const touch = (r: StorageRecord, callIndex: number, writesAll: boolean): void => {
     // A view's use is a use of the storage it views.
@@ -233,28 +263,29 @@ export function traceStep<R>(backend: Backend, inputs: Storage[], fn: () => R): 
         x.firstUseWritesAll = writesAll && x === r;
       } else if (x.firstUse === callIndex && !writesAll) x.firstUseWritesAll = false;
       x.lastUse = callIndex;
-      touched.add(x.id);
     }
   };
 
   let depth = 0;
   const restores: (() => void)[] = [];
   const shadow = (obj: Record<string, unknown>, name: string, wrapper: (orig: (...a: unknown[]) => unknown) => (...a: unknown[]) => unknown): void => {
-    const own = Object.getOwnPropertyDescriptor(obj, name);
     const orig = obj[name] as (...a: unknown[]) => unknown;
+    // An optional method the backend lacks (readSync on WebGPU) stays absent: callers test for it.
+    if (typeof orig !== 'function') return;
+    const own = Object.getOwnPropertyDescriptor(obj, name);
     obj[name] = wrapper(orig);
     restores.push(() => {
       if (own) Object.defineProperty(obj, name, own);
       else delete obj[name];
     });
   };
-  const recordCall = (target: 'backend' | 'fused', method: string, orig: (...a: unknown[]) => unknown, self: object, args: unknown[]): unknown => {
+  const recordCall = (target: 'backend' | 'fused' | 'extern', method: string, orig: (...a: unknown[]) => unknown, self: object | null, args: unknown[]): unknown => {
     if (depth > 0) return orig.apply(self, args);
     const callIndex = trace.events.length;
-    touched.clear();
-    const outs = target === 'backend' ? WRITES_ALL[method] ?? [] : [];
+    const outs = target === 'backend' ? writesAllAt(method, args) : [];
+    byReference = target === 'extern';
     const tmpl = args.map((a, i) => template(a, callIndex, outs.includes(i)));
-    trace.events.push({ kind: 'call', target, method, args: tmpl, touched: [...touched] });
+    trace.events.push({ kind: 'call', target, method, args: tmpl, fn: target === 'extern' ? orig : undefined });
     depth++;
     try {
       return orig.apply(self, args);
@@ -323,6 +354,7 @@ export function traceStep<R>(backend: Backend, inputs: Storage[], fn: () => R): 
       // State that existed before the step and is replaced during it: the plan keeps the old
       // storage alive (it is the state the next replay reads) and copies the new value back.
       if (r.origin === 'pre') return undefined;
+      if (r.origin === 'input') note('the step disposes one of its input tensors');
     }
     return inner(orig, this, args);
   });
@@ -350,13 +382,11 @@ export function traceStep<R>(backend: Backend, inputs: Storage[], fn: () => R): 
     return { result, trace };
   } finally {
     for (let i = restores.length - 1; i >= 0; i--) restores[i]();
-    generator.nextKey = nextKey;
-    // nextKey is a prototype method: the own property set above is removed, not just reassigned.
-    if (Object.getOwnPropertyDescriptor(generator, 'nextKey')?.value === nextKey && nextKey === Object.getPrototypeOf(generator).nextKey) {
-      delete (generator as unknown as Record<string, unknown>).nextKey;
-    }
-    Tensor.prototype.rebind = origRebind;
+    if (ownNextKey) generator.nextKey = nextKey;
+    else delete (generator as unknown as Record<string, unknown>).nextKey;
+    captureHooks.rebound = outerRebound;
     captureHooks.hostState = null;
     captureHooks.hostCheck = null;
+    captureHooks.deviceCall = null;
   }
 }

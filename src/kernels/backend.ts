@@ -115,7 +115,8 @@ export interface Window2d {
 
 /**
  * A grouped 2-D convolution (cross-correlation, as PyTorch): input [n, c, h, w], weight
- * [outChannels, c/groups, kh, kw], output [n, outChannels, oh, ow]; the window fields as Window2d.
+ * [outChannels, c/groups, kh, kw], output [n, outChannels, oh, ow]; the window fields as Window2d,
+ * with oh and ow as the window formula gives them: floor((h + 2ph - dh*(kh-1) - 1) / sh) + 1.
  */
 export interface Conv2dLayout extends Window2d {
   outChannels: number;

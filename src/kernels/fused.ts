@@ -53,6 +53,8 @@ export const S_TMP1 = 8;
 export const S_TMP2 = 9;
 export const S_TMP3 = 10;
 export const S_CHECK = 11;
+/** Scratch of a norm's 'or' gate: the pass's own non-finite flag, or-ed into S_FLAG after it. */
+export const S_GATE = 12;
 export const S_SLOTS = 16;
 
 export interface ArenaParamInfo {
@@ -224,8 +226,8 @@ export interface FusedKernels {
   readonly backend: Backend;
   /**
    * S[slot] = the L2 norm of T x over the active (and selected) parameters, computed so that it does
-   * not overflow while it is representable (float32 squares summed in float64 on the host; scaled by
-   * the largest magnitude on a GPU). Not finite when a value is NaN or Inf.
+   * not overflow while it is representable (scaled by the largest magnitude, in the fixed order of
+   * src/kernels/arena/reduce.ts). Not finite when a value is NaN or Inf.
    */
   norm(L: ArenaLayout, x: Storage, S: Storage, slot: number, o?: NormOptions): void;
   /** S[slot] = sum of x*y over the active parameters. */

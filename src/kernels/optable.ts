@@ -13,7 +13,7 @@
  * float32 result is the correctly rounded value up to float64's own error; where PyTorch and
  * JavaScript disagree (pow(1, NaN), sign(NaN)) the closures follow PyTorch.
  */
-import { erf, geluErf, geluTanh, powC, roundHalfEven, sigmoid, sign, silu, softplus } from './mathfns.js';
+import { erf, geluErf, geluTanh, powC, powInt, roundHalfEven, sigmoid, sign, silu, softplus } from './mathfns.js';
 
 export interface UnaryOpDef {
   cpu: (x: number, p0: number, p1: number) => number;
@@ -40,7 +40,7 @@ export const UNARY_OPS = {
   neg: { cpu: (x) => -x, wgsl: 'fg_neg(x)', int: true },
   abs: { cpu: (x) => Math.abs(x), wgsl: 'abs(x)', int: true },
   /** sign(NaN) = 0, as in PyTorch. */
-  sign: { cpu: sign, wgsl: 'select(select(T(1.0), T(-1.0), fg_signbit(x)), T(0.0), !fg_nz(x) | fg_isnan_t(x))' },
+  sign: { cpu: sign, wgsl: 'select(select(T(1.0), T(-1.0), fg_signbit(x)), T(0.0), !fg_nz(x) | fg_isnan_t(x))', int: true },
   exp: { cpu: (x) => Math.exp(x), wgsl: 'fg_exp(x)' },
   expm1: { cpu: (x) => Math.expm1(x), wgsl: 'fg_expm1(x)' },
   log: { cpu: (x) => Math.log(x), wgsl: 'fg_log(x)' },
@@ -49,7 +49,7 @@ export const UNARY_OPS = {
   rsqrt: { cpu: (x) => 1 / Math.sqrt(x), wgsl: 'fg_rsqrt(x)' },
   square: { cpu: (x) => x * x, cpuInt: (x) => Math.imul(x, x), wgsl: 'x * x', int: true },
   reciprocal: { cpu: (x) => 1 / x, wgsl: 'fg_recip(x)' },
-  relu: { cpu: (x) => (x > 0 ? x : x === 0 || x < 0 ? 0 : x), wgsl: 'select(x, T(0.0), fg_signbit(x) & !fg_isnan_t(x))' },
+  relu: { cpu: (x) => (x > 0 ? x : x === 0 || x < 0 ? 0 : x), wgsl: 'select(x, T(0.0), fg_signbit(x) & !fg_isnan_t(x))', int: true },
   /** x for x > 0, p0 x otherwise (p0 = negative slope). */
   leakyRelu: { cpu: (x, p0) => (x > 0 ? x : p0 * x), wgsl: 'select(T(p0) * x, x, !fg_signbit(x))' },
   /** x for x > 0, p0 (e^x - 1) otherwise (p0 = alpha). */
@@ -86,7 +86,8 @@ export const BINARY_OPS = {
   sub: { cpu: (a, b) => a - b, wgsl: 'a - b', int: true },
   mul: { cpu: (a, b) => a * b, cpuInt: (a, b) => Math.imul(a, b), wgsl: 'a * b', int: true },
   div: { cpu: (a, b) => a / b, wgsl: 'a / b' },
-  pow: { cpu: powC, wgsl: 'fg_pow(a, b)' },
+  /** int32 ** int32 stays int32 as in PyTorch (fg_pow has an integer form in the i32 prelude). */
+  pow: { cpu: powC, cpuInt: powInt, wgsl: 'fg_pow(a, b)', int: true },
   maximum: { cpu: (a, b) => (a !== a || b !== b ? NaN : a > b ? a : b), wgsl: 'fg_max(a, b)', int: true },
   minimum: { cpu: (a, b) => (a !== a || b !== b ? NaN : a < b ? a : b), wgsl: 'fg_min(a, b)', int: true },
   eq: { cpu: (a, b) => (a === b ? 1 : 0), wgsl: 'a == b', int: true, compare: true },

@@ -1,4 +1,5 @@
 /** flatgrad.nn: modules, layers, initializers, losses and ready models (PyTorch layouts and names). */
+import '../autograd/rules.js';
 export {
   Module,
   Parameter,

@@ -1,44 +1,45 @@
 /**
- * Two engines that run the same optimizer programs:
+ * The engines that run the optimizer programs, all from the same arena-kernel definitions
+ * (src/kernels/arena/fused.ts):
  *
  * - FlatEngine (fused): the parameters live in one flat arena and every vector operation is one
- *   fused kernel over it (src/kernels/fused.ts).
- * - LoopEngine (unfused): a per-parameter loop of ordinary tensor ops, the way the PyTorch
- *   implementations of SAM and its variants are written. It is the benchmark baseline and a second
- *   oracle for the fused kernels.
+ *   pass over it (the FusedKernels of src/kernels/fused.ts).
+ * - LoopEngine (unfused): the same definitions once per parameter tensor (one dispatch each), in
+ *   place, with no temporaries: the fair per-tensor baseline (PyTorch's foreach-free loop), equal
+ *   to the fused engine bit for bit.
  *
  * Vectors are named: 'p' (parameters), 'g' (gradients) and state vectors allocated on first use
  * ('aux', 'g0', 'momentum_buffer', ...). Scalars live in the slots of S on the device (see
- * src/kernels/fused.ts), so neither engine reads back during a step (except the unfused engine's
- * non-finite check on host-memory backends, which is a free synchronous read there).
+ * src/kernels/fused.ts), so neither engine reads back during a step.
  */
-// The host (cpu, wasm) fused kernels register themselves with fusedKernelsFor() when loaded; the
-// WebGPU ones are loaded with the WebGPU backend (src/kernels/webgpu/device.ts), so an app that
-// never chooses WebGPU does not ship them.
-import '../kernels/cpu/fused.js';
+// The host (cpu, wasm) fused kernels (arena kernels, src/kernels/arena/fused.ts) register
+// themselves with fusedKernelsFor() when loaded; the WebGPU ones are loaded with the WebGPU backend
+// (src/kernels/webgpu/device.ts), so an app that never chooses WebGPU does not ship them.
+import '../kernels/arena/fused.js';
 import type { Backend, Storage } from '../kernels/backend.js';
 import {
   BLOCK,
+  FLAG_ACTIVE,
+  FLAG_DECAY,
+  FLAG_VECTOR,
+  FLAG_WEIGHT,
   fusedKernelsFor,
-  S_FLAG,
+  PARAM_FIELDS,
   S_SLOTS,
   type AdamGroup,
+  type ArenaLayout,
   type Coef,
   type FusedKernels,
   type RestoreMode,
   type SAssign,
   type SelectSpec,
-  type SExpr,
   type SgdGroup,
 } from '../kernels/fused.js';
-import { uniformAt } from '../kernels/rng.js';
+import { adamCall, copyCall, dotCall, hostNoise, lincombCall, normCall, perturbCall, restoreCall, scalarProgram, sgdCall, type KernelCall } from '../kernels/arena/fused.js';
+import { hostArrayOf, runPerTensor, runScalarProgram } from '../kernels/arena/run.js';
 import type { DType } from '../tensor/dtype.js';
-import { Tensor, tidy } from '../tensor/tensor.js';
+import { Tensor } from '../tensor/tensor.js';
 import { copyInto } from '../nn/module.js';
-import { abs, add, cast, div, eq, exp, gt, lt, maximum, minimum, mul, ne, pow, reciprocal, sqrt, sub, where } from '../tensor/ops/elementwise.js';
-import { max, sum } from '../tensor/ops/reduce.js';
-import { copy as cloneT, reshape, stack } from '../tensor/ops/shape.js';
-import { noGrad } from '../tensor/graph.js';
 import { FlatArena, isWeightParam } from './arena.js';
 
 export interface AdaptiveGroup {
@@ -224,28 +225,12 @@ export class FlatEngine implements Engine {
   }
   /** 0-d copies of the step counts for state dicts on asynchronous backends (kept, refreshed on each call). */
   private stepCopies: Tensor[] | null = null;
-  private static one(offset: number) {
-    return { shape: [1], srcStrides: [1], srcOffset: offset, dstStrides: [1], dstOffset: 0 };
-  }
   paramSteps(): (number | Tensor)[] {
-    const counts = this.arena.stepCounts;
-    const rs = this.backend.readSync;
-    if (rs) {
-      const host = rs.call(this.backend, counts);
-      return this.params.map((_, k) => host[k]);
-    }
-    // WebGPU binds views only at 256-byte offsets, so the counts are copied out rather than viewed.
-    this.stepCopies ??= this.params.map(() => Tensor.empty([], this.dtype, this.backend).keep());
-    this.stepCopies.forEach((t, k) => this.backend.stridedCopy(counts, t.storage, FlatEngine.one(k)));
-    return this.stepCopies;
+    this.stepCopies ??= this.backend.readSync ? null : this.params.map(() => Tensor.empty([], this.dtype, this.backend).keep());
+    return readStepCounts(this.backend, this.arena.stepCounts, this.params.length, this.stepCopies);
   }
   setParamStep(k: number, v: number | Tensor): void {
-    // A one-element tensor of this backend and dtype is copied on the device; anything else goes through a number.
-    const onDevice = v instanceof Tensor && v.backend === this.backend && v.dtype === this.dtype;
-    const src = onDevice ? v : Tensor.empty([], this.dtype, this.backend);
-    if (!onDevice) copyInto(src, Float64Array.of(typeof v === 'number' ? v : hostNumber(v, `optimizer.loadStateDict(${k}.step)`)));
-    this.backend.stridedCopy(src.storage, this.arena.stepCounts, { shape: [1], srcStrides: [1], srcOffset: 0, dstStrides: [1], dstOffset: k });
-    if (!onDevice) src.dispose();
+    writeStepCount(this.backend, this.dtype, this.arena.stepCounts, k, v);
   }
   scalarsTensor(): Tensor {
     this.sTensor ??= Tensor.fromStorage(this.S, [S_SLOTS], this.backend).keep();
@@ -271,33 +256,28 @@ export class FlatEngine implements Engine {
   }
 }
 
-// -------------------------------------------------------------------------------------- loop
+// --------------------------------------------------------------------------------- per tensor
 
-type Vec = (Tensor | null)[];
-
-/** Offsets the flat arena would give each parameter: the unfused noise draws the same numbers. */
-function arenaOffsets(params: readonly Tensor[]): number[] {
-  let off = 0;
-  return params.map((p) => {
-    const o = off;
-    off += Math.ceil(p.size / BLOCK) * BLOCK;
-    return o;
-  });
-}
-
+/**
+ * The per-tensor baseline, on every backend: every operation is the same arena
+ * kernel definition as the fused engine's (src/kernels/arena/fused.ts), run once per parameter
+ * tensor over that tensor's own storages, in place and with no temporaries, as PyTorch's
+ * foreach-free loop over parameters. Reductions combine the per-tensor partials in the arena's
+ * order, so this engine and FlatEngine agree bit for bit.
+ */
 export class LoopEngine implements Engine {
   readonly fused = false;
   readonly backend: Backend;
   readonly dtype: DType;
-  private readonly vecs = new Map<string, Vec>();
-  private readonly S: Tensor[];
+  readonly S: Storage;
+  private readonly steps: Storage;
+  private readonly state = new Map<string, Tensor[]>();
   private readonly offsets: number[];
-  private readonly weight: boolean[];
-  private readonly selIndex: number[];
-
-  private readonly decays: boolean[];
-  /** Per-parameter counts of updates taken (torch's state[p]['step']), 0-d tensors on the device. */
-  private readonly steps: Tensor[];
+  private readonly flagsBase: number[];
+  private readonly groups: number;
+  private sTensor: Tensor | null = null;
+  /** Which parameters had a gradient at the last prepare() (torch skips those with grad None). */
+  private act: boolean[];
 
   constructor(
     readonly params: readonly Tensor[],
@@ -311,59 +291,17 @@ export class LoopEngine implements Engine {
       if (p.backend !== this.backend) throw new Error(`optimizer: parameters live on different backends (${this.backend.name} and ${p.backend.name})`);
       if (p.dtype !== 'float32' && p.dtype !== 'float64') throw new TypeError(`optimizer: parameters must be floating, got ${p.dtype}`);
     }
-    this.S = Array.from({ length: S_SLOTS }, () => this.zero0());
     this.offsets = arenaOffsets(params);
-    this.weight = params.map(isWeightParam);
-    this.decays = this.weight.map((w) => decay === 'all' || w);
-    this.selIndex = params.map((_, k) => k);
-    this.steps = params.map(() => this.zero0());
+    this.flagsBase = params.map((p) => {
+      const weight = isWeightParam(p);
+      return (weight ? FLAG_WEIGHT : 0) | (decay === 'all' || weight ? FLAG_DECAY : 0) | (p.ndim < 2 ? FLAG_VECTOR : 0);
+    });
+    this.groups = Math.max(0, ...groupOf) + 1;
+    this.S = this.backend.alloc(S_SLOTS, this.dtype);
+    this.steps = this.backend.alloc(params.length, this.dtype);
+    this.act = params.map(() => true);
   }
 
-  private zero0(): Tensor {
-    return Tensor.empty([], this.dtype, this.backend).keep();
-  }
-  /** A 0-d tensor holding v on this engine's backend. */
-  private num(v: number): Tensor {
-    const a = this.dtype === 'float64' ? new Float64Array([v]) : new Float32Array([v]);
-    return Tensor.fromStorage(this.backend.upload(a, this.dtype), [], this.backend);
-  }
-  private setS(slot: number, t: Tensor): void {
-    if (this.S[slot] === t) return;
-    this.S[slot].dispose();
-    this.S[slot] = t.keep();
-  }
-  private vec(name: string): Vec {
-    if (name === 'p') return this.params.slice();
-    if (name === 'g') return this.params.map((p) => p.grad);
-    let v = this.vecs.get(name);
-    if (!v) {
-      v = this.params.map(() => null);
-      this.vecs.set(name, v);
-    }
-    return v;
-  }
-  /** Replaces entry k of a vector (a parameter's values are rebound, keeping its identity). */
-  private put(name: string, k: number, t: Tensor | null): void {
-    if (name === 'p') {
-      if (!t) throw new Error('internal: cannot clear a parameter');
-      if (t !== this.params[k]) this.params[k].rebind(t.storageRef);
-      return;
-    }
-    if (name === 'g') {
-      const p = this.params[k];
-      if (p.grad && p.grad !== t) p.grad.dispose();
-      p.grad = t ? t.keep() : null;
-      return;
-    }
-    const v = this.vec(name);
-    if (v[k] && v[k] !== t) v[k]!.dispose();
-    v[k] = t ? t.keep() : null;
-  }
-  /** Which parameters had a gradient at the last prepare() (torch skips those with grad None). */
-  private act: boolean[] = [];
-  private active(k: number): boolean {
-    return this.act[k] ?? true;
-  }
   prepare(): void {
     this.act = this.params.map((p) => !!p.grad && !p.grad.isDisposed);
   }
@@ -378,353 +316,200 @@ export class LoopEngine implements Engine {
     }
   }
 
-  private etaOf(ad: readonly AdaptiveGroup[] | undefined, k: number): number | null {
-    if (!ad) return null;
-    const g = ad[this.groupOf[k]];
-    if (!g || !g.on || (!this.weight[k] && !g.bias)) return null;
-    return g.eta;
-  }
-  private selected(sel: SelectSpec | undefined, k: number): boolean {
-    return !sel || uniformAt(sel.key0, sel.key1, this.selIndex[k]) < Math.fround(sel.beta);
-  }
-
-  /** A scalar expression as a 0-d tensor (or a host number when it is constant). */
-  private evalT(e: SExpr): Tensor | number {
-    if (typeof e === 'number') return e;
-    if (!Array.isArray(e)) return this.S[e.s];
-    const [op, a0, b0, c0] = e;
-    const a = this.evalT(a0);
-    const b = b0 === undefined ? 0 : this.evalT(b0);
-    const T = (x: Tensor | number): Tensor => (x instanceof Tensor ? x : this.num(x));
-    const f = (x: Tensor) => cast(x, this.dtype);
-    switch (op) {
-      case '+': return typeof a === 'number' && typeof b === 'number' ? a + b : add(a, b);
-      case '-': return typeof a === 'number' && typeof b === 'number' ? a - b : sub(a, b);
-      case '*': return typeof a === 'number' && typeof b === 'number' ? a * b : mul(a, b);
-      case '/': return typeof a === 'number' && typeof b === 'number' ? a / b : div(a, b);
-      case 'sqrt': return typeof a === 'number' ? Math.sqrt(a) : sqrt(a);
-      case 'max': return maximum(T(a), b);
-      case 'min': return minimum(T(a), b);
-      case '>': return f(gt(T(a), b));
-      case '==': return f(eq(T(a), b));
-      case 'or': return f(gt(maximum(abs(T(a)), abs(T(b))), 0));
-      case 'select': return where(ne(T(a), 0), T(b), T(this.evalT(c0!)));
-      case 'nonfinite': return this.nonfinite(T(a));
-      case 'pow': return pow(T(a), b);
-    }
-  }
   /**
-   * 1 where t is NaN or +-Inf, else 0. Written as 1 - (|t| < Inf): an ordered comparison is false
-   * for NaN on every backend, while `t != t` is not reliable on GPUs (ordered != is false for NaN).
+   * Runs a call once per parameter. A parameter without a gradient binds a zero stand-in for 'g'
+   * (kernels that run on every parameter read it under a where and never keep what they write
+   * there; torch leaves such a parameter's grad None).
    */
-  private nonfinite(t: Tensor): Tensor {
-    return sub(1, cast(lt(abs(t), Infinity), this.dtype));
-  }
-  private runProg(prog: readonly SAssign[] | undefined): void {
-    if (!prog) return;
-    for (const a of prog) {
-      const r = tidy(() => {
-        const v = this.evalT(a.e);
-        return v instanceof Tensor ? (this.S.includes(v) ? cloneT(v) : v) : this.num(v);
+  private run(c: KernelCall<string>): void {
+    const stand: Tensor[] = [];
+    try {
+      const params = this.params.map((p, k) => {
+        const vectors: Record<string, Storage> = {};
+        for (const [kn, name] of Object.entries(c.vectors)) vectors[kn] = this.storageOf(name, k, stand);
+        return { vectors, numel: p.size, group: this.groupOf[k], flags: this.flagsBase[k] | (this.act[k] ? FLAG_ACTIVE : 0) };
       });
-      this.setS(a.dst, r);
+      runPerTensor(c.kernel, this.backend, { dtype: this.dtype as 'float32' | 'float64', params, S: this.S, steps: this.steps, hyper: c.hyper });
+    } finally {
+      for (const t of stand) t.dispose();
     }
   }
-
+  private storageOf(name: string, k: number, stand: Tensor[]): Storage {
+    const p = this.params[k];
+    if (name === 'p') return p.storage;
+    if (name === 'g') {
+      if (p.grad && !p.grad.isDisposed) return p.grad.storage;
+      const z = Tensor.empty(p.shape.slice(), this.dtype, this.backend);
+      stand.push(z);
+      return z.storage;
+    }
+    return this.ensureState(name)[k].storage;
+  }
   norm(x: string, slot: number, o: EngineNorm = {}): void {
-    noGrad(() => {
-      const xs = this.vec(x);
-      const [total, bad] = tidy(() => {
-        const ts: Tensor[] = [];
-        this.params.forEach((p, k) => {
-          const xk = xs[k];
-          if (!this.active(k) || !xk || !this.selected(o.select, k)) return;
-          const eta = this.etaOf(o.adaptive, k);
-          ts.push(eta === null ? xk : mul(add(abs(p), eta), xk));
-        });
-        const zero = Tensor.empty([], this.dtype, this.backend);
-        if (!ts.length) return [zero, cast(zero, this.dtype)];
-        // NaN and Inf are counted directly: a sum of squares overflows on finite values (1e20).
-        const nonfinite = gt(sum(stack(ts.map((t) => sum(this.nonfinite(t))))), 0);
-        // ||x|| = m sqrt(sum((x / m)^2)) with m = max |x| over the finite values: no overflow.
-        const finite = ts.map((t) => where(lt(abs(t), Infinity), t, 0));
-        const m = max(stack(finite.map((t) => max(abs(t)))));
-        const safe = where(gt(m, 0), m, 1);
-        const n = mul(sqrt(sum(stack(finite.map((t) => sum(div(t, safe).square()))))), m);
-        return [where(nonfinite, Infinity, n), cast(nonfinite, this.dtype)];
-      });
-      this.setS(slot, total);
-      if (o.gate === 'set') this.setS(S_FLAG, bad);
-      else if (o.gate === 'or') this.setS(S_FLAG, tidy(() => maximum(this.S[S_FLAG], bad)));
-      if (o.gate !== 'set') bad.dispose();
-      this.runProg(o.then);
-    });
+    this.run(normCall(x, 'p', slot, this.groups, { adaptive: o.adaptive, select: o.select, gate: o.gate, then: o.then }));
   }
   dot(x: string, y: string, slot: number, then?: readonly SAssign[]): void {
-    noGrad(() => {
-      const xs = this.vec(x);
-      const ys = this.vec(y);
-      const total = tidy(() => {
-        const parts: Tensor[] = [];
-        this.params.forEach((_, k) => {
-          if (this.active(k) && xs[k] && ys[k]) parts.push(sum(mul(xs[k]!, ys[k]!)));
-        });
-        return parts.length ? sum(stack(parts)) : Tensor.empty([], this.dtype, this.backend);
-      });
-      this.setS(slot, total);
-      this.runProg(then);
-    });
+    this.run(dotCall(x, y, slot, then));
   }
   scalars(prog: readonly SAssign[]): void {
-    noGrad(() => this.runProg(prog));
+    runScalarProgram(scalarProgram(prog), this.backend, this.S);
   }
-
   perturb(dir: string, o: EnginePerturb): void {
-    noGrad(() => {
-      const ds = this.vec(dir);
-      // k = 1 / (||.|| + eps), zeroed when the step is gated off.
-      const kT = tidy(() => {
-        let k: Tensor | null = o.normSlot === null ? null : reciprocal(add(this.S[o.normSlot], o.eps));
-        if (o.gated) k = where(ne(this.S[S_FLAG], 0), 0, k ?? this.num(1));
-        return k ?? this.num(1);
-      });
-      const scaleOf = new Map<number, Tensor>();
-      this.params.forEach((p, k) => {
-        const dk = ds[k];
-        if (o.save) this.put(o.save, k, dk ? noGrad(() => cloneT(dk)) : null);
-        const moving = this.active(k) && !!dk && this.selected(o.select, k) && o.coef[this.groupOf[k]] !== 0;
-        if (!moving) {
-          this.put('aux', k, o.mode === 'backup' ? p.detach() : null);
-          return;
-        }
-        const g = this.groupOf[k];
-        let c = scaleOf.get(g);
-        if (!c) {
-          c = mul(kT, o.coef[g]).keep();
-          scaleOf.set(g, c);
-        }
-        const cc = c;
-        const e = tidy(() => {
-          const eta = this.etaOf(o.adaptive, k);
-          if (eta === null) return mul(dk!, cc);
-          const t = add(abs(p), eta);
-          return mul(mul(mul(t, t), dk!), cc);
-        });
-        const np = add(p, e);
-        this.put('aux', k, o.mode === 'backup' ? p.detach() : e);
-        this.put('p', k, np);
-        np.dispose();
-        if (o.mode === 'backup') e.dispose();
-      });
-      for (const c of scaleOf.values()) c.dispose();
-      kT.dispose();
-    });
+    this.run(perturbCall('p', dir, 'aux', o.save ?? null, this.groups, { coef: o.coef, normSlot: o.normSlot, eps: o.eps, adaptive: o.adaptive, select: o.select, mode: o.mode, gated: o.gated }));
   }
   restore(mode: RestoreMode): void {
-    noGrad(() => {
-      const aux = this.vec('aux');
-      this.params.forEach((p, k) => {
-        const a = aux[k];
-        if (!a) return;
-        if (mode === 'backup') this.put('p', k, a);
-        else {
-          const np = sub(p, a);
-          this.put('p', k, np);
-          np.dispose();
-        }
-        this.put('aux', k, null);
-      });
-    });
+    this.run(restoreCall('p', 'aux', mode));
   }
   lincomb(out: string, self: Coef, terms: readonly EngineTerm[]): void {
-    noGrad(() => {
-      const o = this.vec(out);
-      const ts = terms.map((t) => ({ x: this.vec(t.x), c: t.c, slot: t.slot }));
-      const coef = (c: Coef): Tensor | number => (c.slot === undefined ? c.c : mul(this.S[c.slot], c.c));
-      tidy(() => {
-        const selfC = self.c === 0 && self.slot === undefined ? null : coef(self);
-        const tc = ts.map((t) => coef(t));
-        this.params.forEach((_, k) => {
-          let v: Tensor | null = selfC !== null && o[k] ? mul(o[k]!, selfC) : null;
-          ts.forEach((t, j) => {
-            const x = t.x[k];
-            if (!x) return;
-            const term = mul(x, tc[j]);
-            v = v ? add(v, term) : term;
-          });
-          if (v) this.put(out, k, (v as Tensor).keep());
-        });
-      });
-    });
+    this.run(lincombCall(out, self, terms, this.groups));
   }
   copy(dst: string, src: string): void {
-    noGrad(() => {
-      const s = this.vec(src);
-      this.params.forEach((_, k) => this.put(dst, k, s[k] ? cloneT(s[k]!) : null));
-    });
+    this.run(copyCall(dst, src));
   }
   noise(out: string, o: { key0: number; key1: number; scale: readonly number[]; filterwise: boolean }): void {
-    noGrad(() => {
-      this.params.forEach((p, k) => {
-        if (!this.active(k) || p.size === 0) {
-          this.put(out, k, null);
-          return;
-        }
-        const z = tidy(() => {
-          const raw = Tensor.empty(p.shape.slice(), this.dtype, this.backend);
-          // The flat engine draws element i of the arena with (key0, key1); element j of this
-          // parameter is arena element offset + j, i.e. element j with key0 + 2*offset (normals use
-          // the bits of 2i and 2i+1).
-          this.backend.random(raw.storage, (o.key0 + 2 * this.offsets[k]) >>> 0, o.key1, { kind: 'normal', mean: 0, std: 1 });
-          const sc = o.scale[this.groupOf[k]];
-          if (!o.filterwise) return mul(raw, sc);
-          if (p.ndim < 2) return mul(raw, mul(add(sqrt(sum(p.square())), 1e-16), sc));
-          const rows = p.shape[0];
-          const rn = sqrt(sum(reshape(p, [rows, p.size / rows]).square(), 1, true));
-          return reshape(mul(reshape(raw, [rows, p.size / rows]), mul(rn, sc)), p.shape.slice());
-        });
-        this.put(out, k, z);
-      });
-    });
+    const outs = this.ensureState(out);
+    const arr = hostArrayOf(this.backend);
+    if (!arr) return this.deviceNoise(outs, o);
+    hostNoise(
+      this.params.map((p, k) => ({
+        out: arr(outs[k].storage),
+        p: o.filterwise ? arr(p.storage) : null,
+        offset: 0,
+        base: this.offsets[k],
+        numel: p.size,
+        group: this.groupOf[k],
+        flags: this.flagsBase[k] | (this.act[k] ? FLAG_ACTIVE : 0),
+        rowLen: p.size === 0 ? 0 : p.ndim < 2 ? p.size : p.size / p.shape[0],
+      })),
+      o,
+      this.dtype === 'float32' ? Math.fround : (x) => x,
+    );
   }
-
-  /** The gate on the host: true when the step must be skipped (sync read on host backends). */
-  private gateHost(): { skip: boolean; onDevice: boolean } {
-    const rs = this.backend.readSync;
-    if (!rs) return { skip: false, onDevice: true };
-    const flag = rs.call(this.backend, this.S[S_FLAG].storage)[0];
-    return { skip: flag !== 0, onDevice: false };
-  }
-
+  /** One-parameter layouts (a device's noise kernel works on a layout) and the RWP row-norm scratch. */
+  private noiseLayouts: ArenaLayout[] | null = null;
+  private rowNorms: Tensor | null = null;
   /**
-   * Applies `body` to every active parameter with its own step number (its count of updates taken,
-   * this one included: a host number where the backend reads synchronously, else a 0-d tensor).
-   * With a device-side gate every new value, state created on this step included (from zeros), and
-   * the step count pass through where(flag, old, new): a skipped step changes nothing.
+   * Noise on a device backend: its fused noise kernel once per tensor, over a one-parameter layout,
+   * with the key shifted so that element j draws what element offset + j of the arena draws.
    */
-  private updateLoop(o: EngineUpdate, body: (k: number, p: Tensor, d: Tensor, step: number | Tensor) => Record<string, Tensor>, d: string): void {
-    noGrad(() => {
-      if (o.restore) this.restore(o.restore);
-      let deviceGate = false;
-      if (o.gated) {
-        const g = this.gateHost();
-        if (!g.onDevice) {
-          if (g.skip) return;
-        } else deviceGate = true;
-      }
-      const ds = this.vec(d);
-      this.params.forEach((p, k) => {
-        const dk = ds[k];
-        if (!this.active(k) || !dk) return;
-        tidy(() => {
-          const skipped = deviceGate ? ne(this.S[S_FLAG], 0) : null;
-          const taken = add(this.steps[k], 1);
-          const nextCount = skipped ? where(skipped, this.steps[k], taken) : taken;
-          const news = body(k, p, dk, this.backend.readSync ? taken.itemSync() : taken);
-          for (const [name, t] of Object.entries(news)) {
-            const old = name === 'p' ? p : (this.vec(name)[k] ?? (skipped ? Tensor.empty(p.shape.slice(), this.dtype, this.backend) : null));
-            const val = skipped && old ? where(skipped, old, t) : t;
-            this.put(name, k, name === 'p' ? val : val.keep());
-          }
-          this.steps[k].dispose();
-          this.steps[k] = nextCount.keep();
-        });
-      });
+  private deviceNoise(outs: Tensor[], o: { key0: number; key1: number; scale: readonly number[]; filterwise: boolean }): void {
+    const fk = fusedKernelsFor(this.backend);
+    if (!fk) throw new Error(`optimizer: the ${this.backend.name} backend has no noise kernel`);
+    const b = this.backend;
+    this.noiseLayouts ??= this.params.map((p, k) => {
+      const rowLen = p.size === 0 ? 0 : p.ndim < 2 ? p.size : p.size / p.shape[0];
+      const blocks = Math.max(Math.ceil(p.size / BLOCK), 1);
+      const info = { offset: 0, numel: p.size, group: this.groupOf[k], flags: this.flagsBase[k], rowLen, rowBase: 0 };
+      const table = new Int32Array(PARAM_FIELDS);
+      table.set([0, p.size, info.group, info.flags, rowLen, 0]);
+      const bp = new Int32Array(blocks);
+      return { dtype: this.dtype, numel: blocks * BLOCK, blocks, groups: this.groups, params: [info], rows: rowLen > 0 ? p.size / rowLen : 0, blockParam: b.upload(bp, 'int32'), paramTable: b.upload(table, 'int32'), blockParamHost: bp };
+    });
+    const maxRows = Math.max(1, ...this.noiseLayouts.map((l) => l.rows));
+    if (o.filterwise) this.rowNorms ??= Tensor.empty([maxRows], this.dtype, b).keep();
+    this.params.forEach((p, k) => {
+      const base = this.noiseLayouts![k];
+      // The active flag changes from step to step: the table row is rewritten with it.
+      const flags = this.flagsBase[k] | (this.act[k] ? FLAG_ACTIVE : 0);
+      const row = Int32Array.from([0, p.size, this.groupOf[k], flags, base.params[0].rowLen, 0, 0, 0]);
+      b.write(base.paramTable, row);
+      const L: ArenaLayout = { ...base, params: [{ ...base.params[0], flags }] };
+      fk.noise(L, outs[k].storage, { key0: (o.key0 + 2 * this.offsets[k]) >>> 0, key1: o.key1, scale: o.scale, filterwise: o.filterwise ? { p: p.storage, rowNorms: this.rowNorms!.storage } : null });
     });
   }
-
   sgd(d: string, groups: readonly SgdGroup[], o: EngineUpdate): void {
-    this.updateLoop(o, (k, p, dIn, step) => {
-      const { lr, momentum, dampening, nesterov } = groups[this.groupOf[k]];
-      const wd = this.decays[k] ? groups[this.groupOf[k]].weightDecay : 0;
-      const out: Record<string, Tensor> = {};
-      let dd = dIn;
-      if (wd !== 0) dd = add(dd, mul(p, wd));
-      if (momentum !== 0) {
-        const old = this.vec('momentum_buffer')[k];
-        // torch starts the buffer at d on a parameter's first step (its own count, not the optimizer's).
-        const later = old ? add(mul(old, momentum), mul(dd, 1 - dampening)) : null;
-        const buf = !later ? cloneT(dd) : typeof step === 'number' ? (step <= 1 ? cloneT(dd) : later) : where(eq(step, 1), dd, later);
-        out.momentum_buffer = buf;
-        dd = nesterov ? add(dd, mul(buf, momentum)) : buf;
-      }
-      out.p = add(p, mul(dd, -lr));
-      return out;
-    }, d);
+    const mom = groups.some((g) => g.momentum !== 0) ? 'momentum_buffer' : null;
+    this.run(sgdCall('p', d, mom, groups, o.restore ? { aux: 'aux', mode: o.restore } : null, o.gated));
   }
   adam(d: string, groups: readonly AdamGroup[], o: EngineUpdate): void {
-    this.updateLoop(o, (k, p, dIn, step) => {
-      const { lr, beta1, beta2, eps, decoupled } = groups[this.groupOf[k]];
-      const wd = this.decays[k] ? groups[this.groupOf[k]].weightDecay : 0;
-      let dd = dIn;
-      let pp = p;
-      if (wd !== 0) {
-        if (decoupled) pp = mul(p, 1 - lr * wd);
-        else dd = add(dd, mul(p, wd));
-      }
-      const m0 = this.vec('exp_avg')[k] ?? Tensor.empty(p.shape.slice(), this.dtype, this.backend);
-      const v0 = this.vec('exp_avg_sq')[k] ?? Tensor.empty(p.shape.slice(), this.dtype, this.backend);
-      const m = add(mul(m0, beta1), mul(dd, 1 - beta1));
-      const v = add(mul(v0, beta2), mul(mul(dd, dd), 1 - beta2));
-      // Bias correction by this parameter's own step count (on the device when it is a tensor).
-      // On the device beta^t is exp(t ln beta): t is a whole number of steps and t ln beta is small.
-      const negStepSize = typeof step === 'number' ? -(lr / (1 - Math.pow(beta1, step))) : div(-lr, sub(1, exp(mul(step, Math.log(beta1)))));
-      const invBc2 = typeof step === 'number' ? 1 / Math.sqrt(1 - Math.pow(beta2, step)) : reciprocal(sqrt(sub(1, exp(mul(step, Math.log(beta2))))));
-      const denom = add(mul(sqrt(v), invBc2), eps);
-      return { exp_avg: m, exp_avg_sq: v, p: add(pp, mul(div(m, denom), negStepSize)) };
-    }, d);
+    this.run(adamCall('p', d, 'exp_avg', 'exp_avg_sq', groups, o.restore ? { aux: 'aux', mode: o.restore } : null, o.gated));
   }
 
   stateTensors(name: string): Tensor[] | null {
-    const v = this.vecs.get(name);
-    if (!v) return null;
-    return v.map((t, k) => t ?? this.fillState(name, k));
+    return this.state.get(name) ?? null;
   }
   ensureState(name: string): Tensor[] {
-    this.vec(name);
-    return this.stateTensors(name)!;
-  }
-  private fillState(name: string, k: number): Tensor {
-    const z = Tensor.empty(this.params[k].shape.slice(), this.dtype, this.backend);
-    this.put(name, k, z);
-    return this.vec(name)[k]!;
+    let ts = this.state.get(name);
+    if (!ts) {
+      ts = this.params.map((p) => Tensor.empty(p.shape.slice(), this.dtype, this.backend).keep());
+      this.state.set(name, ts);
+    }
+    return ts;
   }
   hasState(name: string): boolean {
-    return this.vecs.has(name);
+    return this.state.has(name);
   }
+  private stepCopies: Tensor[] | null = null;
   paramSteps(): (number | Tensor)[] {
-    return this.backend.readSync ? this.steps.map((t) => t.itemSync()) : this.steps.slice();
+    this.stepCopies ??= this.backend.readSync ? null : this.params.map(() => Tensor.empty([], this.dtype, this.backend).keep());
+    return readStepCounts(this.backend, this.steps, this.params.length, this.stepCopies);
   }
   setParamStep(k: number, v: number | Tensor): void {
-    // A copy: the state dict's tensor stays the caller's.
-    const t =
-      v instanceof Tensor && v.backend === this.backend
-        ? noGrad(() => tidy(() => cloneT(reshape(cast(v, this.dtype), []))))
-        : this.num(typeof v === 'number' ? v : hostNumber(v, `optimizer.loadStateDict(${k}.step)`));
-    this.steps[k].dispose();
-    this.steps[k] = t.keep();
+    writeStepCount(this.backend, this.dtype, this.steps, k, v);
   }
   scalarsTensor(): Tensor {
-    return stack(this.S).keep();
+    this.sTensor ??= Tensor.fromStorage(this.S, [S_SLOTS], this.backend).keep();
+    return this.sTensor;
   }
   loadScalars(values: ArrayLike<number>): void {
-    for (let i = 0; i < S_SLOTS; i++) this.setS(i, this.num(i < values.length ? values[i] : 0));
+    const a = this.dtype === 'float64' ? new Float64Array(S_SLOTS) : new Float32Array(S_SLOTS);
+    for (let i = 0; i < Math.min(values.length, S_SLOTS); i++) a[i] = values[i];
+    this.backend.write(this.S, a);
   }
   async readScalars(): Promise<Float64Array> {
-    const out = new Float64Array(S_SLOTS);
-    for (let i = 0; i < S_SLOTS; i++) out[i] = (await this.S[i].data())[0];
-    return out;
+    return Float64Array.from(await this.backend.read(this.S));
   }
   readScalarsSync(): Float64Array | null {
-    if (!this.backend.readSync) return null;
-    return Float64Array.from(this.S, (t) => t.itemSync());
+    return this.backend.readSync ? Float64Array.from(this.backend.readSync(this.S)) : null;
   }
   dispose(): void {
-    for (const t of this.S) t.dispose();
-    for (const t of this.steps) t.dispose();
-    for (const v of this.vecs.values()) for (const t of v) t?.dispose();
-    this.vecs.clear();
+    for (const t of this.stepCopies ?? []) t.dispose();
+    for (const l of this.noiseLayouts ?? []) {
+      this.backend.release(l.blockParam);
+      this.backend.release(l.paramTable);
+    }
+    this.rowNorms?.dispose();
+    if (!this.sTensor) this.backend.release(this.S);
+    else this.sTensor.dispose();
+    this.backend.release(this.steps);
+    for (const ts of this.state.values()) for (const t of ts) t.dispose();
+    this.state.clear();
   }
+}
+
+// ------------------------------------------------------------------------------- helpers
+
+/** Offsets the flat arena would give each parameter: the per-tensor noise draws the same numbers. */
+function arenaOffsets(params: readonly Tensor[]): number[] {
+  let off = 0;
+  return params.map((p) => {
+    const o = off;
+    off += Math.ceil(p.size / BLOCK) * BLOCK;
+    return o;
+  });
+}
+
+/**
+ * Per-parameter step counts from their storage: numbers where the backend reads synchronously,
+ * else `copies` (0-d tensors, refreshed on the device: WebGPU binds views only at 256-byte
+ * offsets, so the counts are copied out rather than viewed).
+ */
+function readStepCounts(b: Backend, counts: Storage, n: number, copies: Tensor[] | null): (number | Tensor)[] {
+  if (b.readSync) {
+    const host = b.readSync(counts);
+    return Array.from({ length: n }, (_, k) => host[k]);
+  }
+  copies!.forEach((t, k) => b.stridedCopy(counts, t.storage, { shape: [1], srcStrides: [1], srcOffset: k, dstStrides: [1], dstOffset: 0 }));
+  return copies!;
+}
+
+/** Sets count k: a one-element tensor of this backend and dtype is copied on the device; anything else goes through a number. */
+function writeStepCount(b: Backend, dtype: DType, counts: Storage, k: number, v: number | Tensor): void {
+  const onDevice = v instanceof Tensor && v.backend === b && v.dtype === dtype;
+  const src = onDevice ? v : Tensor.empty([], dtype, b);
+  if (!onDevice) copyInto(src, Float64Array.of(typeof v === 'number' ? v : hostNumber(v, `optimizer.loadStateDict(${k}.step)`)));
+  b.stridedCopy(src.storage, counts, { shape: [1], srcStrides: [1], srcOffset: 0, dstStrides: [1], dstOffset: k });
+  if (!onDevice) src.dispose();
 }
 
 /** The value of a one-element tensor read synchronously (a state dict from another backend). */
@@ -737,6 +522,7 @@ function hostNumber(t: Tensor, where: string): number {
 export function makeEngine(params: readonly Tensor[], groupOf: readonly number[], groups: number, fused: boolean | undefined, decay: 'all' | 'weights' = 'all'): Engine {
   const k = fused === false || params.length === 0 ? null : fusedKernelsFor(params[0].backend);
   if (fused === true && !k) throw new Error(`optimizer: fused: true, but the ${params[0].backend.name} backend has no fused optimizer kernels`);
-  return k ? new FlatEngine(params, groupOf, groups, k, decay) : new LoopEngine(params, groupOf, decay);
+  if (k) return new FlatEngine(params, groupOf, groups, k, decay);
+  return new LoopEngine(params, groupOf, decay);
 }
 

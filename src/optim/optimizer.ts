@@ -162,6 +162,9 @@ export abstract class Optimizer {
 
   protected validateAll(): void {
     for (const g of this.paramGroups) this.validateGroup(g);
+    // The kernels get the hyper-parameters as host numbers: a captured step (src/compile) replays
+    // only while they are what they were when it was traced (a scheduler's new lr traces again).
+    captureHooks.hostState?.(`${this.name}.paramGroups`, () => this.paramGroups.map(({ params: _p, ...h }) => h), null);
   }
 
   /** The base update with descent direction `d` (a vector name), optionally fused with SAM's restore. */

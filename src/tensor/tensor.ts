@@ -16,6 +16,7 @@ import * as N from './ops/nn.js';
 import * as O from './ops/sort.js';
 import * as X from './ops/indexing.js';
 import { einsum } from './ops/einsum.js';
+import { captureHooks } from '../compile/hooks.js';
 
 // `[Symbol.dispose]` below needs Symbol.dispose in the consumer's types, which only lib
 // esnext.disposable (or @types/node) declares. Declared here the way @types/node does, so that the
@@ -137,6 +138,8 @@ export class Tensor {
     const old = this.storageRef;
     ref.retain();
     this.ref = ref;
+    // Captured steps (src/compile) follow state that moves to new storage (BatchNorm's statistics).
+    if (old.storage !== ref.storage) captureHooks.rebound?.(old.storage, ref.storage);
     old.release();
   }
 

@@ -37,8 +37,13 @@ export interface ArenaKernelSpec {
   hyper?: Readonly<Record<string, number>>;
   /** Scalar slots of S (src/kernels/fused.ts) the kernel reads or its reductions write, by name. */
   slots?: Readonly<Record<string, number>>;
-  /** Adds one to each active parameter's step count (torch's state['step']) before the body runs. */
-  countSteps?: boolean;
+  /**
+   * Adds one to each active parameter's step count (torch's state['step']) before the body runs:
+   * true, or a uniform condition (one value per parameter; it must not read the step count) under
+   * which the step is counted, for a kernel that writes through a `where` rather than a guard
+   * (a restore fused with a gated update restores every parameter, and counts only a taken step).
+   */
+  countSteps?: boolean | ((h: Vectors, s: Vectors, k: Builders) => Node);
   /** Also run on parameters without a gradient this step (default false: they are left alone). */
   includeInactive?: boolean;
   /** A uniform condition per parameter: where false, nothing is written and no step is counted. */
@@ -47,6 +52,14 @@ export interface ArenaKernelSpec {
   body?: (v: Vectors, h: Vectors, s: Vectors, k: Builders) => Readonly<Record<string, Operand>>;
   /** Reductions over the active elements (the old values), each written to a declared slot. */
   reduce?: (v: Vectors, h: Vectors, s: Vectors, k: Builders) => Readonly<Record<string, Reduction>>;
+  /**
+   * A scalar program run once after the pass (after the reductions are stored): assignments
+   * slot = expression over scalar slots and constants, in order, each seeing the slots the earlier
+   * ones wrote (entries [slot, value] when a slot is assigned twice). Computed in float64 on the
+   * host, in float32 on a GPU, and stored in the arena's dtype. A kernel may consist of this alone
+   * (no vectors): a scalar program such as SAM's step commit.
+   */
+  after?: (s: Vectors, k: Builders) => Readonly<Record<string, Operand>> | readonly (readonly [string, Operand])[];
 }
 
 export interface KernelVector {
@@ -69,11 +82,15 @@ export interface ArenaKernel {
   readonly hyper: Readonly<Record<string, number>>;
   readonly slots: Readonly<Record<string, number>>;
   readonly countSteps: boolean;
+  /** The condition of countSteps when it is one (null: every active parameter is counted). */
+  readonly countIf: Node | null;
   readonly includeInactive: boolean;
   readonly guard: Node | null;
   /** Written vectors (indexes into `vectors`) and their values. */
   readonly writes: readonly { readonly vector: number; readonly value: Node }[];
   readonly reductions: readonly KernelReduction[];
+  /** The scalar program run after the pass, in order. */
+  readonly after: readonly { readonly slotName: string; readonly slot: number; readonly value: Node }[];
   /** Maximal uniform subtrees the elementwise code uses: computed once per parameter. */
   readonly coefs: readonly Node[];
   /** The non-uniform nodes in dependency order. */
@@ -109,9 +126,9 @@ function declared(kernel: string, part: string, what: string, values: Record<str
 export function defineArenaKernel(spec: ArenaKernelSpec): ArenaKernel {
   const name = spec?.name;
   if (typeof name !== 'string' || name.length === 0) throw new ArenaDefinitionError('arena kernel: a definition needs a non-empty name');
-  if (!spec.body && !spec.reduce) fail(name, 'definition', 'has neither a body nor reductions');
+  if (!spec.body && !spec.reduce && !spec.after) fail(name, 'definition', 'has neither a body, reductions nor a scalar program (after)');
   const vecEntries = Object.entries(spec.vectors ?? {});
-  if (vecEntries.length === 0) fail(name, 'vectors', 'declares no arena vector');
+  if (vecEntries.length === 0 && (spec.body || spec.reduce)) fail(name, 'vectors', 'declares no arena vector');
   for (const [v, a] of vecEntries) {
     if (!IDENT.test(v)) fail(name, 'vectors', `'${v}' is not a valid name (letters, digits and _)`);
     if (a !== 'read' && a !== 'write' && a !== 'readwrite') fail(name, 'vectors', `'${v}' has access ${JSON.stringify(a)}; expected 'read', 'write' or 'readwrite'`);
@@ -160,6 +177,16 @@ export function defineArenaKernel(spec: ArenaKernelSpec): ArenaKernel {
     guard = g;
   }
 
+  let countIf: Node | null = null;
+  if (typeof spec.countSteps === 'function') {
+    const [, h, s] = proxies('countSteps');
+    const c = run('countSteps', () => (spec.countSteps as (h: Vectors, s: Vectors, k: Builders) => Node)(h, s, builders));
+    if (!isNode(c) || c.ty !== 'b') fail(name, 'countSteps', `must be true or a boolean expression, got ${isNode(c) ? `a float (${describe(c)})` : JSON.stringify(c)}`);
+    if (!isUniform(c)) fail(name, 'countSteps', `must be uniform (one value per parameter), but reads an arena vector: ${describe(c)}`);
+    if (topo([c]).some((n) => n.op === 'step')) fail(name, 'countSteps', 'must not read the step count it decides on');
+    countIf = c;
+  } else if (spec.countSteps !== undefined && typeof spec.countSteps !== 'boolean') fail(name, 'countSteps', `must be true, false or a condition, got ${JSON.stringify(spec.countSteps)}`);
+
   const writes: { vector: number; value: Node }[] = [];
   const vecIndex = new Map(vecEntries.map(([v], i) => [v, i]));
   if (spec.body) {
@@ -196,6 +223,27 @@ export function defineArenaKernel(spec: ArenaKernelSpec): ArenaKernel {
     }
   }
 
+  const after: { slotName: string; slot: number; value: Node }[] = [];
+  if (spec.after) {
+    const [, , s] = proxies('after');
+    const out = run('after', () => spec.after!(s, builders));
+    if (typeof out !== 'object' || out === null || isNode(out) || isReduction(out)) fail(name, 'after', 'must return { slotName: expression } or [[slotName, expression], ...]');
+    const entries: (readonly [string, Operand])[] = Array.isArray(out) ? out : Object.entries(out);
+    for (const e of entries) {
+      if (!Array.isArray(e) || e.length !== 2 || typeof e[0] !== 'string') fail(name, 'after', `expected [slotName, expression] entries, got ${JSON.stringify(e)}`);
+      const [sn, val] = e;
+      const part = `after, slot '${sn}'`;
+      if (!(sn in slots)) fail(name, part, `writes undeclared scalar slot '${sn}' (declare it in slots)`);
+      if (isReduction(val)) fail(name, part, `a reduction (${val.reduction} of ${describe(val.x)}) in the scalar program; reductions go in reduce`);
+      const node = typeof val === 'number' ? builders.c(val) : isNode(val) ? val : fail(name, part, `expected an expression or a number, got ${JSON.stringify(val) ?? String(val)}`);
+      if (node.ty !== 'f') fail(name, part, `type mismatch: a slot holds a float, got a boolean (${describe(node)}); use k.where(cond, 1, 0)`);
+      const bad = topo([node]).find((n) => n.op !== 'slot' && n.op !== 'const' && children(n).length === 0);
+      if (bad) fail(name, part, `a scalar program reads only scalar slots and constants, got ${describe(bad)}`);
+      if (topo([node]).some((n) => n.op === 'draw')) fail(name, part, 'a scalar program has no parameter to draw for (paramUniform)');
+      after.push({ slotName: sn, slot: slots[sn], value: node });
+    }
+  }
+
   const roots = [...writes.map((w) => w.value), ...reductions.map((r) => r.x)];
   const order = topo(roots, true);
   const coefs = order.filter((n) => isUniform(n));
@@ -208,11 +256,13 @@ export function defineArenaKernel(spec: ArenaKernelSpec): ArenaKernel {
     vectors,
     hyper,
     slots,
-    countSteps: spec.countSteps === true,
+    countSteps: spec.countSteps === true || countIf !== null,
+    countIf,
     includeInactive: spec.includeInactive === true,
     guard,
     writes,
     reductions,
+    after,
     coefs,
     elementwise,
     signature: '',
@@ -225,7 +275,7 @@ export function defineArenaKernel(spec: ArenaKernelSpec): ArenaKernel {
 function signatureOf(kd: Omit<ArenaKernel, 'signature'>): string {
   const ids = new Map<Node, number>();
   const lines: string[] = [];
-  const all = topo([...(kd.guard ? [kd.guard] : []), ...kd.writes.map((w) => w.value), ...kd.reductions.map((r) => r.x)]);
+  const all = topo([...(kd.guard ? [kd.guard] : []), ...(kd.countIf ? [kd.countIf] : []), ...kd.after.map((a) => a.value), ...kd.writes.map((w) => w.value), ...kd.reductions.map((r) => r.x)]);
   for (const n of all) {
     const args = children(n).map((c) => `t${ids.get(c)}`);
     const own = n.op === 'const' ? String(n.value) : 'name' in n ? n.name : n.op === 'flag' ? String(n.flag) : '';
@@ -240,7 +290,22 @@ function signatureOf(kd: Omit<ArenaKernel, 'signature'>): string {
     `flags ${kd.countSteps ? 'countSteps ' : ''}${kd.includeInactive ? 'includeInactive' : ''}`,
     ...lines,
     `guard ${kd.guard ? `t${ids.get(kd.guard)}` : '-'}`,
+    `countIf ${kd.countIf ? `t${ids.get(kd.countIf)}` : '-'}`,
     ...kd.writes.map((w) => `write ${kd.vectors[w.vector].name}=t${ids.get(w.value)}`),
     ...kd.reductions.map((r) => `reduce ${r.slotName}=${r.reduction}(t${ids.get(r.x)})`),
+    ...kd.after.map((a) => `after ${a.slotName}=t${ids.get(a.value)}`),
   ].join('\n');
+}
+
+/** Whether the kernel counts or reads per-parameter step counts (it then needs the steps storage). */
+export function usesSteps(kernel: ArenaKernel): boolean {
+  const nodes = [...kernel.coefs, ...(kernel.guard ? [kernel.guard] : [])];
+  const seen = new Set<Node>();
+  const visit = (n: Node): boolean => {
+    if (seen.has(n)) return false;
+    seen.add(n);
+    if (n.op === 'step') return true;
+    return ('c' in n && visit(n.c)) || ('a' in n && visit(n.a)) || ('b' in n && visit(n.b));
+  };
+  return kernel.countSteps || nodes.some(visit);
 }

@@ -35,14 +35,19 @@ export type Node =
   | { readonly op: 'nonfinite'; readonly ty: 'b'; readonly a: Node }
   | { readonly op: 'where'; readonly ty: 'f'; readonly c: Node; readonly a: Node; readonly b: Node }
   /** b^e for uniform b and e (Adam's bias correction beta^t): float64 on the host, repeated squaring on a GPU. */
-  | { readonly op: 'pow'; readonly ty: 'f'; readonly a: Node; readonly b: Node };
+  | { readonly op: 'pow'; readonly ty: 'f'; readonly a: Node; readonly b: Node }
+  /**
+   * A per-parameter uniform draw in [0, 1): uniformAt(a, b, index of the parameter) of
+   * src/kernels/rng.ts, with uniform keys a and b (ESAM's random choice of parameters).
+   */
+  | { readonly op: 'draw'; readonly ty: 'f'; readonly a: Node; readonly b: Node };
 
 export type ReductionKind = 'sum' | 'maxabs' | 'nonfinite' | 'norm';
 
 /**
  * A reduction over the active elements of the arena, written to a scalar slot. The summation
- * order is fixed (reduce.ts): per 64-element block, four lane accumulators over elements
- * i = 4q + j in increasing q, combined as (l0 + l1) + (l2 + l3); then the block partials in a
+ * order is fixed (reduce.ts): per 64-element block, sixteen accumulators (element 16q + 4m + L
+ * to quad m, lane L), combined quad by quad then lane by lane; then the block partials in a
  * fixed pairwise tree. `norm` is scaled by the largest magnitude, so it never overflows while the
  * norm itself is representable.
  */
@@ -142,6 +147,16 @@ export const k = {
   pow: (a: Operand, b: Operand): Node => {
     const n: Node = { op: 'pow', ty: 'f', a: operand(a, 'pow: base', 'f'), b: operand(b, 'pow: exponent', 'f') };
     if (!isUniform(n)) throw new ArenaDefinitionError(`pow: takes uniform operands (hyper-parameters, slots, step, constants), got ${describe(n)}`);
+    return n;
+  },
+  /**
+   * A uniform random number in [0, 1) per parameter: uniformAt(key0, key1, parameter index) of
+   * src/kernels/rng.ts (exact in float32). The keys are uniform (hyper-parameters: whole numbers
+   * below 2^32).
+   */
+  paramUniform: (key0: Operand, key1: Operand): Node => {
+    const n: Node = { op: 'draw', ty: 'f', a: operand(key0, 'paramUniform: key0', 'f'), b: operand(key1, 'paramUniform: key1', 'f') };
+    if (!isUniform(n)) throw new ArenaDefinitionError(`paramUniform: takes uniform keys (hyper-parameters, constants), got ${describe(n)}`);
     return n;
   },
   c: (value: number): Node => ({ op: 'const', ty: 'f', value }),

@@ -6,7 +6,7 @@
  * (src/optim/arena.ts) and a step is one pass over it; with fused: false the same kernel runs once
  * per parameter tensor (the per-tensor baseline).
  */
-import { S_SLOTS, FLAG_ACTIVE, FLAG_DECAY, FLAG_VECTOR, FLAG_WEIGHT } from '../fused.js';
+import { S_SLOTS, S_FLAG, FLAG_ACTIVE, FLAG_DECAY, FLAG_VECTOR, FLAG_WEIGHT } from '../fused.js';
 import type { Storage } from '../backend.js';
 import { Tensor } from '../../tensor/tensor.js';
 import { FlatArena, isWeightParam } from '../../optim/arena.js';
@@ -33,8 +33,23 @@ export interface OptimizerDefinition {
   create(params: ParamsInput, opts?: ArenaOptimizerOptions): ArenaOptimizer;
 }
 
+/** Sets S[S_FLAG] when an active gradient holds a NaN or Inf; run before every update. */
+const NONFINITE_CHECK = defineArenaKernel({
+  name: 'arena-optimizer-nonfinite-check',
+  vectors: { g: 'read' },
+  slots: { flag: S_FLAG },
+  reduce: ({ g }, _h, _s, k) => ({ flag: k.anyNonFinite(g) }),
+});
+
 export function defineOptimizer(spec: ArenaKernelSpec): OptimizerDefinition {
-  const kernel = defineArenaKernel(spec);
+  // A step whose gradients hold a NaN or Inf is skipped whole (nothing written, no step counted),
+  // as the library's own optimizers skip it: the update is guarded on the flag NONFINITE_CHECK sets.
+  const own = spec?.guard;
+  const kernel = defineArenaKernel({
+    ...spec,
+    slots: { ...spec?.slots, nonfinite_gradient: S_FLAG },
+    guard: (h, s, k) => (own ? k.and(own(h, s, k), k.eq(s.nonfinite_gradient, 0)) : k.eq(s.nonfinite_gradient, 0)),
+  });
   const access = Object.fromEntries(kernel.vectors.map((v) => [v.name, v.access]));
   if (access.p !== 'readwrite' && access.p !== 'write') throw new ArenaDefinitionError(`arena optimizer "${kernel.name}": vectors: 'p' (the parameters) must be declared 'readwrite'`);
   if (access.g !== 'read') throw new ArenaDefinitionError(`arena optimizer "${kernel.name}": vectors: 'g' (the gradients) must be declared 'read'`);
@@ -105,6 +120,7 @@ export class ArenaOptimizer {
       const a = this.arena;
       a.syncGrads();
       const vectors = Object.fromEntries(kernel.vectors.map((v) => [v.name, a.vec(v.name)]));
+      runArenaKernel(NONFINITE_CHECK, a.backend, { layout: a.layout, vectors: { g: a.G }, S: this.S }, { path: this.path });
       runArenaKernel(kernel, a.backend, { layout: a.layout, vectors, S: this.S, steps: this.steps, hyper: this.groups }, { path: this.path });
       return;
     }
@@ -117,7 +133,9 @@ export class ArenaOptimizer {
       for (const v of state) vectors[v.name] = this.stateTensors(v.name)[k].storage;
       return { vectors, numel: p.size, group: this.groupOf[k], flags };
     });
-    runPerTensor(kernel, this.params[0].backend, { dtype: this.params[0].dtype as 'float32' | 'float64', params, S: this.S, steps: this.steps, hyper: this.groups }, { path: this.path });
+    const perTensor = { dtype: this.params[0].dtype as 'float32' | 'float64', S: this.S, steps: this.steps, hyper: this.groups };
+    runPerTensor(NONFINITE_CHECK, this.params[0].backend, { ...perTensor, params: params.map((p) => ({ ...p, vectors: { g: p.vectors.g } })) }, { path: this.path });
+    runPerTensor(kernel, this.params[0].backend, { ...perTensor, params }, { path: this.path });
   }
 
   /** Clears the gradients (torch's set_to_none by default). */

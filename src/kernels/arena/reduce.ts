@@ -2,10 +2,13 @@
  * The fixed summation order of arena reductions, shared by every renderer so that the float32
  * reference and the wasm kernels agree bit for bit (and WebGPU within a few ulps):
  *
- * 1. Per 64-element block (a block lies inside one parameter), four lane accumulators: lane j
- *    takes the elements 4q + j of the block in increasing q, starting from +0; elements past the
- *    parameter's end, and blocks of inactive parameters or padding, add nothing. The block's
- *    partial is (l0 + l1) + (l2 + l3) (max for max |x|, or for the non-finite flag).
+ * 1. Per 64-element block (a block lies inside one parameter), sixteen accumulators A[m][L]
+ *    (four quads of four lanes): A[m][L] takes the elements 16q + 4m + L of the block in
+ *    increasing q, starting from +0; elements past the parameter's end, and blocks of inactive
+ *    parameters or padding, add nothing. The block's partial is, with
+ *    V[L] = (A[0][L] + A[1][L]) + (A[2][L] + A[3][L]), (V[0] + V[1]) + (V[2] + V[3]) (the max
+ *    of all sixteen for max |x|, or for the non-finite flag). Four independent quads keep a SIMD
+ *    loop from waiting on one accumulator's additions (each chain is four long per block).
  * 2. The block partials in a fixed pairwise tree: for w = 1, 2, 4, ...: P[i] = P[i] (+) P[i + w]
  *    for every i that is a multiple of 2w; the result is P[0].
  *

@@ -19,6 +19,7 @@ import type { TypedArray } from '../../tensor/dtype.js';
 import type { ArenaKernel } from './define.js';
 import { type Node } from './expr.js';
 import { partialsOf, scalable } from './reduce.js';
+import { uniformAt } from '../rng.js';
 
 /** What a coefficient may read: the group's hyper-parameters, the slots of S, the parameter's flags and step count. */
 export interface UniformEnv {
@@ -26,6 +27,8 @@ export interface UniformEnv {
   slot(name: string): number;
   flags: number;
   step: number;
+  /** The parameter's index (in the arena, or in the per-tensor list): what paramUniform draws for. */
+  param?: number;
 }
 
 /** A uniform expression in float64 (booleans as 1 and 0). */
@@ -61,6 +64,7 @@ export function evalUniform(n: Node, env: UniformEnv): number {
     case 'nonfinite': return Number.isFinite(a()) ? 0 : 1;
     case 'where': return evalUniform(n.c, env) !== 0 ? a() : b();
     case 'pow': return Math.pow(a(), b());
+    case 'draw': return uniformAt(a() >>> 0, b() >>> 0, env.param ?? 0);
   }
 }
 
@@ -174,8 +178,10 @@ export function renderReference(kernel: ArenaKernel, precision: Precision): stri
     });
     const norms = kernel.reductions.map((r, i) => ({ r, i })).filter(({ r }) => r.reduction === 'norm');
     lines.push('for (let b = start, blk = pblk; b < end; b += 64, blk++) {', 'const e = b + 64 < end ? b + 64 : end;');
-    const lanes = (body: (L: number) => string) =>
-      `for (let i = b; i < e; i += 4) { ${[0, 1, 2, 3].map((L) => `${L === 0 ? '' : `if (i + ${L} < e) `}{ const j = i + ${L}; ${body(L)} }`).join(' ')} }`;
+    // Sixteen elements an iteration: quad m (0..3) of it, lane L of the quad (reduce.ts).
+    const quad = (m: number, body: (L: number, m: number) => string) =>
+      `{ const i = i16 + ${4 * m}; ${[0, 1, 2, 3].map((L) => `if (i + ${L} < e) { const j = i + ${L}; ${body(L, m)} }`).join(' ')} }`;
+    const lanes = (body: (L: number, m: number) => string) => `for (let i16 = b; i16 < e; i16 += 16) { ${[0, 1, 2, 3].map((m) => quad(m, body)).join(' ')} }`;
     if (norms.length > 0) {
       // Loop 1: each norm's block maximum, from which its scaled sum is taken in loop 2.
       for (const { i } of norms) lines.push(`let n${i}_0 = 0, n${i}_1 = 0, n${i}_2 = 0, n${i}_3 = 0;`);
@@ -184,12 +190,14 @@ export function renderReference(kernel: ArenaKernel, precision: Precision): stri
         lines.push(`const m${i} = Math.max(Math.max(n${i}_0, n${i}_1), Math.max(n${i}_2, n${i}_3)); const sc${i} = m${i} > 0 && m${i} < Infinity; P[${base[i]}][blk] = m${i};`);
       }
     }
-    kernel.reductions.forEach((_, i) => lines.push(`let a${i}_0 = 0, a${i}_1 = 0, a${i}_2 = 0, a${i}_3 = 0;`));
-    const acc = (L: number) =>
+    const A = (i: number, m: number, L: number) => `a${i}_${m}_${L}`;
+    const M4 = [0, 1, 2, 3];
+    kernel.reductions.forEach((_, i) => lines.push(`let ${M4.flatMap((m) => M4.map((L) => `${A(i, m, L)} = 0`)).join(', ')};`));
+    const acc = (L: number, m: number) =>
       kernel.reductions
         .map((r, i) => {
           const x = ref(r.x);
-          const a = `a${i}_${L}`;
+          const a = A(i, m, L);
           switch (r.reduction) {
             case 'sum': return `${a} = ${R(`${a} + ${x}`)};`;
             case 'maxabs': return `${a} = Math.max(${a}, Math.abs(${x}));`;
@@ -198,13 +206,15 @@ export function renderReference(kernel: ArenaKernel, precision: Precision): stri
           }
         })
         .join(' ');
-    lines.push(lanes((L) => `${compute(all)} ${acc(L)} if (write) { ${writes} }`));
+    lines.push(lanes((L, m) => `${compute(all)} ${acc(L, m)} if (write) { ${writes} }`));
     kernel.reductions.forEach((r, i) => {
-      const sum = R(`${R(`a${i}_0 + a${i}_1`)} + ${R(`a${i}_2 + a${i}_3`)}`);
+      // Lane L: (A0L + A1L) + (A2L + A3L); then (V0 + V1) + (V2 + V3).
+      const v = (L: number) => R(`${R(`${A(i, 0, L)} + ${A(i, 1, L)}`)} + ${R(`${A(i, 2, L)} + ${A(i, 3, L)}`)}`);
+      const sum = R(`${R(`${v(0)} + ${v(1)}`)} + ${R(`${v(2)} + ${v(3)}`)}`);
       switch (r.reduction) {
         case 'sum': lines.push(`P[${base[i]}][blk] = ${sum};`); break;
         case 'maxabs':
-        case 'nonfinite': lines.push(`P[${base[i]}][blk] = Math.max(Math.max(a${i}_0, a${i}_1), Math.max(a${i}_2, a${i}_3));`); break;
+        case 'nonfinite': lines.push(`P[${base[i]}][blk] = Math.max(${M4.flatMap((m) => M4.map((L) => A(i, m, L))).join(', ')});`); break;
         case 'norm': lines.push(`P[${base[i] + 1}][blk] = sc${i} ? ${sum} : 0;`); break;
       }
     });
@@ -288,10 +298,11 @@ export function interpretRange(kernel: ArenaKernel, precision: Precision, V: rea
       m[i] = Math.max(Math.max(n[0], n[1]), Math.max(n[2], n[3]));
       P[base[i]][blk] = m[i];
     });
-    const acc = kernel.reductions.map(() => [0, 0, 0, 0]);
+    const acc = kernel.reductions.map(() => new Array<number>(16).fill(0));
     for (let j = b; j < e; j++) {
       evalAt(j);
-      const L = (j - b) & 3;
+      // Accumulator 4m + L: quad m of a 16-element step, lane L (reduce.ts).
+      const L = (j - b) & 15;
       kernel.reductions.forEach((r, i) => {
         const x = f(r.x);
         const a = acc[i];
@@ -308,10 +319,11 @@ export function interpretRange(kernel: ArenaKernel, precision: Precision, V: rea
     }
     kernel.reductions.forEach((r, i) => {
       const a = acc[i];
-      const sum = R(R(a[0] + a[1]) + R(a[2] + a[3]));
+      const v = (L: number) => R(R(a[L] + a[4 + L]) + R(a[8 + L] + a[12 + L]));
+      const sum = R(R(v(0) + v(1)) + R(v(2) + v(3)));
       if (r.reduction === 'sum') P[base[i]][blk] = sum;
       else if (r.reduction === 'norm') P[base[i] + 1][blk] = scalable(m[i]) ? sum : 0;
-      else P[base[i]][blk] = Math.max(Math.max(a[0], a[1]), Math.max(a[2], a[3]));
+      else P[base[i]][blk] = Math.max(...a);
     });
   }
 }

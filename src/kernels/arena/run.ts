@@ -5,20 +5,32 @@
  * same kernel once per parameter over that parameter's own storages, in place and with no
  * temporaries, as PyTorch's foreach-free loop over parameters.
  *
- * Nothing here touches the existing fused kernels (src/kernels/fused.ts): the arena layout and the
- * scalar storage S are the same, so both can run over one FlatArena.
+ * The built-in fused primitives (src/kernels/arena/fused.ts) run through here as well: the arena
+ * layout and the scalar storage S are those of src/kernels/fused.ts.
  */
 import type { TypedArray } from '../../tensor/dtype.js';
 import type { Backend, Storage } from '../backend.js';
 import { CpuStorage } from '../cpu/index.js';
-import { FLAG_ACTIVE, type ArenaLayout } from '../fused.js';
-import type { Bind, GPUStorage, Runtime } from '../webgpu/runtime.js';
-import type { Param } from '../webgpu/wgsl.js';
+import { FLAG_ACTIVE, S_SLOTS, type ArenaLayout } from '../fused.js';
 import type { ArenaKernel } from './define.js';
+import { topo } from './expr.js';
 import { coefficientValues, evalUniform, referenceKernel, type RangeFn, type UniformEnv } from './reference.js';
 import { combinePartials, partialsOf } from './reduce.js';
-import { wasmKernel } from './wasm.js';
-import { renderWgsl, renderWgslSteps, renderWgslTree, usesSteps, WGSL_BLOCK_WG, wgslHostUniforms } from './wgsl.js';
+import { usesSteps } from './define.js';
+
+/**
+ * The renderers that belong to one backend register here when that backend's module loads
+ * (src/kernels/wasm/index.ts loads ./wasm.ts, src/kernels/webgpu/fused.ts loads ./webgpu.ts), so
+ * that an app ships only the code of the backends it chose.
+ */
+export const arenaBackends: {
+  /** The f32x4 kernel of a definition over a wasm memory: (pointers, start, end, partial pointers, write, coefficients). */
+  wasmKernel: ((kernel: ArenaKernel, memory: object) => (...args: number[]) => void) | null;
+  /** A pass on WebGPU: the arena (one block-kernel dispatch) or the per-tensor baseline (one per tensor). */
+  webgpuArena: ((kernel: ArenaKernel, backend: Backend, buf: ArenaBuffers) => void) | null;
+  webgpuPerTensor: ((kernel: ArenaKernel, backend: Backend, buf: PerTensorBuffers) => void) | null;
+  webgpuScalars: ((kernel: ArenaKernel, backend: Backend, S: Storage) => void) | null;
+} = { wasmKernel: null, webgpuArena: null, webgpuPerTensor: null, webgpuScalars: null };
 
 /** Hyper-parameters of each parameter group (a missing one takes the kernel's default). */
 export type GroupHyper = readonly Readonly<Record<string, number>>[];
@@ -27,8 +39,8 @@ export interface ArenaBuffers {
   layout: ArenaLayout;
   /** A storage of the arena's layout for each vector the kernel declares. */
   vectors: Readonly<Record<string, Storage>>;
-  /** The scalar slots (S_SLOTS elements of the arena's dtype). */
-  S: Storage;
+  /** The scalar slots (S_SLOTS elements of the arena's dtype); may be left out by a kernel that declares no slot. */
+  S?: Storage;
   /** Per-parameter step counts (one element per parameter); needed when the kernel counts or reads steps. */
   steps?: Storage | null;
   hyper?: GroupHyper;
@@ -43,7 +55,8 @@ export interface RunOptions {
   path?: 'auto' | 'reference' | 'interpret';
 }
 
-function hyperOf(kernel: ArenaKernel, hyper: GroupHyper | undefined, group: number): (name: string) => number {
+/** A group's hyper-parameter by name (its own value, or the kernel's default). */
+export function hyperOf(kernel: ArenaKernel, hyper: GroupHyper | undefined, group: number): (name: string) => number {
   const g = hyper?.[group];
   return (name) => {
     const v = g?.[name];
@@ -51,7 +64,8 @@ function hyperOf(kernel: ArenaKernel, hyper: GroupHyper | undefined, group: numb
   };
 }
 
-function checkBuffers(kernel: ArenaKernel, backend: Backend, vectors: Readonly<Record<string, Storage>>, steps: Storage | null | undefined, numel: number | null, where: string): void {
+function checkBuffers(kernel: ArenaKernel, backend: Backend, vectors: Readonly<Record<string, Storage>>, steps: Storage | null | undefined, numel: number | null, where: string, S: Storage | undefined): void {
+  if (!S && Object.keys(kernel.slots).length > 0) throw new Error(`arena kernel "${kernel.name}" on ${backend.name}${where}: declares scalar slots but no S storage was given`);
   for (const v of kernel.vectors) {
     const s = vectors[v.name];
     if (!s) throw new Error(`arena kernel "${kernel.name}" on ${backend.name}${where}: no storage given for vector '${v.name}'`);
@@ -63,7 +77,13 @@ function checkBuffers(kernel: ArenaKernel, backend: Backend, vectors: Readonly<R
 /** Host memory access of the cpu and wasm backends. */
 interface Host {
   typed(s: Storage): TypedArray;
-  wasm: { memory: WebAssembly.Memory; ptr(s: Storage): number } | null;
+  wasm: { memory: object; ptr(s: Storage): number } | null;
+}
+
+/** A typed array over a storage of a host-memory backend (cpu, wasm), or null on a device backend. */
+export function hostArrayOf(backend: Backend): ((s: Storage) => TypedArray) | null {
+  const h = hostOf(backend);
+  return h ? h.typed : null;
 }
 
 function hostOf(backend: Backend): Host | null {
@@ -71,7 +91,7 @@ function hostOf(backend: Backend): Host | null {
   if (backend.name === 'wasm') {
     // The wasm backend's memory and typed views (TypeScript-private members, as the existing fused
     // kernels reach them): the kernels of this module are instantiated over the same memory.
-    const b = backend as unknown as { typed(s: Storage): TypedArray; mem: WebAssembly.Memory };
+    const b = backend as unknown as { typed(s: Storage): TypedArray; mem: object };
     return { typed: (s) => b.typed(s), wasm: { memory: b.mem, ptr: (s) => (s as unknown as { ptr: number }).ptr } };
   }
   return null;
@@ -91,41 +111,63 @@ interface Range {
 }
 
 /** The host loop shared by the arena pass and the per-tensor baseline. */
-function runHost(kernel: ArenaKernel, backend: Backend, host: Host, dtype: 'float32' | 'float64', ranges: readonly Range[], blocks: number, S: Storage, steps: Storage | null | undefined, hyper: GroupHyper | undefined, path: RunOptions['path']): void {
+function runHost(kernel: ArenaKernel, backend: Backend, host: Host, dtype: 'float32' | 'float64', ranges: readonly Range[], blocks: number, S: Storage | undefined, steps: Storage | null | undefined, hyper: GroupHyper | undefined, path: RunOptions['path']): void {
   const round = dtype === 'float32' ? Math.fround : (x: number) => x;
   const useWasm = host.wasm !== null && dtype === 'float32' && (path ?? 'auto') === 'auto';
   const nparts = kernel.reductions.reduce((s, r) => s + partialsOf(r.reduction), 0);
   const wasmParts = useWasm && nparts > 0 ? backend.alloc(nparts * blocks, 'float32') : null;
   try {
     // Views are taken after the allocation above (which may grow, and detach, the wasm memory).
-    const Sh = host.typed(S);
+    const Sh = S ? host.typed(S) : new Float64Array(S_SLOTS);
     const stepsH = steps ? host.typed(steps) : null;
     const hostParts = Array.from({ length: nparts }, () => new Float64Array(blocks));
     const fn: RangeFn | null = useWasm ? null : referenceKernel(kernel, dtype, { interpret: path === 'interpret' });
-    const wfn = useWasm ? wasmKernel(kernel, host.wasm!.memory) : null;
+    if (useWasm && !arenaBackends.wasmKernel) throw new Error(`arena kernel "${kernel.name}" on wasm: the wasm renderer is not loaded (src/kernels/arena/wasm.ts)`);
+    const wfn = useWasm ? arenaBackends.wasmKernel!(kernel, host.wasm!.memory) : null;
     const partBase = wasmParts ? host.wasm!.ptr(wasmParts) : 0;
-    const C = new Float64Array(kernel.coefs.length);
+    // Coefficients per distinct (group, flags, step count[, parameter]): computed once per pass
+    // rather than once per parameter (a model's parameters share a handful of combinations).
+    const perParam = drawsPerParam(kernel);
+    const memo = new Map<string, { ok: boolean; counted: boolean; C: Float64Array }>();
+    const hyperFns = new Map<number, (name: string) => number>();
+    const slotOf = (name: string) => Sh[kernel.slots[name]];
+    const nv = kernel.vectors.length;
+    // The wasm function's arguments, reused: vector pointers, start, end, partial pointers, write, coefficients.
+    const args: number[] = wfn ? new Array(nv + 3 + nparts + kernel.coefs.length).fill(0) : [];
+    let lastVectors: readonly Storage[] | null = null;
     for (const r of ranges) {
       if (!kernel.includeInactive && !(r.flags & FLAG_ACTIVE)) continue;
-      const env: UniformEnv = {
-        hyper: hyperOf(kernel, hyper, r.group),
-        slot: (name) => Sh[kernel.slots[name]],
-        flags: r.flags,
-        step: stepsH ? stepsH[r.param] : 0,
-      };
-      const ok = kernel.guard ? evalUniform(kernel.guard, env) !== 0 : true;
-      if (ok && kernel.countSteps && r.flags & FLAG_ACTIVE) env.step = stepsH![r.param] = stepsH![r.param] + 1;
-      if (!ok && nparts === 0) continue;
-      coefficientValues(kernel, env, round, C);
+      const step0 = stepsH ? stepsH[r.param] : 0;
+      const key = perParam ? `${r.group},${r.flags},${step0},${r.param}` : `${r.group},${r.flags},${step0}`;
+      let m = memo.get(key);
+      if (!m) {
+        let hf = hyperFns.get(r.group);
+        if (!hf) hyperFns.set(r.group, (hf = hyperOf(kernel, hyper, r.group)));
+        const env: UniformEnv = { hyper: hf, slot: slotOf, flags: r.flags, step: step0, param: r.param };
+        const ok = kernel.guard ? evalUniform(kernel.guard, env) !== 0 : true;
+        const counted = ok && kernel.countSteps && (r.flags & FLAG_ACTIVE) !== 0 && (kernel.countIf === null || evalUniform(kernel.countIf, env) !== 0);
+        if (counted) env.step = step0 + 1;
+        m = { ok, counted, C: coefficientValues(kernel, env, round) };
+        memo.set(key, m);
+      }
+      if (m.counted) stepsH![r.param] = step0 + 1;
+      if (!m.ok && nparts === 0) continue;
       if (wfn) {
-        const ptrs = r.vectors.map((s) => host.wasm!.ptr(s));
-        const pptrs = Array.from({ length: nparts }, (_, c) => partBase + 4 * (c * blocks + r.pblk));
-        wfn(...ptrs, r.start, r.end, ...pptrs, ok ? 1 : 0, ...C);
+        if (r.vectors !== lastVectors) {
+          for (let v = 0; v < nv; v++) args[v] = host.wasm!.ptr(r.vectors[v]);
+          lastVectors = r.vectors;
+        }
+        args[nv] = r.start;
+        args[nv + 1] = r.end;
+        for (let c = 0; c < nparts; c++) args[nv + 2 + c] = partBase + 4 * (c * blocks + r.pblk);
+        args[nv + 2 + nparts] = m.ok ? 1 : 0;
+        for (let j = 0; j < m.C.length; j++) args[nv + 3 + nparts + j] = m.C[j];
+        wfn.apply(null, args);
       } else {
-        fn!(r.vectors.map((s) => host.typed(s)), r.start, r.end, C, hostParts.map((a) => a.subarray(r.pblk)), 0, ok);
+        fn!(r.vectors.map((s) => host.typed(s)), r.start, r.end, m.C, hostParts.map((a) => a.subarray(r.pblk)), 0, m.ok);
       }
     }
-    if (nparts === 0) return;
+    if (nparts === 0) return runAfterHost(kernel, Sh);
     if (wasmParts) {
       const all = host.typed(wasmParts);
       hostParts.forEach((a, c) => a.set(all.subarray(c * blocks, (c + 1) * blocks)));
@@ -136,23 +178,66 @@ function runHost(kernel: ArenaKernel, backend: Backend, host: Host, dtype: 'floa
       Sh[red.slot] = combinePartials(red.reduction, hostParts.slice(c, c + n), blocks, round);
       c += n;
     }
+    runAfterHost(kernel, Sh);
   } finally {
     if (wasmParts) backend.release(wasmParts);
   }
 }
 
+const perParamMemo = new WeakMap<ArenaKernel, boolean>();
+/** Whether the kernel's coefficients depend on the parameter's index (a paramUniform draw). */
+function drawsPerParam(kernel: ArenaKernel): boolean {
+  let r = perParamMemo.get(kernel);
+  if (r === undefined) {
+    r = topo([...kernel.coefs, ...(kernel.guard ? [kernel.guard] : []), ...(kernel.countIf ? [kernel.countIf] : [])]).some((n) => n.op === 'draw');
+    perParamMemo.set(kernel, r);
+  }
+  return r;
+}
+
+/** The kernel's scalar program on host memory: float64, each result stored in S's dtype. */
+function runAfterHost(kernel: ArenaKernel, Sh: TypedArray): void {
+  if (kernel.after.length === 0) return;
+  const env: UniformEnv = { hyper: () => NaN, slot: (name) => Sh[kernel.slots[name]], flags: 0, step: 0 };
+  for (const a of kernel.after) Sh[a.slot] = evalUniform(a.value, env);
+}
+
+/**
+ * Runs a kernel that is a scalar program alone (no vectors: only `after`) over the slots S, in one
+ * invocation on a GPU.
+ */
+export function runScalarProgram(kernel: ArenaKernel, backend: Backend, S: Storage): void {
+  if (kernel.vectors.length > 0 || kernel.reductions.length > 0) throw new Error(`arena kernel "${kernel.name}": runScalarProgram takes a kernel with only a scalar program (after), this one reads vectors`);
+  const host = hostOf(backend);
+  if (host) {
+    runAfterHost(kernel, host.typed(S));
+    for (const o of hostPassObservers) o(kernel, backend, 0, 1);
+    return;
+  }
+  if (backend.name === 'webgpu' && arenaBackends.webgpuScalars) return arenaBackends.webgpuScalars(kernel, backend, S);
+  throw new Error(`arena kernel "${kernel.name}": no renderer for backend ${backend.name}`);
+}
+
+/**
+ * Observers of the passes the host backends run (WebGPU passes show in its runtime's dispatches):
+ * `flatgrad bench` counts dispatches and bytes with it. Called with the elements each vector spans
+ * and the number of dispatches (1 for an arena pass, one per tensor for the per-tensor baseline).
+ */
+export const hostPassObservers = new Set<(kernel: ArenaKernel, backend: Backend, elements: number, dispatches: number) => void>();
+
 /** Runs `kernel` once over the whole arena. */
 export function runArenaKernel(kernel: ArenaKernel, backend: Backend, buf: ArenaBuffers, opts: RunOptions = {}): void {
   const L = buf.layout;
-  checkBuffers(kernel, backend, buf.vectors, buf.steps, L.numel, '');
+  checkBuffers(kernel, backend, buf.vectors, buf.steps, L.numel, '', buf.S);
   const host = hostOf(backend);
   if (host) {
     const vecs = kernel.vectors.map((v) => buf.vectors[v.name]);
     const ranges: Range[] = L.params.map((info, k) => ({ vectors: vecs, start: info.offset, end: info.offset + info.numel, pblk: info.offset / 64, group: info.group, flags: info.flags, param: k }));
     runHost(kernel, backend, host, L.dtype as 'float32' | 'float64', ranges, L.blocks, buf.S, buf.steps, buf.hyper, opts.path);
+    for (const o of hostPassObservers) o(kernel, backend, L.numel, 1);
     return;
   }
-  if (backend.name === 'webgpu') return runWebGPU(kernel, backend, buf);
+  if (backend.name === 'webgpu' && arenaBackends.webgpuArena) return arenaBackends.webgpuArena(kernel, backend, buf);
   throw new Error(`arena kernel "${kernel.name}": no renderer for backend ${backend.name}`);
 }
 
@@ -168,7 +253,7 @@ export interface PerTensorParam {
 export interface PerTensorBuffers {
   dtype: 'float32' | 'float64';
   params: readonly PerTensorParam[];
-  S: Storage;
+  S?: Storage;
   steps?: Storage | null;
   hyper?: GroupHyper;
 }
@@ -176,12 +261,16 @@ export interface PerTensorBuffers {
 /**
  * The per-tensor baseline: the kernel once per parameter over its own storages (one dispatch per
  * tensor). Reductions combine the per-tensor block partials in the arena's order, so they equal
- * the arena pass's bit for bit. Host backends only in this phase.
+ * the arena pass's bit for bit. On WebGPU: one block-kernel dispatch per tensor (vec4 bindings
+ * padded to 16 bytes), one step-count pass and one tree pass.
  */
 export function runPerTensor(kernel: ArenaKernel, backend: Backend, buf: PerTensorBuffers, opts: RunOptions = {}): void {
-  buf.params.forEach((p, k) => checkBuffers(kernel, backend, p.vectors, buf.steps, p.numel, ` (per tensor, parameter ${k})`));
+  buf.params.forEach((p, k) => checkBuffers(kernel, backend, p.vectors, buf.steps, p.numel, ` (per tensor, parameter ${k})`, buf.S));
   const host = hostOf(backend);
-  if (!host) throw new Error(`arena kernel "${kernel.name}": the per-tensor baseline runs on cpu and wasm in this phase, not on ${backend.name}`);
+  if (!host) {
+    if (backend.name === 'webgpu' && arenaBackends.webgpuPerTensor) return arenaBackends.webgpuPerTensor(kernel, backend, buf);
+    throw new Error(`arena kernel "${kernel.name}": no renderer for backend ${backend.name}`);
+  }
   let pblk = 0;
   const ranges: Range[] = buf.params.map((p, k) => {
     const r = { vectors: kernel.vectors.map((v) => p.vectors[v.name]), start: 0, end: p.numel, pblk, group: p.group, flags: p.flags, param: k };
@@ -189,62 +278,6 @@ export function runPerTensor(kernel: ArenaKernel, backend: Backend, buf: PerTens
     return r;
   });
   runHost(kernel, backend, host, buf.dtype, ranges, Math.max(pblk, 1), buf.S, buf.steps, buf.hyper, opts.path);
+  for (const o of hostPassObservers) o(kernel, backend, buf.params.reduce((n, p) => n + p.numel, 0), buf.params.length);
 }
 
-function runWebGPU(kernel: ArenaKernel, backend: Backend, buf: ArenaBuffers): void {
-  const L = buf.layout;
-  if (L.dtype !== 'float32') throw new TypeError(`arena kernel "${kernel.name}" on webgpu: the arena must be float32, got ${L.dtype}`);
-  const rt = (backend as unknown as { rt: Runtime }).rt;
-  const gpu = (s: Storage) => s as GPUStorage;
-  const hyperParams: Param[] = [];
-  wgslHostUniforms(kernel).forEach((n, j) => {
-    for (let g = 0; g < Math.max(L.groups, 1); g++) {
-      const env: UniformEnv = { hyper: hyperOf(kernel, buf.hyper, g), slot: () => NaN, flags: 0, step: 0 };
-      hyperParams.push({ name: `u${j}_${g}`, type: 'f32', value: evalUniform(n, env) });
-    }
-  });
-  const groups = Math.max(L.groups, 1);
-  const tables: Bind[] = [
-    { name: 'bp', s: gpu(L.blockParam), access: 'read' },
-    { name: 'pt', s: gpu(L.paramTable), access: 'read' },
-  ];
-  const steps = usesSteps(kernel);
-  if (kernel.countSteps) {
-    rt.dispatch({
-      name: `arena.${kernel.name}.steps`,
-      key: kernel.name,
-      binds: [{ name: 'S', s: gpu(buf.S), access: 'read' }, ...tables, { name: 'steps', s: gpu(buf.steps!), access: 'read_write' }],
-      params: [{ name: 'nparams', type: 'u32', value: L.params.length }, ...hyperParams],
-      groups: Math.ceil(L.params.length / WGSL_BLOCK_WG),
-      wgsl: () => renderWgslSteps(kernel, groups),
-    });
-  }
-  const nparts = kernel.reductions.reduce((s, r) => s + partialsOf(r.reduction), 0);
-  const part = nparts > 0 ? rt.temp(nparts * L.blocks, 'float32') : null;
-  const binds: Bind[] = kernel.vectors.map((v) => ({ name: `v_${v.name}`, s: gpu(buf.vectors[v.name]), access: v.access === 'read' ? 'read' : 'read_write', type: 'vec4<f32>' }));
-  binds.push({ name: 'S', s: gpu(buf.S), access: 'read' }, ...tables);
-  if (steps) binds.push({ name: 'steps', s: gpu(buf.steps!), access: 'read' });
-  if (part) binds.push({ name: 'part', s: part, access: 'write' });
-  rt.dispatch({
-    name: `arena.${kernel.name}`,
-    key: kernel.name,
-    binds,
-    params: [{ name: 'nblocks', type: 'u32', value: L.blocks }, ...hyperParams],
-    groups: Math.ceil(L.blocks / WGSL_BLOCK_WG),
-    wgsl: () => renderWgsl(kernel, groups),
-  });
-  if (part) {
-    rt.dispatch({
-      name: `arena.${kernel.name}.tree`,
-      key: kernel.name,
-      binds: [
-        { name: 'part', s: part, access: 'read_write' },
-        { name: 'S', s: gpu(buf.S), access: 'read_write' },
-      ],
-      params: [{ name: 'nblocks', type: 'u32', value: L.blocks }],
-      groups: 1,
-      wgsl: () => renderWgslTree(kernel),
-    });
-    rt.release(part);
-  }
-}

@@ -7,8 +7,9 @@
  * abs, neg, comparisons and selects; no fused multiply-add, which wasm SIMD does not have in its
  * base set), so it equals the float32 reference's Math.fround of the float64 operation bit for
  * bit. Coefficients arrive as f32 arguments computed by the host exactly as the reference
- * computes them (reference.ts coefficientValues). Reductions follow reduce.ts: the lanes of a
- * quad are the four lane accumulators, and the block partials go to memory for the host's tree.
+ * computes them (reference.ts coefficientValues). Reductions follow reduce.ts: four f32x4
+ * accumulators (the quads of each 16 elements) are its sixteen accumulators, and the block
+ * partials go to memory for the host's tree.
  *
  * The function: (ptr of each vector..., start, end, ptr of each partial array at block pblk...,
  * write, coefficient...) over elements [start, end). The last quad of a range may run past `end`
@@ -106,8 +107,11 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean): Uint8Array {
       }
     };
     /** Stores the written vectors' lanes of the quad at i that lie before `end`. */
+    /** Emitting the body of a full 64-element block: no lane masks, no tail checks. */
+    let full = false;
     const stores = (e: Local) => {
       if (kernel.writes.length === 0) return;
+      if (full) return f.if(write, () => f.exec(...kernel.writes.map((w) => v128.store(addr(vptr[w.vector], i), ref(w.value)))));
       f.if(write, () => {
         f.if(
           i32.leS(i32.add(i, 4), e),
@@ -127,7 +131,16 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean): Uint8Array {
       });
     const all = [...kernel.writes.map((w) => w.value), ...kernel.reductions.map((r) => r.x)];
     if (kernel.reductions.length === 0) {
-      quads(start, end, () => {
+      // Whole quads without masks, then the last 1-3 elements with them.
+      const whole = f.local(I32);
+      f.set(whole, i32.add(start, i32.and(i32.sub(end, start), -4)));
+      full = true;
+      f.for(i, start, whole, 4, () => {
+        compute(all);
+        stores(end);
+      });
+      full = false;
+      quads(whole, end, () => {
         compute(all);
         stores(end);
       });
@@ -136,9 +149,25 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean): Uint8Array {
     const b = f.local(I32);
     const e = f.local(I32);
     const blk = f.local(I32);
-    const acc = kernel.reductions.map(() => f.local(V128));
+    const i16 = f.local(I32);
+    // Four accumulators (quads m = 0..3 of each 16 elements) per reduction: reduce.ts's order.
+    const accs = kernel.reductions.map(() => [f.local(V128), f.local(V128), f.local(V128), f.local(V128)]);
+    const quads16 = (body: (m: number) => void) =>
+      f.for(i16, b, e, 16, () => {
+        for (let m = 0; m < 4; m++) {
+          f.set(i, i32.add(i16, 4 * m));
+          if (full) {
+            body(m);
+            continue;
+          }
+          f.if(i32.ltS(i, e), () => {
+            f.set(valid, i32x4.ltS(i32x4.add(i32x4.splat(i), lanes), endV));
+            body(m);
+          });
+        }
+      });
     const bm = kernel.reductions.map((r) => (r.reduction === 'norm' ? f.local(F32) : null));
-    const masked = (x: Operand) => v128.bitselect(x, zero, valid);
+    const masked = (x: Operand) => (full ? x : v128.bitselect(x, zero, valid));
     const lane = (x: Local, L: number) => f32x4.extractLane(x, L);
     let p = 0;
     const base = kernel.reductions.map((r) => {
@@ -151,21 +180,28 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean): Uint8Array {
       f.set(e, i32.add(b, 64));
       f.if(i32.gtS(e, end), () => f.set(e, end));
       f.set(endV, i32x4.splat(e));
+      // Most blocks are full: their code runs without lane masks or tail checks (the same
+      // operations on the same lanes, so the same bits).
+      const block = () => {
       kernel.reductions.forEach((r, ri) => {
         if (r.reduction !== 'norm') return;
-        f.set(acc[ri], zero);
-        quads(b, e, () => {
+        const A = accs[ri];
+        for (const a of A) f.set(a, zero);
+        quads16((m) => {
           compute([r.x]);
-          f.set(acc[ri], f32x4.max(acc[ri], masked(f32x4.abs(ref(r.x)))));
+          f.set(A[m], f32x4.max(A[m], masked(f32x4.abs(ref(r.x)))));
         });
-        f.set(bm[ri]!, f32.max(f32.max(lane(acc[ri], 0), lane(acc[ri], 1)), f32.max(lane(acc[ri], 2), lane(acc[ri], 3))));
+        // A maximum is the same in any order.
+        f.set(A[0], f32x4.max(f32x4.max(A[0], A[1]), f32x4.max(A[2], A[3])));
+        f.set(bm[ri]!, f32.max(f32.max(lane(A[0], 0), lane(A[0], 1)), f32.max(lane(A[0], 2), lane(A[0], 3))));
         f.exec(f32.store(i32.add(pptr[base[ri]], i32.shl(blk, 2)), bm[ri]!));
       });
-      for (const a of acc) f.set(a, zero);
-      quads(b, e, () => {
+      for (const A of accs) for (const a of A) f.set(a, zero);
+      quads16((m) => {
         compute(all);
         kernel.reductions.forEach((r, ri) => {
           const x = ref(r.x);
+          const acc = accs.map((A) => A[m]);
           switch (r.reduction) {
             case 'sum':
               f.set(acc[ri], f32x4.add(acc[ri], masked(x)));
@@ -174,7 +210,7 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean): Uint8Array {
               f.set(acc[ri], f32x4.max(acc[ri], masked(f32x4.abs(x))));
               break;
             case 'nonfinite':
-              f.set(acc[ri], v128.or(acc[ri], v128.and(i32x4.eq(v128.and(x, signMask), signMask), valid)));
+              f.set(acc[ri], v128.or(acc[ri], masked(i32x4.eq(v128.and(x, signMask), signMask))));
               break;
             case 'norm': {
               const q = f32x4.div(x, f32x4.splat(bm[ri]!));
@@ -186,7 +222,12 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean): Uint8Array {
         stores(e);
       });
       kernel.reductions.forEach((r, ri) => {
-        const a = acc[ri];
+        const A = accs[ri];
+        const a = A[0];
+        // V = (A0 + A1) + (A2 + A3) lane by lane (max or or for the order-free reductions), into A0.
+        if (r.reduction === 'sum' || r.reduction === 'norm') f.set(a, f32x4.add(f32x4.add(A[0], A[1]), f32x4.add(A[2], A[3])));
+        else if (r.reduction === 'maxabs') f.set(a, f32x4.max(f32x4.max(A[0], A[1]), f32x4.max(A[2], A[3])));
+        else f.set(a, v128.or(v128.or(A[0], A[1]), v128.or(A[2], A[3])));
         const sum = f32.add(f32.add(lane(a, 0), lane(a, 1)), f32.add(lane(a, 2), lane(a, 3)));
         const at = (k: number) => i32.add(pptr[base[ri] + k], i32.shl(blk, 2));
         switch (r.reduction) {
@@ -211,6 +252,16 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean): Uint8Array {
           }
         }
       });
+      };
+      f.if(
+        i32.eq(i32.sub(e, b), 64),
+        () => {
+          full = true;
+          block();
+          full = false;
+        },
+        block,
+      );
       f.inc(blk);
     });
   });
@@ -218,14 +269,17 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean): Uint8Array {
 }
 
 type ArenaWasmFn = (...args: number[]) => void;
-const instances = new WeakMap<WebAssembly.Memory, WeakMap<ArenaKernel, ArenaWasmFn>>();
+const instances = new WeakMap<object, WeakMap<ArenaKernel, ArenaWasmFn>>();
 
 /**
  * The compiled kernel over a backend memory (compiled once per kernel and memory). Compiled
  * synchronously: Node allows any size; a browser's main thread limits synchronous compiles to
  * small modules (phase 2: compile ahead with WebAssembly.compile when a kernel is registered).
  */
-export function wasmKernel(kernel: ArenaKernel, memory: WebAssembly.Memory): ArenaWasmFn {
+export function wasmKernel(kernel: ArenaKernel, memoryObject: object): ArenaWasmFn {
+  // Typed as an object in the signature: declarations must not need the WebAssembly namespace,
+  // which a consumer's TypeScript without the DOM library lacks.
+  const memory = memoryObject as WebAssembly.Memory;
   let byKernel = instances.get(memory);
   if (!byKernel) instances.set(memory, (byKernel = new WeakMap()));
   let fn = byKernel.get(kernel);

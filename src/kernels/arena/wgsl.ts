@@ -10,13 +10,15 @@
  * and constants are computed by the host in float64 (as the reference computes them) and passed
  * as uniforms; the parts that read S, the flags or the step count are computed on the device in
  * float32, and WGSL may contract a * b + c into a fused multiply-add, so WebGPU agrees with the
- * float32 reference within a few ulps rather than bit for bit. Reductions follow reduce.ts: the
- * four lanes of the vec4 accumulators are the four lane accumulators of a block; a second
- * dispatch (one workgroup) combines the block partials in the same pairwise tree.
+ * float32 reference within a few ulps rather than bit for bit. Reductions follow reduce.ts: four
+ * vec4 accumulators (quad j of a block to j % 4) are its sixteen accumulators; a second dispatch
+ * (one workgroup) combines the block partials in the same pairwise tree.
  */
 import { FLAG_ACTIVE, PARAM_FIELDS } from '../fused.js';
 import type { ArenaKernel } from './define.js';
-import { children, type Node } from './expr.js';
+export { usesSteps } from './define.js';
+import { children, topo, type Node } from './expr.js';
+import { WGSL_RNG } from '../rng.js';
 import { partialsOf } from './reduce.js';
 import { entry } from '../webgpu/wgsl.js';
 
@@ -61,7 +63,7 @@ const groupLevelMemo = new WeakMap<Node, boolean>();
 function groupLevel(n: Node): boolean {
   let r = groupLevelMemo.get(n);
   if (r === undefined) {
-    r = n.op === 'const' || n.op === 'hyper' || (n.op !== 'slot' && n.op !== 'step' && n.op !== 'flag' && n.op !== 'vec' && children(n).every(groupLevel));
+    r = n.op === 'const' || n.op === 'hyper' || (n.op !== 'slot' && n.op !== 'step' && n.op !== 'flag' && n.op !== 'vec' && n.op !== 'draw' && children(n).every(groupLevel));
     groupLevelMemo.set(n, r);
   }
   return r;
@@ -83,10 +85,26 @@ export function wgslHostUniforms(kernel: ArenaKernel): Node[] {
       if (n.op !== 'const') out.push(n);
       return;
     }
+    // A draw's keys are whole numbers up to 2^32: they travel as u32 uniforms (wgslKeyUniforms).
+    if (n.op === 'draw') return;
     children(n).forEach(visit);
   };
-  [...kernel.coefs, ...(kernel.guard ? [kernel.guard] : [])].forEach(visit);
+  [...kernel.coefs, ...(kernel.guard ? [kernel.guard] : []), ...(kernel.countIf ? [kernel.countIf] : [])].forEach(visit);
   return out;
+}
+
+/** The keys of the kernel's per-parameter draws (paramUniform): u32 uniforms k<j>_<group>. */
+export function wgslKeyUniforms(kernel: ArenaKernel): Node[] {
+  const out = new Set<Node>();
+  const roots = [...kernel.coefs, ...(kernel.guard ? [kernel.guard] : []), ...(kernel.countIf ? [kernel.countIf] : [])];
+  for (const n of topo(roots)) {
+    if (n.op !== 'draw') continue;
+    for (const key of [n.a, n.b]) {
+      if (!groupLevel(key)) throw new Error(`arena kernel "${kernel.name}": paramUniform keys must be hyper-parameters or constants on WebGPU, got ${key.op}`);
+      out.add(key);
+    }
+  }
+  return [...out];
 }
 
 /** A uniform expression as scalar WGSL (k, grp, flags in scope). */
@@ -94,6 +112,10 @@ function uniformWgsl(kernel: ArenaKernel, n: Node, host: ReadonlyMap<Node, numbe
   const hj = host.get(n);
   if (hj !== undefined) return n.ty === 'b' ? `(fg_u${hj}(grp) != 0.0)` : `fg_u${hj}(grp)`;
   const u = (x: Node) => uniformWgsl(kernel, x, host);
+  if (n.op === 'draw') {
+    const keys = wgslKeyUniforms(kernel);
+    return `fg_uniform(fg_k${keys.indexOf(n.a)}(grp), fg_k${keys.indexOf(n.b)}(grp), u32(k))`;
+  }
   const a = 'a' in n ? u(n.a) : '';
   const b = 'b' in n ? u(n.b) : '';
   switch (n.op) {
@@ -131,26 +153,15 @@ function uniformWgsl(kernel: ArenaKernel, n: Node, host: ReadonlyMap<Node, numbe
 /** Per-group lookups of the host-computed uniforms: u<j>_<g> and fg_u<j>(g). */
 function hostUniformFns(kernel: ArenaKernel, groups: number): { fns: string; index: Map<Node, number> } {
   const nodes = wgslHostUniforms(kernel);
-  const fns = nodes
-    .map((_, j) => {
-      const picks = Array.from({ length: groups }, (_, g) => (g === 0 ? `var r = P.u${j}_0;` : `if (g == ${g}u) { r = P.u${j}_${g}; }`)).join(' ');
-      return `fn fg_u${j}(g: u32) -> f32 { ${picks} return r; }`;
-    })
-    .join('\n');
+  const pick = (u: string, j: number, ty: string) => {
+    const picks = Array.from({ length: groups }, (_, g) => (g === 0 ? `var r = P.${u}${j}_0;` : `if (g == ${g}u) { r = P.${u}${j}_${g}; }`)).join(' ');
+    return `fn fg_${u}${j}(g: u32) -> ${ty} { ${picks} return r; }`;
+  };
+  const keys = wgslKeyUniforms(kernel);
+  const fns = [...nodes.map((_, j) => pick('u', j, 'f32')), ...keys.map((_, j) => pick('k', j, 'u32')), ...(keys.length ? [WGSL_RNG] : [])].join('\n');
   return { fns, index: new Map(nodes.map((n, j) => [n, j])) };
 }
 
-export function usesSteps(kernel: ArenaKernel): boolean {
-  const nodes = [...kernel.coefs, ...(kernel.guard ? [kernel.guard] : [])];
-  const seen = new Set<Node>();
-  const visit = (n: Node): boolean => {
-    if (seen.has(n)) return false;
-    seen.add(n);
-    if (n.op === 'step') return true;
-    return ('c' in n && visit(n.c)) || ('a' in n && visit(n.a)) || ('b' in n && visit(n.b));
-  };
-  return kernel.countSteps || nodes.some(visit);
-}
 
 /**
  * The block kernel. Bindings the runtime declares (in this order): v_<name> (array<vec4<f32>>) for
@@ -208,7 +219,9 @@ export function renderWgsl(kernel: ArenaKernel, groups: number): string {
     p += partialsOf(r.reduction);
     return o;
   });
-  const part = (c: number) => `part[${c}u * P.nblocks + blk]`;
+  // Partials of the arena's blocks: this dispatch's block blk is block pbase + blk of pstride (the
+  // per-tensor baseline runs one dispatch per tensor into the arena's block order).
+  const part = (c: number) => `part[${c}u * P.pstride + P.pbase + blk]`;
   const identity = R.flatMap((r, i) => Array.from({ length: partialsOf(r.reduction) }, (_, c) => `${part(base[i] + c)} = 0.0;`)).join(' ');
   const coefDecls = kernel.coefs
     .map((c, j) => (c.ty === 'f' ? `let c${j} = vec4<f32>(${uniformWgsl(kernel, c, hu.index)});` : `let c${j} = vec4<bool>(${uniformWgsl(kernel, c, hu.index)});`))
@@ -237,22 +250,29 @@ export function renderWgsl(kernel: ArenaKernel, groups: number): string {
     ${part(base[i])} = m${i};`,
     )
     .join('\n    ');
-  const accs = R.map((_, i) => `var a${i} = ${zero};`).join(' ');
+  // Four accumulators a<i>[m] per reduction, quad j of the block to m = j % 4 (reduce.ts's order).
+  const accs = R.map((_, i) => `var a${i} = array<${V4}, 4>(${zero}, ${zero}, ${zero}, ${zero});`).join(' ');
   const accStep = R.map((r, i) => {
     const x = ref(r.x);
+    const a = `a${i}[j & 3u]`;
     switch (r.reduction) {
-      case 'sum': return `a${i} = a${i} + select(${zero}, ${x}, valid);`;
-      case 'maxabs': return `a${i} = max(a${i}, select(${zero}, abs(${x}), valid));`;
-      case 'nonfinite': return `a${i} = max(a${i}, select(${zero}, ${V4}(1.0), fg_nonfinite4(${x}) & valid));`;
-      case 'norm': return `let s${i} = ${x} / ${V4}(m${i}); a${i} = a${i} + select(${zero}, s${i} * s${i}, valid);`;
+      case 'sum': return `${a} = ${a} + select(${zero}, ${x}, valid);`;
+      case 'maxabs': return `${a} = max(${a}, select(${zero}, abs(${x}), valid));`;
+      case 'nonfinite': return `${a} = max(${a}, select(${zero}, ${V4}(1.0), fg_nonfinite4(${x}) & valid));`;
+      case 'norm': return `let s${i} = ${x} / ${V4}(m${i}); ${a} = ${a} + select(${zero}, s${i} * s${i}, valid);`;
     }
   }).join('\n      ');
-  const partials = R.map((r, i) => {
-    const sum = `(a${i}.x + a${i}.y) + (a${i}.z + a${i}.w)`;
+  const combine = R.map((r, i) =>
+    r.reduction === 'sum' || r.reduction === 'norm'
+      ? `let v${i} = (a${i}[0] + a${i}[1]) + (a${i}[2] + a${i}[3]);`
+      : `let v${i} = max(max(a${i}[0], a${i}[1]), max(a${i}[2], a${i}[3]));`,
+  ).join('\n  ');
+  const partials = combine + '\n  ' + R.map((r, i) => {
+    const sum = `(v${i}.x + v${i}.y) + (v${i}.z + v${i}.w)`;
     switch (r.reduction) {
       case 'sum': return `${part(base[i])} = ${sum};`;
       case 'maxabs':
-      case 'nonfinite': return `${part(base[i])} = max(max(a${i}.x, a${i}.y), max(a${i}.z, a${i}.w));`;
+      case 'nonfinite': return `${part(base[i])} = max(max(v${i}.x, v${i}.y), max(v${i}.z, v${i}.w));`;
       case 'norm': return `${part(base[i] + 1)} = select(0.0, ${sum}, fg_scalable(m${i}));`;
     }
   }).join('\n  ');
@@ -327,7 +347,22 @@ ${entry(WGSL_TREE_WG)} {
   }
   if (lid == 0u) {
     ${finals}
+    ${afterWgsl(kernel)}
   }
+}`;
+}
+
+/** The kernel's scalar program as WGSL statements over S (in order; float32). */
+function afterWgsl(kernel: ArenaKernel): string {
+  return kernel.after.map((a) => `S[${a.slot}u] = ${uniformWgsl(kernel, a.value, new Map())};`).join('\n    ');
+}
+
+/** A scalar program alone (or the one of a kernel without reductions): one invocation over S. */
+export function renderWgslScalars(kernel: ArenaKernel): string {
+  return `${HELPERS}
+${entry(1)} {
+  if (lid != 0u || fg_group(wg, nwg) != 0u) { return; }
+  ${afterWgsl(kernel)}
 }`;
 }
 
@@ -343,7 +378,7 @@ ${entry(WGSL_BLOCK_WG)} {
   let tb = kk * ${PARAM_FIELDS}u;
   let grp = u32(pt[tb + 2u]);
   let flags = u32(pt[tb + 3u]);
-  if ((flags & ${FLAG_ACTIVE}u) != 0u && ${kernel.guard ? uniformWgsl(kernel, kernel.guard, hu.index) : 'true'}) { steps[kk] = steps[kk] + 1.0; }
+  if ((flags & ${FLAG_ACTIVE}u) != 0u && ${kernel.guard ? uniformWgsl(kernel, kernel.guard, hu.index) : 'true'} && ${kernel.countIf ? uniformWgsl(kernel, kernel.countIf, hu.index) : 'true'}) { steps[kk] = steps[kk] + 1.0; }
 }`;
 }
 

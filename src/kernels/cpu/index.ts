@@ -62,7 +62,11 @@ function forEachStrided(shape: readonly number[], strides: (readonly number[])[]
   }
 }
 
-/** Stable log-sum-exp of row r of a [rows, cols] matrix. */
+/**
+ * Stable log-sum-exp of a row of a [rows, cols] matrix, as softmax, logSoftmax and crossEntropy
+ * shift by it: NaN for a row holding NaN or +inf, so that all their results in it are NaN as in
+ * PyTorch (logsumexp itself, where +inf wins, is in src/tensor/ops/reduce.ts).
+ */
 function rowLogSumExp(x: TypedArray, base: number, cols: number): number {
   let mx = -Infinity;
   for (let j = 0; j < cols; j++) {
@@ -72,7 +76,8 @@ function rowLogSumExp(x: TypedArray, base: number, cols: number): number {
     if (v > mx) mx = v;
   }
   if (mx === -Infinity) return -Infinity;
-  if (!Number.isFinite(mx)) return mx;
+  // A +inf entry: PyTorch's x - max is inf - inf = NaN there, which makes the whole row NaN.
+  if (mx === Infinity) return NaN;
   let s = 0;
   for (let j = 0; j < cols; j++) s += Math.exp(x[base + j] - mx);
   return mx + Math.log(s);
@@ -100,6 +105,39 @@ export function avgPoolWindow(g: AvgPool2dLayout, oy: number, ox: number): { y0:
   const x1 = Math.min(xe, g.w);
   const divisor = g.divisorOverride || (g.countIncludePad ? (ye - ys) * (xe - xs) : (y1 - y0) * (x1 - x0));
   return { y0, y1, x0, x1, divisor };
+}
+
+/**
+ * The index (y*w + x within its plane, which starts at X[plane]) of max-pooling output (oy, ox)'s
+ * maximum, or -1 for a window with no cell inside the input. The first maximum wins ties, and the
+ * first NaN wins and sticks (as torch's max_pool2d); padding never wins.
+ */
+export function maxPoolAt(X: ArrayLike<number>, plane: number, g: Window2d, oy: number, ox: number): number {
+  let best = -Infinity;
+  let arg = -1;
+  for (let ki = 0; ki < g.kh; ki++) {
+    const y = oy * g.sh - g.ph + ki * g.dh;
+    if (y < 0 || y >= g.h) continue;
+    for (let kj = 0; kj < g.kw; kj++) {
+      const xx = ox * g.sw - g.pw + kj * g.dw;
+      if (xx < 0 || xx >= g.w) continue;
+      const v = X[plane + y * g.w + xx];
+      if (v > best || arg < 0 || v !== v) {
+        best = v;
+        arg = y * g.w + xx;
+        if (v !== v) return arg;
+      }
+    }
+  }
+  return arg;
+}
+
+/** Average-pooling output (oy, ox) of the plane starting at X[plane]: its window's sum (in float64) over its divisor. */
+export function avgPoolAt(X: ArrayLike<number>, plane: number, g: AvgPool2dLayout, oy: number, ox: number): number {
+  const { y0, y1, x0, x1, divisor } = avgPoolWindow(g, oy, ox);
+  let s = 0;
+  for (let y = y0; y < y1; y++) for (let xx = x0; xx < x1; xx++) s += X[plane + y * g.w + xx];
+  return s / divisor;
 }
 
 export class CpuBackend implements Backend {
@@ -402,25 +440,9 @@ export class CpuBackend implements Backend {
     for (let p = 0; p < g.n * g.c; p++)
       for (let oy = 0; oy < g.oh; oy++)
         for (let ox = 0; ox < g.ow; ox++) {
-          let best = -Infinity;
-          let arg = -1;
-          for (let ki = 0; ki < g.kh; ki++) {
-            const y = oy * g.sh - g.ph + ki * g.dh;
-            if (y < 0 || y >= g.h) continue;
-            for (let kj = 0; kj < g.kw; kj++) {
-              const xx = ox * g.sw - g.pw + kj * g.dw;
-              if (xx < 0 || xx >= g.w) continue;
-              const v = X[p * g.h * g.w + y * g.w + xx];
-              if (v > best || arg < 0 || v !== v) {
-                best = v;
-                arg = y * g.w + xx;
-                if (v !== v) break;
-              }
-            }
-            if (best !== best) break;
-          }
           const o = (p * g.oh + oy) * g.ow + ox;
-          O[o] = best;
+          const arg = maxPoolAt(X, p * g.h * g.w, g, oy, ox);
+          O[o] = arg < 0 ? -Infinity : X[p * g.h * g.w + arg];
           if (A) A[o] = arg;
         }
   }
@@ -439,10 +461,7 @@ export class CpuBackend implements Backend {
     for (let p = 0; p < g.n * g.c; p++)
       for (let oy = 0; oy < g.oh; oy++)
         for (let ox = 0; ox < g.ow; ox++) {
-          const { y0, y1, x0, x1, divisor } = avgPoolWindow(g, oy, ox);
-          let s = 0;
-          for (let y = y0; y < y1; y++) for (let xx = x0; xx < x1; xx++) s += X[(p * g.h + y) * g.w + xx];
-          O[(p * g.oh + oy) * g.ow + ox] = s / divisor;
+          O[(p * g.oh + oy) * g.ow + ox] = avgPoolAt(X, p * g.h * g.w, g, oy, ox);
         }
   }
   avgPool2dBackward(grad: Storage, out: Storage, g: AvgPool2dLayout): void {

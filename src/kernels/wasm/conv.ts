@@ -1,24 +1,27 @@
 /**
- * Convolution on the wasm backend as packed implicit GEMM: no im2col of the whole input is ever
- * made. Per image and group, the output positions are cut into column blocks of `nb` (a block of
- * the im2col matrix, [K = c/groups * kh * kw, nb], about 96 KiB, lives in L2), and
- * - forward:        out[og, block] = W[og, K] @ cols[K, block]           (conv_gemm)
- * - input gradient: dcols[K, block] = W^T[K, og] @ dY[og, block], then the block is summed back
- *                   into dX (conv_uncols, the adjoint of conv_cols)
- * - weight gradient: dW[og, K] += dY[og, block] . cols[K, block] (conv_dots: dot products along
- *                   the block, so both operands are read as they lie, row by row)
- * The weights are packed once per group into panels of 4 rows (gemm_pack_a of module.ts); the
- * column block is filled by conv_cols, which handles the zero padding with bounds computed once
- * per row segment (memory.fill / memory.copy), so the micro-kernels have no branch inside.
+ * Convolution on the wasm backend as implicit GEMM over the padded input: no im2col is made.
+ * Per image and group the input is copied once into a zero-bordered buffer (split into its stride
+ * phases when the stride is above 1), and every kernel tap's row of the would-be im2col matrix is
+ * that buffer read at a fixed offset (see DirectConv below). So
+ * - forward:         out[og, grid] = W[og, K] @ P[taps, grid]               (conv_gemm)
+ * - weight gradient: dW[og, K] += dY'[og, grid] . P[taps, grid], dY' the output gradient spread
+ *                    onto the same grid with zeros between rows (conv_dots: dot products along
+ *                    the grid, so both operands are read as they lie)
+ * - input gradient:  the "full" convolution of dY with the weights flipped and transposed,
+ *                    through the forward code: once for stride 1, once per stride phase of dX
+ *                    otherwise; with a dilation and a stride at once, W^T @ dY is formed a
+ *                    block of im2col columns at a time and summed back into dX (conv_uncols).
+ * Padding is zeros in the buffer, so the micro-kernels have no bounds and no branch inside.
+ * The weights are packed once per group into panels of 4 rows (gemm_pack_a of module.ts).
  *
  * The micro-kernel is a 4 x 8 tile (four output channels by eight output positions, eight f32x4
- * accumulators), as the matmul's (module.ts), but it reads the column block in place at its row
- * stride instead of a packed panel: the block is already laid out for it, and the 4-channel
- * panels suit the narrow channel counts (8, 16, 32) of small CNNs, where a wider tile would be
- * mostly padding. One thread: at these sizes a split did not pay (see bench/conv.bench.ts).
+ * accumulators), as the matmul's (module.ts), but it reads B rows through a table of offsets
+ * (the taps) instead of a packed panel; the 4-channel panels suit the narrow channel counts (8,
+ * 16, 32) of small CNNs, where a wider tile would be mostly padding. One thread (the backend's
+ * worker threads are used by the matmul only).
  */
 import type { Conv2dLayout, Storage } from '../backend.js';
-import { call, f32, f32x4, i32, memory, select, v128, ValType, type FuncBuilder, type Local, type ModuleBuilder, type Operand } from './emit.js';
+import { call, f32, f32x4, i32, select, v128, ValType, type FuncBuilder, type Local, type ModuleBuilder, type Operand } from './emit.js';
 import { ceilDiv, elementwise, type KernelExports } from './module.js';
 
 const { i32: I32, v128: V128 } = ValType;
@@ -26,18 +29,17 @@ const { i32: I32, v128: V128 } = ValType;
 /** Rows and columns of the micro-kernel's tile. */
 const MR = 4;
 const NR = 8;
-/** Bytes of the column block that should stay in L2 next to the packed weights. */
+/** Bytes of an im2col column block (the fallback form), to stay in L2 next to the packed weights. */
 const BLOCK_BYTES = 96 * 1024;
 
-/** The window geometry that conv_cols and conv_uncols take after their pointers. */
+/** The window geometry that conv_uncols takes after its pointers. */
 const GEOMETRY = ['c', 'h', 'w', 'kh', 'kw', 'ow', 'sh', 'sw', 'ph', 'pw', 'dh', 'dw'] as const;
 
 /**
- * The loop nest shared by conv_cols and conv_uncols: for every row p = (ci, ki, kj) of the column
+ * The loop nest of conv_uncols: for every row p = (ci, ki, kj) of the column
  * block and every piece of it that lies in one output row, `run` gets the block row pointer of
  * the piece, the image row pointer of its first input pixel, and its split into a leading run of
- * padding, a run of input pixels and a trailing run of padding (element counts); `rowEnd` gets
- * the block row pointer after the last piece.
+ * padding, a run of input pixels and a trailing run of padding (element counts).
  */
 function blockRows(
   f: FuncBuilder,
@@ -48,7 +50,6 @@ function blockRows(
   nb: Local,
   g: Local[],
   run: (dst: Local, src: Local, before: Local, inside: Local, after: Local) => void,
-  rowEnd: (dst: Local) => void,
 ): void {
   const [c, h, w, kh, kw, ow, sh, sw, ph, pw, dh, dw] = g;
   const [ci, ki, kj, xoff, lo, hi, j, oy, ox0, ox1, a, b, y, t, dst, src, before, inside, after, plane] = f.localsOf(I32, 20);
@@ -88,7 +89,6 @@ function blockRows(
             f.br(top);
           }),
         );
-        rowEnd(dst);
         f.set(dst, i32.add(dst, i32.sub(ldb, i32.shl(nb, 2))));
       }),
     );
@@ -96,91 +96,10 @@ function blockRows(
   });
 }
 
-/** Stores `count` zero floats at q, advancing q past them. */
-function zeros(f: FuncBuilder, q: Local, count: Local): void {
-  const end = f.local(I32);
-  f.set(end, i32.add(q, i32.shl(count, 2)));
-  f.block((exit) =>
-    f.loop((top) => {
-      f.brIf(exit, i32.geU(q, end));
-      f.exec(f32.store(q, 0));
-      f.inc(q, 4);
-      f.br(top);
-    }),
-  );
-}
-
 /**
- * conv_cols(x, <geometry>, j0, nb, ldbBytes, block): block[p, jj] = cols[p, j0 + jj] of one
- * image (x at its group's first channel) for jj < nb, zero from nb to the row stride's end.
- */
-function emitCols(mb: ModuleBuilder): void {
-  mb.func('conv_cols', [I32, ...GEOMETRY.map(() => I32), I32, I32, I32, I32], [], (f, x, ...rest) => {
-    const g = rest.slice(0, GEOMETRY.length);
-    const [j0, nb, ldb, block] = rest.slice(GEOMETRY.length);
-    const sw = g[7];
-    const q = f.local(I32);
-    const end = f.local(I32);
-    blockRows(
-      f,
-      x,
-      block,
-      ldb,
-      j0,
-      nb,
-      g,
-      (dst, src, before, inside, after) => {
-        // Runs here are short (an output row, a few padding cells): plain loops beat the call
-        // overhead of memory.fill / memory.copy, which cost as much as the whole product did.
-        f.set(q, dst);
-        zeros(f, q, before);
-        f.if(
-          i32.eq(sw, 1),
-          () => {
-            f.set(end, i32.add(q, i32.shl(i32.and(inside, -4), 2)));
-            f.block((exit) =>
-              f.loop((top) => {
-                f.brIf(exit, i32.geU(q, end));
-                f.exec(v128.store(q, v128.load(src)));
-                f.inc(q, 16);
-                f.inc(src, 16);
-                f.br(top);
-              }),
-            );
-            f.set(end, i32.add(q, i32.shl(i32.and(inside, 3), 2)));
-            f.block((exit) =>
-              f.loop((top) => {
-                f.brIf(exit, i32.geU(q, end));
-                f.exec(f32.store(q, f32.load(src)));
-                f.inc(q, 4);
-                f.inc(src, 4);
-                f.br(top);
-              }),
-            );
-          },
-          () => {
-            f.set(end, i32.add(q, i32.shl(inside, 2)));
-            f.block((exit) =>
-              f.loop((top) => {
-                f.brIf(exit, i32.geU(q, end));
-                f.exec(f32.store(q, f32.load(src)));
-                f.inc(q, 4);
-                f.inc(src, i32.shl(sw, 2));
-                f.br(top);
-              }),
-            );
-          },
-        );
-        zeros(f, q, after);
-      },
-      (dst) => f.exec(memory.fill(dst, 0, i32.sub(ldb, i32.shl(nb, 2)))),
-    );
-  });
-}
-
-/**
- * conv_uncols(block, <geometry>, j0, nb, ldbBytes, dx): the adjoint of conv_cols: adds each
- * block value that came from an input pixel back onto that pixel of dx (padding gets nothing).
+ * conv_uncols(block, <geometry>, j0, nb, ldbBytes, dx): the adjoint of an im2col block
+ * (block[p, jj] = cols[p, j0 + jj]): adds each block value that came from an input pixel back
+ * onto that pixel of dx (padding gets nothing).
  */
 function emitUncols(mb: ModuleBuilder): void {
   mb.func('conv_uncols', [I32, ...GEOMETRY.map(() => I32), I32, I32, I32, I32], [], (f, block, ...rest) => {
@@ -216,7 +135,6 @@ function emitUncols(mb: ModuleBuilder): void {
           },
         );
       },
-      () => {},
     );
   });
 }
@@ -312,7 +230,8 @@ function emitGemm(mb: ModuleBuilder): void {
  */
 function emitDots(mb: ModuleBuilder): void {
   mb.func('conv_dots', Array<ValType>(9).fill(I32), [], (f, a, lda, rows, b, offs, cols, depth, c, ldc) => {
-    const [i, j, p, aRow, bRow, bRow2, cAt] = f.localsOf(I32, 7);
+    const [i, j, p, bRow, bRow2, cAt] = f.localsOf(I32, 6);
+    const aRows = f.localsOf(I32, 4);
     const acc = Array.from({ length: 4 }, () => f.localsOf(V128, 2));
     const bv = f.localsOf(V128, 2);
     const av = f.local(V128);
@@ -321,14 +240,15 @@ function emitDots(mb: ModuleBuilder): void {
     f.for(i, 0, rows, 4, () =>
       f.for(j, 0, cols, 2, () => {
         for (const r of acc) for (const x of r) f.set(x, f32x4.splat(f32.const(0)));
-        f.set(aRow, i32.add(a, i32.mul(i, lda)));
+        // One pointer per row and one running offset: each load is base + offset, no multiply.
+        aRows.forEach((row, r) => f.set(row, i32.add(a, i32.mul(i32.add(i, r), lda))));
         f.set(bRow, i32.add(b, i32.load(i32.add(offs, i32.shl(j, 2)))));
         f.set(bRow2, i32.add(b, i32.load(i32.add(offs, i32.shl(j, 2)), 4)));
         f.for(p, 0, depthBytes, 16, () => {
           f.set(bv[0], v128.load(i32.add(bRow, p)));
           f.set(bv[1], v128.load(i32.add(bRow2, p)));
           for (let r = 0; r < 4; r++) {
-            f.set(av, v128.load(i32.add(i32.add(aRow, r === 0 ? 0 : i32.mul(lda, r)), p)));
+            f.set(av, v128.load(i32.add(aRows[r], p)));
             for (let s = 0; s < 2; s++) f.set(acc[r][s], f32x4.add(acc[r][s], f32x4.mul(av, bv[s])));
           }
         });
@@ -345,19 +265,22 @@ function emitDots(mb: ModuleBuilder): void {
 }
 
 /**
- * conv_copy_rows(src, srcOuterBytes, srcInnerBytes, dst, dstOuterBytes, dstInnerBytes, outer,
- * inner, len): copies outer x inner runs of `len` floats between two strided layouts (an image
- * into the interior of its padded copy, a block of the padded-width grid into the output).
+ * conv_copy_rows(src, srcOuterBytes, srcInnerBytes, srcStepBytes, dst, dstOuterBytes,
+ * dstInnerBytes, dstStepBytes, outer, inner, len): copies outer x inner runs of `len` floats
+ * between two strided layouts, consecutive elements of a run srcStepBytes / dstStepBytes apart
+ * (an image into the interior of its padded copy or into one stride phase of it, a block of the
+ * padded-width grid into the output, one stride phase of the input gradient into its place).
  */
 function emitCopyRows(mb: ModuleBuilder): void {
-  mb.func('conv_copy_rows', Array<ValType>(9).fill(I32), [], (f, src, srcOuter, srcInner, dst, dstOuter, dstInner, outer, inner, len) => {
+  mb.func('conv_copy_rows', Array<ValType>(11).fill(I32), [], (f, src, srcOuter, srcInner, srcStep, dst, dstOuter, dstInner, dstStep, outer, inner, len) => {
     const [i, j, from, to, end, vecEnd] = f.localsOf(I32, 6);
     f.for(i, 0, outer, 1, () => {
       f.for(j, 0, inner, 1, () => {
         f.set(from, i32.add(src, i32.add(i32.mul(i, srcOuter), i32.mul(j, srcInner))));
         f.set(to, i32.add(dst, i32.add(i32.mul(i, dstOuter), i32.mul(j, dstInner))));
-        f.set(vecEnd, i32.add(to, i32.shl(i32.and(len, -4), 2)));
-        f.set(end, i32.add(to, i32.shl(len, 2)));
+        // Contiguous runs go a vector at a time, strided ones one float at a time.
+        f.set(vecEnd, select(i32.add(to, i32.shl(i32.and(len, -4), 2)), to, i32.and(i32.eq(srcStep, 4), i32.eq(dstStep, 4))));
+        f.set(end, i32.add(to, i32.mul(len, dstStep)));
         f.block((exit) =>
           f.loop((top) => {
             f.brIf(exit, i32.geU(to, vecEnd));
@@ -371,8 +294,8 @@ function emitCopyRows(mb: ModuleBuilder): void {
           f.loop((top) => {
             f.brIf(exit, i32.geU(to, end));
             f.exec(f32.store(to, f32.load(from)));
-            f.inc(to, 4);
-            f.inc(from, 4);
+            f.inc(to, dstStep);
+            f.inc(from, srcStep);
             f.br(top);
           }),
         );
@@ -381,10 +304,41 @@ function emitCopyRows(mb: ModuleBuilder): void {
   });
 }
 
+/** conv_all_finite(x, n): 1 when none of the n floats at x is NaN or infinite (x*0 is 0 exactly for those). */
+function emitAllFinite(mb: ModuleBuilder): void {
+  mb.func('conv_all_finite', [I32, I32], [I32], (f, x, n) => {
+    const [end, vecEnd] = f.localsOf(I32, 2);
+    const acc = f.local(V128);
+    const accS = f.local(ValType.f32);
+    f.set(acc, f32x4.splat(f32.const(0)));
+    f.set(accS, f32.const(0));
+    f.set(end, i32.add(x, i32.shl(n, 2)));
+    f.set(vecEnd, i32.add(x, i32.shl(i32.and(n, -4), 2)));
+    f.block((exit) =>
+      f.loop((top) => {
+        f.brIf(exit, i32.geU(x, vecEnd));
+        f.set(acc, f32x4.add(acc, f32x4.mul(v128.load(x), f32x4.splat(f32.const(0)))));
+        f.inc(x, 16);
+        f.br(top);
+      }),
+    );
+    f.block((exit) =>
+      f.loop((top) => {
+        f.brIf(exit, i32.geU(x, end));
+        f.set(accS, f32.add(accS, f32.mul(f32.load(x), f32.const(0))));
+        f.inc(x, 4);
+        f.br(top);
+      }),
+    );
+    f.set(accS, f32.add(accS, f32.add(f32.add(f32x4.extractLane(acc, 0), f32x4.extractLane(acc, 1)), f32.add(f32x4.extractLane(acc, 2), f32x4.extractLane(acc, 3)))));
+    f.push(f32.eq(accS, accS));
+  });
+}
+
 /** Adds the convolution kernels to the backend's module (called by buildKernelModule). */
 export function emitConvKernels(mb: ModuleBuilder): void {
+  emitAllFinite(mb);
   emitCopyRows(mb);
-  emitCols(mb);
   emitUncols(mb);
   emitGemm(mb);
   emitDots(mb);
@@ -398,6 +352,8 @@ export interface WasmConvHost {
   ptr(s: Storage): number;
   /** Scratch memory for one call (reused between calls; asking again may move it). */
   scratch(bytes: number): number;
+  /** A temporary float32 buffer beyond the scratch (zero-filled); the caller releases it. */
+  temp(numel: number): { ptr: number; release(): void };
   /** The whole memory as floats (re-read after any scratch call: the memory may have grown). */
   f32(): Float32Array;
   i32(): Int32Array;
@@ -419,7 +375,7 @@ function plan(l: Conv2dLayout) {
   return { cg, og, K, L, nb, ldb: nb * 4 };
 }
 
-/** The geometry arguments of conv_cols / conv_uncols for one group. */
+/** The geometry arguments of conv_uncols for one group. */
 const geometry = (l: Conv2dLayout, cg: number) => [cg, l.h, l.w, l.kh, l.kw, l.ow, l.sh, l.sw, l.ph, l.pw, l.dh, l.dw];
 
 /** Carves consecutive 16-byte aligned regions out of one scratch allocation. */
@@ -434,12 +390,16 @@ function carve(host: WasmConvHost, sizes: number[]): number[] {
 }
 
 /**
- * A stride-1 convolution seen on the padded-width grid: with the input of one image and group
- * copied into a zero-bordered buffer P [cin, hp, wp], output (oy, ox) of tap (ci, ki, kj) reads
- * P[ci*hp*wp + (oy + ki*dh)*wp + ox + kj*dw], which is P at offset off(tap) + j for the grid
- * index j = oy*wp + ox. So the whole convolution is a GEMM whose B row for each tap is P itself,
- * shifted: no im2col, no bounds. The grid computes wp - ow extra columns per row (discarded
- * when the block is copied out), a few percent for the usual paddings.
+ * A convolution seen on the padded-width grid: with the input of one image and group copied into
+ * a zero-bordered buffer P [cin, hp, wp], output (oy, ox) of tap (ci, ki, kj) reads
+ * P[ci*hp*wp + (oy + ki*dh)*wp + ox + kj*dw] (stride 1), which is P at offset off(tap) + j for
+ * the grid index j = oy*wp + ox. So the whole convolution is a GEMM whose B row for each tap is P
+ * itself, shifted: no im2col, no bounds. The grid computes wp - ow extra columns per row
+ * (discarded when the block is copied out), a few percent for the usual paddings.
+ * A stride s is undone the same way by splitting P into its s x s phases (rows = a mod sh,
+ * columns = b mod sw, each [cin, hq, wq] with hq = ceil(hp / sh)): the tap (ki, kj) then reads
+ * phase ((ki*dh) mod sh, (kj*dw) mod sw) shifted by (floor(ki*dh / sh), floor(kj*dw / sw)), and
+ * the grid is j = oy*wq + ox. Only the phases some tap reads are filled.
  */
 interface DirectConv {
   n: number;
@@ -452,45 +412,68 @@ interface DirectConv {
   W: number;
   kh: number;
   kw: number;
+  sh: number;
+  sw: number;
   dh: number;
   dw: number;
   ph: number;
   pw: number;
 }
 
-/** The padded input geometry and each tap's byte offset into the padded buffer. */
+/** The phase planes' geometry, each tap's byte offset into them, and the output blocking. */
 function directGeometry(d: DirectConv) {
   const hp = d.H + 2 * d.ph;
   const wp = d.W + 2 * d.pw;
-  const OH = hp - (d.kh - 1) * d.dh;
-  const OW = wp - (d.kw - 1) * d.dw;
+  const OH = Math.floor((hp - (d.kh - 1) * d.dh - 1) / d.sh) + 1;
+  const OW = Math.floor((wp - (d.kw - 1) * d.dw - 1) / d.sw) + 1;
+  const hq = Math.ceil(hp / d.sh);
+  const wq = Math.ceil(wp / d.sw);
   const K = d.cin * d.kh * d.kw;
   const offsets = new Int32Array(K);
+  const phases = new Set<number>();
   for (let ci = 0; ci < d.cin; ci++)
     for (let ki = 0; ki < d.kh; ki++)
-      for (let kj = 0; kj < d.kw; kj++) offsets[(ci * d.kh + ki) * d.kw + kj] = ((ci * hp + ki * d.dh) * wp + kj * d.dw) * 4;
-  const rowsPerBlock = Math.max(1, Math.ceil(DIRECT_COLUMNS / wp));
-  const nbPad = roundUp(rowsPerBlock * wp, NR);
-  // Reads run past the last grid column by up to a tile and the widest tap: zeros there.
-  const paddedFloats = d.cin * hp * wp + (d.kw - 1) * d.dw + 2 * NR;
-  return { hp, wp, OH, OW, K, offsets, rowsPerBlock, nbPad, paddedFloats };
+      for (let kj = 0; kj < d.kw; kj++) {
+        const phase = ((ki * d.dh) % d.sh) * d.sw + ((kj * d.dw) % d.sw);
+        phases.add(phase);
+        const row = Math.floor((ki * d.dh) / d.sh);
+        const col = Math.floor((kj * d.dw) / d.sw);
+        offsets[(ci * d.kh + ki) * d.kw + kj] = (((phase * d.cin + ci) * hq + row) * wq + col) * 4;
+      }
+  const rowsPerBlock = Math.max(1, Math.ceil(DIRECT_COLUMNS / wq));
+  const nbPad = roundUp(rowsPerBlock * wq, NR);
+  // Reads run past the last grid row by a row, a tile and the widest tap: zeros there.
+  const paddedFloats = d.sh * d.sw * d.cin * hq * wq + wq + (d.kw - 1) * d.dw + 2 * NR;
+  return { hq, wq, OH, OW, K, offsets, phases: [...phases], rowsPerBlock, nbPad, paddedFloats };
+}
+
+/** Copies one image's group of channels into the phases of the padded buffer that the taps read. */
+function fillPhases(k: KernelExports, d: DirectConv, gm: ReturnType<typeof directGeometry>, image: number, padded: number): void {
+  for (const phase of gm.phases) {
+    const a = Math.floor(phase / d.sw);
+    const b = phase % d.sw;
+    // Phase rows y' hold input rows y = sh*y' + a - ph; those inside [0, H) are copied.
+    const y0 = Math.max(0, Math.ceil((d.ph - a) / d.sh));
+    const y1 = Math.floor((d.H - 1 + d.ph - a) / d.sh);
+    const x0 = Math.max(0, Math.ceil((d.pw - b) / d.sw));
+    const x1 = Math.floor((d.W - 1 + d.pw - b) / d.sw);
+    if (y1 < y0 || x1 < x0) continue;
+    const src = image + ((d.sh * y0 + a - d.ph) * d.W + (d.sw * x0 + b - d.pw)) * 4;
+    const dst = padded + (((phase * d.cin) * gm.hq + y0) * gm.wq + x0) * 4;
+    k.conv_copy_rows(src, d.H * d.W * 4, d.sh * d.W * 4, d.sw * 4, dst, gm.hq * gm.wq * 4, gm.wq * 4, 4, d.cin, y1 - y0 + 1, x1 - x0 + 1);
+  }
 }
 
 export class WasmConv {
   constructor(private readonly h: WasmConvHost) {}
 
   forward(x: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
-    if (l.sh === 1 && l.sw === 1) {
-      const d = this.directOf(l, this.h.ptr(x), l.c / l.groups, l.c, l.h, l.w, l.ph, l.pw);
-      const og = l.outChannels / l.groups;
-      this.directForward(d, og, this.h.ptr(out), l.outChannels, og * d.cin * l.kh * l.kw * 4, (dst) => {
-        const f = this.h.f32();
-        const wp = this.h.ptr(weight) >>> 2;
-        f.copyWithin(dst >>> 2, wp, wp + l.outChannels * d.cin * l.kh * l.kw);
-      });
-      return;
-    }
-    this.forwardByColumns(x, weight, out, l);
+    const d = this.directOf(l, this.h.ptr(x), l.c / l.groups, l.c, l.h, l.w, [l.kh, l.kw], [l.sh, l.sw], [l.ph, l.pw]);
+    const weights = l.outChannels * d.cin * l.kh * l.kw;
+    this.directForward(d, l.outChannels / l.groups, this.h.ptr(out), l.outChannels, weights * 4, (dst) => {
+      const from = this.h.ptr(weight) >>> 2;
+      this.h.f32().copyWithin(dst >>> 2, from, from + weights);
+    });
   }
 
   backwardInput(grad: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
@@ -502,7 +485,7 @@ export class WasmConv {
       const cg = l.c / l.groups;
       const og = l.outChannels / l.groups;
       const taps = l.kh * l.kw;
-      const d = this.directOf(l, this.h.ptr(grad), og, l.outChannels, l.oh, l.ow, phT, pwT);
+      const d = this.directOf(l, this.h.ptr(grad), og, l.outChannels, l.oh, l.ow, [l.kh, l.kw], [1, 1], [phT, pwT]);
       this.directForward(d, cg, this.h.ptr(out), l.c, l.groups * cg * og * taps * 4, (dst) => {
         const f = this.h.f32();
         const src = this.h.ptr(weight) >>> 2;
@@ -516,16 +499,83 @@ export class WasmConv {
       });
       return;
     }
-    this.backwardInputByColumns(grad, weight, out, l);
+    if (l.dh === 1 && l.dw === 1) this.backwardInputByPhases(grad, weight, out, l);
+    else this.backwardInputByColumns(grad, weight, out, l);
   }
 
-  backwardWeight(x: Storage, grad: Storage, out: Storage, l: Conv2dLayout): void {
-    if (l.sh === 1 && l.sw === 1) this.backwardWeightDirect(x, grad, out, l);
-    else this.backwardWeightByColumns(x, grad, out, l);
+  /**
+   * The input gradient of a strided convolution, one stride phase of the input at a time: the
+   * pixels y = sh*Y' + a - ph (and likewise in x) receive only the taps ki = a + m*sh, from
+   * output row Y' - m, so each phase is a stride-1 "full" convolution of the output gradient with
+   * those taps flipped (directForward), written into a phase-sized buffer and then spread into
+   * its places in dX. The phases partition dX: every pixel is written once (or stays zero).
+   */
+  private backwardInputByPhases(grad: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
+    const k = this.h.exports;
+    const cg = l.c / l.groups;
+    const og = l.outChannels / l.groups;
+    const dx = this.h.ptr(out);
+    this.h.f32().fill(0, dx >>> 2, (dx >>> 2) + l.n * l.c * l.h * l.w);
+    for (let a = 0; a < Math.min(l.sh, l.kh); a++)
+      for (let b = 0; b < Math.min(l.sw, l.kw); b++) {
+        const kha = Math.ceil((l.kh - a) / l.sh);
+        const kwb = Math.ceil((l.kw - b) / l.sw);
+        const rows = l.oh + kha - 1;
+        const cols = l.ow + kwb - 1;
+        // The phase rows and columns that land inside dX.
+        const y0 = Math.max(0, Math.ceil((l.ph - a) / l.sh));
+        const y1 = Math.min(rows - 1, Math.floor((l.h - 1 + l.ph - a) / l.sh));
+        const x0 = Math.max(0, Math.ceil((l.pw - b) / l.sw));
+        const x1 = Math.min(cols - 1, Math.floor((l.w - 1 + l.pw - b) / l.sw));
+        if (y1 < y0 || x1 < x0) continue;
+        const phase = this.h.temp(l.n * l.c * rows * cols);
+        const d = this.directOf(l, this.h.ptr(grad), og, l.outChannels, l.oh, l.ow, [kha, kwb], [1, 1], [kha - 1, kwb - 1]);
+        const taps = kha * kwb;
+        this.directForward(d, cg, phase.ptr, l.c, l.outChannels * cg * taps * 4, (dst) => {
+          const f = this.h.f32();
+          const src = this.h.ptr(weight) >>> 2;
+          const base = dst >>> 2;
+          for (let g = 0; g < l.groups; g++)
+            for (let ci = 0; ci < cg; ci++)
+              for (let o = 0; o < og; o++)
+                for (let m = 0; m < kha; m++)
+                  for (let m2 = 0; m2 < kwb; m2++) {
+                    const ki = a + (kha - 1 - m) * l.sh;
+                    const kj = b + (kwb - 1 - m2) * l.sw;
+                    f[base + ((g * cg + ci) * og + o) * taps + m * kwb + m2] = f[src + (((g * og + o) * cg + ci) * l.kh + ki) * l.kw + kj];
+                  }
+        });
+        const from = phase.ptr + (y0 * cols + x0) * 4;
+        const to = dx + ((l.sh * y0 + a - l.ph) * l.w + (l.sw * x0 + b - l.pw)) * 4;
+        k.conv_copy_rows(from, rows * cols * 4, cols * 4, 4, to, l.h * l.w * 4, l.sh * l.w * 4, l.sw * 4, l.n * l.c, y1 - y0 + 1, x1 - x0 + 1);
+        phase.release();
+      }
   }
 
-  private directOf(l: Conv2dLayout, src: number, cin: number, srcChannels: number, H: number, W: number, ph: number, pw: number): DirectConv {
-    return { n: l.n, groups: l.groups, src, cin, srcChannels, H, W, kh: l.kh, kw: l.kw, dh: l.dh, dw: l.dw, ph, pw };
+  /**
+   * Returns false (and does nothing) when x holds a NaN or an infinity: the padded-width grid
+   * multiplies the cells between output rows by the zero gaps of dY', and 0 * inf would put a NaN
+   * where the definition has none. The caller then runs the reference kernel.
+   */
+  backwardWeight(x: Storage, grad: Storage, out: Storage, l: Conv2dLayout): boolean {
+    if (!this.h.exports.conv_all_finite(this.h.ptr(x), l.n * l.c * l.h * l.w)) return false;
+    this.backwardWeightDirect(x, grad, out, l);
+    return true;
+  }
+
+  /** A DirectConv over `src` [n, srcChannels, H, W] with l's batch, groups and dilation. */
+  private directOf(
+    l: Conv2dLayout,
+    src: number,
+    cin: number,
+    srcChannels: number,
+    H: number,
+    W: number,
+    [kh, kw]: [number, number],
+    [sh, sw]: [number, number],
+    [ph, pw]: [number, number],
+  ): DirectConv {
+    return { n: l.n, groups: l.groups, src, cin, srcChannels, H, W, kh, kw, sh, sw, dh: l.dh, dw: l.dw, ph, pw };
   }
 
   /**
@@ -535,7 +585,7 @@ export class WasmConv {
   private directForward(d: DirectConv, cout: number, dst: number, dstChannels: number, weightBytes: number, writeWeights: (at: number) => void): void {
     const k = this.h.exports;
     const gm = directGeometry(d);
-    const { hp, wp, OH, OW, K, rowsPerBlock, nbPad } = gm;
+    const { wq, OH, OW, K, rowsPerBlock, nbPad } = gm;
     const [weights, packed, padded, offs, cBlock, tile] = carve(this.h, [weightBytes, roundUp(cout, MR) * K * 4, gm.paddedFloats * 4, K * 4, cout * nbPad * 4, MR * NR * 4]);
     writeWeights(weights);
     this.h.i32().set(gm.offsets, offs >>> 2);
@@ -544,13 +594,12 @@ export class WasmConv {
     for (let g = 0; g < d.groups; g++) {
       k.gemm_pack_a(weights + g * cout * K * 4, K * 4, 4, cout, K, packed);
       for (let n = 0; n < d.n; n++) {
-        const image = d.src + ((n * d.srcChannels + g * d.cin) * d.H * d.W) * 4;
-        k.conv_copy_rows(image, d.H * d.W * 4, d.W * 4, padded + (d.ph * wp + d.pw) * 4, hp * wp * 4, wp * 4, d.cin, d.H, d.W);
+        fillPhases(k, d, gm, d.src + ((n * d.srcChannels + g * d.cin) * d.H * d.W) * 4, padded);
         const outImage = dst + ((n * dstChannels + g * cout) * OH * OW) * 4;
         for (let oy = 0; oy < OH; oy += rowsPerBlock) {
           const rows = Math.min(rowsPerBlock, OH - oy);
-          k.conv_gemm(packed, K, cout, padded + oy * wp * 4, offs, roundUp(rows * wp, NR), cBlock, nbPad * 4, tile, 0);
-          k.conv_copy_rows(cBlock, nbPad * 4, wp * 4, outImage + oy * OW * 4, OH * OW * 4, OW * 4, cout, rows, OW);
+          k.conv_gemm(packed, K, cout, padded + oy * wq * 4, offs, roundUp(rows * wq, NR), cBlock, nbPad * 4, tile, 0);
+          k.conv_copy_rows(cBlock, nbPad * 4, wq * 4, 4, outImage + oy * OW * 4, OH * OW * 4, OW * 4, 4, cout, rows, OW);
         }
       }
     }
@@ -561,9 +610,9 @@ export class WasmConv {
     const k = this.h.exports;
     const cg = l.c / l.groups;
     const og = l.outChannels / l.groups;
-    const d = this.directOf(l, this.h.ptr(x), cg, l.c, l.h, l.w, l.ph, l.pw);
+    const d = this.directOf(l, this.h.ptr(x), cg, l.c, l.h, l.w, [l.kh, l.kw], [l.sh, l.sw], [l.ph, l.pw]);
     const gm = directGeometry(d);
-    const { hp, wp, OH, OW, K, rowsPerBlock, nbPad } = gm;
+    const { wq, OH, OW, K, rowsPerBlock, nbPad } = gm;
     const rows = roundUp(og, 4);
     const kPad = roundUp(K, 2);
     const [padded, offs, gradBlock, acc] = carve(this.h, [gm.paddedFloats * 4, kPad * 4, rows * nbPad * 4, rows * kPad * 4]);
@@ -574,48 +623,25 @@ export class WasmConv {
     this.h.i32().set(offsets, offs >>> 2);
     const f = this.h.f32();
     f.fill(0, padded >>> 2, (padded >>> 2) + gm.paddedFloats);
+    // dY' is zero off the output: the grid's extra columns, the block's tail and the padding rows
+    // are never written by a full block.
+    f.fill(0, gradBlock >>> 2, (gradBlock >>> 2) + rows * nbPad);
     const gp = this.h.ptr(grad);
     const op = this.h.ptr(out) >>> 2;
     for (let g = 0; g < l.groups; g++) {
       f.fill(0, acc >>> 2, (acc >>> 2) + rows * kPad);
       for (let n = 0; n < l.n; n++) {
-        const image = d.src + ((n * l.c + g * cg) * l.h * l.w) * 4;
-        k.conv_copy_rows(image, l.h * l.w * 4, l.w * 4, padded + (d.ph * wp + d.pw) * 4, hp * wp * 4, wp * 4, cg, l.h, l.w);
+        fillPhases(k, d, gm, d.src + ((n * l.c + g * cg) * l.h * l.w) * 4, padded);
         const gImage = gp + ((n * l.outChannels + g * og) * OH * OW) * 4;
         for (let oy = 0; oy < OH; oy += rowsPerBlock) {
           const blockRows = Math.min(rowsPerBlock, OH - oy);
-          // dY' must be zero off the output (the grid's extra columns, the block's tail, padding rows).
-          if (n === 0 && oy === 0) f.fill(0, gradBlock >>> 2, (gradBlock >>> 2) + rows * nbPad);
-          else if (blockRows < rowsPerBlock) f.fill(0, gradBlock >>> 2, (gradBlock >>> 2) + rows * nbPad);
-          k.conv_copy_rows(gImage + oy * OW * 4, OH * OW * 4, OW * 4, gradBlock, nbPad * 4, wp * 4, og, blockRows, OW);
-          k.conv_dots(gradBlock, nbPad * 4, rows, padded + oy * wp * 4, offs, kPad, roundUp(blockRows * wp, NR), acc, kPad * 4);
-          // A partial block leaves stale rows behind for the next image's first block.
+          // A partial block rewrites only part of what a full one did: clear the rest.
           if (blockRows < rowsPerBlock) f.fill(0, gradBlock >>> 2, (gradBlock >>> 2) + rows * nbPad);
+          k.conv_copy_rows(gImage + oy * OW * 4, OH * OW * 4, OW * 4, 4, gradBlock, nbPad * 4, wq * 4, 4, og, blockRows, OW);
+          k.conv_dots(gradBlock, nbPad * 4, rows, padded + oy * wq * 4, offs, kPad, roundUp(blockRows * wq, NR), acc, kPad * 4);
         }
       }
       for (let o = 0; o < og; o++) f.copyWithin(op + (g * og + o) * K, (acc >>> 2) + o * kPad, (acc >>> 2) + o * kPad + K);
-    }
-  }
-
-  /** The im2col column-block form, for strides above 1 (and paddings the direct form cannot flip). */
-  private forwardByColumns(x: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
-    const { cg, og, K, L, nb, ldb } = plan(l);
-    const k = this.h.exports;
-    const [packed, block, offs, tile] = carve(this.h, [roundUp(og, MR) * K * 4, K * ldb, K * 4, MR * NR * 4]);
-    this.h.i32().set(Int32Array.from({ length: K }, (_, p) => p * ldb), offs >>> 2);
-    const [xp, wp, op] = [this.h.ptr(x), this.h.ptr(weight), this.h.ptr(out)];
-    const geo = geometry(l, cg);
-    for (let g = 0; g < l.groups; g++) {
-      k.gemm_pack_a(wp + g * og * K * 4, K * 4, 4, og, K, packed);
-      for (let n = 0; n < l.n; n++) {
-        const xImage = xp + ((n * l.c + g * cg) * l.h * l.w) * 4;
-        const oImage = op + ((n * l.outChannels + g * og) * L) * 4;
-        for (let j0 = 0; j0 < L; j0 += nb) {
-          const cols = Math.min(nb, L - j0);
-          k.conv_cols(xImage, ...geo, j0, cols, ldb, block);
-          k.conv_gemm(packed, K, og, block, offs, cols, oImage + j0 * 4, L * 4, tile, 0);
-        }
-      }
     }
   }
 
@@ -637,41 +663,11 @@ export class WasmConv {
           const cols = Math.min(nb, L - j0);
           // In a last, partial block the columns past `cols` keep older values: each column of the
           // product depends on its own column only, and those are never read back.
-          k.conv_copy_rows(gp + ((n * l.outChannels + g * og) * L + j0) * 4, L * 4, 0, gradBlock, ldb, 0, og, 1, cols);
+          k.conv_copy_rows(gp + ((n * l.outChannels + g * og) * L + j0) * 4, L * 4, 0, 4, gradBlock, ldb, 0, 4, og, 1, cols);
           k.conv_gemm(packed, og, K, gradBlock, offs, cols, block, ldb, tile, 0);
           k.conv_uncols(block, ...geo, j0, cols, ldb, dxImage);
         }
       }
-    }
-  }
-
-  private backwardWeightByColumns(x: Storage, grad: Storage, out: Storage, l: Conv2dLayout): void {
-    const { cg, og, K, L, nb, ldb } = plan(l);
-    const k = this.h.exports;
-    const rows = roundUp(og, 4);
-    const kPad = roundUp(K, 2);
-    const [gradBlock, block, offs, acc] = carve(this.h, [rows * ldb, kPad * ldb, kPad * 4, rows * kPad * 4]);
-    this.h.i32().set(Int32Array.from({ length: kPad }, (_, p) => p * ldb), offs >>> 2);
-    const [xp, gp, op] = [this.h.ptr(x), this.h.ptr(grad), this.h.ptr(out)];
-    const geo = geometry(l, cg);
-    const f = this.h.f32();
-    // Padding rows and columns must be zero (not just ignored): they are multiplied in the dot products.
-    f.fill(0, gradBlock >>> 2, (gradBlock >>> 2) + rows * nb);
-    f.fill(0, (block >>> 2) + K * nb, (block >>> 2) + kPad * nb);
-    for (let g = 0; g < l.groups; g++) {
-      f.fill(0, acc >>> 2, (acc >>> 2) + rows * kPad);
-      for (let n = 0; n < l.n; n++) {
-        const xImage = xp + ((n * l.c + g * cg) * l.h * l.w) * 4;
-        const gImage = gp + ((n * l.outChannels + g * og) * L) * 4;
-        for (let j0 = 0; j0 < L; j0 += nb) {
-          const cols = Math.min(nb, L - j0);
-          if (cols < nb) for (let o = 0; o < og; o++) f.fill(0, (gradBlock >>> 2) + o * nb + cols, (gradBlock >>> 2) + (o + 1) * nb);
-          k.conv_copy_rows(gImage + j0 * 4, L * 4, 0, gradBlock, ldb, 0, og, 1, cols);
-          k.conv_cols(xImage, ...geo, j0, cols, ldb, block);
-          k.conv_dots(gradBlock, ldb, rows, block, offs, kPad, roundUp(cols, 4), acc, kPad * 4);
-        }
-      }
-      for (let o = 0; o < og; o++) f.copyWithin(op + (g * og + o) * K, (acc >>> 2) + o * kPad, (acc >>> 2) + o * kPad + K);
     }
   }
 }

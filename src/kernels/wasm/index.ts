@@ -8,8 +8,9 @@
  * random, casts), and the sequential or rare ones (cumsum, the prod reduction) - runs the CPU
  * reference kernels over typed-array views of the same memory, which keeps it correct by
  * construction and bit-exact where the contract asks (RNG, argmax, int kernels).
- * float32 uniform / normal / keep-mask draws and the common fused optimizer passes run in SIMD
- * (fusedsimd.ts, fused.ts), matching those reference kernels bit for bit.
+ * float32 uniform / normal / keep-mask draws run in SIMD (rngsimd.ts), matching the reference
+ * draws bit for bit; the fused optimizer kernels are arena kernels rendered to f32x4
+ * (src/kernels/arena), which agree with their float32 reference bit for bit.
  *
  * The allocator rounds sizes up to classes (sizeClass) and keeps freed blocks in a free list per
  * class for reuse; it never returns memory to the top or merges blocks, which suits training
@@ -54,9 +55,14 @@ import {
   type GemmTiling,
   type KernelExports,
 } from './module.js';
-import { WasmFusedKernels } from './fused.js';
 import { WasmConv } from './conv.js';
+import { avgPool2dWasm, maxPool2dWasm } from './pool.js';
 import { availableCores, canBlock, CONTROL_BYTES_PER_WORKER, ThreadPool, type KernelCall } from './threads.js';
+import { wasmKernel as arenaWasmKernel } from '../arena/wasm.js';
+import { arenaBackends } from '../arena/run.js';
+
+// The arena kernels' f32x4 renderer: the fused optimizer passes run in it on this backend.
+arenaBackends.wasmKernel = arenaWasmKernel;
 
 const PAGE = 65536;
 /** Allocations start at multiples of this, so views at 64-float offsets keep vector alignment. */
@@ -262,8 +268,8 @@ export class WasmBackend implements Backend {
   }
 
   /**
-   * A typed array over the storage's elements, in its dtype's array type: host code (the fused
-   * optimizer kernels in src/kernels/cpu/fused.ts) works on the memory in place through it. It is
+   * A typed array over the storage's elements, in its dtype's array type: host code (the arena
+   * kernels' reference and scalar programs, src/kernels/arena) works on the memory in place through it. It is
    * valid until the next allocation, which may grow (and, unshared, detach) the memory.
    */
   typed(storage: Storage): TypedArray {
@@ -370,13 +376,18 @@ export class WasmBackend implements Backend {
     this.cpu.argReduce(op, this.host(x), this.host(out), layout);
   }
   maxPool2d(x: Storage, out: Storage, argOut: Storage | null, g: Window2d): void {
-    this.cpu.maxPool2d(this.host(x), this.host(out), argOut && this.host(argOut), g);
+    const [xs, o] = [ws(x), ws(out)];
+    if (xs.dtype !== 'float32' || o.dtype !== 'float32') return this.cpu.maxPool2d(this.host(x), this.host(out), argOut && this.host(argOut), g);
+    const arg = argOut ? ws(argOut) : null;
+    maxPool2dWasm(this.k, { x: xs.ptr, out: o.ptr, arg: arg?.ptr ?? 0 }, this.typed(x) as Float32Array, this.typed(out) as Float32Array, arg && (this.typed(arg) as Int32Array), g);
   }
   maxPool2dBackward(grad: Storage, arg: Storage, out: Storage, g: Window2d): void {
     this.cpu.maxPool2dBackward(this.host(grad), this.host(arg), this.host(out), g);
   }
   avgPool2d(x: Storage, out: Storage, g: AvgPool2dLayout): void {
-    this.cpu.avgPool2d(this.host(x), this.host(out), g);
+    const [xs, o] = [ws(x), ws(out)];
+    if (xs.dtype !== 'float32' || o.dtype !== 'float32') return this.cpu.avgPool2d(this.host(x), this.host(out), g);
+    avgPool2dWasm(this.k, { x: xs.ptr, out: o.ptr }, this.typed(x) as Float32Array, this.typed(out) as Float32Array, g);
   }
   avgPool2dBackward(grad: Storage, out: Storage, g: AvgPool2dLayout): void {
     this.cpu.avgPool2dBackward(this.host(grad), this.host(out), g);
@@ -409,16 +420,6 @@ export class WasmBackend implements Backend {
       }
     }
     this.cpu.random(this.host(out), key0, key1, dist);
-  }
-
-  private fused: WasmFusedKernels | null = null;
-  /**
-   * The fused optimizer kernels (src/kernels/fused.ts) with SIMD fast paths; the dispatch in
-   * src/kernels/cpu/fused.ts picks them up for this backend.
-   */
-  fusedKernels(): WasmFusedKernels {
-    this.fused ??= new WasmFusedKernels({ backend: this, exports: this.k, typed: (s) => this.typed(s), ptr: (s) => ws(s).ptr });
-    return this.fused;
   }
 
   // ---- SIMD kernels ----
@@ -545,7 +546,17 @@ export class WasmBackend implements Backend {
   /** The implicit-GEMM convolutions of conv.ts for float32; the reference kernels otherwise. */
   private conv(...operands: Storage[]): WasmConv | null {
     if (operands.some((s) => ws(s).dtype !== 'float32')) return null;
-    this.convKernels ??= new WasmConv({ exports: this.k, ptr: (s) => ws(s).ptr, scratch: (b) => this.scratch(b), f32: () => this.heap().f32, i32: () => this.heap().i32 });
+    this.convKernels ??= new WasmConv({
+      exports: this.k,
+      ptr: (s) => ws(s).ptr,
+      scratch: (b) => this.scratch(b),
+      temp: (numel) => {
+        const s = this.alloc(numel, 'float32');
+        return { ptr: ws(s).ptr, release: () => this.release(s) };
+      },
+      f32: () => this.heap().f32,
+      i32: () => this.heap().i32,
+    });
     return this.convKernels;
   }
   conv2d(x: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
@@ -560,8 +571,7 @@ export class WasmBackend implements Backend {
   }
   conv2dBackwardWeight(x: Storage, grad: Storage, out: Storage, l: Conv2dLayout): void {
     const k = this.conv(x, grad, out);
-    if (k) k.backwardWeight(x, grad, out, l);
-    else this.cpu.conv2dBackwardWeight(this.host(x), this.host(grad), this.host(out), l);
+    if (!k?.backwardWeight(x, grad, out, l)) this.cpu.conv2dBackwardWeight(this.host(x), this.host(grad), this.host(out), l);
   }
 
   im2col(x: Storage, cols: Storage, g: Window2d): void {

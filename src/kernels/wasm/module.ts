@@ -25,8 +25,9 @@ import {
   type Local,
   type Operand,
 } from './emit.js';
-import { emitFusedKernels } from './fusedsimd.js';
+import { emitRandom } from './rngsimd.js';
 import { emitConvKernels } from './conv.js';
+import { emitPoolKernels } from './pool.js';
 
 const { i32: I32, f32: F32, f64: F64, v128: V128 } = ValType;
 
@@ -437,7 +438,7 @@ function emitRowSumExp(mb: ModuleBuilder, store: boolean): FuncRef {
 function rowLogSumExp(f: FuncBuilder, fns: RowFns, row: Operand, cols: Operand, rowMax?: Local): Local {
   const mx = rowMax ?? f.local(F32);
   const lse = f.local(F64);
-  if (!rowMax) f.set(mx, call(fns.rowMax, row, cols));
+  if (!rowMax) setShiftMax(f, fns, mx, row, cols);
   f.if(
     f32.lt(f32.abs(mx), Infinity),
     () => f.set(lse, f64.add(f64.promoteF32(mx), call(fns.log, call(fns.rowSumExp, row, cols, mx)))),
@@ -456,6 +457,15 @@ interface RowFns {
 }
 
 /**
+ * mx = the row's max as the shift of softmax and its kin, with +inf read as NaN: PyTorch's
+ * x - max is then inf - inf = NaN, which makes the whole row NaN (the CPU's rowLogSumExp rule).
+ */
+function setShiftMax(f: FuncBuilder, fns: RowFns, mx: Local, row: Operand, cols: Operand): void {
+  f.set(mx, call(fns.rowMax, row, cols));
+  f.set(mx, select(f32.const(NaN), mx, f32.eq(mx, Infinity), F32));
+}
+
+/**
  * softmax(x, out, rows, cols, log): out = exp(x - lse) or x - lse per row. With a finite row max,
  * softmax keeps the exponentials of the sum pass and scales them by 1 / sum. logSoftmax is
  * (x - max) - log(sum): subtracting a float32 lse instead would lose the bits of lse's rounding
@@ -468,7 +478,7 @@ function emitSoftmax(mb: ModuleBuilder, fns: RowFns): void {
     const v = f.local(V128);
     const shift = f.local(V128);
     f.for(r, 0, rows, 1, () => {
-      f.set(mx, call(fns.rowMax, x, cols));
+      setShiftMax(f, fns, mx, x, cols);
       f.if(
         i32.and(f32.lt(f32.abs(mx), Infinity), i32.eqz(isLog)),
         () => {
@@ -549,7 +559,7 @@ function emitCrossEntropyBackward(mb: ModuleBuilder, fns: RowFns): void {
       f.set(g, f32.load(grad));
       // softmax as exp((x - max) - log(sum)), as the softmax kernel: exp(x - lse) with a float32
       // lse would carry lse's rounding (an ulp of the max) into every probability.
-      f.set(mx, call(fns.rowMax, x, cols));
+      setShiftMax(f, fns, mx, x, cols);
       f.set(shift, f32x4.splat(mx));
       f.set(logSum, f32x4.splat(f32.const(0)));
       f.if(f32.lt(f32.abs(mx), Infinity), () => f.set(logSum, f32x4.splat(f32.demoteF64(call(fns.log, call(fns.rowSumExp, x, cols, mx))))));
@@ -1016,8 +1026,9 @@ export function buildKernelModule(opts: KernelModuleOptions): Uint8Array {
   emitCol2im(mb);
   emitGemm(mb, opts.tiling ?? DEFAULT_TILING);
   emitGemv(mb);
-  emitFusedKernels(mb);
+  emitRandom(mb);
   emitConvKernels(mb);
+  emitPoolKernels(mb);
   return mb.toBytes();
 }
 

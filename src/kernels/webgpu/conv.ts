@@ -88,12 +88,29 @@ const convParams = (l: Conv2dLayout): Param[] => [
 ];
 
 /**
- * The direct convolution: one thread per output element, summing its group's channels times the
- * kernel window. On SwiftShader (the CPU-emulated adapter here) this beats an im2col + matmul,
- * which writes and reads back kh*kw times the input; a real GPU would want the output tiled in
- * workgroup memory (not written yet: see the README's note on untimed real-GPU kernel forms).
+ * Convolution in two forms, as the matmul (matmul.ts): on a CPU-emulated adapter (SwiftShader)
+ * the direct kernels, one thread per output element with no barriers, which beat an im2col +
+ * matmul there (that writes and reads back kh*kw times the input); on a GPU an implicit GEMM
+ * tiled in workgroup memory (convTiled), whose tiles gather the im2col values as they load them.
+ * The tiled form is checked for correctness on SwiftShader; its speed on real GPUs is untimed.
  */
 export function conv2d(rt: Runtime, x: GPUStorage, weight: GPUStorage, out: GPUStorage, l: Conv2dLayout): void {
+  if (rt.cpuEmulated) conv2dDirect(rt, x, weight, out, l);
+  else convTiled(rt, 'conv2d', weight, x, out, l);
+}
+
+export function conv2dBackwardInput(rt: Runtime, grad: GPUStorage, weight: GPUStorage, out: GPUStorage, l: Conv2dLayout): void {
+  if (rt.cpuEmulated) conv2dBackwardInputDirect(rt, grad, weight, out, l);
+  else convTiled(rt, 'conv2dBackwardInput', grad, weight, out, l);
+}
+
+export function conv2dBackwardWeight(rt: Runtime, x: GPUStorage, grad: GPUStorage, out: GPUStorage, l: Conv2dLayout): void {
+  if (rt.cpuEmulated) conv2dBackwardWeightDirect(rt, x, grad, out, l);
+  else convTiled(rt, 'conv2dBackwardWeight', grad, x, out, l);
+}
+
+/** The direct convolution: one thread per output element, summing its group's channels times the kernel window. */
+function conv2dDirect(rt: Runtime, x: GPUStorage, weight: GPUStorage, out: GPUStorage, l: Conv2dLayout): void {
   const binds: Bind[] = [{ name: 'src', s: x, access: 'read' }, { name: 'wt', s: weight, access: 'read' }, { name: 'dst', s: out, access: 'write' }];
   windowKernel(rt, 'conv2d', binds, l.n * l.outChannels * l.oh * l.ow, l, `
   let ox = ti % P.ow;
@@ -120,7 +137,7 @@ export function conv2d(rt: Runtime, x: GPUStorage, weight: GPUStorage, out: GPUS
 }
 
 /** The input gradient as a gather: one thread per input pixel, over the windows covering it. */
-export function conv2dBackwardInput(rt: Runtime, grad: GPUStorage, weight: GPUStorage, out: GPUStorage, l: Conv2dLayout): void {
+function conv2dBackwardInputDirect(rt: Runtime, grad: GPUStorage, weight: GPUStorage, out: GPUStorage, l: Conv2dLayout): void {
   const binds: Bind[] = [{ name: 'grad', s: grad, access: 'read' }, { name: 'wt', s: weight, access: 'read' }, { name: 'dst', s: out, access: 'write' }];
   windowKernel(rt, 'conv2dBackwardInput', binds, l.n * l.c * l.h * l.w, l, `
   let x = ti % P.w;
@@ -145,7 +162,7 @@ const WEIGHT_GRAD_WG = 64;
  * the output positions and then add their partial sums in workgroup memory (a thread per weight
  * alone would leave most of the device idle: a layer has few weights and many positions).
  */
-export function conv2dBackwardWeight(rt: Runtime, x: GPUStorage, grad: GPUStorage, out: GPUStorage, l: Conv2dLayout): void {
+function conv2dBackwardWeightDirect(rt: Runtime, x: GPUStorage, grad: GPUStorage, out: GPUStorage, l: Conv2dLayout): void {
   const total = l.outChannels * (l.c / l.groups) * l.kh * l.kw;
   if (total === 0) return;
   const g = l as Window2d;
@@ -187,6 +204,152 @@ ${entry(WEIGHT_GRAD_WG)} {
   if (lid == 0u) { dst[t] = partial[0]; }
 }`,
   });
+}
+
+/** Rows and columns of C per workgroup of the tiled form, its depth step, and its 16 x 8 threads (4 x 4 outputs each). */
+const TILE_M = 32;
+const TILE_N = 64;
+const TILE_K = 16;
+
+/** The value of im2col column entry (tap p, image position q) of the group's input, 0 in the padding. */
+const IM2COL_AT = `fn cols_at(p: i32, q: i32) -> f32 {
+  let L = P.oh * P.ow;
+  let b = q / L;
+  let l = q % L;
+  let taps = P.kh * P.kw;
+  let ci = p / taps;
+  let ki = (p % taps) / P.kw;
+  let kj = p % P.kw;
+  let y = (l / P.ow) * P.sh - P.ph + ki * P.dh;
+  let x = (l % P.ow) * P.sw - P.pw + kj * P.dw;
+  if (y < 0i || y >= P.h || x < 0i || x >= P.w) { return 0.0; }
+  return srcb[((b * P.c + P.grp * (P.c / P.groups) + ci) * P.h + y) * P.w + x];
+}`;
+
+/**
+ * The three convolution kernels as one tiled implicit GEMM per group, C[i, j] = sum_p A(i, p) B(p, j):
+ * - conv2d:               i = output channel, j = (image, output position), p = tap; B is im2col of x
+ * - conv2dBackwardWeight: i = output channel, j = tap, p = (image, output position); A is dY, B im2col^T
+ * - conv2dBackwardInput:  i = input channel, j = (image, input pixel), p = (output channel, tap); B is
+ *                         dY at the output whose window puts that tap on that pixel, 0 where none does
+ * `a` and `b` are bound as `srca` and `srcb`. The operands are gathered into workgroup memory a
+ * TILE_K-deep slice at a time, so each input value is read from memory once per tile, not per output.
+ */
+function convTiled(rt: Runtime, kernel: 'conv2d' | 'conv2dBackwardInput' | 'conv2dBackwardWeight', a: GPUStorage, b: GPUStorage, out: GPUStorage, l: Conv2dLayout): void {
+  const cg = l.c / l.groups;
+  const og = l.outChannels / l.groups;
+  const taps = l.kh * l.kw;
+  const K = cg * taps;
+  const L = l.oh * l.ow;
+  // [rows, cols, depth] of each group's product, and the WGSL of A, B and the store.
+  const [M, N, D, fns] =
+    kernel === 'conv2d'
+      ? [og, l.n * L, K, `fn a_at(i: i32, p: i32) -> f32 { return srca[(P.grp * P.og + i) * P.kk + p]; }
+fn b_at(p: i32, j: i32) -> f32 { return cols_at(p, j); }
+fn store(i: i32, j: i32, v: f32) {
+  let L = P.oh * P.ow;
+  dst[((j / L) * P.oc + P.grp * P.og + i) * L + j % L] = v;
+}`]
+      : kernel === 'conv2dBackwardWeight'
+        ? [og, K, l.n * L, `fn a_at(i: i32, q: i32) -> f32 {
+  let L = P.oh * P.ow;
+  return srca[((q / L) * P.oc + P.grp * P.og + i) * L + q % L];
+}
+fn b_at(q: i32, j: i32) -> f32 { return cols_at(j, q); }
+fn store(i: i32, j: i32, v: f32) { dst[(P.grp * P.og + i) * P.kk + j] = v; }`]
+        : [cg, l.n * l.h * l.w, og * taps, `fn a_at(i: i32, p: i32) -> f32 {
+  let taps = P.kh * P.kw;
+  return srcb[((P.grp * P.og + p / taps) * (P.c / P.groups) + i) * taps + p % taps];
+}
+fn b_at(p: i32, j: i32) -> f32 {
+  let taps = P.kh * P.kw;
+  let o = p / taps;
+  let ki = (p % taps) / P.kw;
+  let kj = p % P.kw;
+  let b = j / (P.h * P.w);
+  let y = (j / P.w) % P.h;
+  let x = j % P.w;
+  let ny = y + P.ph - ki * P.dh;
+  let nx = x + P.pw - kj * P.dw;
+  if (ny < 0i || nx < 0i || ny % P.sh != 0i || nx % P.sw != 0i || ny / P.sh >= P.oh || nx / P.sw >= P.ow) { return 0.0; }
+  return srca[((b * P.oc + P.grp * P.og + o) * P.oh + ny / P.sh) * P.ow + nx / P.sw];
+}
+fn store(i: i32, j: i32, v: f32) {
+  let hw = P.h * P.w;
+  dst[((j / hw) * P.c + P.grp * (P.c / P.groups) + i) * hw + j % hw] = v;
+}`];
+  if (M === 0 || N === 0) return;
+  const tilesM = Math.ceil(M / TILE_M);
+  const tilesN = Math.ceil(N / TILE_N);
+  const g = l as Window2d;
+  for (let grp = 0; grp < l.groups; grp++) {
+    rt.dispatch({
+      name: `${kernel}.tiled`,
+      key: `${kernel}.tiled`,
+      binds: [{ name: 'srca', s: a, access: 'read' }, { name: 'srcb', s: b, access: 'read' }, { name: 'dst', s: out, access: 'write' }],
+      params: [
+        ...FIELDS.map((f) => ({ name: f, type: 'i32' as const, value: g[f] })),
+        ...convParams(l),
+        ...(
+          [
+            ['grp', grp],
+            ['og', og],
+            ['kk', K],
+            ['mm', M],
+            ['nn', N],
+            ['dd', D],
+          ] as const
+        ).map(([name, value]) => ({ name, type: 'i32' as const, value })),
+        { name: 'tiles_n', type: 'u32', value: tilesN },
+        { name: 'tiles', type: 'u32', value: tilesM * tilesN },
+      ],
+      groups: tilesM * tilesN,
+      wgsl: () => `var<workgroup> As: array<f32, ${TILE_K * TILE_M}>;
+var<workgroup> Bs: array<f32, ${TILE_K * TILE_N}>;
+${IM2COL_AT}
+${fns}
+${entry(128)} {
+  let g = fg_group(wg, nwg);
+  if (g >= P.tiles) { return; }
+  let tx = i32(lid % 16u);
+  let ty = i32(lid / 16u);
+  let n0 = i32(g % P.tiles_n) * ${TILE_N}i;
+  let m0 = i32(g / P.tiles_n) * ${TILE_M}i;
+  var acc: array<f32, 16>;
+  for (var k0 = 0i; k0 < P.dd; k0 += ${TILE_K}i) {
+    for (var e = i32(lid); e < ${TILE_K * TILE_M}i; e += 128i) {
+      let i = m0 + e % ${TILE_M}i;
+      let p = k0 + e / ${TILE_M}i;
+      var v = 0.0;
+      if (i < P.mm && p < P.dd) { v = a_at(i, p); }
+      As[e] = v;
+    }
+    for (var e = i32(lid); e < ${TILE_K * TILE_N}i; e += 128i) {
+      let j = n0 + e % ${TILE_N}i;
+      let p = k0 + e / ${TILE_N}i;
+      var v = 0.0;
+      if (j < P.nn && p < P.dd) { v = b_at(p, j); }
+      Bs[e] = v;
+    }
+    workgroupBarrier();
+    for (var kk = 0i; kk < ${TILE_K}i; kk++) {
+      for (var r = 0i; r < 4i; r++) {
+        let av = As[kk * ${TILE_M}i + ty * 4i + r];
+        for (var c = 0i; c < 4i; c++) { acc[r * 4i + c] += av * Bs[kk * ${TILE_N}i + tx * 4i + c]; }
+      }
+    }
+    workgroupBarrier();
+  }
+  for (var r = 0i; r < 4i; r++) {
+    for (var c = 0i; c < 4i; c++) {
+      let i = m0 + ty * 4i + r;
+      let j = n0 + tx * 4i + c;
+      if (i < P.mm && j < P.nn) { store(i, j, acc[r * 4i + c]); }
+    }
+  }
+}`,
+    });
+  }
 }
 
 export function maxPool2d(rt: Runtime, x: GPUStorage, out: GPUStorage, argOut: GPUStorage | null, g: Window2d): void {

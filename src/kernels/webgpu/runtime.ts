@@ -100,8 +100,19 @@ export interface Bind {
   name: string;
   s: GPUStorage;
   access: Access;
-  /** WGSL element type; defaults to the storage dtype's scalar. vec4 types need numel % 4 == 0. */
+  /** WGSL element type; defaults to the storage dtype's scalar. vec4 types need numel % 4 == 0, unless padTo16. */
   type?: string;
+  /**
+   * Bind up to the next 16 bytes past the storage (buffers are sized in 64-byte classes, so they
+   * hold them), for a vec4 view of a storage whose size is not a multiple of 4. The shader must
+   * leave those lanes as it found them (the arena kernels' per-tensor baseline does).
+   */
+  padTo16?: boolean;
+}
+
+/** Bytes a binding covers. */
+function bindBytes(b: Bind): number {
+  return b.padTo16 ? Math.ceil(b.s.bindSize / 16) * 16 : b.s.bindSize;
 }
 
 export interface KernelCall {
@@ -475,7 +486,7 @@ export class Runtime {
       layout: bgl,
       entries: [
         { binding: 0, resource: { buffer: this.ring, offset: slot.offset, size: slot.size } },
-        ...binds.map((b, i) => ({ binding: i + 1, resource: { buffer: b.s.buffer, offset: b.s.offset, size: b.s.bindSize } })),
+        ...binds.map((b, i) => ({ binding: i + 1, resource: { buffer: b.s.buffer, offset: b.s.offset, size: bindBytes(b) } })),
       ],
     });
     const pass = this.computePass();

@@ -15,17 +15,20 @@ const ROWS_PER_GROUP = 64;
 type RowKind = 'softmax' | 'logSoftmax' | 'ce' | 'ceBackward';
 
 /**
- * `fg_row_stats(base, lid)` -> (max, log-sum-exp, sum) of x[base .. base + cols). The edge cases
- * follow the CPU: a row of -inf has lse -inf; an infinite max is its own lse.
+ * `fg_row_stats(base, lid)` -> (max, log-sum-exp, sum, sum of exp(x - max)) of x[base .. base + cols).
+ * The edge cases follow the CPU: a NaN anywhere makes max and lse NaN (the max alone would skip
+ * it); a row of -inf has lse -inf; a +inf entry makes lse NaN (and so the whole row).
  */
 function statsThread(): string {
-  return `fn fg_row_stats(base: u32, lid: u32) -> vec3<f32> {
+  return `fn fg_row_stats(base: u32, lid: u32) -> vec4<f32> {
   var mx = -${INF_F32};
-  for (var j = 0u; j < P.cols; j++) { let v = x[base + j]; mx = select(mx, v, v > mx); }
+  var has_nan = false;
+  for (var j = 0u; j < P.cols; j++) { let v = x[base + j]; mx = select(mx, v, v > mx); has_nan = has_nan | fg_isnan(v); }
+  mx = select(mx, ${NAN_F32}, has_nan);
   var se = 0.0;
   var sx = 0.0;
   for (var j = 0u; j < P.cols; j++) { let v = x[base + j]; se += fg_exp(v - mx); sx += v; }
-  return vec3<f32>(mx, fg_lse(mx, se), sx);
+  return vec4<f32>(mx, fg_lse(mx, se), sx, se);
 }`;
 }
 
@@ -42,24 +45,40 @@ fn fg_wg_reduce(v: f32, lid: u32, is_max: bool) -> f32 {
   workgroupBarrier();
   return r;
 }
-fn fg_row_stats(base: u32, lid: u32) -> vec3<f32> {
+fn fg_row_stats(base: u32, lid: u32) -> vec4<f32> {
   var mx = -${INF_F32};
-  for (var j = lid; j < P.cols; j += ${wg}u) { let v = x[base + j]; mx = select(mx, v, v > mx); }
+  var has_nan = 0.0;
+  for (var j = lid; j < P.cols; j += ${wg}u) { let v = x[base + j]; mx = select(mx, v, v > mx); has_nan = select(has_nan, 1.0, fg_isnan(v)); }
   mx = fg_wg_reduce(mx, lid, true);
+  mx = select(mx, ${NAN_F32}, fg_wg_reduce(has_nan, lid, true) != 0.0);
   var se = 0.0;
   var sx = 0.0;
   for (var j = lid; j < P.cols; j += ${wg}u) { let v = x[base + j]; se += fg_exp(v - mx); sx += v; }
   se = fg_wg_reduce(se, lid, false);
   sx = fg_wg_reduce(sx, lid, false);
-  return vec3<f32>(mx, fg_lse(mx, se), sx);
+  return vec4<f32>(mx, fg_lse(mx, se), sx, se);
 }`;
 }
 
 const LSE = `fn fg_lse(mx: f32, se: f32) -> f32 {
+  if (fg_isnan(mx)) { return mx; }
   if (mx == -${INF_F32}) { return mx; }
-  if (mx == ${INF_F32}) { return mx; }
+  // A +inf entry: PyTorch's x - max is inf - inf = NaN there, which makes the whole row NaN.
+  if (mx == ${INF_F32}) { return ${NAN_F32}; }
   return mx + fg_log(se);
-}`;
+}
+// Whether the row max is finite (not NaN): only then are the shifted forms below defined.
+fn fg_finite_row(st: vec4<f32>) -> bool { return !fg_isnan(st.x) && abs(st.x) < ${INF_F32}; }
+// x - lse as (x - max) - log(sum) (PyTorch's log_softmax): subtracting a float32 lse would carry
+// lse's rounding (an ulp of the max, 6e-5 near 1000) into every result. Non-finite rows keep
+// the CPU rule x - lse.
+fn fg_log_prob(v: f32, st: vec4<f32>) -> f32 {
+  if (fg_finite_row(st)) { return (v - st.x) - fg_log(st.w); }
+  return v - st.y;
+}
+// The probability as exp of that, for the same reason; not exp(x - max) / sum, whose quotient
+// would flush the subnormal probabilities that fg_exp makes.
+fn fg_prob(v: f32, st: vec4<f32>) -> f32 { return fg_exp(fg_log_prob(v, st)); }`;
 
 /** The per-element or per-row body, given `base` (row start), `r` (row), `st` (stats), `j0`/`dj` (column walk). */
 function body(kind: RowKind, labelScalar: string | null): string {
@@ -69,16 +88,16 @@ function body(kind: RowKind, labelScalar: string | null): string {
   let valid = y >= 0i && y < i32(P.cols);` : '';
   switch (kind) {
     case 'softmax':
-      return `for (var j = j0; j < P.cols; j += dj) { dst[base + j] = fg_exp(x[base + j] - st.y); }`;
+      return `for (var j = j0; j < P.cols; j += dj) { dst[base + j] = fg_prob(x[base + j], st); }`;
     case 'logSoftmax':
-      return `for (var j = j0; j < P.cols; j += dj) { dst[base + j] = x[base + j] - st.y; }`;
+      return `for (var j = j0; j < P.cols; j += dj) { dst[base + j] = fg_log_prob(x[base + j], st); }`;
     case 'ce':
       return `${label}
   if (j0 == 0u) {
     let lse = st.y;
     var loss = ${NAN_F32};
     if (valid) {
-      loss = (1.0 - P.smoothing) * (lse - x[base + u32(y)]);
+      loss = -(1.0 - P.smoothing) * fg_log_prob(x[base + u32(y)], st);
       if (P.smoothing != 0.0) { loss += P.smoothing * (lse - st.z / f32(P.cols)); }
     }
     dst[r] = select(loss, 0.0, ignored);
@@ -89,7 +108,7 @@ function body(kind: RowKind, labelScalar: string | null): string {
   let off = P.smoothing / f32(P.cols);
   for (var j = j0; j < P.cols; j += dj) {
     let tgt = select(0.0, 1.0 - P.smoothing, i32(j) == y) + off;
-    dst[base + j] = select(select(${NAN_F32}, (fg_exp(x[base + j] - st.y) - tgt) * g, valid), 0.0, ignored);
+    dst[base + j] = select(select(${NAN_F32}, (fg_prob(x[base + j], st) - tgt) * g, valid), 0.0, ignored);
   }`;
   }
 }

@@ -398,12 +398,31 @@ fn fg_gelu_erf(x: T) -> T {
 }`,
   },
   fg_gelu_tanh: {
-    deps: ['fg_sigmoid', 'fg_mul_exp', 'fg_scale_small', 'fg_isnan_t'],
-    code: `// 0.5 x (1 + tanh(u)) = x sigmoid(2u), u = sqrt(2/pi) (x + 0.044715 x^3): no cancellation on
-// the left, where x e^(2u) is formed without the flushed subnormal factor.
+    deps: ['fg_exp_split', 'fg_exp', 'fg_ldexp', 'fg_scale_small', 'fg_isnan_t'],
+    code: `// 0.5 x (1 + tanh(u)) = x sigmoid(w), w = 2u = c (x + 0.044715 x^3), c = 2 sqrt(2/pi): no
+// cancellation on the left. w rounded to float32 would cost |w| 2^-24 relative in e^w, so e^-|w|
+// is the product of e^(c_h x_h), e^(k_h x_h^3) and e^(rest): x = x_h + x_l with x_h keeping 6 bits, c
+// and k = 0.044715 c split into 6-bit heads (c_h, k_h) and tails, so both big exponents are exact
+// and the rest is small. Left of -11 the result is below the smallest subnormal.
 fn fg_gelu_tanh(x: T) -> T {
-  let w = T(1.5957691216057308) * (x + T(0.044715) * x * x * x);
-  var y = select(x * fg_sigmoid(w), fg_mul_exp(x, w), w < T(-17.0));
+  let xh = bitcast<T>(bitcast<TU>(x) & TU(0xfffc0000u));
+  let xl = x - xh;
+  let a1 = T(1.59375) * xh;
+  let a2 = T(0.0703125) * (xh * xh * xh);
+  let rest = T(2.0191215444356203e-3) * x + T(1.59375) * xl + T(0.0703125) * (xl * (x * x + x * xh + xh * xh)) + T(1.0423163184896111e-3) * (x * x * x);
+  let w = a1 + (a2 + rest);
+  let sgn = select(T(-1.0), T(1.0), w < T(0.0));
+  let e1 = fg_exp_split(sgn * a1);
+  let e2 = fg_exp_split(sgn * a2);
+  let m = e1.m * e2.m * fg_exp(sgn * rest);
+  let n = e1.n + e2.n;
+  let ew = fg_ldexp(m, n);
+  // x / (1 + e^-w) for w >= 0; x e^w / (1 + e^w) below, which is x e^w itself once e^w < 1e-8.
+  let pos = x / (T(1.0) + ew);
+  let neg = select(x * ew / (T(1.0) + ew), fg_ldexp(x * m, n), ew < T(1e-8));
+  var y = select(pos, neg, w < T(0.0));
+  y = select(y, x, x > T(10.0));
+  y = select(y, bitcast<T>(bitcast<TU>(x) & TU(0x80000000u)), x < T(-11.0));
   y = select(y, fg_scale_small(x, T(0.5)), abs(x) < T(1e-30));
   let inf = abs(x) == T(fg_inf());
   return select(y, select(T(fg_nan()), x, x > T(0.0)), inf | fg_isnan_t(x));
@@ -599,6 +618,24 @@ function typePrelude(compute: 'f32' | 'i32' | 'u32'): Record<string, string> {
     fg_signbit: 'fn fg_signbit(v: T) -> bool_t { return bitcast<TU>(v) >= TU(0x80000000u); }',
     fg_max: 'fn fg_max(a: T, b: T) -> T { return select(max(a, b), a + b, fg_isnan_t(a) | fg_isnan_t(b)); }',
     fg_min: 'fn fg_min(a: T, b: T) -> T { return select(min(a, b), a + b, fg_isnan_t(a) | fg_isnan_t(b)); }',
+    // Integer pow as PyTorch's (and the CPU's powInt): squaring over the 31 exponent bits, wrapping
+    // like int32; a negative exponent gives 1 / a truncated (1, ±1 for a = -1 by parity, else 0).
+    ...(compute === 'i32'
+      ? {
+          fg_pow: `fn fg_pow(a: T, b: T) -> T {
+  var r = T(1);
+  var base = a;
+  var e = b;
+  for (var i = 0; i < 31; i++) {
+    r = select(r, r * base, (e & T(1)) != T(0));
+    base = base * base;
+    e = e >> TU(1u);
+  }
+  let unit = select(select(T(0), T(1), a == T(1)), select(T(1), T(-1), (b & T(1)) != T(0)), a == T(-1));
+  return select(r, unit, b < T(0));
+}`,
+        }
+      : {}),
   };
 }
 const TYPE_DEPS: Record<string, string[]> = { fg_max: ['fg_isnan_t'], fg_min: ['fg_isnan_t'] };
@@ -615,11 +652,12 @@ export function preludeFor(expr: string, compute: 'f32' | 'i32' | 'u32', vec4 = 
   const visit = (name: string) => {
     if (wanted.has(name)) return;
     wanted.add(name);
-    for (const d of MATH_FNS[name]?.deps ?? TYPE_DEPS[name] ?? []) visit(d);
+    // A typed form (the integer fg_pow) replaces the float one, deps included.
+    for (const d of (name in typed ? TYPE_DEPS[name] : MATH_FNS[name]?.deps) ?? []) visit(d);
   };
   for (const m of expr.matchAll(/\b(fg_[a-z0-9_]+)\(/g)) if (m[1] in MATH_FNS || m[1] in typed) visit(m[1]);
   const parts = [...wanted].map((name) => {
-    const code = typed[name] ?? MATH_FNS[name].code;
+    const code = name in typed ? typed[name] : MATH_FNS[name].code;
     return typeof code === 'function' ? code(vec4) : code;
   });
   if (wanted.has('fg_sin') || wanted.has('fg_cos')) parts.push(WGSL_TRIG);

@@ -98,8 +98,18 @@ export function pow(a: Tensor | number, b: Tensor | number): Tensor {
   if (a instanceof Tensor && typeof b === 'number') {
     if (b === 1) return copy(a);
     if (b === 2) return unaryOp('square', a);
+    // An integer tensor to a whole power stays integer (the table's int32 pow), as in PyTorch,
+    // which refuses a negative one for a scalar exponent (a tensor of them truncates instead).
+    if (!isFloat(a.dtype) && Number.isInteger(b)) {
+      if (b < 0) throw new RangeError(`pow: integers to negative integer powers are not allowed (${a.dtype} ${fmt(a.shape)} ** ${b})`);
+      return binaryOp('pow', a, b);
+    }
     return unaryOp('powScalar', a, b);
   }
+  // int32 ** int32 stays int32 (the table's integer pow); bool ** bool has no integer pow in
+  // PyTorch either ("pow" not implemented for 'Bool').
+  const isBool = (v: Tensor | number) => v instanceof Tensor && v.dtype === 'bool';
+  if (isBool(a) && isBool(b)) throw new TypeError('pow: not implemented for bool ** bool; cast to int32 or float first');
   return binaryOp('pow', a, b);
 }
 
@@ -115,7 +125,14 @@ export const reciprocal = (x: Tensor) => unaryOp('reciprocal', x);
 export const relu = (x: Tensor) => unaryOp('relu', x);
 export const tanh = (x: Tensor) => unaryOp('tanh', x);
 export const sigmoid = (x: Tensor) => unaryOp('sigmoid', x);
-export const softplus = (x: Tensor) => unaryOp('softplus', x);
+const SOFTPLUS_THRESHOLD = 20;
+/**
+ * log(1 + e^x) (the table's op, exact), and x itself above 20: PyTorch's softplus(x, beta=1,
+ * threshold=20) is defined so (log1p(e^-x) < 2.1e-9 there, under a float32 ulp of x), and the
+ * where gives its gradient g and second derivative 0 there. BCE with logits calls the op itself,
+ * as PyTorch's formula has no threshold.
+ */
+export const softplus = (x: Tensor) => where(gt(x, SOFTPLUS_THRESHOLD), x, unaryOp('softplus', x));
 export const sin = (x: Tensor) => unaryOp('sin', x);
 export const cos = (x: Tensor) => unaryOp('cos', x);
 export const erf = (x: Tensor) => unaryOp('erf', x);

@@ -55,8 +55,9 @@ export function indexAdd(input: Tensor, dim: number, index: Tensor, source: Tens
  */
 export function maskedFill(x: Tensor, mask: Tensor, value: number | Tensor): Tensor {
   if (mask.dtype !== 'bool') throw new TypeError(`maskedFill: mask must be bool, got ${mask.dtype} ${fmt(mask.shape)}`);
-  const shape = broadcastShapes('maskedFill', mask.shape, x.shape);
-  if (!shapesEqual(shape, x.shape)) throw new RangeError(`maskedFill: mask ${fmt(mask.shape)} does not broadcast to the input ${fmt(x.shape)}`);
+  // The mask and the input broadcast together, a mask larger than the input included, as
+  // PyTorch's out-of-place masked_fill (the result takes the broadcast shape).
+  broadcastShapes('maskedFill', mask.shape, x.shape);
   if (value instanceof Tensor && value.ndim !== 0) throw new RangeError(`maskedFill: a tensor value must be 0-d, got ${fmt(value.shape)}`);
   const fill = value instanceof Tensor ? cast(value, x.dtype) : scalarTensor(value, x.dtype, x.backend);
   return where(mask, fill, x);

@@ -7,7 +7,7 @@
 import { noGrad, record } from '../graph.js';
 import { fmt, shapesEqual } from '../shape.js';
 import type { Tensor } from '../tensor.js';
-import { abs, add, clamp, exp, log, mul, neg, requireFloat, sameBackend, softplus, square, sub, where } from './elementwise.js';
+import { abs, add, clamp, exp, log, mul, neg, requireFloat, sameBackend, square, sub, unaryOp, where } from './elementwise.js';
 import { mean, sum } from './reduce.js';
 import { reshape } from './shape.js';
 import { checkIndexRange, classRows, classWeight, weightedNllRows } from './nn.js';
@@ -101,7 +101,8 @@ export interface BinaryCrossEntropyWithLogitsOptions extends BinaryCrossEntropyO
 export function binaryCrossEntropyWithLogits(input: Tensor, target: Tensor, opts: BinaryCrossEntropyWithLogitsOptions = {}): Tensor {
   const op = 'binaryCrossEntropyWithLogits';
   pointwise(op, input, target);
-  const spNeg = softplus(neg(input));
+  // The exact softplus op, without fg.softplus's threshold: PyTorch's BCE-with-logits has none.
+  const spNeg = unaryOp('softplus', neg(input), Infinity);
   let positive = spNeg;
   if (opts.posWeight) {
     requireFloat(op, opts.posWeight, 'posWeight');
@@ -157,9 +158,9 @@ export function klDiv(input: Tensor, target: Tensor, opts: KlDivOptions = {}): T
   let loss: Tensor;
   if (opts.logTarget) loss = mul(exp(target), sub(target, input));
   else {
-    // xlogy(t, t): 0 where t = 0, through a log of 1 there so that no 0 * -inf reaches the gradient.
-    const zero = target.eq(0);
-    const tLogT = where(zero, 0, mul(target, log(where(zero, 1, target))));
+    // xlogy(t, t): 0 where t = 0. Its derivative there, log t + 1, is -inf from the right; the
+    // gradient is NaN, as PyTorch's (the unselected t log t passes 0 * log 0 back), not a finite lie.
+    const tLogT = where(target.eq(0), 0, mul(target, log(target)));
     loss = sub(tLogT, mul(target, input));
   }
   const reduction = opts.reduction ?? 'mean';

@@ -1,6 +1,7 @@
 /** Neural-network front-ends: cross-entropy, convolution, pooling, indexing, dropout, layer norm. */
 import type { AvgPool2dLayout, Conv2dLayout, GatherLayout, Window2d } from '../../kernels/backend.js';
 import { generator } from '../random.js';
+import { promoteTypes } from '../dtype.js';
 import { captureHooks } from '../../compile/hooks.js';
 import { isGradEnabled, record } from '../graph.js';
 import { fmt, normAxis, numel } from '../shape.js';
@@ -330,6 +331,12 @@ export function conv2d(x: Tensor, weight: Tensor, bias?: Tensor | null, opts: Co
   if (typeof opts.padding === 'string') ({ x, padding } = paddingMode('conv2d', opts.padding, x, [kh, kw], stride, dilation));
   else padding = pair(opts.padding ?? 0, 'padding', 'conv2d', 0);
   sameBackend('conv2d', x, weight);
+  // Mixed float dtypes promote, as in matmul (and PyTorch's type promotion).
+  if (x.dtype !== weight.dtype) {
+    const d = promoteTypes(x.dtype, weight.dtype);
+    x = cast(x, d);
+    weight = cast(weight, d);
+  }
   const l: Conv2dLayout = { ...windowOf('conv2d', x, [kh, kw], stride, padding, dilation), outChannels: o, groups };
   const y = conv2dWithLayout(x, weight, l);
   return bias ? add(y, reshape(bias, [1, o, 1, 1])) : y;

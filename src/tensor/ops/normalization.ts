@@ -62,13 +62,15 @@ export function normalize(x: Tensor, opts: { p?: number; dim?: number; eps?: num
 
 /**
  * max(||x||, eps) along dim with PyTorch 1.13's cosine_similarity gradient: it clamps the norm in
- * place without recording, so the gradient still flows as if through the norm, as x / max(||x||, eps).
- * Here: the clamped value (no graph) plus (s - s) / (2 value), s = sum(x^2), whose gradient is that.
+ * place without recording, so the gradient still flows as if through the norm, as x / N with N
+ * the clamped value, and so do the second derivatives (the norm's backward reads N back).
+ * Here: sqrt(s + lift), s = sum(x^2), where the constant lift = max(s, eps^2) - s raises s to
+ * eps^2 below it (and is 0 above): the value is N and sqrt's own rules give x / N to all orders.
  */
 function clampedNormAsTorch(x: Tensor, dim: number, eps: number): Tensor {
   const squares = sum(square(x), dim, true);
-  const value = noGrad(() => clamp(sqrt(squares), eps));
-  return add(value, div(sub(squares, squares.detach()), mul(value, 2)));
+  const lift = noGrad(() => sub(clamp(squares, eps * eps), squares));
+  return sqrt(add(squares, lift));
 }
 
 /**

@@ -143,18 +143,29 @@ export function argmin(x: Tensor, dim?: number | null, keepdim = false): Tensor 
 
 /** Variance with Bessel's correction by default (torch.var). */
 export function variance(x: Tensor, dims?: number | readonly number[] | null, opts: { correction?: number; keepdim?: boolean } = {}): Tensor {
-  requireFloat('var', x);
+  return varianceFor('var', x, dims, opts);
+}
+
+/** `variance`, with errors naming `op` (var or std, whichever the caller called). */
+function varianceFor(op: 'var' | 'std', x: Tensor, dims: number | readonly number[] | null | undefined, opts: { correction?: number; keepdim?: boolean }): Tensor {
+  requireFloat(op, x);
   const correction = opts.correction ?? 1;
-  const axes = normAxes('var', dims, x.ndim);
+  const axes = normAxes(op, dims, x.ndim);
   const n = reducedCount(x, axes);
   const dev = sub(x, mean(x, axes, true));
   return mul(sum(square(dev), axes, opts.keepdim ?? false), 1 / Math.max(n - correction, 0));
 }
 
-/** Standard deviation: the square root of `variance` (torch.std, Bessel's correction by default). */
+/**
+ * Standard deviation: the square root of `variance` (torch.std, Bessel's correction by default).
+ * Where the result is 0 the gradient is 0, as PyTorch's std_backward masks it (d sqrt(v)/dv is
+ * infinite there and times dev = 0 would be NaN): sqrt reads a variance of 1 in those places
+ * (the double-where trick), so no NaN reaches the backward pass.
+ */
 export function std(x: Tensor, dims?: number | readonly number[] | null, opts: { correction?: number; keepdim?: boolean } = {}): Tensor {
-  requireFloat('std', x);
-  return sqrt(variance(x, dims, opts));
+  const v = varianceFor('std', x, dims, opts);
+  const zero = eq(v, 0);
+  return where(zero, 0, sqrt(where(zero, 1, v)));
 }
 
 export function logsumexp(x: Tensor, dims: number | readonly number[], keepdim = false): Tensor {

@@ -198,7 +198,20 @@ export function pad(x: Tensor, pads: number[], value = 0): Tensor {
   if (pads.length % 2 !== 0 || pads.length / 2 > x.ndim) {
     throw new RangeError(`pad: pads ${JSON.stringify(pads)} must be (before, after) pairs for at most ${x.ndim} dims of ${fmt(x.shape)}`);
   }
-  if (pads.some((p) => !Number.isInteger(p) || p < 0)) throw new RangeError(`pad: pads must be non-negative integers, got ${JSON.stringify(pads)}`);
+  if (pads.some((p) => !Number.isInteger(p))) throw new RangeError(`pad: pads must be integers, got ${JSON.stringify(pads)}`);
+  // A negative pad crops that side, as PyTorch's F.pad (constant_pad_nd): crop first (narrow
+  // carries the gradient), then pad with the positive parts.
+  if (pads.some((p) => p < 0)) {
+    const inShape = x.shape;
+    for (let i = 0; i < pads.length / 2; i++) {
+      const ax = x.ndim - 1 - i;
+      const cropBefore = -Math.min(pads[2 * i], 0);
+      const kept = x.shape[ax] - cropBefore - -Math.min(pads[2 * i + 1], 0);
+      if (kept < 0) throw new RangeError(`pad: pads ${JSON.stringify(pads)} crop more than dim ${ax} of ${fmt(inShape)} holds`);
+      if (kept !== x.shape[ax]) x = narrow(x, ax, cropBefore, kept);
+    }
+    pads = pads.map((p) => Math.max(p, 0));
+  }
   const before = new Array<number>(x.ndim).fill(0);
   const shape = x.shape.slice();
   for (let i = 0; i < pads.length / 2; i++) {

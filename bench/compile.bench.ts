@@ -1,0 +1,262 @@
+/**
+ * Captured (fg.compile) against eager training steps, side by side in one process: dispatches per
+ * step, host ms per step and wall ms per step, for SGD and SAM steps on the cpu and wasm backends
+ * (and WebGPU with --webgpu), MLP 784-256-256-10 at batch 128 (and, with --all, the small CNN and
+ * ViT on wasm and WebGPU: the cpu reference convolutions take seconds per step).
+ *
+ * Both runs of a row train their own copy of the same model from the same seed; the eager and the
+ * captured step alternate within each round, so that load from other processes hits both alike.
+ * The machine is shared: absolute numbers are noisy, the ratios are the figures to read.
+ *
+ * - dispatches: device calls per step (kernels, host writes of constants, fused arena kernels),
+ *   counted by the recorder of src/compile/trace.ts on one eager step, and from the plan's figures
+ *   for the captured step (its zero fills and state copies included);
+ * - wall ms: from the call to the end of an awaited readback of the loss;
+ * - host ms: on cpu and wasm, where kernels run on the calling thread, the wall time minus the time
+ *   spent inside kernel calls (backend and fused arena kernels; allocation and host transfers count
+ *   as host work), timed by wrapping them in a separate instrumented run; on
+ *   WebGPU, the time until the step function returns (the GPU work is asynchronous).
+ *
+ * Run:
+ *   npx esbuild bench/compile.bench.ts --bundle --platform=node --format=esm --packages=external \
+ *     --ignore-annotations --outfile=node_modules/.cache/flatgrad/compile.bench.mjs --log-level=warning \
+ *     && node node_modules/.cache/flatgrad/compile.bench.mjs [--quick] [--all] [--webgpu] [--backends=cpu,wasm,webgpu]
+ * Writes bench/results/compile.json and bench/results/compile.md (--out=NAME: bench/results/NAME.*).
+ * --ignore-annotations: package.json's "sideEffects" names the dist/ files, and without the flag
+ * esbuild drops the side-effect imports of src/ (the gradient rules) from a bundle of the sources.
+ */
+import { mkdirSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import * as fg from '../src/index.js';
+import { getBackend, setBackend } from '../src/kernels/registry.js';
+import type { Backend } from '../src/kernels/backend.js';
+import { CpuBackend } from '../src/kernels/cpu/index.js';
+import { createWasmBackend } from '../src/kernels/wasm/index.js';
+import { traceStep } from '../src/compile/trace.js';
+import { fusedKernelsFor } from '../src/kernels/fused.js';
+
+const { nn, optim } = fg;
+type Tensor = fg.Tensor;
+const args = process.argv.slice(2);
+const quick = args.includes('--quick');
+const ROUNDS = quick ? 5 : 15;
+
+type ModelKind = 'mlp' | 'cnn' | 'vit';
+type OptKind = 'SGD' | 'SAM';
+type Net = fg.nn.Module & { forward(x: Tensor): Tensor };
+
+function makeModel(kind: ModelKind): Net {
+  fg.manualSeed(1);
+  if (kind === 'mlp') return nn.models.mlp([784, 256, 256, 10]);
+  if (kind === 'cnn') return nn.models.resnetSmall({ inChannels: 1, numClasses: 10, widths: [8, 16] });
+  return nn.models.vit({ imageSize: 28, patchSize: 7, dim: 32, depth: 2, heads: 4, numClasses: 10 });
+}
+const BATCH: Record<ModelKind, number> = { mlp: 128, cnn: 16, vit: 16 };
+const inputShape = (kind: ModelKind, n: number) => (kind === 'mlp' ? [n, 784] : [n, 1, 28, 28]);
+
+function makeStep(kind: ModelKind, opt: OptKind): (x: Tensor, y: Tensor) => Tensor {
+  const model = makeModel(kind);
+  model.train();
+  const sgd = { lr: 0.01, momentum: 0.9 };
+  const o = opt === 'SGD' ? new optim.SGD(model.parameters(), sgd) : new optim.SAM(model.parameters(), optim.SGD, { ...sgd, rho: 0.05 });
+  return function step(x: Tensor, y: Tensor): Tensor {
+    const closure = () =>
+      fg.tidy(() => {
+        const l = fg.crossEntropy(model.forward(x), y);
+        l.backward();
+        return l;
+      });
+    if (opt === 'SGD') {
+      o.zeroGrad();
+      const l = closure();
+      o.step();
+      return l;
+    }
+    return o.step(closure) as Tensor;
+  };
+}
+
+const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];
+
+const HOST_WORK = new Set(['alloc', 'upload', 'view', 'write', 'release', 'read', 'readSync', 'memory', 'info', 'supportsDtype']);
+
+/**
+ * Wraps every method (but the allocator's and the transfers') of the backend and of its fused arena kernels to add up the time spent inside
+ * (outermost calls only).
+ */
+function kernelTimer(b: Backend): { ms: () => number; reset: () => void; remove: () => void } {
+  let total = 0;
+  let depth = 0;
+  const removers: (() => void)[] = [];
+  for (const target of [b, fusedKernelsFor(b)]) {
+    if (!target) continue;
+    const names = new Set<string>();
+    for (let o: object | null = target; o && o !== Object.prototype; o = Object.getPrototypeOf(o)) {
+      for (const k of Object.getOwnPropertyNames(o)) if (typeof (target as unknown as Record<string, unknown>)[k] === 'function' && k !== 'constructor') names.add(k);
+    }
+    const rec = target as unknown as Record<string, (...a: unknown[]) => unknown>;
+    for (const k of names) {
+      // Own function properties stay as they are; allocation and transfers count as host work.
+      if (Object.prototype.hasOwnProperty.call(rec, k) || HOST_WORK.has(k)) continue;
+      const orig = rec[k];
+      removers.push(() => { delete rec[k]; });
+      rec[k] = function (this: unknown, ...a: unknown[]) {
+      if (depth++ > 0) {
+        try { return orig.apply(this, a); } finally { depth--; }
+      }
+      const t0 = performance.now();
+      try {
+        return orig.apply(this, a);
+      } finally {
+        total += performance.now() - t0;
+        depth--;
+      }
+      };
+    }
+  }
+  return { ms: () => total, reset: () => { total = 0; }, remove: () => { for (const r of removers) r(); } };
+}
+
+interface Row {
+  backend: string;
+  model: ModelKind;
+  opt: OptKind;
+  batch: number;
+  eagerDispatches: number;
+  capturedDispatches: number;
+  capturedZeroFills: number;
+  eagerWallMs: number;
+  capturedWallMs: number;
+  eagerHostMs: number;
+  capturedHostMs: number;
+  speedup: number;
+}
+
+async function measure(kind: ModelKind, opt: OptKind): Promise<Row> {
+  const b = getBackend();
+  const gpu = b.name === 'webgpu';
+  const n = BATCH[kind];
+  fg.manualSeed(2);
+  const xs = Array.from({ length: 4 }, () => fg.randn(inputShape(kind, n)).keep());
+  const ys = Array.from({ length: 4 }, () => fg.randint(0, 10, [n]).keep());
+  let i = 0;
+  const timeStep = async (f: (x: Tensor, y: Tensor) => Tensor): Promise<{ wall: number; host: number }> => {
+    const t0 = performance.now();
+    const l = f(xs[i % 4], ys[i % 4]);
+    const t1 = performance.now();
+    await l.data();
+    const t2 = performance.now();
+    l.dispose();
+    i++;
+    return { wall: t2 - t0, host: t1 - t0 };
+  };
+
+  // Wall time, uninstrumented.
+  const eager = makeStep(kind, opt);
+  const captured = fg.compile(makeStep(kind, opt), { onMessage: (m) => { throw new Error(m); } });
+  for (let w = 0; w < 3; w++) {
+    await timeStep(eager);
+    await timeStep(captured);
+  }
+  const wall: [number[], number[]] = [[], []];
+  const hostGpu: [number[], number[]] = [[], []];
+  for (let r = 0; r < ROUNDS; r++) {
+    const order = r % 2 === 0 ? [0, 1] : [1, 0];
+    for (const k of order) {
+      const t = await timeStep(k === 0 ? eager : captured);
+      wall[k].push(t.wall);
+      hostGpu[k].push(t.host);
+    }
+  }
+  const capturedDispatches = captured.stats().plan!.calls;
+  const capturedZeroFills = captured.stats().plan!.zeroFills;
+  const eagerDispatches = traceStep(b, [xs[0].storage, ys[0].storage], () => eager(xs[0], ys[0])).trace.events.length;
+  captured.dispose();
+
+  // Host time on cpu and wasm: wall minus the time inside kernels, from an instrumented pair.
+  let host: [number, number] = [median(hostGpu[0]), median(hostGpu[1])];
+  if (!gpu) {
+    const timer = kernelTimer(b);
+    const e2 = makeStep(kind, opt);
+    const c2 = fg.compile(makeStep(kind, opt));
+    for (let w = 0; w < 3; w++) {
+      await timeStep(e2);
+      await timeStep(c2);
+    }
+    const h: [number[], number[]] = [[], []];
+    for (let r = 0; r < ROUNDS; r++) {
+      for (const k of [0, 1]) {
+        timer.reset();
+        const t = await timeStep(k === 0 ? e2 : c2);
+        h[k].push(t.wall - timer.ms());
+      }
+    }
+    timer.remove();
+    c2.dispose();
+    host = [median(h[0]), median(h[1])];
+  }
+  for (const t of [...xs, ...ys]) t.dispose();
+  const eagerWallMs = median(wall[0]);
+  const capturedWallMs = median(wall[1]);
+  return {
+    backend: b.name, model: kind, opt, batch: n, eagerDispatches, capturedDispatches, capturedZeroFills, eagerWallMs, capturedWallMs,
+    eagerHostMs: host[0], capturedHostMs: host[1], speedup: eagerWallMs / capturedWallMs,
+  };
+}
+
+const rows: Row[] = [];
+const backends: [string, () => Promise<Backend>][] = [
+  ['cpu', async () => new CpuBackend()],
+  ['wasm', () => createWasmBackend({ threads: 1 })],
+];
+if (args.includes('--webgpu')) {
+  backends.push(['webgpu', async () => (await import('../src/kernels/webgpu/index.js')).createWebGPUBackend()]);
+}
+// --backends=wasm,webgpu: only those.
+const onlyBackends = args.find((a) => a.startsWith('--backends='))?.slice('--backends='.length).split(',');
+if (onlyBackends) for (let i = backends.length - 1; i >= 0; i--) if (!onlyBackends.includes(backends[i][0])) backends.splice(i, 1);
+for (const [name, make] of backends) {
+  // The cpu backend is the plain-TypeScript reference: its convolutions take seconds per step, so
+  // the CNN and ViT rows run on wasm (and WebGPU) only.
+  const models: ModelKind[] = args.includes('--all') && name !== 'cpu' ? ['mlp', 'cnn', 'vit'] : ['mlp'];
+  let b: Backend;
+  try {
+    b = await make();
+  } catch (e) {
+    console.error(`${name}: unavailable (${(e as Error).message.split('\n')[0]})`);
+    continue;
+  }
+  setBackend(b);
+  for (const kind of models) {
+    for (const opt of ['SGD', 'SAM'] as OptKind[]) {
+      const row = await measure(kind, opt);
+      rows.push(row);
+      console.error(`${row.backend} ${row.model} ${row.opt}: eager ${row.eagerWallMs.toFixed(1)} ms, captured ${row.capturedWallMs.toFixed(1)} ms`);
+    }
+  }
+}
+
+const f = (x: number) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.toFixed(2));
+const md = [
+  '# Captured against eager steps (bench/compile.bench.ts)',
+  '',
+  `${new Date().toISOString()}, Node ${process.version}, ${os.cpus().length} x ${os.cpus()[0]?.model}, load average ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}${quick ? ', --quick' : ''}.`,
+  'The machine is shared with other busy processes: absolute times are noisy, read the ratios. Median of ' + ROUNDS + ' alternating rounds.',
+  'Captured dispatches include the zero fills of reused buffers, which an eager step gets from its fresh (zeroed) allocations; phase 1 fuses nothing.',
+  '',
+  '| backend | model | step | batch | dispatches eager | dispatches captured (zero fills) | host ms eager | host ms captured | host share captured | wall ms eager | wall ms captured | wall speedup |',
+  '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+  ...rows.map((r) =>
+    `| ${r.backend} | ${r.model} | ${r.opt} | ${r.batch} | ${r.eagerDispatches} | ${r.capturedDispatches} (${r.capturedZeroFills}) | ${f(r.eagerHostMs)} | ${f(r.capturedHostMs)} | ${((100 * r.capturedHostMs) / r.capturedWallMs).toFixed(0)}% | ${f(r.eagerWallMs)} | ${f(r.capturedWallMs)} | ${r.speedup.toFixed(2)}x |`),
+  '',
+];
+const sgdSam = rows.filter((r) => r.opt === 'SAM').map((s) => {
+  const g = rows.find((r) => r.opt === 'SGD' && r.backend === s.backend && r.model === s.model);
+  return g ? `${s.backend} ${s.model}: SAM / SGD captured ${(s.capturedWallMs / g.capturedWallMs).toFixed(2)}, eager ${(s.eagerWallMs / g.eagerWallMs).toFixed(2)}` : '';
+}).filter(Boolean);
+md.push(...sgdSam.map((l) => `- ${l}`), '');
+mkdirSync('bench/results', { recursive: true });
+const out = args.find((a) => a.startsWith('--out='))?.slice('--out='.length) ?? 'compile';
+writeFileSync(`bench/results/${out}.json`, JSON.stringify({ date: new Date().toISOString(), quick, rows }, null, 2));
+writeFileSync(`bench/results/${out}.md`, md.join('\n'));
+console.log(md.join('\n'));

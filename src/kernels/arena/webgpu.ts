@@ -1,0 +1,166 @@
+/**
+ * The WebGPU runner of arena kernels (loaded with the WebGPU backend's fused kernels,
+ * src/kernels/webgpu/fused.ts): a pass is a step-count dispatch (one invocation per parameter),
+ * the block kernel of wgsl.ts (once over the arena, or once per tensor for the per-tensor
+ * baseline, its partials in the arena's block order) and the tree pass that finishes the
+ * reductions and runs the scalar program.
+ */
+import type { Backend, Storage } from '../backend.js';
+import { BLOCK, F_FLAGS, F_GROUP, F_NUMEL, PARAM_FIELDS, S_SLOTS } from '../fused.js';
+import type { Bind, GPUStorage, Runtime } from '../webgpu/runtime.js';
+import type { Param } from '../webgpu/wgsl.js';
+import { usesSteps, type ArenaKernel } from './define.js';
+import { evalUniform, type UniformEnv } from './reference.js';
+import { partialsOf } from './reduce.js';
+import { arenaBackends, hyperOf, type ArenaBuffers, type GroupHyper, type PerTensorBuffers, type PerTensorParam } from './run.js';
+import { renderWgsl, renderWgslScalars, renderWgslSteps, renderWgslTree, WGSL_BLOCK_WG, wgslHostUniforms, wgslKeyUniforms } from './wgsl.js';
+
+/** One block-kernel dispatch of a WebGPU pass: its vectors, its block table, where its partials go. */
+interface GpuDispatch {
+  vectors: Readonly<Record<string, Storage>>;
+  /** int32 per block: the parameter (row of pt) owning it. */
+  bp: Storage;
+  nblocks: number;
+  /** Index of its first block among the pass's partials. */
+  pbase: number;
+}
+
+function runWebGPU(kernel: ArenaKernel, backend: Backend, buf: ArenaBuffers): void {
+  const L = buf.layout;
+  if (L.dtype !== 'float32') throw new TypeError(`arena kernel "${kernel.name}" on webgpu: the arena must be float32, got ${L.dtype}`);
+  runWebGPUPass(kernel, backend, { S: buf.S, steps: buf.steps, hyper: buf.hyper }, L.groups, L.params.length, L.paramTable, L.blocks, [{ vectors: buf.vectors, bp: L.blockParam, nblocks: L.blocks, pbase: 0 }]);
+}
+
+/**
+ * A pass on WebGPU: the step-count pass (one invocation per parameter), the block kernel once per
+ * entry of `dispatches` (the arena: one; the per-tensor baseline: one per tensor), and the tree
+ * pass over all `blocks` partials with the scalar program.
+ */
+function runWebGPUPass(
+  kernel: ArenaKernel,
+  backend: Backend,
+  buf: { S?: Storage; steps?: Storage | null; hyper?: GroupHyper },
+  ngroups: number,
+  nparams: number,
+  pt: Storage,
+  blocks: number,
+  dispatches: readonly GpuDispatch[],
+): void {
+  const rt = (backend as unknown as { rt: Runtime }).rt;
+  const gpu = (s: Storage) => s as GPUStorage;
+  // A kernel without slots still binds S (the shaders declare it): a temporary stands in.
+  const ownS = buf.S ? null : rt.temp(S_SLOTS, 'float32');
+  const S = gpu(buf.S ?? ownS!);
+  const groups = Math.max(ngroups, 1);
+  const hyperParams: Param[] = [];
+  wgslKeyUniforms(kernel).forEach((n, j) => {
+    for (let g = 0; g < groups; g++) {
+      const env: UniformEnv = { hyper: hyperOf(kernel, buf.hyper, g), slot: () => NaN, flags: 0, step: 0 };
+      hyperParams.push({ name: `k${j}_${g}`, type: 'u32', value: evalUniform(n, env) >>> 0 });
+    }
+  });
+  wgslHostUniforms(kernel).forEach((n, j) => {
+    for (let g = 0; g < groups; g++) {
+      const env: UniformEnv = { hyper: hyperOf(kernel, buf.hyper, g), slot: () => NaN, flags: 0, step: 0 };
+      hyperParams.push({ name: `u${j}_${g}`, type: 'f32', value: evalUniform(n, env) });
+    }
+  });
+  const steps = usesSteps(kernel);
+  if (kernel.countSteps) {
+    rt.dispatch({
+      name: `arena.${kernel.name}.steps`,
+      key: kernel.name,
+      binds: [{ name: 'S', s: S, access: 'read' }, { name: 'bp', s: gpu(dispatches[0]?.bp ?? pt), access: 'read' }, { name: 'pt', s: gpu(pt), access: 'read' }, { name: 'steps', s: gpu(buf.steps!), access: 'read_write' }],
+      params: [{ name: 'nparams', type: 'u32', value: nparams }, ...hyperParams],
+      groups: Math.ceil(nparams / WGSL_BLOCK_WG),
+      wgsl: () => renderWgslSteps(kernel, groups),
+    });
+  }
+  const nparts = kernel.reductions.reduce((s, r) => s + partialsOf(r.reduction), 0);
+  const part = nparts > 0 ? rt.temp(nparts * blocks, 'float32') : null;
+  for (const d of dispatches) {
+    if (d.nblocks === 0) continue;
+    const binds: Bind[] = kernel.vectors.map((v) => ({ name: `v_${v.name}`, s: gpu(d.vectors[v.name]), access: v.access === 'read' ? 'read' : 'read_write', type: 'vec4<f32>', padTo16: true }));
+    binds.push({ name: 'S', s: S, access: 'read' }, { name: 'bp', s: gpu(d.bp), access: 'read' }, { name: 'pt', s: gpu(pt), access: 'read' });
+    if (steps) binds.push({ name: 'steps', s: gpu(buf.steps!), access: 'read' });
+    if (part) binds.push({ name: 'part', s: part, access: 'write' });
+    rt.dispatch({
+      name: `arena.${kernel.name}`,
+      key: kernel.name,
+      binds,
+      params: [{ name: 'nblocks', type: 'u32', value: d.nblocks }, { name: 'pstride', type: 'u32', value: blocks }, { name: 'pbase', type: 'u32', value: d.pbase }, ...hyperParams],
+      groups: Math.ceil(d.nblocks / WGSL_BLOCK_WG),
+      wgsl: () => renderWgsl(kernel, groups),
+    });
+  }
+  if (part) {
+    rt.dispatch({
+      name: `arena.${kernel.name}.tree`,
+      key: kernel.name,
+      binds: [
+        { name: 'part', s: part, access: 'read_write' },
+        { name: 'S', s: S, access: 'read_write' },
+      ],
+      params: [{ name: 'nblocks', type: 'u32', value: blocks }],
+      groups: 1,
+      wgsl: () => renderWgslTree(kernel),
+    });
+    rt.release(part);
+  } else if (kernel.after.length > 0) runWebGPUScalars(kernel, backend, S);
+  if (ownS) rt.release(ownS);
+}
+
+/** Per-tensor tables on WebGPU (pt rows at offset 0, a block table per tensor), cached by the parameters' shapes and flags. */
+const perTensorTables = new WeakMap<Backend, Map<string, { pt: Storage; bps: Storage[] }>>();
+function perTensorTablesOf(backend: Backend, params: readonly PerTensorParam[]): { pt: Storage; bps: Storage[] } {
+  let byKey = perTensorTables.get(backend);
+  if (!byKey) perTensorTables.set(backend, (byKey = new Map()));
+  const key = params.map((p) => `${p.numel}:${p.group}:${p.flags}`).join(',');
+  let t = byKey.get(key);
+  if (!t) {
+    const table = new Int32Array(Math.max(params.length, 1) * PARAM_FIELDS);
+    params.forEach((p, k) => {
+      table[k * PARAM_FIELDS + F_NUMEL] = p.numel;
+      table[k * PARAM_FIELDS + F_GROUP] = p.group;
+      table[k * PARAM_FIELDS + F_FLAGS] = p.flags;
+    });
+    t = { pt: backend.upload(table, 'int32'), bps: params.map((p, k) => backend.upload(new Int32Array(Math.max(Math.ceil(p.numel / BLOCK), 1)).fill(k), 'int32')) };
+    // Kept for the backend's life, as its pipelines are: a model has a handful of keys (the flags
+    // change only with which parameters have gradients).
+    byKey.set(key, t);
+  }
+  return t;
+}
+
+function runWebGPUScalars(kernel: ArenaKernel, backend: Backend, S: Storage): void {
+  const rt = (backend as unknown as { rt: Runtime }).rt;
+  rt.dispatch({
+    name: `arena.${kernel.name}.after`,
+    key: kernel.name,
+    binds: [{ name: 'S', s: S as GPUStorage, access: 'read_write' }],
+    params: [],
+    groups: 1,
+    wgsl: () => renderWgslScalars(kernel),
+  });
+}
+
+/** The per-tensor baseline on WebGPU: the block kernel once per tensor, the partials in the arena's block order. */
+function runWebGPUPerTensor(kernel: ArenaKernel, backend: Backend, buf: PerTensorBuffers): void {
+  if (buf.dtype !== 'float32') throw new TypeError(`arena kernel "${kernel.name}" on webgpu: per-tensor storages must be float32, got ${buf.dtype}`);
+  const { pt, bps } = perTensorTablesOf(backend, buf.params);
+  let pbase = 0;
+  const dispatches = buf.params.map((p, k) => {
+    const d = { vectors: p.vectors, bp: bps[k], nblocks: Math.ceil(p.numel / BLOCK), pbase };
+    pbase += d.nblocks;
+    return d;
+  });
+  const ngroups = buf.params.reduce((g, p) => Math.max(g, p.group + 1), 1);
+  runWebGPUPass(kernel, backend, buf, ngroups, buf.params.length, pt, Math.max(pbase, 1), dispatches);
+}
+
+/** Makes the arena runner render WGSL for WebGPU (called by src/kernels/webgpu/fused.ts when it loads). */
+export function registerArenaWebGPU(): void {
+  arenaBackends.webgpuArena = runWebGPU;
+  arenaBackends.webgpuPerTensor = runWebGPUPerTensor;
+  arenaBackends.webgpuScalars = runWebGPUScalars;
+}
