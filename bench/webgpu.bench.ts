@@ -26,6 +26,8 @@ import { createWebGPUBackend, SWIFTSHADER_ICD, type WebGPUBackend } from '../src
 import { asGPU, type GPUStorage } from '../src/kernels/webgpu/runtime.js';
 
 const quick = process.argv.includes('--quick');
+// --squares=256,1024,4096 and --elems=N size the run: tiny for bench/gpu.sh --dry-run, large on a real GPU.
+const sizeArg = (k: string) => process.argv.find((a) => a.startsWith(`--${k}=`))?.slice(k.length + 3);
 
 // The peers find WebGPU as browsers expose it, so Dawn is installed as navigator.gpu before they load.
 if (process.platform === 'linux' && !process.env.VK_ICD_FILENAMES && existsSync(SWIFTSHADER_ICD)) process.env.VK_ICD_FILENAMES = SWIFTSHADER_ICD;
@@ -109,7 +111,7 @@ interface MatmulCase {
   transB: boolean;
 }
 
-const SQUARES = quick ? [128, 256, 512] : [128, 256, 512, 1024];
+const SQUARES = sizeArg('squares')?.split(',').map(Number) ?? (quick ? [128, 256, 512] : [128, 256, 512, 1024]);
 const MATMULS: MatmulCase[] = [
   ...SQUARES.map((s) => ({ name: `${s}x${s} @ ${s}x${s}`, m: s, n: s, k: s, transA: false, transB: false })),
   { name: 'MLP fwd 128x784 @ 784x256', m: 128, n: 256, k: 784, transA: false, transB: false },
@@ -214,9 +216,9 @@ interface BandwidthRow {
   plainCopy: number;
 }
 
-/** Memory-bound ops over 1<<22 floats: add and p += s*g, with the plain copy and memcpy for scale. */
+/** Memory-bound ops over 1<<22 floats (--elems=N): add and p += s*g, with the plain copy and memcpy for scale. */
 async function elementwise(be: WebGPUBackend): Promise<{ rows: BandwidthRow[]; memcpyGBs: number }> {
-  const n = 1 << 22;
+  const n = Number(sizeArg('elems') ?? 1 << 22);
   const x = be.upload(randomData(n, 3), 'float32');
   const y = be.upload(randomData(n, 4), 'float32');
   const acc = be.upload(randomData(n, 5), 'float32');
@@ -293,7 +295,7 @@ async function elementwise(be: WebGPUBackend): Promise<{ rows: BandwidthRow[]; m
     jax: gbs(bytes, t.jax),
     plainCopy: gbs(8 * n, t.plainCopy),
   });
-  return { rows: [row('add (1<<22 floats)', 12 * n, add), row('p += s*g (1<<22 floats)', 12 * n, axpy)], memcpyGBs: gbs(8 * n, memcpy.memcpy) };
+  return { rows: [row(`add (${n} floats)`, 12 * n, add), row(`p += s*g (${n} floats)`, 12 * n, axpy)], memcpyGBs: gbs(8 * n, memcpy.memcpy) };
 }
 
 async function main(): Promise<void> {

@@ -8,8 +8,8 @@
 //
 // One arena kernel computes m and d in one pass; defineSamVariant does the rest as SAM does (the
 // closure at w and at w + e, BatchNorm statistics frozen, the exact restore fused with the base
-// optimizer's update, a step with a NaN or Inf gradient skipped and counted). It runs fused on cpu,
-// wasm and WebGPU, and per tensor (fused: false) on cpu and wasm.
+// optimizer's update, a step with a NaN or Inf gradient skipped and counted). It runs fused and per
+// tensor (fused: false) on cpu, wasm and WebGPU.
 //
 // The default export takes the flatgrad module (so the tests and `flatgrad bench` can load it
 // against any build) and returns the optimizer class:

@@ -8,19 +8,14 @@ Each case holds float64 logits, int labels, the options as flatgrad names them, 
 the gradient of sum(output * proj) with respect to the logits for a fixed random proj (stored too).
 """
 import json
-import math
 import sys
 
 import torch
 import torch.nn.functional as F
+from fixture_utils import enc_tensor as enc
 
 torch.set_default_dtype(torch.float64)
 g = torch.Generator().manual_seed(1113)
-
-
-def enc(t):
-    vals = [v if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")) for v in t.detach().reshape(-1).tolist()]
-    return {"shape": list(t.shape), "data": vals}
 
 
 cases = []

@@ -320,15 +320,18 @@ op('argmax', argred(torch.argmax), arg_cases(), hvp=False)
 op('argmin', argred(torch.argmin), arg_cases(), hvp=False)
 
 
-def variance(xs, a):
-    c = a.get('correction', 1)
-    if a.get('dims') is None:
-        r = torch.var(xs[0], dim=None, correction=c)
-        return r.reshape([1] * xs[0].dim()) if a.get('keepdim') else r
-    return torch.var(xs[0], dims_of(a), correction=c, keepdim=a.get('keepdim', False))
+def spread(fn):
+    """torch.var or torch.std as flatgrad's variance/std take their arguments (dims, keepdim, correction)."""
+    def run(xs, a):
+        c = a.get('correction', 1)
+        if a.get('dims') is None:
+            r = fn(xs[0], dim=None, correction=c)
+            return r.reshape([1] * xs[0].dim()) if a.get('keepdim') else r
+        return fn(xs[0], dims_of(a), correction=c, keepdim=a.get('keepdim', False))
+    return run
 
 
-op('variance', variance, [
+op('variance', spread(torch.var), [
     case('all', rnd(3, 4)),
     case('dim1', rnd(3, 4), dims=1),
     case('dims_keepdim_biased', rnd(2, 3, 4), dims=[0, 2], keepdim=True, correction=0),
@@ -723,15 +726,7 @@ def _prod_dims(x, dims, keepdim):
     return x
 
 
-def std(xs, a):
-    c = a.get('correction', 1)
-    if a.get('dims') is None:
-        r = torch.std(xs[0], dim=None, correction=c)
-        return r.reshape([1] * xs[0].dim()) if a.get('keepdim') else r
-    return torch.std(xs[0], dims_of(a), correction=c, keepdim=a.get('keepdim', False))
-
-
-op('std', std, [
+op('std', spread(torch.std), [
     case('all', rnd(3, 4)),
     case('dim1', rnd(3, 4), dims=1),
     case('dims_keepdim_biased', rnd(2, 3, 4), dims=[0, 2], keepdim=True, correction=0),

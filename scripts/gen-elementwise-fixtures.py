@@ -4,24 +4,18 @@ Run: /usr/bin/python3 scripts/gen-elementwise-fixtures.py > test/fixtures/elemen
 NaN and the infinities are written as the strings "nan", "inf" and "-inf".
 """
 import json
-import math
 
 import torch
 import torch.nn.functional as F
+from fixture_utils import enc_number
 
 torch.set_default_dtype(torch.float64)
 nan, inf = float('nan'), float('inf')
 
 
 def enc(v):
-    if isinstance(v, bool):
-        return v
-    v = float(v)
-    if math.isnan(v):
-        return 'nan'
-    if math.isinf(v):
-        return 'inf' if v > 0 else '-inf'
-    return v
+    # Every number as a float (an integer result of a float op too); booleans stay booleans.
+    return v if isinstance(v, bool) else enc_number(float(v))
 
 
 def lst(t):

@@ -14,6 +14,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+from fixture_utils import enc_tensor as enc
 
 torch.set_default_dtype(torch.float64)
 g = torch.Generator().manual_seed(11)
@@ -25,11 +26,6 @@ def r(*shape, scale=1.0):
 
 def u(*shape, lo=0.0, hi=1.0):
     return lo + (hi - lo) * torch.rand(shape, generator=g)
-
-
-def enc(t):
-    vals = [v if math.isfinite(v) else ("nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")) for v in t.detach().reshape(-1).tolist()]
-    return {"shape": list(t.shape), "data": vals}
 
 
 cases = []

@@ -10,27 +10,16 @@ Each case names an op, its inputs (shape, dtype, values) and arguments, and torc
 Non-finite floats are written as the strings "nan", "inf" and "-inf" (JSON has no NaN).
 """
 import json
-import math
 import sys
 
 import torch
+from fixture_utils import enc_number as enc
 
 torch.set_default_dtype(torch.float64)
 g = torch.Generator().manual_seed(11)
 nan, inf = float("nan"), float("inf")
 
 DTYPES = {torch.float64: "float64", torch.float32: "float32", torch.int32: "int32", torch.int64: "int32", torch.bool: "bool"}
-
-
-def enc(v):
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-    return v
 
 
 def T(t):

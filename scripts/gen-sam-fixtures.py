@@ -87,15 +87,18 @@ class Mlp(torch.nn.Module):
         return x
 
 
+def base_optimizer(ps, o):
+    """The case's base optimizer (its "optimizer" entry) over the parameters ps."""
+    if o["type"] == "sgd":
+        return torch.optim.SGD(ps, lr=o["lr"], momentum=o["momentum"], dampening=o["dampening"], nesterov=o["nesterov"], weight_decay=o["weight_decay"])
+    return torch.optim.AdamW(ps, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"])
+
+
 def run(case, dtype):
     model = Mlp(case, dtype)
     ps = list(model.parameters())
     names = [n for n, _ in model.named_parameters()]
-    o = case["optimizer"]
-    if o["type"] == "sgd":
-        base = torch.optim.SGD(ps, lr=o["lr"], momentum=o["momentum"], dampening=o["dampening"], nesterov=o["nesterov"], weight_decay=o["weight_decay"])
-    else:
-        base = torch.optim.AdamW(ps, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"])
+    base = base_optimizer(ps, case["optimizer"])
     s = case["sharpness"]
     batches = [(torch.tensor(b["inputs"], dtype=dtype), torch.tensor(b["labels"])) for b in case["data"]["batches"]]
     ls = case["loss"]["label_smoothing"]

@@ -160,10 +160,7 @@ def run(case, dtype):
     model = gsf.Mlp(case, dtype)
     ps = list(model.parameters())
     o = case["optimizer"]
-    if o["type"] == "sgd":
-        base = torch.optim.SGD(ps, lr=o["lr"], momentum=o["momentum"], dampening=o["dampening"], nesterov=o["nesterov"], weight_decay=o["weight_decay"])
-    else:
-        base = torch.optim.AdamW(ps, lr=o["lr"], betas=tuple(o["betas"]), eps=o["eps"], weight_decay=o["weight_decay"])
+    base = gsf.base_optimizer(ps, o)
     s = case["sharpness"]
     kind = s["type"]
     batches = [(torch.tensor(b["inputs"], dtype=dtype), torch.tensor(b["labels"])) for b in case["data"]["batches"]]

@@ -16,7 +16,6 @@ import {
   defineOptimizer,
   interpretRange,
   referenceKernel,
-  renderWgsl,
   runArenaKernel,
   runPerTensor,
   type ArenaKernel,
@@ -24,6 +23,8 @@ import {
   type GroupHyper,
 } from '../src/kernels/arena/index.js';
 import * as arenaApi from '../src/kernels/arena/index.js';
+// The renderer itself (the public renderWgsl loads it on demand and is async).
+import { renderWgsl } from '../src/kernels/arena/wgsl.js';
 import { FlatArena } from '../src/optim/arena.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { acquireWebGPU, rng } from './helpers/webgpu.js';

@@ -15,6 +15,8 @@ import { CpuBackend, type CpuStorage } from '../src/kernels/cpu/index.js';
 import { captureHooks } from '../src/compile/hooks.js';
 import { acquireWebGPU, expectClose } from './helpers/webgpu.js';
 import { rng } from './helpers/random.js';
+import defineLion from '../examples/lion.mjs';
+import defineFriendlySAM from '../examples/friendly-sam.mjs';
 
 const { nn, optim } = fg;
 type Tensor = fg.Tensor;
@@ -424,5 +426,152 @@ describe('compile: device work outside the Backend methods (cpu)', () => {
     for (let t = 0; t < 4; t++) seen.push(Array.from(step(x).dataSync()));
     expect(step.stats()).toMatchObject({ eagerCalls: 1, traces: 1, replays: 2 });
     expect(seen).toEqual([[12, 24, 36], [14, 28, 42], [18, 36, 54], [26, 52, 78]]);
+  });
+});
+
+/**
+ * Optimizers written with the arena-kernel language run their passes through src/kernels/arena/run.ts,
+ * which writes device memory itself rather than through the Backend methods: a captured step routes
+ * those passes through captureHooks.deviceCall, or a replay would skip the update on cpu and WebGPU.
+ * Each runs eagerly and captured from the same seed; parameters, optimizer state and losses must agree.
+ */
+describe('compile: optimizers from arena kernels (defineOptimizer, defineSamVariant) replay their passes', () => {
+  const Lion = defineLion(fg.arena);
+  const FriendlySAM = defineFriendlySAM(fg);
+  type Case = { opt: 'lion' | 'friendly-sam' | 'rwp'; fused: boolean };
+  const CASES: Case[] = [
+    { opt: 'lion', fused: true },
+    { opt: 'lion', fused: false },
+    { opt: 'friendly-sam', fused: true },
+    { opt: 'friendly-sam', fused: false },
+    // The per-tensor engine of the built-in optimizers, with RWP's noise: drawn on the host (cpu,
+    // wasm), or by the device kernel once per tensor with a shifted key (WebGPU).
+    { opt: 'rwp', fused: false },
+  ];
+
+  async function runArenaOpt(c: Case, steps: number, captured: boolean): Promise<{ losses: Float32Array; state: Map<string, Float32Array>; messages: string[]; compiled: fg.CompiledStep<[Tensor, Tensor], Tensor> | null }> {
+    fg.manualSeed(7);
+    const model = nn.models.mlp([12, 16, 16, 4]);
+    model.train();
+    const params = model.parameters();
+    const lossOf = (x: Tensor, y: Tensor) => fg.tidy(() => {
+      const loss = fg.crossEntropy(model.forward(x), y);
+      loss.backward();
+      return loss;
+    });
+    let step: (x: Tensor, y: Tensor) => Tensor;
+    let optState: () => Tensor[];
+    if (c.opt === 'lion') {
+      const opt = Lion.create(params, { lr: 1e-2, weight_decay: 0.1, fused: c.fused });
+      // Gradients cleared after the update (not before the next one): a step that disposes
+      // gradients made by an earlier call cannot be replayed (the per-tensor engine's set_to_none).
+      step = function lionStep(x, y) {
+        const loss = lossOf(x, y);
+        opt.step();
+        opt.zeroGrad();
+        return loss;
+      };
+      optState = () => opt.stateTensors('exp_avg');
+    } else {
+      const opts = { lr: 0.05, momentum: 0.9, rho: 0.05, fused: c.fused };
+      const opt = c.opt === 'rwp' ? new optim.RWP(params, optim.SGD, opts) : new FriendlySAM(params, optim.SGD, { ...opts, sigma: 1, lmbda: 0.9 });
+      step = function samStep(x, y) {
+        const loss = opt.step(() => lossOf(x, y)) as Tensor;
+        opt.zeroGrad();
+        return loss;
+      };
+      optState = () => {
+        const sd = opt.stateDict();
+        return [...Object.values(sd.state).flatMap((s) => Object.values(s).filter((v): v is Tensor => v instanceof fg.Tensor)), ...(sd.scalars ? [sd.scalars] : [])];
+      };
+    }
+    const messages: string[] = [];
+    const compiled = captured ? fg.compile(step, { onMessage: (m) => messages.push(m) }) : null;
+    const losses: number[] = [];
+    for (let t = 0; t < steps; t++) {
+      const { x, y } = batch({ model: 'mlp', opt: 'SGD' }, t, 4);
+      const xt = fg.tensor(x, { shape: [4, 12] });
+      const yt = fg.tensor(y, { dtype: 'int32' });
+      const loss = (compiled ?? step)(xt, yt);
+      losses.push(...(await loss.data()));
+      for (const tt of [loss, xt, yt]) tt.dispose();
+    }
+    const state = new Map<string, Float32Array>();
+    for (const [k, v] of Object.entries(model.stateDict())) state.set(k, Float32Array.from(await (v as Tensor).data()));
+    const opt = optState();
+    for (let i = 0; i < opt.length; i++) state.set(`optimizer state ${i}`, Float32Array.from(await opt[i].data()));
+    return { losses: Float32Array.from(losses), state, messages, compiled };
+  }
+
+  const caseLabel = (c: Case) => `${c.opt}${c.fused ? ' (fused)' : ' (per tensor)'}`;
+
+  it('the public entry points (runPerTensor, runScalarProgram) called in a step replay on cpu', () => {
+    const prev = getBackend();
+    setBackend(new CpuBackend());
+    try {
+      const double = fg.arena.defineArenaKernel({ name: 'test-double', vectors: { x: 'readwrite' }, body: ({ x }, _h, _s, k) => ({ x: k.mul(x, 2) }) });
+      const count = fg.arena.defineArenaKernel({ name: 'test-count', vectors: {}, slots: { c: 0 }, after: (s, k) => ({ c: k.add(s.c, 1) }) });
+      const w = fg.tensor([1, 2, 3]).keep();
+      const S = fg.zeros([fg.arena.S_SLOTS]).keep();
+      const step = fg.compile(function doublesAndCounts(x: Tensor) {
+        fg.arena.runPerTensor(double, w.backend, { dtype: 'float32', params: [{ vectors: { x: w.storage }, numel: 3, group: 0, flags: fg.arena.FLAG_ACTIVE }] });
+        fg.arena.runScalarProgram(count, w.backend, S.storage);
+        return fg.add(w, x);
+      }, { onMessage: (m) => { throw new Error(m); } });
+      const x = fg.tensor([10, 20, 30]);
+      const seen: number[][] = [];
+      for (let t = 0; t < 4; t++) seen.push(Array.from(step(x).dataSync()));
+      expect(step.stats()).toMatchObject({ eagerCalls: 1, traces: 1, replays: 2 });
+      expect(seen).toEqual([[12, 24, 36], [14, 28, 42], [18, 36, 54], [26, 52, 78]]);
+      expect(S.dataSync()[0]).toBe(4);
+    } finally {
+      setBackend(prev);
+    }
+  });
+
+  for (const which of ['cpu', 'wasm'] as const) {
+    describe(`on ${which}: bit for bit`, () => {
+      let prev: Backend;
+      beforeAll(async () => {
+        prev = getBackend();
+        setBackend(which === 'cpu' ? new CpuBackend() : await createWasmBackend({ threads: 1 }));
+      });
+      afterAll(() => setBackend(prev));
+      for (const c of CASES) {
+        it(caseLabel(c), async () => {
+          const eager = await runArenaOpt(c, 5, false);
+          const cap = await runArenaOpt(c, 5, true);
+          expect(cap.messages).toEqual([]);
+          expect(cap.compiled!.stats()).toMatchObject({ eagerCalls: 1, traces: 1, replays: 3 });
+          expectBitEqual(cap.losses, eager.losses, 'losses');
+          expect([...cap.state.keys()]).toEqual([...eager.state.keys()]);
+          // The optimizer's own state is compared too (Lion's exp_avg, the SAM family's momentum and scalars).
+          expect([...eager.state.keys()].filter((k) => k.startsWith('optimizer state')).length).toBeGreaterThan(1);
+          for (const [k, v] of eager.state) expectBitEqual(cap.state.get(k)!, v, k);
+        });
+      }
+    });
+  }
+
+  describe('on WebGPU: within float32 tolerance', () => {
+    let prev: Backend;
+    let gpu: Backend | null = null;
+    beforeAll(async () => {
+      prev = getBackend();
+      gpu = (await acquireWebGPU()).backend;
+      if (gpu) setBackend(gpu);
+    });
+    afterAll(() => setBackend(prev));
+    for (const c of CASES) {
+      it(caseLabel(c), async (ctx) => {
+        if (!gpu) ctx.skip();
+        const eager = await runArenaOpt(c, 4, false);
+        const cap = await runArenaOpt(c, 4, true);
+        expect(cap.messages).toEqual([]);
+        expect(cap.compiled!.stats().replays).toBe(2);
+        expectClose(cap.losses, eager.losses, { atol: 1e-5, rtol: 1e-4 }, 'losses');
+        for (const [k, v] of eager.state) expectClose(cap.state.get(k)!, v, { atol: 1e-5, rtol: 1e-4 }, k);
+      });
+    }
   });
 });

@@ -19,25 +19,22 @@ import { getBackend, setBackend } from '../src/kernels/registry.js';
 import { createWasmBackend } from '../src/kernels/wasm/index.js';
 import { createWebGPUBackend } from '../src/kernels/webgpu/index.js';
 import type { DType, TypedArray } from '../src/tensor/dtype.js';
+import { withBackend } from './helpers/backend-scope.js';
+import { decodeTensor, type EncodedTensor } from './helpers/torch-fixture.js';
 import { acquireWebGPU, expectClose, randomF32, type Tolerance } from './helpers/webgpu.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 
-interface Encoded {
-  shape: number[];
-  data: (number | string)[];
-}
 interface Case {
   name: string;
   opts: { reduction: 'mean' | 'sum' | 'none'; labelSmoothing: number; ignoreIndex: number };
-  logits: Encoded;
-  labels: Encoded;
-  out: Encoded;
-  proj: Encoded;
-  grad: Encoded;
+  logits: EncodedTensor;
+  labels: EncodedTensor;
+  out: EncodedTensor;
+  proj: EncodedTensor;
+  grad: EncodedTensor;
 }
 const REF: { torch_version: string; cases: Case[] } = JSON.parse(readFileSync(join(here, 'fixtures/nn/cross-entropy-ignore.json'), 'utf8'));
-const decode = (e: Encoded): number[] => e.data.map((v) => (v === 'nan' ? NaN : v === 'inf' ? Infinity : v === '-inf' ? -Infinity : (v as number)));
 
 const prev = getBackend();
 const cpu = new CpuBackend();
@@ -54,15 +51,6 @@ const BACKENDS: [string, Backend | null][] = [
   ['wasm', wasm],
   ['webgpu', gpu],
 ];
-
-async function onBackend<R>(b: Backend, f: () => Promise<R> | R): Promise<R> {
-  setBackend(b);
-  try {
-    return await f();
-  } finally {
-    setBackend(prev);
-  }
-}
 
 /** The raw bits of float32 data, so that a comparison tells -0 from 0 and one ulp from none. */
 const bits = (a: TypedArray): number[] => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
@@ -125,25 +113,25 @@ describe('the kernels: cpu reference, wasm and WebGPU agree, ignored rows are ex
 
 /** A fixture case on the active backend in `dtype`: the output and the gradient of sum(out * proj). */
 async function checkCase(c: Case, dtype: DType, tol: Tolerance, where: string): Promise<void> {
-  const x = fg.tensor(decode(c.logits), { shape: c.logits.shape, dtype, requiresGrad: true });
-  const labels = fg.tensor(decode(c.labels), { shape: c.labels.shape, dtype: 'int32' });
+  const x = fg.tensor(decodeTensor(c.logits), { shape: c.logits.shape, dtype, requiresGrad: true });
+  const labels = fg.tensor(decodeTensor(c.labels), { shape: c.labels.shape, dtype: 'int32' });
   const out = fg.crossEntropy(x, labels, c.opts);
-  const [grad] = fg.grad(fg.sum(fg.mul(out, fg.tensor(decode(c.proj), { shape: c.proj.shape, dtype }))), [x]);
+  const [grad] = fg.grad(fg.sum(fg.mul(out, fg.tensor(decodeTensor(c.proj), { shape: c.proj.shape, dtype }))), [x]);
   const typed = (v: number[]) => (dtype === 'float64' ? Float64Array.from(v) : Float32Array.from(v));
   expect(out.shape, `${where} ${c.name}: output shape`).toEqual(c.out.shape);
-  expectClose(await out.data(), typed(decode(c.out)), tol, `${where} ${c.name}: output`);
-  expectClose(await grad!.data(), typed(decode(c.grad)), tol, `${where} ${c.name}: gradient`);
+  expectClose(await out.data(), typed(decodeTensor(c.out)), tol, `${where} ${c.name}: output`);
+  expectClose(await grad!.data(), typed(decodeTensor(c.grad)), tol, `${where} ${c.name}: gradient`);
   for (const t of [x, labels, out, grad!]) t.dispose();
 }
 
 describe('ignored rows against PyTorch 1.13', () => {
   it('the fixture comes from PyTorch 1.13', () => expect(REF.torch_version).toMatch(/^1\.13/));
   for (const c of REF.cases) {
-    it(`${c.name}: float64 on cpu`, () => onBackend(cpu, () => checkCase(c, 'float64', { atol: 1e-12, rtol: 1e-10 }, 'cpu f64')));
+    it(`${c.name}: float64 on cpu`, () => withBackend(cpu, () => checkCase(c, 'float64', { atol: 1e-12, rtol: 1e-10 }, 'cpu f64')));
     for (const [where, b] of BACKENDS) {
       it(`${c.name}: float32 on ${where}`, async (ctx) => {
         if (!b) return ctx.skip();
-        await onBackend(b, () => checkCase(c, 'float32', { atol: 1e-5, rtol: 1e-4 }, where));
+        await withBackend(b, () => checkCase(c, 'float32', { atol: 1e-5, rtol: 1e-4 }, where));
       });
     }
   }
@@ -162,12 +150,12 @@ describe('gradients with ignored rows (float64, cpu)', () => {
   ];
   for (const [name, values, opts] of cases) {
     const labels = () => fg.tensor(values, { dtype: 'int32' });
-    it(`gradcheck: ${name}`, () => onBackend(cpu, () => expect(fg.gradcheck((x) => fg.crossEntropy(x, labels(), opts), [logits()])).toBe(true)));
+    it(`gradcheck: ${name}`, () => withBackend(cpu, () => expect(fg.gradcheck((x) => fg.crossEntropy(x, labels(), opts), [logits()])).toBe(true)));
     it(`gradgradcheck: ${name}`, () =>
-      onBackend(cpu, () => expect(fg.gradgradcheck((x) => fg.crossEntropy(x, labels(), opts), [logits()], { atol: 1e-4 })).toBe(true)));
+      withBackend(cpu, () => expect(fg.gradgradcheck((x) => fg.crossEntropy(x, labels(), opts), [logits()], { atol: 1e-4 })).toBe(true)));
   }
   it('the double-backward gradient is 0 on ignored rows and equals the fused one', () =>
-    onBackend(cpu, () => {
+    withBackend(cpu, () => {
       const x = logits();
       const y = fg.tensor([1, -100, 3, 0, -100, 2], { dtype: 'int32' });
       const [fused] = fg.grad(fg.crossEntropy(x, y, { labelSmoothing: 0.2 }), [x]);
@@ -198,7 +186,7 @@ describe('the same bits whether the labels have a host copy or were computed on 
       for (const labelSmoothing of [0, 0.1]) {
         it(`${where}, ${setName}, smoothing ${labelSmoothing}: mean loss and gradient`, async (ctx) => {
           if (!b) return ctx.skip();
-          await onBackend(b, async () => {
+          await withBackend(b, async () => {
             const results: { loss: number[]; grad: number[] }[] = [];
             for (const [how, make] of makers) {
               const labels = make(values);
@@ -225,7 +213,7 @@ describe('the same bits whether the labels have a host copy or were computed on 
   // replayed as a constant, and a later batch with another number of ignored rows would be wrong.
   for (const [where, b] of BACKENDS.filter(([w]) => w !== 'webgpu')) {
     it(`${where}: a captured step replayed on labels with other ignored rows equals the eager step bit for bit`, () =>
-      onBackend(b!, async () => {
+      withBackend(b!, async () => {
         const w = fg.tensor(randomF32(cols * cols, 5, -1, 1), { shape: [cols, cols], requiresGrad: true });
         const step = (x: fg.Tensor, y: fg.Tensor) => {
           const loss = fg.crossEntropy(fg.matmul(x, w), y, { labelSmoothing: 0.1 });
@@ -247,7 +235,7 @@ describe('the same bits whether the labels have a host copy or were computed on 
   }
   it('labels computed on the device take the fused node, ignored rows included', async (ctx) => {
     if (!gpu) return ctx.skip();
-    await onBackend(gpu, () => {
+    await withBackend(gpu, () => {
       const x = fg.tensor(logits, { shape: [rows, cols], requiresGrad: true });
       const labels = fg.tensor([3, -101, 0, 4, -101, 1], { dtype: 'int32' }).add(1);
       expect(labels.hostData).toBeNull();
@@ -256,7 +244,7 @@ describe('the same bits whether the labels have a host copy or were computed on 
   });
   it('on WebGPU, a label with no host copy that is out of range and not ignored gives NaN', async (ctx) => {
     if (!gpu) return ctx.skip();
-    await onBackend(gpu, async () => {
+    await withBackend(gpu, async () => {
       const labels = fg.tensor([3, -101, 5, 3, -101, 1], { dtype: 'int32' }).add(1); // [4, -100, 6, 4, -100, 2]
       const perRow = await fg.crossEntropy(fg.tensor(logits, { shape: [rows, cols] }), labels, { reduction: 'none' }).data();
       expect(Array.from(perRow).map(Number.isNaN)).toEqual([false, false, true, false, false, false]);

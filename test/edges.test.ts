@@ -7,58 +7,13 @@
 import { readFileSync } from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import * as fg from '../src/index.js';
-import type { Backend } from '../src/kernels/backend.js';
-import { CpuBackend } from '../src/kernels/cpu/index.js';
-import { getBackend, setBackend } from '../src/kernels/registry.js';
-import { createWasmBackend } from '../src/kernels/wasm/index.js';
 import type { DType } from '../src/tensor/dtype.js';
-import { acquireWebGPU, expectClose } from './helpers/webgpu.js';
+import { useBackendMatrix } from './helpers/backend-matrix.js';
+import { expectClose } from './helpers/webgpu.js';
 
 type Tensor = fg.Tensor;
 
-const cpu = new CpuBackend();
-let wasm: Backend | null = null;
-let gpu: Backend | null = null;
-let gpuReason = '';
-
-interface Config {
-  name: string;
-  dtype: 'float32' | 'float64';
-  backend: () => Backend | null;
-}
-const CONFIGS: Config[] = [
-  { name: 'cpu float64', dtype: 'float64', backend: () => cpu },
-  { name: 'cpu float32', dtype: 'float32', backend: () => cpu },
-  { name: 'wasm float32', dtype: 'float32', backend: () => wasm },
-  { name: 'webgpu float32', dtype: 'float32', backend: () => gpu },
-];
-
-beforeAll(async () => {
-  await fg.init({ backend: 'cpu' });
-  wasm = await createWasmBackend({ threads: 1 });
-  const acquired = await acquireWebGPU();
-  gpu = acquired.backend;
-  gpuReason = acquired.reason;
-});
-
-/** Runs `fn` with `cfg`'s backend and default dtype active, restoring both afterwards. */
-async function onConfig(cfg: Config, skip: (why: string) => void, fn: () => Promise<void>): Promise<void> {
-  const b = cfg.backend();
-  if (!b) {
-    skip(`no ${cfg.name} backend: ${gpuReason}`);
-    return;
-  }
-  const prevBackend = getBackend();
-  const prevDtype = fg.getDefaultDtype();
-  setBackend(b);
-  fg.setDefaultDtype(cfg.dtype);
-  try {
-    await fn();
-  } finally {
-    setBackend(prevBackend);
-    fg.setDefaultDtype(prevDtype);
-  }
-}
+const { configs: CONFIGS, onConfig, gpu: gpuBackend, gpuReason } = useBackendMatrix();
 
 const read = async (t: Tensor): Promise<number[]> => Array.from(await t.data());
 const live = () => fg.memory().liveBuffers;
@@ -406,8 +361,9 @@ describe('avgPool2d', () => {
   });
 
   it('WebGPU kernels match the CPU reference on the divisor rules, random sizes', async (ctx) => {
+    const gpu = gpuBackend();
     if (!gpu) {
-      ctx.skip(`no WebGPU: ${gpuReason}`);
+      ctx.skip(`no WebGPU: ${gpuReason()}`);
       return;
     }
     const shapes: [number[], number | [number, number], fg.AvgPool2dOptions][] = [

@@ -6,17 +6,14 @@
  * of NaN; int32 wrap-around; the logical ops; and gradchecks of the ops added to the table.
  */
 import { readFileSync } from 'node:fs';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import * as fg from '../src/index.js';
-import type { Backend } from '../src/kernels/backend.js';
-import { CpuBackend } from '../src/kernels/cpu/index.js';
 import { UNARY_OPS, type UnaryOp, type UnaryOpDef } from '../src/kernels/optable.js';
-import { getBackend, setBackend } from '../src/kernels/registry.js';
-import { createWasmBackend } from '../src/kernels/wasm/index.js';
-import { acquireWebGPU } from './helpers/webgpu.js';
+import { useBackendMatrix } from './helpers/backend-matrix.js';
+import { decodeValue, type EncodedValue } from './helpers/torch-fixture.js';
 
 type Tensor = fg.Tensor;
-type Encoded = number | string | boolean;
+type Encoded = EncodedValue;
 interface Fixture {
   torch: string;
   x: Encoded[];
@@ -32,50 +29,11 @@ interface Fixture {
 }
 
 const FIX = JSON.parse(readFileSync(new URL('./fixtures/elementwise/torch-edges.json', import.meta.url), 'utf8')) as Fixture;
-const dec = (v: Encoded): number => (v === 'nan' ? NaN : v === 'inf' ? Infinity : v === '-inf' ? -Infinity : typeof v === 'boolean' ? Number(v) : (v as number));
+const dec = decodeValue;
 const decAll = (vs: Encoded[]) => vs.map(dec);
 const X = decAll(FIX.x);
 
-const cpu = new CpuBackend();
-let wasm: Backend | null = null;
-let gpu: Backend | null = null;
-let gpuReason = '';
-
-interface Config {
-  name: string;
-  dtype: 'float32' | 'float64';
-  backend: () => Backend | null;
-}
-const CONFIGS: Config[] = [
-  { name: 'cpu float64', dtype: 'float64', backend: () => cpu },
-  { name: 'cpu float32', dtype: 'float32', backend: () => cpu },
-  { name: 'wasm float32', dtype: 'float32', backend: () => wasm },
-  { name: 'webgpu float32', dtype: 'float32', backend: () => gpu },
-];
-
-beforeAll(async () => {
-  await fg.init({ backend: 'cpu' });
-  wasm = await createWasmBackend({ threads: 1 });
-  const acquired = await acquireWebGPU();
-  gpu = acquired.backend;
-  gpuReason = acquired.reason;
-});
-
-/** Runs `fn` with `cfg`'s backend and default dtype active, restoring both afterwards. */
-async function onConfig(cfg: Config, skip: (why: string) => void, fn: () => Promise<void>): Promise<void> {
-  const b = cfg.backend();
-  if (!b) return skip(`no ${cfg.name} backend: ${gpuReason}`);
-  const prevBackend = getBackend();
-  const prevDtype = fg.getDefaultDtype();
-  setBackend(b);
-  fg.setDefaultDtype(cfg.dtype);
-  try {
-    await fn();
-  } finally {
-    setBackend(prevBackend);
-    fg.setDefaultDtype(prevDtype);
-  }
-}
+const { configs: CONFIGS, onConfig } = useBackendMatrix();
 
 const read = async (t: Tensor): Promise<number[]> => Array.from(await t.data(), Number);
 /** Values a float32 tensor holds exactly (the float64 fixture inputs that survive the rounding). */

@@ -5,7 +5,7 @@
  * groups with their own rho, sigma, lambda and lr over SGD with momentum and weight decay, a
  * parameter without a gradient on some steps, and a step whose gradient holds a NaN (skipped
  * whole, the EMA untouched). cpu float64 and float32, wasm float32 and float64, fused and per
- * tensor; WebGPU float32 fused.
+ * tensor; WebGPU float32 fused and per tensor.
  */
 import { readFileSync } from 'node:fs';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -122,13 +122,14 @@ describe('examples/friendly-sam.mjs against PyTorch (test/fixtures/optim/friendl
     await trajectory(wasm, 'float32', false);
     await trajectory(wasm, 'float64', true);
   });
-  it('webgpu float32, fused', async () => {
+  it('webgpu float32, fused and per tensor', async () => {
     const { backend: gpu, reason } = await acquireWebGPU();
     if (!gpu) {
       console.warn(`skipped: no WebGPU adapter (${reason})`);
       return;
     }
     await trajectory(gpu, 'float32', true);
+    await trajectory(gpu, 'float32', false);
   }, 180_000);
 });
 

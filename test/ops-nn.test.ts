@@ -16,28 +16,25 @@ import { CpuBackend } from '../src/kernels/cpu/index.js';
 import { getBackend, setBackend } from '../src/kernels/registry.js';
 import { createWasmBackend } from '../src/kernels/wasm/index.js';
 import type { DType } from '../src/tensor/dtype.js';
+import { withBackend } from './helpers/backend-scope.js';
+import { decodeTensor, type EncodedTensor } from './helpers/torch-fixture.js';
 import { acquireWebGPU, expectClose, type Tolerance } from './helpers/webgpu.js';
 
 const { nn } = fg;
 const here = dirname(fileURLToPath(import.meta.url));
 
-interface Encoded {
-  shape: number[];
-  data: (number | string)[];
-}
 interface Case {
   name: string;
   op: string;
   // eslint-disable-next-line @typescript-eslint/no-explicit-any
   opts: Record<string, any>;
-  floats: Record<string, Encoded>;
-  ints: Record<string, Encoded>;
-  out: Encoded;
-  proj: Encoded;
-  grads: Record<string, Encoded>;
+  floats: Record<string, EncodedTensor>;
+  ints: Record<string, EncodedTensor>;
+  out: EncodedTensor;
+  proj: EncodedTensor;
+  grads: Record<string, EncodedTensor>;
 }
 const REF: { torch_version: string; cases: Case[] } = JSON.parse(readFileSync(join(here, 'fixtures/nn/ops.json'), 'utf8'));
-const decode = (e: Encoded): number[] => e.data.map((v) => (v === 'nan' ? NaN : v === 'inf' ? Infinity : v === '-inf' ? -Infinity : (v as number)));
 
 type T = fg.Tensor;
 /** Each fixture op as flatgrad spells it; float inputs in `f`, int32 inputs in `i`. */
@@ -79,12 +76,12 @@ const NOT_GRADCHECKED: Record<string, string> = {
 function runCase(c: Case, dtype: DType): { out: T; grads: Record<string, T> } {
   return fg.tidy(() => {
     const f: Record<string, T> = {};
-    for (const [k, e] of Object.entries(c.floats)) f[k] = fg.tensor(decode(e), { shape: e.shape, dtype, requiresGrad: k in c.grads });
+    for (const [k, e] of Object.entries(c.floats)) f[k] = fg.tensor(decodeTensor(e), { shape: e.shape, dtype, requiresGrad: k in c.grads });
     const i: Record<string, T> = {};
-    for (const [k, e] of Object.entries(c.ints)) i[k] = fg.tensor(decode(e), { shape: e.shape, dtype: 'int32' });
+    for (const [k, e] of Object.entries(c.ints)) i[k] = fg.tensor(decodeTensor(e), { shape: e.shape, dtype: 'int32' });
     const out = OPS[c.op](f, i, c.opts);
     const names = Object.keys(c.grads);
-    const grads = names.length ? fg.grad(fg.sum(fg.mul(out, fg.tensor(decode(c.proj), { shape: c.proj.shape, dtype }))), names.map((k) => f[k])) : [];
+    const grads = names.length ? fg.grad(fg.sum(fg.mul(out, fg.tensor(decodeTensor(c.proj), { shape: c.proj.shape, dtype }))), names.map((k) => f[k])) : [];
     return { out, grads: Object.fromEntries(names.map((k, n) => [k, grads[n]!])) as Record<string, T> };
   });
 }
@@ -94,8 +91,8 @@ async function checkCase(c: Case, dtype: DType, tol: Tolerance, where: string): 
   try {
     expect(out.shape, `${where} ${c.name}: output shape`).toEqual(c.out.shape);
     const typed = (v: number[]) => (dtype === 'float64' ? Float64Array.from(v) : Float32Array.from(v));
-    expectClose(await out.data(), typed(decode(c.out)), tol, `${where} ${c.name}: output`);
-    for (const [k, e] of Object.entries(c.grads)) expectClose(await grads[k].data(), typed(decode(e)), tol, `${where} ${c.name}: d/d${k}`);
+    expectClose(await out.data(), typed(decodeTensor(c.out)), tol, `${where} ${c.name}: output`);
+    for (const [k, e] of Object.entries(c.grads)) expectClose(await grads[k].data(), typed(decodeTensor(e)), tol, `${where} ${c.name}: d/d${k}`);
   } finally {
     out.dispose();
     for (const g of Object.values(grads)) g.dispose();
@@ -111,34 +108,25 @@ const wasm = await createWasmBackend({ threads: 1 });
 const gpu = (await acquireWebGPU()).backend;
 afterAll(() => setBackend(prev));
 
-async function onBackend<R>(b: Backend, f: () => Promise<R> | R): Promise<R> {
-  setBackend(b);
-  try {
-    return await f();
-  } finally {
-    setBackend(prev);
-  }
-}
-
 it('the fixture comes from PyTorch 1.13 and covers every op', () => {
   expect(REF.torch_version).toMatch(/^1\.13/);
   expect(new Set(REF.cases.map((c) => c.op))).toEqual(new Set(Object.keys(OPS)));
 });
 
 describe('against PyTorch, float64 on cpu', () => {
-  for (const c of REF.cases) it(c.name, () => onBackend(cpu, () => checkCase(c, 'float64', F64, 'cpu f64')));
+  for (const c of REF.cases) it(c.name, () => withBackend(cpu, () => checkCase(c, 'float64', F64, 'cpu f64')));
 });
 
 describe('gradcheck (float64, cpu)', () => {
   for (const c of REF.cases) {
     if (Object.keys(c.grads).length === 0 || c.name in NOT_GRADCHECKED) continue;
     it(c.name, () =>
-      onBackend(cpu, () => {
+      withBackend(cpu, () => {
         const names = Object.keys(c.grads);
         const f: Record<string, T> = {};
-        for (const [k, e] of Object.entries(c.floats)) f[k] = fg.tensor(decode(e), { shape: e.shape, dtype: 'float64', requiresGrad: names.includes(k) });
+        for (const [k, e] of Object.entries(c.floats)) f[k] = fg.tensor(decodeTensor(e), { shape: e.shape, dtype: 'float64', requiresGrad: names.includes(k) });
         const i: Record<string, T> = {};
-        for (const [k, e] of Object.entries(c.ints)) i[k] = fg.tensor(decode(e), { shape: e.shape, dtype: 'int32' });
+        for (const [k, e] of Object.entries(c.ints)) i[k] = fg.tensor(decodeTensor(e), { shape: e.shape, dtype: 'int32' });
         const fn = (...xs: T[]) => OPS[c.op]({ ...f, ...Object.fromEntries(names.map((k, n) => [k, xs[n]])) }, i, c.opts);
         expect(fg.gradcheck(fn, names.map((k) => f[k]))).toBe(true);
       }),
@@ -147,18 +135,18 @@ describe('gradcheck (float64, cpu)', () => {
 });
 
 describe('against PyTorch, float32 on cpu', () => {
-  for (const c of REF.cases) it(c.name, () => onBackend(cpu, () => checkCase(c, 'float32', F32, 'cpu f32')));
+  for (const c of REF.cases) it(c.name, () => withBackend(cpu, () => checkCase(c, 'float32', F32, 'cpu f32')));
 });
 
 describe('against PyTorch, float32 on wasm', () => {
-  for (const c of REF.cases) it(c.name, () => onBackend(wasm, () => checkCase(c, 'float32', F32, 'wasm')));
+  for (const c of REF.cases) it(c.name, () => withBackend(wasm, () => checkCase(c, 'float32', F32, 'wasm')));
 });
 
 describe('against PyTorch, float32 on WebGPU', () => {
   for (const c of REF.cases) {
     it(c.name, async (ctx) => {
       if (!gpu) return ctx.skip();
-      await onBackend(gpu, () => checkCase(c, 'float32', F32, 'webgpu'));
+      await withBackend(gpu, () => checkCase(c, 'float32', F32, 'webgpu'));
     });
   }
 });
@@ -170,7 +158,7 @@ describe('gradients beyond the fixture', () => {
   };
   const i32 = (v: number[]) => fg.tensor(v, { dtype: 'int32' });
   it('embedding without paddingIdx is gradchecked; with it, the padding row alone gets zero', () =>
-    onBackend(cpu, () => {
+    withBackend(cpu, () => {
       const w = f64([5, 3], 1);
       const idx = i32([4, 1, 1, 0]);
       expect(fg.gradcheck((ww) => fg.embedding(idx, ww), [w])).toBe(true);
@@ -178,7 +166,7 @@ describe('gradients beyond the fixture', () => {
       expect(Array.from(g!.dataSync())).toEqual([1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1]);
     }));
   it('double backward (gradgradcheck) through convTranspose2d, bilinear interpolate, groupNorm and binaryCrossEntropy', () =>
-    onBackend(cpu, () => {
+    withBackend(cpu, () => {
       const x = f64([1, 2, 3, 3], 2);
       const w = f64([2, 2, 2, 2], 3);
       expect(fg.gradgradcheck((a, b) => fg.convTranspose2d(a, b, null, { stride: 2, padding: 1, outputPadding: 1 }).square(), [x, w], { atol: 1e-4 })).toBe(true);
@@ -192,7 +180,7 @@ describe('gradients beyond the fixture', () => {
 
 describe('crossEntropy is one fused kernel without class weights', () => {
   it('no weight, with or without ignored labels: one fused node; with weights the composite', () =>
-    onBackend(cpu, () => {
+    withBackend(cpu, () => {
       const x = fg.randn([3, 4]).requiresGrad_();
       const y = fg.tensor([0, 3, 1], { dtype: 'int32' });
       expect(fg.crossEntropy(x, y, { reduction: 'none' }).gradFn?.op).toBe('crossEntropy');
@@ -203,7 +191,7 @@ describe('crossEntropy is one fused kernel without class weights', () => {
     if (!gpu) return ctx.skip();
     const logits = [[1, 2, 0.5], [0.1, -1, 2], [3, 0, 0]];
     const run = (b: Backend) =>
-      onBackend(b, async () => {
+      withBackend(b, async () => {
         // A label tensor made by a cast has no host copy: nothing on the host says which rows are ignored.
         const labels = fg.tensor([2, -100, 0], { dtype: 'float32' }).int();
         expect(labels.hostData).toBeNull();
@@ -241,12 +229,12 @@ describe('errors name the op, the shapes and the values', () => {
     ['cosine shapes', () => fg.cosineSimilarity(fg.ones([2, 3]), fg.ones([4])), /cosineSimilarity/],
     ['normalize p', () => fg.normalize(fg.ones([2, 3]), { p: 0 }), /normalize: p must be > 0 \(or Infinity\), got 0/],
   ];
-  for (const [name, f, re] of cases) it(name, () => onBackend(cpu, () => expect(f).toThrow(re)));
+  for (const [name, f, re] of cases) it(name, () => withBackend(cpu, () => expect(f).toThrow(re)));
 });
 
 describe('layers', () => {
   it('Conv1d, ConvTranspose2d, Embedding, GroupNorm, Upsample: PyTorch layouts, names and shapes', () =>
-    onBackend(cpu, () => {
+    withBackend(cpu, () => {
       fg.manualSeed(0);
       const c1 = new nn.Conv1d(4, 6, 3, { padding: 'same', groups: 2 });
       expect(c1.namedParameters().map(([n, p]) => [n, p.shape])).toEqual([['weight', [6, 2, 3]], ['bias', [6]]]);

@@ -7,10 +7,11 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Backend, GatherLayout, ReduceLayout, SortLayout, Storage } from '../src/kernels/backend.js';
 import { CpuBackend } from '../src/kernels/cpu/index.js';
-import type { DType, TypedArray } from '../src/tensor/dtype.js';
+import type { DType } from '../src/tensor/dtype.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import * as fg from '../src/index.js';
 import { createWebGPUBackend } from '../src/kernels/webgpu/index.js';
+import { expectOutputsMatch, f32, i32, runKernelOn, type KernelInput } from './helpers/kernel-parity.js';
 import { acquireWebGPU, expectClose, expectExact, randomF32, randomI32, type Tolerance } from './helpers/webgpu.js';
 
 const { backend: gpuOrNull, reason } = await acquireWebGPU();
@@ -18,31 +19,17 @@ const cpu = new CpuBackend();
 /** The reduction kernel family the adapter does not pick (workgroup trees on a CPU emulator, or the reverse). */
 const otherFamily = gpuOrNull ? await createWebGPUBackend({ cpuEmulated: !gpuOrNull.rt.cpuEmulated }) : null;
 
-interface Input {
-  data: TypedArray;
-  dtype: DType;
-}
-const f32 = (data: Float32Array): Input => ({ data, dtype: 'float32' });
-const i32 = (data: Int32Array): Input => ({ data, dtype: 'int32' });
-
 /** Runs `kernel` on the GPU and the CPU with the same inputs and compares every output. */
 async function expectParity(
-  inputs: Input[],
+  inputs: KernelInput[],
   outs: { numel: number; dtype: DType }[],
   kernel: (b: Backend, ins: Storage[], outs: Storage[]) => void,
   tol: Tolerance | 'exact',
   what: string,
   gpu: Backend = gpuOrNull!,
 ): Promise<void> {
-  const results: TypedArray[][] = [];
-  for (const b of [gpu, cpu] as Backend[]) {
-    const ins = inputs.map((x) => b.upload(x.data, x.dtype));
-    const os = outs.map((o) => b.alloc(o.numel, o.dtype));
-    kernel(b, ins, os);
-    results.push(await Promise.all(os.map((o) => b.read(o))));
-    for (const s of [...ins, ...os]) b.release(s);
-  }
-  results[0].forEach((g, k) => (tol === 'exact' ? expectExact(g, results[1][k], `${what} out${k}`) : expectClose(g, results[1][k], tol, `${what} out${k}`)));
+  const [got, want] = await runKernelOn([gpu, cpu], inputs, outs, kernel);
+  expectOutputsMatch(got, want, tol, what);
 }
 
 /** float32 data with many ties, some NaN and infinities, and signed zeros. */
@@ -79,7 +66,7 @@ describe.skipIf(!gpuOrNull)(`tensor-op kernels on webgpu (${gpuOrNull ? gpuOrNul
   });
 
   it('argsort of bool data', async () => {
-    const x: Input = { data: Uint8Array.from(randomI32(20, 4, 0, 2)), dtype: 'bool' };
+    const x: KernelInput = { data: Uint8Array.from(randomI32(20, 4, 0, 2)), dtype: 'bool' };
     await expectParity([x], [{ numel: 20, dtype: 'int32' }], (b, [s], [o]) => b.argsort(s, o, { outer: 2, size: 10, inner: 1, descending: true }), 'exact', 'argsort bool');
   });
 

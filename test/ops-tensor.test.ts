@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { beforeAll, describe, expect, it } from 'vitest';
 import * as fg from '../src/index.js';
 import type { DType } from '../src/tensor/dtype.js';
+import { decodeValue } from './helpers/torch-fixture.js';
 
 interface FixtureTensor {
   shape: number[];
@@ -24,11 +25,8 @@ interface Case {
 }
 const fixture = JSON.parse(readFileSync(new URL('./fixtures/ops-tensor.json', import.meta.url), 'utf8')) as { cases: Case[] };
 
-const decode = (v: number | boolean | string): number =>
-  v === 'nan' ? NaN : v === 'inf' ? Infinity : v === '-inf' ? -Infinity : typeof v === 'boolean' ? (v ? 1 : 0) : (v as number);
-
 function load(t: FixtureTensor): fg.Tensor {
-  return fg.tensor(t.data.map(decode), { shape: t.shape, dtype: t.dtype });
+  return fg.tensor(t.data.map(decodeValue), { shape: t.shape, dtype: t.dtype });
 }
 
 const arr = (t: fg.Tensor) => Array.from(t.dataSync());
@@ -107,7 +105,7 @@ function expectMatches(c: Case, name: string, got: fg.Tensor, want: FixtureTenso
   expect(got.shape, `${what} shape`).toEqual(want.shape);
   expect(got.dtype, `${what} dtype`).toBe(want.dtype);
   const g = arr(got);
-  const w = want.data.map(decode);
+  const w = want.data.map(decodeValue);
   const exact = EXACT_OPS.has(c.op) || want.dtype === 'int32' || want.dtype === 'bool';
   w.forEach((e, i) => {
     const v = g[i];

@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import * as fg from '../src/index.js';
 import type { Backend } from '../src/kernels/backend.js';
 import { getBackend, setBackend } from '../src/kernels/registry.js';
+import { initWebGPU, useBackend } from './helpers/backend-scope.js';
 
 const { optim } = fg;
 type Tensor = fg.Tensor;
@@ -156,29 +157,11 @@ describe('parameters without a gradient are skipped as torch.optim skips them (f
   });
 
   describe('webgpu float32', () => {
-    let gpu: Backend | null = null;
-    let prev: Backend;
-    beforeAll(async () => {
-      prev = getBackend();
-      try {
-        await fg.init({ backend: 'webgpu' });
-        gpu = getBackend();
-      } catch (e) {
-        if (process.env.REQUIRE_WEBGPU === '1') throw e;
-      }
-      setBackend(prev);
-    });
-    afterAll(() => setBackend(prev));
+    const gpu = useBackend(initWebGPU);
     for (const fused of [true, false]) {
-      it(fused ? 'fused' : 'unfused (the gate, state creation and bias correction on the device)', async (ctx) => {
-        if (!gpu) return ctx.skip();
-        setBackend(gpu);
-        try {
-          await checkBackend('float32', 5e-5, 'webgpu', [fused]);
-        } finally {
-          setBackend(prev);
-        }
-      });
+      it(fused ? 'fused' : 'unfused (the gate, state creation and bias correction on the device)', (ctx) =>
+        gpu.run(ctx, () => checkBackend('float32', 5e-5, 'webgpu', [fused])),
+      );
     }
   });
 

@@ -8,10 +8,9 @@
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import * as fg from '../src/index.js';
-import { getBackend, setBackend } from '../src/kernels/registry.js';
-import type { Backend } from '../src/kernels/backend.js';
+import { initBackend, initWebGPU, useBackend } from './helpers/backend-scope.js';
 
 const { nn, optim } = fg;
 const here = dirname(fileURLToPath(import.meta.url));
@@ -205,66 +204,19 @@ describe('SAM fixtures (PyTorch reference runs) on the CPU', () => {
 });
 
 describe('SAM fixtures on WebGPU (float32)', () => {
-  let gpu: Backend | null = null;
-  let prev: Backend;
-  beforeAll(async () => {
-    prev = getBackend();
-    try {
-      await fg.init({ backend: 'webgpu' });
-      gpu = getBackend();
-    } catch (e) {
-      if (process.env.REQUIRE_WEBGPU === '1') throw e;
-      gpu = null;
-    }
-    setBackend(prev);
-  });
-  afterAll(() => setBackend(prev));
+  const gpu = useBackend(initWebGPU);
   for (const { c, r } of cases) {
     for (const fused of [true, false]) {
-      it(`${c.name} float32 ${fused ? 'fused' : 'unfused'}`, async (ctx) => {
-        if (!gpu) {
-          ctx.skip();
-          return;
-        }
-        setBackend(gpu);
-        try {
-          await runCase(c, r, 'float32', fused);
-        } finally {
-          setBackend(prev);
-        }
-      });
+      it(`${c.name} float32 ${fused ? 'fused' : 'unfused'}`, (ctx) => gpu.run(ctx, () => runCase(c, r, 'float32', fused)));
     }
   }
 });
 
 describe('SAM fixtures on wasm (float32 and float64)', () => {
-  let wasm: Backend | null = null;
-  let prev: Backend;
-  beforeAll(async () => {
-    prev = getBackend();
-    try {
-      await fg.init({ backend: 'wasm' });
-      wasm = getBackend();
-    } catch {
-      wasm = null;
-    }
-    setBackend(prev);
-  });
-  afterAll(() => setBackend(prev));
+  const wasm = useBackend(() => initBackend('wasm', false));
   for (const { c, r } of cases) {
     for (const dtype of ['float32', 'float64'] as const) {
-      it(`${c.name} ${dtype} fused`, async (ctx) => {
-        if (!wasm) {
-          ctx.skip();
-          return;
-        }
-        setBackend(wasm);
-        try {
-          await runCase(c, r, dtype, true);
-        } finally {
-          setBackend(prev);
-        }
-      });
+      it(`${c.name} ${dtype} fused`, (ctx) => wasm.run(ctx, () => runCase(c, r, dtype, true)));
     }
   }
 });

@@ -6,10 +6,11 @@
  * cpu and wasm (float64 and float32) and WebGPU (float32), and the parameters are compared exactly.
  */
 import { readFileSync } from 'node:fs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import * as fg from '../src/index.js';
 import type { Backend } from '../src/kernels/backend.js';
-import { getBackend, setBackend } from '../src/kernels/registry.js';
+import { getBackend } from '../src/kernels/registry.js';
+import { initBackend, useBackend } from './helpers/backend-scope.js';
 import { batches, caseForward, caseParams, familyStep, FIXTURE_DIR, type SamCase } from './helpers/sam-fixture.js';
 import { acquireWebGPU } from './helpers/webgpu.js';
 
@@ -69,25 +70,12 @@ function expectBitEqual(ours: number[], base: number[]): void {
 
 function onBackend(title: string, backendName: string, acquire: () => Promise<Backend | null>, dtypes: ('float32' | 'float64')[]): void {
   describe(title, () => {
-    let backend: Backend | null = null;
-    let prev: Backend;
-    beforeAll(async () => {
-      prev = getBackend();
-      backend = await acquire();
-      if (backend) expect(backend.name).toBe(backendName);
-      setBackend(prev);
-    });
-    afterAll(() => setBackend(prev));
+    const scope = useBackend(acquire, backendName);
     for (const dtype of dtypes) {
       for (const fused of [true, false]) {
         for (const { name: baseName, Base, opts } of BASES) {
-          it(`${baseName} ${dtype} ${fused ? 'fused' : 'unfused'}: every member with rho = 0`, async (ctx) => {
-            if (!backend) {
-              ctx.skip();
-              return;
-            }
-            setBackend(backend);
-            try {
+          it(`${baseName} ${dtype} ${fused ? 'fused' : 'unfused'}: every member with rho = 0`, (ctx) =>
+            scope.run(ctx, async () => {
               const o = { ...opts, fused };
               const base = await trajectory(dtype, 'base', (ps) => new Base(ps, o));
               const failures: string[] = [];
@@ -104,10 +92,8 @@ function onBackend(title: string, backendName: string, acquire: () => Promise<Ba
                 }
               }
               expect(failures).toEqual([]);
-            } finally {
-              setBackend(prev);
-            }
-          });
+            }),
+          );
         }
       }
     }
@@ -119,13 +105,7 @@ onBackend('rho = 0 is the base optimizer, bit for bit, on the CPU', 'cpu', async
 onBackend(
   'rho = 0 is the base optimizer, bit for bit, on wasm',
   'wasm',
-  async () => {
-    const prev = getBackend();
-    await fg.init({ backend: 'wasm' });
-    const wasm = getBackend();
-    setBackend(prev);
-    return wasm;
-  },
+  () => initBackend('wasm', true),
   ['float64', 'float32'],
 );
 

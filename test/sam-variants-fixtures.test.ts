@@ -13,10 +13,11 @@
  * float32, fused and unfused.
  */
 import { readdirSync, readFileSync } from 'node:fs';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import * as fg from '../src/index.js';
 import type { Backend } from '../src/kernels/backend.js';
-import { getBackend, setBackend } from '../src/kernels/registry.js';
+import { getBackend } from '../src/kernels/registry.js';
+import { initBackend, useBackend } from './helpers/backend-scope.js';
 import { batches, caseForward, caseParams, close, familyStep, FIXTURE_DIR, TOL, type SamCase } from './helpers/sam-fixture.js';
 import { acquireWebGPU } from './helpers/webgpu.js';
 
@@ -163,29 +164,10 @@ describe('variant fixtures', () => {
 /** Runs the suite's cases on a backend acquired in beforeAll (or skips when it has none). */
 function onBackend(title: string, backendName: string, acquire: () => Promise<Backend | null>, runs: { dtype: 'float32' | 'float64'; fused: boolean }[]): void {
   describe(title, () => {
-    let backend: Backend | null = null;
-    let prev: Backend;
-    beforeAll(async () => {
-      prev = getBackend();
-      backend = await acquire();
-      if (backend) expect(backend.name).toBe(backendName);
-      setBackend(prev);
-    });
-    afterAll(() => setBackend(prev));
+    const scope = useBackend(acquire, backendName);
     for (const { spec, ref } of cases) {
       for (const { dtype, fused } of runs) {
-        it(`${spec.name} ${dtype} ${fused ? 'fused' : 'unfused'}`, async (ctx) => {
-          if (!backend) {
-            ctx.skip();
-            return;
-          }
-          setBackend(backend);
-          try {
-            await runCase(spec, ref, dtype, fused);
-          } finally {
-            setBackend(prev);
-          }
-        });
+        it(`${spec.name} ${dtype} ${fused ? 'fused' : 'unfused'}`, (ctx) => scope.run(ctx, () => runCase(spec, ref, dtype, fused)));
       }
     }
   });
@@ -201,13 +183,7 @@ onBackend('variant fixtures on the CPU', 'cpu', async () => getBackend(), [
 onBackend(
   'variant fixtures on wasm',
   'wasm',
-  async () => {
-    const prev = getBackend();
-    await fg.init({ backend: 'wasm' });
-    const wasm = getBackend();
-    setBackend(prev);
-    return wasm;
-  },
+  () => initBackend('wasm', true),
   [
     { dtype: 'float64', fused: true },
     { dtype: 'float32', fused: true },

@@ -4,10 +4,9 @@
  * BatchNorm statistics come from the clean pass only, each variant trains a small model, option
  * errors name the option. CPU in float64 and float32; the WebGPU checks are tiny.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import * as fg from '../src/index.js';
-import { getBackend, setBackend } from '../src/kernels/registry.js';
-import type { Backend } from '../src/kernels/backend.js';
+import { initWebGPU, useBackend } from './helpers/backend-scope.js';
 
 const { nn, optim } = fg;
 type Tensor = fg.Tensor;
@@ -421,28 +420,8 @@ describe('options', () => {
 });
 
 describe('WebGPU (tiny, float32)', () => {
-  let gpu: Backend | null = null;
-  let prev: Backend;
-  beforeAll(async () => {
-    prev = getBackend();
-    try {
-      await fg.init({ backend: 'webgpu' });
-      gpu = getBackend();
-    } catch (e) {
-      if (process.env.REQUIRE_WEBGPU === '1') throw e;
-    }
-    setBackend(prev);
-  });
-  afterAll(() => setBackend(prev));
-  const onGpu = async (ctx: { skip: () => void }, f: () => Promise<void> | void) => {
-    if (!gpu) return ctx.skip();
-    setBackend(gpu);
-    try {
-      await f();
-    } finally {
-      setBackend(prev);
-    }
-  };
+  const gpuScope = useBackend(initWebGPU);
+  const onGpu = gpuScope.run;
   const read = async (s: Setup) => (await Promise.all(s.params.map((p) => p.data()))).flatMap((a) => Array.from(a));
 
   // The per-tensor baseline runs the fused pass's own WGSL once per tensor, its partials in the
@@ -488,7 +467,7 @@ describe('WebGPU (tiny, float32)', () => {
     run('ASAM', c, { rho: 0.5, fused: true }, 2, optim.AdamW);
     const cpu = values(c);
     await onGpu(ctx, async () => {
-      const rt = (gpu as unknown as { rt: { cpuEmulated: boolean } }).rt;
+      const rt = (gpuScope.backend() as unknown as { rt: { cpuEmulated: boolean } }).rt;
       const was = rt.cpuEmulated;
       rt.cpuEmulated = false;
       try {

@@ -11,6 +11,7 @@ import { createWebGPUBackend, type WebGPUBackend } from '../src/kernels/webgpu/i
 import { matmul as gpuMatmul, type MatmulPlan } from '../src/kernels/webgpu/matmul.js';
 import { asGPU } from '../src/kernels/webgpu/runtime.js';
 import type { DType, TypedArray } from '../src/tensor/dtype.js';
+import { bool, expectOutputsMatch, f32, i32, runKernelOn, type KernelInput } from './helpers/kernel-parity.js';
 import { acquireWebGPU, expectClose, expectExact, randomF32, randomI32, rng, type Tolerance } from './helpers/webgpu.js';
 
 const { backend: gpuOrNull, reason } = await acquireWebGPU();
@@ -24,43 +25,25 @@ const label = (b: WebGPUBackend) => (b.rt.cpuEmulated ? 'CPU-emulation kernels' 
 /** The backend under test: the suites that depend on the kernel family set it in beforeAll. */
 let gpu = gpuOrNull!;
 
-interface Input {
-  data: TypedArray;
-  dtype: DType;
-}
-const f32 = (data: Float32Array | number[]): Input => ({ data: data instanceof Float32Array ? data : Float32Array.from(data), dtype: 'float32' });
-const i32 = (data: Int32Array | number[]): Input => ({ data: data instanceof Int32Array ? data : Int32Array.from(data), dtype: 'int32' });
-const bool = (data: Uint8Array | number[]): Input => ({ data: data instanceof Uint8Array ? data : Uint8Array.from(data), dtype: 'bool' });
-
 /** Runs `kernel` on both backends with the same inputs and fresh outputs; returns [gpu, cpu] results. */
 async function both(
-  inputs: Input[],
+  inputs: KernelInput[],
   outs: { numel: number; dtype: DType }[],
   kernel: (b: Backend, ins: Storage[], outs: Storage[]) => void,
 ): Promise<[TypedArray[], TypedArray[]]> {
-  const results: TypedArray[][] = [];
-  for (const b of [gpu, cpu] as Backend[]) {
-    const ins = inputs.map((x) => b.upload(x.data, x.dtype));
-    const os = outs.map((o) => b.alloc(o.numel, o.dtype));
-    kernel(b, ins, os);
-    results.push(await Promise.all(os.map((o) => b.read(o))));
-    for (const s of [...ins, ...os]) b.release(s);
-  }
-  return [results[0], results[1]];
+  const [g, c] = await runKernelOn([gpu, cpu], inputs, outs, kernel);
+  return [g, c];
 }
 
 async function expectParity(
-  inputs: Input[],
+  inputs: KernelInput[],
   outs: { numel: number; dtype: DType }[],
   kernel: (b: Backend, ins: Storage[], outs: Storage[]) => void,
   tol: Tolerance | 'exact' = {},
   what = '',
 ): Promise<void> {
   const [g, c] = await both(inputs, outs, kernel);
-  g.forEach((gv, k) => {
-    if (tol === 'exact') expectExact(gv, c[k], `${what} out${k}`);
-    else expectClose(gv, c[k], tol, `${what} out${k}`);
-  });
+  expectOutputsMatch(g, c, tol, what);
 }
 
 const numel = (shape: readonly number[]) => shape.reduce((a, b) => a * b, 1);

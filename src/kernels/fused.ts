@@ -252,6 +252,23 @@ type Factory = (b: Backend) => FusedKernels | null;
 const factories = new Map<string, Factory>();
 const cache = new WeakMap<Backend, FusedKernels | null>();
 
+const loaders = new Map<string, { load: () => Promise<unknown>; done: Promise<unknown> | null }>();
+
+/**
+ * Registers how to load the code that runs fused and arena kernels on a device backend (by
+ * Backend.name): src/kernels/arena/run.ts registers the WebGPU one, a dynamic import, so that the
+ * WGSL renderer ships only with an app that has both the optimizers and the WebGPU backend.
+ */
+export function registerFusedLoader(name: string, load: () => Promise<unknown>): void {
+  if (!loaders.has(name)) loaders.set(name, { load, done: null });
+}
+
+/** Loads what registerFusedLoader registered for a backend kind, once (createWebGPUBackend awaits it). */
+export async function loadFusedKernels(name: string): Promise<void> {
+  const l = loaders.get(name);
+  if (l) await (l.done ??= l.load());
+}
+
 /** Registers the fused kernels of a backend kind (by Backend.name). */
 export function registerFusedKernels(name: string, f: Factory): void {
   factories.set(name, f);
@@ -260,11 +277,17 @@ export function registerFusedKernels(name: string, f: Factory): void {
 /**
  * The fused kernels for a backend, or null when it has none (the optimizers then fall back to the
  * unfused per-tensor path). Implementations register themselves when their module is imported;
- * src/optim imports the CPU one, and the WebGPU one is loaded with the WebGPU backend's module.
+ * src/optim imports the CPU one; the WebGPU one loads through registerFusedLoader when the WebGPU
+ * backend is created after the optimizers were imported.
  */
 export function fusedKernelsFor(b: Backend): FusedKernels | null {
   if (cache.has(b)) return cache.get(b)!;
   const f = factories.get(b.name);
+  if (!f && loaders.has(b.name)) {
+    // A loader was registered after this backend was created: falling back to the unfused path
+    // here would be silently different (slower, and a different summation order).
+    throw new Error(`fused optimizer kernels for ${b.name}: not loaded, because this ${b.name} backend was created before the optimizers were imported; import flatgrad/optim before init() creates the backend (or call init() again)`);
+  }
   const k = f ? f(b) : null;
   cache.set(b, k);
   return k;

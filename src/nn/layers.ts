@@ -80,11 +80,8 @@ export class Conv2d extends Layer {
     readonly opts: Conv2dOptions = {},
   ) {
     super();
-    positiveInt('Conv2d', 'inChannels', inChannels);
-    positiveInt('Conv2d', 'outChannels', outChannels);
-    const groups = opts.groups ?? 1;
-    if (inChannels % groups !== 0 || outChannels % groups !== 0) throw new RangeError(`Conv2d: groups ${groups} must divide inChannels ${inChannels} and outChannels ${outChannels}`);
-    this.kernelSize = typeof kernelSize === 'number' ? [kernelSize, kernelSize] : [kernelSize[0], kernelSize[1]];
+    const groups = convGroups('Conv2d', inChannels, outChannels, opts.groups);
+    this.kernelSize = kernelPair(kernelSize);
     const dtype = dtypeOf(opts);
     const shape = [outChannels, inChannels / groups, ...this.kernelSize];
     const fanIn = (inChannels / groups) * this.kernelSize[0] * this.kernelSize[1];
@@ -119,11 +116,8 @@ export class Conv1d extends Layer {
     readonly opts: Conv1dOptions = {},
   ) {
     super();
-    positiveInt('Conv1d', 'inChannels', inChannels);
-    positiveInt('Conv1d', 'outChannels', outChannels);
+    const groups = convGroups('Conv1d', inChannels, outChannels, opts.groups);
     positiveInt('Conv1d', 'kernelSize', kernelSize);
-    const groups = opts.groups ?? 1;
-    if (inChannels % groups !== 0 || outChannels % groups !== 0) throw new RangeError(`Conv1d: groups ${groups} must divide inChannels ${inChannels} and outChannels ${outChannels}`);
     const dtype = dtypeOf(opts);
     this.weight = this.registerParameter('weight', param(defaultWeight([outChannels, inChannels / groups, kernelSize], { dtype })));
     this.bias = this.registerParameter('bias', opts.bias ?? true ? param(defaultBias(outChannels, (inChannels / groups) * kernelSize, { dtype })) : null);
@@ -158,11 +152,8 @@ export class ConvTranspose2d extends Layer {
     readonly opts: ConvTranspose2dOptions = {},
   ) {
     super();
-    positiveInt('ConvTranspose2d', 'inChannels', inChannels);
-    positiveInt('ConvTranspose2d', 'outChannels', outChannels);
-    const groups = opts.groups ?? 1;
-    if (inChannels % groups !== 0 || outChannels % groups !== 0) throw new RangeError(`ConvTranspose2d: groups ${groups} must divide inChannels ${inChannels} and outChannels ${outChannels}`);
-    this.kernelSize = typeof kernelSize === 'number' ? [kernelSize, kernelSize] : [kernelSize[0], kernelSize[1]];
+    const groups = convGroups('ConvTranspose2d', inChannels, outChannels, opts.groups);
+    this.kernelSize = kernelPair(kernelSize);
     const dtype = dtypeOf(opts);
     // PyTorch takes fan_in from dim 1 of this layout too: out/groups * kh * kw.
     const fanIn = (outChannels / groups) * this.kernelSize[0] * this.kernelSize[1];
@@ -531,4 +522,17 @@ export class ModuleList<M extends Module = Module> extends Module {
 
 function positiveInt(layer: string, what: string, v: number): void {
   if (!Number.isInteger(v) || v <= 0) throw new RangeError(`${layer}: ${what} must be a positive integer, got ${v}`);
+}
+
+/** A convolution layer's channel counts checked as torch.nn's _ConvNd does; returns the groups (default 1). */
+function convGroups(layer: string, inChannels: number, outChannels: number, groups = 1): number {
+  positiveInt(layer, 'inChannels', inChannels);
+  positiveInt(layer, 'outChannels', outChannels);
+  if (inChannels % groups !== 0 || outChannels % groups !== 0) throw new RangeError(`${layer}: groups ${groups} must divide inChannels ${inChannels} and outChannels ${outChannels}`);
+  return groups;
+}
+
+/** A kernel size given as one number or [kh, kw], as [kh, kw]. */
+function kernelPair(k: Pair): [number, number] {
+  return typeof k === 'number' ? [k, k] : [k[0], k[1]];
 }

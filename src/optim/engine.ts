@@ -13,8 +13,9 @@
  * src/kernels/fused.ts), so neither engine reads back during a step.
  */
 // The host (cpu, wasm) fused kernels (arena kernels, src/kernels/arena/fused.ts) register
-// themselves with fusedKernelsFor() when loaded; the WebGPU ones are loaded with the WebGPU backend
-// (src/kernels/webgpu/device.ts), so an app that never chooses WebGPU does not ship them.
+// themselves with fusedKernelsFor() when loaded; the WebGPU ones load when the WebGPU backend is
+// created (a loader that src/kernels/arena/run.ts registers and src/kernels/webgpu/device.ts
+// awaits), so an app that never chooses WebGPU does not ship them.
 import '../kernels/arena/fused.js';
 import type { Backend, Storage } from '../kernels/backend.js';
 import {
@@ -37,6 +38,7 @@ import {
 } from '../kernels/fused.js';
 import { adamCall, copyCall, dotCall, hostNoise, lincombCall, normCall, perturbCall, restoreCall, scalarProgram, sgdCall, type KernelCall } from '../kernels/arena/fused.js';
 import { hostArrayOf, runPerTensor, runScalarProgram } from '../kernels/arena/run.js';
+import { captureHooks } from '../compile/hooks.js';
 import type { DType } from '../tensor/dtype.js';
 import { Tensor } from '../tensor/tensor.js';
 import { copyInto } from '../nn/module.js';
@@ -367,13 +369,21 @@ export class LoopEngine implements Engine {
     this.run(copyCall(dst, src));
   }
   noise(out: string, o: { key0: number; key1: number; scale: readonly number[]; filterwise: boolean }): void {
-    const outs = this.ensureState(out);
+    const outs = this.ensureState(out).map((t) => t.storage);
+    const ps = this.params.map((p) => p.storage);
+    // Host memory written directly, or the device's noise kernel with each tensor's key shifted:
+    // neither is a call a captured step (src/compile) can replay as recorded, so the whole draw is
+    // one recorded call, its random keys redrawn on each replay.
+    if (captureHooks.deviceCall) return void captureHooks.deviceCall('per-tensor noise', (os: Storage[], pss: Storage[], oo: typeof o) => this.noiseNow(os, pss, oo), [outs, ps, o]);
+    this.noiseNow(outs, ps, o);
+  }
+  private noiseNow(outs: Storage[], ps: Storage[], o: { key0: number; key1: number; scale: readonly number[]; filterwise: boolean }): void {
     const arr = hostArrayOf(this.backend);
-    if (!arr) return this.deviceNoise(outs, o);
+    if (!arr) return this.deviceNoise(outs, ps, o);
     hostNoise(
       this.params.map((p, k) => ({
-        out: arr(outs[k].storage),
-        p: o.filterwise ? arr(p.storage) : null,
+        out: arr(outs[k]),
+        p: o.filterwise ? arr(ps[k]) : null,
         offset: 0,
         base: this.offsets[k],
         numel: p.size,
@@ -392,7 +402,7 @@ export class LoopEngine implements Engine {
    * Noise on a device backend: its fused noise kernel once per tensor, over a one-parameter layout,
    * with the key shifted so that element j draws what element offset + j of the arena draws.
    */
-  private deviceNoise(outs: Tensor[], o: { key0: number; key1: number; scale: readonly number[]; filterwise: boolean }): void {
+  private deviceNoise(outs: Storage[], ps: Storage[], o: { key0: number; key1: number; scale: readonly number[]; filterwise: boolean }): void {
     const fk = fusedKernelsFor(this.backend);
     if (!fk) throw new Error(`optimizer: the ${this.backend.name} backend has no noise kernel`);
     const b = this.backend;
@@ -414,7 +424,7 @@ export class LoopEngine implements Engine {
       const row = Int32Array.from([0, p.size, this.groupOf[k], flags, base.params[0].rowLen, 0, 0, 0]);
       b.write(base.paramTable, row);
       const L: ArenaLayout = { ...base, params: [{ ...base.params[0], flags }] };
-      fk.noise(L, outs[k].storage, { key0: (o.key0 + 2 * this.offsets[k]) >>> 0, key1: o.key1, scale: o.scale, filterwise: o.filterwise ? { p: p.storage, rowNorms: this.rowNorms!.storage } : null });
+      fk.noise(L, outs[k], { key0: (o.key0 + 2 * this.offsets[k]) >>> 0, key1: o.key1, scale: o.scale, filterwise: o.filterwise ? { p: ps[k], rowNorms: this.rowNorms!.storage } : null });
     });
   }
   sgd(d: string, groups: readonly SgdGroup[], o: EngineUpdate): void {

@@ -15,12 +15,12 @@
  * The second pass, the restore and the base update are SAM's. With rho = 0 the step is the base
  * optimizer's (the perturbation is zero), which fg.testing.checkOptimizer holds a variant to.
  */
-import { FLAG_ACTIVE, FLAG_DECAY, FLAG_VECTOR, FLAG_WEIGHT, S_FLAG, S_NORM, S_SLOTS } from '../kernels/fused.js';
+import { FLAG_ACTIVE, FLAG_DECAY, FLAG_VECTOR, FLAG_WEIGHT, S_FLAG, S_NORM } from '../kernels/fused.js';
 import type { Storage } from '../kernels/backend.js';
 import type { ArenaKernel } from '../kernels/arena/define.js';
 import { runArenaKernel, runPerTensor, type RunOptions } from '../kernels/arena/run.js';
 import { isWeightParam } from './arena.js';
-import { FlatEngine, type Engine } from './engine.js';
+import { FlatEngine, LoopEngine, type Engine } from './engine.js';
 import type { ParamsInput } from './optimizer.js';
 import { SAM, type BaseOptimizerClass, type SAMOptions } from './sam.js';
 
@@ -89,8 +89,7 @@ export function defineSamVariant(spec: SamVariantSpec): SamVariantClass {
 
 /**
  * Runs an arena kernel over an optimizer's engine: one pass over the flat arena (fused), or the
- * per-tensor baseline over the parameters' own storages (fused: false, cpu and wasm), the scalar
- * slots copied in and out around it.
+ * per-tensor baseline over the parameters' own storages (fused: false).
  */
 export function runOnEngine(kernel: ArenaKernel, engine: Engine, hyper: readonly Record<string, number>[], opts: RunOptions = {}): void {
   if (engine instanceof FlatEngine) {
@@ -99,14 +98,14 @@ export function runOnEngine(kernel: ArenaKernel, engine: Engine, hyper: readonly
     runArenaKernel(kernel, a.backend, { layout: a.layout, vectors, S: engine.S, steps: a.stepCounts, hyper }, opts);
     return;
   }
+  if (!(engine instanceof LoopEngine)) throw new Error(`arena kernel "${kernel.name}": runOnEngine takes the flat or the per-tensor engine`);
   const b = engine.backend;
-  const slots = engine.readScalarsSync();
-  if (!slots || !b.readSync) throw new Error(`arena kernel "${kernel.name}": the per-tensor path runs on cpu and wasm, not on ${b.name}`);
   const dtype = engine.dtype as 'float32' | 'float64';
-  const S = b.upload(dtype === 'float64' ? Float64Array.from(slots) : Float32Array.from(slots), dtype);
-  // The loop engine keeps step counts as 0-d tensors; kernels that count steps belong to the base optimizer.
+  // The loop engine's scalar slots are used in place (no host round trip: the pass runs on every
+  // backend, and a captured step can replay it). Its step counts belong to the base optimizer: a
+  // kernel that counts steps counts into a scratch storage here.
   const steps = b.alloc(engine.params.length, dtype);
-  const groupOf = engineGroupOf(engine);
+  const groupOf = engine.groupOf;
   try {
     const state = kernel.vectors.filter((v) => v.name !== 'p' && v.name !== 'g').map((v) => [v.name, engine.ensureState(v.name)] as const);
     const params = engine.params.map((p, k) => {
@@ -117,16 +116,8 @@ export function runOnEngine(kernel: ArenaKernel, engine: Engine, hyper: readonly
       for (const [n, ts] of state) vectors[n] = ts[k].storage;
       return { vectors, numel: p.size, group: groupOf[k], flags: (g ? FLAG_ACTIVE : 0) | (weight ? FLAG_WEIGHT : 0) | FLAG_DECAY | (p.ndim < 2 ? FLAG_VECTOR : 0) };
     });
-    runPerTensor(kernel, b, { dtype, params, S, steps, hyper }, opts);
-    engine.loadScalars(Array.from(b.readSync(S)).slice(0, S_SLOTS));
+    runPerTensor(kernel, b, { dtype, params, S: engine.S, steps, hyper }, opts);
   } finally {
-    b.release(S);
     b.release(steps);
   }
-}
-
-function engineGroupOf(engine: Engine): readonly number[] {
-  const g = (engine as unknown as { groupOf?: readonly number[] }).groupOf;
-  if (!g) throw new Error('runOnEngine: the engine does not expose its parameter groups');
-  return g;
 }

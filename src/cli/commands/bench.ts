@@ -435,7 +435,8 @@ export const benchCommand = defineCommand({
               const gb = m.bytes / (m.optimizerMs * 1e6);
               rows.push({ ...base, ...m, ratioToSgd: NaN, gbPerS: gb, copyGbPerS: copy, ofCopy: gb / copy });
             } catch (e) {
-              // An engine a backend lacks (a per-tensor arena kernel on WebGPU) is a row that says so.
+              // A configuration that cannot run here (an optimizer file that a backend rejects) is a row
+              // that says why, rather than the end of the table.
               rows.push({ ...base, stepMs: NaN, ratioToSgd: NaN, optimizerMs: NaN, optimizerTiming: 'direct', dispatches: 0, bytes: 0, gbPerS: NaN, copyGbPerS: NaN, ofCopy: NaN, note: `n/a: ${(e as Error).message.split('\n')[0]}` });
             }
             progress.update(++done);

@@ -7,11 +7,19 @@
  *
  * The built-in fused primitives (src/kernels/arena/fused.ts) run through here as well: the arena
  * layout and the scalar storage S are those of src/kernels/fused.ts.
+ *
+ * These passes write device memory themselves (host typed arrays on cpu and wasm, the WebGPU
+ * runtime's own encoder), not through the Backend methods that a captured step (src/compile)
+ * records: while a step is traced, each entry point below goes through captureHooks.deviceCall so
+ * that the replay runs the pass too. The kernel and backend are closed over, not passed as
+ * arguments: they are constants of the call, and the recorder would otherwise walk the kernel's
+ * expression graph looking for storages.
  */
 import type { TypedArray } from '../../tensor/dtype.js';
 import type { Backend, Storage } from '../backend.js';
+import { captureHooks } from '../../compile/hooks.js';
 import { CpuStorage } from '../cpu/index.js';
-import { FLAG_ACTIVE, S_SLOTS, type ArenaLayout } from '../fused.js';
+import { FLAG_ACTIVE, registerFusedLoader, S_SLOTS, type ArenaLayout } from '../fused.js';
 import type { ArenaKernel } from './define.js';
 import { topo } from './expr.js';
 import { coefficientValues, evalUniform, referenceKernel, type RangeFn, type UniformEnv } from './reference.js';
@@ -20,8 +28,8 @@ import { usesSteps } from './define.js';
 
 /**
  * The renderers that belong to one backend register here when that backend's module loads
- * (src/kernels/wasm/index.ts loads ./wasm.ts, src/kernels/webgpu/fused.ts loads ./webgpu.ts), so
- * that an app ships only the code of the backends it chose.
+ * (src/kernels/wasm/index.ts loads ./wasm.ts, src/kernels/webgpu/fused.ts loads ./webgpu.ts, and
+ * is itself loaded by the loader below), so that an app ships only the code of the backends it chose.
  */
 export const arenaBackends: {
   /** The f32x4 kernel of a definition over a wasm memory: (pointers, start, end, partial pointers, write, coefficients). */
@@ -31,6 +39,15 @@ export const arenaBackends: {
   webgpuPerTensor: ((kernel: ArenaKernel, backend: Backend, buf: PerTensorBuffers) => void) | null;
   webgpuScalars: ((kernel: ArenaKernel, backend: Backend, S: Storage) => void) | null;
 } = { wasmKernel: null, webgpuArena: null, webgpuPerTensor: null, webgpuScalars: null };
+
+// The WebGPU renderer and fused kernels load when the WebGPU backend is created (createWebGPUBackend
+// awaits this), the way init() loads a backend: a WebGPU app without arena kernels never ships them.
+registerFusedLoader('webgpu', () => import('../webgpu/fused.js'));
+
+function noRenderer(kernel: ArenaKernel, backend: Backend): Error {
+  const why = backend.name === 'webgpu' ? ' (it loads when the backend is created: import the arena kernels or flatgrad/optim before init() creates it, or call init() again)' : '';
+  return new Error(`arena kernel "${kernel.name}": no renderer for backend ${backend.name}${why}`);
+}
 
 /** Hyper-parameters of each parameter group (a missing one takes the kernel's default). */
 export type GroupHyper = readonly Readonly<Record<string, number>>[];
@@ -208,6 +225,11 @@ function runAfterHost(kernel: ArenaKernel, Sh: TypedArray): void {
  */
 export function runScalarProgram(kernel: ArenaKernel, backend: Backend, S: Storage): void {
   if (kernel.vectors.length > 0 || kernel.reductions.length > 0) throw new Error(`arena kernel "${kernel.name}": runScalarProgram takes a kernel with only a scalar program (after), this one reads vectors`);
+  if (captureHooks.deviceCall) return void captureHooks.deviceCall(`arena scalar program "${kernel.name}"`, (s: Storage) => scalarProgramNow(kernel, backend, s), [S]);
+  scalarProgramNow(kernel, backend, S);
+}
+
+function scalarProgramNow(kernel: ArenaKernel, backend: Backend, S: Storage): void {
   const host = hostOf(backend);
   if (host) {
     runAfterHost(kernel, host.typed(S));
@@ -215,7 +237,7 @@ export function runScalarProgram(kernel: ArenaKernel, backend: Backend, S: Stora
     return;
   }
   if (backend.name === 'webgpu' && arenaBackends.webgpuScalars) return arenaBackends.webgpuScalars(kernel, backend, S);
-  throw new Error(`arena kernel "${kernel.name}": no renderer for backend ${backend.name}`);
+  throw noRenderer(kernel, backend);
 }
 
 /**
@@ -227,8 +249,13 @@ export const hostPassObservers = new Set<(kernel: ArenaKernel, backend: Backend,
 
 /** Runs `kernel` once over the whole arena. */
 export function runArenaKernel(kernel: ArenaKernel, backend: Backend, buf: ArenaBuffers, opts: RunOptions = {}): void {
+  checkBuffers(kernel, backend, buf.vectors, buf.steps, buf.layout.numel, '', buf.S);
+  if (captureHooks.deviceCall) return void captureHooks.deviceCall(`arena pass "${kernel.name}"`, (b: ArenaBuffers, o: RunOptions) => arenaPassNow(kernel, backend, b, o), [buf, opts]);
+  arenaPassNow(kernel, backend, buf, opts);
+}
+
+function arenaPassNow(kernel: ArenaKernel, backend: Backend, buf: ArenaBuffers, opts: RunOptions): void {
   const L = buf.layout;
-  checkBuffers(kernel, backend, buf.vectors, buf.steps, L.numel, '', buf.S);
   const host = hostOf(backend);
   if (host) {
     const vecs = kernel.vectors.map((v) => buf.vectors[v.name]);
@@ -238,7 +265,7 @@ export function runArenaKernel(kernel: ArenaKernel, backend: Backend, buf: Arena
     return;
   }
   if (backend.name === 'webgpu' && arenaBackends.webgpuArena) return arenaBackends.webgpuArena(kernel, backend, buf);
-  throw new Error(`arena kernel "${kernel.name}": no renderer for backend ${backend.name}`);
+  throw noRenderer(kernel, backend);
 }
 
 export interface PerTensorParam {
@@ -266,10 +293,15 @@ export interface PerTensorBuffers {
  */
 export function runPerTensor(kernel: ArenaKernel, backend: Backend, buf: PerTensorBuffers, opts: RunOptions = {}): void {
   buf.params.forEach((p, k) => checkBuffers(kernel, backend, p.vectors, buf.steps, p.numel, ` (per tensor, parameter ${k})`, buf.S));
+  if (captureHooks.deviceCall) return void captureHooks.deviceCall(`arena per-tensor pass "${kernel.name}"`, (b: PerTensorBuffers, o: RunOptions) => perTensorNow(kernel, backend, b, o), [buf, opts]);
+  perTensorNow(kernel, backend, buf, opts);
+}
+
+function perTensorNow(kernel: ArenaKernel, backend: Backend, buf: PerTensorBuffers, opts: RunOptions): void {
   const host = hostOf(backend);
   if (!host) {
     if (backend.name === 'webgpu' && arenaBackends.webgpuPerTensor) return arenaBackends.webgpuPerTensor(kernel, backend, buf);
-    throw new Error(`arena kernel "${kernel.name}": no renderer for backend ${backend.name}`);
+    throw noRenderer(kernel, backend);
   }
   let pblk = 0;
   const ranges: Range[] = buf.params.map((p, k) => {

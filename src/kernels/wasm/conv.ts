@@ -484,23 +484,36 @@ export class WasmConv {
       // gradient with the weights flipped in space and transposed in channels.
       const cg = l.c / l.groups;
       const og = l.outChannels / l.groups;
-      const taps = l.kh * l.kw;
       const d = this.directOf(l, this.h.ptr(grad), og, l.outChannels, l.oh, l.ow, [l.kh, l.kw], [1, 1], [phT, pwT]);
-      this.directForward(d, cg, this.h.ptr(out), l.c, l.groups * cg * og * taps * 4, (dst) => {
-        const f = this.h.f32();
-        const src = this.h.ptr(weight) >>> 2;
-        const base = dst >>> 2;
-        for (let g = 0; g < l.groups; g++)
-          for (let ci = 0; ci < cg; ci++)
-            for (let o = 0; o < og; o++)
-              for (let t = 0; t < taps; t++) {
-                f[base + ((g * cg + ci) * og + o) * taps + t] = f[src + ((g * og + o) * cg + ci) * taps + (taps - 1 - t)];
-              }
-      });
+      this.directForward(d, cg, this.h.ptr(out), l.c, l.outChannels * cg * l.kh * l.kw * 4, (dst) => this.writeFlippedTaps(dst, weight, l, 0, 0, l.kh, l.kw));
       return;
     }
     if (l.dh === 1 && l.dw === 1) this.backwardInputByPhases(grad, weight, out, l);
     else this.backwardInputByColumns(grad, weight, out, l);
+  }
+
+  /**
+   * Writes at `dst` the kernel of the "full" convolution that gives the input gradient: the taps
+   * ki = a + m*sh, kj = b + m2*sw (m < kha, m2 < kwb) of the weights, flipped in space and
+   * transposed in channels, as [groups, in/groups, out/groups, kha, kwb]. At stride 1 (a = b = 0,
+   * kha = kh, kwb = kw) that is every tap; at a larger stride, those of one stride phase.
+   */
+  private writeFlippedTaps(dst: number, weight: Storage, l: Conv2dLayout, a: number, b: number, kha: number, kwb: number): void {
+    const cg = l.c / l.groups;
+    const og = l.outChannels / l.groups;
+    const taps = kha * kwb;
+    const f = this.h.f32();
+    const src = this.h.ptr(weight) >>> 2;
+    const base = dst >>> 2;
+    for (let g = 0; g < l.groups; g++)
+      for (let ci = 0; ci < cg; ci++)
+        for (let o = 0; o < og; o++)
+          for (let m = 0; m < kha; m++)
+            for (let m2 = 0; m2 < kwb; m2++) {
+              const ki = a + (kha - 1 - m) * l.sh;
+              const kj = b + (kwb - 1 - m2) * l.sw;
+              f[base + ((g * cg + ci) * og + o) * taps + m * kwb + m2] = f[src + (((g * og + o) * cg + ci) * l.kh + ki) * l.kw + kj];
+            }
   }
 
   /**
@@ -530,21 +543,7 @@ export class WasmConv {
         if (y1 < y0 || x1 < x0) continue;
         const phase = this.h.temp(l.n * l.c * rows * cols);
         const d = this.directOf(l, this.h.ptr(grad), og, l.outChannels, l.oh, l.ow, [kha, kwb], [1, 1], [kha - 1, kwb - 1]);
-        const taps = kha * kwb;
-        this.directForward(d, cg, phase.ptr, l.c, l.outChannels * cg * taps * 4, (dst) => {
-          const f = this.h.f32();
-          const src = this.h.ptr(weight) >>> 2;
-          const base = dst >>> 2;
-          for (let g = 0; g < l.groups; g++)
-            for (let ci = 0; ci < cg; ci++)
-              for (let o = 0; o < og; o++)
-                for (let m = 0; m < kha; m++)
-                  for (let m2 = 0; m2 < kwb; m2++) {
-                    const ki = a + (kha - 1 - m) * l.sh;
-                    const kj = b + (kwb - 1 - m2) * l.sw;
-                    f[base + ((g * cg + ci) * og + o) * taps + m * kwb + m2] = f[src + (((g * og + o) * cg + ci) * l.kh + ki) * l.kw + kj];
-                  }
-        });
+        this.directForward(d, cg, phase.ptr, l.c, l.outChannels * cg * kha * kwb * 4, (dst) => this.writeFlippedTaps(dst, weight, l, a, b, kha, kwb));
         const from = phase.ptr + (y0 * cols + x0) * 4;
         const to = dx + ((l.sh * y0 + a - l.ph) * l.w + (l.sw * x0 + b - l.pw)) * 4;
         k.conv_copy_rows(from, rows * cols * 4, cols * 4, 4, to, l.h * l.w * 4, l.sh * l.w * 4, l.sw * 4, l.n * l.c, y1 - y0 + 1, x1 - x0 + 1);

@@ -11,13 +11,16 @@ import { entry, INF_F32, type Param } from './wgsl.js';
 const WG = 256;
 const FIELDS = ['n', 'c', 'h', 'w', 'kh', 'kw', 'oh', 'ow', 'sh', 'sw', 'ph', 'pw', 'dh', 'dw'] as const;
 
+/** The window geometry as i32 uniforms P.n, P.c, ..., P.dw, shared by every kernel of this file. */
+const windowFields = (g: Window2d): Param[] => FIELDS.map((f) => ({ name: f, type: 'i32' as const, value: g[f] }));
+
 function windowKernel(rt: Runtime, name: string, binds: Bind[], total: number, g: Window2d, main: string, helpers = '', extra: Param[] = []): void {
   if (total === 0) return;
   rt.dispatch({
     name,
     key: name,
     binds,
-    params: [...FIELDS.map((f) => ({ name: f, type: 'i32' as const, value: g[f] })), { name: 'total', type: 'u32', value: total }, ...extra],
+    params: [...windowFields(g), { name: 'total', type: 'u32', value: total }, ...extra],
     groups: Math.ceil(total / WG),
     wgsl: () => `${helpers}
 ${entry(WG)} {
@@ -27,6 +30,22 @@ ${entry(WG)} {
   ${main}
 }`,
   });
+}
+
+/**
+ * Visits the input pixels (y, x) that output (oy, ox)'s window reads, the padding left out: runs
+ * `body` with y, x, ki, kj for each kernel tap that lands inside the input.
+ */
+function forWindowTaps(body: string): string {
+  return `for (var ki = 0i; ki < P.kh; ki++) {
+    let y = oy * P.sh - P.ph + ki * P.dh;
+    if (y < 0i || y >= P.h) { continue; }
+    for (var kj = 0i; kj < P.kw; kj++) {
+      let x = ox * P.sw - P.pw + kj * P.dw;
+      if (x < 0i || x >= P.w) { continue; }
+      ${body}
+    }
+  }`;
 }
 
 /**
@@ -123,15 +142,7 @@ function conv2dDirect(rt: Runtime, x: GPUStorage, weight: GPUStorage, out: GPUSt
   for (var ci = 0i; ci < cg; ci++) {
     let plane = (b * P.c + c0 + ci) * P.h;
     let taps = (o * cg + ci) * P.kh;
-    for (var ki = 0i; ki < P.kh; ki++) {
-      let y = oy * P.sh - P.ph + ki * P.dh;
-      if (y < 0i || y >= P.h) { continue; }
-      for (var kj = 0i; kj < P.kw; kj++) {
-        let x = ox * P.sw - P.pw + kj * P.dw;
-        if (x < 0i || x >= P.w) { continue; }
-        sum += wt[(taps + ki) * P.kw + kj] * src[(plane + y) * P.w + x];
-      }
-    }
+    ${forWindowTaps('sum += wt[(taps + ki) * P.kw + kj] * src[(plane + y) * P.w + x];')}
   }
   dst[t] = sum;`, '', convParams(l));
 }
@@ -170,7 +181,7 @@ function conv2dBackwardWeightDirect(rt: Runtime, x: GPUStorage, grad: GPUStorage
     name: 'conv2dBackwardWeight',
     key: 'conv2dBackwardWeight',
     binds: [{ name: 'src', s: x, access: 'read' }, { name: 'grad', s: grad, access: 'read' }, { name: 'dst', s: out, access: 'write' }],
-    params: [...FIELDS.map((f) => ({ name: f, type: 'i32' as const, value: g[f] })), { name: 'total', type: 'u32', value: total }, ...convParams(l)],
+    params: [...windowFields(g), { name: 'total', type: 'u32', value: total }, ...convParams(l)],
     groups: total,
     wgsl: () => `var<workgroup> partial: array<f32, ${WEIGHT_GRAD_WG}>;
 ${entry(WEIGHT_GRAD_WG)} {
@@ -288,7 +299,7 @@ fn store(i: i32, j: i32, v: f32) {
       key: `${kernel}.tiled`,
       binds: [{ name: 'srca', s: a, access: 'read' }, { name: 'srcb', s: b, access: 'read' }, { name: 'dst', s: out, access: 'write' }],
       params: [
-        ...FIELDS.map((f) => ({ name: f, type: 'i32' as const, value: g[f] })),
+        ...windowFields(g),
         ...convParams(l),
         ...(
           [
@@ -360,16 +371,8 @@ export function maxPool2d(rt: Runtime, x: GPUStorage, out: GPUStorage, argOut: G
   ${OUTPUT_PIXEL}
   var best = -${INF_F32};
   var arg = -1i;
-  for (var ki = 0i; ki < P.kh; ki++) {
-    let y = oy * P.sh - P.ph + ki * P.dh;
-    if (y < 0i || y >= P.h) { continue; }
-    for (var kj = 0i; kj < P.kw; kj++) {
-      let x = ox * P.sw - P.pw + kj * P.dw;
-      if (x < 0i || x >= P.w) { continue; }
-      let v = src[(p * P.h + y) * P.w + x];
-      if (arg < 0i || v > best || (fg_isnan(v) && !fg_isnan(best))) { best = v; arg = y * P.w + x; }
-    }
-  }
+  ${forWindowTaps(`let v = src[(p * P.h + y) * P.w + x];
+      if (arg < 0i || v > best || (fg_isnan(v) && !fg_isnan(best))) { best = v; arg = y * P.w + x; }`)}
   dst[t] = best;
   ${argOut ? 'arg_out[t] = arg;' : ''}`);
 }

@@ -4,9 +4,11 @@
  * SwiftShader Vulkan driver that Debian's chromium ships; the loader reads VK_ICD_FILENAMES when
  * Dawn creates its instance, so it has to be set before the first `create()`.
  */
-// The fused optimizer kernels register themselves for 'webgpu' on load: they come with the
-// backend that runs them, not with the optimizers (which must not pull WGSL into a cpu/wasm app).
-import './fused.js';
+// The fused optimizer kernels (./fused.ts, with the arena kernels' WGSL renderer) load when both
+// this backend and the optimizers are in the app: src/kernels/arena/run.ts registers the loader
+// and createWebGPUBackend awaits it, so neither a cpu/wasm training app nor a WebGPU app without
+// optimizers ships them.
+import { loadFusedKernels } from '../fused.js';
 import { WebGPUBackend } from './index.js';
 import { CHECKED_LIMITS, type RuntimeOptions } from './runtime.js';
 
@@ -130,6 +132,7 @@ export function isCpuEmulated(info: GPUAdapterInfo | undefined): boolean {
 }
 
 export async function createWebGPUBackend(opts: WebGPUOptions = {}): Promise<WebGPUBackend> {
+  await loadFusedKernels('webgpu');
   if (opts.device) return new WebGPUBackend(opts.device, (opts.device as { adapterInfo?: GPUAdapterInfo }).adapterInfo, opts);
   const adapter = await requestAdapter(opts);
   const device = await requestDevice(adapter);

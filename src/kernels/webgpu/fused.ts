@@ -3,8 +3,9 @@
  * rendered to WGSL by src/kernels/arena/wgsl.ts), plus the one kernel that stays outside the
  * kernel language, Gaussian noise (RWP's filter-wise noise and random-SAM's direction): it needs
  * the integer hash of src/kernels/rng.ts and a per-row reduction (RWP), which the language does not
- * express (see src/kernels/arena/fused.ts). Loaded with the WebGPU backend, so an app that never
- * chooses WebGPU does not ship it.
+ * express (see src/kernels/arena/fused.ts). Loaded by createWebGPUBackend through the loader that
+ * src/kernels/arena/run.ts registers: only an app with both the WebGPU backend and the arena
+ * kernels (the optimizers) ships it.
  */
 import type { Backend, Storage } from '../backend.js';
 import { ArenaFusedKernels } from '../arena/fused.js';
