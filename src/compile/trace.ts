@@ -124,7 +124,7 @@ const PASS_THROUGH = new Set([
  * writes through them outside a kernel call does device work the recorder cannot see.
  */
 const DIRECT_ACCESS = new Set(['typed']);
-const MEMORY_METHODS = new Set(['alloc', 'upload', 'view', 'write', 'read', 'readSync', 'release']);
+const MEMORY_METHODS = new Set(['alloc', 'allocUninit', 'upload', 'view', 'write', 'read', 'readSync', 'release']);
 
 function isStorage(x: unknown): x is Storage {
   return typeof x === 'object' && x !== null && typeof (x as Storage).numel === 'number' && typeof (x as Storage).dtype === 'string' && 'isView' in x;
@@ -319,6 +319,14 @@ export function traceStep<R>(backend: Backend, inputs: Storage[], fn: () => R): 
     if (depth === 0) register(s, 'made');
     return s;
   });
+  // Recorded like alloc: a plan that treats the slot as zero-filled is only more careful than needed.
+  if (typeof b.allocUninit === 'function') {
+    shadow(b, 'allocUninit', (orig) => function (this: object, ...args: unknown[]) {
+      const s = inner(orig, this, args) as Storage;
+      if (depth === 0) register(s, 'made');
+      return s;
+    });
+  }
   shadow(b, 'upload', (orig) => function (this: object, ...args: unknown[]) {
     const s = inner(orig, this, args) as Storage;
     if (depth === 0) {

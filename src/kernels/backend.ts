@@ -185,6 +185,12 @@ export interface Backend {
   // ---- memory ----
   /** Zero-filled storage. */
   alloc(numel: number, dtype: DType): Storage;
+  /**
+   * Storage whose contents are unspecified (a pooled buffer keeps its old values): only for an
+   * output that the very next kernel writes in full, to skip alloc's zero fill. Optional;
+   * Tensor.uninit falls back to alloc.
+   */
+  allocUninit?(numel: number, dtype: DType): Storage;
   upload(data: TypedArray, dtype: DType): Storage;
   /**
    * A storage sharing memory with `base`, `numel` elements starting at element `offset`. On WebGPU

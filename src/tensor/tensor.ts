@@ -95,6 +95,12 @@ export class Tensor {
     return new Tensor(new StorageRef(backend, backend.alloc(numel(shape), dtype)), shape, dtype);
   }
 
+  /** Like empty, but not zero-filled where the backend can skip it: only for an output the next kernel writes in full. */
+  static uninit(shape: number[], dtype: DType, backend: Backend = getBackend()): Tensor {
+    const n = numel(shape);
+    return new Tensor(new StorageRef(backend, backend.allocUninit ? backend.allocUninit(n, dtype) : backend.alloc(n, dtype)), shape, dtype);
+  }
+
   static fromStorage(storage: Storage, shape: number[], backend: Backend, base: StorageRef | null = null): Tensor {
     return new Tensor(new StorageRef(backend, storage, base), shape, storage.dtype);
   }

@@ -36,28 +36,36 @@ const nmax = Math.max;
  */
 export function combinePartials(kind: ReductionKind, parts: readonly Float64Array[] | readonly Float32Array[], blocks: number, r: (x: number) => number): number {
   const P = parts[0];
+  // One loop per kind (the kind tested once, not per pair): this tree runs on the host after
+  // every reducing pass, over one partial per 64 elements.
+  if (kind === 'sum') {
+    for (let w = 1; w < blocks; w *= 2) for (let i = 0; i + w < blocks; i += 2 * w) P[i] = r(P[i] + P[i + w]);
+    return P[0];
+  }
+  if (kind === 'maxabs' || kind === 'nonfinite') {
+    for (let w = 1; w < blocks; w *= 2) for (let i = 0; i + w < blocks; i += 2 * w) P[i] = nmax(P[i], P[i + w]);
+    return P[0];
+  }
+  const S = parts[1];
   for (let w = 1; w < blocks; w *= 2) {
     for (let i = 0; i + w < blocks; i += 2 * w) {
-      if (kind === 'sum') P[i] = r(P[i] + P[i + w]);
-      else if (kind === 'maxabs' || kind === 'nonfinite') P[i] = nmax(P[i], P[i + w]);
-      else {
-        const S = parts[1];
-        const m1 = P[i];
-        const m2 = P[i + w];
-        const m = nmax(m1, m2);
-        if (!scalable(m)) {
-          P[i] = m;
-          S[i] = 0;
-        } else {
-          const r1 = r(m1 / m);
-          const r2 = r(m2 / m);
-          P[i] = m;
-          S[i] = r(r(S[i] * r(r1 * r1)) + r(S[i + w] * r(r2 * r2)));
-        }
+      const m1 = P[i];
+      const m2 = P[i + w];
+      const m = nmax(m1, m2);
+      if (!scalable(m)) {
+        P[i] = m;
+        S[i] = 0;
+      } else {
+        // The side that holds the maximum has ratio 1 (r(s * 1) = r(s)): it needs no division.
+        const r1 = m1 === m ? 1 : r(m1 / m);
+        const r2 = m2 === m ? 1 : r(m2 / m);
+        const s1 = r1 === 1 ? r(S[i]) : r(S[i] * r(r1 * r1));
+        const s2 = r2 === 1 ? r(S[i + w]) : r(S[i + w] * r(r2 * r2));
+        P[i] = m;
+        S[i] = r(s1 + s2);
       }
     }
   }
-  if (kind !== 'norm') return P[0];
   const m = P[0];
-  return scalable(m) ? r(m * r(Math.sqrt(parts[1][0]))) : m;
+  return scalable(m) ? r(m * r(Math.sqrt(S[0]))) : m;
 }

@@ -32,8 +32,12 @@ import { usesSteps } from './define.js';
  * is itself loaded by the loader below), so that an app ships only the code of the backends it chose.
  */
 export const arenaBackends: {
-  /** The f32x4 kernel of a definition over a wasm memory: (pointers, start, end, partial pointers, write, coefficients). */
-  wasmKernel: ((kernel: ArenaKernel, memory: object) => (...args: number[]) => void) | null;
+  /**
+   * The f32x4 kernel of a definition over a wasm memory: (pointers, start, end, partial pointers,
+   * write, coefficients), specialized to the values of its boolean coefficients when given
+   * (kernel.coefs order, null for the float ones).
+   */
+  wasmKernel: ((kernel: ArenaKernel, memory: object, boolCoefs?: readonly (boolean | null)[]) => (...args: number[]) => void) | null;
   /** A pass on WebGPU: the arena (one block-kernel dispatch) or the per-tensor baseline (one per tensor). */
   webgpuArena: ((kernel: ArenaKernel, backend: Backend, buf: ArenaBuffers) => void) | null;
   webgpuPerTensor: ((kernel: ArenaKernel, backend: Backend, buf: PerTensorBuffers) => void) | null;
@@ -137,20 +141,22 @@ function runHost(kernel: ArenaKernel, backend: Backend, host: Host, dtype: 'floa
     // Views are taken after the allocation above (which may grow, and detach, the wasm memory).
     const Sh = S ? host.typed(S) : new Float64Array(S_SLOTS);
     const stepsH = steps ? host.typed(steps) : null;
-    const hostParts = Array.from({ length: nparts }, () => new Float64Array(blocks));
+    // The wasm kernel's partials stay in wasm memory (float32, combined there below); only the
+    // reference path needs host arrays.
+    const hostParts = wasmParts ? [] : Array.from({ length: nparts }, () => new Float64Array(blocks));
     const fn: RangeFn | null = useWasm ? null : referenceKernel(kernel, dtype, { interpret: path === 'interpret' });
     if (useWasm && !arenaBackends.wasmKernel) throw new Error(`arena kernel "${kernel.name}" on wasm: the wasm renderer is not loaded (src/kernels/arena/wasm.ts)`);
-    const wfn = useWasm ? arenaBackends.wasmKernel!(kernel, host.wasm!.memory) : null;
+    const wasmOn = useWasm ? arenaBackends.wasmKernel! : null;
     const partBase = wasmParts ? host.wasm!.ptr(wasmParts) : 0;
     // Coefficients per distinct (group, flags, step count[, parameter]): computed once per pass
     // rather than once per parameter (a model's parameters share a handful of combinations).
     const perParam = drawsPerParam(kernel);
-    const memo = new Map<string, { ok: boolean; counted: boolean; C: Float64Array }>();
+    const memo = new Map<string, { ok: boolean; counted: boolean; C: Float64Array; wfn: ((...args: number[]) => void) | null }>();
     const hyperFns = new Map<number, (name: string) => number>();
     const slotOf = (name: string) => Sh[kernel.slots[name]];
     const nv = kernel.vectors.length;
     // The wasm function's arguments, reused: vector pointers, start, end, partial pointers, write, coefficients.
-    const args: number[] = wfn ? new Array(nv + 3 + nparts + kernel.coefs.length).fill(0) : [];
+    const args: number[] = wasmOn ? new Array(nv + 3 + nparts + kernel.coefs.length).fill(0) : [];
     let lastVectors: readonly Storage[] | null = null;
     for (const r of ranges) {
       if (!kernel.includeInactive && !(r.flags & FLAG_ACTIVE)) continue;
@@ -164,12 +170,15 @@ function runHost(kernel: ArenaKernel, backend: Backend, host: Host, dtype: 'floa
         const ok = kernel.guard ? evalUniform(kernel.guard, env) !== 0 : true;
         const counted = ok && kernel.countSteps && (r.flags & FLAG_ACTIVE) !== 0 && (kernel.countIf === null || evalUniform(kernel.countIf, env) !== 0);
         if (counted) env.step = step0 + 1;
-        m = { ok, counted, C: coefficientValues(kernel, env, round) };
+        const C = coefficientValues(kernel, env, round);
+        // The wasm kernel for these boolean coefficients (true as the kernel's f32 argument != 0).
+        const wfn = wasmOn ? wasmOn(kernel, host.wasm!.memory, kernel.coefs.map((c, j) => (c.ty === 'b' ? Math.fround(C[j]) !== 0 : null))) : null;
+        m = { ok, counted, C, wfn };
         memo.set(key, m);
       }
       if (m.counted) stepsH![r.param] = step0 + 1;
       if (!m.ok && nparts === 0) continue;
-      if (wfn) {
+      if (m.wfn) {
         if (r.vectors !== lastVectors) {
           for (let v = 0; v < nv; v++) args[v] = host.wasm!.ptr(r.vectors[v]);
           lastVectors = r.vectors;
@@ -179,20 +188,20 @@ function runHost(kernel: ArenaKernel, backend: Backend, host: Host, dtype: 'floa
         for (let c = 0; c < nparts; c++) args[nv + 2 + c] = partBase + 4 * (c * blocks + r.pblk);
         args[nv + 2 + nparts] = m.ok ? 1 : 0;
         for (let j = 0; j < m.C.length; j++) args[nv + 3 + nparts + j] = m.C[j];
-        wfn.apply(null, args);
+        m.wfn.apply(null, args);
       } else {
         fn!(r.vectors.map((s) => host.typed(s)), r.start, r.end, m.C, hostParts.map((a) => a.subarray(r.pblk)), 0, m.ok);
       }
     }
     if (nparts === 0) return runAfterHost(kernel, Sh);
-    if (wasmParts) {
-      const all = host.typed(wasmParts);
-      hostParts.forEach((a, c) => a.set(all.subarray(c * blocks, (c + 1) * blocks)));
-    }
+    // Combined in place over the wasm memory's float32 partials: every value of the tree is
+    // rounded to float32 (round), so float32 storage holds it exactly, as a float64 copy would.
+    const wasmAll = wasmParts ? (host.typed(wasmParts) as Float32Array) : null;
+    const parts: Float32Array[] | Float64Array[] = wasmAll ? Array.from({ length: nparts }, (_, c) => wasmAll.subarray(c * blocks, (c + 1) * blocks)) : hostParts;
     let c = 0;
     for (const red of kernel.reductions) {
       const n = partialsOf(red.reduction);
-      Sh[red.slot] = combinePartials(red.reduction, hostParts.slice(c, c + n), blocks, round);
+      Sh[red.slot] = combinePartials(red.reduction, parts.slice(c, c + n), blocks, round);
       c += n;
     }
     runAfterHost(kernel, Sh);

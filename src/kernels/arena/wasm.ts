@@ -12,7 +12,8 @@
  * partials go to memory for the host's tree.
  *
  * The function: (ptr of each vector..., start, end, ptr of each partial array at block pblk...,
- * write, coefficient...) over elements [start, end). The last quad of a range may run past `end`
+ * write, coefficient...) over elements [start, end) (write = 0: reductions only; a kernel without
+ * reductions ignores it, as run.ts never calls it so). The last quad of a range may run past `end`
  * into the parameter's padding (arena vectors are padded to 64 elements, wasm allocations to 256
  * bytes); those lanes are neither stored nor counted.
  */
@@ -27,8 +28,16 @@ export const WASM_EXPORT = 'arena_kernel';
 
 const addr = (ptr: Operand, i: Operand): Expr => i32.add(ptr, i32.shl(i, 2));
 
-/** The module bytes of a kernel, importing env.memory (shared when the backend's memory is). */
-export function renderWasm(kernel: ArenaKernel, shared: boolean): Uint8Array {
+/**
+ * The module bytes of a kernel, importing env.memory (shared when the backend's memory is).
+ * `boolCoefs`, when given, fixes the value of each boolean coefficient (in kernel.coefs order,
+ * null for the float ones): a `where` on a fixed coefficient becomes the branch it picks, and
+ * the other branch is not computed. The optimizers' option switches (momentum or not, Nesterov,
+ * maximize...) are such coefficients, constant over a pass; selecting with an all-ones or
+ * all-zeros mask is exactly one operand, so the fixed kernel gives the same bits. The function
+ * still takes every coefficient (the fixed ones unread), so callers pass the same arguments.
+ */
+export function renderWasm(kernel: ArenaKernel, shared: boolean, boolCoefs?: readonly (boolean | null)[]): Uint8Array {
   const mb = new ModuleBuilder();
   mb.importMemory('env', 'memory', shared ? { initial: 1, maximum: 65536, shared: true } : { initial: 1 });
   const nv = kernel.vectors.length;
@@ -57,12 +66,23 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean): Uint8Array {
     f.set(endV, i32x4.splat(end));
     const i = f.local(I32);
     const valid = f.local(V128);
+    const fixed = new Map<Node, boolean>();
+    kernel.coefs.forEach((c, j) => {
+      const v = boolCoefs?.[j];
+      if (c.ty === 'b' && typeof v === 'boolean') fixed.set(c, v);
+    });
+    /** The node that stands for n: a where on a fixed condition is the branch it picks. */
+    const resolve = (n: Node): Node => (n.op === 'where' && fixed.has(n.c) ? resolve(fixed.get(n.c) ? n.a : n.b) : n);
     const temps = new Map<Node, Local>();
-    const ref = (n: Node): Local => coef.get(n) ?? temps.get(n)!;
+    const ref = (n0: Node): Local => {
+      const n = resolve(n0);
+      return coef.get(n) ?? temps.get(n)!;
+    };
     /** Sets the locals of the elementwise nodes that `roots` need, for the quad at i. */
     const compute = (roots: readonly Node[]) => {
       const need = new Set<Node>();
-      const visit = (n: Node) => {
+      const visit = (n0: Node) => {
+        const n = resolve(n0);
         if (need.has(n) || coef.has(n)) return;
         need.add(n);
         for (const c of 'c' in n ? [n.c, n.a, n.b] : 'b' in n ? [n.a, n.b] : 'a' in n ? [n.a] : []) visit(c);
@@ -109,10 +129,13 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean): Uint8Array {
     /** Stores the written vectors' lanes of the quad at i that lie before `end`. */
     /** Emitting the body of a full 64-element block: no lane masks, no tail checks. */
     let full = false;
+    // A kernel without reductions is never called with write = 0 (run.ts skips such a range
+    // altogether), so its stores need no test of the flag.
+    const writeIf = (then: () => void) => (kernel.reductions.length === 0 ? then() : f.if(write, then));
     const stores = (e: Local) => {
       if (kernel.writes.length === 0) return;
-      if (full) return f.if(write, () => f.exec(...kernel.writes.map((w) => v128.store(addr(vptr[w.vector], i), ref(w.value)))));
-      f.if(write, () => {
+      if (full) return writeIf(() => f.exec(...kernel.writes.map((w) => v128.store(addr(vptr[w.vector], i), ref(w.value)))));
+      writeIf(() => {
         f.if(
           i32.leS(i32.add(i, 4), e),
           () => f.exec(...kernel.writes.map((w) => v128.store(addr(vptr[w.vector], i), ref(w.value)))),
@@ -131,11 +154,22 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean): Uint8Array {
       });
     const all = [...kernel.writes.map((w) => w.value), ...kernel.reductions.map((r) => r.x)];
     if (kernel.reductions.length === 0) {
-      // Whole quads without masks, then the last 1-3 elements with them.
+      // Whole quads without masks (four per iteration while 16 elements remain, to spend less on
+      // the loop itself), then the last 1-3 elements with them.
       const whole = f.local(I32);
+      const whole16 = f.local(I32);
+      const i16 = f.local(I32);
       f.set(whole, i32.add(start, i32.and(i32.sub(end, start), -4)));
+      f.set(whole16, i32.add(start, i32.and(i32.sub(end, start), -16)));
       full = true;
-      f.for(i, start, whole, 4, () => {
+      f.for(i16, start, whole16, 16, () => {
+        for (let m = 0; m < 4; m++) {
+          f.set(i, i32.add(i16, 4 * m));
+          compute(all);
+          stores(end);
+        }
+      });
+      f.for(i, whole16, whole, 4, () => {
         compute(all);
         stores(end);
       });
@@ -167,6 +201,11 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean): Uint8Array {
         }
       });
     const bm = kernel.reductions.map((r) => (r.reduction === 'norm' ? f.local(F32) : null));
+    // The maximum of magnitudes (sign bits clear) as signed integers: for such floats the integer
+    // order is the float order, and every NaN pattern lies above +Inf, so the result is the same
+    // value as f32x4.max's (a NaN when any lane saw one; NaN payloads are unspecified in both) in
+    // one instruction, where f32x4.max's NaN rules take several on x86.
+    const absMax = (a: Operand, b: Operand): Expr => i32x4.maxS(a, b);
     const masked = (x: Operand) => (full ? x : v128.bitselect(x, zero, valid));
     const lane = (x: Local, L: number) => f32x4.extractLane(x, L);
     let p = 0;
@@ -189,10 +228,10 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean): Uint8Array {
         for (const a of A) f.set(a, zero);
         quads16((m) => {
           compute([r.x]);
-          f.set(A[m], f32x4.max(A[m], masked(f32x4.abs(ref(r.x)))));
+          f.set(A[m], absMax(A[m], masked(f32x4.abs(ref(r.x)))));
         });
         // A maximum is the same in any order.
-        f.set(A[0], f32x4.max(f32x4.max(A[0], A[1]), f32x4.max(A[2], A[3])));
+        f.set(A[0], absMax(absMax(A[0], A[1]), absMax(A[2], A[3])));
         f.set(bm[ri]!, f32.max(f32.max(lane(A[0], 0), lane(A[0], 1)), f32.max(lane(A[0], 2), lane(A[0], 3))));
         f.exec(f32.store(i32.add(pptr[base[ri]], i32.shl(blk, 2)), bm[ri]!));
       });
@@ -207,7 +246,7 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean): Uint8Array {
               f.set(acc[ri], f32x4.add(acc[ri], masked(x)));
               break;
             case 'maxabs':
-              f.set(acc[ri], f32x4.max(acc[ri], masked(f32x4.abs(x))));
+              f.set(acc[ri], absMax(acc[ri], masked(f32x4.abs(x))));
               break;
             case 'nonfinite':
               f.set(acc[ri], v128.or(acc[ri], masked(i32x4.eq(v128.and(x, signMask), signMask))));
@@ -226,7 +265,7 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean): Uint8Array {
         const a = A[0];
         // V = (A0 + A1) + (A2 + A3) lane by lane (max or or for the order-free reductions), into A0.
         if (r.reduction === 'sum' || r.reduction === 'norm') f.set(a, f32x4.add(f32x4.add(A[0], A[1]), f32x4.add(A[2], A[3])));
-        else if (r.reduction === 'maxabs') f.set(a, f32x4.max(f32x4.max(A[0], A[1]), f32x4.max(A[2], A[3])));
+        else if (r.reduction === 'maxabs') f.set(a, absMax(absMax(A[0], A[1]), absMax(A[2], A[3])));
         else f.set(a, v128.or(v128.or(A[0], A[1]), v128.or(A[2], A[3])));
         const sum = f32.add(f32.add(lane(a, 0), lane(a, 1)), f32.add(lane(a, 2), lane(a, 3)));
         const at = (k: number) => i32.add(pptr[base[ri] + k], i32.shl(blk, 2));
@@ -269,26 +308,30 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean): Uint8Array {
 }
 
 type ArenaWasmFn = (...args: number[]) => void;
-const instances = new WeakMap<object, WeakMap<ArenaKernel, ArenaWasmFn>>();
+const instances = new WeakMap<object, WeakMap<ArenaKernel, Map<string, ArenaWasmFn>>>();
 
 /**
  * The compiled kernel over a backend memory (compiled once per kernel and memory). Compiled
  * synchronously: Node allows any size; a browser's main thread limits synchronous compiles to
  * small modules (phase 2: compile ahead with WebAssembly.compile when a kernel is registered).
  */
-export function wasmKernel(kernel: ArenaKernel, memoryObject: object): ArenaWasmFn {
+export function wasmKernel(kernel: ArenaKernel, memoryObject: object, boolCoefs?: readonly (boolean | null)[]): ArenaWasmFn {
   // Typed as an object in the signature: declarations must not need the WebAssembly namespace,
   // which a consumer's TypeScript without the DOM library lacks.
   const memory = memoryObject as WebAssembly.Memory;
   let byKernel = instances.get(memory);
   if (!byKernel) instances.set(memory, (byKernel = new WeakMap()));
-  let fn = byKernel.get(kernel);
+  let variants = byKernel.get(kernel);
+  if (!variants) byKernel.set(kernel, (variants = new Map()));
+  // One module per combination of fixed booleans (a pass sees a handful).
+  const key = boolCoefs ? boolCoefs.map((v) => (v === null ? '-' : v ? '1' : '0')).join('') : '';
+  let fn = variants.get(key);
   if (!fn) {
     const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
-    const bytes = renderWasm(kernel, shared);
+    const bytes = renderWasm(kernel, shared, boolCoefs);
     const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes as Uint8Array<ArrayBuffer>), { env: { memory } });
     fn = instance.exports[WASM_EXPORT] as ArenaWasmFn;
-    byKernel.set(kernel, fn);
+    variants.set(key, fn);
   }
   return fn;
 }

@@ -325,6 +325,11 @@ export const i64x2 = {
   /** Full 64-bit products of the low (high) two unsigned i32 lanes. */
   extmulLowI32x4U: simd(0xde, 'i32x4'),
   extmulHighI32x4U: simd(0xdf, 'i32x4'),
+  // Operands are v128 (constants via v128.i32x4): a plain number has no i64x2 constant form here.
+  shl: simd(0xcb, 'v128', ValType.i32),
+  shrU: simd(0xcd, 'v128', ValType.i32),
+  add: simd(0xce, 'v128'),
+  sub: simd(0xd1, 'v128'),
 };
 
 export const i16x8 = {
@@ -387,6 +392,9 @@ export const f64x2 = {
   div: simd(0xf3, 'f64x2'),
   convertLowI32x4S: simd(0xfe, 'i32x4'),
   promoteLowF32x4: simd(0x5f, 'f32x4'),
+  /** pmin(a, b) = b < a ? b : a, pmax(a, b) = a < b ? b : a (a NaN in a passes through). */
+  pmin: simd(0xf6, 'f64x2'),
+  pmax: simd(0xf7, 'f64x2'),
 };
 
 /** select(a, b, cond): a when cond is nonzero, else b. */

@@ -293,6 +293,12 @@ export class WasmBackend implements Backend {
   }
 
   alloc(numel: number, dtype: DType): Storage {
+    return this.allocate(numel, dtype, true);
+  }
+  allocUninit(numel: number, dtype: DType): Storage {
+    return this.allocate(numel, dtype, false);
+  }
+  private allocate(numel: number, dtype: DType, zero: boolean): Storage {
     if (!Number.isInteger(numel) || numel < 0) throw new RangeError(`alloc: numel must be a non-negative integer, got ${numel}`);
     const bytes = numel * BYTES[dtype];
     // Kernels index bytes with signed 32-bit offsets.
@@ -304,7 +310,7 @@ export class WasmBackend implements Backend {
       ptr = free.pop()!;
       this.pooled--;
       this.pooledBytes -= cls;
-      this.heap().u8.fill(0, ptr, ptr + bytes);
+      if (zero) this.heap().u8.fill(0, ptr, ptr + bytes);
     } else {
       // Fresh memory past the top has never been written: it is zero.
       ptr = this.bump(cls);
@@ -314,7 +320,7 @@ export class WasmBackend implements Backend {
     return new WasmStorage(ptr, numel, dtype, false, cls);
   }
   upload(data: TypedArray, dtype: DType): Storage {
-    const s = this.alloc(data.length, dtype);
+    const s = this.allocUninit(data.length, dtype);
     this.typed(s).set(data);
     return s;
   }
@@ -499,6 +505,9 @@ export class WasmBackend implements Backend {
       const si = sBase + sOff;
       const di = dBase + dOff;
       if (ss === 1 && ds === 1 && run >= 16) mem.copyWithin(di, si, si + run);
+      // A broadcast (expand, e.g. the gradient of a sum over [0,2,3]) repeats one element along a
+      // contiguous run: the native fill beats the element loop by an order of magnitude.
+      else if (ss === 0 && ds === 1 && run >= 16) mem.fill(mem[si], di, di + run);
       else for (let j = 0; j < run; j++) mem[di + j * ds] = mem[si + j * ss];
     });
   }

@@ -13,6 +13,7 @@ import {
   i32,
   i16x8,
   i32x4,
+  i64x2,
   i8x16,
   memory,
   ModuleBuilder,
@@ -26,6 +27,7 @@ import {
   type Operand,
 } from './emit.js';
 import { emitRandom } from './rngsimd.js';
+import { SQRT_2_OVER_PI } from '../mathfns.js';
 import { emitConvKernels } from './conv.js';
 import { emitPoolKernels } from './pool.js';
 
@@ -61,7 +63,7 @@ export function gemmScratchBytes(t: GemmTiling): number {
 /** The elementwise ops with a SIMD body; every other op runs in JS over the same memory. */
 export const SIMD_UNARY_F32 = [
   'neg', 'abs', 'sqrt', 'rsqrt', 'square', 'reciprocal', 'relu', 'affine', 'clamp', 'insideMask', 'exp', 'sigmoid',
-  'floor', 'ceil', 'round', 'leakyRelu',
+  'floor', 'ceil', 'round', 'leakyRelu', 'expm1', 'log', 'log1p', 'tanh', 'silu', 'softplus', 'elu', 'geluTanh',
 ] as const;
 export const SIMD_UNARY_I32 = ['neg', 'abs', 'square'] as const;
 export const SIMD_BINARY_F32 = ['add', 'sub', 'mul', 'div', 'maximum', 'minimum'] as const;
@@ -223,6 +225,161 @@ function emitLog(mb: ModuleBuilder): FuncRef {
   }, { exported: false });
 }
 
+/*
+ * The transcendental ops compute in f64x2 and round once to float32, as the CPU closures do in
+ * float64: with float64 errors of a few 2^-53 the float32 result is the correctly rounded one
+ * (the sweep in test/unary-sweep.test.ts holds them to 0 ulp), and every special case (NaN, ±Inf,
+ * ±0, float32 subnormals, which are normal in float64) is selected explicitly.
+ */
+const f64Lanes = (lo: number, hi: number) => v128.i32x4([lo, hi, lo, hi]);
+const F64_SIGN = f64Lanes(0, 0x80000000 | 0);
+const F64_INF = f64Lanes(0, 0x7ff00000);
+const F64_ZERO = f64Lanes(0, 0);
+const F64_NAN = f64Lanes(0, 0x7ff80000);
+// fdlibm's ln 2 split: the head has 21 trailing zero bits, so k * LN2_HI is exact for |k| < 2^21.
+const LN2_HI = 6.93147180369123816490e-1;
+const LN2_LO = 1.90821492927058770002e-10;
+/** 1/k! for k = from, from - 1, ..., to: Horner coefficients of the exponential series. */
+const invFactorials = (from: number, to: number) => {
+  const c: number[] = [];
+  for (let k = from; k >= to; k--) {
+    let fact = 1;
+    for (let j = 2; j <= k; j++) fact *= j;
+    c.push(1 / fact);
+  }
+  return c;
+};
+const EXP_TAYLOR = invFactorials(13, 0); // |r| <= ln2/2: the 14th term is below 2^-60 relative.
+const EXPM1_TAYLOR = invFactorials(17, 2); // |x| < 0.35, as x + x^2 (1/2 + x/6 + ...): below 2^-60 relative.
+
+/** Horner's p(x) over coefficients from the highest degree down. */
+function hornerD(f: FuncBuilder, x: Local, coefs: number[]): Local {
+  const p = f.local(V128);
+  f.set(p, f64x2.splat(f64.const(coefs[0])));
+  for (const c of coefs.slice(1)) f.set(p, f64x2.add(f64x2.mul(p, x), c));
+  return p;
+}
+
+/**
+ * e^x for f64x2: x = k ln2 + r with |r| <= ln2/2 (k by the 1.5 * 2^52 rounding trick, which
+ * leaves k in the low bits), the Taylor series of e^r to degree 13, and 2^k built from bits. x is
+ * clamped to [-708, 709] so that 2^k stays normal; below -708 the result is 0 (every caller
+ * rounds to float32, where e^-708 is 0) and above 709 it is +Inf. NaN passes through the clamps.
+ */
+function expD(f: FuncBuilder, x: Local): Local {
+  const ROUND = 6755399441055744; // 1.5 * 2^52
+  const t = f.local(V128);
+  const kf = f.local(V128);
+  const fx = f.local(V128);
+  const r = f.local(V128);
+  const out = f.local(V128);
+  f.set(t, f64x2.pmin(f64x2.pmax(x, -708), 709));
+  f.set(kf, f64x2.add(f64x2.mul(t, Math.LOG2E), ROUND));
+  f.set(fx, f64x2.sub(kf, ROUND));
+  f.set(r, f64x2.sub(f64x2.sub(t, f64x2.mul(fx, LN2_HI)), f64x2.mul(fx, LN2_LO)));
+  const p = hornerD(f, r, EXP_TAYLOR);
+  const pow2k = i64x2.shl(i64x2.add(i64x2.sub(kf, f64Lanes(0, 0x43380000)), f64Lanes(1023, 0)), 52);
+  f.set(out, f64x2.mul(p, pow2k));
+  f.set(out, v128.bitselect(F64_ZERO, out, f64x2.lt(x, -708)));
+  f.set(out, v128.bitselect(F64_INF, out, f64x2.gt(x, 709)));
+  return out;
+}
+
+/**
+ * e^x - 1 for f64x2: x + x^2 (1/2! + x/3! + ...) for |x| < 0.35 (no cancellation; the sum's one
+ * rounding keeps near-ties of tiny x on the closure's side, which x (1 + ...) would not), else
+ * e^x - 1. expm1(±0) = ±0 is selected: -0 + 0 would give +0.
+ */
+function expm1D(f: FuncBuilder, x: Local): Local {
+  const out = f.local(V128);
+  const series = f64x2.add(x, f64x2.mul(f64x2.mul(x, x), hornerD(f, x, EXPM1_TAYLOR)));
+  f.set(out, v128.bitselect(series, f64x2.sub(expD(f, x), 1), f64x2.lt(f64x2.abs(x), 0.35)));
+  f.set(out, v128.bitselect(x, out, f64x2.eq(x, 0)));
+  return out;
+}
+
+/**
+ * log(x) for f64x2 over positive normal inputs: x = 2^e m with m in [sqrt(1/2), sqrt(2)), and
+ * log m = 2 atanh(z), z = (m-1)/(m+1), |z| <= 0.1716, by its series to z^23 (below 2^-60
+ * relative). log 0 = -Inf, log of a negative number NaN, log Inf = Inf, NaN passes through.
+ */
+function logD(f: FuncBuilder, x: Local): Local {
+  const m = f.local(V128);
+  const e = f.local(V128);
+  const big = f.local(V128);
+  const z = f.local(V128);
+  const z2 = f.local(V128);
+  const out = f.local(V128);
+  f.set(m, v128.or(v128.and(x, f64Lanes(-1, 0x000fffff)), f64Lanes(0, 0x3ff00000)));
+  // The biased exponents (below 2^11) sit in the low i32 of each i64 lane: gather and convert.
+  const biased = i64x2.shrU(x, 52);
+  f.set(e, f64x2.sub(f64x2.convertLowI32x4S(v128.shuffle(biased, biased, [0, 1, 2, 3, 8, 9, 10, 11, 0, 1, 2, 3, 8, 9, 10, 11])), 1023));
+  f.set(big, f64x2.gt(m, Math.SQRT2));
+  f.set(m, v128.bitselect(f64x2.mul(m, 0.5), m, big));
+  f.set(e, v128.bitselect(f64x2.add(e, 1), e, big));
+  f.set(z, f64x2.div(f64x2.sub(m, 1), f64x2.add(m, 1)));
+  f.set(z2, f64x2.mul(z, z));
+  const coefs: number[] = [];
+  for (let k = 11; k >= 0; k--) coefs.push(1 / (2 * k + 1));
+  const series = hornerD(f, z2, coefs);
+  f.set(out, f64x2.add(f64x2.mul(e, LN2_HI), f64x2.add(f64x2.mul(e, LN2_LO), f64x2.mul(f64x2.add(z, z), series))));
+  // !(x < Inf) is NaN or +Inf: x itself.
+  f.set(out, v128.bitselect(out, x, f64x2.lt(x, Infinity)));
+  f.set(out, v128.bitselect(F64_NAN, out, f64x2.lt(x, 0)));
+  f.set(out, v128.bitselect(f64Lanes(0, 0xfff00000 | 0), out, f64x2.eq(x, 0)));
+  return out;
+}
+
+/** log(1 + x) for f64x2 by Goldberg's u = 1 + x, log(u) x / (u - 1) (x where u = 1; Inf for Inf). */
+function log1pD(f: FuncBuilder, x: Local): Local {
+  const u = f.local(V128);
+  const out = f.local(V128);
+  f.set(u, f64x2.add(x, 1));
+  f.set(out, f64x2.mul(logD(f, u), f64x2.div(x, f64x2.sub(u, 1))));
+  f.set(out, v128.bitselect(x, out, v128.or(f64x2.eq(u, 1), f64x2.eq(x, Infinity))));
+  return out;
+}
+
+/** The CPU closure's sigmoid in f64x2: with e = e^-|x|, 1 / (1 + e) for x >= 0 and e / (1 + e) below. */
+function sigmoidD(f: FuncBuilder, x: Local): Local {
+  const a = f.local(V128);
+  const r = f.local(V128);
+  f.set(a, f64x2.neg(f64x2.abs(x)));
+  const e = expD(f, a);
+  f.set(r, f64x2.div(1, f64x2.add(1, e)));
+  f.set(r, v128.bitselect(f64x2.mul(e, r), r, f64x2.lt(x, 0)));
+  return r;
+}
+
+/** tanh(x) = -t / (2 + t) with t = expm1(-2|x|) (no cancellation near 0), with x's sign. */
+function tanhD(f: FuncBuilder, x: Local): Local {
+  const a = f.local(V128);
+  const out = f.local(V128);
+  f.set(a, f64x2.mul(f64x2.abs(x), -2));
+  const t = expm1D(f, a);
+  f.set(out, v128.bitselect(x, f64x2.div(f64x2.neg(t), f64x2.add(t, 2)), F64_SIGN));
+  return out;
+}
+
+/**
+ * A float32 body from a float64 one: each half of the f32x4 is promoted to f64x2, computed, and
+ * demoted (one rounding), then the halves are joined. p0 arrives promoted too.
+ */
+function viaF64(body: (f: FuncBuilder, x: Local, p0: Local) => Local): VecBody {
+  return (f, [x], [p0]) => {
+    const p0d = f.local(V128);
+    f.set(p0d, f64x2.promoteLowF32x4(p0));
+    const halves = [f64x2.promoteLowF32x4(x), f64x2.promoteLowF32x4(v128.shuffle(x, x, [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15]))].map((h) => {
+      const xd = f.local(V128);
+      const r = f.local(V128);
+      f.set(xd, h);
+      f.set(r, f32x4.demoteF64x2Zero(body(f, xd, p0d)));
+      return r;
+    });
+    return v128.shuffle(halves[0], halves[1], [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23]);
+  };
+}
+
 const UNARY_F32_BODIES: Record<(typeof SIMD_UNARY_F32)[number], VecBody> = {
   neg: (_f, [x]) => f32x4.neg(x),
   abs: (_f, [x]) => f32x4.abs(x),
@@ -252,6 +409,38 @@ const UNARY_F32_BODIES: Record<(typeof SIMD_UNARY_F32)[number], VecBody> = {
   // nearest rounds half to even, as torch.round.
   round: (_f, [x]) => f32x4.nearest(x),
   leakyRelu: (_f, [x], [p0]) => v128.bitselect(x, f32x4.mul(p0, x), f32x4.gt(x, 0)),
+  expm1: viaF64(expm1D),
+  log: viaF64(logD),
+  log1p: viaF64(log1pD),
+  tanh: viaF64(tanhD),
+  // x sigmoid(x): silu(-Inf) = -Inf * 0 = NaN, as the closure.
+  silu: viaF64((f, x) => {
+    const out = f.local(V128);
+    f.set(out, f64x2.mul(x, sigmoidD(f, x)));
+    return out;
+  }),
+  // max(x, 0) + log1p(e^-|x|); pmax keeps NaN.
+  softplus: viaF64((f, x) => {
+    const a = f.local(V128);
+    const out = f.local(V128);
+    f.set(a, f64x2.neg(f64x2.abs(x)));
+    f.set(out, f64x2.add(f64x2.pmax(x, 0), log1pD(f, expD(f, a))));
+    return out;
+  }),
+  elu: viaF64((f, x, p0) => {
+    const out = f.local(V128);
+    f.set(out, v128.bitselect(x, f64x2.mul(p0, expm1D(f, x)), f64x2.gt(x, 0)));
+    return out;
+  }),
+  // The closure's x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)), its exponent computed by the same
+  // float64 operations in the same order, so that it is bit for bit the closure's; geluTanh(Inf) = Inf.
+  geluTanh: viaF64((f, x) => {
+    const w = f.local(V128);
+    const out = f.local(V128);
+    f.set(w, f64x2.mul(2 * SQRT_2_OVER_PI, f64x2.add(x, f64x2.mul(f64x2.mul(f64x2.mul(x, 0.044715), x), x))));
+    f.set(out, v128.bitselect(x, f64x2.mul(x, sigmoidD(f, w)), f64x2.eq(x, Infinity)));
+    return out;
+  }),
 };
 
 const UNARY_I32_BODIES: Record<(typeof SIMD_UNARY_I32)[number], VecBody> = {

@@ -35,7 +35,8 @@ export function unaryOp(op: UnaryOp, x: Tensor, p0 = 0, p1 = 0): Tensor {
   const def = UNARY_OPS[op] as { int?: boolean; bool?: boolean };
   if (x.dtype === 'bool') x = cast(x, 'int32');
   if (!isFloat(x.dtype) && !def.int) x = cast(x, getDefaultDtype());
-  const out = Tensor.empty(x.shape.slice(), def.bool ? 'bool' : x.dtype, x.backend);
+  // unary and binary kernels write every output element: no zero fill needed.
+  const out = Tensor.uninit(x.shape.slice(), def.bool ? 'bool' : x.dtype, x.backend);
   x.backend.unary(op, x.storage, out.storage, p0, p1);
   // A bool result has no gradient.
   return def.bool ? out : record(op, out, [x], { p0, p1 });
@@ -71,7 +72,7 @@ export function binaryOp(op: BinaryOp, aIn: Tensor | number, bIn: Tensor | numbe
   a = cast(a, dtype);
   b = cast(b, dtype);
   const shape = broadcastShapes(op, a.shape, b.shape);
-  const out = Tensor.empty(shape, def.compare ? 'bool' : dtype, backend);
+  const out = Tensor.uninit(shape, def.compare ? 'bool' : dtype, backend);
   backend.binary(op, a.storage, b.storage, out.storage, {
     shape,
     aStrides: broadcastStrides(a.shape, shape),

@@ -7,34 +7,26 @@ import { abs, add, cast, eq, exp, gt, log, mul, ne, requireFloat, sqrt, square, 
 import { expand, permute, reshape } from './shape.js';
 
 interface Plan {
-  /** x rearranged (if needed) so that the reduced axes form one block. */
-  x: Tensor;
   layout: ReduceLayout;
   /** Output shape with keepdim, and without. */
   keptShape: number[];
   outShape: number[];
 }
 
+/** The [outer, size, inner] layout of a reduction over one block of adjacent axes (see chainedReduce for the rest). */
 function plan(op: string, x: Tensor, dims: number | readonly number[] | null | undefined, keepdim: boolean): Plan {
   const axes = normAxes(op, dims, x.ndim);
   const keptShape = x.shape.map((d, i) => (axes.includes(i) ? 1 : d));
   const outShape = keepdim ? keptShape : x.shape.filter((_, i) => !axes.includes(i));
-  if (axes.length === 0) return { x, layout: { outer: x.size, size: 1, inner: 1 }, keptShape, outShape };
-  const contiguousBlock = axes[axes.length - 1] - axes[0] === axes.length - 1;
-  if (contiguousBlock) {
-    const a0 = axes[0];
-    const a1 = axes[axes.length - 1];
-    return {
-      x,
-      layout: { outer: numel(x.shape.slice(0, a0)), size: numel(x.shape.slice(a0, a1 + 1)), inner: numel(x.shape.slice(a1 + 1)) },
-      keptShape,
-      outShape,
-    };
-  }
-  // Scattered axes: move the reduced ones to the end, then reduce a [rest, reduced] matrix.
-  const rest = x.shape.map((_, i) => i).filter((i) => !axes.includes(i));
-  const moved = noGrad(() => permute(x, [...rest, ...axes]));
-  return { x: moved, layout: { outer: numel(rest.map((i) => x.shape[i])), size: numel(axes.map((i) => x.shape[i])), inner: 1 }, keptShape, outShape };
+  if (axes.length === 0) return { layout: { outer: x.size, size: 1, inner: 1 }, keptShape, outShape };
+  const a0 = axes[0];
+  const a1 = axes[axes.length - 1];
+  if (a1 - a0 !== axes.length - 1) throw new Error(`${op}: internal error, plan() got the non-adjacent axes ${JSON.stringify(axes)} of ${fmt(x.shape)}`);
+  return {
+    layout: { outer: numel(x.shape.slice(0, a0)), size: numel(x.shape.slice(a0, a1 + 1)), inner: numel(x.shape.slice(a1 + 1)) },
+    keptShape,
+    outShape,
+  };
 }
 
 /** The number of elements each output of a reduction over `axes` combines (1 for a 0-d tensor). */
@@ -56,13 +48,52 @@ function checkHasElements(op: string, x: Tensor, dims: number | readonly number[
   }
 }
 
+/** The reduced axes (ascending) split into maximal runs of adjacent axes: [0,2,3] -> [[0],[2,3]]. */
+function adjacentRuns(axes: readonly number[]): number[][] {
+  const runs: number[][] = [];
+  for (const a of axes) {
+    const last = runs[runs.length - 1];
+    if (last && last[last.length - 1] === a - 1) last.push(a);
+    else runs.push([a]);
+  }
+  return runs;
+}
+
+/**
+ * Reduces over scattered axes (e.g. BatchNorm's [0,2,3]) as a chain of contiguous-block
+ * reductions, last run first, each into a keepdim intermediate: no permuted copy of x is made,
+ * and every step is the backend's ordinary [outer, size, inner] kernel. max/min pick the same
+ * element as one pass in row-major order would; a sum rounds each partial sum to x's dtype once.
+ */
+function chainedReduce(op: ReduceOp, x: Tensor, runs: readonly number[][], out: Tensor): void {
+  let cur = x;
+  let shape = x.shape.slice();
+  for (let r = runs.length - 1; r >= 0; r--) {
+    const a0 = runs[r][0];
+    const a1 = runs[r][runs[r].length - 1];
+    const layout = { outer: numel(shape.slice(0, a0)), size: numel(shape.slice(a0, a1 + 1)), inner: numel(shape.slice(a1 + 1)) };
+    shape = shape.map((d, i) => (i >= a0 && i <= a1 ? 1 : d));
+    const next = r === 0 ? out : Tensor.empty(shape, x.dtype, x.backend);
+    if (next.size > 0) x.backend.reduce(op, cur.storage, next.storage, layout);
+    if (cur !== x) cur.dispose();
+    cur = next;
+  }
+}
+
 function runReduce(op: ReduceOp, x: Tensor, dims: number | readonly number[] | null | undefined, keepdim: boolean): Tensor {
   if (x.dtype === 'bool') x = cast(x, 'int32');
   if (op === 'max' || op === 'min') checkHasElements(op, x, dims);
-  const p = plan(op, x, dims, keepdim);
+  const axes = normAxes(op, dims, x.ndim);
+  const runs = adjacentRuns(axes);
+  if (runs.length > 1) {
+    const keptShape = x.shape.map((d, i) => (axes.includes(i) ? 1 : d));
+    const out = Tensor.empty(keepdim ? keptShape : x.shape.filter((_, i) => !axes.includes(i)), x.dtype, x.backend);
+    chainedReduce(op, x, runs, out);
+    return record(op, out, [x], { keptShape });
+  }
+  const p = plan(op, x, axes, keepdim);
   const out = Tensor.empty(p.outShape, x.dtype, x.backend);
-  if (out.size > 0) x.backend.reduce(op, p.x.storage, out.storage, p.layout);
-  if (p.x !== x) p.x.dispose();
+  if (out.size > 0) x.backend.reduce(op, x.storage, out.storage, p.layout);
   return record(op, out, [x], { keptShape: p.keptShape });
 }
 
@@ -94,8 +125,7 @@ function argReduce(op: ArgReduceOp, x: Tensor, dim: number | null | undefined, k
   const ax = normAxis(op, dim, x.ndim);
   const p = plan(op, x, ax, keepdim);
   const out = Tensor.empty(p.outShape, 'int32', x.backend);
-  if (out.size > 0) x.backend.argReduce(op, p.x.storage, out.storage, p.layout);
-  if (p.x !== x) p.x.dispose();
+  if (out.size > 0) x.backend.argReduce(op, x.storage, out.storage, p.layout);
   return out;
 }
 
