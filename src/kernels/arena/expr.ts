@@ -212,6 +212,23 @@ export function children(n: Node): Node[] {
   return [];
 }
 
+/**
+ * The nodes of `ordered` (a kernel's elementwise nodes, in dependency order) that `roots` need,
+ * in that order; the search stops at `precomputed` nodes (the per-parameter coefficients) and
+ * sees each node through `resolve` (the wasm renderer's aliases). Every renderer emits these.
+ */
+export function neededNodes(roots: readonly Node[], ordered: readonly Node[], precomputed: { has(n: Node): boolean }, resolve: (n: Node) => Node = (n) => n): Node[] {
+  const need = new Set<Node>();
+  const visit = (n0: Node) => {
+    const n = resolve(n0);
+    if (need.has(n) || precomputed.has(n)) return;
+    need.add(n);
+    for (const c of children(n)) visit(c);
+  };
+  roots.forEach(visit);
+  return ordered.filter((n) => need.has(n));
+}
+
 /** Nodes in dependency order (each after its operands), each once. */
 export function topo(roots: readonly Node[], stopAtUniform = false): Node[] {
   const out: Node[] = [];

@@ -17,7 +17,7 @@
  */
 import type { TypedArray } from '../../tensor/dtype.js';
 import type { ArenaKernel } from './define.js';
-import { type Node } from './expr.js';
+import { neededNodes, type Node } from './expr.js';
 import { partialsOf, scalable } from './reduce.js';
 import { uniformAt } from '../rng.js';
 
@@ -152,16 +152,8 @@ export function renderReference(kernel: ArenaKernel, precision: Precision): stri
     }
   };
   /** Statements computing `nodes` (those elementwise) for element j. */
-  const compute = (roots: readonly Node[]) => {
-    const need = new Set<Node>();
-    const visit = (n: Node) => {
-      if (need.has(n) || coefIdx.has(n)) return;
-      need.add(n);
-      for (const c of 'c' in n ? [n.c, n.a, n.b] : 'b' in n ? [n.a, n.b] : 'a' in n ? [n.a] : []) visit(c);
-    };
-    roots.forEach(visit);
-    return kernel.elementwise.filter((n) => need.has(n)).map((n) => `const ${ref(n)} = ${exprOf(n)};`).join(' ');
-  };
+  const compute = (roots: readonly Node[]) =>
+    neededNodes(roots, kernel.elementwise, coefIdx).map((n) => `const ${ref(n)} = ${exprOf(n)};`).join(' ');
   const writes = kernel.writes.map((w) => `v${w.vector}[j] = ${ref(w.value)};`).join(' ');
   const lines: string[] = ['"use strict";', 'const R = Math.fround;', 'return function (V, start, end, C, P, pblk, write) {'];
   kernel.vectors.forEach((_, i) => lines.push(`const v${i} = V[${i}];`));

@@ -19,7 +19,7 @@
  */
 import { f32, f32x4, i32, i32x4, ModuleBuilder, v128, ValType, type Expr, type Local, type Operand } from '../wasm/emit.js';
 import type { ArenaKernel } from './define.js';
-import type { Node } from './expr.js';
+import { neededNodes, type Node } from './expr.js';
 import { partialsOf } from './reduce.js';
 
 const { i32: I32, f32: F32, v128: V128 } = ValType;
@@ -80,16 +80,7 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean, boolCoefs?: rea
     };
     /** Sets the locals of the elementwise nodes that `roots` need, for the quad at i. */
     const compute = (roots: readonly Node[]) => {
-      const need = new Set<Node>();
-      const visit = (n0: Node) => {
-        const n = resolve(n0);
-        if (need.has(n) || coef.has(n)) return;
-        need.add(n);
-        for (const c of 'c' in n ? [n.c, n.a, n.b] : 'b' in n ? [n.a, n.b] : 'a' in n ? [n.a] : []) visit(c);
-      };
-      roots.forEach(visit);
-      for (const n of kernel.elementwise) {
-        if (!need.has(n)) continue;
+      for (const n of neededNodes(roots, kernel.elementwise, coef, resolve)) {
         let l = temps.get(n);
         if (!l) temps.set(n, (l = f.local(V128)));
         f.set(l, exprOf(n));

@@ -17,7 +17,7 @@
 import { FLAG_ACTIVE, PARAM_FIELDS } from '../fused.js';
 import type { ArenaKernel } from './define.js';
 export { usesSteps } from './define.js';
-import { children, topo, type Node } from './expr.js';
+import { children, neededNodes, topo, type Node } from './expr.js';
 import { WGSL_RNG } from '../rng.js';
 import { partialsOf } from './reduce.js';
 import { entry } from '../webgpu/wgsl.js';
@@ -202,16 +202,8 @@ export function renderWgsl(kernel: ArenaKernel, groups: number): string {
       default: throw new Error(`arena kernel "${kernel.name}": internal: ${n.op} is uniform-only`);
     }
   };
-  const compute = (roots: readonly Node[]) => {
-    const need = new Set<Node>();
-    const visit = (n: Node) => {
-      if (need.has(n) || coefIdx.has(n)) return;
-      need.add(n);
-      for (const c of 'c' in n ? [n.c, n.a, n.b] : 'b' in n ? [n.a, n.b] : 'a' in n ? [n.a] : []) visit(c);
-    };
-    roots.forEach(visit);
-    return kernel.elementwise.filter((n) => need.has(n)).map((n) => `let ${ref(n)} = ${exprOf(n)};`).join('\n      ');
-  };
+  const compute = (roots: readonly Node[]) =>
+    neededNodes(roots, kernel.elementwise, coefIdx).map((n) => `let ${ref(n)} = ${exprOf(n)};`).join('\n      ');
   const R = kernel.reductions;
   let p = 0;
   const base = R.map((r) => {
