@@ -24,6 +24,17 @@ export function partialsOf(kind: ReductionKind): number {
   return kind === 'norm' ? 2 : 1;
 }
 
+/** Where each reduction's partials start in a block's partials, and how many there are in all. */
+export function partialOffsets(reductions: readonly { reduction: ReductionKind }[]): { base: number[]; total: number } {
+  const base: number[] = [];
+  let total = 0;
+  for (const r of reductions) {
+    base.push(total);
+    total += partialsOf(r.reduction);
+  }
+  return { base, total };
+}
+
 /** m is positive and finite: the scaled sum is meaningful. */
 export const scalable = (m: number): boolean => m > 0 && m < Infinity;
 

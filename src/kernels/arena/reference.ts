@@ -18,7 +18,7 @@
 import type { TypedArray } from '../../tensor/dtype.js';
 import type { ArenaKernel } from './define.js';
 import { neededNodes, type Node } from './expr.js';
-import { partialsOf, scalable } from './reduce.js';
+import { partialOffsets, scalable } from './reduce.js';
 import { uniformAt } from '../rng.js';
 
 /** What a coefficient may read: the group's hyper-parameters, the slots of S, the parameter's flags and step count. */
@@ -162,12 +162,7 @@ export function renderReference(kernel: ArenaKernel, precision: Precision): stri
   if (kernel.reductions.length === 0) {
     lines.push(`for (let j = start; j < end; j++) { ${compute(all)} if (write) { ${writes} } }`);
   } else {
-    let p = 0;
-    const base = kernel.reductions.map((r) => {
-      const b = p;
-      p += partialsOf(r.reduction);
-      return b;
-    });
+    const { base } = partialOffsets(kernel.reductions);
     const norms = kernel.reductions.map((r, i) => ({ r, i })).filter(({ r }) => r.reduction === 'norm');
     lines.push('for (let b = start, blk = pblk; b < end; b += 64, blk++) {', 'const e = b + 64 < end ? b + 64 : end;');
     // Sixteen elements an iteration: quad m (0..3) of it, lane L of the quad (reduce.ts).
@@ -270,12 +265,7 @@ export function interpretRange(kernel: ArenaKernel, precision: Precision, V: rea
     }
     return;
   }
-  const base: number[] = [];
-  let p = 0;
-  for (const r of kernel.reductions) {
-    base.push(p);
-    p += partialsOf(r.reduction);
-  }
+  const { base } = partialOffsets(kernel.reductions);
   const nr = kernel.reductions.length;
   for (let b = start, blk = pblk; b < end; b += 64, blk++) {
     const e = Math.min(b + 64, end);

@@ -23,7 +23,7 @@ import { FLAG_ACTIVE, registerFusedLoader, S_SLOTS, type ArenaLayout } from '../
 import type { ArenaKernel } from './define.js';
 import { topo } from './expr.js';
 import { coefficientValues, evalUniform, referenceKernel, type RangeFn, type UniformEnv } from './reference.js';
-import { combinePartials, partialsOf } from './reduce.js';
+import { combinePartials, partialOffsets, partialsOf } from './reduce.js';
 import { usesSteps } from './define.js';
 
 /**
@@ -135,7 +135,7 @@ interface Range {
 function runHost(kernel: ArenaKernel, backend: Backend, host: Host, dtype: 'float32' | 'float64', ranges: readonly Range[], blocks: number, S: Storage | undefined, steps: Storage | null | undefined, hyper: GroupHyper | undefined, path: RunOptions['path']): void {
   const round = dtype === 'float32' ? Math.fround : (x: number) => x;
   const useWasm = host.wasm !== null && dtype === 'float32' && (path ?? 'auto') === 'auto';
-  const nparts = kernel.reductions.reduce((s, r) => s + partialsOf(r.reduction), 0);
+  const nparts = partialOffsets(kernel.reductions).total;
   const wasmParts = useWasm && nparts > 0 ? backend.alloc(nparts * blocks, 'float32') : null;
   try {
     // Views are taken after the allocation above (which may grow, and detach, the wasm memory).

@@ -20,7 +20,7 @@
 import { f32, f32x4, i32, i32x4, ModuleBuilder, v128, ValType, type Expr, type Local, type Operand } from '../wasm/emit.js';
 import type { ArenaKernel } from './define.js';
 import { neededNodes, type Node } from './expr.js';
-import { partialsOf } from './reduce.js';
+import { partialOffsets } from './reduce.js';
 
 const { i32: I32, f32: F32, v128: V128 } = ValType;
 
@@ -41,7 +41,7 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean, boolCoefs?: rea
   const mb = new ModuleBuilder();
   mb.importMemory('env', 'memory', shared ? { initial: 1, maximum: 65536, shared: true } : { initial: 1 });
   const nv = kernel.vectors.length;
-  const np = kernel.reductions.reduce((s, r) => s + partialsOf(r.reduction), 0);
+  const np = partialOffsets(kernel.reductions).total;
   const params: ValType[] = [...Array(nv).fill(I32), I32, I32, ...Array(np).fill(I32), I32, ...kernel.coefs.map(() => F32)];
   mb.func(WASM_EXPORT, params, [], (f, ...args) => {
     const vptr = args.slice(0, nv);
@@ -199,12 +199,7 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean, boolCoefs?: rea
     const absMax = (a: Operand, b: Operand): Expr => i32x4.maxS(a, b);
     const masked = (x: Operand) => (full ? x : v128.bitselect(x, zero, valid));
     const lane = (x: Local, L: number) => f32x4.extractLane(x, L);
-    let p = 0;
-    const base = kernel.reductions.map((r) => {
-      const o = p;
-      p += partialsOf(r.reduction);
-      return o;
-    });
+    const { base } = partialOffsets(kernel.reductions);
     f.set(blk, 0);
     f.for(b, start, end, 64, () => {
       f.set(e, i32.add(b, 64));

@@ -11,7 +11,7 @@ import type { Bind, GPUStorage, Runtime } from '../webgpu/runtime.js';
 import type { Param } from '../webgpu/wgsl.js';
 import { usesSteps, type ArenaKernel } from './define.js';
 import { evalUniform, type UniformEnv } from './reference.js';
-import { partialsOf } from './reduce.js';
+import { partialOffsets } from './reduce.js';
 import { arenaBackends, hyperOf, type ArenaBuffers, type GroupHyper, type PerTensorBuffers, type PerTensorParam } from './run.js';
 import { renderWgsl, renderWgslScalars, renderWgslSteps, renderWgslTree, WGSL_BLOCK_WG, wgslHostUniforms, wgslKeyUniforms } from './wgsl.js';
 
@@ -76,7 +76,7 @@ function runWebGPUPass(
       wgsl: () => renderWgslSteps(kernel, groups),
     });
   }
-  const nparts = kernel.reductions.reduce((s, r) => s + partialsOf(r.reduction), 0);
+  const nparts = partialOffsets(kernel.reductions).total;
   const part = nparts > 0 ? rt.temp(nparts * blocks, 'float32') : null;
   for (const d of dispatches) {
     if (d.nblocks === 0) continue;

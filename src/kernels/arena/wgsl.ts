@@ -19,7 +19,7 @@ import type { ArenaKernel } from './define.js';
 export { usesSteps } from './define.js';
 import { children, neededNodes, topo, type Node } from './expr.js';
 import { WGSL_RNG } from '../rng.js';
-import { partialsOf } from './reduce.js';
+import { partialOffsets, partialsOf } from './reduce.js';
 import { entry } from '../webgpu/wgsl.js';
 
 /** Workgroup size of the block kernel (one block per invocation). */
@@ -205,12 +205,7 @@ export function renderWgsl(kernel: ArenaKernel, groups: number): string {
   const compute = (roots: readonly Node[]) =>
     neededNodes(roots, kernel.elementwise, coefIdx).map((n) => `let ${ref(n)} = ${exprOf(n)};`).join('\n      ');
   const R = kernel.reductions;
-  let p = 0;
-  const base = R.map((r) => {
-    const o = p;
-    p += partialsOf(r.reduction);
-    return o;
-  });
+  const { base } = partialOffsets(R);
   // Partials of the arena's blocks: this dispatch's block blk is block pbase + blk of pstride (the
   // per-tensor baseline runs one dispatch per tensor into the arena's block order).
   const part = (c: number) => `part[${c}u * P.pstride + P.pbase + blk]`;
@@ -299,12 +294,7 @@ ${entry(WGSL_BLOCK_WG)} {
 /** The reductions' tree pass: one workgroup combines the block partials as reduce.ts and writes the slots. */
 export function renderWgslTree(kernel: ArenaKernel): string {
   const R = kernel.reductions;
-  let p = 0;
-  const base = R.map((r) => {
-    const o = p;
-    p += partialsOf(r.reduction);
-    return o;
-  });
+  const { base } = partialOffsets(R);
   const at = (c: number, idx: string) => `part[${c}u * n + ${idx}]`;
   const combine = R.map((r, i) => {
     const x = at(base[i], 'i');
