@@ -20,7 +20,12 @@
  * Run:
  *   npx esbuild bench/compile.bench.ts --bundle --platform=node --format=esm --packages=external \
  *     --ignore-annotations --outfile=node_modules/.cache/flatgrad/compile.bench.mjs --log-level=warning \
- *     && node node_modules/.cache/flatgrad/compile.bench.mjs [--quick] [--all] [--webgpu] [--backends=cpu,wasm,webgpu]
+ *     && node node_modules/.cache/flatgrad/compile.bench.mjs [--quick] [--all] [--webgpu] [--backends=cpu,wasm,webgpu] [--schedule]
+ * --schedule: a cosine learning-rate schedule (and rho for SAM) stepped after every step, as a
+ * training run has; the captured step takes the values as plan inputs (the traces column says so).
+ * - dynamic calls: of the captured step's calls, those whose host code runs on each replay (inputs,
+ *   outputs, random keys, live hyper-parameters); on WebGPU the others are encoded from recorded
+ *   command streams. submits: queue submits per step on WebGPU (the readback of the loss included).
  * Writes bench/results/compile.json and bench/results/compile.md (--out=NAME: bench/results/NAME.*).
  * --ignore-annotations: package.json's "sideEffects" names the dist/ files, and without the flag
  * esbuild drops the side-effect imports of src/ (the gradient rules) from a bundle of the sources.
@@ -40,6 +45,7 @@ type Tensor = fg.Tensor;
 const args = process.argv.slice(2);
 const quick = args.includes('--quick');
 const ROUNDS = quick ? 5 : 15;
+const schedule = args.includes('--schedule');
 
 type ModelKind = 'mlp' | 'cnn' | 'vit';
 type OptKind = 'SGD' | 'SAM';
@@ -54,12 +60,19 @@ function makeModel(kind: ModelKind): Net {
 const BATCH: Record<ModelKind, number> = { mlp: 128, cnn: 16, vit: 16 };
 const inputShape = (kind: ModelKind, n: number) => (kind === 'mlp' ? [n, 784] : [n, 1, 28, 28]);
 
-function makeStep(kind: ModelKind, opt: OptKind): (x: Tensor, y: Tensor) => Tensor {
+/** The step, and the host code between steps (the schedules with --schedule). */
+type Step = ((x: Tensor, y: Tensor) => Tensor) & { between?: () => void };
+
+function makeStep(kind: ModelKind, opt: OptKind): Step {
   const model = makeModel(kind);
   model.train();
   const sgd = { lr: 0.01, momentum: 0.9 };
   const o = opt === 'SGD' ? new optim.SGD(model.parameters(), sgd) : new optim.SAM(model.parameters(), optim.SGD, { ...sgd, rho: 0.05 });
-  return function step(x: Tensor, y: Tensor): Tensor {
+  const schedules = !schedule ? [] : [
+    new optim.CosineAnnealingLR(o, { tMax: 1000, etaMin: 1e-4 }),
+    ...(opt === 'SAM' ? [new optim.CosineAnnealingLR(o, { key: 'rho', tMax: 1000, etaMin: 0.01 })] : []),
+  ];
+  const step: Step = function step(x: Tensor, y: Tensor): Tensor {
     const closure = () =>
       fg.tidy(() => {
         const l = fg.crossEntropy(model.forward(x), y);
@@ -74,6 +87,13 @@ function makeStep(kind: ModelKind, opt: OptKind): (x: Tensor, y: Tensor) => Tens
     }
     return o.step(closure) as Tensor;
   };
+  if (schedule) step.between = () => { for (const s of schedules) s.step(); };
+  return step;
+}
+
+/** A step made by makeStep, captured: its host code between steps stays outside the capture. */
+function compiled(step: Step, opts: fg.CompileOptions = {}): fg.CompiledStep<[Tensor, Tensor], Tensor> & { between?: () => void } {
+  return Object.assign(fg.compile(step, opts), { between: step.between });
 }
 
 const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];
@@ -125,6 +145,11 @@ interface Row {
   eagerDispatches: number;
   capturedDispatches: number;
   capturedZeroFills: number;
+  capturedDynamic: number;
+  traces: number;
+  /** WebGPU: median queue submits per step (readback included). */
+  eagerSubmits: number | null;
+  capturedSubmits: number | null;
   eagerWallMs: number;
   capturedWallMs: number;
   eagerHostMs: number;
@@ -140,36 +165,48 @@ async function measure(kind: ModelKind, opt: OptKind): Promise<Row> {
   const xs = Array.from({ length: 4 }, () => fg.randn(inputShape(kind, n)).keep());
   const ys = Array.from({ length: 4 }, () => fg.randint(0, 10, [n]).keep());
   let i = 0;
-  const timeStep = async (f: (x: Tensor, y: Tensor) => Tensor): Promise<{ wall: number; host: number }> => {
+  // WebGPU: submits counted around each step.
+  let submits = 0;
+  const queue = gpu ? (b as unknown as { device: GPUDevice }).device.queue : null;
+  const submit = queue?.submit;
+  if (queue && submit) queue.submit = function (this: GPUQueue, ...a: Parameters<GPUQueue['submit']>) { submits++; return submit.apply(this, a); };
+  const timeStep = async (f: Step): Promise<{ wall: number; host: number; submits: number }> => {
+    submits = 0;
     const t0 = performance.now();
     const l = f(xs[i % 4], ys[i % 4]);
     const t1 = performance.now();
     await l.data();
     const t2 = performance.now();
     l.dispose();
+    f.between?.();
     i++;
-    return { wall: t2 - t0, host: t1 - t0 };
+    return { wall: t2 - t0, host: t1 - t0, submits };
   };
 
   // Wall time, uninstrumented.
   const eager = makeStep(kind, opt);
-  const captured = fg.compile(makeStep(kind, opt), { onMessage: (m) => { throw new Error(m); } });
+  const captured = compiled(makeStep(kind, opt), { onMessage: (m) => { throw new Error(m); } });
   for (let w = 0; w < 3; w++) {
     await timeStep(eager);
     await timeStep(captured);
   }
   const wall: [number[], number[]] = [[], []];
   const hostGpu: [number[], number[]] = [[], []];
+  const submitCounts: [number[], number[]] = [[], []];
   for (let r = 0; r < ROUNDS; r++) {
     const order = r % 2 === 0 ? [0, 1] : [1, 0];
     for (const k of order) {
       const t = await timeStep(k === 0 ? eager : captured);
       wall[k].push(t.wall);
       hostGpu[k].push(t.host);
+      submitCounts[k].push(t.submits);
     }
   }
+  if (queue && submit) queue.submit = submit;
   const capturedDispatches = captured.stats().plan!.calls;
   const capturedZeroFills = captured.stats().plan!.zeroFills;
+  const capturedDynamic = captured.stats().plan!.dynamicCalls;
+  const traces = captured.stats().traces;
   const eagerDispatches = traceStep(b, [xs[0].storage, ys[0].storage], () => eager(xs[0], ys[0])).trace.events.length;
   captured.dispose();
 
@@ -178,7 +215,7 @@ async function measure(kind: ModelKind, opt: OptKind): Promise<Row> {
   if (!gpu) {
     const timer = kernelTimer(b);
     const e2 = makeStep(kind, opt);
-    const c2 = fg.compile(makeStep(kind, opt));
+    const c2 = compiled(makeStep(kind, opt));
     for (let w = 0; w < 3; w++) {
       await timeStep(e2);
       await timeStep(c2);
@@ -199,7 +236,8 @@ async function measure(kind: ModelKind, opt: OptKind): Promise<Row> {
   const eagerWallMs = median(wall[0]);
   const capturedWallMs = median(wall[1]);
   return {
-    backend: b.name, model: kind, opt, batch: n, eagerDispatches, capturedDispatches, capturedZeroFills, eagerWallMs, capturedWallMs,
+    backend: b.name, model: kind, opt, batch: n, eagerDispatches, capturedDispatches, capturedZeroFills, capturedDynamic, traces,
+    eagerSubmits: gpu ? median(submitCounts[0]) : null, capturedSubmits: gpu ? median(submitCounts[1]) : null, eagerWallMs, capturedWallMs,
     eagerHostMs: host[0], capturedHostMs: host[1], speedup: eagerWallMs / capturedWallMs,
   };
 }
@@ -240,14 +278,15 @@ const f = (x: number) => (x >= 100 ? x.toFixed(0) : x >= 10 ? x.toFixed(1) : x.t
 const md = [
   '# Captured against eager steps (bench/compile.bench.ts)',
   '',
-  `${new Date().toISOString()}, Node ${process.version}, ${os.cpus().length} x ${os.cpus()[0]?.model}, load average ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}${quick ? ', --quick' : ''}.`,
+  `${new Date().toISOString()}, Node ${process.version}, ${os.cpus().length} x ${os.cpus()[0]?.model}, load average ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}${quick ? ', --quick' : ''}${schedule ? ', --schedule (cosine lr and rho, stepped every step)' : ''}.`,
   'The machine is shared with other busy processes: absolute times are noisy, read the ratios. Median of ' + ROUNDS + ' alternating rounds.',
-  'Captured dispatches include the zero fills of reused buffers, which an eager step gets from its fresh (zeroed) allocations; phase 1 fuses nothing.',
+  'Captured dispatches include the zero fills of reused buffers, which an eager step gets from its fresh (zeroed) allocations; nothing is fused yet.',
+  'Dynamic: captured calls whose host code runs on every replay (the rest are encoded from recorded command streams on WebGPU). Submits: WebGPU queue submits per step, readback included.',
   '',
-  '| backend | model | step | batch | dispatches eager | dispatches captured (zero fills) | host ms eager | host ms captured | host share captured | wall ms eager | wall ms captured | wall speedup |',
-  '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+  '| backend | model | step | batch | dispatches eager | dispatches captured (zero fills) | dynamic | traces | submits eager / captured | host ms eager | host ms captured | host share captured | wall ms eager | wall ms captured | wall speedup |',
+  '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
   ...rows.map((r) =>
-    `| ${r.backend} | ${r.model} | ${r.opt} | ${r.batch} | ${r.eagerDispatches} | ${r.capturedDispatches} (${r.capturedZeroFills}) | ${f(r.eagerHostMs)} | ${f(r.capturedHostMs)} | ${((100 * r.capturedHostMs) / r.capturedWallMs).toFixed(0)}% | ${f(r.eagerWallMs)} | ${f(r.capturedWallMs)} | ${r.speedup.toFixed(2)}x |`),
+    `| ${r.backend} | ${r.model} | ${r.opt} | ${r.batch} | ${r.eagerDispatches} | ${r.capturedDispatches} (${r.capturedZeroFills}) | ${r.capturedDynamic} | ${r.traces} | ${r.eagerSubmits === null ? '-' : `${r.eagerSubmits} / ${r.capturedSubmits}`} | ${f(r.eagerHostMs)} | ${f(r.capturedHostMs)} | ${((100 * r.capturedHostMs) / r.capturedWallMs).toFixed(0)}% | ${f(r.eagerWallMs)} | ${f(r.capturedWallMs)} | ${r.speedup.toFixed(2)}x |`),
   '',
 ];
 const sgdSam = rows.filter((r) => r.opt === 'SAM').map((s) => {

@@ -19,7 +19,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import * as tf from '@tensorflow/tfjs';
-import '@tensorflow/tfjs-backend-wasm';
+import { getThreadsCount } from '@tensorflow/tfjs-backend-wasm';
 import { createWasmBackend, type WasmBackend } from '../src/kernels/wasm/index.js';
 import type { Conv2dLayout, Storage } from '../src/kernels/backend.js';
 
@@ -38,20 +38,35 @@ interface Contender {
   dispose: () => void;
 }
 
-/** Round-robin: each round runs every contender for about `roundMs`; per contender the median round's ms per call. */
+/**
+ * This process's CPU time in ms (user + system). Every contender runs on this one thread
+ * (flatgrad with threads: 1, tfjs-wasm's single-threaded SIMD build: the run records its thread
+ * count), so CPU time is the work of a call; unlike wall time it does not count the time other
+ * processes of a busy machine hold the core.
+ */
+function cpuMs(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+}
+
+/** Round-robin: each round runs every contender for about `roundMs` of CPU time; per contender the median round's ms per call. */
 function timeInterleaved(contenders: Contender[], rounds = quick ? 3 : 9, roundMs = quick ? 20 : 60): number[] {
   const calls = contenders.map((c) => {
     for (let i = 0; i < 3; i++) c.run();
-    const t0 = performance.now();
-    c.run();
-    return Math.max(1, Math.round(roundMs / Math.max(performance.now() - t0, 1e-3)));
+    const t0 = cpuMs();
+    let n = 0;
+    while (cpuMs() - t0 < 5) {
+      c.run();
+      n++;
+    }
+    return Math.max(1, Math.round((roundMs * n) / (cpuMs() - t0)));
   });
   const perRound: number[][] = contenders.map(() => []);
   for (let r = 0; r < rounds; r++) {
     contenders.forEach((c, i) => {
-      const t0 = performance.now();
+      const t0 = cpuMs();
       for (let j = 0; j < calls[i]; j++) c.run();
-      perRound[i].push((performance.now() - t0) / calls[i]);
+      perRound[i].push((cpuMs() - t0) / calls[i]);
     });
   }
   return perRound.map(median);
@@ -189,13 +204,13 @@ async function main(): Promise<void> {
   const results = {
     date: new Date().toISOString(),
     machine: { cpu: os.cpus()[0]?.model, cores: os.cpus().length, node: process.version, loadavgBefore: loadBefore, loadavgAfter: os.loadavg() },
-    libraries: { flatgrad: 'wasm backend, 1 thread', tfjsWasm: `@tensorflow/tfjs-backend-wasm ${tf.version_core}` },
-    note: 'GFLOP/s from the median of interleaved rounds; every contender of a row ran in the same rounds',
+    libraries: { flatgrad: 'wasm backend, 1 thread', tfjsWasm: `@tensorflow/tfjs-backend-wasm ${tf.version_core}`, tfjsWasmThreads: getThreadsCount() },
+    note: 'GFLOP/s from the median of interleaved rounds, timed by process CPU time; every contender of a row ran in the same rounds',
     rows,
   };
   const f1 = (x: number) => (Number.isNaN(x) ? 'n/a' : x.toFixed(1));
   const lines = [
-    `conv2d on wasm, one thread, GFLOP/s (median of interleaved rounds, one process; load average ${loadBefore.map(f1).join(' ')}).`,
+    `conv2d on wasm, one thread, GFLOP/s (median of interleaved rounds, one process, timed by process CPU time; tfjs-wasm ran on ${getThreadsCount()} thread(s); load average ${loadBefore.map(f1).join(' ')}).`,
     'mm = the mean of the square matmuls 256 and 512 measured in the same rounds.',
     '',
     '| case (batch 32) | fwd | input grad | weight grad | old im2col+matmul fwd | tfjs-wasm fwd | tfjs-wasm input grad | mm | fwd / tfjs | fwd / mm | dX / mm | dW / mm |',

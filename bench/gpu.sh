@@ -14,10 +14,11 @@
 #
 # Order: unpack Node and Dawn, find the Vulkan loader and the NVIDIA driver, print the adapter and
 # stop (exit 3) if it is a software one, then webgpu.bench (matmul sizes, elementwise GB/s),
-# steps.bench (SGD and SAM steps of the MLP; webgpu family only) and sam.bench (fused vs per-tensor
-# optimizer side on the MLP / CNN / ViT parameter lists, SAM step costs; webgpu only), each
+# steps.bench (SGD and SAM steps of the MLP, the small ResNet and the ViT; webgpu family only) and
+# sam.bench (fused vs per-tensor optimizer side on the MLP / CNN / ViT parameter lists, SAM step
+# costs; webgpu only), each
 # against tfjs-backend-webgpu and jax-js where the bench has them, each under its own time limit
-# so that the whole run stays under 5 minutes. A bench that fails does not stop the others; the
+# so that the whole run stays under 6 minutes. A bench that fails does not stop the others; the
 # exit code is 1 if any failed.
 set -uo pipefail
 
@@ -126,14 +127,16 @@ esac
 # elementwise buffer (128 MiB, past its 60 MB L2). Dry: the smallest sizes that still run every path.
 if [ "$dry" = 1 ]; then
   webgpu_args=(--quick --squares=32,64 --elems=65536)
-  steps_args=(--quick --families=webgpu --procs=1 --warmup=1 --rounds=1 --budget=5)
+  # The CNN takes minutes per step on SwiftShader: the dry run leaves it out.
+  steps_args=(--quick --families=webgpu --models=mlp,vit --procs=1 --warmup=1 --rounds=1 --budget=5)
   sam_args=(--quick --backends=webgpu)
   limits=(240 240 300)
 else
   webgpu_args=(--squares=256,1024,2048,4096 --elems=33554432)
-  steps_args=(--families=webgpu --procs=3)
+  # One process per model (three models), rounds up to 20 within 15 s each.
+  steps_args=(--families=webgpu --procs=1 --warmup=3 --rounds=20 --budget=15)
   sam_args=(--backends=webgpu)
-  limits=(110 90 80)
+  limits=(110 150 80)
 fi
 
 failed=()

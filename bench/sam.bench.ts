@@ -12,8 +12,11 @@
  * Run (bundles the TypeScript):
  *   npx esbuild bench/sam.bench.ts --bundle --platform=node --format=esm --packages=external \
  *     --outfile=node_modules/.cache/flatgrad/sam.bench.mjs --log-level=warning \
- *     && node node_modules/.cache/flatgrad/sam.bench.mjs [--quick] [--backends=cpu,wasm,webgpu]
+ *     && node node_modules/.cache/flatgrad/sam.bench.mjs [--quick] [--backends=cpu,wasm,webgpu] [--bandwidth-only]
  * Writes bench/results/sam.json and prints markdown tables. Times are medians of several reps.
+ * --bandwidth-only times the arena kernels against the copy kernel alone (part 3 below, with the
+ * SAM step's kernels defined by one untimed step, plus the reductions the SAM run does not use),
+ * and writes bench/results/sam-bandwidth.json instead.
  */
 import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -21,14 +24,15 @@ import * as fg from '../src/index.js';
 import type { Backend } from '../src/kernels/backend.js';
 import { fusedKernelsFor } from '../src/kernels/fused.js';
 import { hostPassObservers, runArenaKernel } from '../src/kernels/arena/run.js';
-import { builtinKernels, copyCall } from '../src/kernels/arena/fused.js';
-import type { ArenaKernel } from '../src/kernels/arena/define.js';
+import { builtinKernels, copyCall, dotCall } from '../src/kernels/arena/fused.js';
+import { defineArenaKernel, type ArenaKernel } from '../src/kernels/arena/define.js';
 import { S_SLOTS } from '../src/kernels/fused.js';
 import { FlatArena } from '../src/optim/arena.js';
 import { getBackend, setBackend } from '../src/kernels/registry.js';
 
 const { nn, optim } = fg;
 const quick = process.argv.includes('--quick');
+const bandwidthOnly = process.argv.includes('--bandwidth-only');
 const backendsArg = process.argv.find((a) => a.startsWith('--backends='));
 const BACKENDS = (backendsArg ? backendsArg.slice('--backends='.length) : 'cpu,wasm,webgpu').split(',') as ('cpu' | 'wasm' | 'webgpu')[];
 
@@ -55,12 +59,12 @@ function instrument(b: Backend): { count: () => number; reset: () => void } {
     for (const k of KERNELS) wrap(b as unknown as Record<string, unknown>, k);
     // The fused and per-tensor optimizer kernels are arena kernels: their runner reports each pass
     // (one dispatch per arena pass, one per tensor in the per-tensor baseline), so no list of them
-    // is kept here. The one kernel outside the language, the host noise, is counted by its method.
+    // is kept here. The one primitive outside the language, RWP's row norms, is counted by its method.
     hostPassObservers.add((_k, be, _e, d) => {
       if (be === b) n += d;
     });
     const fk = fusedKernelsFor(b) as unknown as Record<string, unknown> | null;
-    if (fk) wrap(fk, 'noise');
+    if (fk) wrap(fk, 'rowNorms');
   }
   return { count: () => n, reset: () => (n = 0) };
 }
@@ -210,6 +214,28 @@ interface BandwidthRow {
 }
 
 /**
+ * The reductions that no SAM step above runs on its own, timed alongside (the built-in dot is
+ * defined by dotCall; max |x| and the non-finite flag alone have no built-in).
+ */
+const EXTRA_REDUCTIONS: { key: string; kernel: ArenaKernel }[] = [
+  { key: 'dot (bench)', kernel: dotCall('x', 'y', 0).kernel },
+  ...(['maxAbs', 'anyNonFinite', 'sumSquares', 'norm'] as const).map((r) => ({
+    key: `${r} (bench)`,
+    kernel: defineArenaKernel({ name: `bench_${r}`, vectors: { x: 'read' }, slots: { out: 0 }, reduce: ({ x }, _h, _s, k) => ({ out: k[r](x) }) }),
+  })),
+];
+
+/** One untimed fused SAM step on the MLP: defines the built-in kernels that --bandwidth-only times. */
+function defineSamKernels(): void {
+  const ps = makeModel('mlp').parameters();
+  for (const p of ps) p.grad = fg.randn(p.shape.slice(), { std: 0.01 }).keep();
+  const opt = new optim.SAM(ps, optim.SGD, { rho: 0.05, lr: 0.01, momentum: 0.9, weightDecay: 5e-4, fused: true, skipNonFinite: true });
+  opt.firstStep();
+  opt.secondStep();
+  opt.dispose();
+}
+
+/**
  * Every built-in arena kernel the SAM runs above defined (builtinKernels(): derived, no list kept
  * here) against the copy kernel, over the ViT's arena: bytes moved per second, as a fraction of
  * what a plain copy of the same layout achieves.
@@ -224,9 +250,23 @@ async function bandwidth(counterless: Backend, elements: number | null): Promise
   const S = counterless.alloc(S_SLOTS, arena.dtype);
   const L = arena.layout;
   const copy = copyCall('out', 'x').kernel;
-  const kernels = builtinKernels().filter(({ kernel }) => kernel.vectors.length > 0);
+  const kernels = [...builtinKernels(), ...EXTRA_REDUCTIONS].filter(({ kernel }) => kernel.vectors.length > 0);
+  // Each vector filled once with gradient-like values: a norm over all-zero blocks takes its slower
+  // path (zero is outside its direct rule), which no real gradient does.
+  const filled = new Set<string>();
+  let seed = 1;
+  const vec = (name: string) => {
+    const s = arena.vec(name);
+    if (!filled.has(name)) {
+      filled.add(name);
+      let z = seed++ * 0x9e3779b9;
+      const data = new Float32Array(L.numel).map(() => ((z = (Math.imul(z, 1664525) + 1013904223) >>> 0) / 2 ** 32 - 0.5) * 0.02);
+      counterless.write(s, arena.dtype === 'float64' ? Float64Array.from(data) : data);
+    }
+    return s;
+  };
   const time = async (k: ArenaKernel) => {
-    const vectors = Object.fromEntries(k.vectors.map((v) => [v.name, arena.vec(v.name)]));
+    const vectors = Object.fromEntries(k.vectors.map((v) => [v.name, vec(v.name)]));
     return timeIt(() => runArenaKernel(k, counterless, { layout: L, vectors, S, steps: arena.stepCounts }), quick ? 5 : 15, 4);
   };
   const bytesOf = (k: ArenaKernel) => k.vectors.reduce((n, v) => n + (v.read ? 1 : 0) + (v.access !== 'read' ? 1 : 0), 0) * L.numel * (arena.dtype === 'float64' ? 8 : 4);
@@ -266,13 +306,14 @@ for (const name of BACKENDS) {
   const b = getBackend();
   const counter = instrument(b);
   console.error(`# ${name}: ${info.adapter}${fusedKernelsFor(b) ? '' : ' (no fused kernels: both rows unfused)'}`);
-  for (const kind of ['mlp', 'cnn', 'vit'] as ModelKind[]) {
+  if (bandwidthOnly) defineSamKernels();
+  for (const kind of bandwidthOnly ? [] : (['mlp', 'cnn', 'vit'] as ModelKind[])) {
     const r = await optimizerSide(kind, counter);
     results.opt.push(r);
     console.error(JSON.stringify(r));
   }
   const steps: ['mlp' | 'cnn', number][] = name === 'cpu' ? [['mlp', 128], ['cnn', 8]] : [['mlp', 128], ['cnn', 32]];
-  for (const [kind, batch] of steps) {
+  for (const [kind, batch] of bandwidthOnly ? [] : steps) {
     if (quick && kind === 'cnn' && name !== 'wasm') continue;
     const r = await wholeStep(kind, batch, counter);
     results.step.push(r);
@@ -292,7 +333,8 @@ for (const name of BACKENDS) {
 // Relative to the repository root (the bundle runs from node_modules/.cache).
 const dir = 'bench/results';
 if (!existsSync(dir)) mkdirSync(dir, { recursive: true });
-writeFileSync(`${dir}/sam.json`, JSON.stringify(results, null, 1) + '\n');
+const stem = bandwidthOnly ? 'sam-bandwidth' : 'sam';
+writeFileSync(`${dir}/${stem}.json`, JSON.stringify(results, null, 1) + '\n');
 
 const f = (x: number, d = 2) => x.toFixed(d);
 const lines: string[] = [];
@@ -315,6 +357,6 @@ out('\n### Bandwidth of each arena kernel against a copy kernel of the same layo
 out('| backend | arena | kernel [vectors] | MB moved | ms | GB/s | vs copy |');
 out('| --- | --- | --- | ---: | ---: | ---: | ---: |');
 for (const r of results.bandwidth) out(`| ${r.backend} | ${r.arena} | ${r.kernel} | ${f(r.bytes / 1e6, 1)} | ${f(r.ms, 3)} | ${f(r.gbs, 1)} | ${f(r.vsCopy, 2)} |`);
-writeFileSync(`${dir}/sam.md`, lines.join('\n') + '\n');
+writeFileSync(`${dir}/${stem}.md`, lines.join('\n') + '\n');
 console.log(lines.join('\n'));
 process.exit(0);

@@ -32,7 +32,7 @@ const versions: Record<string, string> = {
 const results: (BundleSize & { name: string; library: string; describe: string; budget?: number })[] = [];
 try {
   for (const [name, p] of Object.entries(PROGRAMS)) {
-    const size = await bundleSize(work, name, p.source, [join(root, 'node_modules')]);
+    const size = await bundleSize(work, name, p.source, [join(root, 'node_modules')], p.families);
     const budget = name === 'flatgrad-minimal' ? BUDGETS.minimal : name === 'flatgrad-training' ? BUDGETS.training : undefined;
     results.push({ name, library: p.library, describe: p.describe, budget, ...size });
   }
@@ -45,8 +45,9 @@ const lines = [
   '# Bundle sizes',
   '',
   `esbuild ${version('esbuild')}, minified ES modules with code splitting, gzip -9. "Loaded" is what a browser fetches to run`,
-  'the program on WebGPU (the entry, its static imports, and the lazily imported WebGPU chunks); "all" adds chunks only',
-  'another backend loads. Versions: ' + Object.entries(versions).map(([k, v]) => `${k} ${v}`).join(', ') + '.',
+  'the program on WebGPU (the entry, its static imports, the WebGPU backend\'s chunks, and the kernel families it loads on',
+  'first dispatch that the program uses: the training program\'s cross-entropy and random inputs); "all" adds the chunks',
+  'only another backend or an unused kernel family loads. Versions: ' + Object.entries(versions).map(([k, v]) => `${k} ${v}`).join(', ') + '.',
   '',
   '| program | library | loaded KB gzip (raw) | all KB gzip | budget |',
   '| --- | --- | --- | --- | --- |',

@@ -1,48 +1,182 @@
 /**
- * Whole training steps side by side: an MLP 784-256-256-10 at batch 128, float32, random inputs
- * and labels from a fixed seed, the same initial weights in every library.
+ * Whole training steps side by side, three models, float32, random inputs and labels from a fixed
+ * seed and the same initial weights (every parameter from one LCG, in PyTorch's layout, converted
+ * to each library's) in every library:
+ *   mlp: 784-256-256-10, batch 128
+ *   cnn: the small ResNet of `flatgrad train --model cnn` (nn.models.resnetSmall, widths 8/16/32,
+ *        one BasicBlock per stage, BatchNorm in train mode), 28x28x1, batch 32
+ *   vit: the ViT of `flatgrad train --model vit` (7x7 patches, dim 32, 2 pre-norm blocks, 4 heads,
+ *        MLP 64 with exact GELU, class token), 28x28x1, batch 32
  *
  *   SGD step: forward, backward, p -= lr * g                (lr 0.01, no momentum)
  *   SAM step: forward-backward at w, e = rho g / ||g||, forward-backward at w + e, restore w,
  *             p -= lr * g(w + e)                           (rho 0.05)
  *
- * Two families, each in its own process, every library of a family on the same device:
+ * Two families, each model in its own process, every library of a family on the same device:
  *   webgpu: flatgrad webgpu, @tensorflow/tfjs-backend-webgpu, @jax-js/jax on webgpu (jit)
  *   wasm:   flatgrad wasm with 2 threads and with 1 thread, @tensorflow/tfjs-backend-wasm,
  *           @jax-js/jax on wasm (jit)
- * Each library is written as its users would write it: flatgrad with nn.models.mlp, optim.SGD and
- * optim.SAM; tfjs with tf.variableGrads, a per-variable perturb (backup + assign) and restore, and
- * tf.train.sgd; jax-js with one jitted step function over the parameter list (valueAndGrad, and
- * for SAM the perturbed gradient inside the same jit). The SGD and the SAM step train separate
- * copies of the model, so the losses after the same number of steps agree across libraries (they
- * are reported as a check that all of them compute the same thing).
+ * Each library is written as its users would write it: flatgrad with nn.models and optim.SGD /
+ * optim.SAM; tfjs with tf ops on tf.variables (no tf.layers), tf.variableGrads, a per-variable
+ * perturb (backup + assign) and restore, and tf.train.sgd; jax-js with one jitted step function
+ * over the parameter dict (valueAndGrad, and for SAM the perturbed gradient inside the same jit).
+ * Where the math differs or a peer cannot run, the peer's code says why (tfjsModel) and the report
+ * carries the peer's exact error. The SGD and the SAM step train separate copies of the model, so
+ * the losses after the same number of steps agree across libraries (they are reported as a check
+ * that all of them compute the same thing).
  *
  * Timing: warmup steps, then rounds; in each round every library (in a rotating order) does one
  * SGD step and one SAM step, each timed from the call to the end of an awaited readback of its
  * loss (so all of the step's work is complete). A process reports each library's median; the
  * whole measurement runs in several separate processes and the report is the median of those.
+ * Each process first measures the one-core f32x4 peak (bench/simd-peak.ts): the report gives each
+ * step's FLOP floor and, for flatgrad wasm with one thread, the time and GFLOP/s of every backend
+ * kernel over a few extra SGD steps.
  *
  * Run (bundles the TypeScript, keeps the benchmark libraries as ordinary node_modules imports):
  *   npx esbuild bench/steps.bench.ts --bundle --platform=node --format=esm --packages=external \
  *     --outfile=node_modules/.cache/flatgrad/steps.bench.mjs --log-level=warning \
- *     && node node_modules/.cache/flatgrad/steps.bench.mjs [--quick] [--procs=3] [--families=webgpu,wasm]
+ *     && node node_modules/.cache/flatgrad/steps.bench.mjs [--quick] [--procs=3] [--families=webgpu,wasm] [--models=mlp,cnn,vit]
  * (or `npm run bench`, which runs every bench). Without --family it is the driver: it spawns
- * itself once per family and process (--family=F --out=FILE), then writes bench/results/steps.json
- * and bench/results/steps.md. Other processes on the machine skew everything (on SwiftShader the
- * GPU is the CPU cores): the CPU model and the load average are recorded.
+ * itself once per model, family and process (--family=F --model=M --out=FILE), then writes
+ * bench/results/steps.json and bench/results/steps.md, keeping the sections (model x family) of
+ * the previous steps.json that this run did not measure. Other processes on the machine skew
+ * everything (on SwiftShader the GPU is the CPU cores): the CPU model and the load average are
+ * recorded.
  */
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+// flatgrad does no work at import time and is handed its adapter by init({ gpu }), so a static
+// import is safe; the peers are imported after Dawn is installed as navigator.gpu.
+import * as flatgrad from '../src/index.js';
+import * as flatgradRegistry from '../src/kernels/registry.js';
+import { SWIFTSHADER_ICD } from '../src/kernels/webgpu/device.js';
+import { measureSimdPeak } from './simd-peak.js';
 
 // ---------------------------------------------------------------------------------------------
-// The problem, identical for every library
+// The problems, identical for every library
 
-const SIZES = [784, 256, 256, 10];
-const BATCH = 128;
 const LR = 0.01;
 const RHO = 0.05;
+const CLASSES = 10;
+/** BatchNorm and LayerNorm epsilon (PyTorch's and flatgrad's default). */
+const EPS = 1e-5;
+const MLP_SIZES = [784, 256, 256, 10];
+/** `flatgrad train --model cnn` at its defaults: resnetSmall, widths 8/16/32, one block per stage. */
+const CNN_WIDTHS = [8, 16, 32];
+/** `flatgrad train --model vit` at its defaults: 28x28 in 7x7 patches, dim 32, 2 blocks, 4 heads, MLP ratio 2. */
+const VIT = { image: 28, patch: 7, dim: 32, depth: 2, heads: 4, hidden: 64 };
+
+type ModelName = 'mlp' | 'cnn' | 'vit';
+const MODEL_NAMES: ModelName[] = ['mlp', 'cnn', 'vit'];
+
+interface ParamSpec {
+  /** flatgrad's (and PyTorch's) parameter name; the array is in PyTorch's layout ([out, in], OIHW). */
+  name: string;
+  shape: number[];
+  /** uniform(-1/sqrt(fan), 1/sqrt(fan)); ones, zeros (norm layers, as initialized); uniform(-0.02, 0.02) (tokens). */
+  init: 'fan' | 'one' | 'zero' | 'small';
+  fan?: number;
+}
+
+interface ModelSpec {
+  name: ModelName;
+  title: string;
+  batch: number;
+  /** One sample's shape: [784] or [C, H, W]. */
+  input: number[];
+  params: ParamSpec[];
+  /**
+   * Multiply-add FLOPs (2 per MAC) of the forward pass's matmuls and convolutions; elementwise
+   * ops, norms, softmax and the loss are not counted. A SGD step is counted as 3x this (forward,
+   * input gradient, weight gradient) and a SAM step as 6x: the FLOP floor of a step is that count
+   * at the measured f32x4 peak.
+   */
+  forwardFlops: number;
+}
+
+function mlpSpec(): ModelSpec {
+  const batch = 128;
+  const params: ParamSpec[] = [];
+  let flops = 0;
+  for (let i = 0; i + 1 < MLP_SIZES.length; i++) {
+    const [fi, fo] = [MLP_SIZES[i], MLP_SIZES[i + 1]];
+    params.push({ name: `${2 * i}.weight`, shape: [fo, fi], init: 'fan', fan: fi }, { name: `${2 * i}.bias`, shape: [fo], init: 'fan', fan: fi });
+    flops += 2 * batch * fi * fo;
+  }
+  return { name: 'mlp', title: `MLP ${MLP_SIZES.join('-')}`, batch, input: [MLP_SIZES[0]], params, forwardFlops: flops };
+}
+
+/** nn.models.resnetSmall's names: 0 = stem (conv, BN, ReLU), 1..3 = BasicBlocks, then pool, flatten, linear. */
+function cnnSpec(): ModelSpec {
+  const batch = 32;
+  const params: ParamSpec[] = [];
+  let flops = 0;
+  const conv = (name: string, cin: number, cout: number, k: number, stride: number, hIn: number): number => {
+    params.push({ name, shape: [cout, cin, k, k], init: 'fan', fan: cin * k * k });
+    const hOut = Math.floor((hIn + 2 * (k >> 1) - k) / stride) + 1;
+    flops += 2 * batch * hOut * hOut * cout * cin * k * k;
+    return hOut;
+  };
+  const bn = (name: string, c: number) => params.push({ name: `${name}.weight`, shape: [c], init: 'one' }, { name: `${name}.bias`, shape: [c], init: 'zero' });
+  let h = conv('0.0.weight', 1, CNN_WIDTHS[0], 3, 1, 28);
+  bn('0.1', CNN_WIDTHS[0]);
+  let c = CNN_WIDTHS[0];
+  CNN_WIDTHS.forEach((w, s) => {
+    const b = `${s + 1}`;
+    const stride = s > 0 ? 2 : 1;
+    const h1 = conv(`${b}.conv1.weight`, c, w, 3, stride, h);
+    bn(`${b}.bn1`, w);
+    conv(`${b}.conv2.weight`, w, w, 3, 1, h1);
+    bn(`${b}.bn2`, w);
+    if (stride !== 1 || c !== w) {
+      conv(`${b}.shortcut.0.weight`, c, w, 1, stride, h);
+      bn(`${b}.shortcut.1`, w);
+    }
+    h = h1;
+    c = w;
+  });
+  const head = `${CNN_WIDTHS.length + 3}`;
+  params.push({ name: `${head}.weight`, shape: [CLASSES, c], init: 'fan', fan: c }, { name: `${head}.bias`, shape: [CLASSES], init: 'fan', fan: c });
+  flops += 2 * batch * c * CLASSES;
+  return { name: 'cnn', title: `small ResNet (widths ${CNN_WIDTHS.join('/')}, BatchNorm in train mode)`, batch, input: [1, 28, 28], params, forwardFlops: flops };
+}
+
+/** nn.models.vit's names: class token, positions, patch embedding, pre-norm encoder blocks, norm, head. */
+function vitSpec(): ModelSpec {
+  const batch = 32;
+  const { dim: d, patch, hidden, heads } = VIT;
+  const patches = (VIT.image / patch) ** 2;
+  const t = patches + 1;
+  const params: ParamSpec[] = [
+    { name: 'cls_token', shape: [1, 1, d], init: 'small' },
+    { name: 'pos_embed', shape: [1, t, d], init: 'small' },
+    { name: 'patch_embed.proj.weight', shape: [d, 1, patch, patch], init: 'fan', fan: patch * patch },
+    { name: 'patch_embed.proj.bias', shape: [d], init: 'fan', fan: patch * patch },
+  ];
+  const norm = (name: string) => params.push({ name: `${name}.weight`, shape: [d], init: 'one' }, { name: `${name}.bias`, shape: [d], init: 'zero' });
+  const linear = (name: string, fi: number, fo: number) => params.push({ name: `${name}.weight`, shape: [fo, fi], init: 'fan', fan: fi }, { name: `${name}.bias`, shape: [fo], init: 'fan', fan: fi });
+  let flops = 2 * batch * patches * d * patch * patch;
+  for (let i = 0; i < VIT.depth; i++) {
+    const b = `blocks.${i}`;
+    norm(`${b}.norm1`);
+    params.push({ name: `${b}.attn.in_proj_weight`, shape: [3 * d, d], init: 'fan', fan: d }, { name: `${b}.attn.in_proj_bias`, shape: [3 * d], init: 'fan', fan: d });
+    linear(`${b}.attn.out_proj`, d, d);
+    norm(`${b}.norm2`);
+    linear(`${b}.mlp.fc1`, d, hidden);
+    linear(`${b}.mlp.fc2`, hidden, d);
+    // qkv projection, q k^T and attn v over all heads, output projection, the two MLP layers.
+    flops += 2 * batch * t * (3 * d * d + 2 * t * d + d * d + 2 * d * hidden);
+  }
+  norm('norm');
+  linear('head', d, CLASSES);
+  flops += 2 * batch * d * CLASSES;
+  return { name: 'vit', title: `ViT (28x28, patch ${patch}, dim ${d}, depth ${VIT.depth}, ${heads} heads, MLP ${hidden}, exact GELU)`, batch, input: [1, VIT.image, VIT.image], params, forwardFlops: flops };
+}
+
+const SPECS: Record<ModelName, () => ModelSpec> = { mlp: mlpSpec, cnn: cnnSpec, vit: vitSpec };
 
 function lcg(seed: number): () => number {
   let s = seed >>> 0;
@@ -54,31 +188,39 @@ function lcg(seed: number): () => number {
 
 type F32 = Float32Array<ArrayBuffer>;
 interface Problem {
-  /** Per layer: weight [in, out] row-major and bias [out]; uniform(-1/sqrt(in), 1/sqrt(in)). */
-  weights: F32[];
-  biases: F32[];
+  spec: ModelSpec;
+  /** Every parameter by flatgrad name, in PyTorch's layout. */
+  params: Record<string, F32>;
+  /** [batch, ...spec.input], NCHW for images. */
   x: F32;
   labels: Int32Array<ArrayBuffer>;
 }
 
-function makeProblem(): Problem {
+function makeProblem(model: ModelName): Problem {
+  const spec = SPECS[model]();
   const r = lcg(1);
-  const weights: F32[] = [];
-  const biases: F32[] = [];
-  for (let i = 0; i + 1 < SIZES.length; i++) {
-    const [fi, fo] = [SIZES[i], SIZES[i + 1]];
-    const bound = 1 / Math.sqrt(fi);
-    weights.push(Float32Array.from({ length: fi * fo }, () => (2 * r() - 1) * bound));
-    biases.push(Float32Array.from({ length: fo }, () => (2 * r() - 1) * bound));
+  const params: Record<string, F32> = {};
+  for (const p of spec.params) {
+    const n = p.shape.reduce((a, b) => a * b, 1);
+    const bound = p.init === 'fan' ? 1 / Math.sqrt(p.fan!) : 0.02;
+    params[p.name] = Float32Array.from({ length: n }, () => (p.init === 'one' ? 1 : p.init === 'zero' ? 0 : (2 * r() - 1) * bound));
   }
-  const x = Float32Array.from({ length: BATCH * SIZES[0] }, () => 2 * r() - 1);
-  const labels = Int32Array.from({ length: BATCH }, () => Math.floor(r() * SIZES[SIZES.length - 1]));
-  return { weights, biases, x, labels };
+  const x = Float32Array.from({ length: spec.batch * spec.input.reduce((a, b) => a * b, 1) }, () => 2 * r() - 1);
+  const labels = Int32Array.from({ length: spec.batch }, () => Math.floor(r() * CLASSES));
+  return { spec, params, x, labels };
 }
 
+/** A row-major [rows, cols] matrix transposed: PyTorch's Linear weight [out, in] as the [in, out] that `x @ W` wants. */
 function transpose(a: F32, rows: number, cols: number): F32 {
   const t = new Float32Array(a.length);
   for (let i = 0; i < rows; i++) for (let j = 0; j < cols; j++) t[j * rows + i] = a[i * cols + j];
+  return t;
+}
+
+/** A conv weight OIHW -> HWIO (tfjs's filter layout). */
+function oihwToHwio(a: F32, [o, i, h, w]: number[]): F32 {
+  const t = new Float32Array(a.length);
+  for (let oo = 0; oo < o; oo++) for (let ii = 0; ii < i; ii++) for (let y = 0; y < h; y++) for (let x = 0; x < w; x++) t[((y * w + x) * i + ii) * o + oo] = a[((oo * i + ii) * h + y) * w + x];
   return t;
 }
 
@@ -87,14 +229,26 @@ function transpose(a: F32, rows: number, cols: number): F32 {
 
 type Family = 'webgpu' | 'wasm';
 
+interface KernelProfile {
+  kernel: string;
+  callsPerStep: number;
+  msPerStep: number;
+  /** Multiply-add FLOPs per step (matmul and convolution kernels), 0 for the others. */
+  flopsPerStep: number;
+}
+
 interface Contender {
   name: string;
   /** What it is, for the report (versions, threads, adapter). */
   describe: string;
+  /** CPU cores it can use: the FLOP floor is the step's FLOPs at this many times the one-core peak. */
+  cores: number;
   /** One SGD step on its SGD copy of the model; resolves to the loss, read back from the device. */
   sgd: () => Promise<number>;
   /** One SAM step on its SAM copy of the model; resolves to the (first-pass) loss. */
   sam: () => Promise<number>;
+  /** Time per backend kernel over a few extra SGD steps (flatgrad wasm with one thread, after the rounds). */
+  profile?: (steps: number) => Promise<KernelProfile[]>;
 }
 
 interface Failure {
@@ -108,48 +262,103 @@ function errorText(e: unknown): string {
   return String(e);
 }
 
-type FG = typeof import('../src/index.js');
-type Registry = typeof import('../src/kernels/registry.js');
+type FG = typeof flatgrad;
+type Registry = typeof flatgradRegistry;
 
-async function flatgradContender(fg: FG, registry: Registry, p: Problem, name: string, initOpts: Parameters<FG['init']>[0]): Promise<Contender> {
+/** Multiply-add FLOPs of one backend call, for the kernels that do matmuls and convolutions. */
+function kernelFlops(kernel: string, args: unknown[]): number {
+  if (kernel === 'matmul') {
+    const l = args[3] as { batch: number; m: number; n: number; k: number };
+    return 2 * l.batch * l.m * l.n * l.k;
+  }
+  if (kernel === 'conv2d' || kernel === 'conv2dBackwardInput' || kernel === 'conv2dBackwardWeight') {
+    const l = args[3] as { n: number; c: number; oh: number; ow: number; kh: number; kw: number; outChannels: number; groups: number };
+    return 2 * l.n * l.oh * l.ow * l.outChannels * (l.c / l.groups) * l.kh * l.kw;
+  }
+  return 0;
+}
+
+async function flatgradContender(fg: FG, registry: Registry, p: Problem, name: string, cores: number, initOpts: Parameters<FG['init']>[0]): Promise<Contender> {
   const info = await fg.init(initOpts);
   const backend = registry.getBackend();
   const { nn, optim } = fg;
-  // nn.Linear holds weight as [out, in].
+  const spec = p.spec;
   const makeModel = () => {
-    const model = nn.models.mlp(SIZES);
-    const sd: Record<string, Float32Array> = {};
-    const named = model.namedParameters();
-    for (let i = 0; i + 1 < SIZES.length; i++) {
-      sd[named[2 * i][0]] = transpose(p.weights[i], SIZES[i], SIZES[i + 1]);
-      sd[named[2 * i + 1][0]] = p.biases[i];
-    }
-    model.loadStateDict(sd);
+    const model =
+      spec.name === 'mlp'
+        ? nn.models.mlp(MLP_SIZES)
+        : spec.name === 'cnn'
+          ? nn.models.resnetSmall({ inChannels: 1, numClasses: CLASSES, widths: CNN_WIDTHS, blocksPerStage: 1 })
+          : nn.models.vit({ imageSize: VIT.image, patchSize: VIT.patch, inChannels: 1, numClasses: CLASSES, dim: VIT.dim, depth: VIT.depth, heads: VIT.heads, mlpRatio: VIT.hidden / VIT.dim });
+    // The bench's parameter list must be the model's, name for name and shape for shape.
+    const named = model.namedParameters().map(([n, t]) => `${n} ${t.shape.join('x')}`);
+    const expected = spec.params.map((q) => `${q.name} ${q.shape.join('x')}`);
+    if (named.slice().sort().join(',') !== expected.slice().sort().join(',')) throw new Error(`${spec.name}: model parameters [${named.join(', ')}] differ from the bench's [${expected.join(', ')}]`);
+    model.loadStateDict(p.params, { strict: false });
+    model.train();
     return model;
   };
-  const x = fg.tensor(p.x, { shape: [BATCH, SIZES[0]] });
+  const x = fg.tensor(p.x, { shape: [spec.batch, ...spec.input] });
   const y = fg.tensor(p.labels, { dtype: 'int32' });
   const sgdModel = makeModel();
   const samModel = makeModel();
   const sgdOpt = new optim.SGD(sgdModel.parameters(), { lr: LR });
   const samOpt = new optim.SAM(samModel.parameters(), optim.SGD, { rho: RHO, lr: LR });
   const lossOf = (model: ReturnType<typeof makeModel>) => nn.functional.crossEntropy(model.forward(x), y);
+  const sgd = async () => {
+    registry.setBackend(backend);
+    const loss = fg.tidy(() => {
+      sgdOpt.zeroGrad();
+      const l = lossOf(sgdModel);
+      l.backward();
+      sgdOpt.step();
+      return l;
+    });
+    const v = await loss.item();
+    loss.dispose();
+    return v;
+  };
+  // Wraps every method of the backend instance for a few SGD steps; only the outermost call counts
+  // (a kernel that calls another method of the backend is charged once, to itself). Synchronous
+  // kernels only (wasm with one thread): a call's wall time is then its kernel's time.
+  const profile = async (steps: number): Promise<KernelProfile[]> => {
+    const be = backend as unknown as Record<string, unknown>;
+    const names = new Set<string>();
+    for (let proto = Object.getPrototypeOf(be); proto && proto !== Object.prototype; proto = Object.getPrototypeOf(proto)) {
+      for (const n of Object.getOwnPropertyNames(proto)) if (n !== 'constructor' && typeof be[n] === 'function') names.add(n);
+    }
+    const acc = new Map<string, KernelProfile>();
+    let depth = 0;
+    for (const n of names) {
+      const f = be[n] as (...a: unknown[]) => unknown;
+      be[n] = (...a: unknown[]) => {
+        if (depth > 0) return f.apply(be, a);
+        depth++;
+        const t0 = performance.now();
+        try {
+          return f.apply(be, a);
+        } finally {
+          const r = acc.get(n) ?? { kernel: n, callsPerStep: 0, msPerStep: 0, flopsPerStep: 0 };
+          r.callsPerStep++;
+          r.msPerStep += performance.now() - t0;
+          r.flopsPerStep += kernelFlops(n, a);
+          acc.set(n, r);
+          depth--;
+        }
+      };
+    }
+    try {
+      for (let i = 0; i < steps; i++) await sgd();
+    } finally {
+      for (const n of names) delete be[n];
+    }
+    return [...acc.values()].map((r) => ({ ...r, callsPerStep: r.callsPerStep / steps, msPerStep: r.msPerStep / steps, flopsPerStep: r.flopsPerStep / steps })).sort((a, b) => b.msPerStep - a.msPerStep);
+  };
   return {
     name,
     describe: `flatgrad ${info.name}: ${info.adapter}`,
-    async sgd() {
-      registry.setBackend(backend);
-      const loss = fg.tidy(() => {
-        sgdOpt.zeroGrad();
-        const l = lossOf(sgdModel);
-        l.backward();
-        sgdOpt.step();
-        return l;
-      });
-      const v = await loss.item();
-      loss.dispose();
-      return v;
-    },
+    cores,
+    sgd,
     async sam() {
       registry.setBackend(backend);
       const loss = fg.tidy(
@@ -164,35 +373,107 @@ async function flatgradContender(fg: FG, registry: Registry, p: Problem, name: s
       loss.dispose();
       return v;
     },
+    profile: info.name === 'wasm' && cores === 1 ? profile : undefined,
   };
 }
 
 type TF = typeof import('@tensorflow/tfjs');
+type TfTensor = import('@tensorflow/tfjs').Tensor;
+
+/**
+ * The models in tfjs as its users write them without tf.layers: tf.variables in tfjs's layouts
+ * (images NHWC, filters HWIO, dense weights [in, out]), tf.conv2d, tf.moments + tf.batchNorm for
+ * BatchNorm in train mode, tf.moments for LayerNorm, GELU from tf.erf (tfjs has no gelu op). The
+ * ViT's patch embedding is a reshape into patches and a matMul (the same math as the strided
+ * conv): tfjs-backend-wasm has no Conv2DBackpropFilter, so a conv there could not train.
+ */
+function tfjsModel(tf: TF, p: Problem) {
+  const spec = p.spec;
+  const toTf = (q: ParamSpec): TfTensor => {
+    const a = p.params[q.name];
+    if (q.name === 'patch_embed.proj.weight') return tf.tensor2d(oihwToHwio(a, q.shape), [q.shape[2] * q.shape[3] * q.shape[1], q.shape[0]]);
+    if (q.shape.length === 4) return tf.tensor4d(oihwToHwio(a, q.shape), [q.shape[2], q.shape[3], q.shape[1], q.shape[0]]);
+    if (q.shape.length === 2) return tf.tensor2d(transpose(a, q.shape[0], q.shape[1]), [q.shape[1], q.shape[0]]);
+    return tf.tensor(a, q.shape);
+  };
+  const makeVars = (prefix: string): Record<string, import('@tensorflow/tfjs').Variable> =>
+    Object.fromEntries(spec.params.map((q) => [q.name, tf.variable(toTf(q), true, `${prefix}/${q.name}`)]));
+  const b = spec.batch;
+  // C = 1, so the NCHW data is already NHWC.
+  const x = spec.name === 'mlp' ? tf.tensor2d(p.x, [b, spec.input[0]]) : tf.tensor4d(p.x, [b, spec.input[1], spec.input[2], spec.input[0]]);
+  const y = tf.tidy(() => tf.oneHot(tf.tensor1d(p.labels, 'int32'), CLASSES));
+  type V = ReturnType<typeof makeVars>;
+  const dense = (h: TfTensor, v: V, name: string) => tf.add(tf.matMul(h, v[`${name}.weight`]), v[`${name}.bias`]);
+  const mlp = (v: V): TfTensor => {
+    let h: TfTensor = x;
+    for (let i = 0; i + 1 < MLP_SIZES.length; i++) {
+      h = dense(h, v, `${2 * i}`);
+      if (i + 2 < MLP_SIZES.length) h = tf.relu(h);
+    }
+    return h;
+  };
+  const cnn = (v: V): TfTensor => {
+    const conv = (h: TfTensor, name: string, stride: number) => {
+      const w = v[name] as import('@tensorflow/tfjs').Tensor4D;
+      return tf.conv2d(h as import('@tensorflow/tfjs').Tensor4D, w, stride, w.shape[0] >> 1);
+    };
+    const bn = (h: TfTensor, name: string) => {
+      const { mean, variance } = tf.moments(h, [0, 1, 2]);
+      return tf.batchNorm(h, mean, variance, v[`${name}.bias`], v[`${name}.weight`], EPS);
+    };
+    let h = tf.relu(bn(conv(x, '0.0.weight', 1), '0.1'));
+    CNN_WIDTHS.forEach((_, s) => {
+      const blk = `${s + 1}`;
+      const stride = s > 0 ? 2 : 1;
+      let out = tf.relu(bn(conv(h, `${blk}.conv1.weight`, stride), `${blk}.bn1`));
+      out = bn(conv(out, `${blk}.conv2.weight`, 1), `${blk}.bn2`);
+      const shortcut = v[`${blk}.shortcut.0.weight`] ? bn(conv(h, `${blk}.shortcut.0.weight`, stride), `${blk}.shortcut.1`) : h;
+      h = tf.relu(tf.add(out, shortcut));
+    });
+    return dense(tf.mean(h, [1, 2]), v, `${CNN_WIDTHS.length + 3}`);
+  };
+  const vit = (v: V): TfTensor => {
+    const { dim: d, patch, heads, depth } = VIT;
+    const g = VIT.image / patch;
+    const t = g * g + 1;
+    const dh = d / heads;
+    const ln = (h: TfTensor, name: string) => {
+      const { mean, variance } = tf.moments(h, -1, true);
+      return tf.add(tf.mul(tf.mul(tf.sub(h, mean), tf.rsqrt(tf.add(variance, EPS))), v[`${name}.weight`]), v[`${name}.bias`]);
+    };
+    const patches = tf.reshape(tf.transpose(tf.reshape(x, [b, g, patch, g, patch, 1]), [0, 1, 3, 2, 4, 5]), [b * g * g, patch * patch]);
+    const tokens = tf.reshape(tf.add(tf.matMul(patches, v['patch_embed.proj.weight']), v['patch_embed.proj.bias']), [b, g * g, d]);
+    let h = tf.add(tf.concat([tf.tile(v['cls_token'], [b, 1, 1]), tokens], 1), v['pos_embed']);
+    const split = (a: TfTensor) => tf.transpose(tf.reshape(a, [b, t, heads, dh]), [0, 2, 1, 3]);
+    for (let i = 0; i < depth; i++) {
+      const blk = `blocks.${i}`;
+      const a = tf.reshape(ln(h, `${blk}.norm1`), [b * t, d]);
+      const qkv = tf.add(tf.matMul(a, v[`${blk}.attn.in_proj_weight`]), v[`${blk}.attn.in_proj_bias`]);
+      const [q, k, vv] = tf.split(qkv, 3, 1).map(split);
+      const attn = tf.softmax(tf.mul(tf.matMul(q, k, false, true), 1 / Math.sqrt(dh)));
+      const ctx = tf.reshape(tf.transpose(tf.matMul(attn, vv), [0, 2, 1, 3]), [b * t, d]);
+      h = tf.add(h, tf.reshape(dense(ctx, v, `${blk}.attn.out_proj`), [b, t, d]));
+      const f = dense(tf.reshape(ln(h, `${blk}.norm2`), [b * t, d]), v, `${blk}.mlp.fc1`);
+      const gelu = tf.mul(tf.mul(f, 0.5), tf.add(1, tf.erf(tf.mul(f, Math.SQRT1_2))));
+      h = tf.add(h, tf.reshape(dense(gelu, v, `${blk}.mlp.fc2`), [b, t, d]));
+    }
+    h = ln(h, 'norm');
+    return dense(tf.reshape(tf.slice(h, [0, 0, 0], [b, 1, d]), [b, d]), v, 'head');
+  };
+  const logits = spec.name === 'mlp' ? mlp : spec.name === 'cnn' ? cnn : vit;
+  const lossFn = (v: V) => () => tf.losses.softmaxCrossEntropy(y, logits(v)) as import('@tensorflow/tfjs').Scalar;
+  return { makeVars, lossFn };
+}
 
 async function tfjsContender(tf: TF, p: Problem, name: string, backendName: 'webgpu' | 'wasm'): Promise<Contender> {
   const ok = await tf.setBackend(backendName);
   if (!ok) throw new Error(`tf.setBackend('${backendName}') returned false`);
   await tf.ready();
-  const makeVars = (prefix: string) => {
-    const vars: import('@tensorflow/tfjs').Variable[] = [];
-    for (let i = 0; i + 1 < SIZES.length; i++) {
-      vars.push(tf.variable(tf.tensor2d(p.weights[i], [SIZES[i], SIZES[i + 1]]), true, `${prefix}_w${i}`));
-      vars.push(tf.variable(tf.tensor1d(p.biases[i]), true, `${prefix}_b${i}`));
-    }
-    return vars;
-  };
-  const x = tf.tensor2d(p.x, [BATCH, SIZES[0]]);
-  const y = tf.tidy(() => tf.oneHot(tf.tensor1d(p.labels, 'int32'), SIZES[SIZES.length - 1]));
-  const lossFn = (vars: ReturnType<typeof makeVars>) => () => {
-    let h: import('@tensorflow/tfjs').Tensor = x;
-    for (let i = 0; i + 1 < SIZES.length; i++) {
-      h = tf.add(tf.matMul(h, vars[2 * i]), vars[2 * i + 1]);
-      if (i + 2 < SIZES.length) h = tf.relu(h);
-    }
-    return tf.losses.softmaxCrossEntropy(y, h) as import('@tensorflow/tfjs').Scalar;
-  };
-  const sgdVars = makeVars('sgd');
-  const samVars = makeVars('sam');
+  const { makeVars, lossFn } = tfjsModel(tf, p);
+  const sgdVars = makeVars(`${name}/sgd`);
+  const samVars = makeVars(`${name}/sam`);
+  const sgdList = Object.values(sgdVars);
+  const samList = Object.values(samVars);
   const sgdLoss = lossFn(sgdVars);
   const samLoss = lossFn(samVars);
   const sgdOpt = tf.train.sgd(LR);
@@ -204,8 +485,9 @@ async function tfjsContender(tf: TF, p: Problem, name: string, backendName: 'web
   return {
     name,
     describe: `@tensorflow/tfjs-backend-${backendName} ${tf.version_core}${extra}`,
+    cores: backendName === 'webgpu' ? os.cpus().length : 1,
     async sgd() {
-      const loss = sgdOpt.minimize(sgdLoss, true, sgdVars)!;
+      const loss = sgdOpt.minimize(sgdLoss, true, sgdList)!;
       const v = (await loss.data())[0];
       loss.dispose();
       return v;
@@ -213,20 +495,23 @@ async function tfjsContender(tf: TF, p: Problem, name: string, backendName: 'web
     async sam() {
       // As davda54/sam, per variable: e = rho g / ||g||, back up p, p += e; gradient at w + e;
       // restore p from the backup; base SGD step with the second gradient.
-      const first = tf.variableGrads(samLoss, samVars);
+      const first = tf.variableGrads(samLoss, samList);
       const backups = tf.tidy(() => {
-        const norm = tf.sqrt(tf.addN(samVars.map((v) => tf.sum(tf.square(first.grads[v.name])))));
+        // The global norm as davda54/sam takes it: the norm of the stacked per-tensor norms (tf.addN
+        // of the ViT's 62 squared norms fails on tfjs-webgpu: its AddN shader exceeds the storage
+        // buffers a stage may bind, and the pipeline is invalid).
+        const norm = tf.norm(tf.stack(samList.map((v) => tf.norm(first.grads[v.name]))));
         const scale = tf.div(RHO, tf.add(norm, 1e-12));
-        return samVars.map((v) => {
+        return samList.map((v) => {
           const old = tf.clone(v);
           v.assign(tf.add(v, tf.mul(first.grads[v.name], scale)));
           return old;
         });
       });
       tf.dispose(first.grads);
-      const second = tf.variableGrads(samLoss, samVars);
+      const second = tf.variableGrads(samLoss, samList);
       second.value.dispose();
-      samVars.forEach((v, i) => v.assign(backups[i]));
+      samList.forEach((v, i) => v.assign(backups[i]));
       tf.dispose(backups);
       samBase.applyGradients(second.grads);
       tf.dispose(second.grads);
@@ -243,43 +528,97 @@ async function jaxContender(jax: JAX, p: Problem, name: string, device: 'webgpu'
   const devices = await jax.init(device);
   if (!devices.includes(device)) throw new Error(`jax.init('${device}') returned [${devices.join(', ')}]`);
   jax.defaultDevice(device);
-  const { numpy: np, nn, jit, valueAndGrad, grad, tree } = jax;
+  const { numpy: np, nn, lax, jit, valueAndGrad, grad, tree } = jax;
   type A = import('@jax-js/jax').numpy.Array;
-  const makeParams = (): A[] => {
-    const ps: A[] = [];
-    for (let i = 0; i + 1 < SIZES.length; i++) {
-      ps.push(np.array(p.weights[i]).reshape([SIZES[i], SIZES[i + 1]]));
-      ps.push(np.array(p.biases[i]));
-    }
-    return ps;
-  };
-  const x = np.array(p.x).reshape([BATCH, SIZES[0]]);
-  const y = nn.oneHot(np.array(p.labels, { dtype: np.int32 }), SIZES[SIZES.length - 1]);
+  type P = Record<string, A>;
+  const spec = p.spec;
+  const b = spec.batch;
+  // Dense weights as [in, out] (x @ W), conv weights OIHW (lax.conv's layout), images NCHW.
+  const makeParams = (): P =>
+    Object.fromEntries(spec.params.map((q) => [q.name, q.shape.length === 2 ? np.array(transpose(p.params[q.name], q.shape[0], q.shape[1])).reshape([q.shape[1], q.shape[0]]) : np.array(p.params[q.name]).reshape(q.shape)]));
+  const x = np.array(p.x).reshape([b, ...spec.input]);
+  const y = nn.oneHot(np.array(p.labels, { dtype: np.int32 }), CLASSES);
   // jax-js's ownership rules: every argument is consumed; .ref where a value is used again.
-  const lossFn = (ps: A[], xs: A, ys: A): A => {
+  const dense = (h: A, ps: P, name: string) => np.matmul(h, ps[`${name}.weight`]).add(ps[`${name}.bias`]);
+  const mlp = (ps: P, xs: A): A => {
     let h = xs;
-    for (let i = 0; i + 1 < SIZES.length; i++) {
-      h = np.matmul(h, ps[2 * i]).add(ps[2 * i + 1]);
-      if (i + 2 < SIZES.length) h = nn.relu(h);
+    for (let i = 0; i + 1 < MLP_SIZES.length; i++) {
+      h = dense(h, ps, `${2 * i}`);
+      if (i + 2 < MLP_SIZES.length) h = nn.relu(h);
     }
-    return nn.logSoftmax(h, -1).mul(ys).sum().mul(-1 / BATCH);
+    return h;
   };
-  const sgdStep = jit((ps: A[], xs: A, ys: A): [A[], A] => {
+  const cnn = (ps: P, xs: A): A => {
+    const conv = (h: A, name: string, stride: number) => {
+      const pad = ps[name].shape[2] >> 1;
+      return lax.conv(h, ps[name], [stride, stride], [[pad, pad], [pad, pad]]);
+    };
+    const bn = (h: A, name: string) => {
+      const c = h.shape[1];
+      const mu = h.ref.mean([0, 2, 3], { keepdims: true });
+      const dev = h.sub(mu);
+      const variance = np.square(dev.ref).mean([0, 2, 3], { keepdims: true });
+      return dev.div(np.sqrt(variance.add(EPS))).mul(ps[`${name}.weight`].reshape([1, c, 1, 1])).add(ps[`${name}.bias`].reshape([1, c, 1, 1]));
+    };
+    let h = nn.relu(bn(conv(xs, '0.0.weight', 1), '0.1'));
+    CNN_WIDTHS.forEach((_, s) => {
+      const blk = `${s + 1}`;
+      const stride = s > 0 ? 2 : 1;
+      let out = nn.relu(bn(conv(h.ref, `${blk}.conv1.weight`, stride), `${blk}.bn1`));
+      out = bn(conv(out, `${blk}.conv2.weight`, 1), `${blk}.bn2`);
+      const shortcut = `${blk}.shortcut.0.weight` in ps ? bn(conv(h, `${blk}.shortcut.0.weight`, stride), `${blk}.shortcut.1`) : h;
+      h = nn.relu(out.add(shortcut));
+    });
+    return dense(h.mean([2, 3]), ps, `${CNN_WIDTHS.length + 3}`);
+  };
+  const vit = (ps: P, xs: A): A => {
+    const { dim: d, patch, heads, depth } = VIT;
+    const g = VIT.image / patch;
+    const t = g * g + 1;
+    const dh = d / heads;
+    const ln = (h: A, name: string) => {
+      const mu = h.ref.mean(-1, { keepdims: true });
+      const dev = h.sub(mu);
+      const variance = np.square(dev.ref).mean(-1, { keepdims: true });
+      return dev.div(np.sqrt(variance.add(EPS))).mul(ps[`${name}.weight`]).add(ps[`${name}.bias`]);
+    };
+    const emb = lax.conv(xs, ps['patch_embed.proj.weight'], [patch, patch], 'VALID').add(ps['patch_embed.proj.bias'].reshape([1, d, 1, 1]));
+    const tokens = emb.reshape([b, d, g * g]).transpose([0, 2, 1]);
+    let h = np.concatenate([np.broadcastTo(ps['cls_token'], [b, 1, d]), tokens], 1).add(ps['pos_embed']);
+    const split = (a: A) => a.reshape([b, t, heads, dh]).transpose([0, 2, 1, 3]);
+    for (let i = 0; i < depth; i++) {
+      const blk = `blocks.${i}`;
+      const qkv = np.matmul(ln(h.ref, `${blk}.norm1`), ps[`${blk}.attn.in_proj_weight`]).add(ps[`${blk}.attn.in_proj_bias`]);
+      const q = split(qkv.ref.slice([], [], [0, d]));
+      const k = split(qkv.ref.slice([], [], [d, 2 * d]));
+      const v = split(qkv.slice([], [], [2 * d, 3 * d]));
+      const attn = nn.softmax(np.matmul(q, k.transpose([0, 1, 3, 2])).mul(1 / Math.sqrt(dh)), -1);
+      const ctx = np.matmul(attn, v).transpose([0, 2, 1, 3]).reshape([b, t, d]);
+      h = h.add(dense(ctx, ps, `${blk}.attn.out_proj`));
+      const f = nn.gelu(dense(ln(h.ref, `${blk}.norm2`), ps, `${blk}.mlp.fc1`), { approximate: false });
+      h = h.add(dense(f, ps, `${blk}.mlp.fc2`));
+    }
+    return dense(ln(h, 'norm').slice([], 0), ps, 'head');
+  };
+  const logits = spec.name === 'mlp' ? mlp : spec.name === 'cnn' ? cnn : vit;
+  const lossFn = (ps: P, xs: A, ys: A): A => nn.logSoftmax(logits(ps, xs), -1).mul(ys).sum().mul(-1 / b);
+  const update = (ps: P, g: P): P => Object.fromEntries(Object.entries(ps).map(([k, pi]) => [k, pi.sub(g[k].mul(LR))]));
+  const sgdStep = jit((ps: P, xs: A, ys: A): [P, A] => {
     const [loss, g] = valueAndGrad(lossFn)(tree.ref(ps), xs, ys);
-    return [ps.map((pi, i) => pi.sub(g[i].mul(LR))), loss];
+    return [update(ps, g), loss];
   });
-  const samStep = jit((ps: A[], xs: A, ys: A): [A[], A] => {
+  const samStep = jit((ps: P, xs: A, ys: A): [P, A] => {
     const [loss, g] = valueAndGrad(lossFn)(tree.ref(ps), xs.ref, ys.ref);
-    const norm = np.sqrt(g.map((gi) => np.square(gi.ref).sum()).reduce((a, b) => a.add(b)));
+    const norm = np.sqrt(Object.values(g).map((gi) => np.square(gi.ref).sum()).reduce((a, c) => a.add(c)));
     const scale = np.divide(RHO, norm.add(1e-12));
-    const perturbed = ps.map((pi, i) => pi.ref.add(g[i].mul(scale.ref)));
+    const perturbed = Object.fromEntries(Object.entries(ps).map(([k, pi]) => [k, pi.ref.add(g[k].mul(scale.ref))]));
     scale.dispose();
     const g2 = grad(lossFn)(perturbed, xs, ys);
-    return [ps.map((pi, i) => pi.sub(g2[i].mul(LR))), loss];
+    return [update(ps, g2), loss];
   });
   let sgdParams = makeParams();
   let samParams = makeParams();
-  const run = async (step: typeof sgdStep, ps: A[]): Promise<[A[], number]> => {
+  const run = async (step: typeof sgdStep, ps: P): Promise<[P, number]> => {
     const [next, loss] = step(ps, x.ref, y.ref);
     const v = (await loss.data())[0];
     // jax-js is lazy: make sure the updated parameters are computed too, not just the loss.
@@ -289,6 +628,7 @@ async function jaxContender(jax: JAX, p: Problem, name: string, device: 'webgpu'
   return {
     name,
     describe: `@jax-js/jax ${device} device, jit(valueAndGrad)`,
+    cores: device === 'webgpu' ? os.cpus().length : 1,
     async sgd() {
       const [next, v] = await run(sgdStep, sgdParams);
       sgdParams = next;
@@ -308,6 +648,8 @@ async function jaxContender(jax: JAX, p: Problem, name: string, device: 'webgpu'
 interface ContenderResult {
   name: string;
   describe: string;
+  /** CPU cores it may use (its FLOP floor divides by this many one-core peaks). */
+  cores: number;
   sgdMs: number | null;
   samMs: number | null;
   firstSgdMs: number | null;
@@ -323,6 +665,7 @@ interface ContenderResult {
 }
 
 interface FamilyRun {
+  model: ModelName;
   family: Family;
   date: string;
   pid: number;
@@ -331,6 +674,10 @@ interface FamilyRun {
   machine: { cpu: string; cores: number; node: string; loadavgBefore: number[]; loadavgAfter: number[] };
   warmup: number;
   rounds: number;
+  /** One core's f32x4 mul+add peak, GFLOP/s, measured in this process before the contenders start. */
+  peakGflops: number;
+  /** Per backend kernel, from a few SGD steps of flatgrad wasm with one thread after the rounds. */
+  profile: KernelProfile[] | null;
   results: ContenderResult[];
   failures: Failure[];
 }
@@ -341,29 +688,30 @@ function median(xs: number[]): number {
   return n % 2 ? s[n >> 1] : (s[n / 2 - 1] + s[n / 2]) / 2;
 }
 
-async function runFamily(family: Family, opts: { warmup: number; rounds: number; budgetMs: number }): Promise<FamilyRun> {
+async function runFamily(model: ModelName, family: Family, opts: { warmup: number; rounds: number; budgetMs: number }): Promise<FamilyRun> {
   const loadavgBefore = os.loadavg();
+  const peakGflops = await measureSimdPeak();
   const failures: Failure[] = [];
-  const problem = makeProblem();
+  const problem = makeProblem(model);
+  const cores = os.cpus().length;
   const makers: { name: string; make: () => Promise<Contender> }[] = [];
   let adapter = '';
   let adapterDetails: unknown;
 
   if (family === 'webgpu') {
     // The peers find WebGPU as a browser exposes it: Dawn goes in as navigator.gpu before they load.
-    const { SWIFTSHADER_ICD } = await import('../src/kernels/webgpu/device.js');
     if (process.platform === 'linux' && !process.env.VK_ICD_FILENAMES && existsSync(SWIFTSHADER_ICD)) process.env.VK_ICD_FILENAMES = SWIFTSHADER_ICD;
     const dawn = (await import('webgpu')) as unknown as { create: (o: string[]) => GPU; globals: object };
     Object.assign(globalThis, dawn.globals);
     const gpu = dawn.create([]);
     (globalThis as Record<string, unknown>).__stepsBenchGpu = gpu; // Dawn's instance must outlive its devices
     Object.defineProperty(globalThis, 'navigator', { value: { gpu, userAgent: `Node.js ${process.version}` }, configurable: true, writable: true });
-    const fg = await import('../src/index.js');
-    const registry = await import('../src/kernels/registry.js');
+    const fg = flatgrad;
+    const registry = flatgradRegistry;
     makers.push({
       name: 'flatgrad webgpu',
       make: async () => {
-        const c = await flatgradContender(fg, registry, problem, 'flatgrad webgpu', { backend: 'webgpu', gpu });
+        const c = await flatgradContender(fg, registry, problem, 'flatgrad webgpu', cores, { backend: 'webgpu', gpu });
         const info = fg.backendInfo();
         adapter = info.adapter;
         adapterDetails = info.details;
@@ -380,19 +728,19 @@ async function runFamily(family: Family, opts: { warmup: number; rounds: number;
     });
     makers.push({ name: 'jax-js webgpu jit', make: async () => jaxContender(await import('@jax-js/jax'), problem, 'jax-js webgpu jit', 'webgpu') });
   } else {
-    const fg = await import('../src/index.js');
-    const registry = await import('../src/kernels/registry.js');
+    const fg = flatgrad;
+    const registry = flatgradRegistry;
     makers.push({
       name: 'flatgrad wasm 2T',
       make: async () => {
-        const c = await flatgradContender(fg, registry, problem, 'flatgrad wasm 2T', { backend: 'wasm', threads: 2 });
+        const c = await flatgradContender(fg, registry, problem, 'flatgrad wasm 2T', 2, { backend: 'wasm', threads: 2 });
         const info = fg.backendInfo();
         adapter = info.adapter;
         adapterDetails = info.details;
         return c;
       },
     });
-    makers.push({ name: 'flatgrad wasm 1T', make: async () => flatgradContender(fg, registry, problem, 'flatgrad wasm 1T', { backend: 'wasm', threads: 1 }) });
+    makers.push({ name: 'flatgrad wasm 1T', make: async () => flatgradContender(fg, registry, problem, 'flatgrad wasm 1T', 1, { backend: 'wasm', threads: 1 }) });
     makers.push({
       name: 'tfjs-wasm',
       make: async () => {
@@ -408,13 +756,14 @@ async function runFamily(family: Family, opts: { warmup: number; rounds: number;
   const live: { c: Contender; r: ContenderResult }[] = [];
   for (const m of makers) {
     const r: ContenderResult = {
-      name: m.name, describe: '', sgdMs: null, samMs: null, firstSgdMs: null, firstSamMs: null, sgdTimes: [], samTimes: [],
+      name: m.name, describe: '', cores: 0, sgdMs: null, samMs: null, firstSgdMs: null, firstSamMs: null, sgdTimes: [], samTimes: [],
       initialLoss: null, lastSgdLoss: null, lastSamLoss: null, steps: 0,
     };
     results.push(r);
     try {
       const c = await m.make();
       r.describe = c.describe;
+      r.cores = c.cores;
       live.push({ c, r });
     } catch (e) {
       r.error = `setup: ${errorText(e)}`;
@@ -478,12 +827,22 @@ async function runFamily(family: Family, opts: { warmup: number; rounds: number;
     }
     rounds++;
   }
+  let profile: KernelProfile[] | null = null;
+  const profiled = live.find((x) => x.c.profile);
+  if (profiled) {
+    try {
+      profile = await profiled.c.profile!(3);
+    } catch (e) {
+      failures.push({ name: profiled.r.name, stage: 'profile', error: errorText(e) });
+    }
+  }
   for (const r of results) {
     if (r.sgdTimes.length) r.sgdMs = median(r.sgdTimes);
     if (r.samTimes.length) r.samMs = median(r.samTimes);
     console.error(`# ${r.name}: SGD ${r.sgdMs?.toFixed(1) ?? '-'} ms, SAM ${r.samMs?.toFixed(1) ?? '-'} ms over ${r.sgdTimes.length} rounds`);
   }
   return {
+    model,
     family,
     date: new Date().toISOString(),
     pid: process.pid,
@@ -492,6 +851,8 @@ async function runFamily(family: Family, opts: { warmup: number; rounds: number;
     machine: { cpu: os.cpus()[0]?.model ?? 'unknown', cores: os.cpus().length, node: process.version, loadavgBefore, loadavgAfter: os.loadavg() },
     warmup: opts.warmup,
     rounds,
+    peakGflops,
+    profile,
     results,
     failures,
   };
@@ -504,12 +865,16 @@ interface Aggregate {
   family: Family;
   name: string;
   describe: string;
+  cores: number;
   sgdMs: number | null;
   samMs: number | null;
   samOverSgd: number | null;
   /** Per-process medians, in process order. */
   sgdPerProcess: (number | null)[];
   samPerProcess: (number | null)[];
+  /** The step's FLOP floor (its FLOPs at `cores` x the process's measured peak) / its time, in %, median over processes. */
+  sgdFloorPct: number | null;
+  samFloorPct: number | null;
   firstSgdMs: number | null;
   firstSamMs: number | null;
   initialLoss: number | null;
@@ -520,32 +885,49 @@ interface Aggregate {
   errors: string[];
 }
 
+/** One model on one family: its processes and their aggregate. */
+interface Section {
+  model: ModelName;
+  family: Family;
+  date: string;
+  procs: number;
+  quick: boolean;
+  problem: { title: string; batch: number; dtype: 'float32'; lr: number; rho: number; forwardFlops: number; sgdFlops: number; samFlops: number };
+  runs: FamilyRun[];
+  rows: Aggregate[];
+  processErrors: string[];
+}
+
 const REFERENCES: Record<Family, string[]> = { webgpu: ['flatgrad webgpu'], wasm: ['flatgrad wasm 2T', 'flatgrad wasm 1T'] };
 
-function aggregate(family: Family, runs: FamilyRun[]): Aggregate[] {
+const med = (xs: (number | null | undefined)[]) => {
+  const v = xs.filter((x): x is number => x != null);
+  return v.length ? median(v) : null;
+};
+
+function aggregate(spec: ModelSpec, family: Family, runs: FamilyRun[]): Aggregate[] {
   const names = [...new Set(runs.flatMap((r) => r.results.map((x) => x.name)))];
-  const med = (xs: (number | null)[]) => {
-    const v = xs.filter((x): x is number => x !== null);
-    return v.length ? median(v) : null;
-  };
+  const floorPct = (flops: number, r: FamilyRun, x: ContenderResult | undefined, ms: number | null | undefined) =>
+    x && ms != null && x.cores > 0 ? (100 * flops) / (r.peakGflops * 1e6 * x.cores) / ms : null;
   const rows: Aggregate[] = names.map((name) => {
     const per = runs.map((r) => r.results.find((x) => x.name === name));
     const sgdPerProcess = per.map((x) => x?.sgdMs ?? null);
     const samPerProcess = per.map((x) => x?.samMs ?? null);
-    const sgdMs = med(sgdPerProcess);
-    const samMs = med(samPerProcess);
     const last = per.filter((x) => x && x.lastSgdLoss !== null).at(-1);
     return {
       family,
       name,
       describe: per.find((x) => x?.describe)?.describe ?? '',
-      sgdMs,
-      samMs,
+      cores: per.find((x) => x?.cores)?.cores ?? 0,
+      sgdMs: med(sgdPerProcess),
+      samMs: med(samPerProcess),
       samOverSgd: med(per.map((x) => (x?.sgdMs != null && x.samMs != null ? x.samMs / x.sgdMs : null))),
       sgdPerProcess,
       samPerProcess,
-      firstSgdMs: med(per.map((x) => x?.firstSgdMs ?? null)),
-      firstSamMs: med(per.map((x) => x?.firstSamMs ?? null)),
+      sgdFloorPct: med(runs.map((r, i) => floorPct(3 * spec.forwardFlops, r, per[i], per[i]?.sgdMs))),
+      samFloorPct: med(runs.map((r, i) => floorPct(6 * spec.forwardFlops, r, per[i], per[i]?.samMs))),
+      firstSgdMs: med(per.map((x) => x?.firstSgdMs)),
+      firstSamMs: med(per.map((x) => x?.firstSamMs)),
       initialLoss: per.find((x) => x?.initialLoss != null)?.initialLoss ?? null,
       lastSgdLoss: last?.lastSgdLoss ?? null,
       lastSamLoss: last?.lastSamLoss ?? null,
@@ -564,37 +946,51 @@ function aggregate(family: Family, runs: FamilyRun[]): Aggregate[] {
   return rows;
 }
 
-function markdown(report: { date: string; procs: number; families: Record<string, { runs: FamilyRun[]; rows: Aggregate[]; processErrors: string[] }> }): string {
+function markdown(sections: Section[]): string {
   const lines: string[] = [];
   const out = (l = '') => lines.push(l);
   const f = (x: number | null | undefined, d = 1) => (x == null ? '-' : x.toFixed(d));
-  const allRuns = Object.values(report.families).flatMap((x) => x.runs);
-  const m = allRuns[0]?.machine;
-  out(`### Whole training steps: MLP ${SIZES.join('-')}, batch ${BATCH}, float32 (SGD lr ${LR}; SAM rho ${RHO} over SGD)`);
+  // Percentages of a floor or a peak: two decimals below 1% (SwiftShader's steps are far below).
+  const pct = (x: number | null | undefined) => (x == null ? '-' : `${x.toFixed(x < 1 ? 2 : 1)}%`);
+  const m = sections.flatMap((s) => s.runs)[0]?.machine;
+  out(`### Whole training steps: flatgrad against tfjs and jax-js (float32; SGD lr ${LR}; SAM rho ${RHO} over SGD)`);
   out();
   out(
-    `Measured ${report.date} on ${m?.cores ?? '?'} x ${m?.cpu ?? '?'}, Node ${m?.node ?? '?'}; median of ${report.procs} process(es) per family, ` +
+    `Machine: ${m?.cores ?? '?'} x ${m?.cpu ?? '?'}, Node ${m?.node ?? '?'}. Each section: the median of its processes, ` +
       `each the median of its interleaved rounds; ratios (and SAM / SGD) are taken within each process, then the median over processes. ` +
-      `Every step ends with an awaited readback of its loss.`,
+      `Every step ends with an awaited readback of its loss. The machine was shared with other work; on SwiftShader the GPU is these CPU cores, ` +
+      `so the ratios measured side by side count, not the absolute times.`,
   );
-  out(`Load average (1/5/15 min) at the start of each process: ${allRuns.map((r) => `${r.family} ${r.machine.loadavgBefore.map((x) => x.toFixed(1)).join('/')}`).join(', ')}.`);
-  out('The machine was shared with other work; on SwiftShader the GPU is these CPU cores, so the ratios measured side by side count, not the absolute times.');
-  for (const [family, fam] of Object.entries(report.families)) {
-    const refs = REFERENCES[family as Family];
+  out();
+  out(
+    'FLOP floor: the multiply-add FLOPs of the matmuls and convolutions (forward x 3 for a SGD step, x 6 for SAM; elementwise ops, norms and softmax not counted) ' +
+      'at the one-core f32x4 mul+add peak measured in the same process (bench/simd-peak.ts) times the cores a library may use: 1 for flatgrad 1T, tfjs-wasm ' +
+      '(no threads) and jax-js wasm, 2 for flatgrad 2T, all cores on WebGPU (SwiftShader runs on them). "% floor" = floor / measured time.',
+  );
+  for (const sec of sections) {
+    const refs = REFERENCES[sec.family];
+    const peak = med(sec.runs.map((r) => r.peakGflops));
     out();
-    out(`#### ${family} family${fam.runs[0]?.adapter ? `: flatgrad backendInfo() adapter "${fam.runs[0].adapter}"` : ''}`);
+    out(`#### ${sec.problem.title}, batch ${sec.problem.batch}: ${sec.family} family${sec.runs[0]?.adapter ? ` (flatgrad adapter "${sec.runs[0].adapter}")` : ''}`);
+    out();
+    out(
+      `Measured ${sec.runs.at(-1)?.date ?? sec.date}${sec.quick ? ' (--quick: not for figures)' : ''}; ${sec.procs} process(es); load average (1/5/15 min) at the start of each: ` +
+        `${sec.runs.map((r) => r.machine.loadavgBefore.map((x) => x.toFixed(1)).join('/')).join(', ') || '-'}. ` +
+        `Forward ${f(sec.problem.forwardFlops / 1e6)} MFLOP; SGD step ${f(sec.problem.sgdFlops / 1e6)} MFLOP, SAM step ${f(sec.problem.samFlops / 1e6)} MFLOP; ` +
+        `one-core peak ${f(peak)} GFLOP/s: SGD floor ${f(peak ? sec.problem.sgdFlops / (peak * 1e6) : null, 2)} ms on one core.`,
+    );
     out();
     const ratioHead = refs.flatMap((r) => [`SGD peer / ${r}`, `SAM peer / ${r}`]);
-    out(`| library | SGD step ms | SAM step ms | SAM / SGD | ${ratioHead.join(' | ')} | SGD ms per process | SAM ms per process |`);
-    out(`| --- | ---: | ---: | ---: | ${ratioHead.map(() => '---:').join(' | ')} | --- | --- |`);
-    for (const r of fam.rows) {
+    out(`| library | SGD step ms | SAM step ms | SAM / SGD | ${ratioHead.join(' | ')} | SGD % floor | SAM % floor | SGD ms per process | SAM ms per process |`);
+    out(`| --- | ---: | ---: | ---: | ${ratioHead.map(() => '---:').join(' | ')} | ---: | ---: | --- | --- |`);
+    for (const r of sec.rows) {
       const ratios = refs.flatMap((ref) => [f(r.ratios[ref]?.sgd, 2), f(r.ratios[ref]?.sam, 2)]);
       if (r.sgdMs === null && r.errors.length) {
-        out(`| ${r.name} | failed | failed | - | ${ratios.join(' | ')} | - | - |`);
+        out(`| ${r.name} | cannot run (see below) | - | - | ${ratios.join(' | ')} | - | - | - | - |`);
         continue;
       }
       out(
-        `| ${r.name} | ${f(r.sgdMs)} | ${f(r.samMs)} | ${f(r.samOverSgd, 2)} | ${ratios.join(' | ')} | ` +
+        `| ${r.name} | ${f(r.sgdMs)} | ${f(r.samMs)} | ${f(r.samOverSgd, 2)} | ${ratios.join(' | ')} | ${pct(r.sgdFloorPct)} | ${pct(r.samFloorPct)} | ` +
           `${r.sgdPerProcess.map((x) => f(x)).join(', ')} | ${r.samPerProcess.map((x) => f(x)).join(', ')} |`,
       );
     }
@@ -603,63 +999,119 @@ function markdown(report: { date: string; procs: number; families: Record<string
     out();
     out('| library | first SGD step ms | first SAM step ms | initial loss | last SGD-model loss | last SAM-model loss | what ran |');
     out('| --- | ---: | ---: | ---: | ---: | ---: | --- |');
-    for (const r of fam.rows) {
+    for (const r of sec.rows) {
       out(`| ${r.name} | ${f(r.firstSgdMs, 0)} | ${f(r.firstSamMs, 0)} | ${f(r.initialLoss, 5)} | ${f(r.lastSgdLoss, 5)} | ${f(r.lastSamLoss, 5)} | ${r.describe || '-'} |`);
     }
-    const errors = [...fam.processErrors.map((e) => `process: ${e}`), ...fam.rows.flatMap((r) => r.errors.map((e) => `${r.name}: ${e}`))];
+    // Per kernel: the profile of the last process that has one.
+    const prof = sec.runs.filter((r) => r.profile).at(-1);
+    if (prof?.profile) {
+      const total = prof.profile.reduce((a, k) => a + k.msPerStep, 0);
+      out();
+      out(
+        `flatgrad wasm 1T, one SGD step by backend kernel (mean of 3 extra steps after the rounds, last process; kernel calls timed one by one, ` +
+          `${f(total)} ms of kernels per step; % peak = GFLOP/s / ${f(prof.peakGflops)}):`,
+      );
+      out();
+      out('| kernel | calls per step | ms per step | share | MFLOP per step | GFLOP/s | % peak |');
+      out('| --- | ---: | ---: | ---: | ---: | ---: | ---: |');
+      for (const k of prof.profile) {
+        if (k.msPerStep < 0.01 * total && !k.flopsPerStep) continue;
+        const gflops = k.flopsPerStep ? k.flopsPerStep / (k.msPerStep * 1e6) : null;
+        out(
+          `| ${k.kernel} | ${f(k.callsPerStep, 0)} | ${f(k.msPerStep, 2)} | ${f((100 * k.msPerStep) / total)}% | ${k.flopsPerStep ? f(k.flopsPerStep / 1e6) : '-'} | ` +
+            `${f(gflops)} | ${gflops ? pct((100 * gflops) / prof.peakGflops) : '-'} |`,
+        );
+      }
+      const rest = prof.profile.filter((k) => k.msPerStep < 0.01 * total && !k.flopsPerStep);
+      if (rest.length) out(`| ${rest.length} other kernels, each < 1% | ${f(rest.reduce((a, k) => a + k.callsPerStep, 0), 0)} | ${f(rest.reduce((a, k) => a + k.msPerStep, 0), 2)} | ${f((100 * rest.reduce((a, k) => a + k.msPerStep, 0)) / total)}% | - | - | - |`);
+    }
+    const errors = [...sec.processErrors.map((e) => `process: ${e}`), ...sec.rows.flatMap((r) => r.errors.map((e) => `${r.name}: ${e}`)), ...sec.runs.flatMap((r) => r.failures.filter((x) => x.stage === 'profile').map((x) => `${x.name} profile: ${x.error}`))];
     if (errors.length) {
       out();
       out('Failures (exact error text):');
       out();
-      for (const e of errors) out(`- ${e.replace(/\n/g, ' ')}`);
+      for (const e of [...new Set(errors)]) out(`- ${e.replace(/\n/g, ' ').slice(0, 600)}`);
     }
   }
   return lines.join('\n') + '\n';
 }
+
+const RESULTS_JSON = 'bench/results/steps.json';
 
 async function driver(): Promise<void> {
   const arg = (k: string) => process.argv.find((a) => a.startsWith(`--${k}=`))?.slice(k.length + 3);
   const quick = process.argv.includes('--quick');
   const procs = Number(arg('procs') ?? (quick ? 1 : 3));
   const families = (arg('families') ?? 'webgpu,wasm').split(',') as Family[];
+  const models = (arg('models') ?? MODEL_NAMES.join(',')).split(',') as ModelName[];
+  for (const mo of models) if (!MODEL_NAMES.includes(mo)) throw new RangeError(`--models: unknown model '${mo}' (known: ${MODEL_NAMES.join(', ')})`);
   const passThrough = process.argv.slice(2).filter((a) => /^--(quick|rounds=|warmup=|budget=)/.test(a));
   const self = process.argv[1];
   const tmp = path.join(os.tmpdir(), `flatgrad-steps-${process.pid}`);
   mkdirSync(tmp, { recursive: true });
-  const byFamily: Record<string, { runs: FamilyRun[]; rows: Aggregate[]; processErrors: string[] }> = {};
-  for (const fam of families) byFamily[fam] = { runs: [], rows: [], processErrors: [] };
-  // --from-json: no measuring, only the report again from the processes in bench/results/steps.json.
+  // Sections of an earlier run that this one does not measure are kept, so that families and
+  // models can be measured in separate runs into one report. --from-json: only the report again.
+  const old: Section[] = existsSync(RESULTS_JSON) ? ((JSON.parse(readFileSync(RESULTS_JSON, 'utf8')) as { sections?: Section[] }).sections ?? []) : [];
   const fromJson = process.argv.includes('--from-json');
-  if (fromJson) {
-    const old = JSON.parse(readFileSync('bench/results/steps.json', 'utf8')) as { date: string; procs: number; families: typeof byFamily };
-    for (const fam of families) byFamily[fam] = { runs: old.families[fam]?.runs ?? [], rows: [], processErrors: old.families[fam]?.processErrors ?? [] };
-  }
-  // Processes alternate between the families, so that a change in the machine's load hits both.
-  for (let p = 0; p < (fromJson ? 0 : procs); p++) {
-    for (const fam of families) {
-      const out = path.join(tmp, `${fam}-${p}.json`);
-      console.error(`## steps: ${fam}, process ${p + 1} of ${procs} (load ${os.loadavg().map((x) => x.toFixed(1)).join(' ')})`);
-      const res = spawnSync(process.execPath, [self, `--family=${fam}`, `--out=${out}`, ...passThrough], { stdio: ['ignore', 'ignore', 'inherit'], timeout: 8 * 60_000 });
-      if (existsSync(out)) byFamily[fam].runs.push(JSON.parse(readFileSync(out, 'utf8')) as FamilyRun);
-      else byFamily[fam].processErrors.push(`process ${p + 1} exited with ${res.error ? errorText(res.error) : `status ${res.status} signal ${res.signal}`} and wrote no result`);
+  const sections: Section[] = [];
+  if (!fromJson) {
+    const runs = new Map<string, { runs: FamilyRun[]; processErrors: string[] }>();
+    for (const mo of models) for (const fam of families) runs.set(`${mo}/${fam}`, { runs: [], processErrors: [] });
+    // Processes alternate between models and families, so that a change in the machine's load hits all of them.
+    for (let p = 0; p < procs; p++) {
+      for (const mo of models) {
+        for (const fam of families) {
+          const out = path.join(tmp, `${mo}-${fam}-${p}.json`);
+          const slot = runs.get(`${mo}/${fam}`)!;
+          console.error(`## steps: ${mo} on ${fam}, process ${p + 1} of ${procs} (load ${os.loadavg().map((x) => x.toFixed(1)).join(' ')})`);
+          const res = spawnSync(process.execPath, [self, `--family=${fam}`, `--model=${mo}`, `--out=${out}`, ...passThrough], { stdio: ['ignore', 'ignore', 'inherit'], timeout: 20 * 60_000 });
+          if (existsSync(out)) slot.runs.push(JSON.parse(readFileSync(out, 'utf8')) as FamilyRun);
+          else slot.processErrors.push(`process ${p + 1} exited with ${res.error ? errorText(res.error) : `status ${res.status} signal ${res.signal}`} and wrote no result`);
+        }
+      }
+    }
+    for (const [key, slot] of runs) {
+      const [mo, fam] = key.split('/') as [ModelName, Family];
+      const spec = SPECS[mo]();
+      sections.push({
+        model: mo,
+        family: fam,
+        date: new Date().toISOString(),
+        procs,
+        quick,
+        problem: { title: spec.title, batch: spec.batch, dtype: 'float32', lr: LR, rho: RHO, forwardFlops: spec.forwardFlops, sgdFlops: 3 * spec.forwardFlops, samFlops: 6 * spec.forwardFlops },
+        runs: slot.runs,
+        rows: [],
+        processErrors: slot.processErrors,
+      });
     }
   }
   rmSync(tmp, { recursive: true, force: true });
-  for (const fam of families) byFamily[fam].rows = aggregate(fam, byFamily[fam].runs);
-  const report = { date: fromJson ? byFamily[families[0]].runs.at(-1)?.date ?? '' : new Date().toISOString(), procs: fromJson ? byFamily[families[0]].runs.length : procs, quick, problem: { sizes: SIZES, batch: BATCH, dtype: 'float32', lr: LR, rho: RHO }, families: byFamily };
+  for (const o of old) if (!sections.some((s) => s.model === o.model && s.family === o.family)) sections.push(o);
+  sections.sort((a, b) => MODEL_NAMES.indexOf(a.model) - MODEL_NAMES.indexOf(b.model) || a.family.localeCompare(b.family));
+  for (const s of sections) s.rows = aggregate(SPECS[s.model](), s.family, s.runs);
   mkdirSync('bench/results', { recursive: true });
-  writeFileSync('bench/results/steps.json', JSON.stringify(report, null, 1) + '\n');
-  const md = markdown(report);
+  writeFileSync(RESULTS_JSON, JSON.stringify({ sections }, null, 1) + '\n');
+  const md = markdown(sections);
   writeFileSync('bench/results/steps.md', md);
   console.log(md);
 }
 
-async function child(family: Family, outFile: string): Promise<void> {
+async function child(model: ModelName, family: Family, outFile: string): Promise<void> {
   const arg = (k: string) => process.argv.find((a) => a.startsWith(`--${k}=`))?.slice(k.length + 3);
   const quick = process.argv.includes('--quick');
-  const defaults = family === 'webgpu' ? { rounds: quick ? 3 : 7, budgetMs: quick ? 20_000 : 70_000 } : { rounds: quick ? 5 : 40, budgetMs: quick ? 5_000 : 30_000 };
-  const run = await runFamily(family, {
-    warmup: Number(arg('warmup') ?? 3),
+  // SwiftShader runs a CNN step for tens of seconds and a ViT step for seconds (tfjs-webgpu's
+  // longest): there, few warmup steps and rounds keep a process within minutes.
+  const defaults =
+    family === 'wasm'
+      ? { warmup: 3, rounds: quick ? 5 : 40, budgetMs: quick ? 5_000 : 30_000 }
+      : model === 'cnn'
+        ? { warmup: 1, rounds: 1, budgetMs: 0 }
+        : model === 'vit'
+          ? { warmup: quick ? 1 : 2, rounds: quick ? 2 : 3, budgetMs: 0 }
+          : { warmup: 3, rounds: quick ? 3 : 7, budgetMs: quick ? 20_000 : 70_000 };
+  const run = await runFamily(model, family, {
+    warmup: Number(arg('warmup') ?? defaults.warmup),
     rounds: Number(arg('rounds') ?? defaults.rounds),
     budgetMs: Number(arg('budget') ?? defaults.budgetMs / 1000) * 1000,
   });
@@ -668,8 +1120,9 @@ async function child(family: Family, outFile: string): Promise<void> {
 
 const familyArg = process.argv.find((a) => a.startsWith('--family='))?.slice('--family='.length) as Family | undefined;
 if (familyArg) {
-  const outFile = process.argv.find((a) => a.startsWith('--out='))?.slice('--out='.length) ?? `bench/results/steps-${familyArg}.tmp`;
-  await child(familyArg, outFile);
+  const model = (process.argv.find((a) => a.startsWith('--model='))?.slice('--model='.length) ?? 'mlp') as ModelName;
+  const outFile = process.argv.find((a) => a.startsWith('--out='))?.slice('--out='.length) ?? `bench/results/steps-${model}-${familyArg}.tmp`;
+  await child(model, familyArg, outFile);
 } else {
   await driver();
 }

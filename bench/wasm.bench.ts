@@ -19,7 +19,7 @@ import * as tf from '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-wasm';
 import * as jax from '@jax-js/jax';
 import { createWasmBackend, type WasmBackend } from '../src/kernels/wasm/index.js';
-import { f32x4, ModuleBuilder, ValType, type Expr } from '../src/kernels/wasm/emit.js';
+import { measureSimdPeak } from './simd-peak.js';
 import type { MatmulLayout } from '../src/kernels/backend.js';
 
 /** Median wall time (ms) of `reps` calls after `warmup` calls; `run` may be async. */
@@ -71,39 +71,6 @@ async function timeInterleaved(contenders: Contender[], rounds = 9, roundMs = 40
     }
   }
   return perRound.map((t) => ({ median: median(t), best: Math.min(...t) }));
-}
-
-/**
- * The core's f32x4 mul+add throughput: `chains` independent accumulators, acc += x * y, which is
- * the micro-kernel's instruction mix without its loads. y changes each round so that nothing is
- * loop-invariant.
- */
-async function measureSimdPeak(): Promise<number> {
-  const chains = 12;
-  const mb = new ModuleBuilder();
-  mb.importMemory('env', 'memory', { initial: 1 });
-  mb.func('peak', [ValType.i32], [ValType.f32], (f, iters) => {
-    const acc = f.localsOf(ValType.v128, chains);
-    const xs = f.localsOf(ValType.v128, 3);
-    const y = f.local(ValType.v128);
-    const i = f.local(ValType.i32);
-    f.set(y, f32x4.splat(1e-7));
-    xs.forEach((x, j) => f.set(x, f32x4.splat(1 + j)));
-    acc.forEach((a, j) => f.set(a, f32x4.splat(j)));
-    f.for(i, 0, iters, 1, () => {
-      for (let j = 0; j < chains; j++) f.set(acc[j], f32x4.add(acc[j], f32x4.mul(xs[j % 3], y)));
-      f.set(y, f32x4.add(y, y));
-    });
-    f.push(f32x4.extractLane(acc.slice(1).reduce<Expr | (typeof acc)[number]>((s, a) => f32x4.add(s, a), acc[0]), 0));
-  });
-  const memory = new WebAssembly.Memory({ initial: 1 });
-  const instance = await WebAssembly.instantiate(await WebAssembly.compile(mb.toBytes() as Uint8Array<ArrayBuffer>), { env: { memory } });
-  const peak = instance.exports.peak as (n: number) => number;
-  const iters = 1_000_000;
-  // The best of many short runs: a peak is what the core does when nothing else runs on it.
-  const [{ best }] = await timeInterleaved([{ name: 'peak', run: () => peak(iters), dispose: () => {} }], 25, 20);
-  // 8 flops per accumulator per round (4 lanes x mul and add); the y update is not counted.
-  return (iters * chains * 8) / best / 1e6;
 }
 
 async function measureCopyBandwidth(): Promise<number> {

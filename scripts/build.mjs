@@ -11,8 +11,8 @@
 // which no library import reaches; `webgpu` (Dawn) and node:* are loaded only when asked for.
 import { build } from 'esbuild';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { chmodSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { join, relative } from 'node:path';
 
 function sourceFiles(dir) {
   return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
@@ -36,5 +36,15 @@ writeFileSync(
   "#!/usr/bin/env node\nimport { main } from './cli/main.js';\nprocess.exitCode = await main(process.argv.slice(2));\n",
 );
 chmodSync('dist/cli.js', 0o755);
+// Node's entries (the "node" condition of each package.json export): the subpath itself, after
+// src/node-default.ts made the CPU backend the default until init(). Generated from the exports
+// map, so that a new subpath gets its Node entry without a second list to keep.
+const { exports: entries } = JSON.parse(readFileSync('package.json', 'utf8'));
+mkdirSync('dist/node', { recursive: true });
+for (const [subpath, target] of Object.entries(entries)) {
+  if (typeof target !== 'object' || !target.node) continue;
+  const rel = (p) => relative('dist/node', p).replaceAll('\\', '/');
+  writeFileSync(target.node, `import '${rel('dist/node-default.js')}';\nexport * from '${rel(target.import)}';\n`);
+}
 execFileSync(process.execPath, ['node_modules/typescript/bin/tsc', '-p', 'tsconfig.build.json'], { stdio: 'inherit' });
 console.log('built dist/');

@@ -659,6 +659,14 @@ op('layerNorm', layer_norm, [
     case('nan_row', val([math.nan, 1.0, 2.0, 1.0, 2.0, 3.5], [2, 3]), normalizedShape=[3], hvp=False),
     case('empty_batch', rnd(0, 4), normalizedShape=[4]),
     case('shape_mismatch', rnd(3, 5), normalizedShape=[4]),
+    # The fused kernels' corners: a normalized dim of one (the output is the bias), rows holding
+    # an infinity (NaN throughout), rows far from 0 (a float32 running sum loses their low bits),
+    # longer rows (the SIMD tails and, on a GPU, a workgroup per row), and no columns at all.
+    # (eps 0.25 makes rstd exactly 2, so that PyTorch's x * a + (b - mean * a) has no rounding to show.)
+    case('size_one_dim', rnd(4, 1), rnd(1), rnd(1), normalizedShape=[1], eps=0.25),
+    case('inf_rows', val([1.0, math.inf, 2.0, 1.0, 2.0, 3.5, -math.inf, 0.0, 0.0], [3, 3]), normalizedShape=[3], hvp=False),
+    case('offset_rows', rnd(3, 70, lo=100.0, hi=104.0), rnd(70), rnd(70), normalizedShape=[70]),
+    case('zero_width', rnd(3, 0), normalizedShape=[0]),
 ])
 
 

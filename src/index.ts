@@ -22,14 +22,12 @@ export { einsum } from './tensor/ops/einsum.js';
 export { linspace } from './tensor/creation.js';
 export { reshape, flatten, squeeze, unsqueeze, permute, transpose, expand, broadcastTo, slice, narrow, concat, stack, pad, copy as clone } from './tensor/ops/shape.js';
 export { matmul, linear, mm } from './tensor/ops/linalg.js';
-export {
-  crossEntropy, oneHot, gather, indexSelect, conv2d, maxPool2d, avgPool2d, adaptiveAvgPool2d, dropout, layerNorm,
-  type CrossEntropyOptions, type Conv2dOptions, type Pool2dOptions, type AvgPool2dOptions,
-} from './tensor/ops/nn.js';
+export { crossEntropy, oneHot, gather, indexSelect, dropout, type CrossEntropyOptions } from './tensor/ops/nn.js';
+export { conv2d, maxPool2d, avgPool2d, adaptiveAvgPool2d, type Conv2dOptions, type Pool2dOptions, type AvgPool2dOptions } from './tensor/ops/window.js';
 export { embedding } from './tensor/ops/nn.js';
 export { conv1d, convTranspose2d, type Conv1dOptions, type ConvTranspose2dOptions } from './tensor/ops/conv.js';
 export { interpolate, type InterpolateOptions } from './tensor/ops/interpolate.js';
-export { groupNorm, normalize, cosineSimilarity } from './tensor/ops/normalization.js';
+export { groupNorm, normalize, cosineSimilarity, layerNorm } from './tensor/ops/normalization.js';
 export {
   nllLoss, binaryCrossEntropy, binaryCrossEntropyWithLogits, l1Loss, smoothL1Loss, huberLoss, klDiv,
   type NllLossOptions, type BinaryCrossEntropyOptions, type BinaryCrossEntropyWithLogitsOptions, type KlDivOptions,

@@ -1,7 +1,6 @@
 /** Backend selection: `await init({ backend })` once before creating tensors. */
 import type { Backend, BackendInfo, BackendName, MemoryInfo } from './kernels/backend.js';
-import { CpuBackend } from './kernels/cpu/index.js';
-import { getBackend, setBackend } from './kernels/registry.js';
+import { currentBackend, getBackend, setBackend } from './kernels/registry.js';
 
 export type BackendChoice = BackendName | 'auto';
 
@@ -43,6 +42,12 @@ async function webgpu(opts: InitOptions): Promise<Backend> {
   return createWebGPUBackend({ gpu: opts.gpu as GPU | undefined, device: opts.device as GPUDevice | undefined });
 }
 
+async function cpu(): Promise<Backend> {
+  // Imported when chosen: a browser page on WebGPU never fetches the CPU backend (see registry.ts).
+  const { CpuBackend } = await import('./kernels/cpu/index.js');
+  return new CpuBackend();
+}
+
 async function wasm(opts: InitOptions): Promise<Backend> {
   const { createWasmBackend } = await import('./kernels/wasm/index.js');
   return createWasmBackend({ threads: opts.threads });
@@ -56,9 +61,9 @@ export function isSoftwareAdapter(info: BackendInfo): boolean {
 export async function init(opts: InitOptions = {}): Promise<BackendInfo> {
   const choice = (opts.backend ?? envBackend() ?? 'cpu') as BackendChoice;
   if (!CHOICES.includes(choice)) throw new RangeError(`init: unknown backend ${JSON.stringify(choice)}; expected one of ${CHOICES.join(', ')}`);
-  const prev = getBackend();
+  const prev = currentBackend();
   let next: Backend;
-  if (choice === 'cpu') next = new CpuBackend();
+  if (choice === 'cpu') next = await cpu();
   else if (choice === 'wasm') next = await wasm(opts);
   else if (choice === 'webgpu') next = await webgpu(opts);
   else {
@@ -80,12 +85,12 @@ export async function init(opts: InitOptions = {}): Promise<BackendInfo> {
         next = await wasm(opts);
       } catch (e) {
         tried.push(`wasm: ${(e as Error).message.split('\n')[0]}`);
-        next = new CpuBackend();
+        next = await cpu();
       }
       (opts.log ?? console.warn)(`flatgrad: using the ${next.name} backend (${tried.join('; ')})`);
     }
   }
-  if (prev !== next) {
+  if (prev && prev !== next) {
     // Submit what the old backend still queues; a lost device has nothing left to submit.
     try {
       prev.flush();

@@ -162,6 +162,40 @@ describe('Hessian spectrum of a quadratic', () => {
   });
 });
 
+describe('Hessian spectrum at the edges', () => {
+  it('reports eigenvalue 0 for a zero Hessian instead of failing', async () => {
+    // A linear loss: H = 0, so H v = 0 for every v.
+    const w = fg.tensor([0.5, -1, 2], { dtype: 'float64', requiresGrad: true });
+    const c = fg.tensor([1, 2, 3], { dtype: 'float64' });
+    const eig = await hessianEigenvalues((x) => x.mul(c).sum(), [w], { k: 2 });
+    expect(eig.eigenvalues).toEqual([0, 0]);
+    expect(eig.residuals).toEqual([0, 0]);
+    // The two vectors are unit and orthogonal: the second was drawn orthogonal to the first.
+    const [u, v] = eig.eigenvectors.map((t) => Array.from(t[0].dataSync()));
+    expect(dotArr(u, u)).toBeCloseTo(1, 12);
+    expect(dotArr(v, v)).toBeCloseTo(1, 12);
+    expect(dotArr(u, v)).toBeCloseTo(0, 12);
+    fg.dispose(eig.eigenvectors);
+  });
+
+  it('returns 0 after the rank of the Hessian is exhausted, with a vector of the null space', async () => {
+    // Rank one: H = a a^T, eigenvalue |a|^2 = 9 along a, 0 on the plane orthogonal to a.
+    const a = [1, 2, 2];
+    const q = quadratic(a.map((x) => a.map((y) => x * y)), [0, 0, 0], [0.3, -0.1, 0.2]);
+    const eig = await hessianEigenvalues(q.loss, [q.w], { k: 2, maxIter: 500, tol: 1e-12 });
+    expect(eig.eigenvalues[0]).toBeCloseTo(9, 8);
+    expect(eig.eigenvalues[1]).toBe(0);
+    expect(dotArr(Array.from(eig.eigenvectors[1][0].dataSync()), a)).toBeCloseTo(0, 10);
+    fg.dispose(eig.eigenvectors);
+  });
+
+  it('names k and the parameter count when k is out of range', async () => {
+    const q = quadratic([[1, 0], [0, 2]], [0, 0], [1, 1]);
+    await expect(hessianEigenvalues(q.loss, [q.w], { k: 3 })).rejects.toThrow(/k must be an integer from 1 to the parameter count \(2\), got 3/);
+    await expect(hessianEigenvalues(q.loss, [q.w], { k: 0 })).rejects.toThrow(/got 0/);
+  });
+});
+
 describe('evaluate', () => {
   it('reports the mean loss and accuracy over batches, in eval mode', async () => {
     // logits = x: the prediction is the argmax of the input row.

@@ -128,35 +128,43 @@ describe('wasm arena kernels: fast paths give the reference bits', () => {
 });
 
 describe('combinePartials: the norm tree', () => {
-  /** The tree as reduce.ts documents it, with every ratio divided out. */
+  /**
+   * The tree as reduce.ts documents it, written independently: exponents from Math.log2 (exact
+   * for the float32 values used here, none of them subnormal), F(d) = 2^(2d) for every term
+   * (1 on the larger side, no shortcut) and 0 below 2^-126.
+   */
   function documented(m: number[], s: number[]): number {
     const P = m.slice();
     const S = s.slice();
     const r = Math.fround;
+    const exp = (x: number) => Math.min(Math.max(Math.floor(Math.log2(x)) + 127, 1), 253);
+    const F = (d: number) => (2 * d < -126 ? 0 : 2 ** (2 * d));
     for (let w = 1; w < P.length; w *= 2) {
       for (let i = 0; i + w < P.length; i += 2 * w) {
         const M = Math.max(P[i], P[i + w]);
         if (!scalable(M)) S[i] = 0;
         else {
-          const r1 = r(P[i] / M);
-          const r2 = r(P[i + w] / M);
-          S[i] = r(r(S[i] * r(r1 * r1)) + r(S[i + w] * r(r2 * r2)));
+          const e = exp(M);
+          const t1 = P[i] === 0 ? 0 : r(S[i] * F(exp(P[i]) - e));
+          const t2 = P[i + w] === 0 ? 0 : r(S[i + w] * F(exp(P[i + w]) - e));
+          S[i] = r(t1 + t2);
         }
         P[i] = M;
       }
     }
-    return scalable(P[0]) ? r(P[0] * r(Math.sqrt(S[0]))) : P[0];
+    return scalable(P[0]) ? r(r(Math.sqrt(S[0])) * 2 ** (exp(P[0]) - 127)) : P[0];
   }
 
   it('equals the documented tree on float32 and float64 partials, equal maxima included', () => {
     const rnd = seeded(11);
     for (const blocks of [1, 2, 3, 7, 64, 1000]) {
-      // Repeated maxima (the ratio-1 shortcut on both sides), zeros, and spread magnitudes.
-      const m = Array.from({ length: blocks }, (_, i) => Math.fround(i % 5 === 0 ? 2.5 : i % 7 === 0 ? 0 : rnd() * 3));
+      // Repeated maxima (the factor-1 shortcut on both sides), zeros, magnitudes spread over
+      // many binades, and some over 2^63 below the largest (their terms flushed to 0).
+      const m = Array.from({ length: blocks }, (_, i) => Math.fround(i % 5 === 0 ? 2.5 : i % 7 === 0 ? 0 : i % 11 === 0 ? 1e-30 * rnd() : rnd() * 3 * 2 ** -(i % 40)));
       const s = m.map((x) => (x === 0 ? 0 : Math.fround(1 + rnd() * 60)));
       const want = documented(m, s);
-      const f32 = combinePartials('norm', [Float32Array.from(m), Float32Array.from(s)], blocks, Math.fround);
-      const f64 = combinePartials('norm', [Float64Array.from(m), Float64Array.from(s)], blocks, Math.fround);
+      const f32 = combinePartials('norm', [Float32Array.from(m), Float32Array.from(s)], blocks, 'float32');
+      const f64 = combinePartials('norm', [Float64Array.from(m), Float64Array.from(s)], blocks, 'float32');
       expect(Object.is(f32, want), `blocks ${blocks}: float32 partials ${f32}, documented ${want}`).toBe(true);
       expect(Object.is(f64, want), `blocks ${blocks}: float64 partials ${f64}, documented ${want}`).toBe(true);
     }

@@ -138,7 +138,15 @@ interface DemoState {
   step: number;
   steps: number;
   webgpu: { available: boolean; reason: string; software: boolean };
-  runs: { label: string; step: number; loss: number | null; testAccuracy: number | null; stepsPerSecond: number; description: string }[];
+  runs: {
+    label: string;
+    step: number;
+    loss: number | null;
+    testAccuracy: number | null;
+    stepsPerSecond: number;
+    description: string;
+    capture: { replays: number; traces: number; fallback: string | null };
+  }[];
   landscape: { label: string; alphas: number[]; losses: number[] }[] | null;
   predictions: { truth: number[]; a: number[]; b: number[] } | null;
   memory: { before: { liveBuffers: number } | null; after: { liveBuffers: number } | null };
@@ -200,6 +208,9 @@ describe('browser: the demo page', () => {
         expect(r.stepsPerSecond).toBeGreaterThan(0);
         // After a few dozen steps both do better than chance (10%) on the test images.
         expect(r.testAccuracy).toBeGreaterThan(0.3);
+        // The demo trains with the captured step: traced once per batch shape, replayed after.
+        expect(r.capture.fallback).toBeNull();
+        expect(r.capture.replays).toBeGreaterThan(steps / 2);
       }
       expect(s.runs[1].description).toContain('SAM');
       expect(s.landscape).toHaveLength(2);

@@ -22,7 +22,7 @@ const { nn, optim } = fg;
 type Tensor = fg.Tensor;
 
 type ModelKind = 'mlp' | 'cnn' | 'vit';
-type OptKind = 'SGD' | 'AdamW' | 'SAM' | 'ASAM' | 'LookSAM';
+type OptKind = 'SGD' | 'AdamW' | 'SAM' | 'ASAM' | 'LookSAM' | 'GSAM';
 
 interface Config {
   model: ModelKind;
@@ -32,6 +32,13 @@ interface Config {
   batch?: number;
   /** Labels without a host copy (made on the device): the label check cannot run on the host. */
   labelsOnDevice?: boolean;
+  /**
+   * A cosine schedule of the lr (and of rho for the sharpness-aware family) stepped after every
+   * step: one trace must serve every value (LookSAM: one per phase).
+   */
+  schedule?: boolean;
+  /** The per-tensor engine (fused: false), whose zeroGrad drops the .grad tensors. */
+  perTensor?: boolean;
 }
 
 /** The models here all map one tensor to logits. */
@@ -50,8 +57,10 @@ function inputShape(c: Config, n: number): number[] {
 function makeOpt(c: Config, params: fg.nn.Parameter[]): fg.optim.Optimizer {
   const sgd = { lr: 0.05, momentum: 0.9, weightDecay: 1e-3 };
   switch (c.opt) {
-    case 'SGD': return new optim.SGD(params, sgd);
-    case 'AdamW': return new optim.AdamW(params, { lr: 1e-2, weightDecay: 1e-2 });
+    case 'SGD': return new optim.SGD(params, { ...sgd, ...(c.perTensor ? { fused: false } : {}) });
+    case 'AdamW': return new optim.AdamW(params, { lr: 1e-2, weightDecay: 1e-2, ...(c.perTensor ? { fused: false } : {}) });
+    // rho follows the lr (rhoMin .. rho as lr goes lrMin .. its initial value).
+    case 'GSAM': return new optim.GSAM(params, optim.SGD, { ...sgd, rho: 0.05, rhoMin: 0.01, alpha: 0.3 });
     case 'SAM': return new optim.SAM(params, optim.SGD, { ...sgd, rho: 0.05 });
     case 'ASAM': return new optim.ASAM(params, optim.AdamW, { lr: 1e-2, rho: 0.5 });
     case 'LookSAM': return new optim.LookSAM(params, optim.SGD, { ...sgd, rho: 0.05, k: 2, alpha: 0.7 });
@@ -101,6 +110,10 @@ async function run(c: Config, steps: number, captured: boolean, sizes?: number[]
   const opt = makeOpt(c, model.parameters());
   const step = stepFor(model, opt, c);
   const compiled = captured ? fg.compile(step, { onMessage: (m) => { throw new Error(`unexpected fall-back: ${m}`); } }) : null;
+  const schedules = !c.schedule ? [] : [
+    new optim.CosineAnnealingLR(opt, { tMax: steps, etaMin: 1e-3 }),
+    ...(opt instanceof optim.SharpnessAware && c.opt !== 'GSAM' ? [new optim.CosineAnnealingLR(opt, { key: 'rho', tMax: steps, etaMin: 0.01 })] : []),
+  ];
   const f = compiled ?? step;
   const losses: number[] = [];
   for (let t = 0; t < steps; t++) {
@@ -114,6 +127,7 @@ async function run(c: Config, steps: number, captured: boolean, sizes?: number[]
       yHost.dispose();
     }
     const loss = f(xt, yt);
+    for (const s of schedules) s.step();
     losses.push(...(await loss.data()));
     loss.dispose();
     xt.dispose();
@@ -144,7 +158,42 @@ async function compareBitExact(c: Config, steps = 5): Promise<RunResult> {
   expect(st.traces).toBeGreaterThanOrEqual(1);
   expect(st.replays).toBeGreaterThanOrEqual(1);
   expect(st.eagerCalls + st.traces + st.replays).toBe(steps);
+  // Scheduled values are inputs of the plan: one trace serves them all (LookSAM: one per phase).
+  if (c.schedule) expect(st.traces, 'traces under a schedule').toBe(c.opt === 'LookSAM' ? 2 : 1);
   return cap;
+}
+
+/** Every model with every optimizer, under a cosine schedule of lr (and rho), BatchNorm in train mode (cnn), dropout (mlp, vit). */
+const SCHEDULED: Config[] = (['mlp', 'cnn', 'vit'] as const).flatMap((model) =>
+  (['SGD', 'AdamW', 'SAM', 'ASAM', 'LookSAM'] as const).map((opt): Config => ({ model, opt, schedule: true, dropout: model === 'cnn' ? undefined : 0.1 })),
+).concat([
+  { model: 'mlp', opt: 'GSAM', schedule: true },
+  { model: 'mlp', opt: 'SGD', schedule: true, perTensor: true },
+  { model: 'cnn', opt: 'AdamW', schedule: true, perTensor: true },
+]);
+
+/**
+ * CNN steps (eager or captured) with an eager train-mode forward after each, which points
+ * BatchNorm's running statistics at new storage: the plans must follow (on WebGPU: record their
+ * command streams again, since a buffer they bound was released). Returns the model's state.
+ */
+async function stepsWithEagerForwards(captured: boolean): Promise<Map<string, Float32Array>> {
+  const c: Config = { model: 'cnn', opt: 'SGD' };
+  fg.manualSeed(9);
+  const model = makeModel(c);
+  model.train();
+  const opt = makeOpt(c, model.parameters());
+  const raw = stepFor(model, opt, c);
+  const step = captured ? fg.compile(raw, { onMessage: (m) => { throw new Error(m); } }) : raw;
+  for (let t = 0; t < 5; t++) {
+    const { x, y } = batch(c, t, 2);
+    fg.dispose(fg.tidy(() => step(fg.tensor(x, { shape: inputShape(c, 2) }), fg.tensor(y, { dtype: 'int32' }))));
+    fg.noGrad(() => fg.tidy(() => void model.forward(fg.tensor(batch(c, 100 + t, 2).x, { shape: inputShape(c, 2) }))));
+  }
+  const state = new Map<string, Float32Array>();
+  for (const [k, v] of Object.entries(model.stateDict())) state.set(k, Float32Array.from(await (v as Tensor).data()));
+  if (captured) expect((step as fg.CompiledStep<[Tensor, Tensor], Tensor>).stats()).toMatchObject({ traces: 1, replays: 3 });
+  return state;
 }
 
 const CONFIGS: Config[] = [
@@ -161,7 +210,8 @@ const CONFIGS: Config[] = [
   { model: 'vit', opt: 'ASAM', dropout: 0.1 },
 ];
 
-const label = (c: Config) => `${c.model} + ${c.opt}${c.dropout ? ` + dropout ${c.dropout}` : ''}${c.labelsOnDevice ? ', labels on the device' : ''}`;
+const label = (c: Config) =>
+  `${c.model} + ${c.opt}${c.perTensor ? ' (per tensor)' : ''}${c.dropout ? ` + dropout ${c.dropout}` : ''}${c.labelsOnDevice ? ', labels on the device' : ''}${c.schedule ? ', cosine schedule' : ''}`;
 
 for (const which of ['cpu', 'wasm', 'wasm with 2 threads'] as const) {
   describe(`compile on ${which}: replay equals the eager step bit for bit`, () => {
@@ -176,7 +226,7 @@ for (const which of ['cpu', 'wasm', 'wasm with 2 threads'] as const) {
       );
     });
     afterAll(() => setBackend(prev));
-    for (const c of which === 'wasm with 2 threads' ? CONFIGS.filter((x) => x.opt === 'SAM') : CONFIGS) {
+    for (const c of which === 'wasm with 2 threads' ? CONFIGS.filter((x) => x.opt === 'SAM') : [...CONFIGS, ...SCHEDULED]) {
       it(label(c), async () => {
         await compareBitExact(c, c.opt === 'LookSAM' ? 7 : 5);
       });
@@ -306,8 +356,12 @@ describe('compile: signatures, fall-back, host checks and memory (cpu)', () => {
     expect(fg.memory().liveBuffers).toBe(live - plan.buffers - plan.keptState);
   });
 
-  it('traces again when a scheduler changes the learning rate', () => {
-    const runLr = (captured: boolean) => {
+  /**
+   * A tiny SGD run, eagerly and captured, where `change` edits the param group before step t;
+   * returns the captured run's statistics after checking that both runs agree bit for bit.
+   */
+  const sgdWithChange = (steps: number, change: (g: Record<string, unknown>, t: number) => void) => {
+    const go = (captured: boolean) => {
       fg.manualSeed(8);
       const model = nn.models.mlp([3, 4, 2]);
       const opt = new optim.SGD(model.parameters(), { lr: 0.1, momentum: 0.9 });
@@ -316,43 +370,33 @@ describe('compile: signatures, fall-back, host checks and memory (cpu)', () => {
       const x = fg.randn([2, 3]);
       const y = fg.tensor([1, 0], { dtype: 'int32' });
       const losses: number[] = [];
-      for (let t = 0; t < 7; t++) {
-        if (t === 4) opt.paramGroups[0].lr = 0.01;
+      for (let t = 0; t < steps; t++) {
+        change(opt.paramGroups[0], t);
         const l = step(x, y);
         losses.push(l.itemSync());
         l.dispose();
       }
       return { losses, w: Array.from(model.stateDict()['0.weight'].dataSync()), stats: captured ? (step as fg.CompiledStep<[Tensor, Tensor], Tensor>).stats() : null };
     };
-    const eager = runLr(false);
-    const cap = runLr(true);
+    const eager = go(false);
+    const cap = go(true);
     expectBitEqual(cap.losses, eager.losses, 'losses');
     expectBitEqual(cap.w, eager.w, 'weight');
-    // lr 0.1: warm-up, trace, 2 replays; lr 0.01: trace, 2 replays.
-    expect(cap.stats).toMatchObject({ eagerCalls: 1, traces: 2, replays: 4 });
+    return cap.stats;
+  };
+
+  it('takes a new learning rate as an input of the plan, without tracing again', () => {
+    // Warm-up, one trace, and replays for lr 0.1 and 0.01 alike.
+    expect(sgdWithChange(7, (g, t) => { if (t === 4) g.lr = 0.01; })).toMatchObject({ eagerCalls: 1, traces: 1, replays: 5 });
+  });
+
+  it('traces again when an option that steers host code changes (SGD momentum on, then off)', () => {
+    expect(sgdWithChange(6, (g, t) => { if (t === 3) g.momentum = 0; })).toMatchObject({ eagerCalls: 1, traces: 2, replays: 3 });
   });
 
   it('follows state that host code moves between replays (an eager forward in train mode)', async () => {
-    const c: Config = { model: 'cnn', opt: 'SGD' };
-    const go = async (captured: boolean) => {
-      fg.manualSeed(9);
-      const model = makeModel(c);
-      model.train();
-      const opt = makeOpt(c, model.parameters());
-      const raw = stepFor(model, opt, c);
-      const step = captured ? fg.compile(raw, { onMessage: (m) => { throw new Error(m); } }) : raw;
-      for (let t = 0; t < 5; t++) {
-        const { x, y } = batch(c, t, 2);
-        fg.dispose(fg.tidy(() => step(fg.tensor(x, { shape: inputShape(c, 2) }), fg.tensor(y, { dtype: 'int32' }))));
-        // BatchNorm points its running statistics at new storage on every train-mode forward.
-        fg.noGrad(() => fg.tidy(() => void model.forward(fg.tensor(batch(c, 100 + t, 2).x, { shape: inputShape(c, 2) }))));
-      }
-      const state = new Map<string, Float32Array>();
-      for (const [k, v] of Object.entries(model.stateDict())) state.set(k, Float32Array.from(await (v as Tensor).data()));
-      return state;
-    };
-    const eager = await go(false);
-    const cap = await go(true);
+    const eager = await stepsWithEagerForwards(false);
+    const cap = await stepsWithEagerForwards(true);
     for (const [k, v] of eager) expectBitEqual(cap.get(k)!, v, k);
   });
 
@@ -365,6 +409,67 @@ describe('compile: signatures, fall-back, host checks and memory (cpu)', () => {
     const y = fg.tensor([1, 0], { dtype: 'int32' });
     for (let t = 0; t < 4; t++) step(x, y).dispose();
     expect(step.stats()).toMatchObject({ eagerCalls: 4, traces: 0, replays: 0 });
+  });
+
+  it('frees what a step without a tidy of its own leaves to the caller\'s tidy (no stale state in the plan)', () => {
+    const go = (captured: boolean) => {
+      fg.manualSeed(4);
+      const model = nn.models.mlp([3, 5, 2]);
+      const opt = new optim.AdamW(model.parameters(), { lr: 0.05 });
+      // No tidy inside: the activations are garbage that the caller's tidy frees after each call.
+      const raw = function bare(x: Tensor, y: Tensor): Tensor {
+        opt.zeroGrad();
+        const loss = fg.crossEntropy(model.forward(x), y);
+        loss.backward();
+        opt.step();
+        return loss.detach();
+      };
+      const step = captured ? fg.compile(raw, { onMessage: (m) => { throw new Error(m); } }) : raw;
+      const losses: number[] = [];
+      for (let t = 0; t < 6; t++) {
+        const l = fg.tidy(() => step(fg.tensor([[t, 1, -1], [0.5, t, 2]]), fg.tensor([t % 2, 1], { dtype: 'int32' })));
+        losses.push(l.itemSync());
+        l.dispose();
+      }
+      return { losses, stats: captured ? (step as fg.CompiledStep<[Tensor, Tensor], Tensor>).stats() : null };
+    };
+    const eager = go(false);
+    const cap = go(true);
+    expectBitEqual(cap.losses, eager.losses, 'losses');
+    expect(cap.stats).toMatchObject({ eagerCalls: 1, traces: 1, replays: 4 });
+  });
+
+  it('passes a declared host value to the kernel that receives it, and guards with one that no kernel receives as is', () => {
+    const w = fg.tensor([1, 2, 3]).keep();
+    const hp = { scale: 2 };
+    // Multiplies w in place by the scale it is given (host memory, as the arena kernels write it).
+    const scaleInPlace = (s: Storage, h: { scale: number }): void => {
+      const d = (s as CpuStorage).data;
+      for (let i = 0; i < d.length; i++) d[i] *= h.scale;
+    };
+    const make = (consumed: boolean) =>
+      fg.compile(function scaled(x: Tensor) {
+        const h = { scale: hp.scale };
+        captureHooks.hostValue?.(h, () => ({ scale: hp.scale }));
+        // Received as is, or only a number derived from it (then the plan must trace again for a new scale).
+        const arg = consumed ? h : { scale: h.scale };
+        if (captureHooks.deviceCall) captureHooks.deviceCall('scaleInPlace', scaleInPlace, [w.storage, arg]);
+        else scaleInPlace(w.storage, arg);
+        return fg.add(w, x);
+      }, { onMessage: (m) => { throw new Error(m); } });
+    for (const consumed of [true, false]) {
+      getBackend().write(w.storage, Float32Array.from([1, 2, 3]));
+      const step = make(consumed);
+      const x = fg.tensor([0, 0, 0]);
+      const seen: number[][] = [];
+      for (const scale of [2, 2, 2, 3, 3, 0.5]) {
+        hp.scale = scale;
+        seen.push(Array.from(step(x).dataSync()));
+      }
+      // 1 2 3 -> x2 x2 x2 x3 x3 x0.5, as eagerly.
+      expect(seen, consumed ? 'received as is' : 'derived').toEqual([[2, 4, 6], [4, 8, 12], [8, 16, 24], [24, 48, 72], [72, 144, 216], [36, 72, 108]]);
+      expect(step.stats().traces, consumed ? 'received as is' : 'derived').toBe(consumed ? 1 : 3);
+    }
   });
 
   it('keeps one plan per LookSAM phase and replays both', async () => {
@@ -383,22 +488,81 @@ describe('compile on WebGPU: replay matches the eager step within float32 tolera
     if (gpu) setBackend(gpu);
   });
   afterAll(() => setBackend(prev));
+  // Six steps: warm-up, trace, a replay that records the command streams, three encoded from them.
   for (const c of [
     { model: 'mlp', opt: 'SAM', dropout: 0.25 },
     { model: 'mlp', opt: 'SGD', labelsOnDevice: true },
+    { model: 'mlp', opt: 'AdamW', dropout: 0.25, schedule: true },
     { model: 'cnn', opt: 'SGD' },
+    { model: 'cnn', opt: 'SAM', schedule: true },
     { model: 'vit', opt: 'AdamW', dropout: 0.1 },
   ] as Config[]) {
     it(label(c), async (ctx) => {
       if (!gpu) ctx.skip();
-      const eager = await run(c, 4, false);
-      const cap = await run(c, 4, true);
+      const eager = await run(c, 6, false);
+      const cap = await run(c, 6, true);
       expectClose(cap.losses, eager.losses, { atol: 1e-5, rtol: 1e-4 }, 'losses');
       for (const [k, v] of eager.state) expectClose(cap.state.get(k)!, v, { atol: 1e-5, rtol: 1e-4 }, k);
       expect(cap.stepCount).toBe(eager.stepCount);
-      expect(cap.compiled!.stats().replays).toBe(2);
+      expect(cap.compiled!.stats()).toMatchObject({ traces: 1, replays: 4 });
     });
   }
+
+  it('follows state that host code moves between replays, recording the command streams again', async (ctx) => {
+    if (!gpu) ctx.skip();
+    const eager = await stepsWithEagerForwards(false);
+    const cap = await stepsWithEagerForwards(true);
+    for (const [k, v] of eager) expectClose(cap.get(k)!, v, { atol: 1e-5, rtol: 1e-4 }, k);
+  });
+
+  it('replays from recorded command streams: one submit per step, host code only for the calls whose arguments change', async (ctx) => {
+    if (!gpu) ctx.skip();
+    const rt = (gpu as unknown as { rt: { dispatch(...a: unknown[]): void }; device: GPUDevice }).rt;
+    const device = (gpu as unknown as { device: GPUDevice }).device;
+    const c: Config = { model: 'cnn', opt: 'SGD' };
+    fg.manualSeed(3);
+    const model = makeModel(c);
+    model.train();
+    const opt = makeOpt(c, model.parameters());
+    const step = fg.compile(stepFor(model, opt, c), { onMessage: (m) => { throw new Error(m); } });
+    const counts = { dispatch: 0, submit: 0 };
+    const dispatch = rt.dispatch;
+    const submit = device.queue.submit;
+    rt.dispatch = function (this: unknown, ...a: unknown[]) {
+      counts.dispatch++;
+      return dispatch.apply(this, a);
+    };
+    device.queue.submit = function (this: GPUQueue, ...a: Parameters<GPUQueue['submit']>) {
+      counts.submit++;
+      return submit.apply(this, a);
+    };
+    try {
+      const seen: { dispatch: number; submit: number }[] = [];
+      for (let t = 0; t < 5; t++) {
+        const { x, y } = batch(c, t, 4);
+        const xt = fg.tensor(x, { shape: inputShape(c, 4) });
+        const yt = fg.tensor(y, { dtype: 'int32' });
+        counts.dispatch = counts.submit = 0;
+        const loss = step(xt, yt);
+        seen.push({ ...counts });
+        await loss.data();
+        fg.dispose([loss, xt, yt]);
+      }
+      const plan = step.stats().plan!;
+      expect(step.stats()).toMatchObject({ eagerCalls: 1, traces: 1, replays: 3 });
+      // Calls 4 and 5 encode from the recordings of call 3: one submit each, and only the dynamic
+      // calls (inputs, outputs, the update with its live lr) dispatch through the host code.
+      for (const s of seen.slice(3)) {
+        expect(s.submit).toBe(1);
+        expect(s.dispatch).toBeLessThan(seen[2].dispatch / 4);
+      }
+      expect(plan.dynamicCalls).toBeLessThan(plan.calls / 4);
+    } finally {
+      rt.dispatch = dispatch;
+      device.queue.submit = submit;
+      step.dispose();
+    }
+  });
 });
 
 describe('compile: device work outside the Backend methods (cpu)', () => {

@@ -38,6 +38,8 @@ interface RunState {
   testAccuracy: number | null;
   stepsPerSecond: number;
   parameters: number;
+  /** The captured step (fg.compile): calls replayed and traced, and why it runs eagerly (null: it does not). */
+  capture: { replays: number; traces: number; fallback: string | null };
 }
 
 interface DemoState {
@@ -416,6 +418,7 @@ function syncRunState(runs: Run[]): void {
       testAccuracy: last(r.curves.testAcc)?.[1] ?? null,
       stepsPerSecond: r.stepsPerSecond,
       parameters: r.parameterCount,
+      capture: { replays: r.trainStep.stats().replays, traces: r.trainStep.stats().traces, fallback: r.trainStep.fallback },
     };
   });
   renderStats();
@@ -505,7 +508,8 @@ async function trainBoth(): Promise<void> {
     await ensureBackend(backend);
     state.memory = { before: fg.memory(), after: null };
     setStatus(`Building the networks on ${backendLabel(backend)} (${state.adapter})…`);
-    runs = [new Run('A', cfgA, seed), new Run('B', cfgB, seed)];
+    const eager = !$<HTMLInputElement>('captured').checked;
+    runs = [new Run('A', cfgA, seed, { eager }), new Run('B', cfgB, seed, { eager })];
     syncRunState(runs);
     drawCharts(runs);
 

@@ -55,9 +55,17 @@ export async function hessianEigenvalues(loss: LossFn, params: Tensor[], opts: P
   const k = opts.k ?? 1;
   const maxIter = opts.maxIter ?? 1000;
   const tol = opts.tol ?? 1e-10;
+  const size = params.reduce((a, p) => a + p.size, 0);
+  if (!(Number.isInteger(k) && k >= 1 && k <= size)) {
+    throw new RangeError(`hessianEigenvalues: k must be an integer from 1 to the parameter count (${size}), got ${k}`);
+  }
   const result: EigenResult = { eigenvalues: [], eigenvectors: [], iterations: [], residuals: [] };
   for (let e = 0; e < k; e++) {
-    const start = gaussianLike(params);
+    // Start orthogonal to the eigenvectors found, so that an eigenvalue-0 answer (H v = 0 at
+    // once) still comes with a vector of the remaining space.
+    const draw = gaussianLike(params);
+    const start = await deflate(draw, result.eigenvectors);
+    dispose(draw);
     let [v] = await normalize(start);
     dispose(start);
     let lambda = NaN;
@@ -67,6 +75,14 @@ export async function hessianEigenvalues(loss: LossFn, params: Tensor[], opts: P
       const hv = tidy(() => hvp(loss, params, v).map((t) => t.detach()));
       const defl = await deflate(hv, result.eigenvectors);
       dispose(hv);
+      if ((await norm(defl)) === 0) {
+        // H v = 0 exactly (a zero Hessian, or nothing left after deflation): v is an eigenvector
+        // with eigenvalue 0, as torch.linalg.eigvalsh would report, not a failed iteration.
+        dispose(defl);
+        lambda = 0;
+        residual = 0;
+        break;
+      }
       const next = await dot(v, defl);
       const r = addScaled(defl, v, -next);
       residual = (await norm(r)) / Math.abs(next);

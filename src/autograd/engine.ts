@@ -9,6 +9,7 @@ import { Tensor, keep, tidy } from '../tensor/tensor.js';
 import { add } from '../tensor/ops/elementwise.js';
 import { copy } from '../tensor/ops/shape.js';
 import { vjpRegistry } from '../tensor/graph.js';
+import { typedArrayFor } from '../tensor/dtype.js';
 
 export interface BackwardOptions {
   /** Keep the graph so that backward can run through it again (default: createGraph). */
@@ -39,10 +40,21 @@ function topoOrder(outputs: Tensor[], stopAt: Set<Tensor> | null): Tensor[] {
 }
 
 /**
+ * Where a leaf's gradient may be written by the vjp that computes it (backward's in-place .grad
+ * targets): `target` offers a tensor to overwrite, `written` is told when a vjp did.
+ */
+interface DirectWrites {
+  target(leaf: Tensor): Tensor | null;
+  written(leaf: Tensor): void;
+}
+
+/**
  * Propagates `outGrads` from `outputs` down the graph. Each tensor that has no node (a leaf) or
  * is in `stopAt` is handed to `sink` with its total gradient, which the sink then owns.
  * `outGrads` are the caller's (never disposed, never handed to a sink: a sink gets a copy) except
  * those flagged in `engineMade` (the implied ones), which are freed once consumed.
+ * With `direct` (and no createGraph), a leaf whose whole gradient comes from one vjp input slot is
+ * offered its `direct.target` as that vjp's `into`; a vjp that writes it skips the sink.
  */
 function propagate(
   outputs: Tensor[],
@@ -51,10 +63,28 @@ function propagate(
   opts: BackwardOptions,
   stopAt: Set<Tensor> | null,
   sink: (t: Tensor, g: Tensor) => void,
+  direct: DirectWrites | null = null,
 ): void {
   const createGraph = opts.createGraph ?? false;
   const retainGraph = opts.retainGraph ?? createGraph;
   const order = topoOrder(outputs, stopAt);
+  // How many vjp input slots feed each leaf: only a leaf fed by exactly one (and not an output,
+  // which gets the output gradient too) can have its gradient written instead of summed.
+  const feeds = new Map<Tensor, number>();
+  if (direct && !createGraph) {
+    for (const t of order) if (t.gradFn && !stopAt?.has(t)) for (const i of t.gradFn.inputs) if (i.requiresGrad && !i.gradFn) feeds.set(i, (feeds.get(i) ?? 0) + 1);
+    for (const o of outputs) feeds.delete(o);
+  }
+  const intoFor = (node: Node): (Tensor | null)[] | undefined => {
+    if (feeds.size === 0) return undefined;
+    let any = false;
+    const into = node.inputs.map((inp) => {
+      const d = feeds.get(inp) === 1 ? direct!.target(inp) : null;
+      any ||= d !== null;
+      return d;
+    });
+    return any ? into : undefined;
+  };
   const grads = new Map<Tensor, Tensor>();
   const callers = new Set(outGrads.filter((_, i) => !engineMade[i]));
   // Engine-made gradients are freed once consumed; `uses` counts the holders of one tensor (map
@@ -110,20 +140,26 @@ function propagate(
         throw new Error(`backward: the graph through ${node.op} was already used by a backward pass and freed; pass { retainGraph: true } to the first backward to run it twice`);
       }
       const vjp = vjpRegistry.get(node.op)!;
+      const into = intoFor(node);
       // Without createGraph the vjp's temporaries are not part of any graph: free them at once.
-      const inGrads = createGraph ? vjp(g, node, t) : tidy(() => vjp(g, node, t));
+      const inGrads = createGraph ? vjp(g, node, t) : tidy(() => vjp(g, node, t, into));
       node.inputs.forEach((inp, i) => {
         const gi = inGrads[i];
         if (!gi || !inp.requiresGrad) return;
         if (!shapesEqual(gi.shape, inp.shape)) {
           throw new Error(`internal: the ${node.op} gradient for input ${i} has shape ${fmt(gi.shape)}, expected ${fmt(inp.shape)}`);
         }
+        if (into && gi === into[i]) {
+          // Written straight into the leaf's .grad: nothing to sum or hand over.
+          direct!.written(inp);
+          return;
+        }
         own(gi);
         accumulate(inp, gi);
       });
       grads.delete(t);
       // Results for inputs that need no gradient were never taken: free them too.
-      if (!createGraph) for (const gi of inGrads) if (gi && gi !== g && !uses.has(gi) && !callers.has(gi)) gi.dispose();
+      if (!createGraph) for (const gi of inGrads) if (gi && gi !== g && !uses.has(gi) && !callers.has(gi) && !into?.includes(gi)) gi.dispose();
       release(g);
       if (!retainGraph) freedNodes.add(node);
     }
@@ -140,12 +176,28 @@ export function onGradAccumulated(grad: Tensor, listener: () => void): void {
   inPlaceGradListeners.set(grad, listener);
 }
 
-/** The gradient implied for a single-element output: 1, on the output's own backend. */
+/** The gradient implied for a single-element output: 1, on the output's own backend (an upload, not a fill kernel). */
 function impliedGrad(out: Tensor): Tensor {
-  const g = Tensor.empty(out.shape.slice(), out.dtype, out.backend);
-  out.backend.fill(g.storage, 1);
-  return g;
+  const one = typedArrayFor(out.dtype, 1);
+  one[0] = 1;
+  return Tensor.fromStorage(out.backend.upload(one, out.dtype), out.shape.slice(), out.backend);
 }
+
+/**
+ * A leaf's .grad that its gradient may overwrite: one whose contents are a pending lazy zero
+ * (an optimizer's zeroGrad), of the leaf's own shape, dtype and backend.
+ */
+function overwritableGrad(leaf: Tensor): Tensor | null {
+  const d = leaf.grad;
+  if (!d || d.isDisposed || !d.storageRef.zeroPending) return null;
+  return d.dtype === leaf.dtype && d.backend === leaf.backend && shapesEqual(d.shape, leaf.shape) ? d : null;
+}
+
+/** `.grad` views of the optimizer's flat gradient arena report each gradient taken (see onGradAccumulated). */
+const directToGrad: DirectWrites = {
+  target: overwritableGrad,
+  written: (leaf) => inPlaceGradListeners.get(leaf.grad!)?.(),
+};
 
 /** Accumulates d(root)/d(leaf) into every leaf's .grad (in place where a .grad exists). */
 export function backward(root: Tensor, grad?: Tensor, opts: BackwardOptions = {}): void {
@@ -158,16 +210,28 @@ export function backward(root: Tensor, grad?: Tensor, opts: BackwardOptions = {}
     throw new RangeError(`backward: gradient of shape ${fmt(grad.shape)} for an output of shape ${fmt(root.shape)}`);
   }
   const createGraph = opts.createGraph ?? false;
-  propagate([root], [grad], [implied], opts, null, (leaf, g) => {
-    if (!leaf.grad || leaf.grad.isDisposed) leaf.grad = keep(g);
-    else if (createGraph) leaf.grad = keep(add(leaf.grad, g));
-    else {
-      // In place: a .grad that is a view into the optimizer's flat gradient arena stays one.
-      leaf.backend.axpy(leaf.grad.storage, g.storage, 1);
-      inPlaceGradListeners.get(leaf.grad)?.();
-      g.dispose();
-    }
-  });
+  propagate(
+    [root],
+    [grad],
+    [implied],
+    opts,
+    null,
+    (leaf, g) => {
+      if (!leaf.grad || leaf.grad.isDisposed) leaf.grad = keep(g);
+      else if (createGraph) leaf.grad = keep(add(leaf.grad, g));
+      else {
+        // In place: a .grad that is a view into the optimizer's flat gradient arena stays one.
+        // One whose contents are a pending lazy zero is written (a copy), not filled and added.
+        const dst = leaf.grad;
+        if (dst.storageRef.zeroPending && dst.dtype === g.dtype && dst.size === g.size) {
+          if (g.size > 0) leaf.backend.stridedCopy(g.storage, dst.overwriteStorage(), { shape: [g.size], srcStrides: [1], srcOffset: 0, dstStrides: [1], dstOffset: 0 });
+        } else leaf.backend.axpy(dst.storage, g.storage, 1);
+        inPlaceGradListeners.get(dst)?.();
+        g.dispose();
+      }
+    },
+    createGraph ? null : directToGrad,
+  );
 }
 
 /**

@@ -1,8 +1,9 @@
 /**
  * Vector-Jacobian products, one per recorded op, written in tensor ops so that they are
- * differentiable themselves (double backward for Hessian-vector products).
+ * differentiable themselves (double backward for Hessian-vector products). Convolution and
+ * pooling register theirs in src/tensor/ops/window.ts, layer and batch norm in
+ * src/tensor/ops/normalization.ts, so that only a program using them ships them.
  */
-import type { AvgPool2dLayout, Conv2dLayout, Window2d } from '../kernels/backend.js';
 import { isGradEnabled, vjpRegistry, type Node, type Vjp } from '../tensor/graph.js';
 import { Tensor } from '../tensor/tensor.js';
 import { numel } from '../tensor/shape.js';
@@ -11,17 +12,9 @@ import { cumsum, expandFrom, prod, sum, sumTo } from '../tensor/ops/reduce.js';
 import { expand, flip, narrow, permute, reshape, slice, sliceScatter } from '../tensor/ops/shape.js';
 import { mm } from '../tensor/ops/linalg.js';
 import {
-  avgPool2dWindow,
-  avgPool2dBackward,
-  col2im,
-  conv2dBackwardInput,
-  conv2dBackwardWeight,
-  conv2dWithLayout,
   crossEntropyGrad,
   gather,
-  im2col,
   indexSelect,
-  maxPool2dBackward,
   scatterAdd,
 } from '../tensor/ops/nn.js';
 import type { DType } from '../tensor/dtype.js';
@@ -31,7 +24,8 @@ const def = (op: string, f: Vjp) => vjpRegistry.set(op, f);
 const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
 
 // ---- binary ----
-def('add', (g, n) => [sumTo(g, n.inputs[0].shape), sumTo(g, n.inputs[1].shape)]);
+// `into` (see Vjp): a broadcast operand (a bias) has its summed gradient written there.
+def('add', (g, n, _o, into) => [sumTo(g, n.inputs[0].shape, into?.[0] ?? undefined), sumTo(g, n.inputs[1].shape, into?.[1] ?? undefined)]);
 def('sub', (g, n) => [sumTo(g, n.inputs[0].shape), sumTo(neg(g), n.inputs[1].shape)]);
 def('mul', (g, { inputs: [a, b] }) => [a.requiresGrad ? sumTo(mul(g, b), a.shape) : null, b.requiresGrad ? sumTo(mul(g, a), b.shape) : null]);
 def('div', (g, { inputs: [a, b] }) => [
@@ -214,12 +208,16 @@ def('pad', (g, n) => {
 });
 
 // ---- linear algebra ----
-def('mm', (g, { inputs: [a, b], attrs }) => {
+def('mm', (g, { inputs: [a, b], attrs }, _out, into) => {
   const tA = attrs.transA as boolean;
   const tB = attrs.transB as boolean;
+  // Plain matrices of one dtype: each gradient has its input's shape and dtype (no batch dims to
+  // sum, no cast), so it can be written straight into a destination that backward offers.
+  const plain = a.ndim === 2 && b.ndim === 2 && a.dtype === b.dtype && g.dtype === a.dtype;
+  const [oa, ob] = plain && into ? [into[0] ?? undefined, into[1] ?? undefined] : [undefined, undefined];
   // C = op(A) op(B): each gradient is one more product with other transpose flags.
-  const ga = !a.requiresGrad ? null : !tA ? mm(g, b, false, !tB) : mm(b, g, tB, true);
-  const gb = !b.requiresGrad ? null : !tB ? mm(a, g, !tA, false) : mm(g, a, true, tA);
+  const ga = !a.requiresGrad ? null : !tA ? mm(g, b, false, !tB, oa) : mm(b, g, tB, true, oa);
+  const gb = !b.requiresGrad ? null : !tB ? mm(a, g, !tA, false, ob) : mm(g, a, true, tA, ob);
   return [ga && sumTo(ga, a.shape), gb && sumTo(gb, b.shape)];
 });
 
@@ -236,29 +234,3 @@ def('binaryCrossEntropy', (g, { inputs: [x, t] }) => [
 def('gather', (g, { saved: [index], attrs }) => [scatterAdd(g, attrs.dim as number, index, attrs.inShape as number[], true)]);
 def('indexSelect', (g, { saved: [index], attrs }) => [scatterAdd(g, attrs.dim as number, index, attrs.inShape as number[], false)]);
 def('scatterAdd', (g, { saved: [index], attrs }) => [attrs.perPosition ? gather(g, attrs.dim as number, index) : indexSelect(g, attrs.dim as number, index)]);
-// conv2d(x, w) is bilinear, and its two gradients are the adjoints of it in each argument, so the
-// three ops are each other's vjps (which gives double backward through a convolution).
-def('conv2d', (g, { inputs: [x, w], attrs }) => {
-  const l = attrs.l as Conv2dLayout;
-  return [x.requiresGrad ? conv2dBackwardInput(g, w, l) : null, w.requiresGrad ? conv2dBackwardWeight(x, g, l) : null];
-});
-def('conv2dBackwardInput', (g, { inputs: [grad, w], attrs }) => {
-  const l = attrs.l as Conv2dLayout;
-  return [grad.requiresGrad ? conv2dWithLayout(g, w, l) : null, w.requiresGrad ? conv2dBackwardWeight(g, grad, l) : null];
-});
-def('conv2dBackwardWeight', (g, { inputs: [x, grad], attrs }) => {
-  const l = attrs.l as Conv2dLayout;
-  return [x.requiresGrad ? conv2dBackwardInput(grad, g, l) : null, grad.requiresGrad ? conv2dWithLayout(x, g, l) : null];
-});
-def('im2col', (g, n) => [col2im(g, attr<Window2d>(n, 'g'))]);
-def('col2im', (g, n) => [im2col(g, attr<Window2d>(n, 'g'))]);
-def('maxPool2d', (g, n) => [maxPool2dBackward(g, n.saved[0], attr<Window2d>(n, 'g'))]);
-def('maxPool2dBackward', (g, n) => {
-  // The forward routed each window's gradient to its argmax; the adjoint reads it back from there.
-  const w = attr<Window2d>(n, 'g');
-  const planes = w.n * w.c;
-  const picked = gather(reshape(g, [planes, w.h * w.w]), 1, reshape(n.saved[0], [planes, w.oh * w.ow]));
-  return [reshape(picked, [w.n, w.c, w.oh, w.ow])];
-});
-def('avgPool2d', (g, n) => [avgPool2dBackward(g, attr<AvgPool2dLayout>(n, 'g'))]);
-def('avgPool2dBackward', (g, n) => [avgPool2dWindow(g, attr<AvgPool2dLayout>(n, 'g'))]);

@@ -11,10 +11,15 @@ export const OPTIMIZERS = ['sgd', 'adamw'] as const;
 export const WRAPPERS = ['none', 'sam', 'asam', 'msam', 'looksam', 'esam', 'randomsam', 'rwp', 'gsam'] as const;
 export const SCHEDULES = ['none', 'cosine', 'step', 'onecycle'] as const;
 export const BACKENDS = ['auto', 'cpu', 'wasm', 'webgpu'] as const;
+export const RHO_SCHEDULES = ['constant', 'lr'] as const;
+/** Random-crop padding of `--augment` when `--augment-pad` is not given (runs made before that flag existed used 2). */
+export const AUGMENT_PAD_DEFAULT = 4;
+export const LEGACY_AUGMENT_PAD = 2;
 
 export type OptimizerName = (typeof OPTIMIZERS)[number];
 export type WrapperName = (typeof WRAPPERS)[number];
 export type ScheduleName = (typeof SCHEDULES)[number];
+export type RhoScheduleName = (typeof RHO_SCHEDULES)[number];
 
 /** The sharpness-aware hyper-parameters, each used by the wrappers that list it below. */
 export const WRAPPER_PARAMS = {
@@ -72,8 +77,11 @@ export const TRAIN_FLAGS = {
   schedule: choiceFlag(SCHEDULES, 'learning-rate schedule', 'cosine'),
   warmup: numberFlag('epochs of linear learning-rate warmup (may be fractional)', { min: 0, default: 0 }),
   labelNoise: numberFlag('fraction of training labels replaced by a wrong class', { min: 0, max: 1, default: 0 }),
-  augment: switchFlag('random crop (padding 2) and horizontal flip'),
+  augment: switchFlag('random crop (padding --augment-pad) and horizontal flip'),
+  augmentPad: numberFlag(`random-crop padding in pixels for --augment (runs before this flag existed used ${LEGACY_AUGMENT_PAD})`, { integer: true, min: 0, default: AUGMENT_PAD_DEFAULT }),
+  rhoSchedule: choiceFlag(RHO_SCHEDULES, "rho over training: 'lr' ties it to the learning rate, rho_t = rho * lr_t / lr (GSAM's schedule; for gsam use --rho-min)", 'constant'),
   seed: numberFlag('seed for initialization, shuffling, noise and augmentation', { integer: true, min: 0, default: 0 }),
+  eager: switchFlag('run each training step eagerly (op by op) instead of replaying it as a captured plan (fg.compile); results are the same'),
   backend: choiceFlag(BACKENDS, 'compute backend (auto: WebGPU on a hardware GPU, else wasm)', 'auto'),
   threads: numberFlag('worker threads for the wasm backend', { integer: true, min: 1 }),
   data: stringFlag("'subset' (shipped 6k/1k images), 'full' (/usr/share/datasets/fashion-mnist) or a directory", { default: 'subset', placeholder: '<subset|full|dir>' }),
@@ -105,8 +113,14 @@ export interface TrainConfig extends ModelConfig, DataConfig {
   schedule: ScheduleName;
   warmup: number;
   augment: boolean;
+  /** Random-crop padding, present when `augment` is (absent in runs made before the flag: LEGACY_AUGMENT_PAD). */
+  augmentPad?: number;
+  /** Present only as 'lr' (rho follows the learning rate), so that older configs compare equal. */
+  rhoSchedule?: 'lr';
   backend: BackendChoice;
   threads?: number;
+  /** Present only as true (steps run eagerly rather than captured): an execution choice, not part of what a run computes. */
+  eager?: true;
 }
 
 /** 'sgd', 'adamw', or the wrapper's name (with the base optimizer when it is not SGD). */
@@ -139,6 +153,11 @@ export function resolveTrainConfig(v: TrainFlagValues, given: ReadonlySet<string
   if (v.wrapper === 'msam' && wrapperParams.microBatches! > v.batchSize) {
     throw new UsageError(`--micro-batches (${wrapperParams.microBatches}) must not exceed --batch-size (${v.batchSize})`);
   }
+  if (given.has('augmentPad') && !v.augment) throw new UsageError('--augment-pad applies only with --augment');
+  if (v.rhoSchedule === 'lr') {
+    if (v.wrapper === 'gsam') throw new UsageError('--rho-schedule lr: gsam ties rho to the learning rate itself; use --rho-min');
+    if (!('rho' in defaults)) throw new UsageError(`--rho-schedule lr needs a wrapper with a rho (${WRAPPERS.filter((w) => w !== 'gsam' && 'rho' in WRAPPER_DEFAULTS[w]).join('|')}), not --wrapper ${v.wrapper}`);
+  }
   const model = MODEL_DEFAULTS[v.model];
   return {
     model: v.model,
@@ -157,7 +176,10 @@ export function resolveTrainConfig(v: TrainFlagValues, given: ReadonlySet<string
     warmup: v.warmup,
     labelNoise: v.labelNoise,
     augment: v.augment,
+    ...(v.augment ? { augmentPad: v.augmentPad } : {}),
+    ...(v.rhoSchedule === 'lr' ? { rhoSchedule: 'lr' as const } : {}),
     seed: v.seed,
+    ...(v.eager ? { eager: true as const } : {}),
     backend: v.backend,
     threads: v.threads,
     data: v.data,

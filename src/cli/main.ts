@@ -4,6 +4,8 @@
  */
 // The gradient rules and backward() register themselves on import, as the package entry does.
 import '../autograd/rules.js';
+// The CLI is Node code: the CPU backend is the default until a command calls init.
+import '../node-default.js';
 import { UsageError } from './args.js';
 import { nodeIO, type CliIO } from './io.js';
 import { COMMANDS } from './commands/index.js';

@@ -3,6 +3,7 @@
  * wrapper), its schedules, and one training step on a batch.
  */
 import * as optim from '../optim/index.js';
+import { compile, type CompiledStep } from '../compile/compile.js';
 import { crossEntropy } from '../tensor/ops/nn.js';
 import { Tensor } from '../tensor/tensor.js';
 import type { ScheduleName, TrainConfig, WrapperName, WrapperParam } from './config.js';
@@ -27,6 +28,8 @@ export interface Trainer {
   skippedSteps(): Promise<number>;
   stateDict(): Record<string, unknown>;
   loadStateDict(sd: Record<string, unknown>): void;
+  /** The captured step (fg.compile; it runs eagerly with cfg.eager): its statistics and fall-back reason. */
+  captured: CompiledStep<[Tensor, Tensor], StepResult>;
 }
 
 type WrapperClass = new (params: Tensor[], base: optim.BaseOptimizerClass, opts: Record<string, unknown>) => Optimizer;
@@ -91,69 +94,81 @@ function microRange(batch: number, i: number, m: number): [number, number] {
   return [Math.floor((i * batch) / m), Math.floor(((i + 1) * batch) / m)];
 }
 
-export function buildTrainer(cfg: TrainConfig, model: Classifier, stepsPerEpoch: number): Trainer {
+/**
+ * The optimizer, its schedules and the training step, captured (fg.compile: traced once per batch
+ * shape and replayed, with the scheduled lr and rho as inputs of the plan) unless `cfg.eager`.
+ * `onMessage` receives the one-time message of a step that cannot be captured and runs eagerly.
+ */
+export function buildTrainer(cfg: TrainConfig, model: Classifier, stepsPerEpoch: number, opts: { onMessage?: (message: string) => void } = {}): Trainer {
   const optimizer = buildOptimizer(cfg, model.parameters());
   const totalSteps = Math.max(1, cfg.epochs * stepsPerEpoch);
   const lr = lrScheduler(cfg, optimizer, totalSteps, stepsPerEpoch);
+  // --rho-schedule lr: rho_t = rho * lr_t / lr_peak, the library's ProportionScheduler (GSAM's formula).
+  const rho = cfg.rhoSchedule === 'lr' ? new optim.ProportionScheduler(optimizer, { maxLr: cfg.lr, minLr: 0, minValue: 0 }) : null;
+
+  const captured = compile(function trainStep(x: Tensor, y: Tensor): StepResult {
+    // Accuracy comes from the first pass over each part of the batch (the clean one, except for
+    // RandomSAM whose only pass is perturbed); later passes of the same rows are not counted.
+    const counted = new Set<number>();
+    const counts: Tensor[] = [];
+    const count = (part: number, logits: Tensor, labels: Tensor) => {
+      if (counted.has(part)) return;
+      counted.add(part);
+      counts.push(logits.detach().argmax(1).eq(labels).sum());
+    };
+    const wholeBatch = () => {
+      const logits = model.forward(x);
+      count(0, logits, y);
+      const loss = crossEntropy(logits, y);
+      loss.backward();
+      return loss;
+    };
+    let loss: Tensor | number | undefined;
+    if (optimizer instanceof optim.MSAM) {
+      loss = optimizer.step((i: number, m: number) => {
+        const [from, to] = microRange(x.shape[0], i, m);
+        const xs = x.narrow(0, from, to - from);
+        const ys = y.narrow(0, from, to - from);
+        const logits = model.forward(xs);
+        count(i, logits, ys);
+        const l = crossEntropy(logits, ys);
+        l.backward();
+        return l;
+      });
+    } else if (optimizer instanceof optim.ESAM) {
+      loss = optimizer.step((indices: Tensor | null) => {
+        const logits = model.forward(indices ? x.indexSelect(0, indices) : x);
+        const labels = indices ? y.indexSelect(0, indices) : y;
+        if (!indices) count(0, logits, labels);
+        return crossEntropy(logits, labels, { reduction: 'none' });
+      });
+    } else if (optimizer instanceof optim.SharpnessAware) loss = optimizer.step(wholeBatch);
+    else {
+      optimizer.zeroGrad();
+      loss = wholeBatch();
+      optimizer.step();
+    }
+    if (!(loss instanceof Tensor) || counts.length === 0) throw new Error('internal: the training step returned no loss tensor');
+    return { loss: loss.detach(), correct: counts.reduce((a, b) => a.add(b)) };
+  }, { eager: cfg.eager === true, onMessage: opts.onMessage });
 
   return {
     optimizer,
-    step(x, y) {
-      // Accuracy comes from the first pass over each part of the batch (the clean one, except for
-      // RandomSAM whose only pass is perturbed); later passes of the same rows are not counted.
-      const counted = new Set<number>();
-      const counts: Tensor[] = [];
-      const count = (part: number, logits: Tensor, labels: Tensor) => {
-        if (counted.has(part)) return;
-        counted.add(part);
-        counts.push(logits.detach().argmax(1).eq(labels).sum());
-      };
-      const wholeBatch = () => {
-        const logits = model.forward(x);
-        count(0, logits, y);
-        const loss = crossEntropy(logits, y);
-        loss.backward();
-        return loss;
-      };
-      let loss: Tensor | number | undefined;
-      if (optimizer instanceof optim.MSAM) {
-        loss = optimizer.step((i: number, m: number) => {
-          const [from, to] = microRange(x.shape[0], i, m);
-          const xs = x.narrow(0, from, to - from);
-          const ys = y.narrow(0, from, to - from);
-          const logits = model.forward(xs);
-          count(i, logits, ys);
-          const l = crossEntropy(logits, ys);
-          l.backward();
-          return l;
-        });
-      } else if (optimizer instanceof optim.ESAM) {
-        loss = optimizer.step((indices: Tensor | null) => {
-          const logits = model.forward(indices ? x.indexSelect(0, indices) : x);
-          const labels = indices ? y.indexSelect(0, indices) : y;
-          if (!indices) count(0, logits, labels);
-          return crossEntropy(logits, labels, { reduction: 'none' });
-        });
-      } else if (optimizer instanceof optim.SharpnessAware) loss = optimizer.step(wholeBatch);
-      else {
-        optimizer.zeroGrad();
-        loss = wholeBatch();
-        optimizer.step();
-      }
-      if (!(loss instanceof Tensor) || counts.length === 0) throw new Error('internal: the training step returned no loss tensor');
-      return { loss: loss.detach(), correct: counts.reduce((a, b) => a.add(b)) };
-    },
+    captured,
+    step: captured,
     advance() {
       lr.step();
+      rho?.step();
     },
     currentLr: () => optimizer.paramGroups[0].lr as number,
     async skippedSteps() {
       return (await optimizer.counters()).skipped;
     },
-    stateDict: () => ({ optimizer: optimizer.stateDict(), lr: lr.stateDict() }),
+    stateDict: () => ({ optimizer: optimizer.stateDict(), lr: lr.stateDict(), ...(rho ? { rho: rho.stateDict() } : {}) }),
     loadStateDict(sd) {
       optimizer.loadStateDict(sd.optimizer as optim.OptimizerStateDict);
       lr.loadStateDict(sd.lr as { lastEpoch: number });
+      if (rho) rho.loadStateDict(sd.rho as { lastEpoch: number });
     },
   };
 }

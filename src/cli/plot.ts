@@ -13,6 +13,10 @@ export interface Series {
   points?: boolean;
   /** Palette slot; series that belong together (train and test of one method) share it. Default: the series' index. */
   colorIndex?: number;
+  /** Error bars: y[i] ± yError[i] (a standard deviation or standard error; the caller's legend says which). */
+  yError?: number[];
+  /** false: markers only, no line (a scatter plot). Default true. */
+  line?: boolean;
 }
 
 export interface LineChartSpec {
@@ -20,6 +24,8 @@ export interface LineChartSpec {
   xLabel: string;
   yLabel: string;
   series: Series[];
+  /** 'log': x positions and ticks in log10 (x must be positive). Default 'linear'. */
+  xScale?: 'linear' | 'log';
   /** Of the plot area; the legend is added to the right. */
   width?: number;
   height?: number;
@@ -60,6 +66,21 @@ export function niceTicks(min: number, max: number, count = 5): number[] {
   return ticks;
 }
 
+/** Ticks of a log axis over [10^min, 10^max] (log10 units): 1-2-5 per decade when few decades, else decades only. */
+export function logTicks(min: number, max: number): number[] {
+  if (!(max > min)) return [10 ** min];
+  const mantissas = max - min <= 3 ? [1, 2, 5] : [1];
+  const ticks: number[] = [];
+  for (let d = Math.floor(min); d <= Math.ceil(max); d++) {
+    for (const m of mantissas) {
+      const v = Number((m * 10 ** d).toPrecision(12));
+      const l = Math.log10(v);
+      if (l >= min - 1e-9 && l <= max + 1e-9) ticks.push(v);
+    }
+  }
+  return ticks;
+}
+
 export function formatTick(v: number): string {
   if (v === 0) return '0';
   const a = Math.abs(v);
@@ -96,16 +117,20 @@ function svgOpen(width: number, height: number, title?: string): string[] {
   ];
 }
 
-/** Frame, ticks, grid and axis labels of a plot area; returns the SVG lines. */
-function axes(x: Extent, y: Extent, box: { x0: number; x1: number; y0: number; y1: number }, xLabel: string, yLabel: string, grid: boolean): string[] {
+/**
+ * Frame, ticks, grid and axis labels of a plot area; returns the SVG lines. With `logX` the x
+ * extent is in log10 units and the ticks are labelled with the values themselves.
+ */
+function axes(x: Extent, y: Extent, box: { x0: number; x1: number; y0: number; y1: number }, xLabel: string, yLabel: string, grid: boolean, logX = false): string[] {
   const sx = scale(x, box.x0, box.x1);
   const sy = scale(y, box.y1, box.y0);
   const out: string[] = [];
-  for (const t of niceTicks(x.min, x.max, 6)) {
-    const px = sx(t).toFixed(1);
+  const xTicks = logX ? logTicks(x.min, x.max).map((v) => ({ at: Math.log10(v), label: formatTick(v) })) : niceTicks(x.min, x.max, 6).map((t) => ({ at: t, label: formatTick(t) }));
+  for (const t of xTicks) {
+    const px = sx(t.at).toFixed(1);
     if (grid) out.push(`<line x1="${px}" y1="${box.y0}" x2="${px}" y2="${box.y1}" stroke="#eee"/>`);
     out.push(`<line x1="${px}" y1="${box.y1}" x2="${px}" y2="${box.y1 + 5}" stroke="black"/>`);
-    out.push(`<text x="${px}" y="${box.y1 + 18}" text-anchor="middle">${formatTick(t)}</text>`);
+    out.push(`<text x="${px}" y="${box.y1 + 18}" text-anchor="middle">${t.label}</text>`);
   }
   for (const t of niceTicks(y.min, y.max, 5)) {
     const py = sy(t).toFixed(1);
@@ -143,25 +168,53 @@ export function lineChartSvg(spec: LineChartSpec): string {
   const legendHeight = spec.series.length * LEGEND_ROW + 8;
   const height = Math.max(spec.height ?? 400, MARGIN.top + legendHeight + MARGIN.bottom);
   const box = { x0: MARGIN.left, x1: width - MARGIN.right - legendWidth, y0: MARGIN.top, y1: height - MARGIN.bottom };
-  const x = extent(spec.series.flatMap((s) => s.x));
-  const y = extent(spec.series.flatMap((s) => s.y), 0.05);
+  const logX = spec.xScale === 'log';
+  if (logX) {
+    const bad = spec.series.find((s) => s.x.some((v) => Number.isFinite(v) && v <= 0));
+    if (bad) throw new RangeError(`lineChartSvg: xScale 'log' needs positive x, series '${bad.name}' has ${bad.x.find((v) => v <= 0)}`);
+  }
+  for (const s of spec.series) {
+    if (s.yError && s.yError.length !== s.y.length) throw new RangeError(`lineChartSvg: series '${s.name}' has ${s.y.length} y values but ${s.yError.length} yError values`);
+  }
+  // Series in plot coordinates: x in log10 on a log axis.
+  const xsOf = (s: Series) => (logX ? s.x.map(Math.log10) : s.x);
+  const x = extent(spec.series.flatMap(xsOf), logX ? 0.05 : 0);
+  const y = extent(
+    spec.series.flatMap((s) => (s.yError ? s.y.flatMap((v, i) => [v - s.yError![i], v + s.yError![i]]) : s.y)),
+    0.05,
+  );
   const sx = scale(x, box.x0, box.x1);
   const sy = scale(y, box.y1, box.y0);
   const out = svgOpen(width, height, spec.title);
-  out.push(...axes(x, y, box, spec.xLabel, spec.yLabel, true));
+  out.push(...axes(x, y, box, spec.xLabel, spec.yLabel, true, logX));
   out.push(`<clipPath id="plot-area"><rect x="${box.x0}" y="${box.y0}" width="${box.x1 - box.x0}" height="${box.y1 - box.y0}"/></clipPath>`);
   spec.series.forEach((s, i) => {
     const color = PALETTE[(s.colorIndex ?? i) % PALETTE.length];
     const dash = s.dashed ? ' stroke-dasharray="6 4"' : '';
-    out.push(`<path d="${linePath(s.x, s.y, sx, sy)}" fill="none" stroke="${color}" stroke-width="2"${dash} clip-path="url(#plot-area)"/>`);
-    if (s.points || s.x.length === 1) {
-      s.x.forEach((xv, k) => {
-        if (Number.isFinite(xv) && Number.isFinite(s.y[k])) out.push(`<circle cx="${sx(xv).toFixed(2)}" cy="${sy(s.y[k]).toFixed(2)}" r="3" fill="${color}"/>`);
+    const xs = xsOf(s);
+    if (s.line !== false) out.push(`<path d="${linePath(xs, s.y, sx, sy)}" fill="none" stroke="${color}" stroke-width="2"${dash} clip-path="url(#plot-area)"/>`);
+    if (s.yError) {
+      xs.forEach((xv, k) => {
+        const [v, e] = [s.y[k], s.yError![k]];
+        if (!Number.isFinite(xv) || !Number.isFinite(v) || !Number.isFinite(e)) return;
+        const [px, lo, hi] = [sx(xv).toFixed(2), sy(v - e).toFixed(2), sy(v + e).toFixed(2)];
+        const cap = (py: string) => `<line x1="${(sx(xv) - 4).toFixed(2)}" y1="${py}" x2="${(sx(xv) + 4).toFixed(2)}" y2="${py}" stroke="${color}" stroke-width="1.5"/>`;
+        out.push(`<line x1="${px}" y1="${lo}" x2="${px}" y2="${hi}" stroke="${color}" stroke-width="1.5"/>`, cap(lo), cap(hi));
+      });
+    }
+    if (s.points || s.line === false || s.x.length === 1) {
+      const r = s.line === false ? 4 : 3;
+      xs.forEach((xv, k) => {
+        if (Number.isFinite(xv) && Number.isFinite(s.y[k])) out.push(`<circle cx="${sx(xv).toFixed(2)}" cy="${sy(s.y[k]).toFixed(2)}" r="${r}" fill="${color}"/>`);
       });
     }
     const ly = box.y0 + 8 + i * LEGEND_ROW;
     const lx = box.x1 + 12;
-    out.push(`<line x1="${lx}" y1="${ly}" x2="${lx + 22}" y2="${ly}" stroke="${color}" stroke-width="2"${dash}/>`);
+    out.push(
+      s.line === false
+        ? `<circle cx="${lx + 11}" cy="${ly}" r="4" fill="${color}"/>`
+        : `<line x1="${lx}" y1="${ly}" x2="${lx + 22}" y2="${ly}" stroke="${color}" stroke-width="2"${dash}/>`,
+    );
     out.push(`<text x="${lx + 28}" y="${ly}" dominant-baseline="middle">${escapeXml(s.name)}</text>`);
   });
   out.push('</svg>');
@@ -221,22 +274,40 @@ export function barChartSvg(spec: BarChartSpec): string {
 const VEGA_LITE_SCHEMA = 'https://vega.github.io/schema/vega-lite/v5.json';
 
 export function lineChartVegaLite(spec: LineChartSpec): object {
-  const values = spec.series.flatMap((s) => s.x.map((x, i) => ({ series: s.name, x, y: Number.isFinite(s.y[i]) ? s.y[i] : null })));
-  return {
+  const num = (v: number) => (Number.isFinite(v) ? v : null);
+  const values = spec.series.flatMap((s) =>
+    s.x.map((x, i) => ({
+      series: s.name,
+      x,
+      y: num(s.y[i]),
+      ...(s.yError ? { yLow: num(s.y[i] - s.yError[i]), yHigh: num(s.y[i] + s.yError[i]) } : {}),
+    })),
+  );
+  const scatter = spec.series.length > 0 && spec.series.every((s) => s.line === false);
+  const encoding = {
+    x: { field: 'x', type: 'quantitative', title: spec.xLabel, ...(spec.xScale === 'log' ? { scale: { type: 'log' } } : {}) },
+    y: { field: 'y', type: 'quantitative', title: spec.yLabel, scale: { zero: false } },
+    color: { field: 'series', type: 'nominal', title: null, sort: spec.series.map((s) => s.name) },
+    ...(spec.series.some((s) => s.dashed)
+      ? { strokeDash: { field: 'series', type: 'nominal', legend: null, scale: { domain: spec.series.map((s) => s.name), range: spec.series.map((s) => (s.dashed ? [6, 4] : [1, 0])) } } }
+      : {}),
+  };
+  const mark = scatter ? { type: 'point', filled: true } : { type: 'line', point: spec.series.some((s) => s.points) };
+  const frame = {
     $schema: VEGA_LITE_SCHEMA,
     ...(spec.title ? { title: spec.title } : {}),
     width: spec.width ?? 480,
     height: (spec.height ?? 400) - MARGIN.top - MARGIN.bottom,
     data: { values },
-    mark: { type: 'line', point: spec.series.some((s) => s.points) },
-    encoding: {
-      x: { field: 'x', type: 'quantitative', title: spec.xLabel },
-      y: { field: 'y', type: 'quantitative', title: spec.yLabel, scale: { zero: false } },
-      color: { field: 'series', type: 'nominal', title: null, sort: spec.series.map((s) => s.name) },
-      ...(spec.series.some((s) => s.dashed)
-        ? { strokeDash: { field: 'series', type: 'nominal', legend: null, scale: { domain: spec.series.map((s) => s.name), range: spec.series.map((s) => (s.dashed ? [6, 4] : [1, 0])) } } }
-        : {}),
-    },
+  };
+  if (!spec.series.some((s) => s.yError)) return { ...frame, mark, encoding };
+  // Error bars as a second layer over the same data: a rule from yLow to yHigh per point.
+  return {
+    ...frame,
+    layer: [
+      { mark, encoding },
+      { mark: { type: 'errorbar', ticks: true }, encoding: { x: encoding.x, y: { field: 'yLow', type: 'quantitative', title: spec.yLabel }, y2: { field: 'yHigh' }, color: encoding.color } },
+    ],
   };
 }
 

@@ -12,7 +12,7 @@ import { tensor } from '../tensor/creation.js';
 import { stack } from '../tensor/ops/shape.js';
 import { generator, manualSeed } from '../tensor/random.js';
 import { dispose, tidy, type Tensor } from '../tensor/tensor.js';
-import type { TrainConfig } from './config.js';
+import { LEGACY_AUGMENT_PAD, type TrainConfig } from './config.js';
 import { loadRunData } from './data.js';
 import type { CliIO } from './io.js';
 import { buildModel } from './models.js';
@@ -132,15 +132,20 @@ export async function runTraining(requested: TrainConfig, target: RunTarget, bac
   if (saved && target.sameConfig) checkSameConfig(ckptPath, saved.meta.config as unknown as TrainConfig, requested);
   // A resumed run keeps the configuration it was started with (its schedules depend on it).
   const cfg: TrainConfig = saved ? { ...(saved.meta.config as unknown as TrainConfig), backend: requested.backend, threads: requested.threads } : requested;
+  // How steps run (--eager or captured) is this invocation's choice, as the backend is.
+  if (saved) {
+    delete cfg.eager;
+    if (requested.eager) cfg.eager = true;
+  }
 
   const data = await loadRunData(cfg);
   manualSeed(cfg.seed);
   const model = buildModel(cfg, data.numClasses);
   const dropLast = data.train.length >= cfg.batchSize;
-  const loader = new DataLoader(data.train, { batchSize: cfg.batchSize, shuffle: true, seed: cfg.seed, dropLast, transform: cfg.augment ? cropAndFlip(2) : undefined });
+  const loader = new DataLoader(data.train, { batchSize: cfg.batchSize, shuffle: true, seed: cfg.seed, dropLast, transform: cfg.augment ? cropAndFlip(cfg.augmentPad ?? LEGACY_AUGMENT_PAD) : undefined });
   const testBatches = () => new DataLoader(data.test, { batchSize: EVAL_BATCH }).batches(0);
   const stepsPerEpoch = loader.length;
-  const trainer = buildTrainer(cfg, model, stepsPerEpoch);
+  const trainer = buildTrainer(cfg, model, stepsPerEpoch, { onMessage: (m) => io.stderr.write(`${m}\n`) });
 
   let history: History;
   let position: Position | null = null;
@@ -286,6 +291,7 @@ export async function runTraining(requested: TrainConfig, target: RunTarget, bac
     files,
   };
   await writeJson(files.summary, summary);
+  trainer.captured.dispose();
   dispose(model.stateDict());
   trainer.optimizer.dispose();
   return summary;
@@ -320,7 +326,7 @@ async function writeRunFiles(files: Record<'metrics' | 'steps' | 'lossPlot' | 'a
 }
 
 function checkSameConfig(path: string, saved: TrainConfig, requested: TrainConfig): void {
-  const runtime = new Set(['backend', 'threads']);
+  const runtime = new Set(['backend', 'threads', 'eager']);
   const keys = [...new Set([...Object.keys(saved), ...Object.keys(requested)])].filter((k) => !runtime.has(k));
   const differ = keys.filter((k) => JSON.stringify(saved[k as keyof TrainConfig]) !== JSON.stringify(requested[k as keyof TrainConfig]));
   if (differ.length) {

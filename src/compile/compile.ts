@@ -7,8 +7,10 @@
  * later calls replay the plan. A new shape or dtype of a tensor argument, a different non-tensor
  * argument or `opts.key()` value is a new signature. Host state that steers the step (declared by
  * the library through captureHooks.hostState: LookSAM's phase, BatchNorm's cumulative average, an
- * optimizer's hyper-parameters) selects among the plans of a signature, and a value not seen yet
- * is traced.
+ * optimizer's structural options such as momentum on or off) selects among the plans of a
+ * signature, and a value not seen yet is traced. Hyper-parameters that schedulers move every step
+ * (lr, rho, the betas, weight decay) are inputs of the plan instead (captureHooks.hostValue): each
+ * replay hands the kernels their current values, so one trace serves the whole schedule.
  *
  * Why record at the Backend boundary rather than trace the tensor program: the contract is the
  * complete list of what a step does to a device, it is small, and every backend already keeps it,
@@ -25,7 +27,7 @@
 import type { Backend, Storage } from '../kernels/backend.js';
 import { getBackend } from '../kernels/registry.js';
 import { generator } from '../tensor/random.js';
-import { Tensor } from '../tensor/tensor.js';
+import { Tensor, tidy } from '../tensor/tensor.js';
 import { fmt } from '../tensor/shape.js';
 import { Plan, type PlanStats } from './plan.js';
 import { traceStep, type Trace } from './trace.js';
@@ -38,7 +40,10 @@ export interface CompileOptions {
   warmup?: number;
   /** Plans kept per signature (host-state variants) before giving up and running eagerly (default 8). */
   maxPlans?: number;
-  /** Host values the step depends on beyond its arguments (a scheduled learning rate): part of the signature. */
+  /**
+   * Host values the step depends on beyond its arguments and the library's own declarations: part
+   * of the signature. (An optimizer's scheduled lr and rho need no key: they are inputs of the plan.)
+   */
   key?: () => unknown;
   /** Where the one-time fall-back message goes (default console.warn). */
   onMessage?: (message: string) => void;
@@ -68,7 +73,7 @@ interface OutputTemplate {
 /** A plan and the host side of its step (the trace itself, with its copies of host data, is dropped). */
 interface Variant {
   plan: Plan;
-  host: Pick<Trace, 'hostStates' | 'hostChecks' | 'draws'>;
+  host: Pick<Trace, 'hostStates' | 'hostChecks' | 'hostValues' | 'draws'>;
   output: unknown;
 }
 
@@ -191,13 +196,19 @@ export function compile<A extends unknown[], R>(fn: (...args: A) => R, opts: Com
     const backend = inputs[0]?.backend ?? getBackend();
     const storages = inputs.map((t) => t.storage);
 
-    const variant = entry.variants.find((v) => v.host.hostStates.every((h) => !h.guard || sameValue(h.guard(), h.value)));
+    // Host values a kernel received as is are inputs of the plan (computed now); the others guard it.
+    let hostValues: (object | null)[] = [];
+    const variant = entry.variants.find((v) => {
+      if (!v.host.hostStates.every((h) => !h.guard || sameValue(h.guard(), h.value))) return false;
+      hostValues = v.host.hostValues.map((h) => (h.consumed ? h.get() : null));
+      return v.host.hostValues.every((h) => h.consumed || JSON.stringify(h.get()) === h.value);
+    });
     if (variant) {
       const { plan, host: trace } = variant;
       for (const c of trace.hostChecks) c.check(inputs[c.inputIndex]);
       const keys: [number, number][] = [];
       for (let i = 0; i < trace.draws; i++) keys.push(generator.nextKey());
-      const outs = plan.replay(storages, keys);
+      const outs = plan.replay(storages, keys, hostValues);
       for (const h of trace.hostStates) h.advance?.();
       counts.replays++;
       return buildOutput(variant.output, outs, plan.backend) as R;
@@ -210,7 +221,10 @@ export function compile<A extends unknown[], R>(fn: (...args: A) => R, opts: Com
     tracing = true;
     let traced: { result: R; trace: Trace };
     try {
-      traced = traceStep(backend, storages, () => fn(...args));
+      // In a scope of its own: tensors the step makes and neither returns nor keeps are garbage
+      // that an enclosing tidy would free after the call (a step with no tidy inside, as the
+      // CLI's): freed within the trace, they are temporaries of the plan rather than state.
+      traced = traceStep(backend, storages, () => tidy(() => fn(...args) as never) as R);
     } finally {
       tracing = false;
     }
@@ -224,8 +238,8 @@ export function compile<A extends unknown[], R>(fn: (...args: A) => R, opts: Com
       plan.dispose();
       giveUp(why);
     } else {
-      const { hostStates, hostChecks, draws } = traced.trace;
-      entry.variants.push({ plan, host: { hostStates, hostChecks, draws }, output });
+      const { hostStates, hostChecks, hostValues, draws } = traced.trace;
+      entry.variants.push({ plan, host: { hostStates, hostChecks, hostValues, draws }, output });
       addLivePlan(plan);
       lastPlan = plan;
     }

@@ -37,6 +37,21 @@ export interface CaptureHooks {
    * step). Plans that use the old storage as state move to the new one; a trace records the move.
    */
   rebound: ((from: object, to: object) => void) | null;
+  /**
+   * A kernel argument computed from host values that change from step to step (a scheduled
+   * learning rate, SAM's rho): `value` is the object about to be passed to a kernel (the very
+   * object: it is found by identity in the recorded arguments), `get` computes it again from the
+   * current host state. A plan takes it as an input: each replay passes `get()` in its place, so
+   * one trace serves a whole schedule. Where the object never reaches a kernel as is (code derived
+   * other numbers from it), the plan treats `get()` as a guard instead (a new value traces again),
+   * which is always safe. The host values behind it must not steer host branches of the step
+   * (those stay in a hostState guard).
+   *
+   * With `from` (a value declared before), `value` is derived from it: `get` receives the current
+   * value of `from` and derives `value` again (the per-tensor engine turns an optimizer's groups
+   * into kernel hyper-parameters). `from` then counts as received when `value` is.
+   */
+  hostValue: ((value: object, get: (from?: object) => object, from?: object) => void) | null;
 }
 
-export const captureHooks: CaptureHooks = { hostState: null, hostCheck: null, deviceCall: null, rebound: null };
+export const captureHooks: CaptureHooks = { hostState: null, hostCheck: null, deviceCall: null, rebound: null, hostValue: null };

@@ -22,7 +22,7 @@
  */
 import type { Backend, Storage } from '../kernels/backend.js';
 import { fusedKernelsFor } from '../kernels/fused.js';
-import type { KeyRef, SlotRef, StorageRecord, Trace, TraceEvent } from './trace.js';
+import type { HostRef, KeyRef, SlotRef, StorageRecord, Trace, TraceEvent } from './trace.js';
 
 /** Where a storage of the plan comes from on a replay. */
 export type Binding =
@@ -51,23 +51,43 @@ export interface PlanStats {
   keptState: number;
   /** Of `calls`: zero fills of reused buffers (an eager step gets them from its fresh allocations). */
   zeroFills: number;
+  /**
+   * Of `calls`: those whose arguments change on each replay (inputs, outputs, random keys, live
+   * hyper-parameters), so their host code runs every time. On WebGPU the others are encoded from
+   * recorded command streams (no host work per kernel).
+   */
+  dynamicCalls: number;
 }
 
 interface BoundStep {
   fn: (...a: unknown[]) => unknown;
   self: object | null;
   args: unknown[];
+  /** Its arguments change on each replay (inputs, outputs, random keys, host values): its host code runs every time. */
+  dynamic?: boolean;
+}
+/**
+ * A run of consecutive steps: dynamic ones run their host code on each replay; a static run is
+ * recorded as device commands on its first replay where the backend can (WebGPU: CommandReplay)
+ * and encoded again from the recording afterwards.
+ */
+interface Segment {
+  start: number;
+  end: number;
+  dynamic: boolean;
+  recording: object | null;
 }
 interface Patch {
   obj: Record<number | string, unknown>;
   key: number | string;
-  from: { input: number } | { output: number } | KeyRef;
+  from: { input: number } | { output: number } | KeyRef | HostRef;
 }
 
 export class Plan {
   readonly backend: Backend;
   readonly calls: PlannedCall[];
   private steps: BoundStep[] = [];
+  private segments: Segment[] = [];
   private patches: Patch[] = [];
   private buffers: Storage[] = [];
   /** Swapped state kept alive by the plan (released with it). */
@@ -93,8 +113,20 @@ export class Plan {
 
     // Pre-existing storages released during the step must be state that was swapped for new storage.
     const swaps: { from: Storage; to: Storage }[] = [];
+    /**
+     * Pre-existing storages that the step disposes without any recorded call touching them: state
+     * the step discards and makes anew (the per-tensor optimizer's zeroGrad drops last step's
+     * .grad tensors, and backward makes new ones, which the plan keeps as fixed storages). A
+     * replay has nothing to do with them: they are freed once the plan is built.
+     */
+    const discarded: Storage[] = [];
     for (const r of records) {
       if (r.origin !== 'pre' || !r.released) continue;
+      if (r.firstUse < 0 && !trace.rebinds.has(r.storage) && !records.some((x) => x.viewOf?.base === r.id)) {
+        this.kept.push(r.storage);
+        discarded.push(r.storage);
+        continue;
+      }
       let to = trace.rebinds.get(r.storage);
       const seen = new Set<Storage>();
       while (to && trace.rebinds.has(to) && !seen.has(to)) {
@@ -147,6 +179,13 @@ export class Plan {
     const byEnd = [...starts].sort((a, c) => a.lastUse - c.lastUse);
     let ended = 0;
     for (const t of temps) if (t.firstUse < 0) binding[t.id] = { kind: 'fixed', storage: t.storage }; // never touched: never used
+    // New state the step makes and keeps (a .grad made by backward): the plan reuses the storage on
+    // every replay, where the eager step got a fresh (zero) one; first touched by a read, it is zeroed first.
+    for (const r of records) {
+      if (r.viewOf || r.origin !== 'made' || r.released || r.firstUse < 0 || r.firstUseWritesAll || binding[r.id]?.kind !== 'fixed') continue;
+      if (!zeroAt.has(r.firstUse)) zeroAt.set(r.firstUse, []);
+      zeroAt.get(r.firstUse)!.push(r.id);
+    }
     for (const t of starts) {
       // Free the buffers of temporaries whose last use came before this one's first use (not at
       // it: a call's inputs and outputs need distinct buffers).
@@ -192,6 +231,7 @@ export class Plan {
       temporaries: starts.length,
       keptState: 0,
       zeroFills: this.calls.reduce((n, c) => n + c.zero.length, 0),
+      dynamicCalls: 0,
     };
     if (why) return;
 
@@ -219,7 +259,7 @@ export class Plan {
     let found = 0;
     const bind = (x: unknown, parent: Record<number | string, unknown>, key: number | string): unknown => {
       if (typeof x !== 'object' || x === null) return x;
-      if ('$s' in x || '$k' in x) found++;
+      if ('$s' in x || '$k' in x || '$h' in x) found++;
       if ('$s' in x) {
         const s = storageFor((x as SlotRef).$s);
         if ('input' in s || 'output' in s) {
@@ -231,6 +271,10 @@ export class Plan {
       if ('$k' in x) {
         this.patches.push({ obj: parent, key, from: x as KeyRef });
         return 0;
+      }
+      if ('$h' in x) {
+        this.patches.push({ obj: parent, key, from: x as HostRef });
+        return null;
       }
       if ('blockParam' in x && 'paramTable' in x) return x;
       if (ArrayBuffer.isView(x)) return x;
@@ -249,27 +293,33 @@ export class Plan {
     };
     const fused = fusedKernelsFor(b) as unknown as Record<string, (...a: unknown[]) => unknown> | null;
     const be = b as unknown as Record<string, (...a: unknown[]) => unknown>;
+    // A step is dynamic when binding its arguments added patches (filled anew on each replay).
+    const push = (step: BoundStep, patchesBefore: number): void => {
+      step.dynamic = this.patches.length > patchesBefore;
+      this.steps.push(step);
+    };
     for (const c of this.calls) {
       for (const z of c.zero) {
+        const before = this.patches.length;
         const args: unknown[] = [null, 0];
         args[0] = bind({ $s: z }, args as unknown as Record<number, unknown>, 0);
-        this.steps.push({ fn: be.fill, self: b, args });
+        push({ fn: be.fill, self: b, args }, before);
       }
       const e = c.event;
+      const before = this.patches.length;
       if (e.kind === 'write') {
         const args: unknown[] = [null, e.data];
         args[0] = bind({ $s: e.slot }, args as unknown as Record<number, unknown>, 0);
-        this.steps.push({ fn: be.write, self: b, args });
+        push({ fn: be.write, self: b, args }, before);
       } else {
         const self = e.target === 'backend' ? b : e.target === 'fused' ? fused! : null;
         const fn = e.fn ?? (self as Record<string, (...a: unknown[]) => unknown>)[e.method];
         const args: unknown[] = new Array(e.args.length);
         e.args.forEach((a, i) => { args[i] = bind(a, args as unknown as Record<number, unknown>, i); });
-        this.steps.push({ fn, self, args });
+        push({ fn, self, args }, before);
       }
     }
-    for (const id of redirect.keys()) {
-      const old = records[id].storage;
+    for (const old of [...[...redirect.keys()].map((id) => records[id].storage), ...discarded]) {
       this.kept.splice(this.kept.indexOf(old), 1);
       b.release(old);
     }
@@ -281,6 +331,32 @@ export class Plan {
       fn: be.stridedCopy, self: b,
       args: [to, from, { shape: [from.numel], srcStrides: [1], srcOffset: 0, dstStrides: [1], dstOffset: 0 }],
     })));
+    // Each dynamic step alone; consecutive static ones together (one recording each run).
+    for (let i = 0; i < this.steps.length; ) {
+      const dynamic = !!this.steps[i].dynamic;
+      let j = i + 1;
+      if (!dynamic) while (j < this.steps.length && !this.steps[j].dynamic) j++;
+      this.segments.push({ start: i, end: j, dynamic, recording: null });
+      i = j;
+    }
+    this.stats.dynamicCalls = this.steps.filter((st) => st.dynamic).length;
+  }
+
+  /** Drops the recorded command streams (their bindings changed); the next replay records again. */
+  private dropRecordings(): void {
+    const cr = this.backend.commandReplay;
+    for (const seg of this.segments) {
+      if (seg.recording && cr) cr.release(seg.recording);
+      seg.recording = null;
+    }
+  }
+
+  /** Runs steps [start, end) through their host code. */
+  private run(start: number, end: number): void {
+    for (let i = start; i < end; i++) {
+      const st = this.steps[i];
+      st.fn.apply(st.self, st.args);
+    }
   }
 
   /**
@@ -288,38 +364,81 @@ export class Plan {
    * code: Tensor.rebind): the plan reads and writes `to` from now on.
    */
   retarget(from: Storage, to: Storage): void {
+    let moved = false;
     const walk = (x: unknown): void => {
       if (typeof x !== 'object' || x === null || ArrayBuffer.isView(x) || Object.isFrozen(x)) return;
       if (Array.isArray(x)) {
         for (let i = 0; i < x.length; i++) {
-          if (x[i] === from) x[i] = to;
-          else walk(x[i]);
+          if (x[i] === from) {
+            x[i] = to;
+            moved = true;
+          } else walk(x[i]);
         }
       } else if (Object.getPrototypeOf(x) === Object.prototype && !('blockParam' in x)) {
         const o = x as Record<string, unknown>;
         for (const k of Object.keys(o)) {
-          if (o[k] === from) o[k] = to;
-          else walk(o[k]);
+          if (o[k] === from) {
+            o[k] = to;
+            moved = true;
+          } else walk(o[k]);
         }
       }
     };
     for (const s of this.steps) walk(s.args);
+    // Every live plan hears of every move (another model's BatchNorm too): only a plan that used
+    // the old storage records its command streams again.
+    if (moved) this.dropRecordings();
   }
 
-  /** Runs the plan: inputs bound, outputs allocated here and returned, random keys drawn by the caller. */
-  replay(inputs: Storage[], keys: [number, number][]): Storage[] {
+  /**
+   * Runs the plan: inputs bound, outputs allocated here and returned, random keys drawn and host
+   * values (captureHooks.hostValue, by index; null for those that are guards) computed by the caller.
+   */
+  replay(inputs: Storage[], keys: [number, number][], hostValues: readonly (object | null)[] = []): Storage[] {
     const b = this.backend;
     const outs = this.outputs.map((o) => b.alloc(o.numel, o.dtype));
     for (const p of this.patches) {
       const f = p.from;
-      p.obj[p.key] = '$k' in f ? keys[f.$k][f.part] : 'input' in f ? inputs[f.input] : outs[f.output];
+      p.obj[p.key] = '$k' in f ? keys[f.$k][f.part] : '$h' in f ? hostValues[f.$h] : 'input' in f ? inputs[f.input] : outs[f.output];
     }
-    for (const s of this.steps) s.fn.apply(s.self, s.args);
+    const cr = b.commandReplay;
+    if (!cr) {
+      this.run(0, this.steps.length);
+      return outs;
+    }
+    // One submit for the whole step; static runs encoded from their recordings.
+    cr.holdSubmits(true);
+    try {
+      for (const seg of this.segments) {
+        if (seg.dynamic) {
+          this.run(seg.start, seg.end);
+          continue;
+        }
+        if (seg.recording && cr.replay(seg.recording)) continue;
+        if (seg.recording) cr.release(seg.recording);
+        seg.recording = null;
+        const recording = cr.begin();
+        let done = false;
+        try {
+          this.run(seg.start, seg.end);
+          done = true;
+        } finally {
+          if (recording) {
+            const r = cr.end();
+            if (done) seg.recording = r;
+            else if (r) cr.release(r);
+          }
+        }
+      }
+    } finally {
+      cr.holdSubmits(false);
+    }
     return outs;
   }
 
   /** Releases the planned buffers and the swapped state the plan kept alive. */
   dispose(): void {
+    this.dropRecordings();
     for (const s of this.buffers) this.backend.release(s);
     for (const s of this.kept) this.backend.release(s);
     this.buffers = [];

@@ -23,6 +23,10 @@ export interface KeyRef {
   $k: number;
   part: 0 | 1;
 }
+/** A host value placeholder (captureHooks.hostValue): filled with `hostValues[$h].get()` on each replay. */
+export interface HostRef {
+  $h: number;
+}
 
 export type StorageOrigin =
   /** Existed before the step (parameters, arena, optimizer state, constants): used as is. */
@@ -62,6 +66,15 @@ export interface HostState {
   advance: (() => void) | null;
 }
 
+/** A kernel argument declared through captureHooks.hostValue. */
+export interface HostValue {
+  get: () => object;
+  /** Its JSON when traced (the guard of a value that no kernel received as is). */
+  value: string;
+  /** Whether a recorded call received the object itself (then it is a plan input, not a guard). */
+  consumed: boolean;
+}
+
 export interface HostCheck {
   inputIndex: number;
   check: (t: unknown) => void;
@@ -75,6 +88,7 @@ export interface Trace {
   draws: number;
   hostStates: HostState[];
   hostChecks: HostCheck[];
+  hostValues: HostValue[];
   /** old storage -> new storage, for state tensors that the step pointed at new storage (Tensor.rebind). */
   rebinds: Map<Storage, Storage>;
   /** Why this step cannot be replayed (the first reason found), or null. */
@@ -92,6 +106,7 @@ const WRITES_ALL: Record<string, number[]> = {
   crossEntropy: [2], crossEntropyBackward: [3], matmul: [2], im2col: [1], col2im: [1], maxPool2d: [1, 2],
   maxPool2dBackward: [2], avgPool2d: [1], avgPool2dBackward: [1], gather: [2], scatterAdd: [2], cumsum: [1],
   argsort: [1], random: [0], conv2d: [2], conv2dBackwardInput: [2], conv2dBackwardWeight: [2],
+  layerNorm: [3, 4, 5], layerNormBackward: [5, 6, 7], batchNorm: [3, 4, 5, 6], batchNormEval: [5], batchNormBackward: [5, 6, 7],
 };
 
 /**
@@ -162,7 +177,7 @@ function callers(): string {
  * `inputs` are the storages of the compiled function's tensor arguments, in order.
  */
 export function traceStep<R>(backend: Backend, inputs: Storage[], fn: () => R): { result: R; trace: Trace } {
-  const trace: Trace = { backend, events: [], storages: [], draws: 0, hostStates: [], hostChecks: [], rebinds: new Map(), unsupported: null };
+  const trace: Trace = { backend, events: [], storages: [], draws: 0, hostStates: [], hostChecks: [], hostValues: [], rebinds: new Map(), unsupported: null };
   const byStorage = new Map<Storage, StorageRecord>();
   const note = (why: string): void => {
     if (!trace.unsupported) trace.unsupported = why;
@@ -205,6 +220,23 @@ export function traceStep<R>(backend: Backend, inputs: Storage[], fn: () => R): 
   };
 
   let allowedRead: Storage | null = null;
+  const hostValueIndex = new Map<object, number>();
+  const hostValueParent: number[] = [];
+  captureHooks.hostValue = (value, get, from) => {
+    if (hostValueIndex.has(value)) return;
+    let getNow = get as () => object;
+    let parent = -1;
+    if (from) {
+      // Derived from a value the step did not declare: a constant of the plan, as any other.
+      parent = hostValueIndex.get(from) ?? -2;
+      if (parent === -2) return;
+      const parentGet = trace.hostValues[parent].get;
+      getNow = () => get(parentGet());
+    }
+    hostValueIndex.set(value, trace.hostValues.length);
+    hostValueParent.push(parent);
+    trace.hostValues.push({ get: getNow, value: JSON.stringify(value), consumed: false });
+  };
   captureHooks.hostState = (name, guard, advance) => {
     trace.hostStates.push({ name, guard, value: guard ? guard() : undefined, advance });
   };
@@ -231,6 +263,12 @@ export function traceStep<R>(backend: Backend, inputs: Storage[], fn: () => R): 
       return { $k: k.draw, part: k.part } satisfies KeyRef;
     }
     if (typeof x !== 'object' || x === null) return x;
+    const hv = hostValueIndex.get(x);
+    if (hv !== undefined) {
+      trace.hostValues[hv].consumed = true;
+      placeholders++;
+      return { $h: hv } satisfies HostRef;
+    }
     if (isStorage(x)) {
       const r = recordOf(x);
       touch(r, callIndex, writesAll);
@@ -387,6 +425,10 @@ export function traceStep<R>(backend: Backend, inputs: Storage[], fn: () => R): 
 
   try {
     const result = fn();
+    // A derived value that a kernel received stands for its source (children come after parents).
+    for (let i = trace.hostValues.length - 1; i >= 0; i--) {
+      if (trace.hostValues[i].consumed && hostValueParent[i] >= 0) trace.hostValues[hostValueParent[i]].consumed = true;
+    }
     return { result, trace };
   } finally {
     for (let i = restores.length - 1; i >= 0; i--) restores[i]();
@@ -396,5 +438,6 @@ export function traceStep<R>(backend: Backend, inputs: Storage[], fn: () => R): 
     captureHooks.hostState = null;
     captureHooks.hostCheck = null;
     captureHooks.deviceCall = null;
+    captureHooks.hostValue = null;
   }
 }

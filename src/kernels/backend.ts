@@ -26,6 +26,24 @@ export interface Storage {
   readonly dtype: DType;
 }
 
+/**
+ * Records the device commands that a stretch of kernel calls encodes and encodes them again later
+ * (WebGPU), for captured steps (src/compile/plan.ts): a replay then skips each call's host work
+ * (shader text, pipeline lookup, bind groups, uniform data) and the step submits once.
+ */
+export interface CommandReplay {
+  /** Starts recording the commands of the calls that follow; false when it cannot now (the calls just run). */
+  begin(): boolean;
+  /** Ends the recording: an opaque handle, or null when the recording missed commands. */
+  end(): object | null;
+  /** Encodes a recording again; false when it is stale (a buffer it binds was released): run and record the calls again. */
+  replay(recording: object): boolean;
+  /** Gives back what a recording holds. */
+  release(recording: object): void;
+  /** While on, work is submitted once, when it is turned off (a replayed step is one submit). */
+  holdSubmits(on: boolean): void;
+}
+
 export interface BackendInfo {
   name: BackendName;
   /** Human-readable adapter or engine description, e.g. "SwiftShader Device (Subzero) via Vulkan". */
@@ -177,6 +195,27 @@ export interface CrossEntropyLayout {
   ignoreIndex: number;
 }
 
+/**
+ * Layer normalization of each row of a [rows, cols] matrix, as PyTorch's: biased variance, eps
+ * inside the square root.
+ */
+export interface LayerNormLayout {
+  rows: number;
+  cols: number;
+  eps: number;
+}
+
+/**
+ * Batch normalization of x [n, c, hw] (NCHW with hw = H*W, or [N, C, L]) per channel c over its
+ * n * hw values, as PyTorch's: biased variance, eps inside the square root.
+ */
+export interface BatchNormLayout {
+  n: number;
+  c: number;
+  hw: number;
+  eps: number;
+}
+
 export interface Backend {
   readonly name: BackendName;
   info(): BackendInfo;
@@ -209,6 +248,8 @@ export interface Backend {
   /** Waits until all submitted work has finished. */
   sync(): Promise<void>;
   memory(): MemoryInfo;
+  /** Optional (WebGPU): recorded command streams for captured steps (see CommandReplay). */
+  readonly commandReplay?: CommandReplay;
   /** Returns pooled (free) device memory to the system; live buffers are untouched. */
   trim?(): void;
   /** Releases the device and every buffer; the backend is unusable afterwards. */
@@ -238,6 +279,67 @@ export interface Backend {
   crossEntropy(logits: Storage, labels: Storage, out: Storage, layout: CrossEntropyLayout): void;
   /** d(loss_r)/d(logits) * gradRows[r] = (softmax - target) * gradRows[r], target smoothed; a row labelled ignoreIndex is 0. */
   crossEntropyBackward(logits: Storage, labels: Storage, gradRows: Storage, out: Storage, layout: CrossEntropyLayout): void;
+  /**
+   * Per row r of x [rows, cols]: its mean, rstd[r] = 1 / sqrt(var + eps) (biased variance), and
+   * out = (x - mean) * rstd * weight + bias, with weight and bias [cols] (either may be null: 1 and
+   * 0). A row holding NaN or an infinity is NaN throughout out (its variance is NaN), as PyTorch.
+   * `mean` [rows, 2] holds each mean as an unevaluated sum hi + lo: hi the mean rounded to the
+   * dtype, lo the rest rounded (0 in float64), so that the backward pass's (x - hi) - lo keeps the
+   * low bits of the deviations of a row far from 0 (all near 1000, say), which x - hi would lose
+   * to hi's rounding. cols > 0.
+   */
+  layerNorm(x: Storage, weight: Storage | null, bias: Storage | null, out: Storage, mean: Storage, rstd: Storage, layout: LayerNormLayout): void;
+  /**
+   * The gradient of layerNorm from its saved mean (the pairs above) and rstd, with
+   * xhat = ((x - hi) - lo) * rstd and
+   * gw = grad * weight (grad where weight is null), per row:
+   *   dx = rstd * (gw - mean_j(gw) - xhat * mean_j(gw * xhat)),
+   * and over all rows dweight = sum_r grad * xhat, dbias = sum_r grad (0 when rows = 0). Any of
+   * dx, dweight and dbias may be null: not wanted. cols > 0.
+   */
+  layerNormBackward(
+    grad: Storage,
+    x: Storage,
+    mean: Storage,
+    rstd: Storage,
+    weight: Storage | null,
+    dx: Storage | null,
+    dweight: Storage | null,
+    dbias: Storage | null,
+    layout: LayerNormLayout,
+  ): void;
+  /**
+   * Training-mode batch norm: per channel c of x [n, c, hw] its mean over the n * hw values (as
+   * the pair hi + lo of layerNorm's contract, `mean` [c, 2]), `variance` [c] (biased, about that
+   * mean: two passes, not E[x^2] - mean^2) for the running statistics, rstd[c] =
+   * 1 / sqrt(variance + eps), and out = ((x - hi) - lo) * (rstd * weight) + bias, with weight and
+   * bias [c] (either may be null: 1 and 0). A channel holding NaN or an infinity is NaN throughout.
+   * n * hw > 0.
+   */
+  batchNorm(x: Storage, weight: Storage | null, bias: Storage | null, out: Storage, mean: Storage, variance: Storage, rstd: Storage, layout: BatchNormLayout): void;
+  /**
+   * Eval-mode batch norm with given statistics, one affine pass:
+   * out = (x - runningMean) * (weight / sqrt(runningVar + eps)) + bias per channel.
+   */
+  batchNormEval(x: Storage, runningMean: Storage, runningVar: Storage, weight: Storage | null, bias: Storage | null, out: Storage, layout: BatchNormLayout): void;
+  /**
+   * The gradient of batchNorm from its saved mean pairs and rstd: with xhat = ((x - hi) - lo) * rstd,
+   * per channel over its n * hw values (m of them)
+   *   dx = weight * rstd * (grad - sum(grad) / m - xhat * sum(grad * xhat) / m),
+   *   dweight = sum(grad * xhat), dbias = sum(grad)
+   * (weight null: 1). Any of dx, dweight and dbias may be null: not wanted. n * hw > 0.
+   */
+  batchNormBackward(
+    grad: Storage,
+    x: Storage,
+    mean: Storage,
+    rstd: Storage,
+    weight: Storage | null,
+    dx: Storage | null,
+    dweight: Storage | null,
+    dbias: Storage | null,
+    layout: BatchNormLayout,
+  ): void;
   matmul(a: Storage, b: Storage, out: Storage, layout: MatmulLayout): void;
   /** x [n, c, h, w] -> cols [n, c*kh*kw, oh*ow] (zero where the window is in the padding). */
   im2col(x: Storage, cols: Storage, g: Window2d): void;

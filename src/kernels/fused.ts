@@ -242,6 +242,11 @@ export interface FusedKernels {
   lincomb(L: ArenaLayout, out: Storage, self: Coef, terms: readonly Term[], S: Storage): void;
   /** out = Gaussian noise (see NoiseOptions) on active parameters, 0 elsewhere. */
   noise(L: ArenaLayout, out: Storage, o: NoiseOptions): void;
+  /**
+   * out = the norm of p's filter row holding each element (plus 1e-16 for a vector), on active
+   * parameters (RWP's filter-wise std; `scratch` holds layout.rows elements).
+   */
+  rowNorms(L: ArenaLayout, p: Storage, out: Storage, scratch: Storage): void;
   /** torch.optim.SGD over the arena, optionally fused with the restore. */
   sgd(L: ArenaLayout, p: Storage, d: Storage, mom: Storage | null, S: Storage, groups: readonly SgdGroup[], o: UpdateOptions): void;
   /** torch.optim.Adam / AdamW over the arena, optionally fused with the restore. */

@@ -2,7 +2,8 @@
 
 /** erf to about 1e-15: Taylor series near zero, a continued fraction for erfc in the tails. */
 export function erf(x: number): number {
-  if (Number.isNaN(x)) return NaN;
+  // NaN, and erf(±0) = ±0 as in C and PyTorch (the series below would give +0 for -0).
+  if (Number.isNaN(x) || x === 0) return x;
   const ax = Math.abs(x);
   // The alternating series cancels more the larger x is (3e-14 relative at 3, 2e-15 at 2.5) while
   // the continued fraction below is exact to rounding from 1.75 on: switch at 2.

@@ -7,7 +7,7 @@
  * vec4 of either), and the unary parameters are `p0`, `p1` (f32). Constants are written `T(...)`
  * so that one expression serves scalar and vec4 code. Tests that look at x's sign or zeroness use the bits (fg_signbit, fg_nz, fg_is_tiny), because
  * arithmetic and comparisons may see a subnormal as 0. The `fg_*` functions come from the WebGPU
- * backend's prelude (src/kernels/webgpu/wgsl.ts): exp, log, tanh, erf, ... accurate to a few float32
+ * backend's prelude (src/kernels/webgpu/wgsl.ts, wgsl-math.ts): exp, log, tanh, erf, ... accurate to a few float32
  * ulps with subnormals, ±0, ±Inf and NaN handled, NaN-propagating max/min and NaN tests, because
  * WGSL's builtins promise less than the CPU oracle. The CPU closures compute in float64, so a
  * float32 result is the correctly rounded value up to float64's own error; where PyTorch and

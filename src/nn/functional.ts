@@ -33,7 +33,9 @@ export {
 } from '../tensor/ops/linalg.js';
 export { relu, gelu, tanh, sigmoid, softplus } from '../tensor/ops/elementwise.js';
 export { softmax, logSoftmax } from '../tensor/ops/reduce.js';
-export { conv2d, maxPool2d, avgPool2d, adaptiveAvgPool2d, dropout, layerNorm, oneHot, embedding } from '../tensor/ops/nn.js';
+export { dropout, oneHot, embedding } from '../tensor/ops/nn.js';
+export { layerNorm } from '../tensor/ops/normalization.js';
+export { conv2d, maxPool2d, avgPool2d, adaptiveAvgPool2d } from '../tensor/ops/window.js';
 export { conv1d, convTranspose2d, type Conv1dOptions, type ConvTranspose2dOptions } from '../tensor/ops/conv.js';
 export { interpolate, type InterpolateOptions } from '../tensor/ops/interpolate.js';
 export { groupNorm, normalize, cosineSimilarity } from '../tensor/ops/normalization.js';

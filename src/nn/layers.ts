@@ -7,11 +7,13 @@ import { noGrad } from '../tensor/graph.js';
 import { captureHooks } from '../compile/hooks.js';
 import { fmt } from '../tensor/shape.js';
 import { Tensor, tidy } from '../tensor/tensor.js';
-import { add, gelu, mul, relu, rsqrt, sigmoid, sub, tanh, where } from '../tensor/ops/elementwise.js';
-import { mean, softmax } from '../tensor/ops/reduce.js';
-import { flatten, reshape } from '../tensor/ops/shape.js';
+import { add, gelu, mul, relu, sigmoid, tanh, where } from '../tensor/ops/elementwise.js';
+import { softmax } from '../tensor/ops/reduce.js';
+import { flatten } from '../tensor/ops/shape.js';
 import { linear } from '../tensor/ops/linalg.js';
-import { adaptiveAvgPool2d, avgPool2d, conv2d, dropout, embedding, layerNorm, maxPool2d, type AvgPool2dOptions } from '../tensor/ops/nn.js';
+import { dropout, embedding } from '../tensor/ops/nn.js';
+import { batchNormEval, batchNormTrain, layerNorm } from '../tensor/ops/normalization.js';
+import { adaptiveAvgPool2d, avgPool2d, conv2d, maxPool2d, type AvgPool2dOptions } from '../tensor/ops/window.js';
 import { conv1d, convTranspose2d } from '../tensor/ops/conv.js';
 import { interpolate, type InterpolateOptions } from '../tensor/ops/interpolate.js';
 import { groupNorm } from '../tensor/ops/normalization.js';
@@ -399,25 +401,11 @@ abstract class BatchNormBase extends Layer {
   forward(x: Tensor): Tensor {
     this.checkInput(x);
     const c = this.numFeatures;
-    const axes = x.shape.map((_, i) => i).filter((i) => i !== 1);
-    const bshape = x.shape.map((d, i) => (i === 1 ? d : 1));
-    const useBatch = this.training || !this.runningMean;
-    let y: Tensor;
-    if (useBatch) {
-      const n = x.size / c;
-      if (this.training && n <= 1) throw new RangeError(`${this.constructor.name}: expected more than 1 value per channel when training, got input ${fmt(x.shape)}`);
-      const mu = mean(x, axes, true);
-      const dev = sub(x, mu);
-      const v = mean(mul(dev, dev), axes, true);
-      y = mul(dev, rsqrt(add(v, this.eps)));
-      if (this.training && this.runningMean && this.runningVar && !runningStatsFrozen()) this.updateRunning(mu, v, n);
-    } else {
-      const rm = reshape(this.runningMean!, bshape);
-      const rv = reshape(this.runningVar!, bshape);
-      y = mul(sub(x, rm), rsqrt(add(rv, this.eps)));
-    }
-    if (this.weight) y = mul(y, reshape(this.weight, bshape));
-    if (this.bias) y = add(y, reshape(this.bias, bshape));
+    if (!this.training && this.runningMean && this.runningVar) return batchNormEval(x, this.runningMean, this.runningVar, this.weight, this.bias, this.eps);
+    const n = x.size / c;
+    const { y, mean: mu, variance } = batchNormTrain(x, this.weight, this.bias, this.eps, this.training);
+    // An empty batch leaves the running statistics as they are (as PyTorch).
+    if (this.training && n > 0 && this.runningMean && this.runningVar && !runningStatsFrozen()) this.updateRunning(mu(), variance, n);
     return y;
   }
 
@@ -427,11 +415,9 @@ abstract class BatchNormBase extends Layer {
       captureHooks.hostState?.('BatchNorm.batches', this.momentum == null ? () => this.batches : null, () => { this.batches++; });
       this.batches++;
       const m = this.momentum ?? 1 / this.batches;
-      const c = this.numFeatures;
-      const bm = reshape(mu.detach(), [c]);
-      const bv = reshape(v.detach(), [c]);
-      const newMean = add(mul(this.runningMean!, 1 - m), mul(bm, m));
-      const newVar = add(mul(this.runningVar!, 1 - m), mul(bv, (m * n) / (n - 1)));
+      const newMean = add(mul(this.runningMean!, 1 - m), mul(mu, m));
+      // The running variance is the unbiased one, as PyTorch's.
+      const newVar = add(mul(this.runningVar!, 1 - m), mul(v, (m * n) / (n - 1)));
       this.setBuffer('running_mean', newMean);
       this.setBuffer('running_var', newVar);
       if (this.numBatchesTracked) this.setBuffer('num_batches_tracked', add(this.numBatchesTracked, 1));

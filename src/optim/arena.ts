@@ -145,6 +145,9 @@ export class FlatArena {
     let t = this.gradTensors[k];
     if (t.isDisposed) {
       t = Tensor.fromStorage(this.gViews[k], this.params[k].shape.slice(), this.backend, this.gRef).keep();
+      // Whatever the memory holds belonged to the disposed .grad (and may be a pending zero's
+      // stale values): the new view starts as zeros.
+      t.storageRef.zeroPending = true;
       this.gradTensors[k] = t;
       onGradAccumulated(t, () => (this.received[k] = true));
     }
@@ -221,13 +224,18 @@ export class FlatArena {
       const info = this.layout.params[k];
       const g = p.grad;
       const view = this.gradView(k);
+      // The kernels read the flat storage: a lazily zeroed view gets its zeros now (the fill that
+      // zeroGrads skipped), unless an assigned gradient is about to overwrite it.
+      const pending = view.storageRef.zeroPending;
       let active = true;
       if (g === view) {
+        if (pending) void view.storage;
         active = this.received[k];
       } else if (g && !g.isDisposed) {
         if (g.size !== p.size) throw new RangeError(`optimizer: parameter ${k} ${fmt(p.shape)} has a gradient of shape ${fmt(g.shape)}`);
         if (g.backend !== b) throw new Error(`optimizer: parameter ${k}'s gradient lives on ${g.backend.name}, the parameter on ${b.name}`);
         const src = g.dtype === this.dtype ? g : castTo(g, this.dtype);
+        view.overwriteStorage();
         if (info.numel > 0) b.stridedCopy(src.storage, this.G, { shape: [info.numel], srcStrides: [1], srcOffset: 0, dstStrides: [1], dstOffset: info.offset });
         if (src !== g) src.dispose();
         g.dispose();
@@ -235,7 +243,8 @@ export class FlatArena {
         this.received[k] = true;
       } else {
         active = false;
-        if (info.flags & FLAG_ACTIVE && info.numel > 0) b.fill(this.gViews[k], 0);
+        if (pending) void view.storage;
+        else if (info.flags & FLAG_ACTIVE && info.numel > 0) b.fill(this.gViews[k], 0);
       }
       const flags = active ? info.flags | FLAG_ACTIVE : info.flags & ~FLAG_ACTIVE;
       if (flags !== info.flags) {
@@ -250,15 +259,18 @@ export class FlatArena {
   }
 
   /**
-   * Zeroes the flat gradient (one fill). By default (setToNone undefined) the .grad views stay but
-   * count as torch's None until backward accumulates into them: the next update leaves a parameter
-   * without a new gradient alone. setToNone: true also clears the .grad fields; false keeps them as
-   * gradients of zeros that the update uses (torch's set_to_none=False).
+   * Zeroes the flat gradient lazily: each .grad view is marked as zeros (StorageRef.zeroPending)
+   * and not written, so that backward writes a parameter's first gradient straight into its view
+   * (no fill, no add); a view still marked when it is read, or when syncGrads hands the flat
+   * storage to the kernels, is filled then. By default (setToNone undefined) the .grad views stay
+   * but count as torch's None until backward accumulates into them: the next update leaves a
+   * parameter without a new gradient alone. setToNone: true also clears the .grad fields; false
+   * keeps them as gradients of zeros that the update uses (torch's set_to_none=False).
    */
   zeroGrads(setToNone?: boolean): void {
-    this.backend.fill(this.G, 0);
     this.params.forEach((p, k) => {
       const view = this.gradView(k);
+      view.storageRef.zeroPending = true;
       this.received[k] = setToNone === false && (p.requiresGrad || !!p.grad);
       if (setToNone) {
         if (p.grad && p.grad !== view) p.grad.dispose();

@@ -36,7 +36,7 @@ import {
   type SelectSpec,
   type SgdGroup,
 } from '../kernels/fused.js';
-import { adamCall, copyCall, dotCall, hostNoise, lincombCall, normCall, perturbCall, restoreCall, scalarProgram, sgdCall, type KernelCall } from '../kernels/arena/fused.js';
+import { adamCall, copyCall, dotCall, hostRowNorms, lincombCall, noiseCall, normCall, perturbCall, restoreCall, scalarProgram, sgdCall, type KernelCall } from '../kernels/arena/fused.js';
 import { hostArrayOf, runPerTensor, runScalarProgram } from '../kernels/arena/run.js';
 import { captureHooks } from '../compile/hooks.js';
 import type { DType } from '../tensor/dtype.js';
@@ -329,7 +329,7 @@ export class LoopEngine implements Engine {
       const params = this.params.map((p, k) => {
         const vectors: Record<string, Storage> = {};
         for (const [kn, name] of Object.entries(c.vectors)) vectors[kn] = this.storageOf(name, k, stand);
-        return { vectors, numel: p.size, group: this.groupOf[k], flags: this.flagsBase[k] | (this.act[k] ? FLAG_ACTIVE : 0) };
+        return { vectors, numel: p.size, group: this.groupOf[k], flags: this.flagsBase[k] | (this.act[k] ? FLAG_ACTIVE : 0), index: this.offsets[k] };
       });
       runPerTensor(c.kernel, this.backend, { dtype: this.dtype as 'float32' | 'float64', params, S: this.S, steps: this.steps, hyper: c.hyper });
     } finally {
@@ -369,70 +369,57 @@ export class LoopEngine implements Engine {
     this.run(copyCall(dst, src));
   }
   noise(out: string, o: { key0: number; key1: number; scale: readonly number[]; filterwise: boolean }): void {
+    if (o.filterwise) this.rowNormsInto(out);
+    // Each tensor draws at its arena offset (PerTensorParam.index): the numbers the arena draws.
+    this.run(noiseCall(out, o.key0, o.key1, o.scale, o.filterwise));
+  }
+  /** RWP's filter-wise std: each element's row norm of p into `out`, tensor by tensor. */
+  private rowNormsInto(out: string): void {
     const outs = this.ensureState(out).map((t) => t.storage);
     const ps = this.params.map((p) => p.storage);
-    // Host memory written directly, or the device's noise kernel with each tensor's key shifted:
-    // neither is a call a captured step (src/compile) can replay as recorded, so the whole draw is
-    // one recorded call, its random keys redrawn on each replay.
-    if (captureHooks.deviceCall) return void captureHooks.deviceCall('per-tensor noise', (os: Storage[], pss: Storage[], oo: typeof o) => this.noiseNow(os, pss, oo), [outs, ps, o]);
-    this.noiseNow(outs, ps, o);
+    // Host memory written directly, or the device's row-norm kernel over one-parameter layouts:
+    // neither is a call a captured step (src/compile) can replay as recorded, so it is one recorded call.
+    if (captureHooks.deviceCall) return void captureHooks.deviceCall('per-tensor row norms', (os: Storage[], pss: Storage[]) => this.rowNormsNow(os, pss), [outs, ps]);
+    this.rowNormsNow(outs, ps);
   }
-  private noiseNow(outs: Storage[], ps: Storage[], o: { key0: number; key1: number; scale: readonly number[]; filterwise: boolean }): void {
+  private rowNormsNow(outs: Storage[], ps: Storage[]): void {
     const arr = hostArrayOf(this.backend);
-    if (!arr) return this.deviceNoise(outs, ps, o);
-    hostNoise(
-      this.params.map((p, k) => ({
-        out: arr(outs[k]),
-        p: o.filterwise ? arr(ps[k]) : null,
-        offset: 0,
-        base: this.offsets[k],
-        numel: p.size,
-        group: this.groupOf[k],
-        flags: this.flagsBase[k] | (this.act[k] ? FLAG_ACTIVE : 0),
-        rowLen: p.size === 0 ? 0 : p.ndim < 2 ? p.size : p.size / p.shape[0],
-      })),
-      o,
-      this.dtype === 'float32' ? Math.fround : (x) => x,
-    );
-  }
-  /** One-parameter layouts (a device's noise kernel works on a layout) and the RWP row-norm scratch. */
-  private noiseLayouts: ArenaLayout[] | null = null;
-  private rowNorms: Tensor | null = null;
-  /**
-   * Noise on a device backend: its fused noise kernel once per tensor, over a one-parameter layout,
-   * with the key shifted so that element j draws what element offset + j of the arena draws.
-   */
-  private deviceNoise(outs: Storage[], ps: Storage[], o: { key0: number; key1: number; scale: readonly number[]; filterwise: boolean }): void {
+    const flagsOf = (k: number) => this.flagsBase[k] | (this.act[k] ? FLAG_ACTIVE : 0);
+    if (arr) {
+      const round = this.dtype === 'float32' ? Math.fround : (x: number) => x;
+      hostRowNorms(this.params.map((p, k) => ({ out: arr(outs[k]), p: arr(ps[k]), offset: 0, numel: p.size, flags: flagsOf(k), rowLen: rowLenOf(p) })), round);
+      return;
+    }
     const fk = fusedKernelsFor(this.backend);
-    if (!fk) throw new Error(`optimizer: the ${this.backend.name} backend has no noise kernel`);
+    if (!fk) throw new Error(`optimizer: the ${this.backend.name} backend has no row-norm kernel`);
     const b = this.backend;
-    this.noiseLayouts ??= this.params.map((p, k) => {
-      const rowLen = p.size === 0 ? 0 : p.ndim < 2 ? p.size : p.size / p.shape[0];
+    this.rowLayouts ??= this.params.map((p, k) => {
+      const rowLen = rowLenOf(p);
       const blocks = Math.max(Math.ceil(p.size / BLOCK), 1);
       const info = { offset: 0, numel: p.size, group: this.groupOf[k], flags: this.flagsBase[k], rowLen, rowBase: 0 };
-      const table = new Int32Array(PARAM_FIELDS);
-      table.set([0, p.size, info.group, info.flags, rowLen, 0]);
       const bp = new Int32Array(blocks);
-      return { dtype: this.dtype, numel: blocks * BLOCK, blocks, groups: this.groups, params: [info], rows: rowLen > 0 ? p.size / rowLen : 0, blockParam: b.upload(bp, 'int32'), paramTable: b.upload(table, 'int32'), blockParamHost: bp };
+      return { dtype: this.dtype, numel: blocks * BLOCK, blocks, groups: this.groups, params: [info], rows: rowLen > 0 ? p.size / rowLen : 0, blockParam: b.upload(bp, 'int32'), paramTable: b.upload(new Int32Array(PARAM_FIELDS), 'int32'), blockParamHost: bp };
     });
-    const maxRows = Math.max(1, ...this.noiseLayouts.map((l) => l.rows));
-    if (o.filterwise) this.rowNorms ??= Tensor.empty([maxRows], this.dtype, b).keep();
+    this.rowNorms ??= Tensor.empty([Math.max(1, ...this.rowLayouts.map((l) => l.rows))], this.dtype, b).keep();
     this.params.forEach((p, k) => {
-      const base = this.noiseLayouts![k];
+      const base = this.rowLayouts![k];
       // The active flag changes from step to step: the table row is rewritten with it.
-      const flags = this.flagsBase[k] | (this.act[k] ? FLAG_ACTIVE : 0);
-      const row = Int32Array.from([0, p.size, this.groupOf[k], flags, base.params[0].rowLen, 0, 0, 0]);
-      b.write(base.paramTable, row);
-      const L: ArenaLayout = { ...base, params: [{ ...base.params[0], flags }] };
-      fk.noise(L, outs[k], { key0: (o.key0 + 2 * this.offsets[k]) >>> 0, key1: o.key1, scale: o.scale, filterwise: o.filterwise ? { p: ps[k], rowNorms: this.rowNorms!.storage } : null });
+      const flags = flagsOf(k);
+      b.write(base.paramTable, Int32Array.from([0, p.size, this.groupOf[k], flags, base.params[0].rowLen, 0, 0, 0]));
+      fk.rowNorms({ ...base, params: [{ ...base.params[0], flags }] }, ps[k], outs[k], this.rowNorms!.storage);
     });
   }
+  /** One-parameter layouts (a device's row-norm kernel works on a layout) and its row scratch. */
+  private rowLayouts: ArenaLayout[] | null = null;
+  private rowNorms: Tensor | null = null;
   sgd(d: string, groups: readonly SgdGroup[], o: EngineUpdate): void {
     const mom = groups.some((g) => g.momentum !== 0) ? 'momentum_buffer' : null;
-    this.run(sgdCall('p', d, mom, groups, o.restore ? { aux: 'aux', mode: o.restore } : null, o.gated));
+    const call = (gs: readonly SgdGroup[]) => sgdCall('p', d, mom, gs, o.restore ? { aux: 'aux', mode: o.restore } : null, o.gated);
+    this.run(derivedHyper(call(groups), groups, call));
   }
   adam(d: string, groups: readonly AdamGroup[], o: EngineUpdate): void {
-    this.run(adamCall('p', d, 'exp_avg', 'exp_avg_sq', groups, o.restore ? { aux: 'aux', mode: o.restore } : null, o.gated));
+    const call = (gs: readonly AdamGroup[]) => adamCall('p', d, 'exp_avg', 'exp_avg_sq', gs, o.restore ? { aux: 'aux', mode: o.restore } : null, o.gated);
+    this.run(derivedHyper(call(groups), groups, call));
   }
 
   stateTensors(name: string): Tensor[] | null {
@@ -474,7 +461,7 @@ export class LoopEngine implements Engine {
   }
   dispose(): void {
     for (const t of this.stepCopies ?? []) t.dispose();
-    for (const l of this.noiseLayouts ?? []) {
+    for (const l of this.rowLayouts ?? []) {
       this.backend.release(l.blockParam);
       this.backend.release(l.paramTable);
     }
@@ -488,6 +475,11 @@ export class LoopEngine implements Engine {
 }
 
 // ------------------------------------------------------------------------------- helpers
+
+/** A parameter's filter row: its last dimensions (the whole of a vector), as the arena's layout. */
+function rowLenOf(p: Tensor): number {
+  return p.size === 0 ? 0 : p.ndim < 2 ? p.size : p.size / p.shape[0];
+}
 
 /** Offsets the flat arena would give each parameter: the per-tensor noise draws the same numbers. */
 function arenaOffsets(params: readonly Tensor[]): number[] {
@@ -526,6 +518,15 @@ function writeStepCount(b: Backend, dtype: DType, counts: Storage, k: number, v:
 function hostNumber(t: Tensor, where: string): number {
   if (!t.backend.readSync) throw new Error(`${where}: a step count on the ${t.backend.name} backend, which reads asynchronously; read it first`);
   return t.backend.readSync(t.storage)[0];
+}
+
+/**
+ * The kernel call's hyper-parameters are computed from the optimizer's groups: a captured step
+ * (src/compile) derives them again from the groups of each replay (a scheduled lr stays live).
+ */
+function derivedHyper<G extends object>(c: KernelCall<string>, groups: G, call: (g: G) => KernelCall<string>): KernelCall<string> {
+  captureHooks.hostValue?.(c.hyper, (g) => call(g as G).hyper, groups);
+  return c;
 }
 
 /** The fused engine where the backend has fused kernels (and `fused` is not false), else the loop. */

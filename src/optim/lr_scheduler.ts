@@ -239,6 +239,16 @@ export class LambdaLR extends Scheduler {
  * learning-rate scheduler. maxLr defaults to each group's lr at construction, minLr to 0,
  * maxValue to the group's current value.
  */
+/**
+ * A value tied linearly to the learning rate: minValue at lr = minLr, maxValue at lr = maxLr
+ * (GSAM's rho_t; with minValue 0 and minLr 0, rho * lr / lrMax). maxValue when the lr range is empty.
+ * The one formula behind ProportionScheduler and GSAM's built-in rho schedule.
+ */
+export function followLr(lr: number, minLr: number, maxLr: number, minValue: number, maxValue: number): number {
+  if (maxLr === minLr) return maxValue;
+  return minValue + ((maxValue - minValue) * (lr - minLr)) / (maxLr - minLr);
+}
+
 export class ProportionScheduler extends Scheduler {
   private readonly maxLr: number[];
   private readonly minLr: number;
@@ -253,9 +263,6 @@ export class ProportionScheduler extends Scheduler {
     this.init();
   }
   protected valueAt(_t: number, _base: number, i: number): number {
-    const lr = this.optimizer.paramGroups[i].lr as number;
-    const span = this.maxLr[i] - this.minLr;
-    if (span === 0) return this.maxValue[i];
-    return this.minValue + ((this.maxValue[i] - this.minValue) * (lr - this.minLr)) / span;
+    return followLr(this.optimizer.paramGroups[i].lr as number, this.minLr, this.maxLr[i], this.minValue, this.maxValue[i]);
   }
 }

@@ -74,6 +74,13 @@ export abstract class Optimizer {
   }
   protected readonly fusedOpt: boolean | undefined;
   protected readonly decayOpt: 'all' | 'weights';
+  /**
+   * Group options that reach the kernels only inside objects declared through
+   * captureHooks.hostValue (see `live`): a captured step takes them as inputs and does not trace
+   * again when a scheduler changes them. Every other option guards the plan. A subclass adds an
+   * option here only when no host code of its step reads it other than through such an object.
+   */
+  readonly liveHyper = new Set<string>();
 
   /**
    * @param defaults every option this optimizer knows, with its default value.
@@ -163,8 +170,19 @@ export abstract class Optimizer {
   protected validateAll(): void {
     for (const g of this.paramGroups) this.validateGroup(g);
     // The kernels get the hyper-parameters as host numbers: a captured step (src/compile) replays
-    // only while they are what they were when it was traced (a scheduler's new lr traces again).
-    captureHooks.hostState?.(`${this.name}.paramGroups`, () => this.paramGroups.map(({ params: _p, ...h }) => h), null);
+    // only while the ones that steer host code are what they were when it was traced; the live
+    // ones (a scheduler's lr) are inputs of the plan.
+    const live = this.liveHyper;
+    captureHooks.hostState?.(`${this.name}.paramGroups`, () => this.paramGroups.map(({ params: _p, ...h }) => Object.fromEntries(Object.entries(h).filter(([k]) => !live.has(k)))), null);
+  }
+
+  /**
+   * Declares `value` (about to be passed to the engine) as recomputed by `get` on each replay of a
+   * captured step, and returns it: the way a live hyper-parameter reaches the kernels.
+   */
+  protected live<T extends object>(value: T, get: () => T): T {
+    captureHooks.hostValue?.(value, get);
+    return value;
   }
 
   /** The base update with descent direction `d` (a vector name), optionally fused with SAM's restore. */

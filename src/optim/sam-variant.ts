@@ -70,8 +70,8 @@ export function defineSamVariant(spec: SamVariantSpec): SamVariantClass {
       e.prepare();
       e.norm('g', S_NORM, { gate: this.gated ? 'set' : undefined });
       for (const kernel of ascent) {
-        const hyper = this.paramGroups.map((g) => Object.fromEntries(Object.keys(kernel.hyper).map((h) => [h, g[h] as number])));
-        runOnEngine(kernel, e, hyper);
+        const hyperNow = () => this.paramGroups.map((g) => Object.fromEntries(Object.keys(kernel.hyper).map((h) => [h, g[h] as number])));
+        runOnEngine(kernel, e, this.live(hyperNow(), hyperNow));
       }
       const adaptive = this.adaptiveGroups();
       // 'or': a NaN that only the direction shows (an overflow in the kernels) also skips the step.

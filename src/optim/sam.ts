@@ -151,6 +151,11 @@ export abstract class SharpnessAware extends Optimizer {
     super(name, [], groupDefaults, {}, { adopt: s.base });
     this.base = s.base;
     this.opts = s.globals;
+    // rho reaches the kernels only through rhos() (a live value): with the base's live options it
+    // is an input of a captured step. Both optimizers guard the same group objects.
+    for (const k of this.base.liveHyper) this.liveHyper.add(k);
+    this.liveHyper.add('rho');
+    this.base.liveHyper.add('rho');
     this.validateAll();
   }
 
@@ -192,7 +197,12 @@ export abstract class SharpnessAware extends Optimizer {
   protected get normEps(): number {
     return this.opts.normEps as number;
   }
+  /** rho per group, as a live value (an input of a captured step; see Optimizer.live). */
   protected rhos(): number[] {
+    return this.live(this.rhoValues(), () => this.rhoValues());
+  }
+  /** rho per group, plain (for host decisions and getters, which must not declare live values). */
+  protected rhoValues(): number[] {
     return this.paramGroups.map((g) => g.rho as number);
   }
   protected adaptiveGroups(): AdaptiveGroup[] | undefined {

@@ -21,6 +21,8 @@ export const SGD_DEFAULTS = { lr: 1e-3, momentum: 0, dampening: 0, nesterov: fal
 export class SGD extends Optimizer {
   constructor(params: ParamsInput, opts: SGDOptions = {}, internal?: { extraKeys?: readonly string[] }) {
     super('SGD', params, SGD_DEFAULTS, opts as Record<string, unknown>, internal);
+    // momentum and nesterov steer host code (whether a momentum buffer exists): they stay guards.
+    for (const k of ['lr', 'dampening', 'weightDecay']) this.liveHyper.add(k);
   }
   protected validateGroup(g: ParamGroup): void {
     checkFinite('SGD', 'lr', g.lr);
@@ -43,7 +45,7 @@ export class SGD extends Optimizer {
     }));
   }
   applyUpdate(d: string, o: EngineUpdate): void {
-    this.engine.sgd(d, this.groups(), o);
+    this.engine.sgd(d, this.live(this.groups(), () => this.groups()), o);
   }
 }
 
@@ -76,15 +78,19 @@ abstract class AdamBase extends Optimizer {
     });
   }
   applyUpdate(d: string, o: EngineUpdate): void {
-    this.engine.adam(d, this.groups(), o);
+    this.engine.adam(d, this.live(this.groups(), () => this.groups()), o);
   }
 }
+
+/** Adam's options that only the update kernel reads (inputs of a captured step: see Optimizer.liveHyper). */
+const ADAM_LIVE = ['lr', 'betas', 'eps', 'weightDecay'];
 
 /** torch.optim.Adam (L2 weight decay added to the gradient). */
 export class Adam extends AdamBase {
   protected readonly decoupled = false;
   constructor(params: ParamsInput, opts: AdamOptions = {}, internal?: { extraKeys?: readonly string[] }) {
     super('Adam', params, { lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0 }, opts as Record<string, unknown>, internal);
+    for (const k of ADAM_LIVE) this.liveHyper.add(k);
   }
 }
 
@@ -93,5 +99,6 @@ export class AdamW extends AdamBase {
   protected readonly decoupled = true;
   constructor(params: ParamsInput, opts: AdamOptions = {}, internal?: { extraKeys?: readonly string[] }) {
     super('AdamW', params, { lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weightDecay: 1e-2 }, opts as Record<string, unknown>, internal);
+    for (const k of ADAM_LIVE) this.liveHyper.add(k);
   }
 }

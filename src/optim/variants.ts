@@ -26,6 +26,7 @@ import { reshape } from '../tensor/ops/shape.js';
 import { checkFinite, type Closure, type OptimizerStateDict, type ParamsInput } from './optimizer.js';
 import { copyInto } from '../nn/module.js';
 import { SharpnessAware, type BaseOptimizerClass, type SharpnessOptions } from './sam.js';
+import { followLr } from './lr_scheduler.js';
 
 const SAM_GROUP = { rho: 0.05, adaptive: false, eta: 0.01, adaptiveBias: false };
 
@@ -165,6 +166,8 @@ export class LookSAM extends SharpnessAware {
     if (t % k === 0) {
       const adaptive = this.adaptiveGroups();
       const rhos = this.rhos();
+      // rho = 0 takes another branch below: host state for a captured step (rho itself is live).
+      captureHooks.hostState?.('LookSAM.rhoZero', () => this.rhoValues().every((r) => r === 0), null);
       e.norm('g', S_NORM, { adaptive, gate: gate ? 'set' : undefined });
       e.perturb('g', { coef: rhos, normSlot: S_NORM, eps: this.normEps, adaptive, mode: this.mode, gated: gate, save: 'g0' });
       e.zeroGrads();
@@ -436,13 +439,11 @@ export class GSAM extends SharpnessAware {
   /** This step's rho per group. */
   rhoT(): number[] {
     const rhoMin = this.opts.rhoMin as number | null;
-    if (rhoMin === null) return this.rhos();
+    if (rhoMin === null) return this.rhoValues();
     const lrMin = this.opts.lrMin as number;
     return this.paramGroups.map((g, i) => {
       const lrMax = (this.opts.lrMax as number | null) ?? (typeof g.initial_lr === 'number' ? g.initial_lr : this.lrMax0[i]);
-      const rho = g.rho as number;
-      if (lrMax === lrMin) return rho;
-      return rhoMin + ((rho - rhoMin) * ((g.lr as number) - lrMin)) / (lrMax - lrMin);
+      return followLr(g.lr as number, lrMin, lrMax, rhoMin, g.rho as number);
     });
   }
 
@@ -454,7 +455,9 @@ export class GSAM extends SharpnessAware {
     const e = this.engine;
     const gate = this.gated;
     const adaptive = this.adaptiveGroups();
-    const rhos = this.rhoT();
+    const rhos = this.live(this.rhoT(), () => this.rhoT());
+    // rho = 0 takes another branch below: host state for a captured step (rho itself is live).
+    captureHooks.hostState?.('GSAM.rhoZero', () => this.rhoT().every((r) => r === 0), null);
     e.zeroGrads();
     const loss = this.runClosure(closure);
     e.prepare();

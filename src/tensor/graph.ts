@@ -14,8 +14,13 @@ export interface Node {
   attrs: Record<string, unknown>;
 }
 
-/** Returns one gradient per input (null where the input gets none). */
-export type Vjp = (grad: Tensor, node: Node, output: Tensor) => (Tensor | null)[];
+/**
+ * Returns one gradient per input (null where the input gets none). `into[i]`, where given, is a
+ * tensor of input i's shape and dtype that the rule may write input i's whole gradient into (a
+ * parameter's slot in the optimizer's flat gradient arena; only without createGraph) and return
+ * as that gradient, saving backward a copy; a rule that does not use it returns a new tensor as usual.
+ */
+export type Vjp = (grad: Tensor, node: Node, output: Tensor, into?: readonly (Tensor | null)[]) => (Tensor | null)[];
 
 export const vjpRegistry = new Map<string, Vjp>();
 

@@ -15,7 +15,6 @@ import * as L from './ops/linalg.js';
 import * as N from './ops/nn.js';
 import * as O from './ops/sort.js';
 import * as X from './ops/indexing.js';
-import { einsum } from './ops/einsum.js';
 import { captureHooks } from '../compile/hooks.js';
 
 // `[Symbol.dispose]` below needs Symbol.dispose in the consumer's types, which only lib
@@ -31,6 +30,13 @@ declare global {
 /** Shared ownership of one backend storage: reshapes and detaches share it. */
 export class StorageRef {
   refs = 0;
+  /**
+   * Lazy zeroing: the contents are logically zero but the memory was not written (an optimizer's
+   * zeroGrad marks its gradient views so instead of filling them). Tensor.storage fills it on first
+   * use; a kernel that overwrites every element takes it through Tensor.overwriteStorage() and
+   * skips the fill (backward writing a parameter's first gradient straight into its view).
+   */
+  zeroPending = false;
   constructor(
     readonly backend: Backend,
     readonly storage: Storage,
@@ -119,7 +125,21 @@ export class Tensor {
   }
   /** The storage, for op front-ends and backends. Throws on a disposed tensor. */
   get storage(): Storage {
-    return this.storageRef.storage;
+    const r = this.storageRef;
+    if (r.zeroPending) {
+      r.zeroPending = false;
+      if (r.storage.numel > 0) r.backend.fill(r.storage, 0);
+    }
+    return r.storage;
+  }
+  /**
+   * The storage for a kernel that writes every element before anything reads it: a pending lazy
+   * zero (StorageRef.zeroPending) is dropped instead of filled.
+   */
+  overwriteStorage(): Storage {
+    const r = this.storageRef;
+    r.zeroPending = false;
+    return r.storage;
   }
   get storageRef(): StorageRef {
     if (!this.ref) {
@@ -320,8 +340,6 @@ export class Tensor {
   outer(o: Tensor): Tensor { return L.outer(this, o); }
   tril(diagonal = 0): Tensor { return L.tril(this, diagonal); }
   triu(diagonal = 0): Tensor { return L.triu(this, diagonal); }
-  /** einsum with this tensor as the first operand. */
-  einsum(equation: string, ...others: Tensor[]): Tensor { return einsum(equation, this, ...others); }
 }
 
 function toNested(data: TypedArray, shape: readonly number[], dtype: DType): NestedArray {

@@ -148,7 +148,7 @@ async function makeModel(io: CliIO, spec: string, width: number | undefined, dep
 
 const KERNEL_METHODS = [
   'fill', 'cast', 'unary', 'binary', 'where', 'axpy', 'stridedCopy', 'reduce', 'argReduce', 'softmax', 'crossEntropy', 'crossEntropyBackward',
-  'matmul', 'im2col', 'col2im', 'maxPool2d', 'maxPool2dBackward', 'avgPool2d', 'avgPool2dBackward', 'gather', 'scatterAdd', 'cumsum', 'argsort', 'random',
+  'layerNorm', 'layerNormBackward', 'batchNorm', 'batchNormEval', 'batchNormBackward', 'matmul', 'im2col', 'col2im', 'maxPool2d', 'maxPool2dBackward', 'avgPool2d', 'avgPool2dBackward', 'gather', 'scatterAdd', 'cumsum', 'argsort', 'random',
 ];
 
 const isStorage = (x: unknown): x is Storage =>

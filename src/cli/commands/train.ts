@@ -1,7 +1,7 @@
 /** `flatgrad train`: one run, with a progress bar, into <out>/<name>/. */
 import { join } from 'node:path';
 import { UsageError } from '../args.js';
-import { RUN_FLAGS, TRAIN_FLAGS, defaultRunName, methodLabel, resolveTrainConfig, type TrainConfig } from '../config.js';
+import { LEGACY_AUGMENT_PAD, RUN_FLAGS, TRAIN_FLAGS, defaultRunName, methodLabel, resolveTrainConfig, type TrainConfig } from '../config.js';
 import { resolvePath, startBackend } from '../runtime.js';
 import { formatSummaryLine, runTraining } from '../training.js';
 import { defineCommand } from './define.js';
@@ -19,7 +19,9 @@ export function describeConfig(cfg: TrainConfig): string {
   const base = cfg.optimizer === 'sgd' ? `sgd lr ${cfg.lr} momentum ${cfg.momentum}${cfg.nesterov ? ' nesterov' : ''}` : `adamw lr ${cfg.lr}`;
   const method = cfg.wrapper === 'none' ? base : `${methodLabel(cfg)} (${hyper}) over ${base}`;
   const noise = cfg.labelNoise ? `, ${cfg.labelNoise * 100}% label noise` : '';
-  return `${cfg.model} (width ${cfg.width}, depth ${cfg.depth}), ${method}, weight decay ${cfg.weightDecay}, ${cfg.epochs} epochs, batch ${cfg.batchSize}, ${cfg.schedule} schedule${noise}, seed ${cfg.seed}`;
+  const rho = cfg.rhoSchedule === 'lr' ? ', rho following the lr' : '';
+  const augment = cfg.augment ? `, crop (padding ${cfg.augmentPad ?? LEGACY_AUGMENT_PAD}) and flip` : '';
+  return `${cfg.model} (width ${cfg.width}, depth ${cfg.depth}), ${method}${rho}, weight decay ${cfg.weightDecay}, ${cfg.epochs} epochs, batch ${cfg.batchSize}, ${cfg.schedule} schedule${noise}${augment}, seed ${cfg.seed}`;
 }
 
 export const trainCommand = defineCommand({

@@ -309,3 +309,14 @@ export function usesSteps(kernel: ArenaKernel): boolean {
   };
   return kernel.countSteps || nodes.some(visit);
 }
+
+const keysMemo = new WeakMap<ArenaKernel, Set<Node>>();
+/** The coefficients that are keys of a normal draw (k.normal): passed as exact whole numbers, not rounded to the dtype. */
+export function rngKeys(kernel: ArenaKernel): Set<Node> {
+  let s = keysMemo.get(kernel);
+  if (!s) {
+    s = new Set(kernel.elementwise.flatMap((n) => (n.op === 'normal' ? [n.a, n.b] : [])));
+    keysMemo.set(kernel, s);
+  }
+  return s;
+}

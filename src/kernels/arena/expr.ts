@@ -40,7 +40,13 @@ export type Node =
    * A per-parameter uniform draw in [0, 1): uniformAt(a, b, index of the parameter) of
    * src/kernels/rng.ts, with uniform keys a and b (ESAM's random choice of parameters).
    */
-  | { readonly op: 'draw'; readonly ty: 'f'; readonly a: Node; readonly b: Node };
+  | { readonly op: 'draw'; readonly ty: 'f'; readonly a: Node; readonly b: Node }
+  /**
+   * A standard normal draw per element: normalAt(a, b, i) of src/kernels/rng.ts for the element's
+   * arena index i (a per-tensor run passes each tensor's arena offset), with uniform keys a and b
+   * (hyper-parameters or constants: whole numbers below 2^32). Elementwise, though it reads no vector.
+   */
+  | { readonly op: 'normal'; readonly ty: 'f'; readonly a: Node; readonly b: Node };
 
 export type ReductionKind = 'sum' | 'maxabs' | 'nonfinite' | 'norm';
 
@@ -159,6 +165,20 @@ export const k = {
     if (!isUniform(n)) throw new ArenaDefinitionError(`paramUniform: takes uniform keys (hyper-parameters, constants), got ${describe(n)}`);
     return n;
   },
+  /**
+   * Gaussian noise: a standard normal per element, normalAt(key0, key1, arena index) of
+   * src/kernels/rng.ts (Box-Muller in float64 on the host, rounded to the arena's dtype; float32
+   * on WebGPU). The keys are hyper-parameters or constants (whole numbers below 2^32), so that an
+   * element draws the same number on every backend, per arena or per tensor.
+   */
+  normal: (key0: Operand, key1: Operand): Node => {
+    const a = operand(key0, 'normal: key0', 'f');
+    const b = operand(key1, 'normal: key1', 'f');
+    for (const key of [a, b]) {
+      if (!topo([key]).every((n) => n.op === 'hyper' || n.op === 'const')) throw new ArenaDefinitionError(`normal: keys must be hyper-parameters or constants, got ${describe(key)}`);
+    }
+    return { op: 'normal', ty: 'f', a, b };
+  },
   c: (value: number): Node => ({ op: 'const', ty: 'f', value }),
   /** Whether the parameter has `flag` (FLAG_WEIGHT, FLAG_DECAY, FLAG_VECTOR of src/kernels/fused.ts). */
   flag: (flag: number): Node => {
@@ -189,6 +209,7 @@ export function isUniform(n: Node): boolean {
   let u: boolean;
   switch (n.op) {
     case 'vec':
+    case 'normal':
       u = false;
       break;
     case 'hyper':

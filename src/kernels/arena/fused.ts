@@ -11,15 +11,15 @@
  * vectors (to arena storages, or to the per-tensor engine's named vectors) and the per-group
  * hyper-parameters.
  *
- * One kernel stays outside the language, clearly bounded: Gaussian noise (`hostNoise`, RWP's
- * filter-wise noise and random-SAM's direction). The language has no integer operations, so it
- * cannot express the counter-based hash of src/kernels/rng.ts, nor a log/cos whose float32 bits
- * wasm and the reference would share; nor per-row reductions (RWP). It is one TypeScript loop for
- * the host backends over rng.ts's normalAt, and one WGSL kernel on WebGPU.
+ * Gaussian noise (random-SAM's direction, RWP's filter-wise noise) is a definition too, over the
+ * language's counter-based normal draw (k.normal). One primitive stays outside the language,
+ * clearly bounded: RWP's per-row norms of the weights (`hostRowNorms`, and its WGSL in ./webgpu.ts),
+ * a reduction per filter row where the language's reductions span the arena; it writes each
+ * element's row norm, which the noise definition multiplies in.
  */
 import type { TypedArray } from '../../tensor/dtype.js';
+import { captureHooks } from '../../compile/hooks.js';
 import type { Backend, Storage } from '../backend.js';
-import { normalAt } from '../rng.js';
 import {
   FLAG_ACTIVE,
   FLAG_DECAY,
@@ -45,6 +45,7 @@ import {
 } from '../fused.js';
 import { defineArenaKernel, type ArenaKernel, type ArenaKernelSpec, type Vectors } from './define.js';
 import { k as K, type Node } from './expr.js';
+import { arenaBackends } from './backends.js';
 import { hostArrayOf, runArenaKernel, runScalarProgram, type GroupHyper } from './run.js';
 
 /** A definition with its vectors bound (to storages, or to names) and its per-group hyper-parameters. */
@@ -388,58 +389,50 @@ export function adamCall<V>(p: V, d: V, m: V, v2: V, groups: readonly AdamGroup[
   return { kernel, vectors, hyper };
 }
 
-// ------------------------------------------------------------------ the kernel outside the language
+// ------------------------------------------------------------------------------------ noise
 
 /**
- * Gaussian noise on host memory (see the file comment for why it is not a definition): out[i] =
- * std normalAt(key0, key1, i) on active parameters, 0 elsewhere; filter-wise (RWP) std is the
- * group's scale times the norm of p's row (plus 1e-16 for vectors) in the arena's dtype.
- * `base(k)` is the arena index of parameter k's first element (its offset in a flat arena), so a
- * per-tensor run draws the same numbers as the arena.
+ * out = s z on the active parameters and 0 on the others, z the standard normal of the element
+ * (k.normal: normalAt(key0, key1, arena index) of src/kernels/rng.ts) and s the group's scale;
+ * filter-wise (RWP), out holds each element's row norm on entry (FusedKernels.rowNorms) and
+ * s = scale * that norm, as torch computes the filter's std before drawing.
  */
-export function hostNoise(
-  params: readonly { out: TypedArray; p: TypedArray | null; offset: number; base: number; numel: number; group: number; flags: number; rowLen: number }[],
-  o: { key0: number; key1: number; scale: readonly number[] },
-  round: (x: number) => number,
-): void {
-  const filterwise = params.some((q) => q.p !== null);
-  // Each row's norm, rounded to the arena's dtype as a GPU stores it.
-  const rowNorm = (q: (typeof params)[number], j: number, cache: Map<number, number>) => {
-    const row = Math.floor(j / q.rowLen);
-    let n = cache.get(row);
-    if (n === undefined) {
-      let s = 0;
-      const start = q.offset + row * q.rowLen;
-      for (let i = start; i < start + q.rowLen; i++) s += q.p![i] * q.p![i];
-      n = round(Math.sqrt(s) + (q.flags & FLAG_VECTOR ? 1e-16 : 0));
-      cache.set(row, n);
-    }
-    return n;
-  };
+export function noiseCall<V>(out: V, key0: number, key1: number, scale: readonly number[], filterwise: boolean): KernelCall<V> {
+  const kernel = cached(`noise ${filterwise}`, () => ({
+    name: 'noise',
+    vectors: { out: filterwise ? 'readwrite' : 'write' },
+    hyper: { key0: 0, key1: 0, scale: 1 },
+    includeInactive: true,
+    body: (v, h, _s, k) => {
+      const std = filterwise ? k.mul(h.scale, v.out) : h.scale;
+      return { out: k.where(k.flag(FLAG_ACTIVE), k.mul(std, k.normal(h.key0, h.key1)), 0) };
+    },
+  }));
+  return { kernel, vectors: { out }, hyper: scale.map((sc) => ({ key0: key0 >>> 0, key1: key1 >>> 0, scale: sc })) };
+}
+
+/**
+ * RWP's filter-wise std on host memory: out[i] = the norm of p's row holding element i (plus 1e-16
+ * for a vector), rounded to the arena's dtype, on active parameters. A reduction per row, which
+ * the kernel language does not express (its reductions are over the whole arena); WebGPU's is in
+ * ./webgpu.ts. Each parameter: `offset` into out and p, `numel`, `rowLen`, flags.
+ */
+export function hostRowNorms(params: readonly { out: TypedArray; p: TypedArray; offset: number; numel: number; flags: number; rowLen: number }[], round: (x: number) => number): void {
   for (const q of params) {
-    const end = q.offset + q.numel;
-    if (!(q.flags & FLAG_ACTIVE)) {
-      q.out.fill(0, q.offset, end);
-      continue;
-    }
-    const sc = o.scale[q.group];
-    const rows = new Map<number, number>();
-    for (let j = 0; j < q.numel; j++) {
-      const std = filterwise && q.p ? sc * rowNorm(q, j, rows) : sc;
-      q.out[q.offset + j] = std * normalAt(o.key0, o.key1, q.base + j);
+    if (!(q.flags & FLAG_ACTIVE) || q.rowLen === 0) continue;
+    for (let start = q.offset; start < q.offset + q.numel; start += q.rowLen) {
+      let s = 0;
+      for (let i = start; i < start + q.rowLen; i++) s += q.p[i] * q.p[i];
+      q.out.fill(round(Math.sqrt(s) + (q.flags & FLAG_VECTOR ? 1e-16 : 0)), start, start + q.rowLen);
     }
   }
 }
 
 // ------------------------------------------------------------------------------ the arena engine
 
-/** The FusedKernels contract over a flat arena, every call one arena-kernel pass (host noise aside). */
+/** The FusedKernels contract over a flat arena, every call one arena-kernel pass (RWP's row norms aside). */
 export class ArenaFusedKernels implements FusedKernels {
-  constructor(
-    readonly backend: Backend,
-    /** The backend's own noise kernel (WebGPU); host backends use hostNoise. */
-    private readonly deviceNoise: ((L: ArenaLayout, out: Storage, o: NoiseOptions) => void) | null = null,
-  ) {}
+  constructor(readonly backend: Backend) {}
 
   private run(L: ArenaLayout, c: KernelCall<Storage>, S?: Storage, steps?: Storage): void {
     runArenaKernel(c.kernel, this.backend, { layout: L, vectors: c.vectors, S, steps, hyper: c.hyper });
@@ -465,17 +458,24 @@ export class ArenaFusedKernels implements FusedKernels {
     this.run(L, lincombCall(out, self, terms, L.groups), S);
   }
   noise(L: ArenaLayout, out: Storage, o: NoiseOptions): void {
-    if (this.deviceNoise) return this.deviceNoise(L, out, o);
+    if (o.filterwise) this.rowNorms(L, o.filterwise.p, out, o.filterwise.rowNorms);
+    this.run(L, noiseCall(out, o.key0, o.key1, o.scale, !!o.filterwise));
+  }
+  rowNorms(L: ArenaLayout, p: Storage, out: Storage, scratch: Storage): void {
+    // Host memory written directly: a captured step (src/compile) records the call, as run.ts's passes.
+    if (captureHooks.deviceCall) return void captureHooks.deviceCall('arena row norms', (pp: Storage, o: Storage, sc: Storage) => this.rowNormsNow(L, pp, o, sc), [p, out, scratch]);
+    this.rowNormsNow(L, p, out, scratch);
+  }
+  private rowNormsNow(L: ArenaLayout, p: Storage, out: Storage, scratch: Storage): void {
     const arr = hostArrayOf(this.backend);
-    if (!arr) throw new Error(`fused noise: the ${this.backend.name} backend has no host memory and no noise kernel of its own`);
-    const o32 = arr(out);
-    const p = o.filterwise ? arr(o.filterwise.p) : null;
-    o32.fill(0);
-    hostNoise(
-      L.params.map((info) => ({ out: o32, p, offset: info.offset, base: info.offset, numel: info.numel, group: info.group, flags: info.flags, rowLen: info.rowLen })),
-      o,
-      L.dtype === 'float32' ? Math.fround : (x) => x,
-    );
+    if (arr) {
+      const o = arr(out);
+      const ph = arr(p);
+      hostRowNorms(L.params.map((info) => ({ out: o, p: ph, offset: info.offset, numel: info.numel, flags: info.flags, rowLen: info.rowLen })), L.dtype === 'float32' ? Math.fround : (x) => x);
+      return;
+    }
+    if (!arenaBackends.webgpuRowNorms) throw new Error(`fused row norms: no kernel for the ${this.backend.name} backend`);
+    arenaBackends.webgpuRowNorms(this.backend, L, p, out, scratch);
   }
   sgd(L: ArenaLayout, p: Storage, d: Storage, mom: Storage | null, S: Storage, groups: readonly SgdGroup[], o: UpdateOptions): void {
     this.run(L, sgdCall(p, d, mom, groups, o.restore ?? null, o.gated), S, o.steps);

@@ -4,7 +4,8 @@
  */
 export { k, ArenaDefinitionError, type Builders, type Node, type Operand, type Reduction, type ReductionKind, type Ty } from './expr.js';
 export { defineArenaKernel, type ArenaKernel, type ArenaKernelSpec, type KernelReduction, type KernelVector, type VectorAccess, type Vectors } from './define.js';
-export { coefficientValues, evalUniform, interpretRange, referenceKernel, renderReference, type RangeFn, type UniformEnv } from './reference.js';
+export { coefficientValues, interpretRange, referenceKernel, renderReference, type RangeFn } from './reference.js';
+export { evalUniform, type UniformEnv } from './uniform.js';
 export { combinePartials } from './reduce.js';
 import type { ArenaKernel } from './define.js';
 export { hostPassObservers, runArenaKernel, runPerTensor, runScalarProgram, type ArenaBuffers, type GroupHyper, type PerTensorBuffers, type PerTensorParam, type RunOptions } from './run.js';

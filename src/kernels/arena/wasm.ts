@@ -12,15 +12,17 @@
  * partials go to memory for the host's tree.
  *
  * The function: (ptr of each vector..., start, end, ptr of each partial array at block pblk...,
- * write, coefficient...) over elements [start, end) (write = 0: reductions only; a kernel without
+ * write, ib, coefficient...) over elements [start, end) (ib: added to an element's index for its
+ * normal draws, as reference.ts RangeFn; write = 0: reductions only; a kernel without
  * reductions ignores it, as run.ts never calls it so). The last quad of a range may run past `end`
  * into the parameter's padding (arena vectors are padded to 64 elements, wasm allocations to 256
  * bytes); those lanes are neither stored nor counted.
  */
-import { f32, f32x4, i32, i32x4, ModuleBuilder, v128, ValType, type Expr, type Local, type Operand } from '../wasm/emit.js';
-import type { ArenaKernel } from './define.js';
+import { call, f32, f32x4, i32, i32x4, ModuleBuilder, select, v128, ValType, type Expr, type FuncBuilder, type Local, type Operand } from '../wasm/emit.js';
+import { normalAt } from '../rng.js';
+import { rngKeys, type ArenaKernel } from './define.js';
 import { neededNodes, type Node } from './expr.js';
-import { partialOffsets } from './reduce.js';
+import { NORM_DIRECT, partialOffsets, reductionPasses } from './reduce.js';
 
 const { i32: I32, f32: F32, v128: V128 } = ValType;
 
@@ -42,18 +44,24 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean, boolCoefs?: rea
   mb.importMemory('env', 'memory', shared ? { initial: 1, maximum: 65536, shared: true } : { initial: 1 });
   const nv = kernel.vectors.length;
   const np = partialOffsets(kernel.reductions).total;
-  const params: ValType[] = [...Array(nv).fill(I32), I32, I32, ...Array(np).fill(I32), I32, ...kernel.coefs.map(() => F32)];
+  const keys = rngKeys(kernel);
+  // Normal draws call the host's normalAt (float64 Box-Muller, as the reference), rounded to f32.
+  const normalFn = keys.size > 0 ? mb.importFunction('env', 'normal', [ValType.f64, ValType.f64, I32], [ValType.f64]) : null;
+  const params: ValType[] = [...Array(nv).fill(I32), I32, I32, ...Array(np).fill(I32), I32, I32, ...kernel.coefs.map((c) => (keys.has(c) ? ValType.f64 : F32))];
   mb.func(WASM_EXPORT, params, [], (f, ...args) => {
     const vptr = args.slice(0, nv);
     const start = args[nv];
     const end = args[nv + 1];
     const pptr = args.slice(nv + 2, nv + 2 + np);
     const write = args[nv + 2 + np];
-    const cargs = args.slice(nv + 3 + np);
+    const ib = args[nv + 3 + np];
+    const cargs = args.slice(nv + 4 + np);
     const vecIdx = new Map(kernel.vectors.map((v, i) => [v.name, i]));
-    // Coefficients splatted once: floats as f32x4, booleans as lane masks.
+    // Coefficients splatted once: floats as f32x4, booleans as lane masks; the keys of normal
+    // draws stay float64 scalars (whole numbers up to 2^32, exact).
     const coef = new Map<Node, Local>();
     kernel.coefs.forEach((c, j) => {
+      if (keys.has(c)) return void coef.set(c, cargs[j]);
       const l = f.local(V128);
       f.set(l, c.ty === 'f' ? f32x4.splat(cargs[j]) : f32x4.ne(f32x4.splat(cargs[j]), 0));
       coef.set(c, l);
@@ -114,6 +122,11 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean, boolCoefs?: rea
         case 'not': return v128.not(a);
         case 'nonfinite': return i32x4.eq(v128.and(a, signMask), signMask);
         case 'where': return v128.bitselect(a, b, ref(n.c));
+        case 'normal': {
+          // Lane L draws for element index ib + i + L (lanes past the end draw and are not stored).
+          const draw = (L: number) => f32.demoteF64(call(normalFn!, a, b, i32.add(i32.add(ib, i), L)));
+          return f32x4.replaceLane(f32x4.replaceLane(f32x4.replaceLane(f32x4.splat(draw(0)), 1, draw(1)), 2, draw(2)), 3, draw(3));
+        }
         default: throw new Error(`arena kernel "${kernel.name}": internal: ${n.op} is uniform-only`);
       }
     };
@@ -192,14 +205,161 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean, boolCoefs?: rea
         }
       });
     const bm = kernel.reductions.map((r) => (r.reduction === 'norm' ? f.local(F32) : null));
+    // Each norm's block maximum and scale (reduce.ts) where its direct rule does not hold.
+    const bfv = kernel.reductions.map((r) => (r.reduction === 'norm' ? f.local(V128) : null));
+    const ex = f.local(I32);
+    const tsum = f.local(F32);
     // The maximum of magnitudes (sign bits clear) as signed integers: for such floats the integer
     // order is the float order, and every NaN pattern lies above +Inf, so the result is the same
     // value as f32x4.max's (a NaN when any lane saw one; NaN payloads are unspecified in both) in
     // one instruction, where f32x4.max's NaN rules take several on x86.
     const absMax = (a: Operand, b: Operand): Expr => i32x4.maxS(a, b);
+    // The largest of a vector's four magnitudes, the same way across the lanes (two shuffles), as
+    // a scalar f32: once per block, where four lane extractions and three scalar f32.max (whose
+    // NaN and signed-zero rules V8 compiles to compare-and-branch sequences that random data
+    // mispredicts) cost more than the block's loads.
+    const hmax = f.local(V128);
+    const swap = (pairs: readonly number[]) => pairs.flatMap((L) => [4 * L, 4 * L + 1, 4 * L + 2, 4 * L + 3]);
+    const absMaxAcross = (a: Local): Expr => {
+      f.set(hmax, absMax(a, v128.shuffle(a, a, swap([2, 3, 0, 1]))));
+      f.set(hmax, absMax(hmax, v128.shuffle(hmax, hmax, swap([1, 0, 3, 2]))));
+      return f32x4.extractLane(hmax, 0);
+    };
     const masked = (x: Operand) => (full ? x : v128.bitselect(x, zero, valid));
     const lane = (x: Local, L: number) => f32x4.extractLane(x, L);
     const { base } = partialOffsets(kernel.reductions);
+    const { early, late } = reductionPasses(kernel);
+    // A norm's maximum (where its direct rule does not hold). The order-free reductions (maxima,
+    // the non-finite flag) keep one accumulator, not four: a maximum or an or takes one cycle, and
+    // fewer live vectors keep a kernel of several reductions in registers.
+    const nmaxs = kernel.reductions.map((r) => (r.reduction === 'norm' ? f.local(V128) : null));
+    /** (A0 + A1) + (A2 + A3) lane by lane into A0, then (l0 + l1) + (l2 + l3): reduce.ts's order. */
+    const laneSum = (A: readonly Local[]): Expr => {
+      f.set(A[0], f32x4.add(f32x4.add(A[0], A[1]), f32x4.add(A[2], A[3])));
+      return f32.add(f32.add(lane(A[0], 0), lane(A[0], 1)), f32.add(lane(A[0], 2), lane(A[0], 3)));
+    };
+    /** One pass over the block: the reductions `idx` (and the writes when asked), then their partials. */
+    // Per norm: whether its block holds a NaN or an infinity, as the norm's pass finds out.
+    const nflags = kernel.reductions.map((r) => (r.reduction === 'norm' ? f.local(I32) : null));
+    /**
+     * Where a non-finite flag can be read from instead of testing every element (the SAM norm's
+     * NaN gate): a norm of the same x in the same pass (its direct rule holds only for a finite sum
+     * of squares; otherwise it finds the block's maximum magnitude) or a max |x| (a block holds a
+     * NaN or an infinity exactly when its maximum magnitude is one, bits >= 0x7f800000).
+     */
+    const flagSource = (ri: number, idx: readonly number[]): { flag: Local } | { max: Local } | null => {
+      const r = kernel.reductions[ri];
+      if (r.reduction !== 'nonfinite') return null;
+      for (const rj of idx) {
+        const o = kernel.reductions[rj];
+        if (o.x !== r.x) continue;
+        if (o.reduction === 'norm') return { flag: nflags[rj]! };
+        if (o.reduction === 'maxabs') return { max: accs[rj][0] };
+      }
+      return null;
+    };
+    const pass = (idx: readonly number[], withWrites: boolean) => {
+      for (const ri of idx) {
+        for (const a of accs[ri]) f.set(a, zero);
+        if (nmaxs[ri]) f.set(nmaxs[ri]!, zero);
+      }
+      const roots = [...(withWrites ? kernel.writes.map((w) => w.value) : []), ...idx.map((ri) => kernel.reductions[ri].x)];
+      quads16((m) => {
+        compute(roots);
+        for (const ri of idx) {
+          const r = kernel.reductions[ri];
+          const x = ref(r.x);
+          const acc = accs[ri][m];
+          const one = accs[ri][0];
+          switch (r.reduction) {
+            case 'sum':
+              f.set(acc, f32x4.add(acc, masked(x)));
+              break;
+            case 'maxabs':
+              f.set(one, absMax(one, masked(f32x4.abs(x))));
+              break;
+            case 'nonfinite':
+              if (!flagSource(ri, idx)) f.set(one, v128.or(one, masked(i32x4.eq(v128.and(x, signMask), signMask))));
+              break;
+            case 'norm':
+              // The sum of squares of the direct rule (reduce.ts NORM_DIRECT).
+              f.set(acc, f32x4.add(acc, masked(f32x4.mul(x, x))));
+              break;
+          }
+        }
+        if (withWrites) stores(e);
+      });
+      // The flags last: a norm's final below sets the flag one of them may read.
+      for (const ri of [...idx.filter((i) => kernel.reductions[i].reduction !== 'nonfinite'), ...idx.filter((i) => kernel.reductions[i].reduction === 'nonfinite')]) {
+        const r = kernel.reductions[ri];
+        const A = accs[ri];
+        const at = (k: number) => i32.add(pptr[base[ri] + k], i32.shl(blk, 2));
+        switch (r.reduction) {
+          case 'sum':
+            f.exec(f32.store(at(0), laneSum(A)));
+            break;
+          case 'maxabs':
+            f.exec(f32.store(at(0), absMaxAcross(A[0])));
+            break;
+          case 'nonfinite': {
+            const src = flagSource(ri, idx);
+            const flag = !src ? v128.anyTrue(A[0]) : 'flag' in src ? src.flag : v128.anyTrue(i32x4.gtS(src.max, i32x4.splat(i32.const(0x7f7fffff))));
+            f.exec(f32.store(at(0), f32.convertI32S(flag)));
+            break;
+          }
+          case 'norm': {
+            // reduce.ts NORM_DIRECT: d = the exponent of the sum of squares t (sign bit included).
+            f.set(tsum, laneSum(A));
+            f.set(ex, i32.sub(i32.shrU(i32.reinterpretF32(tsum), 23), 127));
+            f.if(
+              i32.and(i32.geS(ex, -NORM_DIRECT), i32.leS(ex, NORM_DIRECT)),
+              () => {
+                // m = 2^h, s = t 2^(-2h), h = floor(d / 2), both from their exponent bits.
+                f.set(ex, i32.shrS(ex, 1));
+                f.exec(f32.store(at(0), f32.reinterpretI32(i32.shl(i32.add(ex, 127), 23))));
+                f.exec(f32.store(at(1), f32.mul(tsum, f32.reinterpretI32(i32.shl(i32.sub(i32.const(127), i32.shl(ex, 1)), 23)))));
+                f.set(nflags[ri]!, 0);
+              },
+              () => {
+                // The other blocks: the maximum in a second pass (no writes happened yet: a
+                // writing kernel's norms run before its writes), then the sum of (x f)^2.
+                const N = nmaxs[ri]!;
+                const m = bm[ri]!;
+                f.set(N, zero);
+                quads16(() => {
+                  compute([r.x]);
+                  f.set(N, absMax(N, masked(f32x4.abs(ref(r.x)))));
+                });
+                f.set(m, absMaxAcross(N));
+                f.exec(f32.store(at(0), m));
+                f.set(nflags[ri]!, i32.gtS(i32.reinterpretF32(m), 0x7f7fffff));
+                // m positive and finite: bits in (0, 0x7f800000) (its sign bit is clear).
+                f.if(
+                  i32.and(i32.gtS(i32.reinterpretF32(m), 0), i32.ltS(i32.reinterpretF32(m), 0x7f800000)),
+                  () => {
+                    // reduce.ts normExponent (the biased exponent clamped to [1, 253]) and the
+                    // scale f = 2^(127 - e), from the bits (254 - e) << 23.
+                    f.set(ex, i32.shrU(i32.reinterpretF32(m), 23));
+                    f.set(ex, select(ex, i32.const(1), ex));
+                    f.set(ex, select(i32.const(253), ex, i32.gtS(ex, 253)));
+                    f.set(bfv[ri]!, f32x4.splat(f32.reinterpretI32(i32.shl(i32.sub(i32.const(254), ex), 23))));
+                    for (const a of A) f.set(a, zero);
+                    quads16((mm) => {
+                      compute([r.x]);
+                      const q = f32x4.mul(ref(r.x), bfv[ri]!);
+                      f.set(A[mm], f32x4.add(A[mm], masked(f32x4.mul(q, q))));
+                    });
+                    f.exec(f32.store(at(1), laneSum(A)));
+                  },
+                  () => f.exec(f32.store(at(1), f32.const(0))),
+                );
+              },
+            );
+            break;
+          }
+        }
+      }
+    };
     f.set(blk, 0);
     f.for(b, start, end, 64, () => {
       f.set(e, i32.add(b, 64));
@@ -208,75 +368,8 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean, boolCoefs?: rea
       // Most blocks are full: their code runs without lane masks or tail checks (the same
       // operations on the same lanes, so the same bits).
       const block = () => {
-      kernel.reductions.forEach((r, ri) => {
-        if (r.reduction !== 'norm') return;
-        const A = accs[ri];
-        for (const a of A) f.set(a, zero);
-        quads16((m) => {
-          compute([r.x]);
-          f.set(A[m], absMax(A[m], masked(f32x4.abs(ref(r.x)))));
-        });
-        // A maximum is the same in any order.
-        f.set(A[0], absMax(absMax(A[0], A[1]), absMax(A[2], A[3])));
-        f.set(bm[ri]!, f32.max(f32.max(lane(A[0], 0), lane(A[0], 1)), f32.max(lane(A[0], 2), lane(A[0], 3))));
-        f.exec(f32.store(i32.add(pptr[base[ri]], i32.shl(blk, 2)), bm[ri]!));
-      });
-      for (const A of accs) for (const a of A) f.set(a, zero);
-      quads16((m) => {
-        compute(all);
-        kernel.reductions.forEach((r, ri) => {
-          const x = ref(r.x);
-          const acc = accs.map((A) => A[m]);
-          switch (r.reduction) {
-            case 'sum':
-              f.set(acc[ri], f32x4.add(acc[ri], masked(x)));
-              break;
-            case 'maxabs':
-              f.set(acc[ri], absMax(acc[ri], masked(f32x4.abs(x))));
-              break;
-            case 'nonfinite':
-              f.set(acc[ri], v128.or(acc[ri], masked(i32x4.eq(v128.and(x, signMask), signMask))));
-              break;
-            case 'norm': {
-              const q = f32x4.div(x, f32x4.splat(bm[ri]!));
-              f.set(acc[ri], f32x4.add(acc[ri], masked(f32x4.mul(q, q))));
-              break;
-            }
-          }
-        });
-        stores(e);
-      });
-      kernel.reductions.forEach((r, ri) => {
-        const A = accs[ri];
-        const a = A[0];
-        // V = (A0 + A1) + (A2 + A3) lane by lane (max or or for the order-free reductions), into A0.
-        if (r.reduction === 'sum' || r.reduction === 'norm') f.set(a, f32x4.add(f32x4.add(A[0], A[1]), f32x4.add(A[2], A[3])));
-        else if (r.reduction === 'maxabs') f.set(a, absMax(absMax(A[0], A[1]), absMax(A[2], A[3])));
-        else f.set(a, v128.or(v128.or(A[0], A[1]), v128.or(A[2], A[3])));
-        const sum = f32.add(f32.add(lane(a, 0), lane(a, 1)), f32.add(lane(a, 2), lane(a, 3)));
-        const at = (k: number) => i32.add(pptr[base[ri] + k], i32.shl(blk, 2));
-        switch (r.reduction) {
-          case 'sum':
-            f.exec(f32.store(at(0), sum));
-            break;
-          case 'maxabs':
-            f.exec(f32.store(at(0), f32.max(f32.max(lane(a, 0), lane(a, 1)), f32.max(lane(a, 2), lane(a, 3)))));
-            break;
-          case 'nonfinite':
-            f.exec(f32.store(at(0), f32.convertI32S(v128.anyTrue(a))));
-            break;
-          case 'norm': {
-            // s = 0 unless the block maximum is positive and finite (as reduce.ts scalable()).
-            const m = bm[ri]!;
-            f.if(
-              i32.and(f32.gt(m, f32.const(0)), f32.lt(m, f32.const(Infinity))),
-              () => f.exec(f32.store(at(1), sum)),
-              () => f.exec(f32.store(at(1), f32.const(0))),
-            );
-            break;
-          }
-        }
-      });
+        if (early.length > 0) pass(early, false);
+        if (late.length > 0 || kernel.writes.length > 0) pass(late, kernel.writes.length > 0);
       };
       f.if(
         i32.eq(i32.sub(e, b), 64),
@@ -315,9 +408,169 @@ export function wasmKernel(kernel: ArenaKernel, memoryObject: object, boolCoefs?
   if (!fn) {
     const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
     const bytes = renderWasm(kernel, shared, boolCoefs);
-    const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes as Uint8Array<ArrayBuffer>), { env: { memory } });
+    const env: Record<string, WebAssembly.ImportValue> = { memory };
+    if (rngKeys(kernel).size > 0) env.normal = normalAt;
+    const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes as Uint8Array<ArrayBuffer>), { env });
     fn = instance.exports[WASM_EXPORT] as ArenaWasmFn;
     variants.set(key, fn);
   }
   return fn;
+}
+
+/**
+ * The pairwise tree of reduce.ts (combinePartials) over float32 partials in wasm memory, for the
+ * wasm path: on the host, the tree of a 4M-element arena (65536 partials) cost as much as the
+ * pass itself (a NaN-propagating Math.max and the norm's ratios branch per pair, and random data
+ * mispredicts). The same IEEE float32 operations as the host's float32 tree, so the same bits:
+ * - sum: P[i] = P[i] + P[i + w];
+ * - max (max |x| and the non-finite flag, whose partials have the sign bit clear): the larger as a
+ *   signed integer, which for such floats is the float order with every NaN above +Inf (a NaN
+ *   when either is one, as Math.max);
+ * - norm: m = the larger m; s = s(larger) + s(smaller) F(e(smaller) - e(larger)), equal to the
+ *   host's s1 F(e1 - e) + s2 F(e2 - e) because the larger side's factor is exactly 1 (and an IEEE
+ *   sum does not depend on the order of its two operands); s = 0 where m is 0, Inf or NaN.
+ * Each export takes byte addresses of the partial arrays and the count, and leaves the root at index 0.
+ */
+export function renderWasmTree(shared: boolean): Uint8Array {
+  const clampExp = (e: Expr): Expr => {
+    // min(max(e, 1), 253) for e in [0, 255]: e | (e == 0) raises 0 to 1, and 253 caps 254 and 255.
+    const lo = i32.or(e, i32.eqz(e));
+    return select(i32.const(253), lo, i32.gtS(lo, 253));
+  };
+  const mb = new ModuleBuilder();
+  mb.importMemory('env', 'memory', shared ? { initial: 1, maximum: 65536, shared: true } : { initial: 1 });
+  /** for (w = 1; w < n; w *= 2) for (i = 0; i + w < n; i += 2w) pair(address of i, address of i + w). */
+  const tree = (f: FuncBuilder, n: Local, pair: (ai: Local, bi: Local) => void) => {
+    const w = f.local(I32);
+    const i = f.local(I32);
+    const last = f.local(I32);
+    const step = f.local(I32);
+    const ai = f.local(I32);
+    const bi = f.local(I32);
+    f.set(w, 1);
+    f.block((exit) =>
+      f.loop((top) => {
+        f.brIf(exit, i32.geS(w, n));
+        f.set(last, i32.sub(n, w));
+        f.set(step, i32.shl(w, 1));
+        f.for(i, 0, last, step, () => {
+          f.set(ai, i32.shl(i, 2));
+          f.set(bi, i32.shl(i32.add(i, w), 2));
+          pair(ai, bi);
+        });
+        f.set(w, step);
+        f.br(top);
+      }),
+    );
+  };
+  mb.func('sum', [I32, I32], [], (f, P, n) => {
+    tree(f, n, (ai, bi) => f.exec(f32.store(i32.add(P, ai), f32.add(f32.load(i32.add(P, ai)), f32.load(i32.add(P, bi))))));
+  });
+  mb.func('max', [I32, I32], [], (f, P, n) => {
+    const x = f.local(I32);
+    const y = f.local(I32);
+    tree(f, n, (ai, bi) => {
+      f.set(x, i32.load(i32.add(P, ai)));
+      f.set(y, i32.load(i32.add(P, bi)));
+      f.exec(i32.store(i32.add(P, ai), select(x, y, i32.geS(x, y))));
+    });
+  });
+  // The norm's tree, level by level with each level's results packed to the front (element k of a
+  // level is P[k w] of the tree above: the same pairs, in the same order), four pairs at a time in
+  // f32x4 lanes, the same operations as the scalar form.
+  mb.func('norm', [I32, I32, I32], [], (f, P, S, n) => {
+    const len = f.local(I32);
+    const half = f.local(I32);
+    const k = f.local(I32);
+    const x = f.local(I32);
+    const y = f.local(I32);
+    const hi = f.local(I32);
+    const big = f.local(I32);
+    const d2 = f.local(I32);
+    const [m0, m1, s0, s1, ev, od, bg, h, vd] = Array.from({ length: 9 }, () => f.local(V128));
+    const lanes = (idx: readonly number[]) => idx.flatMap((L) => [4 * L, 4 * L + 1, 4 * L + 2, 4 * L + 3]);
+    const clampExp4 = (v: Operand): Expr => i32x4.minS(i32x4.maxS(i32x4.shrU(v, 23), i32x4.splat(i32.const(1))), i32x4.splat(i32.const(253)));
+    f.set(len, n);
+    f.block((exit) =>
+      f.loop((top) => {
+        f.brIf(exit, i32.leS(len, 1));
+        f.set(half, i32.shrU(len, 1));
+        f.set(k, 0);
+        // Pairs 2k, 2k + 1 for k, k + 1, k + 2, k + 3: evens and odds of eight m and eight s.
+        f.block((done) =>
+          f.loop((more) => {
+            f.brIf(done, i32.gtS(i32.add(k, 4), half));
+            f.set(m0, v128.load(i32.add(P, i32.shl(k, 3))));
+            f.set(m1, v128.load(i32.add(P, i32.shl(k, 3)), 16));
+            f.set(s0, v128.load(i32.add(S, i32.shl(k, 3))));
+            f.set(s1, v128.load(i32.add(S, i32.shl(k, 3)), 16));
+            f.set(ev, v128.shuffle(m0, m1, lanes([0, 2, 4, 6])));
+            f.set(od, v128.shuffle(m0, m1, lanes([1, 3, 5, 7])));
+            f.set(bg, i32x4.geS(ev, od));
+            f.set(h, v128.bitselect(ev, od, bg));
+            f.exec(v128.store(i32.add(P, i32.shl(k, 2)), h));
+            // 2 (e_lo - e_hi), F = 2^d2 from its bits (0 below -126), s = s_hi + s_lo F; 0 where m
+            // is not positive and finite.
+            f.set(vd, i32x4.shl(i32x4.sub(clampExp4(v128.bitselect(od, ev, bg)), clampExp4(h)), 1));
+            const F = v128.and(i32x4.shl(i32x4.add(vd, i32x4.splat(i32.const(127))), 23), i32x4.geS(vd, i32x4.splat(i32.const(-126))));
+            f.set(ev, v128.shuffle(s0, s1, lanes([0, 2, 4, 6])));
+            f.set(od, v128.shuffle(s0, s1, lanes([1, 3, 5, 7])));
+            const sum = f32x4.add(v128.bitselect(ev, od, bg), f32x4.mul(v128.bitselect(od, ev, bg), F));
+            const ok = v128.and(i32x4.gtS(h, i32x4.splat(i32.const(0))), i32x4.ltS(h, i32x4.splat(i32.const(0x7f800000))));
+            f.exec(v128.store(i32.add(S, i32.shl(k, 2)), v128.and(sum, ok)));
+            f.set(k, i32.add(k, 4));
+            f.br(more);
+          }),
+        );
+        // The remaining pairs one at a time.
+        f.for(k, k, half, 1, () => {
+          f.set(x, i32.load(i32.add(P, i32.shl(k, 3))));
+          f.set(y, i32.load(i32.add(P, i32.shl(k, 3)), 4));
+          f.set(big, i32.geS(x, y));
+          f.set(hi, select(x, y, big));
+          f.exec(i32.store(i32.add(P, i32.shl(k, 2)), hi));
+          f.if(
+            i32.and(i32.gtS(hi, 0), i32.ltS(hi, 0x7f800000)),
+            () => {
+              f.set(d2, i32.shl(i32.sub(clampExp(i32.shrU(select(y, x, big), 23)), clampExp(i32.shrU(hi, 23))), 1));
+              const F = select(f32.reinterpretI32(i32.shl(i32.add(d2, 127), 23)), f32.const(0), i32.geS(d2, -126), F32);
+              const sHi = f32.load(i32.add(i32.add(S, i32.shl(k, 3)), select(i32.const(0), i32.const(4), big)));
+              const sLo = f32.load(i32.add(i32.add(S, i32.shl(k, 3)), select(i32.const(4), i32.const(0), big)));
+              f.exec(f32.store(i32.add(S, i32.shl(k, 2)), f32.add(sHi, f32.mul(sLo, F))));
+            },
+            () => f.exec(f32.store(i32.add(S, i32.shl(k, 2)), f32.const(0))),
+          );
+        });
+        // An odd last element moves up unchanged.
+        f.if(i32.and(len, 1), () => {
+          f.exec(i32.store(i32.add(P, i32.shl(half, 2)), i32.load(i32.add(P, i32.shl(i32.sub(len, 1), 2)))));
+          f.exec(i32.store(i32.add(S, i32.shl(half, 2)), i32.load(i32.add(S, i32.shl(i32.sub(len, 1), 2)))));
+        });
+        f.set(len, i32.add(half, i32.and(len, 1)));
+        f.br(top);
+      }),
+    );
+  });
+  return mb.toBytes();
+}
+
+export interface WasmTree {
+  /** Combines the partials at byte address P (and S for norm) of n blocks in place; the root is left at index 0. */
+  sum(P: number, n: number): void;
+  max(P: number, n: number): void;
+  norm(P: number, S: number, n: number): void;
+}
+const trees = new WeakMap<object, WasmTree>();
+
+/** The tree module over a backend memory (instantiated once per memory). */
+export function wasmTree(memoryObject: object): WasmTree {
+  const memory = memoryObject as WebAssembly.Memory;
+  let t = trees.get(memory);
+  if (!t) {
+    const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
+    const bytes = renderWasmTree(shared);
+    t = new WebAssembly.Instance(new WebAssembly.Module(bytes as Uint8Array<ArrayBuffer>), { env: { memory } }).exports as unknown as WasmTree;
+    trees.set(memory, t);
+  }
+  return t;
 }

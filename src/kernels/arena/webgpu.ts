@@ -6,14 +6,15 @@
  * reductions and runs the scalar program.
  */
 import type { Backend, Storage } from '../backend.js';
-import { BLOCK, F_FLAGS, F_GROUP, F_NUMEL, PARAM_FIELDS, S_SLOTS } from '../fused.js';
+import { BLOCK, F_FLAGS, F_GROUP, F_NUMEL, F_OFFSET, F_ROWBASE, F_ROWLEN, FLAG_ACTIVE, FLAG_VECTOR, PARAM_FIELDS, S_SLOTS, type ArenaLayout } from '../fused.js';
 import type { Bind, GPUStorage, Runtime } from '../webgpu/runtime.js';
-import type { Param } from '../webgpu/wgsl.js';
+import { entry, type Param } from '../webgpu/wgsl.js';
 import { usesSteps, type ArenaKernel } from './define.js';
-import { evalUniform, type UniformEnv } from './reference.js';
+import { evalUniform, type UniformEnv } from './uniform.js';
 import { partialOffsets } from './reduce.js';
-import { arenaBackends, hyperOf, type ArenaBuffers, type GroupHyper, type PerTensorBuffers, type PerTensorParam } from './run.js';
-import { renderWgsl, renderWgslScalars, renderWgslSteps, renderWgslTree, WGSL_BLOCK_WG, wgslHostUniforms, wgslKeyUniforms } from './wgsl.js';
+import { arenaBackends, hyperOf } from './backends.js';
+import type { ArenaBuffers, GroupHyper, PerTensorBuffers, PerTensorParam } from './run.js';
+import { renderWgsl, renderWgslScalars, renderWgslSteps, renderWgslTree, WGSL_BLOCK_WG, WGSL_TREE_WG, WGSL_TREE_WG_CPU, wgslHostUniforms, wgslKeyUniforms } from './wgsl.js';
 
 /** One block-kernel dispatch of a WebGPU pass: its vectors, its block table, where its partials go. */
 interface GpuDispatch {
@@ -23,12 +24,14 @@ interface GpuDispatch {
   nblocks: number;
   /** Index of its first block among the pass's partials. */
   pbase: number;
+  /** Added to an element's index for its normal draws (the tensor's arena offset per tensor). */
+  ibase: number;
 }
 
 function runWebGPU(kernel: ArenaKernel, backend: Backend, buf: ArenaBuffers): void {
   const L = buf.layout;
   if (L.dtype !== 'float32') throw new TypeError(`arena kernel "${kernel.name}" on webgpu: the arena must be float32, got ${L.dtype}`);
-  runWebGPUPass(kernel, backend, { S: buf.S, steps: buf.steps, hyper: buf.hyper }, L.groups, L.params.length, L.paramTable, L.blocks, [{ vectors: buf.vectors, bp: L.blockParam, nblocks: L.blocks, pbase: 0 }]);
+  runWebGPUPass(kernel, backend, { S: buf.S, steps: buf.steps, hyper: buf.hyper }, L.groups, L.params.length, L.paramTable, L.blocks, [{ vectors: buf.vectors, bp: L.blockParam, nblocks: L.blocks, pbase: 0, ibase: 0 }]);
 }
 
 /**
@@ -88,7 +91,7 @@ function runWebGPUPass(
       name: `arena.${kernel.name}`,
       key: kernel.name,
       binds,
-      params: [{ name: 'nblocks', type: 'u32', value: d.nblocks }, { name: 'pstride', type: 'u32', value: blocks }, { name: 'pbase', type: 'u32', value: d.pbase }, ...hyperParams],
+      params: [{ name: 'nblocks', type: 'u32', value: d.nblocks }, { name: 'pstride', type: 'u32', value: blocks }, { name: 'pbase', type: 'u32', value: d.pbase }, { name: 'ibase', type: 'u32', value: d.ibase }, ...hyperParams],
       groups: Math.ceil(d.nblocks / WGSL_BLOCK_WG),
       wgsl: () => renderWgsl(kernel, groups),
     });
@@ -103,7 +106,7 @@ function runWebGPUPass(
       ],
       params: [{ name: 'nblocks', type: 'u32', value: blocks }],
       groups: 1,
-      wgsl: () => renderWgslTree(kernel),
+      wgsl: () => renderWgslTree(kernel, rt.cpuEmulated ? WGSL_TREE_WG_CPU : WGSL_TREE_WG),
     });
     rt.release(part);
   } else if (kernel.after.length > 0) runWebGPUScalars(kernel, backend, S);
@@ -150,7 +153,7 @@ function runWebGPUPerTensor(kernel: ArenaKernel, backend: Backend, buf: PerTenso
   const { pt, bps } = perTensorTablesOf(backend, buf.params);
   let pbase = 0;
   const dispatches = buf.params.map((p, k) => {
-    const d = { vectors: p.vectors, bp: bps[k], nblocks: Math.ceil(p.numel / BLOCK), pbase };
+    const d = { vectors: p.vectors, bp: bps[k], nblocks: Math.ceil(p.numel / BLOCK), pbase, ibase: p.index ?? 0 };
     pbase += d.nblocks;
     return d;
   });
@@ -158,9 +161,74 @@ function runWebGPUPerTensor(kernel: ArenaKernel, backend: Backend, buf: PerTenso
   runWebGPUPass(kernel, backend, buf, ngroups, buf.params.length, pt, Math.max(pbase, 1), dispatches);
 }
 
+const ROW_WG = 256;
+
+/**
+ * RWP's filter-wise std (FusedKernels.rowNorms) on WebGPU: the norm of each filter row of p into
+ * `scratch` (one invocation per row), then each active element's row norm into out (one per
+ * element). A reduction per row, outside the kernel language (see src/kernels/arena/fused.ts
+ * hostRowNorms, the host's): the noise definition then multiplies it in.
+ */
+function runWebGPURowNorms(backend: Backend, L: ArenaLayout, p: Storage, out: Storage, scratch: Storage): void {
+  if (L.rows === 0) return;
+  const rt = (backend as unknown as { rt: Runtime }).rt;
+  const gpu = (s: Storage) => s as GPUStorage;
+  const tables: Bind[] = [
+    { name: 'bp', s: gpu(L.blockParam), access: 'read' },
+    { name: 'pt', s: gpu(L.paramTable), access: 'read' },
+  ];
+  rt.dispatch({
+    name: 'arena.rowNorms',
+    key: 'arena.rowNorms',
+    binds: [{ name: 'p', s: gpu(p), access: 'read' }, { name: 'rn', s: gpu(scratch), access: 'read_write' }, ...tables],
+    params: [{ name: 'n', type: 'u32', value: L.rows }, { name: 'np', type: 'u32', value: L.params.length }],
+    groups: Math.ceil(L.rows / ROW_WG),
+    wgsl: () => `${entry(ROW_WG)} {
+  let r = fg_group(wg, nwg) * ${ROW_WG}u + lid;
+  if (r >= P.n) { return; }
+  // The last parameter whose first row is at or before r owns it.
+  var lo = 0u;
+  var hi = P.np - 1u;
+  loop {
+    if (lo >= hi) { break; }
+    let mid = (lo + hi + 1u) / 2u;
+    if (u32(pt[mid * ${PARAM_FIELDS}u + ${F_ROWBASE}u]) <= r) { lo = mid; } else { hi = mid - 1u; }
+  }
+  let b = lo * ${PARAM_FIELDS}u;
+  let rowLen = u32(pt[b + ${F_ROWLEN}u]);
+  let start = u32(pt[b + ${F_OFFSET}u]) + (r - u32(pt[b + ${F_ROWBASE}u])) * rowLen;
+  var s = 0.0;
+  for (var j = 0u; j < rowLen; j++) { let v = p[start + j]; s += v * v; }
+  var extra = 0.0;
+  if ((u32(pt[b + ${F_FLAGS}u]) & ${FLAG_VECTOR}u) != 0u) { extra = 1e-16; }
+  rn[r] = sqrt(s) + extra;
+}`,
+  });
+  rt.dispatch({
+    name: 'arena.rowNormsOut',
+    key: 'arena.rowNormsOut',
+    binds: [{ name: 'out', s: gpu(out), access: 'read_write' }, { name: 'rn', s: gpu(scratch), access: 'read' }, ...tables],
+    params: [{ name: 'n', type: 'u32', value: L.numel }],
+    groups: Math.ceil(L.numel / ROW_WG),
+    wgsl: () => `${entry(ROW_WG)} {
+  let i = fg_group(wg, nwg) * ${ROW_WG}u + lid;
+  // A per-tensor call binds just the tensor.
+  if (i >= P.n || i >= arrayLength(&out)) { return; }
+  let k = bp[i / ${BLOCK}u];
+  if (k < 0) { return; }
+  let b = u32(k) * ${PARAM_FIELDS}u;
+  let off = u32(pt[b + ${F_OFFSET}u]);
+  let rowLen = u32(pt[b + ${F_ROWLEN}u]);
+  if (i - off >= u32(pt[b + ${F_NUMEL}u]) || (u32(pt[b + ${F_FLAGS}u]) & ${FLAG_ACTIVE}u) == 0u || rowLen == 0u) { return; }
+  out[i] = rn[u32(pt[b + ${F_ROWBASE}u]) + (i - off) / rowLen];
+}`,
+  });
+}
+
 /** Makes the arena runner render WGSL for WebGPU (called by src/kernels/webgpu/fused.ts when it loads). */
 export function registerArenaWebGPU(): void {
   arenaBackends.webgpuArena = runWebGPU;
   arenaBackends.webgpuPerTensor = runWebGPUPerTensor;
   arenaBackends.webgpuScalars = runWebGPUScalars;
+  arenaBackends.webgpuRowNorms = runWebGPURowNorms;
 }

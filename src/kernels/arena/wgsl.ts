@@ -15,17 +15,36 @@
  * (one workgroup) combines the block partials in the same pairwise tree.
  */
 import { FLAG_ACTIVE, PARAM_FIELDS } from '../fused.js';
-import type { ArenaKernel } from './define.js';
+import { rngKeys, type ArenaKernel } from './define.js';
 export { usesSteps } from './define.js';
 import { children, neededNodes, topo, type Node } from './expr.js';
 import { WGSL_RNG } from '../rng.js';
-import { partialOffsets, partialsOf } from './reduce.js';
+import { NORM_DIRECT, partialOffsets, partialsOf, reductionPasses } from './reduce.js';
 import { entry } from '../webgpu/wgsl.js';
+import { WGSL_TRIG } from '../webgpu/wgsl-math-core.js';
+
+/**
+ * The standard normal of src/kernels/rng.ts normalAt in float32 (Box-Muller over the same 24-bit
+ * uniforms, with the accurate cosine of WGSL_TRIG): within a few ulps of the host's draw.
+ */
+const WGSL_GAUSS = `alias T = f32;
+${WGSL_TRIG}
+fn fg_gauss(k0: u32, k1: u32, i: u32) -> f32 {
+  let u1 = f32((fg_bits(k0, k1, 2u * i) >> 8u) + 1u) * 5.9604644775390625e-8;
+  let u2 = f32(fg_bits(k0, k1, 2u * i + 1u) >> 8u) * 5.9604644775390625e-8;
+  return sqrt(-2.0 * log(u1)) * fg_cos(6.283185307179586 * u2);
+}`;
 
 /** Workgroup size of the block kernel (one block per invocation). */
 export const WGSL_BLOCK_WG = 64;
 /** Workgroup size of the tree pass. */
 export const WGSL_TREE_WG = 256;
+/**
+ * ... on a CPU-emulated adapter: one SIMD group of SwiftShader, whose barriers between the tree's
+ * levels then cost nothing (a tree pass over the ViT's 6400 partials takes 40% of the CPU time
+ * it takes with 256). The pairs of a level are independent, so the result is the same bits.
+ */
+export const WGSL_TREE_WG_CPU = 4;
 
 const V4 = 'vec4<f32>';
 
@@ -43,6 +62,12 @@ fn fg_nonfinite4(v: vec4<f32>) -> vec4<bool> { return (bitcast<vec4<u32>>(v) & v
 fn fg_sign(v: f32) -> f32 { return select(select(v, -1.0, v < 0.0), 1.0, v > 0.0); }
 fn fg_sign4(v: vec4<f32>) -> vec4<f32> { return select(select(v, vec4<f32>(-1.0), v < vec4<f32>(0.0)), vec4<f32>(1.0), v > vec4<f32>(0.0)); }
 fn fg_scalable(m: f32) -> bool { return m > 0.0 && !fg_nonfinite(m); }
+// reduce.ts: the clamped biased exponent e of a norm's m, its scale 2^(127 - e), and the tree's
+// factor F(d) = 2^(2d) (0 below 2^-126).
+fn fg_normexp(m: f32) -> i32 { return i32(clamp(bitcast<u32>(m) >> 23u, 1u, 253u)); }
+fn fg_normscale(m: f32) -> f32 { return bitcast<f32>(u32(254 - fg_normexp(m)) << 23u); }
+fn fg_lanesum(a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>) -> f32 { let v = (a0 + a1) + (a2 + a3); return (v.x + v.y) + (v.z + v.w); }
+fn fg_normfactor(d: i32) -> f32 { return select(0.0, bitcast<f32>(u32(2 * d + 127) << 23u), 2 * d >= -126); }
 fn fg_powi(b: f32, t: f32) -> f32 {
   var r = 1.0;
   var x = b;
@@ -89,13 +114,14 @@ export function wgslHostUniforms(kernel: ArenaKernel): Node[] {
     if (n.op === 'draw') return;
     children(n).forEach(visit);
   };
-  [...kernel.coefs, ...(kernel.guard ? [kernel.guard] : []), ...(kernel.countIf ? [kernel.countIf] : [])].forEach(visit);
+  const keys = rngKeys(kernel);
+  [...kernel.coefs.filter((c) => !keys.has(c)), ...(kernel.guard ? [kernel.guard] : []), ...(kernel.countIf ? [kernel.countIf] : [])].forEach(visit);
   return out;
 }
 
-/** The keys of the kernel's per-parameter draws (paramUniform): u32 uniforms k<j>_<group>. */
+/** The keys of the kernel's per-parameter draws (paramUniform) and normal draws (k.normal): u32 uniforms k<j>_<group>. */
 export function wgslKeyUniforms(kernel: ArenaKernel): Node[] {
-  const out = new Set<Node>();
+  const out = new Set<Node>(rngKeys(kernel));
   const roots = [...kernel.coefs, ...(kernel.guard ? [kernel.guard] : []), ...(kernel.countIf ? [kernel.countIf] : [])];
   for (const n of topo(roots)) {
     if (n.op !== 'draw') continue;
@@ -146,6 +172,7 @@ function uniformWgsl(kernel: ArenaKernel, n: Node, host: ReadonlyMap<Node, numbe
     case 'nonfinite': return `fg_nonfinite(${a})`;
     case 'where': return `select(${b}, ${a}, ${u(n.c)})`;
     case 'pow': return `fg_pow(${a}, ${b})`;
+    case 'normal': throw new Error(`arena kernel "${kernel.name}": internal: a normal draw in a uniform expression`);
     case 'vec': throw new Error(`arena kernel "${kernel.name}": internal: vector ${n.name} in a uniform expression`);
   }
 }
@@ -158,7 +185,7 @@ function hostUniformFns(kernel: ArenaKernel, groups: number): { fns: string; ind
     return `fn fg_${u}${j}(g: u32) -> ${ty} { ${picks} return r; }`;
   };
   const keys = wgslKeyUniforms(kernel);
-  const fns = [...nodes.map((_, j) => pick('u', j, 'f32')), ...keys.map((_, j) => pick('k', j, 'u32')), ...(keys.length ? [WGSL_RNG] : [])].join('\n');
+  const fns = [...nodes.map((_, j) => pick('u', j, 'f32')), ...keys.map((_, j) => pick('k', j, 'u32')), ...(keys.length ? [WGSL_RNG] : []), ...(rngKeys(kernel).size ? [WGSL_GAUSS] : [])].join('\n');
   return { fns, index: new Map(nodes.map((n, j) => [n, j])) };
 }
 
@@ -166,7 +193,8 @@ function hostUniformFns(kernel: ArenaKernel, groups: number): { fns: string; ind
 /**
  * The block kernel. Bindings the runtime declares (in this order): v_<name> (array<vec4<f32>>) for
  * each declared vector, S, bp, pt, then steps when the kernel uses step counts, then part when it
- * has reductions. Uniforms: nblocks, then h_<name>_<g>.
+ * has reductions. Uniforms: nblocks, pstride, pbase, ibase (added to element indexes for normal
+ * draws), then the host-computed u<j>_<g> and the keys k<j>_<g>.
  */
 export function renderWgsl(kernel: ArenaKernel, groups: number): string {
   const hu = hostUniformFns(kernel, groups);
@@ -199,6 +227,11 @@ export function renderWgsl(kernel: ArenaKernel, groups: number): string {
       case 'not': return `!${a}`;
       case 'nonfinite': return `fg_nonfinite4(${a})`;
       case 'where': return `select(${b}, ${a}, ${ref(n.c)})`;
+      case 'normal': {
+        const keys = wgslKeyUniforms(kernel);
+        const draw = (L: number) => `fg_gauss(fg_k${keys.indexOf(n.a)}(grp), fg_k${keys.indexOf(n.b)}(grp), P.ibase + i0 + ${L}u)`;
+        return `${V4}(${[0, 1, 2, 3].map(draw).join(', ')})`;
+      }
       default: throw new Error(`arena kernel "${kernel.name}": internal: ${n.op} is uniform-only`);
     }
   };
@@ -210,59 +243,107 @@ export function renderWgsl(kernel: ArenaKernel, groups: number): string {
   // per-tensor baseline runs one dispatch per tensor into the arena's block order).
   const part = (c: number) => `part[${c}u * P.pstride + P.pbase + blk]`;
   const identity = R.flatMap((r, i) => Array.from({ length: partialsOf(r.reduction) }, (_, c) => `${part(base[i] + c)} = 0.0;`)).join(' ');
+  const keyCoefs = rngKeys(kernel);
   const coefDecls = kernel.coefs
-    .map((c, j) => (c.ty === 'f' ? `let c${j} = vec4<f32>(${uniformWgsl(kernel, c, hu.index)});` : `let c${j} = vec4<bool>(${uniformWgsl(kernel, c, hu.index)});`))
+    .filter((c) => !keyCoefs.has(c))
+    .map((c) => (c.ty === 'f' ? `let ${ref(c)} = vec4<f32>(${uniformWgsl(kernel, c, hu.index)});` : `let ${ref(c)} = vec4<bool>(${uniformWgsl(kernel, c, hu.index)});`))
     .join('\n  ');
-  const all = [...kernel.writes.map((w) => w.value), ...R.map((r) => r.x)];
-  const writes = kernel.writes
-    .map((w) => {
-      const v = `v_${kernel.vectors[w.vector].name}`;
-      return `${v}[q] = select(${v}[q], ${ref(w.value)}, valid);`;
-    })
-    .join('\n        ');
-  const norms = R.map((r, i) => ({ r, i })).filter(({ r }) => r.reduction === 'norm');
-  const loop = (body: string) => `for (var j = 0u; j < 16u; j++) {
-      let q = blk * 16u + j;
-      let i0 = q * 4u;
-      let valid = vec4<u32>(i0, i0 + 1u, i0 + 2u, i0 + 3u) < vec4<u32>(end);
-      ${body}
+  // Each pass is rendered twice: for a full block (all 64 elements inside the parameter: no lane
+  // masks, and a written vector is not read first) and for a parameter's last block (masked).
+  // Same bits either way; on SwiftShader the SAM step's perturb and SGD passes took 5-35% less.
+  const writes = (full: boolean) =>
+    kernel.writes
+      .map((w) => {
+        const v = `v_${kernel.vectors[w.vector].name}`;
+        return full ? `${v}[q] = ${ref(w.value)};` : `${v}[q] = select(${v}[q], ${ref(w.value)}, valid);`;
+      })
+      .join('\n        ');
+  // The 16 quads of a block. With accumulators, unrolled by four so that quad j's accumulator
+  // (m = j % 4) is a variable of its own: an array indexed by j is kept in memory by a
+  // CPU-emulated adapter (a norm pass 5-20% slower on SwiftShader); without, rolled (a pass that
+  // only writes was 20-30% slower unrolled there).
+  const quad = (j: string, body: string, full: boolean) => `let q = blk * 16u + ${j};
+        let i0 = q * 4u;${full ? '' : `
+        let valid = vec4<u32>(i0, i0 + 1u, i0 + 2u, i0 + 3u) < vec4<u32>(end);`}
+        ${body}`;
+  const loop = (body: (m: number) => string, full: boolean, unroll = true) =>
+    unroll
+      ? `for (var jj = 0u; jj < 16u; jj = jj + 4u) {${[0, 1, 2, 3].map((m) => `
+      {
+        ${quad(`jj + ${m}u`, body(m), full)}
+      }`).join('')}
+    }`
+      : `for (var j = 0u; j < 16u; j++) {
+        ${quad('j', body(0), full)}
     }`;
+  const accs = (i: number) => [0, 1, 2, 3].map((m) => `a${i}_${m}`);
   const zero = `${V4}(0.0)`;
-  const normLoops = norms
-    .map(
-      ({ r, i }) => `var n${i} = ${zero};
-    ${loop(`${compute([r.x])}
-      n${i} = max(n${i}, select(${zero}, abs(${ref(r.x)}), valid));`)}
-    let m${i} = max(max(n${i}.x, n${i}.y), max(n${i}.z, n${i}.w));
-    ${part(base[i])} = m${i};`,
-    )
-    .join('\n    ');
-  // Four accumulators a<i>[m] per reduction, quad j of the block to m = j % 4 (reduce.ts's order).
-  const accs = R.map((_, i) => `var a${i} = array<${V4}, 4>(${zero}, ${zero}, ${zero}, ${zero});`).join(' ');
-  const accStep = R.map((r, i) => {
+  const { early, late } = reductionPasses(kernel);
+  // Four accumulators a<i>_<m> per reduction, quad j of the block to m = j % 4 (reduce.ts's order);
+  // a norm sums x^2 for its direct rule (reduce.ts NORM_DIRECT).
+  /** x where the lane is inside the parameter, else 0. */
+  const masked = (x: string, full: boolean) => (full ? x : `select(${zero}, ${x}, valid)`);
+  const accStep = (i: number, m: number, full: boolean) => {
+    const r = R[i];
     const x = ref(r.x);
-    const a = `a${i}[j & 3u]`;
+    const a = `a${i}_${m}`;
     switch (r.reduction) {
-      case 'sum': return `${a} = ${a} + select(${zero}, ${x}, valid);`;
-      case 'maxabs': return `${a} = max(${a}, select(${zero}, abs(${x}), valid));`;
-      case 'nonfinite': return `${a} = max(${a}, select(${zero}, ${V4}(1.0), fg_nonfinite4(${x}) & valid));`;
-      case 'norm': return `let s${i} = ${x} / ${V4}(m${i}); ${a} = ${a} + select(${zero}, s${i} * s${i}, valid);`;
+      case 'sum': return `${a} = ${a} + ${masked(x, full)};`;
+      case 'maxabs': return `${a} = max(${a}, ${masked(`abs(${x})`, full)});`;
+      case 'nonfinite': return `${a} = max(${a}, select(${zero}, ${V4}(1.0), fg_nonfinite4(${x})${full ? '' : ' & valid'}));`;
+      case 'norm': return `${a} = ${a} + ${masked(`${x} * ${x}`, full)};`;
     }
-  }).join('\n      ');
-  const combine = R.map((r, i) =>
-    r.reduction === 'sum' || r.reduction === 'norm'
-      ? `let v${i} = (a${i}[0] + a${i}[1]) + (a${i}[2] + a${i}[3]);`
-      : `let v${i} = max(max(a${i}[0], a${i}[1]), max(a${i}[2], a${i}[3]));`,
-  ).join('\n  ');
-  const partials = combine + '\n  ' + R.map((r, i) => {
-    const sum = `(v${i}.x + v${i}.y) + (v${i}.z + v${i}.w)`;
+  };
+  const laneSum = (i: number) => `fg_lanesum(${accs(i).join(', ')})`;
+  const finish = (i: number, full: boolean) => {
+    const r = R[i];
     switch (r.reduction) {
-      case 'sum': return `${part(base[i])} = ${sum};`;
+      case 'sum': return `${part(base[i])} = ${laneSum(i)};`;
       case 'maxabs':
-      case 'nonfinite': return `${part(base[i])} = max(max(v${i}.x, v${i}.y), max(v${i}.z, v${i}.w));`;
-      case 'norm': return `${part(base[i] + 1)} = select(0.0, ${sum}, fg_scalable(m${i}));`;
+      case 'nonfinite': return `{ let v = max(max(a${i}_0, a${i}_1), max(a${i}_2, a${i}_3)); ${part(base[i])} = max(max(v.x, v.y), max(v.z, v.w)); }`;
+      case 'norm': return `{
+    let t = ${laneSum(i)};
+    let d = i32(bitcast<u32>(t) >> 23u) - 127;
+    if (d >= -${NORM_DIRECT} && d <= ${NORM_DIRECT}) {
+      let h = d >> 1u;
+      ${part(base[i])} = bitcast<f32>(u32(h + 127) << 23u);
+      ${part(base[i] + 1)} = t * bitcast<f32>(u32(127 - 2 * h) << 23u);
+    } else {
+      var n = ${zero};
+      ${loop(() => `${compute([r.x])}
+      n = max(n, ${masked(`abs(${ref(r.x)})`, full)});`, full, false)}
+      let m = max(max(n.x, n.y), max(n.z, n.w));
+      ${part(base[i])} = m;
+      if (fg_scalable(m)) {
+        let f = fg_normscale(m);
+        ${accs(i).map((a) => `${a} = ${zero};`).join(' ')}
+        ${loop((m) => `${compute([r.x])}
+      let s = ${ref(r.x)} * ${V4}(f);
+      a${i}_${m} = a${i}_${m} + ${masked('s * s', full)};`, full)}
+        ${part(base[i] + 1)} = ${laneSum(i)};
+      } else {
+        ${part(base[i] + 1)} = 0.0;
+      }
     }
-  }).join('\n  ');
+  }`;
+    }
+  };
+  const pass = (idx: readonly number[], withWrites: boolean, full: boolean) => {
+    const decls = idx
+      .map((i) => accs(i).map((a) => `var ${a} = ${zero};`).join(' '))
+      .join('\n  ');
+    const roots = [...(withWrites ? kernel.writes.map((w) => w.value) : []), ...idx.map((i) => R[i].x)];
+    const body = (m: number) => `${compute(roots)}
+      ${idx.map((i) => accStep(i, m, full)).join('\n      ')}${withWrites ? `
+      if (wr) {
+        ${writes(full)}
+      }` : ''}`;
+    return `${decls}
+  ${loop(body, full, idx.length > 0)}
+  ${idx.map((i) => finish(i, full)).join('\n  ')}`;
+  };
+  const passes = (full: boolean) =>
+    [early.length > 0 ? pass(early, false, full) : '', late.length > 0 || kernel.writes.length > 0 ? pass(late, kernel.writes.length > 0, full) : ''].join('\n  ');
   const skip = (cond: string) => `if (${cond}) { ${identity} return; }`;
   return `${HELPERS}
 ${hu.fns}
@@ -280,19 +361,19 @@ ${entry(WGSL_BLOCK_WG)} {
   let wr = ${kernel.guard ? uniformWgsl(kernel, kernel.guard, hu.index) : 'true'};
   ${R.length === 0 ? 'if (!wr) { return; }' : ''}
   ${coefDecls}
-  ${normLoops}
-  ${accs}
-  ${loop(`${compute(all)}
-      ${accStep}
-      if (wr) {
-        ${writes}
-      }`)}
-  ${partials}
+  if (blk * 64u + 64u <= end) {
+  ${passes(true)}
+  } else {
+  ${passes(false)}
+  }
 }`;
 }
 
-/** The reductions' tree pass: one workgroup combines the block partials as reduce.ts and writes the slots. */
-export function renderWgslTree(kernel: ArenaKernel): string {
+/**
+ * The reductions' tree pass: one workgroup of `wg` invocations combines the block partials as
+ * reduce.ts and writes the slots.
+ */
+export function renderWgslTree(kernel: ArenaKernel, wg = WGSL_TREE_WG): string {
   const R = kernel.reductions;
   const { base } = partialOffsets(R);
   const at = (c: number, idx: string) => `part[${c}u * n + ${idx}]`;
@@ -307,7 +388,7 @@ export function renderWgslTree(kernel: ArenaKernel): string {
         const s1 = at(base[i] + 1, 'i');
         const s2 = at(base[i] + 1, 'i + w');
         return `{ let m1 = ${x}; let m2 = ${y}; let m = max(m1, m2);
-        if (fg_scalable(m)) { let r1 = m1 / m; let r2 = m2 / m; ${s1} = ${s1} * (r1 * r1) + ${s2} * (r2 * r2); } else { ${s1} = 0.0; }
+        if (fg_scalable(m)) { let e = fg_normexp(m); ${s1} = ${s1} * fg_normfactor(fg_normexp(m1) - e) + ${s2} * fg_normfactor(fg_normexp(m2) - e); } else { ${s1} = 0.0; }
         ${x} = m; }`;
       }
     }
@@ -315,13 +396,13 @@ export function renderWgslTree(kernel: ArenaKernel): string {
   const finals = R.map((r, i) => {
     const v = at(base[i], '0u');
     if (r.reduction !== 'norm') return `S[${r.slot}u] = ${v};`;
-    return `S[${r.slot}u] = select(${v}, ${v} * sqrt(${at(base[i] + 1, '0u')}), fg_scalable(${v}));`;
+    return `S[${r.slot}u] = select(${v}, sqrt(${at(base[i] + 1, '0u')}) * bitcast<f32>(u32(fg_normexp(${v})) << 23u), fg_scalable(${v}));`;
   }).join('\n    ');
   return `${HELPERS}
-${entry(WGSL_TREE_WG)} {
+${entry(wg)} {
   let n = P.nblocks;
   for (var w = 1u; w < n; w = w * 2u) {
-    for (var i = lid * 2u * w; i + w < n; i = i + ${2 * WGSL_TREE_WG}u * w) {
+    for (var i = lid * 2u * w; i + w < n; i = i + ${2 * wg}u * w) {
         ${combine}
     }
     storageBarrier();

@@ -13,6 +13,8 @@ import type {
   Conv2dLayout,
   CrossEntropyLayout,
   GatherLayout,
+  LayerNormLayout,
+  BatchNormLayout,
   MatmulLayout,
   MemoryInfo,
   RandomDist,
@@ -28,6 +30,12 @@ import type {
 import { BINARY_OPS, UNARY_OPS, type BinaryOp, type BinaryOpDef, type UnaryOp, type UnaryOpDef } from '../optable.js';
 import { hashBits, intAt, normalAt, uniformAt } from '../rng.js';
 import { conv2dBackwardInputReference, conv2dBackwardWeightReference, conv2dReference } from './conv.js';
+import { arenaBackends } from '../arena/backends.js';
+import { arenaHost } from '../arena/host.js';
+
+// The arena kernels' host passes (their generated reference): the fused optimizer passes run in
+// them on this backend. Registered here, not imported by src/optim, so a WebGPU page never fetches them.
+arenaBackends.host = arenaHost;
 
 export class CpuStorage implements Storage {
   constructor(
@@ -333,6 +341,144 @@ export class CpuBackend implements Backend {
       for (let j = 0; j < cols; j++) {
         const target = (j === label ? 1 - s : 0) + s / cols;
         o[base + j] = valid ? (Math.exp(x[base + j] - lse) - target) * g[r] : NaN;
+      }
+    }
+  }
+  layerNorm(x: Storage, weight: Storage | null, bias: Storage | null, out: Storage, mean: Storage, rstd: Storage, { rows, cols, eps }: LayerNormLayout): void {
+    const X = d(x);
+    const W = weight && d(weight);
+    const B = bias && d(bias);
+    const O = d(out);
+    for (let r = 0; r < rows; r++) {
+      const base = r * cols;
+      let s = 0;
+      for (let j = 0; j < cols; j++) s += X[base + j];
+      const mu = s / cols;
+      // Two passes (the deviations, then their squares) rather than E[x^2] - E[x]^2, which cancels.
+      let ss = 0;
+      for (let j = 0; j < cols; j++) ss += (X[base + j] - mu) ** 2;
+      const rs = 1 / Math.sqrt(ss / cols + eps);
+      const M = d(mean);
+      // hi as the dtype rounds it (read back), lo the rest.
+      M[2 * r] = mu;
+      M[2 * r + 1] = mu - M[2 * r];
+      d(rstd)[r] = rs;
+      for (let j = 0; j < cols; j++) O[base + j] = (X[base + j] - mu) * rs * (W ? W[j] : 1) + (B ? B[j] : 0);
+    }
+  }
+  layerNormBackward(
+    grad: Storage,
+    x: Storage,
+    mean: Storage,
+    rstd: Storage,
+    weight: Storage | null,
+    dx: Storage | null,
+    dweight: Storage | null,
+    dbias: Storage | null,
+    { rows, cols }: LayerNormLayout,
+  ): void {
+    const G = d(grad);
+    const X = d(x);
+    const W = weight && d(weight);
+    const DX = dx && d(dx);
+    const dw = new Float64Array(cols);
+    const db = new Float64Array(cols);
+    for (let r = 0; r < rows; r++) {
+      const base = r * cols;
+      const [hi, lo] = [d(mean)[2 * r], d(mean)[2 * r + 1]];
+      const rs = d(rstd)[r];
+      let sumGw = 0;
+      let sumGwXhat = 0;
+      for (let j = 0; j < cols; j++) {
+        const g = G[base + j];
+        const xhat = (X[base + j] - hi - lo) * rs;
+        const gw = W ? g * W[j] : g;
+        sumGw += gw;
+        sumGwXhat += gw * xhat;
+        dw[j] += g * xhat;
+        db[j] += g;
+      }
+      if (!DX) continue;
+      for (let j = 0; j < cols; j++) {
+        const xhat = (X[base + j] - hi - lo) * rs;
+        const gw = W ? G[base + j] * W[j] : G[base + j];
+        DX[base + j] = rs * (gw - sumGw / cols - xhat * (sumGwXhat / cols));
+      }
+    }
+    if (dweight) d(dweight).set(dw);
+    if (dbias) d(dbias).set(db);
+  }
+  batchNorm(x: Storage, weight: Storage | null, bias: Storage | null, out: Storage, mean: Storage, variance: Storage, rstd: Storage, l: BatchNormLayout): void {
+    const { n, c, hw, eps } = l;
+    const X = d(x);
+    const M = d(mean);
+    const m = n * hw;
+    for (let ch = 0; ch < c; ch++) {
+      let s = 0;
+      for (let i = 0; i < n; i++) for (let j = 0, o = (i * c + ch) * hw; j < hw; j++) s += X[o + j];
+      const mu = s / m;
+      // Two passes (the deviations, then their squares) rather than E[x^2] - E[x]^2, which cancels.
+      let ss = 0;
+      for (let i = 0; i < n; i++) for (let j = 0, o = (i * c + ch) * hw; j < hw; j++) ss += (X[o + j] - mu) ** 2;
+      // hi as the dtype rounds it (read back), lo the rest.
+      M[2 * ch] = mu;
+      M[2 * ch + 1] = mu - M[2 * ch];
+      d(variance)[ch] = ss / m;
+      d(rstd)[ch] = 1 / Math.sqrt(ss / m + eps);
+    }
+    this.batchNormApply(x, weight, bias, out, l, (ch) => [M[2 * ch], M[2 * ch + 1], d(rstd)[ch]]);
+  }
+  batchNormEval(x: Storage, runningMean: Storage, runningVar: Storage, weight: Storage | null, bias: Storage | null, out: Storage, l: BatchNormLayout): void {
+    const RM = d(runningMean);
+    const RV = d(runningVar);
+    this.batchNormApply(x, weight, bias, out, l, (ch) => [RM[ch], 0, 1 / Math.sqrt(RV[ch] + l.eps)]);
+  }
+  /** out = ((x - hi) - lo) * (rstd * weight) + bias per channel, with [hi, lo, rstd] = stats(channel). */
+  private batchNormApply(x: Storage, weight: Storage | null, bias: Storage | null, out: Storage, { n, c, hw }: BatchNormLayout, stats: (ch: number) => number[]): void {
+    const X = d(x);
+    const O = d(out);
+    const W = weight && d(weight);
+    const B = bias && d(bias);
+    for (let ch = 0; ch < c; ch++) {
+      const [hi, lo, rs] = stats(ch);
+      const k = rs * (W ? W[ch] : 1);
+      const b = B ? B[ch] : 0;
+      for (let i = 0; i < n; i++) for (let j = 0, o = (i * c + ch) * hw; j < hw; j++) O[o + j] = (X[o + j] - hi - lo) * k + b;
+    }
+  }
+  batchNormBackward(
+    grad: Storage,
+    x: Storage,
+    mean: Storage,
+    rstd: Storage,
+    weight: Storage | null,
+    dx: Storage | null,
+    dweight: Storage | null,
+    dbias: Storage | null,
+    { n, c, hw }: BatchNormLayout,
+  ): void {
+    const G = d(grad);
+    const X = d(x);
+    const M = d(mean);
+    const W = weight && d(weight);
+    const DX = dx && d(dx);
+    const m = n * hw;
+    for (let ch = 0; ch < c; ch++) {
+      const [hi, lo, rs] = [M[2 * ch], M[2 * ch + 1], d(rstd)[ch]];
+      let sumG = 0;
+      let sumGXhat = 0;
+      for (let i = 0; i < n; i++) {
+        for (let j = 0, o = (i * c + ch) * hw; j < hw; j++) {
+          sumG += G[o + j];
+          sumGXhat += G[o + j] * (X[o + j] - hi - lo) * rs;
+        }
+      }
+      if (dweight) d(dweight)[ch] = sumGXhat;
+      if (dbias) d(dbias)[ch] = sumG;
+      if (!DX) continue;
+      const k = rs * (W ? W[ch] : 1);
+      for (let i = 0; i < n; i++) {
+        for (let j = 0, o = (i * c + ch) * hw; j < hw; j++) DX[o + j] = k * (G[o + j] - sumG / m - (X[o + j] - hi - lo) * rs * (sumGXhat / m));
       }
     }
   }

@@ -3,30 +3,35 @@
  * Per image and group the input is copied once into a zero-bordered buffer (split into its stride
  * phases when the stride is above 1), and every kernel tap's row of the would-be im2col matrix is
  * that buffer read at a fixed offset (see DirectConv below). So
- * - forward:         out[og, grid] = W[og, K] @ P[taps, grid]               (conv_gemm)
- * - weight gradient: dW[og, K] += dY'[og, grid] . P[taps, grid], dY' the output gradient spread
- *                    onto the same grid with zeros between rows (conv_dots: dot products along
- *                    the grid, so both operands are read as they lie)
+ * - forward:         out[og, grid] = W[og, K] @ P[taps, grid]                (conv_fwd)
+ * - weight gradient: dW^T[K, og] += P[taps, positions] @ dY^T[positions, og], a GEMM whose depth
+ *                    is the output positions, taps read from P as they lie, dY packed in panels
+ *                    of 8 channels (conv_wgrad, conv_pack_grad)
  * - input gradient:  the "full" convolution of dY with the weights flipped and transposed,
  *                    through the forward code: once for stride 1, once per stride phase of dX
- *                    otherwise; with a dilation and a stride at once, W^T @ dY is formed a
- *                    block of im2col columns at a time and summed back into dX (conv_uncols).
+ *                    otherwise (each phase written straight into its pixels of dX); with a
+ *                    dilation and a stride at once, W^T @ dY is formed a block of im2col columns
+ *                    at a time and summed back into dX (conv_uncols).
  * Padding is zeros in the buffer, so the micro-kernels have no bounds and no branch inside.
- * The weights are packed once per group into panels of 4 rows (gemm_pack_a of module.ts).
+ * The weights are packed once per call and group, into panels of 8 output channels.
  *
- * The micro-kernel is a 4 x 8 tile (four output channels by eight output positions, eight f32x4
- * accumulators), as the matmul's (module.ts), but it reads B rows through a table of offsets
- * (the taps) instead of a packed panel; the 4-channel panels suit the narrow channel counts (8,
- * 16, 32) of small CNNs, where a wider tile would be mostly padding. One thread (the backend's
- * worker threads are used by the matmul only).
+ * Both micro-kernels are 4 x 8 tiles with eight f32x4 accumulators, as the matmul's (module.ts),
+ * but turned so that the vectors run along the channels (8 of them, two aligned loads from a
+ * packed panel) and the four values broadcast come straight from the padded input (4-byte
+ * loads): the shifted tap rows are never read as unaligned vectors, and nothing but the
+ * channel panels is packed. conv_fwd writes its rows straight into the output (the grid's extra
+ * columns are skipped, a row's partial last tile is stored a lane at a time); conv_wgrad visits
+ * the output's own positions only. Where 8-channel tiles would be mostly padding, or the depth
+ * is a handful of taps, the forward falls back to conv_gemm (4 channels x 8 positions, B through
+ * the offset table). One thread (the backend's worker threads are used by the matmul only).
  */
 import type { Conv2dLayout, Storage } from '../backend.js';
 import { call, f32, f32x4, i32, select, v128, ValType, type FuncBuilder, type Local, type ModuleBuilder, type Operand } from './emit.js';
-import { ceilDiv, elementwise, type KernelExports } from './module.js';
+import { ceilDiv, elementwise, shuffle32, transpose4, type KernelExports } from './module.js';
 
 const { i32: I32, v128: V128 } = ValType;
 
-/** Rows and columns of the micro-kernel's tile. */
+/** Rows and columns of conv_gemm's tile (the fallback forms). */
 const MR = 4;
 const NR = 8;
 /** Bytes of an im2col column block (the fallback form), to stay in L2 next to the packed weights. */
@@ -223,42 +228,175 @@ function emitGemm(mb: ModuleBuilder): void {
 }
 
 /**
- * conv_dots(a, ldaBytes, rows, b, offs, cols, depth, c, ldcBytes): C[i, j] += dot(A[i, :depth],
- * B[j, :depth]) for i < rows (a multiple of 4), j < cols (a multiple of 2), depth a multiple of 4,
- * with B's row j at b + offs[j] as in conv_gemm: a 4 x 2 tile of dot products, each an f32x4
- * accumulator summed across its lanes at the end.
+ * conv_fwd(panel, depth, oTiles, b, offs, rows, cols, bRowBytes, c, ldcBytes, cRowBytes, channels):
+ * C[o, y, x] = sum_p A(o, p) B[p, y, x] for o < channels (at most 8*oTiles), y < rows, x < cols,
+ * with A packed by conv_pack_grad (panel q holds depth steps of 8 rows: the weights of 8 output
+ * channels) and B read in place: B[p, y, x] at b + offs[p] + y*bRowBytes + 4x (a tap of the
+ * padded input, as conv_gemm reads it; a row's last tile reads up to 3 columns past `cols`, and
+ * writes none). C[o, y, x] is at c + o*ldcBytes + y*cRowBytes + 4x, so C may be the output
+ * itself, rows of the padded-width grid landing on the output's rows without their extra
+ * columns. The tile is 4 columns by 8 channels: the weights come as two aligned vectors per step,
+ * the four inputs as broadcasts (no unaligned vector load of the shifted input rows), and the
+ * 4 x 8 result is transposed into C's rows on the way out (a partial tile a lane at a time).
  */
-function emitDots(mb: ModuleBuilder): void {
-  mb.func('conv_dots', Array<ValType>(9).fill(I32), [], (f, a, lda, rows, b, offs, cols, depth, c, ldc) => {
-    const [i, j, p, bRow, bRow2, cAt] = f.localsOf(I32, 6);
-    const aRows = f.localsOf(I32, 4);
-    const acc = Array.from({ length: 4 }, () => f.localsOf(V128, 2));
+function emitForwardGemm(mb: ModuleBuilder): void {
+  mb.func('conv_fwd', Array<ValType>(12).fill(I32), [], (f, panel, depth, oTiles, b, offs, rows, cols, bRow, c, ldc, cRow, channels) => {
+    const [ot, y, x, pa, end, o, q, row, ch, rem, at] = f.localsOf(I32, 11);
+    const sums = Array.from({ length: 4 }, () => f.localsOf(V128, 2));
     const bv = f.localsOf(V128, 2);
-    const av = f.local(V128);
-    const depthBytes = f.local(I32);
-    f.set(depthBytes, i32.shl(depth, 2));
-    f.for(i, 0, rows, 4, () =>
-      f.for(j, 0, cols, 2, () => {
-        for (const r of acc) for (const x of r) f.set(x, f32x4.splat(f32.const(0)));
-        // One pointer per row and one running offset: each load is base + offset, no multiply.
-        aRows.forEach((row, r) => f.set(row, i32.add(a, i32.mul(i32.add(i, r), lda))));
-        f.set(bRow, i32.add(b, i32.load(i32.add(offs, i32.shl(j, 2)))));
-        f.set(bRow2, i32.add(b, i32.load(i32.add(offs, i32.shl(j, 2)), 4)));
-        f.for(p, 0, depthBytes, 16, () => {
-          f.set(bv[0], v128.load(i32.add(bRow, p)));
-          f.set(bv[1], v128.load(i32.add(bRow2, p)));
-          for (let r = 0; r < 4; r++) {
-            f.set(av, v128.load(i32.add(aRows[r], p)));
-            for (let s = 0; s < 2; s++) f.set(acc[r][s], f32x4.add(acc[r][s], f32x4.mul(av, bv[s])));
+    const a = f.local(V128);
+    const tmp = f.localsOf(V128, 4);
+    f.for(ot, 0, oTiles, 1, () =>
+      f.for(y, 0, rows, 1, () =>
+        f.for(x, 0, cols, 4, () => {
+          for (const r of sums) for (const v of r) f.set(v, f32x4.splat(f32.const(0)));
+          f.set(pa, i32.add(panel, i32.shl(i32.mul(ot, depth), 5)));
+          f.set(end, i32.add(pa, i32.shl(depth, 5)));
+          f.set(o, offs);
+          f.set(at, i32.add(b, i32.add(i32.mul(y, bRow), i32.shl(x, 2))));
+          f.block((exit) =>
+            f.loop((top) => {
+              f.brIf(exit, i32.geU(pa, end));
+              f.set(q, i32.add(at, i32.load(o)));
+              f.set(bv[0], v128.load(pa));
+              f.set(bv[1], v128.load(pa, 16));
+              for (let r = 0; r < 4; r++) {
+                f.set(a, v128.load32Splat(q, 4 * r));
+                for (let v = 0; v < 2; v++) f.set(sums[r][v], f32x4.add(sums[r][v], f32x4.mul(a, bv[v])));
+              }
+              f.inc(pa, 32);
+              f.inc(o, 4);
+              f.br(top);
+            }),
+          );
+          // sums[r][v] holds channels 8ot + 4v .. + 3 of column x + r: transposed, each vector is
+          // four columns of one channel.
+          f.set(ch, i32.shl(ot, 3));
+          f.set(rem, i32.sub(cols, x));
+          f.set(row, i32.add(c, i32.add(i32.mul(ch, ldc), i32.add(i32.mul(y, cRow), i32.shl(x, 2)))));
+          for (let v = 0; v < 2; v++) {
+            const block = sums.map((r) => r[v]);
+            transpose4(f, block, tmp);
+            for (const vec of block) {
+              f.if(i32.ltS(ch, channels), () =>
+                f.if(
+                  i32.geS(rem, 4),
+                  () => f.exec(v128.store(row, vec)),
+                  () => {
+                    for (let lane = 0; lane < 3; lane++) f.if(i32.gtS(rem, lane), () => f.exec(f32.store(row, f32x4.extractLane(vec, lane), 4 * lane)));
+                  },
+                ),
+              );
+              f.inc(row, ldc);
+              f.inc(ch, 1);
+            }
           }
+        }),
+      ),
+    );
+  });
+}
+
+/**
+ * conv_wgrad(p, offs, taps, panel, oTiles, rows, ow, wqBytes, acc, ldAccBytes): the weight
+ * gradient of one block of output rows as a GEMM whose depth is the output positions:
+ * acc[t, o] += sum over (y < rows, x < ow) of P[offs[t] + (y*wq + x)*4 bytes] * G(y*ow + x, o),
+ * for t < taps (a multiple of 4) and o < 8*oTiles, G packed by conv_pack_grad (panel q holds
+ * rows*ow steps of 8 channels). A 4 x 8 tile (four taps by eight channels, eight f32x4
+ * accumulators) as conv_micro, with the four taps' values broadcast straight from the padded
+ * input, so nothing is packed on that side; only the output's own positions are visited, so the
+ * grid's extra columns are never multiplied (no 0 * inf) and nothing is summed across lanes.
+ */
+function emitWeightGemm(mb: ModuleBuilder): void {
+  mb.func('conv_wgrad', Array<ValType>(10).fill(I32), [], (f, p, offs, taps, panel, oTiles, rows, ow, wq, acc, ldAcc) => {
+    const [ot, t, y, pb, rowEnd, skip, cAt, at] = f.localsOf(I32, 8);
+    const tap = f.localsOf(I32, 4);
+    const sums = Array.from({ length: 4 }, () => f.localsOf(V128, 2));
+    const bv = f.localsOf(V128, 2);
+    const a = f.local(V128);
+    f.set(skip, i32.sub(wq, i32.shl(ow, 2)));
+    f.for(ot, 0, oTiles, 1, () =>
+      f.for(t, 0, taps, 4, () => {
+        for (const r of sums) for (const x of r) f.set(x, f32x4.splat(f32.const(0)));
+        tap.forEach((ptr, r) => f.set(ptr, i32.add(p, i32.load(i32.add(offs, i32.shl(t, 2)), 4 * r))));
+        f.set(pb, i32.add(panel, i32.shl(i32.mul(ot, i32.mul(rows, ow)), 5)));
+        f.for(y, 0, rows, 1, () => {
+          f.set(rowEnd, i32.add(pb, i32.shl(ow, 5)));
+          f.block((exit) =>
+            f.loop((top) => {
+              f.brIf(exit, i32.geU(pb, rowEnd));
+              f.set(bv[0], v128.load(pb));
+              f.set(bv[1], v128.load(pb, 16));
+              for (let r = 0; r < 4; r++) {
+                f.set(a, v128.load32Splat(tap[r]));
+                for (let v = 0; v < 2; v++) f.set(sums[r][v], f32x4.add(sums[r][v], f32x4.mul(a, bv[v])));
+                f.inc(tap[r], 4);
+              }
+              f.inc(pb, 32);
+              f.br(top);
+            }),
+          );
+          // The grid's columns past the output: skipped, not multiplied.
+          for (const ptr of tap) f.inc(ptr, skip);
         });
-        for (let r = 0; r < 4; r++)
-          for (let s = 0; s < 2; s++) {
-            f.set(cAt, i32.add(c, i32.add(i32.mul(i32.add(i, r), ldc), i32.shl(i32.add(j, s), 2))));
-            const x = acc[r][s];
-            const lanes = f32.add(f32.add(f32x4.extractLane(x, 0), f32x4.extractLane(x, 1)), f32.add(f32x4.extractLane(x, 2), f32x4.extractLane(x, 3)));
-            f.exec(f32.store(cAt, f32.add(f32.load(cAt), lanes)));
-          }
+        f.set(cAt, i32.add(acc, i32.add(i32.mul(t, ldAcc), i32.shl(ot, 5))));
+        for (let r = 0; r < 4; r++) {
+          f.set(at, i32.add(cAt, i32.mul(ldAcc, r)));
+          for (let v = 0; v < 2; v++) f.exec(v128.store(at, f32x4.add(v128.load(at, 16 * v), sums[r][v]), 16 * v));
+        }
+      }),
+    );
+  });
+}
+
+/**
+ * conv_pack_grad(src, channelBytes, channels, depth, oTiles, dst): rows of a [channels, depth]
+ * matrix (the weights, or one block of the output gradient) as panels of 8:
+ * dst[(q*depth + j)*8 + r] = src[(8q + r)*channelBytes/4 + j] for j < depth, zero for the rows
+ * 8q + r >= channels. Four whole rows at a time go through 4x4 transposes.
+ */
+function emitPackGrad(mb: ModuleBuilder): void {
+  mb.func('conv_pack_grad', Array<ValType>(6).fill(I32), [], (f, src, chan, channels, depth, oTiles, dst) => {
+    const [q, half, r, j, from, to, o, vecEnd] = f.localsOf(I32, 8);
+    const block = f.localsOf(V128, 4);
+    const tmp = f.localsOf(V128, 4);
+    const rowOne = (row: Operand) => {
+      // One row r of the panel, a float at a time (zeros past the matrix).
+      f.set(o, i32.add(i32.shl(q, 3), row));
+      f.set(from, i32.add(src, i32.add(i32.mul(o, chan), i32.shl(j, 2))));
+      f.set(to, i32.add(dst, i32.shl(i32.add(i32.shl(i32.add(i32.mul(q, depth), j), 3), row), 2)));
+      f.if(
+        i32.ltS(o, channels),
+        () =>
+          f.for(r, j, depth, 1, () => {
+            f.exec(f32.store(to, f32.load(from)));
+            f.inc(from, 4);
+            f.inc(to, 32);
+          }),
+        () =>
+          f.for(r, j, depth, 1, () => {
+            f.exec(f32.store(to, f32.const(0)));
+            f.inc(to, 32);
+          }),
+      );
+    };
+    f.set(vecEnd, i32.and(depth, -4));
+    f.for(q, 0, oTiles, 1, () =>
+      f.for(half, 0, 8, 4, () => {
+        f.set(j, 0);
+        f.if(i32.leS(i32.add(i32.add(i32.shl(q, 3), half), 4), channels), () => {
+          f.set(from, i32.add(src, i32.mul(i32.add(i32.shl(q, 3), half), chan)));
+          f.set(to, i32.add(dst, i32.shl(i32.add(i32.shl(i32.mul(q, depth), 3), half), 2)));
+          f.for(j, 0, vecEnd, 4, () => {
+            block.forEach((x, k) => f.set(x, v128.load(i32.add(from, i32.mul(chan, k)))));
+            transpose4(f, block, tmp);
+            block.forEach((x, k) => f.exec(v128.store(to, x, 32 * k)));
+            f.inc(from, 16);
+            f.inc(to, 128);
+          });
+        });
+        // What the vectors left: the last depth % 4 columns, or every column of a partial group.
+        for (let k = 0; k < 4; k++) rowOne(i32.add(half, k));
       }),
     );
   });
@@ -273,22 +411,68 @@ function emitDots(mb: ModuleBuilder): void {
  */
 function emitCopyRows(mb: ModuleBuilder): void {
   mb.func('conv_copy_rows', Array<ValType>(11).fill(I32), [], (f, src, srcOuter, srcInner, srcStep, dst, dstOuter, dstInner, dstStep, outer, inner, len) => {
-    const [i, j, from, to, end, vecEnd] = f.localsOf(I32, 6);
+    const [i, j, from, to, end, vecEnd, vecs] = f.localsOf(I32, 7);
+    const v = f.local(V128);
     f.for(i, 0, outer, 1, () => {
       f.for(j, 0, inner, 1, () => {
         f.set(from, i32.add(src, i32.add(i32.mul(i, srcOuter), i32.mul(j, srcInner))));
         f.set(to, i32.add(dst, i32.add(i32.mul(i, dstOuter), i32.mul(j, dstInner))));
-        // Contiguous runs go a vector at a time, strided ones one float at a time.
-        f.set(vecEnd, select(i32.add(to, i32.shl(i32.and(len, -4), 2)), to, i32.and(i32.eq(srcStep, 4), i32.eq(dstStep, 4))));
         f.set(end, i32.add(to, i32.mul(len, dstStep)));
-        f.block((exit) =>
-          f.loop((top) => {
-            f.brIf(exit, i32.geU(to, vecEnd));
-            f.exec(v128.store(to, v128.load(from)));
-            f.inc(to, 16);
-            f.inc(from, 16);
-            f.br(top);
-          }),
+        // Contiguous runs go a vector at a time, and so do runs with a step of 2 floats on one
+        // side (the stride-2 phases): what is left over goes one float at a time.
+        f.if(
+          i32.and(i32.eq(srcStep, 4), i32.eq(dstStep, 4)),
+          () => {
+            f.set(vecEnd, i32.add(to, i32.shl(i32.and(len, -4), 2)));
+            f.block((exit) =>
+              f.loop((top) => {
+                f.brIf(exit, i32.geU(to, vecEnd));
+                f.exec(v128.store(to, v128.load(from)));
+                f.inc(to, 16);
+                f.inc(from, 16);
+                f.br(top);
+              }),
+            );
+            // A ragged end of a run of at least 4 (the 7- and 14-wide rows of small images): one
+            // vector over the run's last 4 floats, rewriting a few it already copied.
+            f.if(i32.and(i32.geS(len, 4), i32.ltU(to, end)), () => {
+              f.exec(v128.store(i32.sub(end, 16), v128.load(i32.sub(i32.add(from, i32.sub(end, to)), 16))));
+              f.set(to, end);
+            });
+          },
+          () => {
+            // A vector of the strided side spans 8 floats, of which the run owns 2*(len-1)+1: only
+            // the first floor((len-1)/4) vectors stay inside it, so nothing is read past the run.
+            f.set(vecs, i32.shrS(i32.sub(len, 1), 2));
+            f.if(i32.and(i32.eq(srcStep, 8), i32.eq(dstStep, 4)), () => {
+              // Gather the even floats: one vector out of two in.
+              f.set(vecEnd, i32.add(to, i32.shl(vecs, 4)));
+              f.block((exit) =>
+                f.loop((top) => {
+                  f.brIf(exit, i32.geU(to, vecEnd));
+                  f.exec(v128.store(to, shuffle32(v128.load(from), v128.load(from, 16), [0, 2, 4, 6])));
+                  f.inc(to, 16);
+                  f.inc(from, 32);
+                  f.br(top);
+                }),
+              );
+            });
+            f.if(i32.and(i32.eq(srcStep, 4), i32.eq(dstStep, 8)), () => {
+              // Scatter onto the even floats: the odd ones are read and written back unchanged.
+              f.set(vecEnd, i32.add(to, i32.shl(vecs, 5)));
+              f.block((exit) =>
+                f.loop((top) => {
+                  f.brIf(exit, i32.geU(to, vecEnd));
+                  f.set(v, v128.load(from));
+                  f.exec(v128.store(to, shuffle32(v, v128.load(to), [0, 5, 1, 7])));
+                  f.exec(v128.store(to, shuffle32(v, v128.load(to, 16), [2, 5, 3, 7]), 16));
+                  f.inc(to, 32);
+                  f.inc(from, 16);
+                  f.br(top);
+                }),
+              );
+            });
+          },
         );
         f.block((exit) =>
           f.loop((top) => {
@@ -304,44 +488,14 @@ function emitCopyRows(mb: ModuleBuilder): void {
   });
 }
 
-/** conv_all_finite(x, n): 1 when none of the n floats at x is NaN or infinite (x*0 is 0 exactly for those). */
-function emitAllFinite(mb: ModuleBuilder): void {
-  mb.func('conv_all_finite', [I32, I32], [I32], (f, x, n) => {
-    const [end, vecEnd] = f.localsOf(I32, 2);
-    const acc = f.local(V128);
-    const accS = f.local(ValType.f32);
-    f.set(acc, f32x4.splat(f32.const(0)));
-    f.set(accS, f32.const(0));
-    f.set(end, i32.add(x, i32.shl(n, 2)));
-    f.set(vecEnd, i32.add(x, i32.shl(i32.and(n, -4), 2)));
-    f.block((exit) =>
-      f.loop((top) => {
-        f.brIf(exit, i32.geU(x, vecEnd));
-        f.set(acc, f32x4.add(acc, f32x4.mul(v128.load(x), f32x4.splat(f32.const(0)))));
-        f.inc(x, 16);
-        f.br(top);
-      }),
-    );
-    f.block((exit) =>
-      f.loop((top) => {
-        f.brIf(exit, i32.geU(x, end));
-        f.set(accS, f32.add(accS, f32.mul(f32.load(x), f32.const(0))));
-        f.inc(x, 4);
-        f.br(top);
-      }),
-    );
-    f.set(accS, f32.add(accS, f32.add(f32.add(f32x4.extractLane(acc, 0), f32x4.extractLane(acc, 1)), f32.add(f32x4.extractLane(acc, 2), f32x4.extractLane(acc, 3)))));
-    f.push(f32.eq(accS, accS));
-  });
-}
-
 /** Adds the convolution kernels to the backend's module (called by buildKernelModule). */
 export function emitConvKernels(mb: ModuleBuilder): void {
-  emitAllFinite(mb);
   emitCopyRows(mb);
   emitUncols(mb);
   emitGemm(mb);
-  emitDots(mb);
+  emitForwardGemm(mb);
+  emitWeightGemm(mb);
+  emitPackGrad(mb);
 }
 
 // ---- the host side: blocking, padding and packing, per image and group ----
@@ -352,8 +506,6 @@ export interface WasmConvHost {
   ptr(s: Storage): number;
   /** Scratch memory for one call (reused between calls; asking again may move it). */
   scratch(bytes: number): number;
-  /** A temporary float32 buffer beyond the scratch (zero-filled); the caller releases it. */
-  temp(numel: number): { ptr: number; release(): void };
   /** The whole memory as floats (re-read after any scratch call: the memory may have grown). */
   f32(): Float32Array;
   i32(): Int32Array;
@@ -464,13 +616,35 @@ function fillPhases(k: KernelExports, d: DirectConv, gm: ReturnType<typeof direc
   }
 }
 
+/**
+ * Where directForward puts its output grid's pixels: (y, x) of channel ch of image n (channels
+ * counted from the group's first) goes to dst + n*imageBytes + ch*channelBytes + y*rowBytes +
+ * x*colBytes, for y0 <= y <= y1 and x0 <= x <= x1; the grid's other pixels are dropped.
+ */
+interface Placement {
+  dst: number;
+  imageBytes: number;
+  channelBytes: number;
+  rowBytes: number;
+  colBytes: number;
+  y0: number;
+  y1: number;
+  x0: number;
+  x1: number;
+}
+
+/** The whole output grid as a dense [n, channels, oh, ow] tensor at `dst`. */
+function dense(dst: number, channels: number, oh: number, ow: number): Placement {
+  return { dst, imageBytes: channels * oh * ow * 4, channelBytes: oh * ow * 4, rowBytes: ow * 4, colBytes: 4, y0: 0, y1: oh - 1, x0: 0, x1: ow - 1 };
+}
+
 export class WasmConv {
   constructor(private readonly h: WasmConvHost) {}
 
   forward(x: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
     const d = this.directOf(l, this.h.ptr(x), l.c / l.groups, l.c, l.h, l.w, [l.kh, l.kw], [l.sh, l.sw], [l.ph, l.pw]);
     const weights = l.outChannels * d.cin * l.kh * l.kw;
-    this.directForward(d, l.outChannels / l.groups, this.h.ptr(out), l.outChannels, weights * 4, (dst) => {
+    this.directForward(d, l.outChannels / l.groups, dense(this.h.ptr(out), l.outChannels, l.oh, l.ow), weights * 4, (dst) => {
       const from = this.h.ptr(weight) >>> 2;
       this.h.f32().copyWithin(dst >>> 2, from, from + weights);
     });
@@ -485,7 +659,7 @@ export class WasmConv {
       const cg = l.c / l.groups;
       const og = l.outChannels / l.groups;
       const d = this.directOf(l, this.h.ptr(grad), og, l.outChannels, l.oh, l.ow, [l.kh, l.kw], [1, 1], [phT, pwT]);
-      this.directForward(d, cg, this.h.ptr(out), l.c, l.outChannels * cg * l.kh * l.kw * 4, (dst) => this.writeFlippedTaps(dst, weight, l, 0, 0, l.kh, l.kw));
+      this.directForward(d, cg, dense(this.h.ptr(out), l.c, l.h, l.w), l.outChannels * cg * l.kh * l.kw * 4, (dst) => this.writeFlippedTaps(dst, weight, l, 0, 0, l.kh, l.kw));
       return;
     }
     if (l.dh === 1 && l.dw === 1) this.backwardInputByPhases(grad, weight, out, l);
@@ -520,15 +694,20 @@ export class WasmConv {
    * The input gradient of a strided convolution, one stride phase of the input at a time: the
    * pixels y = sh*Y' + a - ph (and likewise in x) receive only the taps ki = a + m*sh, from
    * output row Y' - m, so each phase is a stride-1 "full" convolution of the output gradient with
-   * those taps flipped (directForward), written into a phase-sized buffer and then spread into
-   * its places in dX. The phases partition dX: every pixel is written once (or stays zero).
+   * those taps flipped (directForward), written straight into its places in dX. The phases
+   * partition dX: every pixel is written once, or is zero.
    */
   private backwardInputByPhases(grad: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
-    const k = this.h.exports;
     const cg = l.c / l.groups;
     const og = l.outChannels / l.groups;
     const dx = this.h.ptr(out);
-    this.h.f32().fill(0, dx >>> 2, (dx >>> 2) + l.n * l.c * l.h * l.w);
+    // A pixel that no phase writes (a residue the kernel has no tap for, as a 1x1 kernel at
+    // stride 2, or rows past the last window) has gradient zero: only then is dX cleared first.
+    // (The phases' strided writes read dX's other pixels and put them back unchanged.)
+    let covered = l.kh >= l.sh && l.kw >= l.sw;
+    for (let a = 0; a < l.sh; a++) covered &&= l.oh + Math.ceil((l.kh - a) / l.sh) - 2 >= Math.floor((l.h - 1 + l.ph - a) / l.sh);
+    for (let b = 0; b < l.sw; b++) covered &&= l.ow + Math.ceil((l.kw - b) / l.sw) - 2 >= Math.floor((l.w - 1 + l.pw - b) / l.sw);
+    if (!covered) this.h.f32().fill(0, dx >>> 2, (dx >>> 2) + l.n * l.c * l.h * l.w);
     for (let a = 0; a < Math.min(l.sh, l.kh); a++)
       for (let b = 0; b < Math.min(l.sw, l.kw); b++) {
         const kha = Math.ceil((l.kh - a) / l.sh);
@@ -541,25 +720,61 @@ export class WasmConv {
         const x0 = Math.max(0, Math.ceil((l.pw - b) / l.sw));
         const x1 = Math.min(cols - 1, Math.floor((l.w - 1 + l.pw - b) / l.sw));
         if (y1 < y0 || x1 < x0) continue;
-        const phase = this.h.temp(l.n * l.c * rows * cols);
         const d = this.directOf(l, this.h.ptr(grad), og, l.outChannels, l.oh, l.ow, [kha, kwb], [1, 1], [kha - 1, kwb - 1]);
-        this.directForward(d, cg, phase.ptr, l.c, l.outChannels * cg * kha * kwb * 4, (dst) => this.writeFlippedTaps(dst, weight, l, a, b, kha, kwb));
-        const from = phase.ptr + (y0 * cols + x0) * 4;
-        const to = dx + ((l.sh * y0 + a - l.ph) * l.w + (l.sw * x0 + b - l.pw)) * 4;
-        k.conv_copy_rows(from, rows * cols * 4, cols * 4, 4, to, l.h * l.w * 4, l.sh * l.w * 4, l.sw * 4, l.n * l.c, y1 - y0 + 1, x1 - x0 + 1);
-        phase.release();
+        // Phase pixel (y, x) is dX pixel (sh*y + a - ph, sw*x + b - pw): written there directly.
+        const place: Placement = {
+          dst: dx + ((a - l.ph) * l.w + (b - l.pw)) * 4,
+          imageBytes: l.c * l.h * l.w * 4,
+          channelBytes: l.h * l.w * 4,
+          rowBytes: l.sh * l.w * 4,
+          colBytes: l.sw * 4,
+          y0,
+          y1,
+          x0,
+          x1,
+        };
+        this.directForward(d, cg, place, l.outChannels * cg * kha * kwb * 4, (dst) => this.writeFlippedTaps(dst, weight, l, a, b, kha, kwb));
       }
   }
 
   /**
-   * Returns false (and does nothing) when x holds a NaN or an infinity: the padded-width grid
-   * multiplies the cells between output rows by the zero gaps of dY', and 0 * inf would put a NaN
-   * where the definition has none. The caller then runs the reference kernel.
+   * dW[o, tap] = sum over images and output positions of dY[o, pos] * P[off(tap) + grid(pos)]:
+   * per image and block of output rows, dY packed into 8-channel panels (conv_pack_grad) and
+   * conv_wgrad accumulating dW^T [taps, channels], transposed into `out` once per group.
    */
-  backwardWeight(x: Storage, grad: Storage, out: Storage, l: Conv2dLayout): boolean {
-    if (!this.h.exports.conv_all_finite(this.h.ptr(x), l.n * l.c * l.h * l.w)) return false;
-    this.backwardWeightDirect(x, grad, out, l);
-    return true;
+  backwardWeight(x: Storage, grad: Storage, out: Storage, l: Conv2dLayout): void {
+    const k = this.h.exports;
+    const cg = l.c / l.groups;
+    const og = l.outChannels / l.groups;
+    const d = this.directOf(l, this.h.ptr(x), cg, l.c, l.h, l.w, [l.kh, l.kw], [l.sh, l.sw], [l.ph, l.pw]);
+    const gm = directGeometry(d);
+    const { wq, OH, OW, K, rowsPerBlock } = gm;
+    const oTiles = Math.ceil(og / 8);
+    const ldAcc = oTiles * 8;
+    const kPad = roundUp(K, 4);
+    const [padded, offs, panel, acc] = carve(this.h, [gm.paddedFloats * 4, kPad * 4, ldAcc * rowsPerBlock * OW * 4, kPad * ldAcc * 4]);
+    // The taps past K (a tile has 4) repeat the last one: their rows of acc are never read.
+    const offsets = new Int32Array(kPad).fill(gm.offsets[K - 1]);
+    offsets.set(gm.offsets);
+    this.h.i32().set(offsets, offs >>> 2);
+    const f = this.h.f32();
+    f.fill(0, padded >>> 2, (padded >>> 2) + gm.paddedFloats);
+    const gp = this.h.ptr(grad);
+    const op = this.h.ptr(out) >>> 2;
+    const ap = acc >>> 2;
+    for (let g = 0; g < l.groups; g++) {
+      f.fill(0, ap, ap + kPad * ldAcc);
+      for (let n = 0; n < l.n; n++) {
+        fillPhases(k, d, gm, d.src + ((n * l.c + g * cg) * l.h * l.w) * 4, padded);
+        const gImage = gp + ((n * l.outChannels + g * og) * OH * OW) * 4;
+        for (let oy = 0; oy < OH; oy += rowsPerBlock) {
+          const rows = Math.min(rowsPerBlock, OH - oy);
+          k.conv_pack_grad(gImage + oy * OW * 4, OH * OW * 4, og, rows * OW, oTiles, panel);
+          k.conv_wgrad(padded + oy * wq * 4, offs, kPad, panel, oTiles, rows, OW, wq * 4, acc, ldAcc * 4);
+        }
+      }
+      for (let o = 0; o < og; o++) for (let t = 0; t < K; t++) f[op + (g * og + o) * K + t] = f[ap + t * ldAcc + o];
+    }
   }
 
   /** A DirectConv over `src` [n, srcChannels, H, W] with l's batch, groups and dilation. */
@@ -578,69 +793,61 @@ export class WasmConv {
   }
 
   /**
-   * out [n, dstChannels, OH, OW] (cout per group) = the stride-1 convolution `d` with weights
-   * [groups, cout, cin*kh*kw], which `writeWeights` puts at the address it is given.
+   * The stride-1 convolution `d` (cout output channels per group) with weights [groups, cout,
+   * cin*kh*kw], which `writeWeights` puts at the address it is given, written where `place` says.
    */
-  private directForward(d: DirectConv, cout: number, dst: number, dstChannels: number, weightBytes: number, writeWeights: (at: number) => void): void {
+  private directForward(d: DirectConv, cout: number, place: Placement, weightBytes: number, writeWeights: (at: number) => void): void {
     const k = this.h.exports;
     const gm = directGeometry(d);
-    const { wq, OH, OW, K, rowsPerBlock, nbPad } = gm;
-    const [weights, packed, padded, offs, cBlock, tile] = carve(this.h, [weightBytes, roundUp(cout, MR) * K * 4, gm.paddedFloats * 4, K * 4, cout * nbPad * 4, MR * NR * 4]);
+    const { wq, OH, K, rowsPerBlock, nbPad } = gm;
+    // conv_fwd's tiles are 8 channels wide; where that would be mostly padding (1 to 4 channels
+    // past a multiple of 8, e.g. the single input channel of a stem's input gradient), conv_gemm's
+    // tiles of 4 channels. conv_gemm also where the depth is so short (a one-channel stem: 9
+    // taps) that conv_fwd's transposed stores cost more than its aligned loads save (measured).
+    const narrow = (cout % 8 > 0 && cout % 8 <= 4) || K < 16;
+    const oTiles = Math.ceil(cout / 8);
+    const rowsPad = narrow ? roundUp(cout, MR) : oTiles * 8;
+    // A dense placement (the forward, a stride-1 input gradient) takes conv_fwd's rows straight
+    // into the output: nothing to copy out.
+    const direct = !narrow && place.colBytes === 4 && place.y0 === 0 && place.y1 === OH - 1 && place.x0 === 0 && place.x1 === gm.OW - 1;
+    // cBlock has a row for every channel of the last tile; those past cout are never copied out.
+    const [weights, packed, padded, offs, cBlock, tile] = carve(this.h, [weightBytes, rowsPad * K * 4, gm.paddedFloats * 4, K * 4, rowsPad * nbPad * 4, MR * NR * 4]);
     writeWeights(weights);
     this.h.i32().set(gm.offsets, offs >>> 2);
     // The border, the slack and (below) the interior: the border stays zero for every image.
     this.h.f32().fill(0, padded >>> 2, (padded >>> 2) + gm.paddedFloats);
     for (let g = 0; g < d.groups; g++) {
-      k.gemm_pack_a(weights + g * cout * K * 4, K * 4, 4, cout, K, packed);
+      // Packed once per call and group.
+      if (narrow) k.gemm_pack_a(weights + g * cout * K * 4, K * 4, 4, cout, K, packed);
+      else k.conv_pack_grad(weights + g * cout * K * 4, K * 4, cout, K, oTiles, packed);
       for (let n = 0; n < d.n; n++) {
         fillPhases(k, d, gm, d.src + ((n * d.srcChannels + g * d.cin) * d.H * d.W) * 4, padded);
-        const outImage = dst + ((n * dstChannels + g * cout) * OH * OW) * 4;
-        for (let oy = 0; oy < OH; oy += rowsPerBlock) {
+        const outImage = place.dst + n * place.imageBytes + g * cout * place.channelBytes;
+        for (let oy = Math.floor(place.y0 / rowsPerBlock) * rowsPerBlock; oy <= place.y1; oy += rowsPerBlock) {
           const rows = Math.min(rowsPerBlock, OH - oy);
-          k.conv_gemm(packed, K, cout, padded + oy * wq * 4, offs, roundUp(rows * wq, NR), cBlock, nbPad * 4, tile, 0);
-          k.conv_copy_rows(cBlock, nbPad * 4, wq * 4, 4, outImage + oy * OW * 4, OH * OW * 4, OW * 4, 4, cout, rows, OW);
+          const b = padded + oy * wq * 4;
+          if (direct) {
+            const to = outImage + oy * place.rowBytes;
+            // Without extra columns (a pointwise convolution) the block is one run of rows*OW.
+            if (wq === gm.OW && place.rowBytes === wq * 4) k.conv_fwd(packed, K, oTiles, b, offs, 1, rows * wq, 0, to, place.channelBytes, 0, cout);
+            else k.conv_fwd(packed, K, oTiles, b, offs, rows, gm.OW, wq * 4, to, place.channelBytes, place.rowBytes, cout);
+            continue;
+          }
+          // The block's rows that are placed: [ya, yb], columns [x0, x1].
+          const ya = Math.max(oy, place.y0);
+          const yb = Math.min(oy + rows - 1, place.y1);
+          const cols = place.x1 - place.x0 + 1;
+          if (narrow) {
+            k.conv_gemm(packed, K, cout, b, offs, roundUp(rows * wq, NR), cBlock, nbPad * 4, tile, 0);
+            const from = cBlock + ((ya - oy) * wq + place.x0) * 4;
+            k.conv_copy_rows(from, nbPad * 4, wq * 4, 4, outImage + ya * place.rowBytes + place.x0 * place.colBytes, place.channelBytes, place.rowBytes, place.colBytes, cout, yb - ya + 1, cols);
+          } else {
+            // Only the placed pixels are computed, rows of `cols` in cBlock, then spread out.
+            k.conv_fwd(packed, K, oTiles, padded + (ya * wq + place.x0) * 4, offs, yb - ya + 1, cols, wq * 4, cBlock, nbPad * 4, cols * 4, cout);
+            k.conv_copy_rows(cBlock, nbPad * 4, cols * 4, 4, outImage + ya * place.rowBytes + place.x0 * place.colBytes, place.channelBytes, place.rowBytes, place.colBytes, cout, yb - ya + 1, cols);
+          }
         }
       }
-    }
-  }
-
-  /** dW[o, tap] = sum over images and the padded-width grid of dY'[o, j] * P[off(tap) + j], dY' zero off the output. */
-  private backwardWeightDirect(x: Storage, grad: Storage, out: Storage, l: Conv2dLayout): void {
-    const k = this.h.exports;
-    const cg = l.c / l.groups;
-    const og = l.outChannels / l.groups;
-    const d = this.directOf(l, this.h.ptr(x), cg, l.c, l.h, l.w, [l.kh, l.kw], [l.sh, l.sw], [l.ph, l.pw]);
-    const gm = directGeometry(d);
-    const { wq, OH, OW, K, rowsPerBlock, nbPad } = gm;
-    const rows = roundUp(og, 4);
-    const kPad = roundUp(K, 2);
-    const [padded, offs, gradBlock, acc] = carve(this.h, [gm.paddedFloats * 4, kPad * 4, rows * nbPad * 4, rows * kPad * 4]);
-    // An odd last tap pairs with a copy of the one before it: its column of acc is never read.
-    const offsets = new Int32Array(kPad);
-    offsets.set(gm.offsets);
-    if (kPad > K) offsets[K] = offsets[K - 1];
-    this.h.i32().set(offsets, offs >>> 2);
-    const f = this.h.f32();
-    f.fill(0, padded >>> 2, (padded >>> 2) + gm.paddedFloats);
-    // dY' is zero off the output: the grid's extra columns, the block's tail and the padding rows
-    // are never written by a full block.
-    f.fill(0, gradBlock >>> 2, (gradBlock >>> 2) + rows * nbPad);
-    const gp = this.h.ptr(grad);
-    const op = this.h.ptr(out) >>> 2;
-    for (let g = 0; g < l.groups; g++) {
-      f.fill(0, acc >>> 2, (acc >>> 2) + rows * kPad);
-      for (let n = 0; n < l.n; n++) {
-        fillPhases(k, d, gm, d.src + ((n * l.c + g * cg) * l.h * l.w) * 4, padded);
-        const gImage = gp + ((n * l.outChannels + g * og) * OH * OW) * 4;
-        for (let oy = 0; oy < OH; oy += rowsPerBlock) {
-          const blockRows = Math.min(rowsPerBlock, OH - oy);
-          // A partial block rewrites only part of what a full one did: clear the rest.
-          if (blockRows < rowsPerBlock) f.fill(0, gradBlock >>> 2, (gradBlock >>> 2) + rows * nbPad);
-          k.conv_copy_rows(gImage + oy * OW * 4, OH * OW * 4, OW * 4, 4, gradBlock, nbPad * 4, wq * 4, 4, og, blockRows, OW);
-          k.conv_dots(gradBlock, nbPad * 4, rows, padded + oy * wq * 4, offs, kPad, roundUp(blockRows * wq, NR), acc, kPad * 4);
-        }
-      }
-      for (let o = 0; o < og; o++) f.copyWithin(op + (g * og + o) * K, (acc >>> 2) + o * kPad, (acc >>> 2) + o * kPad + K);
     }
   }
 

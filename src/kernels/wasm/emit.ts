@@ -339,11 +339,21 @@ export const i16x8 = {
 
 export const i8x16 = {
   narrowI16x8U: simd(0x66, 'v128'),
+  sub: simd(0x71, 'v128'),
+  /** swizzle(a, idx): byte idx[j] of a in byte j (0 where idx[j] > 15). */
+  swizzle: simd(0x0e, 'v128'),
 };
 
 export const f32x4 = {
   splat: simd(0x13, ValType.f32),
   extractLane: simdLane(0x1f, 'v128'),
+  /** v with lane `lane` replaced by the f32 x. */
+  replaceLane: (v: Operand, lane: number, x: Operand): Expr =>
+    (f) => {
+      emitOperand(f, v, 'v128');
+      emitOperand(f, x, ValType.f32);
+      f.raw.byte(0xfd).u32(0x20).byte(lane);
+    },
   eq: simd(0x41, 'f32x4'),
   ne: simd(0x42, 'f32x4'),
   lt: simd(0x43, 'f32x4'),

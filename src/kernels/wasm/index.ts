@@ -27,6 +27,8 @@ import type {
   Conv2dLayout,
   CrossEntropyLayout,
   GatherLayout,
+  LayerNormLayout,
+  BatchNormLayout,
   MatmulLayout,
   MemoryInfo,
   RandomDist,
@@ -39,7 +41,7 @@ import type {
   WhereLayout,
   Window2d,
 } from '../backend.js';
-import type { BinaryOp, UnaryOp } from '../optable.js';
+import { UNARY_OPS, type BinaryOp, type UnaryOp } from '../optable.js';
 import {
   binaryExport,
   buildKernelModule,
@@ -48,8 +50,11 @@ import {
   SIMD_BINARY_F32,
   SIMD_BINARY_I32,
   SIMD_COMPARE,
+  SIMD_UNARY_BOOL_F32,
+  SIMD_UNARY_BOOL_I32,
   SIMD_UNARY_F32,
   SIMD_UNARY_I32,
+  SIMD_UNARY_LIMIT,
   unaryExport,
   whereExport,
   type GemmTiling,
@@ -57,12 +62,17 @@ import {
 } from './module.js';
 import { WasmConv } from './conv.js';
 import { avgPool2dWasm, maxPool2dWasm } from './pool.js';
+import { layerNormBackwardExport, layerNormExport } from './layernorm.js';
 import { availableCores, canBlock, CONTROL_BYTES_PER_WORKER, ThreadPool, type KernelCall } from './threads.js';
-import { wasmKernel as arenaWasmKernel } from '../arena/wasm.js';
-import { arenaBackends } from '../arena/run.js';
+import { wasmKernel as arenaWasmKernel, wasmTree as arenaWasmTree } from '../arena/wasm.js';
+import { arenaBackends } from '../arena/backends.js';
+import { arenaHost } from '../arena/host.js';
 
-// The arena kernels' f32x4 renderer: the fused optimizer passes run in it on this backend.
+// The arena kernels' f32x4 renderer: the fused optimizer passes run in it on this backend (and
+// the host passes around it, which run the generated reference for float64 arenas).
+arenaBackends.host = arenaHost;
 arenaBackends.wasmKernel = arenaWasmKernel;
+arenaBackends.wasmTree = arenaWasmTree;
 
 const PAGE = 65536;
 /** Allocations start at multiples of this, so views at 64-float offsets keep vector alignment. */
@@ -433,9 +443,26 @@ export class WasmBackend implements Backend {
   unary(op: UnaryOp, x: Storage, out: Storage, p0 = 0, p1 = 0): void {
     const xs = ws(x);
     const o = ws(out);
-    const fn = xs.dtype === o.dtype ? this.unaryKernel(op, xs.dtype) : undefined;
-    if (fn) fn(xs.ptr, o.ptr, xs.numel, p0, p1);
-    else this.cpu.unary(op, this.host(x), this.host(out), p0, p1);
+    // x ** 2 is the square kernel bit for bit: the square of a float32 is exact in float64.
+    const fn = this.unaryKernel(op === 'powScalar' && p0 === 2 && xs.dtype === 'float32' ? 'square' : op, xs.dtype, o.dtype);
+    if (!fn) this.cpu.unary(op, this.host(x), this.host(out), p0, p1);
+    else if (fn(xs.ptr, o.ptr, xs.numel, p0, p1)) this.finishBeyondLimit(op, o, p0, p1);
+  }
+
+  /**
+   * The outputs a limited SIMD body (module.ts SIMD_UNARY_LIMIT: sin and cos past 2^20) left
+   * holding their x: the closure computes them, one at a time. They are rare (|x| > 2^20 as an
+   * angle has lost all but a few bits of its phase), so the scan runs only when the kernel saw one.
+   */
+  private finishBeyondLimit(op: UnaryOp, o: WasmStorage, p0: number, p1: number): void {
+    const limit = SIMD_UNARY_LIMIT[op as keyof typeof SIMD_UNARY_LIMIT] ?? Infinity;
+    const f = this.heap().f32;
+    const cpu = UNARY_OPS[op].cpu;
+    const base = o.ptr >> 2;
+    for (let i = base; i < base + o.numel; i++) {
+      const v = f[i];
+      if (Math.abs(v) > limit && Math.abs(v) < Infinity) f[i] = cpu(v, p0, p1);
+    }
   }
 
   binary(op: BinaryOp, a: Storage, b: Storage, out: Storage, layout: BroadcastLayout): void {
@@ -470,8 +497,8 @@ export class WasmBackend implements Backend {
     const outSize = BYTES[out.dtype];
     let outPtr = out.ptr;
     forEachOuter(plan.outer, operands.length, (offsets) => {
-      fn(...operands.map((s, j) => s.ptr + offsets[j] * sizes[j]), outPtr, plan.rows, plan.cols, ...plan.rowStrides);
-      outPtr += plan.rows * plan.cols * outSize;
+      fn(...operands.map((s, j) => s.ptr + offsets[j] * sizes[j]), outPtr, plan.blocks, plan.rows, plan.cols, ...plan.rowStrides, ...plan.blockStrides);
+      outPtr += plan.blocks * plan.rows * plan.cols * outSize;
     });
   }
 
@@ -551,6 +578,91 @@ export class WasmBackend implements Backend {
     } else this.cpu.crossEntropyBackward(this.host(logits), this.host(labels), this.host(gradRows), this.host(out), l);
   }
 
+  layerNorm(x: Storage, weight: Storage | null, bias: Storage | null, out: Storage, mean: Storage, rstd: Storage, l: LayerNormLayout): void {
+    const operands = [x, weight, bias, out, mean, rstd];
+    if (!allFloat32(operands)) {
+      const h = (s: Storage | null) => s && this.host(s);
+      this.cpu.layerNorm(this.host(x), h(weight), h(bias), this.host(out), this.host(mean), this.host(rstd), l);
+      return;
+    }
+    if (l.rows === 0 || l.cols === 0) return;
+    const [xp, wp, bp, op, mp, rp] = operands.map((s) => (s ? ws(s).ptr : 0));
+    this.k[layerNormExport(!!weight, !!bias)](xp, wp, bp, op, mp, rp, l.rows, l.cols, l.eps);
+  }
+
+  layerNormBackward(
+    grad: Storage,
+    x: Storage,
+    mean: Storage,
+    rstd: Storage,
+    weight: Storage | null,
+    dx: Storage | null,
+    dweight: Storage | null,
+    dbias: Storage | null,
+    l: LayerNormLayout,
+  ): void {
+    const operands = [grad, x, mean, rstd, weight, dx, dweight, dbias];
+    if (!allFloat32(operands)) {
+      const h = (s: Storage | null) => s && this.host(s);
+      this.cpu.layerNormBackward(this.host(grad), this.host(x), this.host(mean), this.host(rstd), h(weight), h(dx), h(dweight), h(dbias), l);
+      return;
+    }
+    if (l.cols === 0) return;
+    // The kernel always writes both parameter gradients: the unwanted ones go to scratch.
+    const scratch = !dweight || !dbias ? this.scratch(l.cols * 8) : 0;
+    const [gp, xp, mp, rp, wp, dxp] = operands.slice(0, 6).map((s) => (s ? ws(s).ptr : 0));
+    const dwp = dweight ? ws(dweight).ptr : scratch;
+    const dbp = dbias ? ws(dbias).ptr : scratch + l.cols * 4;
+    this.k[layerNormBackwardExport(!!weight)](gp, xp, mp, rp, wp, dxp, dwp, dbp, l.rows, l.cols);
+  }
+
+  batchNorm(x: Storage, weight: Storage | null, bias: Storage | null, out: Storage, mean: Storage, variance: Storage, rstd: Storage, l: BatchNormLayout): void {
+    const operands = [x, weight, bias, out, mean, variance, rstd];
+    if (!allFloat32(operands)) {
+      const h = (s: Storage | null) => s && this.host(s);
+      this.cpu.batchNorm(this.host(x), h(weight), h(bias), this.host(out), this.host(mean), this.host(variance), this.host(rstd), l);
+      return;
+    }
+    if (l.n * l.hw === 0) return;
+    const [xp, wp, bp, op, mp, vp, rp] = operands.map((s) => (s ? ws(s).ptr : 0));
+    this.k.batch_norm(xp, wp, bp, op, mp, vp, rp, l.n, l.c, l.hw, l.eps);
+  }
+
+  batchNormEval(x: Storage, runningMean: Storage, runningVar: Storage, weight: Storage | null, bias: Storage | null, out: Storage, l: BatchNormLayout): void {
+    const operands = [x, runningMean, runningVar, weight, bias, out];
+    if (!allFloat32(operands)) {
+      const h = (s: Storage | null) => s && this.host(s);
+      this.cpu.batchNormEval(this.host(x), this.host(runningMean), this.host(runningVar), h(weight), h(bias), this.host(out), l);
+      return;
+    }
+    if (l.n * l.hw === 0) return;
+    const [xp, mp, vp, wp, bp, op] = operands.map((s) => (s ? ws(s).ptr : 0));
+    this.k.batch_norm_eval(xp, mp, vp, wp, bp, op, l.n, l.c, l.hw, l.eps);
+  }
+
+  batchNormBackward(
+    grad: Storage,
+    x: Storage,
+    mean: Storage,
+    rstd: Storage,
+    weight: Storage | null,
+    dx: Storage | null,
+    dweight: Storage | null,
+    dbias: Storage | null,
+    l: BatchNormLayout,
+  ): void {
+    const operands = [grad, x, mean, rstd, weight, dx, dweight, dbias];
+    if (!allFloat32(operands)) {
+      const h = (s: Storage | null) => s && this.host(s);
+      this.cpu.batchNormBackward(this.host(grad), this.host(x), this.host(mean), this.host(rstd), h(weight), h(dx), h(dweight), h(dbias), l);
+      return;
+    }
+    if (l.n * l.hw === 0) return;
+    // A null operand is pointer 0: the kernel skips that output (or takes weight as 1).
+    const [gp, xp, mp, rp, wp, dxp, dwp, dbp] = operands.map((s) => (s ? ws(s).ptr : 0));
+    this.k.batch_norm_backward(gp, xp, mp, rp, wp, dxp, dwp, dbp, l.n, l.c, l.hw);
+  }
+
   private convKernels: WasmConv | null = null;
   /** The implicit-GEMM convolutions of conv.ts for float32; the reference kernels otherwise. */
   private conv(...operands: Storage[]): WasmConv | null {
@@ -559,10 +671,6 @@ export class WasmBackend implements Backend {
       exports: this.k,
       ptr: (s) => ws(s).ptr,
       scratch: (b) => this.scratch(b),
-      temp: (numel) => {
-        const s = this.alloc(numel, 'float32');
-        return { ptr: ws(s).ptr, release: () => this.release(s) };
-      },
       f32: () => this.heap().f32,
       i32: () => this.heap().i32,
     });
@@ -580,7 +688,8 @@ export class WasmBackend implements Backend {
   }
   conv2dBackwardWeight(x: Storage, grad: Storage, out: Storage, l: Conv2dLayout): void {
     const k = this.conv(x, grad, out);
-    if (!k?.backwardWeight(x, grad, out, l)) this.cpu.conv2dBackwardWeight(this.host(x), this.host(grad), this.host(out), l);
+    if (k) k.backwardWeight(x, grad, out, l);
+    else this.cpu.conv2dBackwardWeight(this.host(x), this.host(grad), this.host(out), l);
   }
 
   im2col(x: Storage, cols: Storage, g: Window2d): void {
@@ -659,8 +768,11 @@ export class WasmBackend implements Backend {
 
   // ---- kernel lookup ----
 
-  private unaryKernel(op: UnaryOp, dtype: DType): ((...args: number[]) => unknown) | undefined {
-    const ops: readonly string[] = dtype === 'float32' ? SIMD_UNARY_F32 : dtype === 'int32' ? SIMD_UNARY_I32 : [];
+  private unaryKernel(op: UnaryOp, dtype: DType, outDtype: DType): ((...args: number[]) => unknown) | undefined {
+    const bool = outDtype === 'bool';
+    if (!bool && outDtype !== dtype) return undefined;
+    const ops: readonly string[] =
+      dtype === 'float32' ? (bool ? SIMD_UNARY_BOOL_F32 : SIMD_UNARY_F32) : dtype === 'int32' ? (bool ? SIMD_UNARY_BOOL_I32 : SIMD_UNARY_I32) : [];
     return ops.includes(op) ? this.k[unaryExport(op, dtype === 'float32' ? 'f32' : 'i32')] : undefined;
   }
 
@@ -671,6 +783,11 @@ export class WasmBackend implements Backend {
     const ops: readonly string[] = compare ? SIMD_COMPARE : a === 'float32' ? SIMD_BINARY_F32 : SIMD_BINARY_I32;
     return ops.includes(op) && out === (compare ? 'bool' : a) ? (a === 'float32' ? 'f32' : 'i32') : null;
   }
+}
+
+/** Whether every storage given (nulls skipped) is float32: the dtype the SIMD kernels take. */
+function allFloat32(storages: (Storage | null)[]): boolean {
+  return storages.every((s) => !s || ws(s).dtype === 'float32');
 }
 
 /** A dimension of an iteration space and its stride in each operand (in elements). */
@@ -720,11 +837,13 @@ function forEachOuter(outer: readonly Dim[], nOps: number, f: (offsets: readonly
 interface BroadcastPlan {
   /** One letter per operand: 'v' runs along the row, 's' is one value per row. */
   variant: string;
-  /** The last two collapsed dims run in one kernel call: [rows, cols]. */
+  /** The last three collapsed dims run in one kernel call: [blocks, rows, cols]. */
+  blocks: number;
   rows: number;
   cols: number;
   /** Per operand, in elements. */
   rowStrides: number[];
+  blockStrides: number[];
   outer: Dim[];
 }
 
@@ -735,16 +854,20 @@ interface BroadcastPlan {
 function planBroadcast(shape: readonly number[], strides: readonly (readonly number[])[]): BroadcastPlan | null {
   const dims = collapseDims(shape, strides);
   const zeros = strides.map(() => 0);
-  if (dims.length === 0) return { variant: 'v'.repeat(strides.length), rows: 1, cols: 1, rowStrides: zeros, outer: [] };
+  const one = { size: 1, strides: zeros };
+  if (dims.length === 0) return { variant: 'v'.repeat(strides.length), blocks: 1, rows: 1, cols: 1, rowStrides: zeros, blockStrides: zeros, outer: [] };
   const inner = dims[dims.length - 1];
   if (inner.strides.some((s) => s !== 0 && s !== 1)) return null;
-  const rowDim = dims.length >= 2 ? dims[dims.length - 2] : { size: 1, strides: zeros };
+  const rowDim = dims.length >= 2 ? dims[dims.length - 2] : one;
+  const blockDim = dims.length >= 3 ? dims[dims.length - 3] : one;
   return {
     variant: inner.strides.map((s) => (s === 1 ? 'v' : 's')).join(''),
+    blocks: blockDim.size,
     rows: rowDim.size,
     cols: inner.size,
     rowStrides: rowDim.strides,
-    outer: dims.slice(0, Math.max(0, dims.length - 2)),
+    blockStrides: blockDim.strides,
+    outer: dims.slice(0, Math.max(0, dims.length - 3)),
   };
 }
 

@@ -28,8 +28,11 @@ import {
 } from './emit.js';
 import { emitRandom } from './rngsimd.js';
 import { SQRT_2_OVER_PI } from '../mathfns.js';
+import * as COEFFS from '../mathcoeffs.js';
 import { emitConvKernels } from './conv.js';
 import { emitPoolKernels } from './pool.js';
+import { emitLayerNormKernels } from './layernorm.js';
+import { emitBatchNormKernels } from './batchnorm.js';
 
 const { i32: I32, f32: F32, f64: F64, v128: V128 } = ValType;
 
@@ -64,8 +67,12 @@ export function gemmScratchBytes(t: GemmTiling): number {
 export const SIMD_UNARY_F32 = [
   'neg', 'abs', 'sqrt', 'rsqrt', 'square', 'reciprocal', 'relu', 'affine', 'clamp', 'insideMask', 'exp', 'sigmoid',
   'floor', 'ceil', 'round', 'leakyRelu', 'expm1', 'log', 'log1p', 'tanh', 'silu', 'softplus', 'elu', 'geluTanh',
+  'erf', 'geluErf', 'sin', 'cos', 'powScalar', 'sign',
 ] as const;
-export const SIMD_UNARY_I32 = ['neg', 'abs', 'square'] as const;
+export const SIMD_UNARY_I32 = ['neg', 'abs', 'square', 'sign'] as const;
+/** The bool-valued unary ops (float32 or int32 in, bool out). */
+export const SIMD_UNARY_BOOL_F32 = ['isnan', 'isinf', 'isfinite', 'logicalNot'] as const;
+export const SIMD_UNARY_BOOL_I32 = ['logicalNot'] as const;
 export const SIMD_BINARY_F32 = ['add', 'sub', 'mul', 'div', 'maximum', 'minimum'] as const;
 export const SIMD_BINARY_I32 = ['add', 'sub', 'mul', 'maximum', 'minimum'] as const;
 
@@ -162,9 +169,15 @@ function storeTail(f: FuncBuilder, base: Expr, v: Local, rem: Local, bytes = fal
 }
 
 /** The lanes of the last window that belong to a tail of `rem` (1-3) elements: lanes 4-rem..3. */
-function tailMask(rem: Operand): Expr {
+export function tailMask(rem: Operand): Expr {
   return i32x4.gtS(v128.i32x4([0, 1, 2, 3]), i32x4.splat(i32.sub(3, rem)));
 }
+
+// The polynomials shared with the WebGPU prelude (src/kernels/mathcoeffs.ts), as numbers.
+const [EXP_P, EXPM1_Q, LOG_TAIL_Q, ERF_SMALL_P, SIN_S, COS_C, ERFC_TAIL_CENTRES] = [
+  COEFFS.EXP_P, COEFFS.EXPM1_Q, COEFFS.LOG_TAIL_Q, COEFFS.ERF_SMALL_P, COEFFS.SIN_S, COEFFS.COS_C, COEFFS.ERFC_TAIL_CENTRES,
+].map((t) => t.map(Number));
+const ERFC_TAIL_G = COEFFS.ERFC_TAIL_G.map((t) => t.map(Number));
 
 /**
  * exp(x) for f32x4 (Cephes expf): x = n ln2 + r with |r| <= ln2/2, a degree-6 polynomial for e^r,
@@ -174,6 +187,12 @@ function tailMask(rem: Operand): Expr {
  * exp(-inf) = 0, exp(inf) = inf.
  */
 function expV(f: FuncBuilder, x: Operand): Expr {
+  const { p, n } = expSplitV(f, x);
+  return scale2V(f, p, n);
+}
+
+/** e^x = p 2^n as expV computes it: p in [0.7, 1.42] and n an i32x4 (x clamped to [-110, 89]). */
+function expSplitV(f: FuncBuilder, x: Operand): { p: Local; n: Local } {
   const ROUND = 12582912; // 1.5 * 2^23
   const t = f.local(V128);
   const kf = f.local(V128);
@@ -181,20 +200,227 @@ function expV(f: FuncBuilder, x: Operand): Expr {
   const r = f.local(V128);
   const p = f.local(V128);
   const n = f.local(V128);
-  const n1 = f.local(V128);
   f.set(t, f32x4.pmin(f32x4.pmax(x, -110), 89));
   f.set(kf, f32x4.add(f32x4.mul(t, Math.LOG2E), ROUND));
   f.set(fx, f32x4.sub(kf, ROUND));
   f.set(r, f32x4.sub(f32x4.sub(t, f32x4.mul(fx, 0.693359375)), f32x4.mul(fx, -2.12194440e-4)));
-  f.set(p, f32x4.splat(1.9875691500e-4));
-  for (const c of [1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1]) {
-    f.set(p, f32x4.add(f32x4.mul(p, r), c));
-  }
+  f.set(p, f32x4.splat(EXP_P[0]));
+  for (const c of EXP_P.slice(1)) f.set(p, f32x4.add(f32x4.mul(p, r), c));
   f.set(p, f32x4.add(f32x4.add(f32x4.mul(f32x4.mul(p, r), r), r), 1));
   f.set(n, i32x4.sub(kf, v128.i32x4([0x4b400000, 0x4b400000, 0x4b400000, 0x4b400000])));
+  return { p, n };
+}
+
+/**
+ * p 2^n for an i32x4 n in [-252, 254], applied in two halves so that neither power of two leaves
+ * the normal range: the first product is exact (or overflows, as the result does) and the second
+ * rounds once, also where the result is subnormal.
+ */
+function scale2V(f: FuncBuilder, p: Operand, n: Local): Expr {
+  const n1 = f.local(V128);
   f.set(n1, i32x4.shrS(n, 1));
-  const pow2 = (e: Operand) => i32x4.shl(i32x4.add(e, 127), 23);
-  return f32x4.mul(f32x4.mul(p, pow2(n1)), pow2(i32x4.sub(n, n1)));
+  return f32x4.mul(f32x4.mul(p, pow2V(n1)), pow2V(i32x4.sub(n, n1)));
+}
+
+/** 2^n for an i32x4 n in [-126, 127], from its exponent bits. */
+const pow2V = (n: Operand) => i32x4.shl(i32x4.add(n, 127), 23);
+
+/** Horner's p(x) in f32x4 over coefficients from the highest degree down. */
+function hornerV(f: FuncBuilder, x: Local, coefs: number[]): Local {
+  const p = f.local(V128);
+  f.set(p, f32x4.splat(f32.const(coefs[0])));
+  for (const c of coefs.slice(1)) f.set(p, f32x4.add(f32x4.mul(p, x), c));
+  return p;
+}
+
+/*
+ * The float32 bodies of expm1, log, log1p, tanh, silu, softplus, elu and erf (and the
+ * polynomials of sin and cos): the algorithms of the WebGPU prelude (src/kernels/webgpu/wgsl-math.ts,
+ * with the same coefficients: src/kernels/mathcoeffs.ts), in f32x4 with IEEE arithmetic, so that subnormals need no
+ * assembly from bits. Two to four times the throughput of computing in f64x2; 1-3 float32 ulps
+ * from the float64 closure (the tolerances of test/unary-sweep.test.ts).
+ */
+const NAN_F32 = v128.i32x4([0x7fc00000, 0x7fc00000, 0x7fc00000, 0x7fc00000]);
+const SIGN_F32 = v128.i32x4([0x80000000 | 0, 0x80000000 | 0, 0x80000000 | 0, 0x80000000 | 0]);
+/** -|x| by setting the sign bit: V8 makes f32x4.neg(f32x4.abs(x)) six instructions (both masks built in the loop). */
+const negAbs = (x: Operand) => v128.or(x, SIGN_F32);
+/** The bits of a float32 as an i32 (a lane of a v128.i32x4 constant). */
+const f32Bits = (x: number) => new Int32Array(Float32Array.of(x).buffer)[0];
+
+/**
+ * e^x - 1: x = n ln2 + r (|r| <= ln2/2, the head of ln 2 exact in n ln2), expm1(r) by a fitted
+ * polynomial, then 2^n expm1(r) + (2^n - 1), whose two terms are exact to rounding (no
+ * cancellation near 0); from n = 31 on, (expm1(r) + 1) 2^n by two powers of two. |x| < 1e-20
+ * (subnormals included) gives x, and so does NaN. What a caller knows of its x leaves steps out
+ * (each about a tenth of the instructions): `upTo20`, every lane it keeps has x <= 20 (n <= 29,
+ * so the n > 30 form is not needed); `inRange`, x is already in [-30, 20] or NaN (no clamps);
+ * `noPassThrough`, it selects its own result for tiny x and NaN.
+ */
+function expm1V(f: FuncBuilder, x: Local, opts: { upTo20?: boolean; inRange?: boolean; noPassThrough?: boolean } = {}): Local {
+  const [xc, kf, n, r, r2, em, s, out] = f.localsOf(V128, 8);
+  f.set(xc, opts.inRange ? x : f32x4.pmin(f32x4.pmax(x, -30), 89));
+  // n rounded with the 1.5 * 2^23 trick (as expV), which leaves it in kf's low bits too.
+  f.set(kf, f32x4.add(f32x4.mul(xc, Math.LOG2E), 12582912));
+  f.set(n, f32x4.sub(kf, 12582912));
+  f.set(r, f32x4.sub(f32x4.sub(xc, f32x4.mul(n, 0.693359375)), f32x4.mul(n, -2.12194440e-4)));
+  const q = hornerV(f, r, EXPM1_Q);
+  f.set(r2, f32x4.mul(r, r));
+  f.set(em, f32x4.add(r, f32x4.add(f32x4.mul(r2, 0.5), f32x4.mul(f32x4.mul(r2, r), q))));
+  const ni = f.local(V128);
+  f.set(ni, i32x4.sub(kf, v128.i32x4([0x4b400000, 0x4b400000, 0x4b400000, 0x4b400000])));
+  // n <= 30 here (2^n normal); the other branch uses n - 64 and 2^64, both in range for n <= 128.
+  f.set(s, pow2V(opts.inRange ? ni : i32x4.minS(ni, v128.i32x4([30, 30, 30, 30]))));
+  f.set(out, f32x4.add(f32x4.mul(s, em), f32x4.sub(s, 1)));
+  if (!opts.upTo20) {
+    const big = f32x4.mul(f32x4.mul(f32x4.add(em, 1), pow2V(i32x4.sub(ni, v128.i32x4([64, 64, 64, 64])))), 18446744073709551616);
+    f.set(out, v128.bitselect(big, out, f32x4.gt(n, 30)));
+  }
+  if (!opts.noPassThrough) f.set(out, v128.bitselect(x, out, v128.or(f32x4.lt(f32x4.abs(x), 1e-20), f32x4.ne(x, x))));
+  return out;
+}
+
+/**
+ * log x = e ln2 + f + (log(1 + f) - f) with x = 2^e (1 + f), 1 + f in [sqrt(1/2), sqrt(2)) (f
+ * exact), the head of ln 2 exact in e ln2, and log(1 + f) - f = f^3 Q(f) - f^2/2 (Q fitted). A
+ * subnormal x is scaled by 2^23 first. log(±0) = -Inf, log(x < 0) = NaN, Inf and NaN pass.
+ * `ordinary` leaves out the subnormal scaling and the special cases: for vectors whose lanes are
+ * all positive normal floats (see notPositiveNormal), about a third of the instructions.
+ */
+function logV(f: FuncBuilder, x: Local, ordinary = false): Local {
+  const [sub, xs, e, m, big, fr, f2, out] = f.localsOf(V128, 8);
+  let bias: Expr = v128.i32x4([127, 127, 127, 127]);
+  if (!ordinary) {
+    f.set(sub, f32x4.lt(f32x4.abs(x), 1.1754943508222875e-38));
+    bias = v128.bitselect(v128.i32x4([150, 150, 150, 150]), bias, sub);
+  }
+  f.set(xs, ordinary ? x : v128.bitselect(f32x4.mul(x, 8388608), x, sub));
+  f.set(m, v128.or(v128.and(xs, v128.i32x4([0x7fffff, 0x7fffff, 0x7fffff, 0x7fffff])), v128.i32x4([0x3f800000, 0x3f800000, 0x3f800000, 0x3f800000])));
+  f.set(big, f32x4.gt(m, 1.41421356));
+  // In integers: the exponent, one more where m is halved (big is -1 there), and m halved by its
+  // exponent bits (exact). A negative x leaves a wrong exponent here, and its NaN is selected below.
+  f.set(e, f32x4.convertI32x4S(i32x4.sub(i32x4.sub(i32x4.shrU(xs, 23), bias), big)));
+  f.set(fr, f32x4.sub(i32x4.sub(m, v128.and(big, v128.i32x4([0x800000, 0x800000, 0x800000, 0x800000]))), 1));
+  const q = hornerV(f, fr, LOG_TAIL_Q);
+  f.set(f2, f32x4.mul(fr, fr));
+  const tail = f32x4.sub(f32x4.mul(f32x4.mul(f2, fr), q), f32x4.mul(f2, 0.5));
+  f.set(out, f32x4.add(f32x4.mul(e, 0.693359375), f32x4.add(fr, f32x4.add(tail, f32x4.mul(e, -2.12194440e-4)))));
+  if (ordinary) return out;
+  // !(x < Inf) is NaN or +Inf: x itself.
+  f.set(out, v128.bitselect(out, x, f32x4.lt(x, Infinity)));
+  f.set(out, v128.bitselect(NAN_F32, out, f32x4.lt(x, 0)));
+  f.set(out, v128.bitselect(f32x4.splat(f32.const(-Infinity)), out, f32x4.eq(x, 0)));
+  return out;
+}
+
+/** The lanes that are not positive normal floats (zeros, subnormals, negatives, Inf, NaN), by their bits. */
+const notPositiveNormal = (f: FuncBuilder, x: Local) => v128.or(i32x4.ltS(x, v128.i32x4([0x800000, 0x800000, 0x800000, 0x800000])), i32x4.gtS(x, v128.i32x4([0x7f7fffff, 0x7f7fffff, 0x7f7fffff, 0x7f7fffff])));
+
+/**
+ * A body that runs `fast` on the vectors where no lane is `special`, and `full` on the others:
+ * one well-predicted branch per vector where special values are rare, as they are in most data.
+ */
+function withFastPath(special: (f: FuncBuilder, x: Local) => Expr, fast: VecBody, full: VecBody): VecBody {
+  return (f, xs, p) => {
+    const out = f.local(V128);
+    f.if(v128.anyTrue(special(f, xs[0])), () => f.set(out, full(f, xs, p)), () => f.set(out, fast(f, xs, p)));
+    return out;
+  };
+}
+
+/**
+ * log(1 + x): for |x| < 1/2, 2 atanh(s) with s = x / (2 + x) (|s| <= 1/3) by its series to s^17;
+ * beyond, log(1 + x) loses nothing (1 + x is exact or |log| > 0.4). |x| < 1e-20 gives x.
+ * `ordinary`: every lane of 1 + x is a positive normal float (logV's fast form).
+ */
+function log1pV(f: FuncBuilder, x: Local, ordinary = false): Local {
+  const [s, z, onePlus, out] = f.localsOf(V128, 4);
+  f.set(s, f32x4.div(x, f32x4.add(x, 2)));
+  f.set(z, f32x4.mul(s, s));
+  const p = hornerV(f, z, [1 / 17, 1 / 15, 1 / 13, 1 / 11, 1 / 9, 1 / 7, 1 / 5, 1 / 3]);
+  const series = f32x4.add(f32x4.add(s, s), f32x4.mul(f32x4.mul(f32x4.add(s, s), z), p));
+  f.set(onePlus, f32x4.add(x, 1));
+  f.set(out, v128.bitselect(series, logV(f, onePlus, ordinary), f32x4.lt(f32x4.abs(x), 0.5)));
+  f.set(out, v128.bitselect(x, out, f32x4.lt(f32x4.abs(x), 1e-20)));
+  return out;
+}
+
+/**
+ * x sigmoid(x) = x / (1 + e) for x >= 0 and x e / (1 + e) below, e = e^-|x| (one division either
+ * way). Left of -17, where 1 + e rounds to 1, x e^x is formed as (x p) 2^n from exp's split, so
+ * that a subnormal result keeps its bits; left of -110 it is -0. silu(-Inf) = -Inf * 0 = NaN, as
+ * the closure. `ordinary`: every lane is in [-17, 87] (or NaN), so that e = p 2^n with n >= -126
+ * is one scaling, and the far-left forms are left out (a quarter of the instructions).
+ */
+function siluV(f: FuncBuilder, x: Local, ordinary = false): Local {
+  const [e, out] = f.localsOf(V128, 2);
+  // One split e^-|x| = p 2^n serves both: it is e^x where the far-left form applies.
+  const { p, n } = expSplitV(f, negAbs(x));
+  f.set(e, ordinary ? f32x4.mul(p, pow2V(n)) : scale2V(f, p, n));
+  f.set(out, f32x4.div(v128.bitselect(f32x4.mul(x, e), x, f32x4.lt(x, 0)), f32x4.add(e, 1)));
+  if (ordinary) return out;
+  f.set(out, v128.bitselect(scale2V(f, f32x4.mul(x, p), n), out, f32x4.lt(x, -17)));
+  f.set(out, v128.bitselect(f32x4.splat(f32.const(-0)), out, f32x4.lt(x, -110)));
+  f.set(out, v128.bitselect(NAN_F32, out, f32x4.eq(x, -Infinity)));
+  return out;
+}
+
+/** erf(x) for |x| <= 1: x P(x^2), fitted (the WebGPU prelude's fg_erf_small). */
+function erfSmallV(f: FuncBuilder, x: Operand): Expr {
+  const z = f.local(V128);
+  f.set(z, f32x4.mul(x, x));
+  return f32x4.mul(x, hornerV(f, z, ERF_SMALL_P));
+}
+
+/**
+ * s erfc(k |v|) for k |v| >= 1/2, with k^2 = k2 exact (1, or 1/2 for the GELU). a^2 = k2 v^2 is
+ * taken from v, which is exact, not from the rounded a: v^2 = vh^2 + (v - vh)(v + vh) with vh
+ * keeping 12 bits, so e^(-k2 vh^2) = m 2^n comes from an exact exponent and the product is scaled
+ * by 2^n last (one rounding where it is subnormal). Past k |v| = 10.5 it is 0 with s's sign.
+ */
+function erfcTailV(f: FuncBuilder, vIn: Local, k: number, k2: number, s: Operand): Local {
+  const [v, u, near, mid, idx, t, g, vh, out] = f.localsOf(V128, 9);
+  f.set(v, f32x4.pmin(f32x4.abs(vIn), 10.5 / k));
+  f.set(u, f32x4.div(1, f32x4.pmax(f32x4.mul(v, k), 0.5)));
+  f.set(near, f32x4.lt(u, 0.5));
+  f.set(mid, f32x4.lt(u, 1));
+  // Each lane's interval i (0 near, 1 mid, 2 beyond; near lies within mid) as the byte indexes
+  // 4i..4i+3, so that a coefficient is one swizzle of a constant holding the three intervals'
+  // values (two selects of three constants cost about four times the instructions under V8).
+  const FOURS = v128.i32x4([0x04040404, 0x04040404, 0x04040404, 0x04040404]);
+  f.set(idx, i8x16.sub(i8x16.sub(v128.i32x4([0x0b0a0908, 0x0b0a0908, 0x0b0a0908, 0x0b0a0908]), v128.and(mid, FOURS)), v128.and(near, FOURS)));
+  const pick = (c: number[]) => i8x16.swizzle(v128.i32x4([f32Bits(c[0]), f32Bits(c[1]), f32Bits(c[2]), 0]), idx);
+  f.set(t, f32x4.sub(u, pick(ERFC_TAIL_CENTRES)));
+  f.set(g, pick(ERFC_TAIL_G.map((c) => c[0])));
+  for (let j = 1; j < 8; j++) f.set(g, f32x4.add(f32x4.mul(g, t), pick(ERFC_TAIL_G.map((c) => c[j]))));
+  f.set(vh, v128.and(v, v128.i32x4([0xfffff000 | 0, 0xfffff000 | 0, 0xfffff000 | 0, 0xfffff000 | 0])));
+  const { p, n } = expSplitV(f, f32x4.mul(f32x4.mul(vh, vh), -k2));
+  // |v - vh| < 2^-8 and v + vh < 21, so |rest| < 0.09 and e^rest needs only its Taylor series to
+  // degree 5 (truncation below 2^-30 relative).
+  const rest = f.local(V128);
+  f.set(rest, f32x4.mul(f32x4.mul(f32x4.sub(v, vh), f32x4.add(v, vh)), -k2));
+  f.set(rest, hornerV(f, rest, [1 / 120, 1 / 24, 1 / 6, 0.5, 1, 1]));
+  f.set(out, scale2V(f, f32x4.mul(s, f32x4.mul(f32x4.mul(f32x4.mul(p, rest), g), u)), n));
+  f.set(out, v128.bitselect(v128.and(s, SIGN_F32), out, f32x4.gt(f32x4.mul(f32x4.abs(vIn), k), 10.5)));
+  return out;
+}
+
+/** erf: x P(x^2) below |x| = 1, sign(x) - sign(x) erfc(|x|) from there; NaN passes through. */
+function erfV(f: FuncBuilder, x: Local): Local {
+  const [sgn, out] = f.localsOf(V128, 2);
+  f.set(sgn, v128.or(f32x4.splat(f32.const(1)), v128.and(x, SIGN_F32)));
+  f.set(out, v128.bitselect(f32x4.sub(sgn, erfcTailV(f, x, 1, 1, sgn)), erfSmallV(f, x), f32x4.ge(f32x4.abs(x), 1)));
+  f.set(out, v128.bitselect(x, out, f32x4.ne(x, x)));
+  return out;
+}
+
+/** tanh |x| = expm1(2|x|) / (expm1(2|x|) + 2) (tanh(10) rounds to 1), x's sign put back by bits. */
+function tanhV(f: FuncBuilder, x: Local): Local {
+  const [a, e, out] = f.localsOf(V128, 3);
+  f.set(a, f32x4.mul(f32x4.pmin(f32x4.abs(x), 10), 2));
+  f.set(e, expm1V(f, a, { upTo20: true, inRange: true, noPassThrough: true }));
+  f.set(out, v128.or(f32x4.div(e, f32x4.add(e, 2)), v128.and(x, SIGN_F32)));
+  f.set(out, v128.bitselect(x, out, v128.or(f32x4.lt(f32x4.abs(x), 1e-20), f32x4.ne(x, x))));
+  return out;
 }
 
 /**
@@ -226,10 +452,11 @@ function emitLog(mb: ModuleBuilder): FuncRef {
 }
 
 /*
- * The transcendental ops compute in f64x2 and round once to float32, as the CPU closures do in
- * float64: with float64 errors of a few 2^-53 the float32 result is the correctly rounded one
- * (the sweep in test/unary-sweep.test.ts holds them to 0 ulp), and every special case (NaN, ±Inf,
- * ±0, float32 subnormals, which are normal in float64) is selected explicitly.
+ * geluTanh, geluErf and pow compute in f64x2 and round once to float32, as the CPU
+ * closures do in float64: with float64 errors of a few 2^-53 the float32 result is the correctly
+ * rounded one (the sweep in test/unary-sweep.test.ts holds them to 0 ulp), and every special case
+ * (NaN, ±Inf, ±0, float32 subnormals, which are normal in float64) is selected explicitly. Their
+ * float32 forms would need the exponent splits of the WebGPU prelude to stay within a few ulps.
  */
 const f64Lanes = (lo: number, hi: number) => v128.i32x4([lo, hi, lo, hi]);
 const F64_SIGN = f64Lanes(0, 0x80000000 | 0);
@@ -250,7 +477,6 @@ const invFactorials = (from: number, to: number) => {
   return c;
 };
 const EXP_TAYLOR = invFactorials(13, 0); // |r| <= ln2/2: the 14th term is below 2^-60 relative.
-const EXPM1_TAYLOR = invFactorials(17, 2); // |x| < 0.35, as x + x^2 (1/2 + x/6 + ...): below 2^-60 relative.
 
 /** Horner's p(x) over coefficients from the highest degree down. */
 function hornerD(f: FuncBuilder, x: Local, coefs: number[]): Local {
@@ -286,37 +512,15 @@ function expD(f: FuncBuilder, x: Local): Local {
 }
 
 /**
- * e^x - 1 for f64x2: x + x^2 (1/2! + x/3! + ...) for |x| < 0.35 (no cancellation; the sum's one
- * rounding keeps near-ties of tiny x on the closure's side, which x (1 + ...) would not), else
- * e^x - 1. expm1(±0) = ±0 is selected: -0 + 0 would give +0.
- */
-function expm1D(f: FuncBuilder, x: Local): Local {
-  const out = f.local(V128);
-  const series = f64x2.add(x, f64x2.mul(f64x2.mul(x, x), hornerD(f, x, EXPM1_TAYLOR)));
-  f.set(out, v128.bitselect(series, f64x2.sub(expD(f, x), 1), f64x2.lt(f64x2.abs(x), 0.35)));
-  f.set(out, v128.bitselect(x, out, f64x2.eq(x, 0)));
-  return out;
-}
-
-/**
  * log(x) for f64x2 over positive normal inputs: x = 2^e m with m in [sqrt(1/2), sqrt(2)), and
  * log m = 2 atanh(z), z = (m-1)/(m+1), |z| <= 0.1716, by its series to z^23 (below 2^-60
  * relative). log 0 = -Inf, log of a negative number NaN, log Inf = Inf, NaN passes through.
  */
 function logD(f: FuncBuilder, x: Local): Local {
-  const m = f.local(V128);
-  const e = f.local(V128);
-  const big = f.local(V128);
   const z = f.local(V128);
   const z2 = f.local(V128);
   const out = f.local(V128);
-  f.set(m, v128.or(v128.and(x, f64Lanes(-1, 0x000fffff)), f64Lanes(0, 0x3ff00000)));
-  // The biased exponents (below 2^11) sit in the low i32 of each i64 lane: gather and convert.
-  const biased = i64x2.shrU(x, 52);
-  f.set(e, f64x2.sub(f64x2.convertLowI32x4S(v128.shuffle(biased, biased, [0, 1, 2, 3, 8, 9, 10, 11, 0, 1, 2, 3, 8, 9, 10, 11])), 1023));
-  f.set(big, f64x2.gt(m, Math.SQRT2));
-  f.set(m, v128.bitselect(f64x2.mul(m, 0.5), m, big));
-  f.set(e, v128.bitselect(f64x2.add(e, 1), e, big));
+  const { m, e } = splitD(f, x);
   f.set(z, f64x2.div(f64x2.sub(m, 1), f64x2.add(m, 1)));
   f.set(z2, f64x2.mul(z, z));
   const coefs: number[] = [];
@@ -330,14 +534,17 @@ function logD(f: FuncBuilder, x: Local): Local {
   return out;
 }
 
-/** log(1 + x) for f64x2 by Goldberg's u = 1 + x, log(u) x / (u - 1) (x where u = 1; Inf for Inf). */
-function log1pD(f: FuncBuilder, x: Local): Local {
-  const u = f.local(V128);
-  const out = f.local(V128);
-  f.set(u, f64x2.add(x, 1));
-  f.set(out, f64x2.mul(logD(f, u), f64x2.div(x, f64x2.sub(u, 1))));
-  f.set(out, v128.bitselect(x, out, v128.or(f64x2.eq(u, 1), f64x2.eq(x, Infinity))));
-  return out;
+/** x = 2^e m with m in [sqrt(1/2), sqrt(2)), for a positive normal f64x2 x (every float32 is one). */
+function splitD(f: FuncBuilder, x: Operand): { m: Local; e: Local } {
+  const [m, e, big] = f.localsOf(V128, 3);
+  f.set(m, v128.or(v128.and(x, f64Lanes(-1, 0x000fffff)), f64Lanes(0, 0x3ff00000)));
+  // The biased exponents (below 2^11) sit in the low i32 of each i64 lane: gather and convert.
+  const biased = i64x2.shrU(x, 52);
+  f.set(e, f64x2.sub(f64x2.convertLowI32x4S(v128.shuffle(biased, biased, [0, 1, 2, 3, 8, 9, 10, 11, 0, 1, 2, 3, 8, 9, 10, 11])), 1023));
+  f.set(big, f64x2.gt(m, Math.SQRT2));
+  f.set(m, v128.bitselect(f64x2.mul(m, 0.5), m, big));
+  f.set(e, v128.bitselect(f64x2.add(e, 1), e, big));
+  return { m, e };
 }
 
 /** The CPU closure's sigmoid in f64x2: with e = e^-|x|, 1 / (1 + e) for x >= 0 and e / (1 + e) below. */
@@ -351,16 +558,6 @@ function sigmoidD(f: FuncBuilder, x: Local): Local {
   return r;
 }
 
-/** tanh(x) = -t / (2 + t) with t = expm1(-2|x|) (no cancellation near 0), with x's sign. */
-function tanhD(f: FuncBuilder, x: Local): Local {
-  const a = f.local(V128);
-  const out = f.local(V128);
-  f.set(a, f64x2.mul(f64x2.abs(x), -2));
-  const t = expm1D(f, a);
-  f.set(out, v128.bitselect(x, f64x2.div(f64x2.neg(t), f64x2.add(t, 2)), F64_SIGN));
-  return out;
-}
-
 /**
  * A float32 body from a float64 one: each half of the f32x4 is promoted to f64x2, computed, and
  * demoted (one rounding), then the halves are joined. p0 arrives promoted too.
@@ -369,15 +566,193 @@ function viaF64(body: (f: FuncBuilder, x: Local, p0: Local) => Local): VecBody {
   return (f, [x], [p0]) => {
     const p0d = f.local(V128);
     f.set(p0d, f64x2.promoteLowF32x4(p0));
-    const halves = [f64x2.promoteLowF32x4(x), f64x2.promoteLowF32x4(v128.shuffle(x, x, [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15]))].map((h) => {
-      const xd = f.local(V128);
-      const r = f.local(V128);
-      f.set(xd, h);
-      f.set(r, f32x4.demoteF64x2Zero(body(f, xd, p0d)));
-      return r;
-    });
-    return v128.shuffle(halves[0], halves[1], [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23]);
+    return inF64Halves(f, x, (xd) => [body(f, xd, p0d)])[0];
   };
+}
+
+/**
+ * Runs `body` on each half of an f32x4 promoted to f64x2, demotes each f64x2 it returns to
+ * float32 (one rounding) and joins the halves: one f32x4 per returned value.
+ */
+function inF64Halves(f: FuncBuilder, x: Operand, body: (xd: Local) => Operand[]): Expr[] {
+  const halves = [f64x2.promoteLowF32x4(x), f64x2.promoteLowF32x4(v128.shuffle(x, x, HIGH_HALF))].map((h) => {
+    const xd = f.local(V128);
+    f.set(xd, h);
+    return body(xd).map((r) => {
+      const out = f.local(V128);
+      f.set(out, f32x4.demoteF64x2Zero(r));
+      return out;
+    });
+  });
+  return halves[0].map((lo, k) => v128.shuffle(lo, halves[1][k], [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23]));
+}
+
+/** Horner's p(x) with each coefficient chosen per lane: from `b` where `useB` is set, else from `a`. */
+function hornerSelD(f: FuncBuilder, x: Local, a: number[], b: number[], useB: Local): Local {
+  const p = f.local(V128);
+  const coef = (k: number) => v128.bitselect(f64x2.splat(f64.const(b[k])), f64x2.splat(f64.const(a[k])), useB);
+  f.set(p, coef(0));
+  for (let k = 1; k < a.length; k++) f.set(p, f64x2.add(f64x2.mul(p, x), coef(k)));
+  return p;
+}
+
+/*
+ * erfc for geluErf from fdlibm's s_erf.c (Sun Microsystems, 1993; the same in musl, Go and Julia):
+ * rational approximations on [0, 0.84375) in b^2, on [0.84375, 1.25) in b - 1, and for erfc on
+ * [1.25, 1/0.35) and [1/0.35, 28) in 1/b^2 times e^(-b^2 - 0.5625) / b, each below 1 float64 ulp
+ * or so: far more than the float32 result needs, so the rounding to float32 is the closure's.
+ */
+const ERF_ERX = 8.45062911510467529297e-1;
+const ERF_PP = [-2.37630166566501626084e-5, -5.77027029648944159157e-3, -2.84817495755985104766e-2, -3.25042107247001499370e-1, 1.28379167095512558561e-1];
+const ERF_QQ = [-3.96022827877536812320e-6, 1.32494738004321644526e-4, 5.08130628187576562776e-3, 6.50222499887672944485e-2, 3.97917223959155352819e-1, 1];
+const ERF_PA = [-2.16637559486879084300e-3, 3.54783043256182359371e-2, -1.10894694282396677476e-1, 3.18346619901161753674e-1, -3.72207876035701323847e-1, 4.14856118683748331666e-1, -2.36211856075265944077e-3];
+const ERF_QA = [1.19844998467991074170e-2, 1.36370839120290507362e-2, 1.26171219808761642112e-1, 7.18286544141962662868e-2, 5.40397917702171048937e-1, 1.06420880400844228286e-1, 1];
+// The two erfc tails, the second padded with a zero top coefficient to the first's degree.
+const ERF_RA = [-9.81432934416914548592, -8.12874355063065934246e1, -1.84605092906711035994e2, -1.62396669462573470355e2, -6.23753324503260060396e1, -1.05586262253232909814e1, -6.93858572707181764372e-1, -9.86494403484714822705e-3];
+const ERF_SA = [-6.04244152148580987438e-2, 6.57024977031928170135, 1.08635005541779435134e2, 4.29008140027567833386e2, 6.45387271733267880336e2, 4.34565877475229228821e2, 1.37657754143519042600e2, 1.96512716674392571292e1, 1];
+const ERF_RB = [0, -4.83519191608651397019e2, -1.02509513161107724954e3, -6.37566443368389627722e2, -1.60636384855821916062e2, -1.77579549177547519889e1, -7.99283237680523006574e-1, -9.86494292470009928597e-3];
+const ERF_SB = [0, -2.24409524465858183362e1, 4.74528541206955367215e2, 2.55305040643316442583e3, 3.19985821950859553908e3, 1.53672958608443695994e3, 3.25792512996573918826e2, 3.03380607434824582924e1, 1];
+
+/**
+ * erfc(b) for b >= 0 in f64x2 (0 from 28 on, and for b = Inf). In the tail, b^2 = z^2 + (b - z)(b + z) with z = b cut to 21 bits, so z^2 is exact and the one
+ * exponential keeps its argument to an ulp of itself (2^-45 relative at b = 10, where erfc meets
+ * the float32 subnormals).
+ */
+function erfcD(f: FuncBuilder, b: Local): Local {
+  const z2 = f.local(V128);
+  const small = f.local(V128);
+  const s = f.local(V128);
+  const mid = f.local(V128);
+  const u = f.local(V128);
+  const far = f.local(V128);
+  const z = f.local(V128);
+  const tail = f.local(V128);
+  const erfc = f.local(V128);
+  f.set(z2, f64x2.mul(b, b));
+  // [0, 0.84375): erf = b + b P(b^2) / Q(b^2).
+  f.set(small, f64x2.add(b, f64x2.mul(b, f64x2.div(hornerD(f, z2, ERF_PP), hornerD(f, z2, ERF_QQ)))));
+  // [0.84375, 1.25): erf = erx + P(b - 1) / Q(b - 1).
+  f.set(s, f64x2.sub(b, 1));
+  f.set(mid, f64x2.div(hornerD(f, s, ERF_PA), hornerD(f, s, ERF_QA)));
+  // [1.25, 28): erfc = e^(-z^2 - 0.5625 + (z - b)(z + b) + R(1/b^2) / S(1/b^2)) / b.
+  f.set(u, f64x2.div(1, z2));
+  f.set(far, f64x2.ge(b, 1 / 0.35));
+  f.set(z, v128.and(b, f64Lanes(0, -1)));
+  const ratio = f64x2.div(hornerSelD(f, u, ERF_RA, ERF_RB, far), hornerSelD(f, u, ERF_SA, ERF_SB, far));
+  const arg = f.local(V128);
+  f.set(arg, f64x2.add(f64x2.sub(f64x2.neg(f64x2.mul(z, z)), 0.5625), f64x2.add(f64x2.mul(f64x2.sub(z, b), f64x2.add(z, b)), ratio)));
+  f.set(tail, f64x2.div(expD(f, arg), b));
+  f.set(tail, v128.bitselect(F64_ZERO, tail, f64x2.ge(b, 28)));
+  const isSmall = f.local(V128);
+  const isMid = f.local(V128);
+  f.set(isSmall, f64x2.lt(b, 0.84375));
+  f.set(isMid, f64x2.lt(b, 1.25));
+  f.set(erfc, v128.bitselect(f64x2.sub(1, small), v128.bitselect(f64x2.sub(1 - ERF_ERX, mid), tail, isMid), isSmall));
+  return erfc;
+}
+
+/**
+ * The closure's geluErf: x/2 erfc(a) with a = -x / sqrt 2 (the same float64 division), erfc(a) for
+ * a < 0 being 2 - erfc(|a|); geluErf(Inf) = Inf, geluErf(-Inf) = -Inf * 0 = NaN, as PyTorch.
+ */
+function geluErfD(f: FuncBuilder, x: Local): Local {
+  const a = f.local(V128);
+  const b = f.local(V128);
+  const out = f.local(V128);
+  f.set(a, f64x2.div(f64x2.neg(x), Math.SQRT2));
+  f.set(b, f64x2.abs(a));
+  const erfc = erfcD(f, b);
+  f.set(out, f64x2.mul(f64x2.mul(x, 0.5), v128.bitselect(f64x2.sub(2, erfc), erfc, f64x2.lt(a, 0))));
+  f.set(out, v128.bitselect(x, out, f64x2.eq(x, Infinity)));
+  return out;
+}
+
+/**
+ * |x| beyond which sin and cos leave the SIMD body: up to it the quadrant n = round(x 2/pi) has
+ * at most 20 bits, so n times fdlibm's 33-bit head of pi/2 is exact and the three-part Cody-Waite
+ * reduction below leaves r = x - n pi/2 to an ulp of itself, also next to a zero of sin or cos
+ * (where float32 pieces of pi/2 would leave hundreds of ulps). The wasm backend computes the rare
+ * larger arguments with the closure (Payne-Hanek is not worth its code for them).
+ */
+export const TRIG_SIMD_LIMIT = 2 ** 20;
+// fdlibm's e_rem_pio2.c: pi/2 in 33-bit pieces.
+const PIO2_1 = 1.57079632673412561417;
+const PIO2_2 = 6.07710050630396597660e-11;
+const PIO2_3 = 2.02226624871116645580e-21;
+
+/**
+ * sin (shift 0) or cos (shift 1): r = x - n pi/2 (|r| <= pi/4) and the quadrant (n + shift) mod 4
+ * in f64x2, rounded to float32 (r then carries half an ulp), then Cephes' sinf and cosf
+ * polynomials in f32x4 (the WebGPU prelude's fg_trig_poly), the quadrant choosing and negating.
+ * sin(±0) = ±0 is selected (r = -0 - 0 would be +0); NaN and Inf give NaN (Inf - Inf).
+ */
+function trigV(f: FuncBuilder, x: Local, shift: 0 | 1): Local {
+  const [r, q, r2, out] = f.localsOf(V128, 4);
+  const [rv, qv] = inF64Halves(f, x, (xd) => {
+    const [n, m] = f.localsOf(V128, 2);
+    f.set(n, f64x2.nearest(f64x2.mul(xd, 2 / Math.PI)));
+    f.set(m, shift ? f64x2.add(n, 1) : n);
+    return [
+      f64x2.sub(f64x2.sub(f64x2.sub(xd, f64x2.mul(n, PIO2_1)), f64x2.mul(n, PIO2_2)), f64x2.mul(n, PIO2_3)),
+      // (n + shift) mod 4 as a value in {-2, ..., 2}.
+      f64x2.sub(m, f64x2.mul(f64x2.nearest(f64x2.mul(m, 0.25)), 4)),
+    ];
+  });
+  f.set(r, rv);
+  f.set(q, qv);
+  f.set(r2, f32x4.mul(r, r));
+  const sin = f32x4.add(r, f32x4.mul(f32x4.mul(r, r2), hornerV(f, r2, SIN_S)));
+  const cos = f32x4.add(f32x4.sub(1, f32x4.mul(r2, 0.5)), f32x4.mul(f32x4.mul(r2, r2), hornerV(f, r2, COS_C)));
+  // Odd quadrants take the cosine; q = ±2 and q = -1 (3 mod 4) negate.
+  f.set(out, v128.bitselect(cos, sin, f32x4.eq(f32x4.abs(q), 1)));
+  f.set(out, v128.xor(out, v128.and(v128.or(f32x4.eq(f32x4.abs(q), 2), f32x4.eq(q, -1)), SIGN_F32)));
+  if (!shift) f.set(out, v128.bitselect(x, out, f32x4.eq(x, 0)));
+  return out;
+}
+
+/** 2^k for integer-valued k in [-1022, 1023] (f64x2), from its exponent bits (k by the 1.5 * 2^52 trick). */
+function pow2D(k: Operand): Expr {
+  const kf = f64x2.add(k, 6755399441055744);
+  return i64x2.shl(i64x2.add(i64x2.sub(kf, f64Lanes(0, 0x43380000)), f64Lanes(1023, 0)), 52);
+}
+
+/**
+ * x ** p for a scalar p with C's rules, as the closure's powC. |x|^p = 2^(p e) e^(p log m) with
+ * |x| = 2^e m, m in [sqrt(1/2), sqrt(2)): p e is exact (24 x 9 bits), so its integer part goes to
+ * the exponent and only its fraction and p log m (at most 0.35 |p|) enter the exponential, which
+ * keeps the error at a few float64 ulps however large p log |x| is. Where |p e| > 600 (so e != 0)
+ * the power is beyond 2^300 or below 2^-300: Inf or 0 by the sign of p e. A whole p with
+ * |p| <= 4 is a product instead (x^2 exact, x^3 and x^4 rounded once, as the closure's pow rounds
+ * them), so that a result that is exactly a float32 tie rounds as the closure's does.
+ */
+function powScalarD(f: FuncBuilder, x: Local, p: Local): Local {
+  const [ax, pe, k, half, t, mag, whole, odd, ap, x2, pw, out] = f.localsOf(V128, 12);
+  f.set(ax, f64x2.abs(x));
+  const { m, e } = splitD(f, ax);
+  f.set(pe, f64x2.mul(p, e));
+  f.set(k, f64x2.nearest(f64x2.pmin(f64x2.pmax(pe, -600), 600)));
+  f.set(t, f64x2.add(f64x2.mul(p, logD(f, m)), f64x2.mul(f64x2.sub(pe, k), Math.LN2)));
+  f.set(half, f64x2.nearest(f64x2.mul(k, 0.5)));
+  f.set(mag, f64x2.mul(f64x2.mul(expD(f, t), pow2D(half)), pow2D(f64x2.sub(k, half))));
+  // Inf where p e (or, for the specials, p log |x|) is positive, 0 where negative: |p e| > 600, a
+  // zero or infinite base, an infinite exponent (|x| = 1 is taken care of below).
+  const toInf = v128.not(v128.xor(f64x2.gt(ax, 1), f64x2.gt(p, 0)));
+  const special = v128.or(v128.or(f64x2.gt(f64x2.abs(pe), 600), f64x2.eq(ax, 0)), v128.or(f64x2.eq(ax, Infinity), f64x2.eq(f64x2.abs(p), Infinity)));
+  f.set(mag, v128.bitselect(v128.bitselect(F64_INF, F64_ZERO, toInf), mag, special));
+  // A negative base keeps its sign under an odd whole exponent (|p| < 2^24: every float32 beyond is even).
+  f.set(whole, f64x2.eq(f64x2.nearest(p), p));
+  f.set(odd, v128.and(whole, f64x2.ne(f64x2.mul(f64x2.nearest(f64x2.mul(p, 0.5)), 2), p)));
+  f.set(out, v128.xor(mag, v128.and(v128.and(x, F64_SIGN), odd)));
+  f.set(ap, f64x2.abs(p));
+  f.set(x2, f64x2.mul(x, x));
+  f.set(pw, v128.bitselect(x, v128.bitselect(x2, v128.bitselect(f64x2.mul(x2, x), f64x2.mul(x2, x2), f64x2.eq(ap, 3)), f64x2.eq(ap, 2)), f64x2.eq(ap, 1)));
+  f.set(pw, v128.bitselect(f64x2.div(1, pw), pw, f64x2.lt(p, 0)));
+  f.set(out, v128.bitselect(pw, out, v128.and(whole, v128.and(f64x2.ge(ap, 1), f64x2.le(ap, 4)))));
+  // NaN for a NaN operand and for a negative finite base under a fractional exponent.
+  f.set(out, v128.bitselect(F64_NAN, out, v128.or(v128.or(f64x2.ne(x, x), f64x2.ne(p, p)), v128.andnot(v128.and(f64x2.lt(x, 0), f64x2.gt(x, -Infinity)), whole))));
+  // pow(x, 0) = pow(1, p) = 1 even for NaN, and (-1)^±Inf = 1.
+  f.set(out, v128.bitselect(f64Lanes(0, 0x3ff00000), out, v128.or(v128.or(f64x2.eq(p, 0), f64x2.eq(x, 1)), v128.and(f64x2.eq(x, -1), f64x2.eq(ap, Infinity)))));
+  return out;
 }
 
 const UNARY_F32_BODIES: Record<(typeof SIMD_UNARY_F32)[number], VecBody> = {
@@ -400,7 +775,7 @@ const UNARY_F32_BODIES: Record<(typeof SIMD_UNARY_F32)[number], VecBody> = {
   sigmoid: (f, [x]) => {
     const e = f.local(V128);
     const r = f.local(V128);
-    f.set(e, expV(f, f32x4.neg(f32x4.abs(x))));
+    f.set(e, expV(f, negAbs(x)));
     f.set(r, f32x4.div(1, f32x4.add(1, e)));
     return v128.bitselect(f32x4.mul(e, r), r, f32x4.lt(x, 0));
   },
@@ -409,29 +784,33 @@ const UNARY_F32_BODIES: Record<(typeof SIMD_UNARY_F32)[number], VecBody> = {
   // nearest rounds half to even, as torch.round.
   round: (_f, [x]) => f32x4.nearest(x),
   leakyRelu: (_f, [x], [p0]) => v128.bitselect(x, f32x4.mul(p0, x), f32x4.gt(x, 0)),
-  expm1: viaF64(expm1D),
-  log: viaF64(logD),
-  log1p: viaF64(log1pD),
-  tanh: viaF64(tanhD),
-  // x sigmoid(x): silu(-Inf) = -Inf * 0 = NaN, as the closure.
-  silu: viaF64((f, x) => {
-    const out = f.local(V128);
-    f.set(out, f64x2.mul(x, sigmoidD(f, x)));
-    return out;
-  }),
-  // max(x, 0) + log1p(e^-|x|); pmax keeps NaN.
-  softplus: viaF64((f, x) => {
-    const a = f.local(V128);
-    const out = f.local(V128);
-    f.set(a, f64x2.neg(f64x2.abs(x)));
-    f.set(out, f64x2.add(f64x2.pmax(x, 0), log1pD(f, expD(f, a))));
-    return out;
-  }),
-  elu: viaF64((f, x, p0) => {
-    const out = f.local(V128);
-    f.set(out, v128.bitselect(x, f64x2.mul(p0, expm1D(f, x)), f64x2.gt(x, 0)));
-    return out;
-  }),
+  // Vectors with every |x| in [1e-20, 20] (no NaN) need neither the n > 30 form nor the pass-through.
+  expm1: withFastPath(
+    (_f, x) => v128.not(v128.and(f32x4.ge(f32x4.abs(x), 1e-20), f32x4.le(x, 20))),
+    (f, [x]) => expm1V(f, x, { upTo20: true, noPassThrough: true }),
+    (f, [x]) => expm1V(f, x),
+  ),
+  log: withFastPath(notPositiveNormal, (f, [x]) => logV(f, x, true), (f, [x]) => logV(f, x)),
+  log1p: withFastPath(
+    (f, x) => {
+      const onePlus = f.local(V128);
+      f.set(onePlus, f32x4.add(x, 1));
+      return notPositiveNormal(f, onePlus);
+    },
+    (f, [x]) => log1pV(f, x, true),
+    (f, [x]) => log1pV(f, x),
+  ),
+  tanh: (f, [x]) => tanhV(f, x),
+  silu: withFastPath((_f, x) => v128.or(f32x4.lt(x, -17), f32x4.gt(x, 87)), (f, [x]) => siluV(f, x, true), (f, [x]) => siluV(f, x)),
+  // max(x, 0) + log1p(e^-|x|); pmax keeps NaN, and far left log1p passes a subnormal e^x through.
+  // 1 + e is in [1, 2] (NaN only where x is NaN, and the sum is NaN then): log's fast form serves.
+  softplus: (f, [x]) => {
+    const e = f.local(V128);
+    f.set(e, expV(f, negAbs(x)));
+    return f32x4.add(f32x4.pmax(x, 0), log1pV(f, e, true));
+  },
+  // Lanes with x > 0 keep x: expm1 is needed up to 0 only.
+  elu: (f, [x], [p0]) => v128.bitselect(x, f32x4.mul(p0, expm1V(f, x, { upTo20: true })), f32x4.gt(x, 0)),
   // The closure's x sigmoid(2 sqrt(2/pi) (x + 0.044715 x^3)), its exponent computed by the same
   // float64 operations in the same order, so that it is bit for bit the closure's; geluTanh(Inf) = Inf.
   geluTanh: viaF64((f, x) => {
@@ -441,12 +820,36 @@ const UNARY_F32_BODIES: Record<(typeof SIMD_UNARY_F32)[number], VecBody> = {
     f.set(out, v128.bitselect(x, f64x2.mul(x, sigmoidD(f, w)), f64x2.eq(x, Infinity)));
     return out;
   }),
+  erf: (f, [x]) => erfV(f, x),
+  geluErf: viaF64(geluErfD),
+  sin: (f, [x]) => trigV(f, x, 0),
+  cos: (f, [x]) => trigV(f, x, 1),
+  powScalar: viaF64(powScalarD),
+  // sign(NaN) = sign(±0) = 0, as the closure and PyTorch.
+  sign: (_f, [x]) => v128.or(v128.and(f32x4.gt(x, 0), f32x4.splat(f32.const(1))), v128.and(f32x4.lt(x, 0), f32x4.splat(f32.const(-1)))),
 };
+
+/** The ops whose SIMD body covers |x| <= limit only; the wasm backend finishes the rest with the closure. */
+export const SIMD_UNARY_LIMIT: Partial<Record<(typeof SIMD_UNARY_F32)[number], number>> = { sin: TRIG_SIMD_LIMIT, cos: TRIG_SIMD_LIMIT };
 
 const UNARY_I32_BODIES: Record<(typeof SIMD_UNARY_I32)[number], VecBody> = {
   neg: (_f, [x]) => i32x4.neg(x),
   abs: (_f, [x]) => i32x4.abs(x),
   square: (_f, [x]) => i32x4.mul(x, x),
+  // 1 for x > 0 and -1 (all ones) for x < 0.
+  sign: (_f, [x]) => v128.or(v128.and(i32x4.gtS(x, 0), v128.i32x4([1, 1, 1, 1])), i32x4.ltS(x, 0)),
+};
+
+/** The bool-valued ops: each lane 1 or 0. logicalNot counts NaN as nonzero (false), as PyTorch. */
+const ONES = () => v128.i32x4([1, 1, 1, 1]);
+const UNARY_BOOL_F32_BODIES: Record<(typeof SIMD_UNARY_BOOL_F32)[number], VecBody> = {
+  isnan: (_f, [x]) => v128.and(f32x4.ne(x, x), ONES()),
+  isinf: (_f, [x]) => v128.and(f32x4.eq(f32x4.abs(x), Infinity), ONES()),
+  isfinite: (_f, [x]) => v128.and(f32x4.lt(f32x4.abs(x), Infinity), ONES()),
+  logicalNot: (_f, [x]) => v128.and(f32x4.eq(x, 0), ONES()),
+};
+const UNARY_BOOL_I32_BODIES: Record<(typeof SIMD_UNARY_BOOL_I32)[number], VecBody> = {
+  logicalNot: (_f, [x]) => v128.and(i32x4.eq(x, 0), ONES()),
 };
 
 type PairOp = (a: Operand, b: Operand) => Expr;
@@ -487,39 +890,63 @@ const BINARY_I32: Record<(typeof SIMD_BINARY_I32)[number], PairOp> = {
   minimum: i32x4.minS,
 };
 
-/** unary_<op>_<dtype>(x, out, n, p0, p1). */
-function emitUnary(mb: ModuleBuilder, name: string, body: VecBody): void {
-  mb.func(name, [I32, I32, I32, F32, F32], [], (f, x, out, n, p0, p1) => {
+/**
+ * unary_<op>_<dtype>(x, out, n, p0, p1); with `limit`, it returns 1 when some finite |x| exceeds
+ * it, else 0, and those lanes of out hold x for the caller to finish. `outBool` writes one byte per
+ * element.
+ */
+function emitUnary(mb: ModuleBuilder, name: string, body: VecBody, opts: { limit?: number; outBool?: boolean } = {}): void {
+  const { limit, outBool } = opts;
+  mb.func(name, [I32, I32, I32, F32, F32], limit === undefined ? [] : [I32], (f, x, out, n, p0, p1) => {
     const p = [f.local(V128), f.local(V128)];
+    const beyond = f.local(V128);
     f.set(p[0], f32x4.splat(p0));
     f.set(p[1], f32x4.splat(p1));
-    elementwise(f, n, [{ ptr: x }], { ptr: out }, (xs) => body(f, xs, p));
+    elementwise(f, n, [{ ptr: x }], { ptr: out, bool: outBool }, (xs) => {
+      if (limit === undefined) return body(f, xs, p);
+      // Lanes beyond the limit pass x through, so that the caller finds them in the output even
+      // when it overwrote x (the ops with a limit never return more than it).
+      const ax = f32x4.abs(xs[0]);
+      const mask = f.local(V128);
+      f.set(mask, v128.and(f32x4.gt(ax, limit), f32x4.lt(ax, Infinity)));
+      f.set(beyond, v128.or(beyond, mask));
+      return v128.bitselect(xs[0], body(f, xs, p), mask);
+    });
+    if (limit !== undefined) f.push(v128.anyTrue(beyond));
   });
 }
 
 /**
- * A row kernel over broadcast operands: name(p_0..p_k-1, out, rows, cols, rowStride_0..k-1) with
- * out a contiguous [rows, cols] and operand j advancing by rowStride_j elements per row (0 repeats
- * a row: a bias add). `variant` has one letter per operand: 'v' runs along the row, 's' is one
- * value per row (a column broadcast).
+ * A row kernel over broadcast operands: name(p_0..p_k-1, out, outer, rows, cols,
+ * rowStride_0..k-1, outerStride_0..k-1) with out a contiguous [outer, rows, cols] and operand j
+ * advancing by rowStride_j elements per row (0 repeats a row: a bias add) and by outerStride_j per
+ * block of rows (a per-channel bias over NCHW is one call: outer N, rows C, cols H*W, the bias's
+ * strides 1 and 0). `variant` has one letter per operand: 'v' runs along the row, 's' is one value
+ * per row (a column broadcast).
  */
 function emitRowKernel(mb: ModuleBuilder, name: string, operands: { bool?: boolean }[], variant: string, outBool: boolean, body: (xs: Local[]) => Operand): void {
   const k = operands.length;
-  mb.func(name, Array<ValType>(2 * k + 3).fill(I32), [], (f, ...params) => {
-    const streams: Stream[] = operands.map((o, j) => ({ ptr: params[j], bool: o.bool, splat: variant[j] === 's' }));
-    const [out, rows, cols] = params.slice(k, k + 3);
-    const strides = params.slice(k + 3);
-    const r = f.local(I32);
-    f.for(r, 0, rows, 1, () => {
-      elementwise(f, cols, streams, { ptr: out, bool: outBool }, body);
-      streams.forEach((s, j) => f.inc(s.ptr, s.bool ? strides[j] : i32.shl(strides[j], 2)));
-      f.inc(out, outBool ? cols : i32.shl(cols, 2));
+  mb.func(name, Array<ValType>(3 * k + 4).fill(I32), [], (f, ...params) => {
+    const bases = params.slice(0, k);
+    const streams: Stream[] = operands.map((o, j) => ({ ptr: f.local(I32), bool: o.bool, splat: variant[j] === 's' }));
+    const [out, outer, rows, cols] = params.slice(k, k + 4);
+    const rowStrides = params.slice(k + 4, 2 * k + 4);
+    const outerStrides = params.slice(2 * k + 4);
+    const bytes = (j: number, elements: Operand) => (operands[j].bool ? elements : i32.shl(elements, 2));
+    const [o, r] = f.localsOf(I32, 2);
+    f.for(o, 0, outer, 1, () => {
+      streams.forEach((s, j) => f.set(s.ptr, i32.add(bases[j], bytes(j, i32.mul(o, outerStrides[j])))));
+      f.for(r, 0, rows, 1, () => {
+        elementwise(f, cols, streams, { ptr: out, bool: outBool }, body);
+        streams.forEach((s, j) => f.inc(s.ptr, bytes(j, rowStrides[j])));
+        f.inc(out, outBool ? cols : i32.shl(cols, 2));
+      });
     });
   });
 }
 
 /** Horizontal reduction of the 4 lanes of a f32x4 with a scalar op. */
-function lanes4(v: Local, op: (a: Operand, b: Operand) => Expr): Expr {
+export function lanes4(v: Local, op: (a: Operand, b: Operand) => Expr): Expr {
   const lane = (k: number) => f32x4.extractLane(v, k);
   return op(op(lane(0), lane(1)), op(lane(2), lane(3)));
 }
@@ -935,12 +1362,12 @@ function emitCol2im(mb: ModuleBuilder): void {
 }
 
 /** Shuffles the f32 lanes of two vectors: `lanes` index into a ++ b (0-3 from a, 4-7 from b). */
-function shuffle32(a: Operand, b: Operand, lanes: readonly number[]): Expr {
+export function shuffle32(a: Operand, b: Operand, lanes: readonly number[]): Expr {
   return v128.shuffle(a, b, lanes.flatMap((l) => [4 * l, 4 * l + 1, 4 * l + 2, 4 * l + 3]));
 }
 
 /** Transposes in place the 4x4 block held in four vector locals (rows become columns). */
-function transpose4(f: FuncBuilder, x: Local[], tmp: Local[]): void {
+export function transpose4(f: FuncBuilder, x: Local[], tmp: Local[]): void {
   const [r0, r1, r2, r3] = x;
   const [t0, t1, t2, t3] = tmp;
   f.set(t0, shuffle32(r0, r1, [0, 4, 1, 5]));
@@ -1191,8 +1618,10 @@ export function buildKernelModule(opts: KernelModuleOptions): Uint8Array {
     rowSumExp: emitRowSumExp(mb, false),
     rowExpStore: emitRowSumExp(mb, true),
   };
-  for (const op of SIMD_UNARY_F32) emitUnary(mb, unaryExport(op, 'f32'), UNARY_F32_BODIES[op]);
+  for (const op of SIMD_UNARY_F32) emitUnary(mb, unaryExport(op, 'f32'), UNARY_F32_BODIES[op], { limit: SIMD_UNARY_LIMIT[op] });
   for (const op of SIMD_UNARY_I32) emitUnary(mb, unaryExport(op, 'i32'), UNARY_I32_BODIES[op]);
+  for (const op of SIMD_UNARY_BOOL_F32) emitUnary(mb, unaryExport(op, 'f32'), UNARY_BOOL_F32_BODIES[op], { outBool: true });
+  for (const op of SIMD_UNARY_BOOL_I32) emitUnary(mb, unaryExport(op, 'i32'), UNARY_BOOL_I32_BODIES[op], { outBool: true });
   const ones = v128.i32x4([1, 1, 1, 1]);
   for (const variant of rowVariants(2)) {
     const pair = [{}, {}];
@@ -1218,6 +1647,8 @@ export function buildKernelModule(opts: KernelModuleOptions): Uint8Array {
   emitRandom(mb);
   emitConvKernels(mb);
   emitPoolKernels(mb);
+  emitLayerNormKernels(mb);
+  emitBatchNormKernels(mb);
   return mb.toBytes();
 }
 

@@ -102,10 +102,15 @@ export function stridedCopy(rt: Runtime, src: GPUStorage, dst: GPUStorage, l: St
   const run = shape.length === 1 && strides[0][0] === 1 && strides[1][0] === 1;
   if (run && src.dtype === dst.dtype && src.buffer !== dst.buffer) {
     const coversDst = l.dstOffset === 0 && n === dst.numel;
-    if (!coversDst) rt.ensureCleared(dst);
-    else if (!dst.isView) dst.needsClear = false;
-    rt.copy(src, src.offset + l.srcOffset * 4, dst, dst.offset + l.dstOffset * 4, n * 4);
-    return;
+    // As one piece of the command stream: the clear flag is state that earlier work, should it
+    // still wait for a kernel family to load (Runtime.lazy), reads when it runs.
+    return rt.lazy(null, () => {
+      // A view covers only part of its root: a pending clear of the root must happen first, or
+      // it would later wipe what this copy wrote.
+      if (!coversDst || dst.isView) rt.ensureCleared(dst);
+      else dst.needsClear = false;
+      rt.copy(src, src.offset + l.srcOffset * 4, dst, dst.offset + l.dstOffset * 4, n * 4);
+    });
   }
   mapKernel(rt, {
     name: 'stridedCopy',

@@ -1,8 +1,6 @@
 /**
  * Device acquisition: a GPUDevice from the browser's `navigator.gpu`, or in Node from the `webgpu`
- * package (Dawn), loaded only when asked for. On Linux without a GPU driver Dawn can run on the
- * SwiftShader Vulkan driver that Debian's chromium ships; the loader reads VK_ICD_FILENAMES when
- * Dawn creates its instance, so it has to be set before the first `create()`.
+ * package (Dawn, through ./dawn.ts), loaded only when asked for.
  */
 // The fused optimizer kernels (./fused.ts, with the arena kernels' WGSL renderer) load when both
 // this backend and the optimizers are in the app: src/kernels/arena/run.ts registers the loader
@@ -10,7 +8,7 @@
 // optimizers ships them.
 import { loadFusedKernels } from '../fused.js';
 import { WebGPUBackend } from './index.js';
-import { CHECKED_LIMITS, type RuntimeOptions } from './runtime.js';
+import { CHECKED_LIMITS, preloadKernelFamilies, type RuntimeOptions } from './runtime.js';
 
 export interface WebGPUOptions extends RuntimeOptions {
   /** A GPU object to request the adapter from (e.g. one made with Dawn's `create([...])`). */
@@ -33,45 +31,12 @@ function isNode(): boolean {
   return typeof process !== 'undefined' && !!process.versions?.node;
 }
 
-/** Makes Dawn use SwiftShader when no Vulkan driver is configured. */
-async function preferSwiftShader(): Promise<void> {
-  if (process.platform !== 'linux' || process.env.VK_ICD_FILENAMES) return;
-  const { existsSync } = await import('node:fs');
-  if (existsSync(SWIFTSHADER_ICD)) process.env.VK_ICD_FILENAMES = SWIFTSHADER_ICD;
-}
-
-let nodeGpu: Promise<GPU> | null = null;
-
 /**
  * GPU objects that handed out an adapter. Dawn's Node binding does not keep its instance alive
  * from the devices it made: a collected GPU object takes the device down with it (a crash, not an
  * error), so every one in use is held here for the life of the process.
  */
 const gpusInUse = new Set<GPU>();
-
-/** The Dawn GPU object, created once per process (Dawn's instance reads the environment once). */
-async function dawnGpu(): Promise<GPU> {
-  nodeGpu ??= (async () => {
-    await preferSwiftShader();
-    let mod: { create: (opts: string[]) => GPU; globals: object };
-    try {
-      // An optional dependency: typed here rather than through its package, and left to Node to
-      // resolve at run time (bundlers mark it external).
-      mod = (await import(/* @vite-ignore */ 'webgpu' as string)) as typeof mod;
-    } catch (e) {
-      throw new Error(`the 'webgpu' package (Dawn for Node) could not be loaded: ${(e as Error).message}`);
-    }
-    // Dawn's globals hold GPUBufferUsage, GPUMapMode etc., which browsers define themselves.
-    Object.assign(globalThis, mod.globals);
-    return mod.create([]);
-  })();
-  try {
-    return await nodeGpu;
-  } catch (e) {
-    nodeGpu = null;
-    throw e;
-  }
-}
 
 /** Finds an adapter or throws one error listing every attempt. */
 export async function requestAdapter(opts: WebGPUOptions = {}): Promise<GPUAdapter> {
@@ -85,7 +50,7 @@ export async function requestAdapter(opts: WebGPUOptions = {}): Promise<GPUAdapt
     else tried.push('navigator.gpu (not present)');
     if (isNode()) {
       const icd = () => (process.env.VK_ICD_FILENAMES ? ` with VK_ICD_FILENAMES=${process.env.VK_ICD_FILENAMES}` : '');
-      candidates.push({ what: () => `Node 'webgpu' package (Dawn)${icd()}`, gpu: dawnGpu });
+      candidates.push({ what: () => `Node 'webgpu' package (Dawn)${icd()}`, gpu: async () => (await import('./dawn.js')).dawnGpu() });
     }
   }
   for (const c of candidates) {
@@ -133,6 +98,7 @@ export function isCpuEmulated(info: GPUAdapterInfo | undefined): boolean {
 
 export async function createWebGPUBackend(opts: WebGPUOptions = {}): Promise<WebGPUBackend> {
   await loadFusedKernels('webgpu');
+  if (opts.preloadKernels ?? isNode()) await preloadKernelFamilies();
   if (opts.device) return new WebGPUBackend(opts.device, (opts.device as { adapterInfo?: GPUAdapterInfo }).adapterInfo, opts);
   const adapter = await requestAdapter(opts);
   const device = await requestDevice(adapter);

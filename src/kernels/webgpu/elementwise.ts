@@ -8,7 +8,7 @@ import type { DType } from '../../tensor/dtype.js';
 import type { BroadcastLayout } from '../backend.js';
 import { BINARY_OPS, UNARY_OPS, type BinaryOp, type UnaryOp } from '../optable.js';
 import type { Bind, GPUStorage, Runtime } from './runtime.js';
-import { boolToU32, computeOf, convert, preludeFor, scalarOf, spreadFor, spreadGroups, spreadMain, stridedOffsets, stridedParams, type Param, type Scalar } from './wgsl.js';
+import { boolToU32, computeOf, convert, preludeFor, scalarOf, spreadFor, spreadGroups, spreadMain, stridedOffsets, stridedParams, type MathFns, type Param, type Scalar } from './wgsl.js';
 
 /** A layout with size-1 dims dropped and mergeable neighbours merged; never rank 0. */
 export interface Coalesced {
@@ -77,6 +77,8 @@ export interface MapSpec {
   yieldsBool?: boolean;
   /** Extra f32 params visible to expr by name. */
   scalars?: Record<string, number>;
+  /** The math prelude (wgsl-math.ts), for an expr that calls it (see needsMath). */
+  math?: MathFns;
 }
 
 /** Runs `out[idx] = expr(inputs at idx)` over a strided shape. */
@@ -145,7 +147,7 @@ export function mapKernel(rt: Runtime, spec: MapSpec): void {
       return `alias T = ${T};
 alias TU = ${vec4 ? 'vec4<u32>' : 'u32'};
 alias bool_t = ${vec4 ? 'vec4<bool>' : 'bool'};
-${preludeFor(expr, spec.compute, vec4)}
+${preludeFor(expr, spec.compute, vec4, spec.math)}
 ${spreadMain(
   spread,
   `${flat ? '' : stridedOffsets(rank, setNames, vec4 ? 'v * 4u' : 'v', withOffset)}
@@ -185,7 +187,7 @@ function computeFor(dtypes: DType[], intOk: boolean, outDtype: DType): Scalar {
   return computeOf(outDtype);
 }
 
-export function unary(rt: Runtime, op: UnaryOp, x: GPUStorage, out: GPUStorage, p0: number, p1: number): void {
+export function unary(rt: Runtime, op: UnaryOp, x: GPUStorage, out: GPUStorage, p0: number, p1: number, math?: MathFns): void {
   if (x.numel !== out.numel) throw new RangeError(`unary ${op}: ${x.numel} inputs for ${out.numel} outputs`);
   const def = UNARY_OPS[op] as { wgsl: string; int?: boolean; bool?: boolean };
   mapKernel(rt, {
@@ -198,10 +200,11 @@ export function unary(rt: Runtime, op: UnaryOp, x: GPUStorage, out: GPUStorage, 
     expr: def.wgsl,
     yieldsBool: def.bool === true,
     scalars: { p0, p1 },
+    math,
   });
 }
 
-export function binary(rt: Runtime, op: BinaryOp, a: GPUStorage, b: GPUStorage, out: GPUStorage, layout: BroadcastLayout): void {
+export function binary(rt: Runtime, op: BinaryOp, a: GPUStorage, b: GPUStorage, out: GPUStorage, layout: BroadcastLayout, math?: MathFns): void {
   const def = BINARY_OPS[op] as { wgsl: string; int?: boolean; compare?: boolean };
   mapKernel(rt, {
     name: 'binary',
@@ -215,5 +218,6 @@ export function binary(rt: Runtime, op: BinaryOp, a: GPUStorage, b: GPUStorage, 
     compute: computeFor([a.dtype, b.dtype], def.int === true, def.compare ? 'int32' : out.dtype),
     expr: def.wgsl,
     yieldsBool: def.compare === true,
+    math,
   });
 }

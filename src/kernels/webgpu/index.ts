@@ -10,9 +10,12 @@ import type {
   Backend,
   BackendInfo,
   BroadcastLayout,
+  CommandReplay,
   Conv2dLayout,
   CrossEntropyLayout,
   GatherLayout,
+  LayerNormLayout,
+  BatchNormLayout,
   MatmulLayout,
   MemoryInfo,
   RandomDist,
@@ -25,19 +28,31 @@ import type {
   WhereLayout,
   Window2d,
 } from '../backend.js';
-import type { BinaryOp, UnaryOp } from '../optable.js';
-import { avgPool2d, avgPool2dBackward, col2im, conv2d, conv2dBackwardInput, conv2dBackwardWeight, im2col, maxPool2d, maxPool2dBackward } from './conv.js';
+import { BINARY_OPS, UNARY_OPS, type BinaryOp, type UnaryOp } from '../optable.js';
 import { axpy, cast, fill, stridedCopy, where } from './copy.js';
 import { describeAdapter, isCpuEmulated, type WebGPUOptions } from './device.js';
 import { binary, unary } from './elementwise.js';
-import { gather, scatterAdd } from './gather.js';
 import { matmul } from './matmul.js';
 import { argReduce, reduce, sumSquares } from './reduce.js';
-import { random } from './rng.js';
-import { cumsum } from './scan.js';
-import { argsort } from './sort.js';
-import { asGPU, deviceArray, hostArray, Runtime } from './runtime.js';
-import { crossEntropy, crossEntropyBackward, softmax } from './softmax.js';
+import { asGPU, deviceArray, hostArray, kernelFamily, Runtime } from './runtime.js';
+import type { Recording } from './capture.js';
+import { needsMath } from './wgsl.js';
+
+// The kernel families that load on their first dispatch (Runtime.lazy), not with the backend: a
+// program that only does arithmetic, reductions and matmuls (the minimal program of
+// bench/size.programs.ts) never fetches them. Elementwise ops, copies, reductions and matmul stay
+// eager: nearly every program, and every backward pass, uses them.
+const CONV = kernelFamily('conv and pooling', () => import('./conv.js'));
+const SOFTMAX = kernelFamily('softmax and cross-entropy', () => import('./softmax.js'));
+const LAYERNORM = kernelFamily('layer norm', () => import('./layernorm.js'));
+const BATCHNORM = kernelFamily('batch norm', () => import('./batchnorm.js'));
+const GATHER = kernelFamily('gather and scatter', () => import('./gather.js'));
+const SORT = kernelFamily('sort', () => import('./sort.js'));
+const SCAN = kernelFamily('cumsum', () => import('./scan.js'));
+const RNG = kernelFamily('random', () => import('./rng.js'));
+// The math prelude (exp, log, tanh, erf, pow, ...), for the elementwise ops that call it.
+const MATH = kernelFamily('math prelude', () => import('./wgsl-math.js'));
+const mathFor = (expr: string) => (needsMath(expr) ? MATH : null);
 
 export { createWebGPUBackend, isCpuEmulated, requestAdapter, SWIFTSHADER_ICD, type WebGPUOptions } from './device.js';
 export { GPUStorage } from './runtime.js';
@@ -54,7 +69,20 @@ export class WebGPUBackend implements Backend {
     opts: WebGPUOptions = {},
   ) {
     this.rt = new Runtime(device, { cpuEmulated: isCpuEmulated(adapterInfo), ...opts });
+    const rt = this.rt;
+    this.commandReplay = {
+      begin: () => rt.beginRecording(),
+      end: () => rt.endRecording(),
+      replay: (r) => rt.replayRecording(r as Recording),
+      release: (r) => rt.disposeRecording(r as Recording),
+      holdSubmits: (on) => {
+        rt.holdSubmits = on;
+        if (!on) rt.flush();
+      },
+    };
   }
+
+  readonly commandReplay: CommandReplay;
 
   info(): BackendInfo {
     const i = this.adapterInfo;
@@ -139,10 +167,10 @@ export class WebGPUBackend implements Backend {
     cast(this.rt, asGPU(x), asGPU(out));
   }
   unary(op: UnaryOp, x: Storage, out: Storage, p0 = 0, p1 = 0): void {
-    unary(this.rt, op, asGPU(x), asGPU(out), p0, p1);
+    this.rt.lazy(mathFor(UNARY_OPS[op].wgsl), (m) => unary(this.rt, op, asGPU(x), asGPU(out), p0, p1, m?.MATH_FNS));
   }
   binary(op: BinaryOp, a: Storage, b: Storage, out: Storage, layout: BroadcastLayout): void {
-    binary(this.rt, op, asGPU(a), asGPU(b), asGPU(out), layout);
+    this.rt.lazy(mathFor(BINARY_OPS[op].wgsl), (m) => binary(this.rt, op, asGPU(a), asGPU(b), asGPU(out), layout, m?.MATH_FNS));
   }
   where(cond: Storage, a: Storage, b: Storage, out: Storage, layout: WhereLayout): void {
     where(this.rt, asGPU(cond), asGPU(a), asGPU(b), asGPU(out), layout);
@@ -160,58 +188,97 @@ export class WebGPUBackend implements Backend {
     argReduce(this.rt, op, asGPU(x), asGPU(out), layout);
   }
   softmax(x: Storage, out: Storage, layout: SoftmaxLayout): void {
-    softmax(this.rt, asGPU(x), asGPU(out), layout);
+    this.rt.lazy(SOFTMAX, (m) => m.softmax(this.rt, asGPU(x), asGPU(out), layout));
   }
   crossEntropy(logits: Storage, labels: Storage, out: Storage, layout: CrossEntropyLayout): void {
-    crossEntropy(this.rt, asGPU(logits), asGPU(labels), asGPU(out), layout);
+    this.rt.lazy(SOFTMAX, (m) => m.crossEntropy(this.rt, asGPU(logits), asGPU(labels), asGPU(out), layout));
   }
   crossEntropyBackward(logits: Storage, labels: Storage, gradRows: Storage, out: Storage, layout: CrossEntropyLayout): void {
-    crossEntropyBackward(this.rt, asGPU(logits), asGPU(labels), asGPU(gradRows), asGPU(out), layout);
+    this.rt.lazy(SOFTMAX, (m) => m.crossEntropyBackward(this.rt, asGPU(logits), asGPU(labels), asGPU(gradRows), asGPU(out), layout));
+  }
+  layerNorm(x: Storage, weight: Storage | null, bias: Storage | null, out: Storage, mean: Storage, rstd: Storage, layout: LayerNormLayout): void {
+    this.rt.lazy(LAYERNORM, (m) => m.layerNorm(this.rt, asGPU(x), weight && asGPU(weight), bias && asGPU(bias), asGPU(out), asGPU(mean), asGPU(rstd), layout));
+  }
+  layerNormBackward(
+    grad: Storage,
+    x: Storage,
+    mean: Storage,
+    rstd: Storage,
+    weight: Storage | null,
+    dx: Storage | null,
+    dweight: Storage | null,
+    dbias: Storage | null,
+    layout: LayerNormLayout,
+  ): void {
+    const g = (s: Storage | null) => s && asGPU(s);
+    this.rt.lazy(LAYERNORM, (m) => m.layerNormBackward(this.rt, asGPU(grad), asGPU(x), asGPU(mean), asGPU(rstd), g(weight), g(dx), g(dweight), g(dbias), layout));
+  }
+  batchNorm(x: Storage, weight: Storage | null, bias: Storage | null, out: Storage, mean: Storage, variance: Storage, rstd: Storage, layout: BatchNormLayout): void {
+    const g = (s: Storage | null) => s && asGPU(s);
+    this.rt.lazy(BATCHNORM, (m) => m.batchNorm(this.rt, asGPU(x), g(weight), g(bias), asGPU(out), asGPU(mean), asGPU(variance), asGPU(rstd), layout));
+  }
+  batchNormEval(x: Storage, runningMean: Storage, runningVar: Storage, weight: Storage | null, bias: Storage | null, out: Storage, layout: BatchNormLayout): void {
+    const g = (s: Storage | null) => s && asGPU(s);
+    this.rt.lazy(BATCHNORM, (m) => m.batchNormEval(this.rt, asGPU(x), asGPU(runningMean), asGPU(runningVar), g(weight), g(bias), asGPU(out), layout));
+  }
+  batchNormBackward(
+    grad: Storage,
+    x: Storage,
+    mean: Storage,
+    rstd: Storage,
+    weight: Storage | null,
+    dx: Storage | null,
+    dweight: Storage | null,
+    dbias: Storage | null,
+    layout: BatchNormLayout,
+  ): void {
+    const g = (s: Storage | null) => s && asGPU(s);
+    this.rt.lazy(BATCHNORM, (m) => m.batchNormBackward(this.rt, asGPU(grad), asGPU(x), asGPU(mean), asGPU(rstd), g(weight), g(dx), g(dweight), g(dbias), layout));
   }
   matmul(a: Storage, b: Storage, out: Storage, layout: MatmulLayout): void {
     matmul(this.rt, asGPU(a), asGPU(b), asGPU(out), layout);
   }
   im2col(x: Storage, cols: Storage, g: Window2d): void {
-    im2col(this.rt, asGPU(x), asGPU(cols), g);
+    this.rt.lazy(CONV, (m) => m.im2col(this.rt, asGPU(x), asGPU(cols), g));
   }
   col2im(cols: Storage, out: Storage, g: Window2d): void {
-    col2im(this.rt, asGPU(cols), asGPU(out), g);
+    this.rt.lazy(CONV, (m) => m.col2im(this.rt, asGPU(cols), asGPU(out), g));
   }
   conv2d(x: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
-    conv2d(this.rt, asGPU(x), asGPU(weight), asGPU(out), l);
+    this.rt.lazy(CONV, (m) => m.conv2d(this.rt, asGPU(x), asGPU(weight), asGPU(out), l));
   }
   conv2dBackwardInput(grad: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
-    conv2dBackwardInput(this.rt, asGPU(grad), asGPU(weight), asGPU(out), l);
+    this.rt.lazy(CONV, (m) => m.conv2dBackwardInput(this.rt, asGPU(grad), asGPU(weight), asGPU(out), l));
   }
   conv2dBackwardWeight(x: Storage, grad: Storage, out: Storage, l: Conv2dLayout): void {
-    conv2dBackwardWeight(this.rt, asGPU(x), asGPU(grad), asGPU(out), l);
+    this.rt.lazy(CONV, (m) => m.conv2dBackwardWeight(this.rt, asGPU(x), asGPU(grad), asGPU(out), l));
   }
   maxPool2d(x: Storage, out: Storage, argOut: Storage | null, g: Window2d): void {
-    maxPool2d(this.rt, asGPU(x), asGPU(out), argOut ? asGPU(argOut) : null, g);
+    this.rt.lazy(CONV, (m) => m.maxPool2d(this.rt, asGPU(x), asGPU(out), argOut ? asGPU(argOut) : null, g));
   }
   maxPool2dBackward(grad: Storage, arg: Storage, out: Storage, g: Window2d): void {
-    maxPool2dBackward(this.rt, asGPU(grad), asGPU(arg), asGPU(out), g);
+    this.rt.lazy(CONV, (m) => m.maxPool2dBackward(this.rt, asGPU(grad), asGPU(arg), asGPU(out), g));
   }
   avgPool2d(x: Storage, out: Storage, g: AvgPool2dLayout): void {
-    avgPool2d(this.rt, asGPU(x), asGPU(out), g);
+    this.rt.lazy(CONV, (m) => m.avgPool2d(this.rt, asGPU(x), asGPU(out), g));
   }
   avgPool2dBackward(grad: Storage, out: Storage, g: AvgPool2dLayout): void {
-    avgPool2dBackward(this.rt, asGPU(grad), asGPU(out), g);
+    this.rt.lazy(CONV, (m) => m.avgPool2dBackward(this.rt, asGPU(grad), asGPU(out), g));
   }
   gather(x: Storage, idx: Storage, out: Storage, layout: GatherLayout): void {
-    gather(this.rt, asGPU(x), asGPU(idx), asGPU(out), layout);
+    this.rt.lazy(GATHER, (m) => m.gather(this.rt, asGPU(x), asGPU(idx), asGPU(out), layout));
   }
   scatterAdd(src: Storage, idx: Storage, out: Storage, layout: GatherLayout): void {
-    scatterAdd(this.rt, asGPU(src), asGPU(idx), asGPU(out), layout);
+    this.rt.lazy(GATHER, (m) => m.scatterAdd(this.rt, asGPU(src), asGPU(idx), asGPU(out), layout));
   }
   cumsum(x: Storage, out: Storage, layout: ReduceLayout): void {
-    cumsum(this.rt, asGPU(x), asGPU(out), layout);
+    this.rt.lazy(SCAN, (m) => m.cumsum(this.rt, asGPU(x), asGPU(out), layout));
   }
   argsort(x: Storage, out: Storage, layout: SortLayout): void {
-    argsort(this.rt, asGPU(x), asGPU(out), layout);
+    this.rt.lazy(SORT, (m) => m.argsort(this.rt, asGPU(x), asGPU(out), layout));
   }
   random(out: Storage, key0: number, key1: number, dist: RandomDist): void {
-    random(this.rt, asGPU(out), key0, key1, dist);
+    this.rt.lazy(RNG, (m) => m.random(this.rt, asGPU(out), key0, key1, dist));
   }
 
   // ---------------------------------------------------------------- beyond the Backend contract

@@ -13,7 +13,8 @@
  */
 import type { RandomDist } from '../backend.js';
 import type { GPUStorage, Runtime } from './runtime.js';
-import { convert, entry, scalarOf, WGSL_RNG, WGSL_TRIG, type Param } from './wgsl.js';
+import { convert, entry, scalarOf, WGSL_RNG, type Param } from './wgsl.js';
+import { WGSL_TRIG } from './wgsl-math-core.js';
 
 const WG = 256;
 const D_PIECES = 5;

@@ -6,6 +6,7 @@
 import type { DType, TypedArray } from '../../tensor/dtype.js';
 import type { MemoryInfo, Storage } from '../backend.js';
 import { paramStruct, scalarOf, WGSL_COMMON, type Param } from './wgsl.js';
+import type { CommandRecorder, Recording } from './capture.js';
 
 /** One GPUBuffer as the pool hands it out. `usedInBatch` says whether unsubmitted work touches it. */
 export class PooledBuffer {
@@ -170,6 +171,12 @@ export function effectiveLimits(device: GPUSupportedLimits, lower: Partial<Recor
 }
 
 export interface RuntimeOptions {
+  /**
+   * Import every lazily loaded kernel family when the backend is created (default: in Node, where
+   * bytes cost nothing), so that no op waits for one and every kernel's errors are thrown by the
+   * call that made it. In a browser the families load on first use (see Runtime.lazy).
+   */
+  preloadKernels?: boolean;
   /** Dispatches encoded before an automatic submit (default 64). */
   dispatchesPerSubmit?: number;
   /**
@@ -192,6 +199,45 @@ export interface RuntimeOptions {
 
 const DEFAULT_POOL_LIMIT = 2 ** 30;
 
+/**
+ * A kernel family (conv and pooling, softmax, gather, sort, scan, rng, the math prelude, ...: see
+ * src/kernels/webgpu/index.ts) whose module is imported
+ * on its first dispatch rather than with the backend, so that an app which never convolves never
+ * fetches the conv kernels (bench/size.bench.ts). See Runtime.lazy for how the ops stay in order.
+ */
+export interface KernelFamily<M> {
+  readonly name: string;
+  readonly load: () => Promise<M>;
+  module?: M;
+  error?: Error;
+  loading?: Promise<void>;
+}
+
+/** Every family defined so far, for preloadKernelFamilies. */
+const families = new Set<KernelFamily<unknown>>();
+
+export function kernelFamily<M>(name: string, load: () => Promise<M>): KernelFamily<M> {
+  const f: KernelFamily<M> = { name, load };
+  families.add(f as KernelFamily<unknown>);
+  return f;
+}
+
+/** The captured-step recorder (capture.ts), needed only by a program that compiles its steps. */
+const CAPTURE = kernelFamily('captured-step recorder', () => import('./capture.js'));
+
+/** Imports every family defined so far (RuntimeOptions.preloadKernels). */
+export async function preloadKernelFamilies(): Promise<void> {
+  await Promise.all([...families].map(loadFamily));
+}
+
+/** Imports a family's module once (later calls share the first); a failure is kept in `error`. */
+export function loadFamily(f: KernelFamily<unknown>): Promise<void> {
+  return (f.loading ??= f.load().then(
+    (m) => void (f.module = m),
+    (e: unknown) => void (f.error = e instanceof Error ? e : new Error(String(e))),
+  ));
+}
+
 export class Runtime {
   readonly limits: Limits;
   readonly cpuEmulated: boolean;
@@ -200,6 +246,13 @@ export class Runtime {
   private readonly validate: boolean;
 
   private encoder: GPUCommandEncoder | null = null;
+  /**
+   * Records the commands of a captured step's calls and encodes them again
+   * (src/kernels/webgpu/capture.ts); made by the first beginRecording, null until then.
+   */
+  private recorder: CommandRecorder | null = null;
+  /** Set during a captured step's replay: no submit every N dispatches, one at its end. */
+  holdSubmits = false;
   private pass: GPUComputePassEncoder | null = null;
   /** Id of the open, unsubmitted batch. */
   private batch = 0;
@@ -228,6 +281,14 @@ export class Runtime {
 
   private lostInfo: { reason: string; message: string; lastKernel: string } | null = null;
   private pendingError: Error | null = null;
+
+  /**
+   * Work issued while a kernel family was loading, in issue order: the family's kernel and every
+   * later call that encodes, writes, releases or submits (see `lazy`). Empty almost always.
+   */
+  private readonly backlog: { family?: KernelFamily<unknown>; run: () => void }[] = [];
+  private draining = false;
+  private drained: { promise: Promise<void>; resolve: () => void } | null = null;
 
   constructor(
     readonly device: GPUDevice,
@@ -280,6 +341,72 @@ export class Runtime {
     }
   }
 
+  // ---------------------------------------------------------------- lazily loaded kernel families
+
+  /**
+   * Runs `work` with the family's module (or with nothing, for `family` null): now when the module
+   * is loaded and nothing waits before it, which is the steady state. The first dispatch of a
+   * family has to wait for its import, while the caller, a synchronous op, returns at once: then
+   * `work` and every later kernel, write, release, copy and submit wait in the backlog, in issue
+   * order, and run as soon as the module arrives; a readback (read, sync) waits for the backlog to
+   * run first. An error a deferred call throws (the limit checks of a kernel) is reported by the
+   * next call that checks for errors (a readback, an allocation), as asynchronous GPU errors are.
+   */
+  lazy<M>(family: KernelFamily<M> | null, work: (module: M) => void): void {
+    if (this.draining) {
+      // Deferred work calls no kernel of another family, so the module is here.
+      if (family && !family.module) throw new Error(`internal: kernel family ${family.name} used while the backlog runs before it loaded`);
+      return work(family?.module as M);
+    }
+    if (!this.backlog.length && (!family || family.module)) return work(family?.module as M);
+    if (family && !family.module && !family.error) void loadFamily(family).then(() => this.drain());
+    this.backlog.push({ family: family ?? undefined, run: () => work(family?.module as M) });
+  }
+
+  /** Whether a call must join the backlog (see `lazy`) rather than run now. */
+  private deferring(): boolean {
+    return this.backlog.length > 0 && !this.draining;
+  }
+
+  private drain(): void {
+    if (this.draining) return;
+    this.draining = true;
+    try {
+      while (this.backlog.length) {
+        const { family, run } = this.backlog[0];
+        if (family && !family.module && !family.error) break;
+        this.backlog.shift();
+        if (family?.error) {
+          this.recordError(`the ${family.name} kernels failed to load: ${family.error.message}`);
+          continue;
+        }
+        try {
+          run();
+        } catch (e) {
+          this.recordError(`${family ? `the ${family.name} kernels, dispatched` : 'a call made'} while a kernel family loaded: ${(e as Error).message}`);
+        }
+      }
+    } finally {
+      this.draining = false;
+    }
+    if (!this.backlog.length && this.drained) {
+      this.drained.resolve();
+      this.drained = null;
+    }
+  }
+
+  /** Resolves once the backlog is empty, including work that joined it while this waited. */
+  private async backlogRun(): Promise<void> {
+    while (this.backlog.length) {
+      if (!this.drained) {
+        let resolve!: () => void;
+        const promise = new Promise<void>((r) => (resolve = r));
+        this.drained = { promise, resolve };
+      }
+      await this.drained.promise;
+    }
+  }
+
   /** Marks the device lost now, so that calls after `destroy()` fail without waiting for the event. */
   markDestroyed(): void {
     this.lostInfo ??= { reason: 'destroyed', message: 'the backend was destroyed', lastKernel: this.lastKernel };
@@ -311,6 +438,9 @@ export class Runtime {
     // A new GPUBuffer is zero-filled by WebGPU; a reused one is zeroed lazily, only if something
     // reads it before a kernel overwrites it.
     s.needsClear = reused !== undefined;
+    // A recording replays its calls over the same buffers: a read before a write must find zeros
+    // every time, not only when the buffer happened to be new while recording.
+    if (this.recorder?.recording) s.needsClear = true;
     this.liveBuffers++;
     this.liveBytes += size;
     return s;
@@ -332,6 +462,7 @@ export class Runtime {
 
   release(s: GPUStorage): void {
     if (s.isView) return;
+    if (this.deferring()) return this.lazy(null, () => this.release(s));
     if (s.released) throw new Error('release: storage was already released');
     s.released = true;
     this.liveBuffers--;
@@ -340,6 +471,12 @@ export class Runtime {
   }
 
   private recycle(b: PooledBuffer): void {
+    // Kept by an open recording (still counted live), or a recorded buffer leaving (recordings are stale).
+    if (this.recorder?.released(b)) {
+      this.liveBuffers++;
+      this.liveBytes += b.size;
+      return;
+    }
     if (b.usedInBatch === this.batch) this.deferred.push(b);
     else this.pool.put(b.buffer, b.size);
   }
@@ -368,14 +505,21 @@ export class Runtime {
   write(dst: GPUStorage, bytes: ArrayBufferView): void {
     this.checkAlive();
     if (dst.numel === 0) return;
+    if (this.deferring()) {
+      // The caller may reuse its array once this returns: the backlog keeps a copy.
+      const copy = new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength).slice();
+      return this.lazy(null, () => this.write(dst, copy));
+    }
     if (dst.isView) this.ensureCleared(dst);
     else dst.needsClear = false;
     // queue.writeBuffer runs before any unsubmitted dispatch, so those must be submitted first.
     if (dst.buf.usedInBatch === this.batch) this.flush();
     this.device.queue.writeBuffer(dst.buffer, dst.offset, bytes.buffer, bytes.byteOffset, dst.numel * 4);
+    if (this.recorder?.recording) this.recorder.write(dst.buf, dst.offset, new Uint8Array(bytes.buffer, bytes.byteOffset, dst.numel * 4));
   }
 
   async read(s: GPUStorage): Promise<ArrayBuffer> {
+    await this.backlogRun();
     this.checkAlive();
     const bytes = s.numel * 4;
     if (bytes === 0 || s.root.needsClear) return new ArrayBuffer(bytes);
@@ -402,29 +546,35 @@ export class Runtime {
 
   /** Zeroes a reused buffer before its first read (see alloc). */
   ensureCleared(s: GPUStorage): void {
+    if (this.deferring()) return this.lazy(null, () => this.ensureCleared(s));
     const root = s.root;
     if (!root.needsClear) return;
     root.needsClear = false;
     this.commandEncoder().clearBuffer(root.buffer, 0, root.bindSize);
     root.buf.usedInBatch = this.batch;
+    if (this.recorder?.recording) this.recorder.clear(root.buf, 0, root.bindSize);
   }
 
   /** Zero-fills a storage with a clear command (a memset, faster than any fill kernel). */
   zero(s: GPUStorage): void {
     this.checkAlive();
     if (s.numel === 0) return;
+    if (this.deferring()) return this.lazy(null, () => this.zero(s));
     // A stale root is zeroed whole, which covers s.
     if (s.root.needsClear) return this.ensureCleared(s);
     this.commandEncoder().clearBuffer(s.buffer, s.offset, s.numel * 4);
     s.buf.usedInBatch = this.batch;
+    if (this.recorder?.recording) this.recorder.clear(s.buf, s.offset, s.numel * 4);
   }
 
   /** Copies bytes between storages in the command stream (byte offsets from each buffer's start). */
   copy(src: GPUStorage, srcByte: number, dst: GPUStorage, dstByte: number, bytes: number): void {
+    if (this.deferring()) return this.lazy(null, () => this.copy(src, srcByte, dst, dstByte, bytes));
     this.ensureCleared(src);
     this.commandEncoder().copyBufferToBuffer(src.buffer, srcByte, dst.buffer, dstByte, bytes);
     src.buf.usedInBatch = this.batch;
     dst.buf.usedInBatch = this.batch;
+    if (this.recorder?.recording) this.recorder.copy(src.buf, srcByte, dst.buf, dstByte, bytes);
   }
 
   // ---------------------------------------------------------------- batching
@@ -445,6 +595,7 @@ export class Runtime {
   }
 
   flush(): void {
+    if (this.deferring()) return this.lazy(null, () => this.flush());
     if (!this.encoder) return;
     if (this.pass) {
       this.pass.end();
@@ -462,7 +613,68 @@ export class Runtime {
     this.deferred.length = 0;
   }
 
+  // ---------------------------------------------------------------- recorded commands (captured steps)
+
+  /** Starts recording the commands of the calls that follow; false when calls are waiting for a kernel family to load. */
+  beginRecording(): boolean {
+    this.checkAlive();
+    if (this.deferring()) return false;
+    if (!this.recorder) {
+      // The recorder's module loads like a kernel family (preloaded in Node): until it is here,
+      // calls run unrecorded, as while a family loads, and the next captured step records.
+      if (CAPTURE.error) throw CAPTURE.error;
+      if (!CAPTURE.module) {
+        void loadFamily(CAPTURE);
+        return false;
+      }
+      this.recorder = new CAPTURE.module.CommandRecorder(this.device);
+    }
+    this.recorder.begin();
+    return true;
+  }
+
+  /** The recorded commands, or null when some call was deferred (a kernel family still loading) and so missed. */
+  endRecording(): Recording | null {
+    const r = this.recorder!.end();
+    if (!this.deferring()) return r;
+    this.disposeRecording(r);
+    return null;
+  }
+
+  /** Encodes a recording again into the open encoder; false (nothing encoded) when it is stale. */
+  replayRecording(r: Recording): boolean {
+    this.checkAlive();
+    if (r.epoch !== this.recorder?.epoch || this.deferring()) return false;
+    for (const c of r.commands) {
+      if (c.kind === 'dispatch') {
+        const pass = this.computePass();
+        pass.setPipeline(c.pipeline);
+        pass.setBindGroup(0, c.bindGroup);
+        pass.dispatchWorkgroups(c.x, c.y);
+      } else if (c.kind === 'clear') this.commandEncoder().clearBuffer(c.buffer, c.offset, c.size);
+      else this.commandEncoder().copyBufferToBuffer(c.src, c.srcOffset, c.dst, c.dstOffset, c.size);
+    }
+    for (const b of r.touched) b.usedInBatch = this.batch;
+    this.dispatches += r.dispatches;
+    if (r.dispatches) this.lastKernel = '(recorded commands of a captured step)';
+    return true;
+  }
+
+  /** Gives back what a recording holds: the buffers it kept go to the pool, its own buffers are destroyed. */
+  disposeRecording(r: Recording): void {
+    for (const b of r.owned.splice(0)) {
+      this.liveBuffers--;
+      this.liveBytes -= b.size;
+      if (b.usedInBatch === this.batch) this.deferred.push(b);
+      else this.pool.put(b.buffer, b.size);
+    }
+    // Destroyed after the work that uses them has run (destroy waits for submitted work in WebGPU).
+    this.flush();
+    for (const g of r.own) g.destroy();
+  }
+
   async sync(): Promise<void> {
+    await this.backlogRun();
     this.checkAlive();
     this.flush();
     await Promise.all(this.compileChecks.splice(0));
@@ -475,6 +687,7 @@ export class Runtime {
   dispatch(call: KernelCall): void {
     this.checkAlive();
     if (call.groups <= 0) return;
+    if (this.deferring()) return this.lazy(null, () => this.dispatch(call));
     // Everything that can refuse the call does so before anything is encoded.
     const [x, y] = this.grid(call);
     const { pipeline, bgl } = this.pipeline(call);
@@ -493,6 +706,9 @@ export class Runtime {
     pass.setPipeline(pipeline);
     pass.setBindGroup(0, bindGroup);
     pass.dispatchWorkgroups(x, y);
+    if (this.recorder?.recording) {
+      this.recorder.dispatch(call.name, pipeline, bgl, new Uint8Array(this.ringData, slot.offset, slot.size), binds.map((b) => ({ s: b.s, size: bindBytes(b) })), x, y);
+    }
     if (this.validate) {
       const name = call.name;
       this.device.popErrorScope().then((e) => e && this.recordError(`kernel "${name}": ${e.message}`));
@@ -501,7 +717,7 @@ export class Runtime {
     this.lastKernel = call.name;
     this.batchKernels.push(call.name);
     this.releaseAliasCopies(binds, call.binds);
-    if (++this.dispatches >= this.dispatchesPerSubmit) this.flush();
+    if (++this.dispatches >= this.dispatchesPerSubmit && !this.holdSubmits) this.flush();
   }
 
   /**

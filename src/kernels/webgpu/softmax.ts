@@ -7,6 +7,8 @@ import type { CrossEntropyLayout, SoftmaxLayout } from '../backend.js';
 import { fill } from './copy.js';
 import type { Bind, GPUStorage, Runtime } from './runtime.js';
 import { convert, entry, INF_F32, NAN_F32, scalarMathPrelude, scalarOf } from './wgsl.js';
+import { MATH_CORE } from './wgsl-math-core.js';
+import { workgroupReduce } from './workgroup-reduce.js';
 
 /** Rows at most this long are handled by one thread each. */
 const THREAD_ROW_MAX_COLS = 64;
@@ -33,18 +35,7 @@ function statsThread(): string {
 }
 
 function statsWorkgroup(wg: number): string {
-  return `var<workgroup> red: array<f32, ${wg}>;
-fn fg_wg_reduce(v: f32, lid: u32, is_max: bool) -> f32 {
-  red[lid] = v;
-  workgroupBarrier();
-  for (var s = ${wg / 2}u; s > 0u; s = s >> 1u) {
-    if (lid < s) { red[lid] = select(red[lid] + red[lid + s], max(red[lid], red[lid + s]), is_max); }
-    workgroupBarrier();
-  }
-  let r = red[0];
-  workgroupBarrier();
-  return r;
-}
+  return `${workgroupReduce(wg)}
 fn fg_row_stats(base: u32, lid: u32) -> vec4<f32> {
   var mx = -${INF_F32};
   var has_nan = 0.0;
@@ -149,7 +140,7 @@ function rowKernel(
     ],
     groups: perThread ? Math.ceil(rows / wg) : rows,
     // exp and log from the prelude: the builtins lose ulps (and flush subnormal probabilities).
-    wgsl: () => `${scalarMathPrelude('fg_exp( fg_log(')}
+    wgsl: () => `${scalarMathPrelude('fg_exp( fg_log(', MATH_CORE)}
 ${LSE}
 ${perThread ? statsThread() : statsWorkgroup(wg)}
 ${entry(wg)} {

@@ -1,7 +1,8 @@
 /**
  * Small named pieces of WGSL that the kernel families assemble their shaders from: element types
  * per dtype and conversions, the helpers every shader gets (fg_group, fg_nan, fg_inf, fg_isnan),
- * the math prelude (fg_exp, fg_log, fg_erf, fg_pow, ...: see MATH_FNS), the uniform Params struct, the strided index
+ * the typed prelude and the lookup of the math prelude (fg_exp, fg_log, fg_erf, fg_pow, ...: MATH_FNS in
+ * wgsl-math.ts, loaded on demand), the uniform Params struct, the strided index
  * walk, and how flat kernels spread units over threads.
  * Every piece is a plain string or a function returning one, so a shader is readable as the
  * concatenation it is.
@@ -77,528 +78,9 @@ export function isNan(v: string, t: 'f32' | 'i32'): string {
   return t === 'f32' ? `fg_isnan(${v})` : 'false';
 }
 
-/**
- * sin and cos to about 1 ulp for moderate |x|, for the shader's alias `T` (f32 or vec4<f32>). WGSL
- * only promises an absolute error of 2^-11 for its builtins (SwiftShader is off by ~5e-5), well
- * short of float32 and of the CPU backend. Cody-Waite reduction by pi/2 in three parts (exact to
- * |x| = 8192, enough for the RNG's Box-Muller angles), then the Cephes sinf/cosf polynomials on
- * [-pi/4, pi/4] and the quadrant's sign and swap. The sin and cos ops use fg_trig_full of the math
- * prelude, which reduces larger |x| by Payne-Hanek.
- */
-export const WGSL_TRIG = /* wgsl */ `
-fn fg_trig_poly(q: T, r: T, shift: T) -> T {
-  let r2 = r * r;
-  let s = r + r * r2 * (T(-1.6666654611e-1) + r2 * (T(8.3321608736e-3) + r2 * T(-1.9515295891e-4)));
-  let c = T(1.0) - T(0.5) * r2 + r2 * r2 * (T(4.166664568298827e-2) + r2 * (T(-1.388731625493765e-3) + r2 * T(2.443315711809948e-5)));
-  let qs = q + shift;
-  let quadrant = qs - T(4.0) * floor(qs * T(0.25));
-  let v = select(s, c, (quadrant == T(1.0)) | (quadrant == T(3.0)));
-  return select(v, -v, quadrant >= T(2.0));
-}
-fn fg_sin_quadrant(x: T, shift: T) -> T {
-  let q = round(x * T(0.63661977236758134));
-  let r = ((x - q * T(1.5703125)) - q * T(4.837512969970703125e-4)) - q * T(7.54978995489188216e-8);
-  return fg_trig_poly(q, r, shift);
-}
-fn fg_sin(x: T) -> T { return fg_sin_quadrant(x, T(0.0)); }
-fn fg_cos(x: T) -> T { return fg_sin_quadrant(x, T(1.0)); }
-`;
 
-/**
- * The float math prelude: exp, expm1, log, log1p, tanh, sigmoid, softplus, erf, the GELUs,
- * silu, pow, sqrt, rsqrt, reciprocal and sin/cos over the whole range, written for the shader's
- * aliases `T` (f32 or vec4<f32>), `TU` (its u32 twin) and `bool_t`; each entry names the entries
- * it calls (`deps`), and preludeFor emits what an expression needs. WGSL's builtins promise little (exp/log to 3 + 2|x| ulp or 2^-21 absolute, tanh
- * clamped by hand, SwiftShader's log(0) is -88 and its exp(NaN) is inf) and arithmetic may flush
- * subnormals to zero (SwiftShader flushes inputs and outputs). So these are built from bit
- * manipulation, exact range reductions and float32 polynomials; every result that lands below
- * 2^-126 is assembled from bits (fg_ldexp), every subnormal input is read from its bits, and
- * NaN, ±0 and ±Inf are selected explicitly (NaN and Inf as fg_nan() and fg_inf(): WGSL rejects
- * them as constants). Shader compilers may also reassociate (SwiftShader folds (1 + x) - 1 to x
- * and x * 0 to 0), so no step relies on an exact cancellation: splits are made with bit masks.
- * Accuracy against float64, checked on every float32 exponent by test/unary-sweep.test.ts: a few
- * ulps (see the tolerances there). The polynomial coefficients were fitted in float64 (least
- * squares, relative, Chebyshev nodes) and rounded to float32; the exp polynomial is Cephes'
- * expf, as in the wasm backend's expV.
- */
-const MATH_FNS: Record<string, { deps: string[]; code: string | ((vec4: boolean) => string) }> = {
-  fg_pow2: {
-    deps: [],
-    code: `// 2^k for integer-valued k in [-126, 127], from its exponent bits.
-fn fg_pow2(k: T) -> T { return bitcast<T>(TU(k + T(127.0)) << TU(23u)); }`,
-  },
-  fg_ldexp: {
-    deps: ['fg_pow2'],
-    code: `// p * 2^n for a finite nonzero normal p and an integer-valued n: results below 2^-126 are
-// assembled from bits, since the product would flush.
-fn fg_ldexp(p: T, n: T) -> T {
-  let bits = bitcast<TU>(p);
-  let m = bitcast<T>((bits & TU(0x007fffffu)) | TU(0x3f800000u));
-  let k = n + T((bits >> TU(23u)) & TU(0xffu)) - T(127.0);
-  let k1 = clamp(floor(k * T(0.5)), T(-126.0), T(127.0));
-  let normal = m * fg_pow2(k1) * fg_pow2(clamp(k - k1, T(-126.0), T(127.0)));
-  // Below 2^-126 the bits of m * 2^k, read as an integer, are m * 2^(k + 149) (rounded to even).
-  let tiny = TU(round(m * fg_pow2(clamp(k + T(149.0), T(-126.0), T(127.0)))));
-  var mag = select(bitcast<TU>(normal), tiny, k < T(-126.0));
-  mag = select(mag, TU(0x7f800000u), k > T(254.0));
-  return bitcast<T>((bits & TU(0x80000000u)) | mag);
-}`,
-  },
-  fg_is_tiny: {
-    deps: [],
-    code: `// Zero or subnormal: the values that arithmetic may flush.
-fn fg_is_tiny(x: T) -> bool_t { return (bitcast<TU>(x) & TU(0x7fffffffu)) < TU(0x00800000u); }`,
-  },
-  fg_scale_small: {
-    deps: ['fg_ldexp', 'fg_scale_tiny', 'fg_is_tiny'],
-    code: `// c * x for |x| < 2^-60 and a constant c > 0, exact to rounding where the product is subnormal.
-fn fg_scale_small(x: T, c: T) -> T {
-  let scaled = fg_ldexp(c * (x * T(1.152921504606847e18)), T(-60.0));
-  return select(scaled, fg_scale_tiny(x, c), fg_is_tiny(x));
-}`,
-  },
-  fg_scale_tiny: {
-    deps: ['fg_ldexp'],
-    code: `// c * x for a zero or subnormal x and a constant c > 0, from x's bits (x = B 2^-149).
-fn fg_scale_tiny(x: T, c: T) -> T {
-  let bits = bitcast<TU>(x);
-  let b = T(bits & TU(0x007fffffu));
-  let r = select(fg_ldexp(b * c, T(-149.0)), T(0.0), b == T(0.0));
-  return bitcast<T>(bitcast<TU>(r) | (bits & TU(0x80000000u)));
-}`,
-  },
-  fg_exp_split: {
-    deps: [],
-    code: `// e^x = m 2^n with m in [0.7, 1.42]: Cody-Waite reduction by ln 2 (n ln2_hi is exact) and
-// Cephes' expf polynomial. x is clamped to [-200, 89]: beyond, e^x is inf, and 0 even when
-// fg_mul_exp multiplies it by the largest float.
-struct FgExpSplit { m: T, n: T }
-fn fg_exp_split(x: T) -> FgExpSplit {
-  let xc = clamp(x, T(-200.0), T(89.0));
-  let n = round(xc * T(1.44269504088896341));
-  let r = (xc - n * T(0.693359375)) - n * T(-2.12194440e-4);
-  var p = T(1.9875691500e-4);
-  p = p * r + T(1.3981999507e-3);
-  p = p * r + T(8.3334519073e-3);
-  p = p * r + T(4.1665795894e-2);
-  p = p * r + T(1.6666665459e-1);
-  p = p * r + T(5.0000001201e-1);
-  return FgExpSplit(p * r * r + r + T(1.0), n);
-}`,
-  },
-  fg_exp: {
-    deps: ['fg_exp_split', 'fg_ldexp', 'fg_isnan_t'],
-    code: `fn fg_exp(x: T) -> T {
-  let s = fg_exp_split(x);
-  return select(fg_ldexp(s.m, s.n), x, fg_isnan_t(x));
-}`,
-  },
-  fg_mul_exp: {
-    deps: ['fg_exp_split', 'fg_ldexp'],
-    code: `// s e^x for a finite nonzero normal s, exact to rounding also where the product is subnormal
-// (or e^x alone would underflow).
-fn fg_mul_exp(s: T, x: T) -> T {
-  let e = fg_exp_split(x);
-  let zero = bitcast<T>(bitcast<TU>(s) & TU(0x80000000u));
-  return select(fg_ldexp(s * e.m, e.n), zero, x < T(-200.0));
-}`,
-  },
-  fg_expm1: {
-    deps: ['fg_pow2', 'fg_ldexp', 'fg_isnan_t'],
-    code: `// e^x - 1: x = n ln2 + r as in fg_exp, expm1(r) by a fitted polynomial, then
-// 2^n expm1(r) + (2^n - 1), whose two terms are exact to rounding (no cancellation near 0).
-fn fg_expm1(x: T) -> T {
-  let xc = clamp(x, T(-30.0), T(89.0));
-  let n = round(xc * T(1.44269504088896341));
-  let r = (xc - n * T(0.693359375)) - n * T(-2.12194440e-4);
-  var q = T(2.48220021603629e-05);
-  q = q * r + T(1.9892663112841547e-4);
-  q = q * r + T(1.3888912508264184e-3);
-  q = q * r + T(8.33330862224102e-3);
-  q = q * r + T(4.16666679084301e-2);
-  q = q * r + T(1.666666716337204e-1);
-  let r2 = r * r;
-  let em = r + (T(0.5) * r2 + r2 * r * q);
-  let s = fg_pow2(clamp(n, T(-126.0), T(127.0)));
-  let y = select(s * em + (s - T(1.0)), fg_ldexp(em + T(1.0), n), n > T(30.0));
-  // |x| < 1e-20 (subnormals included, which arithmetic may flush): expm1(x) = x.
-  return select(y, x, (abs(x) < T(1e-20)) | fg_isnan_t(x));
-}`,
-  },
-  fg_log_split: {
-    deps: [],
-    code: `// x = 2^e (1 + f) with 1 + f in [sqrt(1/2), sqrt(2)) and f exact, for a positive finite x; a
-// subnormal x is its mantissa bits B (an exact float) times 2^-149.
-struct FgLogSplit { e: T, f: T }
-fn fg_log_split(x: T) -> FgLogSplit {
-  let bits = bitcast<TU>(x);
-  let sub = bits < TU(0x00800000u);
-  let bs = bitcast<TU>(select(x, T(bits), sub));
-  let e = T((bs >> TU(23u)) & TU(0xffu)) - select(T(127.0), T(276.0), sub);
-  let m = bitcast<T>((bs & TU(0x007fffffu)) | TU(0x3f800000u));
-  let big = m > T(1.41421356);
-  return FgLogSplit(select(e, e + T(1.0), big), select(m, m * T(0.5), big) - T(1.0));
-}
-// log(1 + f) - f = -f^2/2 + f^3 Q(f) on the range of fg_log_split's f (Q fitted).
-fn fg_log_tail(f: T) -> T {
-  var q = T(0.06869178265333176);
-  q = q * f + T(-0.11443391442298889);
-  q = q * f + T(0.11707700043916702);
-  q = q * f + T(-0.1243194118142128);
-  q = q * f + T(0.14247165620326996);
-  q = q * f + T(-0.1666748821735382);
-  q = q * f + T(0.2000078707933426);
-  q = q * f + T(-0.25);
-  q = q * f + T(0.3333333134651184);
-  let f2 = f * f;
-  return f2 * f * q - T(0.5) * f2;
-}`,
-  },
-  fg_log: {
-    deps: ['fg_log_split'],
-    code: `// log(x) = e ln 2 + f + (log(1 + f) - f), with e ln 2 in two parts (e ln2_hi is exact).
-fn fg_log(x: T) -> T {
-  let bits = bitcast<TU>(x);
-  let s = fg_log_split(x);
-  var y = s.e * T(0.693359375) + (s.f + (fg_log_tail(s.f) + s.e * T(-2.12194440e-4)));
-  y = select(y, T(fg_nan()), bits >= TU(0x80000000u));
-  y = select(y, -T(fg_inf()), (bits & TU(0x7fffffffu)) == TU(0u));
-  return select(y, x, (bits >= TU(0x7f800000u)) & (bits < TU(0x80000000u)));
-}`,
-  },
-  fg_log1p: {
-    deps: ['fg_log'],
-    code: `// log(1 + x). For |x| < 1/2: 2 atanh(s) with s = x / (2 + x) (|s| <= 1/3), by its series to
-// s^17; no step relies on an exact cancellation such as (1 + x) - 1, which shader compilers may
-// reassociate away (SwiftShader does). Beyond, log(1 + x) loses nothing: 1 + x is exact or |log| > 0.4.
-fn fg_log1p(x: T) -> T {
-  let s = x / (T(2.0) + x);
-  let z = s * s;
-  var p = T(1.0 / 17.0);
-  p = p * z + T(1.0 / 15.0);
-  p = p * z + T(1.0 / 13.0);
-  p = p * z + T(1.0 / 11.0);
-  p = p * z + T(1.0 / 9.0);
-  p = p * z + T(1.0 / 7.0);
-  p = p * z + T(1.0 / 5.0);
-  p = p * z + T(1.0 / 3.0);
-  let series = T(2.0) * s + T(2.0) * s * z * p;
-  let y = select(fg_log(T(1.0) + x), series, abs(x) < T(0.5));
-  // |x| < 1e-20 (subnormals included, which arithmetic may flush): log1p(x) = x.
-  return select(y, x, abs(x) < T(1e-20));
-}`,
-  },
-  fg_tanh: {
-    deps: ['fg_expm1', 'fg_isnan_t'],
-    code: `// tanh |x| = expm1(2|x|) / (expm1(2|x|) + 2), with the sign of x put back by bits.
-fn fg_tanh(x: T) -> T {
-  let e = fg_expm1(T(2.0) * min(abs(x), T(10.0)));
-  let t = e / (e + T(2.0));
-  let y = bitcast<T>(bitcast<TU>(t) | (bitcast<TU>(x) & TU(0x80000000u)));
-  return select(y, x, (abs(x) < T(1e-20)) | fg_isnan_t(x));
-}`,
-  },
-  fg_sigmoid: {
-    deps: ['fg_exp', 'fg_isnan_t'],
-    code: `// 1 / (1 + e^-x) for x >= 0, e^x / (1 + e^x) below, which is e^x itself (subnormal included)
-// once 1 + e^x rounds to 1.
-fn fg_sigmoid(x: T) -> T {
-  let e = fg_exp(-abs(x));
-  let r = T(1.0) / (T(1.0) + e);
-  let neg = select(e * r, e, e < T(1e-8));
-  return select(select(r, neg, x < T(0.0)), x, fg_isnan_t(x));
-}`,
-  },
-  fg_softplus: {
-    deps: ['fg_exp', 'fg_log1p', 'fg_isnan_t'],
-    code: `// max(x, 0) + log1p(e^-|x|); for x < 0 that is log1p(e^x), which passes a subnormal e^x through.
-fn fg_softplus(x: T) -> T {
-  let l = fg_log1p(fg_exp(-abs(x)));
-  return select(select(x + l, l, x < T(0.0)), x, fg_isnan_t(x));
-}`,
-  },
-  fg_silu: {
-    deps: ['fg_sigmoid', 'fg_mul_exp', 'fg_scale_small', 'fg_isnan_t'],
-    code: `// x sigmoid(x); far left it is x e^x, formed without the flushed subnormal factor; near 0, x / 2.
-fn fg_silu(x: T) -> T {
-  var y = select(x * fg_sigmoid(x), fg_mul_exp(x, x), x < T(-17.0));
-  y = select(y, fg_scale_small(x, T(0.5)), abs(x) < T(1e-30));
-  // silu(-inf) = -inf * 0 = NaN, as PyTorch computes it; silu(inf) = inf.
-  return select(y, select(T(fg_nan()), x, x > T(0.0)), fg_isnan_t(x) | (abs(x) == T(fg_inf())));
-}`,
-  },
-  fg_erf_small: {
-    deps: [],
-    code: `// erf(x) for |x| <= 1: x P(x^2), fitted (about 2 ulp).
-fn fg_erf_small(x: T) -> T {
-  let z = x * x;
-  var p = T(7.898209878476337e-05);
-  p = p * z + T(-8.024353883229196e-4);
-  p = p * z + T(5.19005348905921e-3);
-  p = p * z + T(-2.6854809373617172e-2);
-  p = p * z + T(1.1283612251281738e-1);
-  p = p * z + T(-3.761262893676758e-1);
-  p = p * z + T(1.128379225730896);
-  return x * p;
-}`,
-  },
-  fg_erfc_tail: {
-    deps: ['fg_exp_split', 'fg_exp', 'fg_ldexp'],
-    code: `// s erfc(k |v|) for k |v| >= 1/2, a finite nonzero s and k^2 = k2 exact (1, or 1/2 for the GELU):
-// erfc(a) = e^(-a^2) g(1/a) / a with g fitted (about 2 ulp) on three intervals of u = 1/a (for
-// a <= 10.1, used to 10.5). a^2 = k2 v^2 is taken from v, which is exact, not from the rounded a: v^2 = vh^2 + (v - vh)
-// (v + vh) with vh keeping 12 bits, so vh^2 is exact and e^(-a^2) keeps float32 accuracy. Tails
-// below 2^-126 come out of fg_ldexp.
-fn fg_pick3(near: bool_t, mid: bool_t, a: T, b: T, c: T) -> T { return select(select(c, b, mid), a, near); }
-fn fg_erfc_tail(v_in: T, k: T, k2: T, s: T) -> T {
-  let v = min(abs(v_in), T(10.5) / k);
-  let a = max(v * k, T(0.5));
-  let u = T(1.0) / a;
-  // Three intervals of u: [0.099, 0.5), [0.5, 1), [1, 2], each a degree-7 polynomial in u - mid.
-  let near = u < T(0.5);
-  let mid = u < T(1.0);
-  let t = u - fg_pick3(near, mid, T(0.2995), T(0.75), T(1.5));
-  var g = fg_pick3(near, mid, T(-0.18712586164474487), T(-0.0017244694754481316), T(0.0009309434681199491));
-  g = g * t + fg_pick3(near, mid, T(0.3222384750843048), T(-0.016548804938793182), T(-0.0017106867162510753));
-  g = g * t + fg_pick3(near, mid, T(-0.1617853343486786), T(0.03778878599405289), T(0.002052346710115671));
-  g = g * t + fg_pick3(near, mid, T(-0.08060366660356522), T(-0.050529297441244125), T(-0.0011302271159365773));
-  g = g * t + fg_pick3(near, mid, T(0.20826001465320587), T(0.040291670709848404), T(-0.005932854954153299));
-  g = g * t + fg_pick3(near, mid, T(-0.13590063154697418), T(0.01934868097305298), T(0.03315521776676178));
-  g = g * t + fg_pick3(near, mid, T(-0.13446535170078278), T(-0.1690809726715088), T(-0.118398018181324));
-  g = g * t + fg_pick3(near, mid, T(0.5417004823684692), T(0.4681795835494995), T(0.3595229387283325));
-  let vh = bitcast<T>(bitcast<TU>(v) & TU(0xfffff000u));
-  let e = fg_exp_split(-k2 * (vh * vh));
-  let r = fg_ldexp(s * (e.m * fg_exp(-k2 * ((v - vh) * (v + vh))) * g * u), e.n);
-  // erfc(10.5) = 1.4e-49: past it s erfc is 0 for any float s (erfc falls faster than s grows).
-  return select(r, bitcast<T>(bitcast<TU>(s) & TU(0x80000000u)), abs(v_in) * k > T(10.5));
-}`,
-  },
-  fg_erf: {
-    deps: ['fg_erf_small', 'fg_erfc_tail', 'fg_is_tiny', 'fg_scale_tiny', 'fg_isnan_t'],
-    code: `fn fg_erf(x: T) -> T {
-  let sgn = select(T(1.0), T(-1.0), x < T(0.0));
-  var y = select(fg_erf_small(x), sgn - fg_erfc_tail(x, T(1.0), T(1.0), sgn), abs(x) >= T(1.0));
-  y = select(y, fg_scale_tiny(x, T(1.1283791670955126)), fg_is_tiny(x));
-  return select(y, x, fg_isnan_t(x));
-}`,
-  },
-  fg_gelu_erf: {
-    deps: ['fg_erf_small', 'fg_erfc_tail', 'fg_scale_small', 'fg_isnan_t'],
-    code: `// x Phi(x) = x/2 erfc(-x/sqrt 2): the left tail has no cancellation (1 + erf would).
-fn fg_gelu_erf(x: T) -> T {
-  let z = x * T(-0.7071067811865476);
-  let half = T(0.5) * x;
-  let tail = fg_erfc_tail(x, T(0.7071067811865476), T(0.5), half);
-  // From |z| = 1/2 on, erfc(|z|) from the tail: 1 - erf(z) would cancel (erfc(1) = 0.16).
-  var y = select(half * (T(1.0) - fg_erf_small(z)), select(tail, x - tail, z < T(0.0)), abs(z) >= T(0.5));
-  y = select(y, fg_scale_small(x, T(0.5)), abs(x) < T(1e-30));
-  let inf = abs(x) == T(fg_inf());
-  // gelu(inf) = inf; gelu(-inf) = -inf * 0 = NaN, as PyTorch computes it.
-  return select(y, select(T(fg_nan()), x, x > T(0.0)), inf | fg_isnan_t(x));
-}`,
-  },
-  fg_gelu_tanh: {
-    deps: ['fg_exp_split', 'fg_exp', 'fg_ldexp', 'fg_scale_small', 'fg_isnan_t'],
-    code: `// 0.5 x (1 + tanh(u)) = x sigmoid(w), w = 2u = c (x + 0.044715 x^3), c = 2 sqrt(2/pi): no
-// cancellation on the left. w rounded to float32 would cost |w| 2^-24 relative in e^w, so e^-|w|
-// is the product of e^(c_h x_h), e^(k_h x_h^3) and e^(rest): x = x_h + x_l with x_h keeping 6 bits, c
-// and k = 0.044715 c split into 6-bit heads (c_h, k_h) and tails, so both big exponents are exact
-// and the rest is small. Left of -11 the result is below the smallest subnormal.
-fn fg_gelu_tanh(x: T) -> T {
-  let xh = bitcast<T>(bitcast<TU>(x) & TU(0xfffc0000u));
-  let xl = x - xh;
-  let a1 = T(1.59375) * xh;
-  let a2 = T(0.0703125) * (xh * xh * xh);
-  let rest = T(2.0191215444356203e-3) * x + T(1.59375) * xl + T(0.0703125) * (xl * (x * x + x * xh + xh * xh)) + T(1.0423163184896111e-3) * (x * x * x);
-  let w = a1 + (a2 + rest);
-  let sgn = select(T(-1.0), T(1.0), w < T(0.0));
-  let e1 = fg_exp_split(sgn * a1);
-  let e2 = fg_exp_split(sgn * a2);
-  let m = e1.m * e2.m * fg_exp(sgn * rest);
-  let n = e1.n + e2.n;
-  let ew = fg_ldexp(m, n);
-  // x / (1 + e^-w) for w >= 0; x e^w / (1 + e^w) below, which is x e^w itself once e^w < 1e-8.
-  let pos = x / (T(1.0) + ew);
-  let neg = select(x * ew / (T(1.0) + ew), fg_ldexp(x * m, n), ew < T(1e-8));
-  var y = select(pos, neg, w < T(0.0));
-  y = select(y, x, x > T(10.0));
-  y = select(y, bitcast<T>(bitcast<TU>(x) & TU(0x80000000u)), x < T(-11.0));
-  y = select(y, fg_scale_small(x, T(0.5)), abs(x) < T(1e-30));
-  let inf = abs(x) == T(fg_inf());
-  return select(y, select(T(fg_nan()), x, x > T(0.0)), inf | fg_isnan_t(x));
-}`,
-  },
-  fg_pow: {
-    deps: ['fg_pow_mag', 'fg_isnan_t', 'fg_neg', 'fg_nz'],
-    code: `// pow with C's (and PyTorch's) rules: a negative base with a whole exponent keeps the parity's
-// sign, with a fractional one gives NaN; pow(x, 0) = pow(1, y) = 1 even for NaN; (-1)^±inf = 1;
-// pow(±0, y < 0) = ±inf by y's parity.
-fn fg_pow(a: T, b: T) -> T {
-  let whole = b == floor(b);
-  let odd = whole & (abs(b) < T(16777216.0)) & (b - T(2.0) * floor(b * T(0.5)) == T(1.0));
-  let inf = T(fg_inf());
-  var mag = fg_pow_mag(abs(a), b);
-  mag = select(mag, select(T(0.0), inf, b < T(0.0)), !fg_nz(a));
-  mag = select(mag, select(inf, T(0.0), b < T(0.0)), abs(a) == inf);
-  let neg = (bitcast<TU>(a) & TU(0x80000000u)) != TU(0u);
-  let nan = T(fg_nan());
-  var r = select(mag, fg_neg(mag), odd & neg);
-  // A negative finite base (subnormal included, by its sign bit) with a fractional exponent.
-  r = select(r, nan, neg & (abs(a) != T(fg_inf())) & fg_nz(a) & !whole);
-  r = select(r, nan, fg_isnan_t(a) | fg_isnan_t(b));
-  r = select(r, T(1.0), (abs(a) == T(1.0)) & (abs(b) == T(fg_inf())));
-  return select(r, T(1.0), (b == T(0.0)) | (a == T(1.0)));
-}`,
-  },
-  fg_sqrt: {
-    deps: [],
-    code: `// sqrt, with a positive subnormal x = B 2^-149 as sqrt(2B) 2^-75 (sqrt would see a flushed 0)
-// and a negative subnormal NaN.
-fn fg_sqrt(x: T) -> T {
-  let bits = bitcast<TU>(x);
-  let b = T(bits & TU(0x007fffffu));
-  let y = select(sqrt(x), sqrt(T(2.0) * b) * T(2.6469779601696886e-23), (bits > TU(0u)) & (bits < TU(0x00800000u)));
-  return select(y, T(fg_nan()), (bits > TU(0x80000000u)) & (bits < TU(0x80800000u)));
-}`,
-  },
-  fg_rsqrt: {
-    deps: [],
-    code: `// 1 / sqrt(x) (two roundings, where inverseSqrt promises 2 ulp), subnormals as in fg_sqrt.
-fn fg_rsqrt(x: T) -> T {
-  let bits = bitcast<TU>(x);
-  let b = T(bits & TU(0x007fffffu));
-  let y = select(T(1.0) / sqrt(x), T(3.777893186295716e22) / sqrt(T(2.0) * b), (bits > TU(0u)) & (bits < TU(0x00800000u)));
-  return select(y, T(fg_nan()), (bits > TU(0x80000000u)) & (bits < TU(0x80800000u)));
-}`,
-  },
-  fg_recip: {
-    deps: ['fg_ldexp'],
-    code: `// 1 / x, with subnormal inputs (huge results) and huge inputs (subnormal results) scaled by bits.
-fn fg_recip(x: T) -> T {
-  let bits = bitcast<TU>(x);
-  let mag = bits & TU(0x7fffffffu);
-  let b = T(bits & TU(0x007fffffu));
-  var y = select(T(1.0) / x, fg_ldexp(T(1.0) / b, T(149.0)), (mag > TU(0u)) & (mag < TU(0x00800000u)));
-  y = select(y, fg_ldexp(T(1.0) / (abs(x) * T(5.421010862427522e-20)), T(-64.0)), (mag > TU(0x7e000000u)) & (mag < TU(0x7f800000u)));
-  return bitcast<T>(bitcast<TU>(y) | (bits & TU(0x80000000u)));
-}`,
-  },
-  fg_pow_mag: {
-    deps: ['fg_log_split', 'fg_exp_split', 'fg_ldexp', 'fg_exp', 'fg_log'],
-    code: `// |a|^b = 2^(b e) e^(b log(1 + f)) with |a| = 2^e (1 + f). Rounding b log|a| to float32 would cost
-// |b log a| 2^-24 relative, so b e (the large part) is kept exact: b = bh + bl with bh keeping
-// 12 bits, so bh e and bl e are exact floats whose integer parts go to the exponent and whose
-// fractions join b log(1 + f) (at most |b| 0.35) in a float32 exponent. Past |b| = 2^20 only
-// |a| within 2^-20 of 1 has a finite nonzero power, and e^(b log|a|) serves.
-fn fg_pow_mag(a: T, b: T) -> T {
-  let s = fg_log_split(a);
-  let bh = bitcast<T>(bitcast<TU>(b) & TU(0xfffff000u));
-  let p1 = bh * s.e;
-  let p2 = (b - bh) * s.e;
-  let n1 = round(p1);
-  let n2 = round(p2);
-  let t = ((p1 - n1) + (p2 - n2)) * T(0.6931471805599453) + b * (s.f + fg_log_tail(s.f));
-  let x = fg_exp_split(t);
-  let split = fg_ldexp(x.m, clamp(n1 + n2 + x.n, T(-400.0), T(400.0)));
-  let huge = fg_exp(b * fg_log(a));
-  return select(split, huge, abs(b) > T(1048576.0));
-}`,
-  },
-  fg_sin: { deps: [], code: '' },
-  fg_cos: { deps: [], code: '' },
-  fg_reduce_pio2: {
-    deps: [],
-    code: `// |x| 2/pi = q + f with q an integer (mod 4) and |f| <= 1/2, for |x| >= 2^13 (Payne-Hanek): x = m 2^e
-// with m an integer below 2^24, and m times the 96 bits of 2/pi that matter (from 2^(1-e) down:
-// higher bits give multiples of 4) is formed exactly in 32-bit words; its bits 94-95 are q, the
-// next 62 the fraction. Returns (q, f pi/2).
-var<private> FG_TWO_OVER_PI: array<u32, 9> = array<u32, 9>(0u, 0xa2f9836eu, 0x4e441529u, 0xfc2757d1u, 0xf534ddc0u,
-  0xdb629599u, 0x3c439041u, 0xfe5163abu, 0xdebbc561u);
-// (high, low) words of m w for m < 2^24, from 12- and 16-bit pieces whose products fit 32 bits.
-fn fg_mul_24x32(m: u32, w: u32) -> vec2<u32> {
-  let mh = m >> 12u;
-  let ml = m & 0xfffu;
-  let wh = w >> 16u;
-  let wl = w & 0xffffu;
-  let t1 = mh * wh;
-  let t2 = mh * wl;
-  let t3 = ml * wh;
-  var lo = ml * wl;
-  var hi = t1 >> 4u;
-  let a = t1 << 28u;
-  lo += a;
-  hi += select(0u, 1u, lo < a);
-  let b = t2 << 12u;
-  lo += b;
-  hi += (t2 >> 20u) + select(0u, 1u, lo < b);
-  let c = t3 << 16u;
-  lo += c;
-  hi += (t3 >> 16u) + select(0u, 1u, lo < c);
-  return vec2<u32>(hi, lo);
-}
-fn fg_reduce_pio2(ax: f32) -> vec2<f32> {
-  let bits = bitcast<u32>(ax);
-  let m = (bits & 0x7fffffu) | 0x800000u;
-  // ax = m 2^e; the window starts at bit e - 1 of 2/pi, word 0 of the table being zeros.
-  let start = u32(clamp(i32((bits >> 23u) & 0xffu) - 150 + 30, 0, 134));
-  let k = start >> 5u;
-  let s = start & 31u;
-  let t0 = FG_TWO_OVER_PI[k];
-  let t1 = FG_TWO_OVER_PI[k + 1u];
-  let t2 = FG_TWO_OVER_PI[k + 2u];
-  let t3 = FG_TWO_OVER_PI[min(k + 3u, 8u)];
-  let w0 = select((t0 << s) | (t1 >> (32u - s)), t0, s == 0u);
-  let w1 = select((t1 << s) | (t2 >> (32u - s)), t1, s == 0u);
-  let w2 = select((t2 << s) | (t3 >> (32u - s)), t2, s == 0u);
-  let p0 = fg_mul_24x32(m, w0);
-  let p1 = fg_mul_24x32(m, w1);
-  let p2 = fg_mul_24x32(m, w2);
-  // Words 1 and 2 of m W (word 0 is below the precision kept; word 3 is a multiple of 4).
-  let word1 = p1.y + p2.x;
-  let word2 = p0.y + p1.x + select(0u, 1u, word1 < p1.y);
-  var q = word2 >> 30u;
-  var fh = word2 & 0x3fffffffu;
-  var fl = word1;
-  // Round to the nearest quadrant: a fraction of 1/2 or more becomes 1 - fraction, negated.
-  let up = fh >= 0x20000000u;
-  q += select(0u, 1u, up);
-  let nh = 0x40000000u - fh - select(0u, 1u, fl != 0u);
-  fl = select(fl, 0u - fl, up);
-  fh = select(fh, nh, up);
-  let f = f32(fh) * 9.313225746154785e-10 + f32(fl) * 2.168404344971009e-19;
-  return vec2<f32>(f32(q), select(f, -f, up) * 1.5707963267948966);
-}`,
-  },
-  fg_trig_full: {
-    deps: ['fg_reduce_pio2', 'fg_sin'],
-    code: (vec4) => `// sin (shift 0) or cos (shift 1) on the whole float range: the three-part Cody-Waite reduction
-// of fg_sin_quadrant to |x| = 8192, Payne-Hanek's beyond.
-struct FgQuadrant { q: T, r: T }
-fn fg_reduce_big(x: T) -> FgQuadrant {
-${
-  vec4
-    ? `  let v0 = fg_reduce_pio2(abs(x.x));
-  let v1 = fg_reduce_pio2(abs(x.y));
-  let v2 = fg_reduce_pio2(abs(x.z));
-  let v3 = fg_reduce_pio2(abs(x.w));
-  let q = T(v0.x, v1.x, v2.x, v3.x);
-  let r = T(v0.y, v1.y, v2.y, v3.y);`
-    : `  let v = fg_reduce_pio2(abs(x));
-  let q = v.x;
-  let r = v.y;`
-}
-  let neg = x < T(0.0);
-  return FgQuadrant(select(q, -q, neg), select(r, -r, neg));
-}
-fn fg_trig_full(x: T, shift: T) -> T {
-  let q = round(x * T(0.63661977236758134));
-  let r = ((x - q * T(1.5703125)) - q * T(4.837512969970703125e-4)) - q * T(7.54978995489188216e-8);
-  let far = fg_reduce_big(x);
-  let big = (abs(x) > T(8192.0)) & (abs(x) < T(fg_inf()));
-  return fg_trig_poly(select(q, far.q, big), select(r, far.r, big), shift);
-}`,
-  },
-};
+/** The math prelude's table (wgsl-math.ts): each function's WGSL and the prelude functions it calls. */
+export type MathFns = Record<string, { deps: string[]; code: string | ((vec4: boolean) => string) }>;
 
 /**
  * NaN-aware pieces for alias `T`: WGSL's max, min and clamp may drop a NaN operand and `v != v`
@@ -641,26 +123,46 @@ function typePrelude(compute: 'f32' | 'i32' | 'u32'): Record<string, string> {
 const TYPE_DEPS: Record<string, string[]> = { fg_max: ['fg_isnan_t'], fg_min: ['fg_isnan_t'] };
 
 /** The math prelude for scalar f32 code without `T` aliases of its own (the row kernels of softmax.ts). */
-export function scalarMathPrelude(expr: string): string {
-  return `alias T = f32;\nalias TU = u32;\nalias bool_t = bool;\n${preludeFor(expr, 'f32', false)}`;
+export function scalarMathPrelude(expr: string, math: MathFns): string {
+  return `alias T = f32;\nalias TU = u32;\nalias bool_t = bool;\n${preludeFor(expr, 'f32', false, math)}`;
 }
 
-/** The prelude functions an expression of the op table calls (and theirs), for the shader's aliases `T`, `TU` and `bool_t`. */
-export function preludeFor(expr: string, compute: 'f32' | 'i32' | 'u32', vec4 = false): string {
+/** Names of the helpers every shader has (WGSL_COMMON) and of the typed prelude, which need no math table. */
+const RESIDENT = new Set([...Object.keys(typePrelude('f32')), 'fg_group', 'fg_nan', 'fg_inf', 'fg_isnan']);
+
+/**
+ * Whether an expression calls a function of the math prelude (wgsl-math.ts): its kernel then waits
+ * for the WebGPU backend's MATH kernel family to load, and passes the table to preludeFor.
+ */
+export function needsMath(expr: string): boolean {
+  for (const m of expr.matchAll(/\b(fg_[a-z0-9_]+)\(/g)) if (!RESIDENT.has(m[1])) return true;
+  return false;
+}
+
+/**
+ * The prelude functions an expression of the op table calls (and theirs), for the shader's aliases
+ * `T`, `TU` and `bool_t`; `math` is wgsl-math.ts's MATH_FNS, required when the expression needs it.
+ */
+export function preludeFor(expr: string, compute: 'f32' | 'i32' | 'u32', vec4 = false, math?: MathFns): string {
   const typed = typePrelude(compute);
   const wanted = new Set<string>();
   const visit = (name: string) => {
     if (wanted.has(name)) return;
     wanted.add(name);
     // A typed form (the integer fg_pow) replaces the float one, deps included.
-    for (const d of (name in typed ? TYPE_DEPS[name] : MATH_FNS[name]?.deps) ?? []) visit(d);
+    for (const d of (name in typed ? TYPE_DEPS[name] : math?.[name]?.deps) ?? []) visit(d);
   };
-  for (const m of expr.matchAll(/\b(fg_[a-z0-9_]+)\(/g)) if (m[1] in MATH_FNS || m[1] in typed) visit(m[1]);
+  for (const m of expr.matchAll(/\b(fg_[a-z0-9_]+)\(/g)) {
+    if (m[1] in typed) visit(m[1]);
+    else if (!RESIDENT.has(m[1])) {
+      if (!math) throw new Error(`internal: WGSL expression calls ${m[1]} of the math prelude, which was not passed (see needsMath): ${expr}`);
+      if (m[1] in math) visit(m[1]);
+    }
+  }
   const parts = [...wanted].map((name) => {
-    const code = name in typed ? typed[name] : MATH_FNS[name].code;
+    const code = name in typed ? typed[name] : math![name].code;
     return typeof code === 'function' ? code(vec4) : code;
   });
-  if (wanted.has('fg_sin') || wanted.has('fg_cos')) parts.push(WGSL_TRIG);
   return parts.filter((p) => p).join('\n');
 }
 

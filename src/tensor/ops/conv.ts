@@ -8,7 +8,7 @@ import { fmt } from '../shape.js';
 import type { Tensor } from '../tensor.js';
 import { add, requireFloat, sameBackend } from './elementwise.js';
 import { mm } from './linalg.js';
-import { col2im, conv2d, pair, type Pair } from './nn.js';
+import { col2im, conv2d, pair, type Pair } from './window.js';
 import { concat, narrow, reshape, squeeze, unsqueeze } from './shape.js';
 
 function checkGroups(op: string, groups: number, inChannels: number, outChannels: number): void {

@@ -1,5 +1,5 @@
 /** Matrix products with PyTorch's matmul semantics, on a kernel with transpose flags. */
-import { record } from '../graph.js';
+import { isGradEnabled, record } from '../graph.js';
 import { broadcastShapes, fmt, numel, shapesEqual } from '../shape.js';
 import { Tensor } from '../tensor.js';
 import { requireFloat, sameBackend, cast, mul, scalarTensor, where } from './elementwise.js';
@@ -10,8 +10,12 @@ import { promoteTypes } from '../dtype.js';
  * The primitive: op(a) @ op(b) over the last two dims, batch dims broadcast. With transA, a's last
  * two dims are [k, m]; with transB, b's are [n, k]. Gradients are mm's with other flags, so the
  * backward of a linear layer never materializes a transpose.
+ *
+ * `out`: write the product into this tensor (of exactly the result's shape and dtype) and return
+ * it, unrecorded. Backward uses it to write a weight's gradient straight into its slot of the
+ * optimizer's flat gradient arena; it is refused while grad mode would record the product.
  */
-export function mm(a: Tensor, b: Tensor, transA = false, transB = false): Tensor {
+export function mm(a: Tensor, b: Tensor, transA = false, transB = false, out?: Tensor): Tensor {
   const backend = sameBackend('matmul', a, b);
   requireFloat('matmul', a, 'left operand');
   requireFloat('matmul', b, 'right operand');
@@ -43,12 +47,22 @@ export function mm(a: Tensor, b: Tensor, transA = false, transB = false): Tensor
   };
   const [aa, aStride] = batchOperand(a, aBatch);
   const [bb, bStride] = batchOperand(b, bBatch);
-  const out = Tensor.empty([...batchShape, m, n], a.dtype, backend);
-  if (out.size > 0) {
-    if (k === 0) backend.fill(out.storage, 0);
-    else backend.matmul(aa.storage, bb.storage, out.storage, { batch, m, n, k, transA, transB, aBatchStride: aStride, bBatchStride: bStride });
+  const shape = [...batchShape, m, n];
+  if (out) {
+    if (!shapesEqual(out.shape, shape) || out.dtype !== a.dtype) {
+      throw new RangeError(`matmul: out is ${out.dtype} ${fmt(out.shape)}, the product is ${a.dtype} ${fmt(shape)}`);
+    }
+    if (isGradEnabled() && (a.requiresGrad || b.requiresGrad)) throw new Error('matmul: out cannot be used where the product would be recorded for backward');
+    if (out.backend !== backend) throw new Error(`matmul: out lives on ${out.backend.name}, the operands on ${backend.name}`);
   }
-  return record('mm', out, [a, b], { transA, transB });
+  // The kernel (or the k = 0 fill) writes every element: no zero fill at allocation.
+  const res = out ?? Tensor.uninit(shape, a.dtype, backend);
+  if (res.size > 0) {
+    const dst = res.overwriteStorage();
+    if (k === 0) backend.fill(dst, 0);
+    else backend.matmul(aa.storage, bb.storage, dst, { batch, m, n, k, transA, transB, aBatchStride: aStride, bBatchStride: bStride });
+  }
+  return out ? out : record('mm', res, [a, b], { transA, transB });
 }
 
 /** torch.matmul: 1-D operands are promoted to matrices and the added dims removed again. */

@@ -1,6 +1,6 @@
 /** Reductions over any axes, prefix sums, softmax and friends. */
 import type { ArgReduceOp, ReduceLayout, ReduceOp } from '../../kernels/backend.js';
-import { noGrad, record } from '../graph.js';
+import { isGradEnabled, noGrad, record } from '../graph.js';
 import { fmt, normAxes, normAxis, numel, shapesEqual, type Shape } from '../shape.js';
 import { Tensor } from '../tensor.js';
 import { abs, add, cast, eq, exp, gt, log, mul, ne, requireFloat, sqrt, square, sub, where } from './elementwise.js';
@@ -247,12 +247,21 @@ export function norm(x: Tensor): Tensor {
   return sqrt(sum(square(x)));
 }
 
-/** Sums a broadcast gradient back to `shape` (the vjp of broadcasting). */
-export function sumTo(g: Tensor, shape: Shape): Tensor {
+/**
+ * Sums a broadcast gradient back to `shape` (the vjp of broadcasting). `into` (a tensor of `shape`
+ * and g's dtype, outside grad mode): a sum over one run of adjacent axes is written there and
+ * `into` returned, the same kernel call as sum()'s; backward uses it to write a bias gradient
+ * straight into the optimizer's flat gradient arena.
+ */
+export function sumTo(g: Tensor, shape: Shape, into?: Tensor): Tensor {
   if (shapesEqual(g.shape, shape)) return g;
   const off = g.ndim - shape.length;
   const axes: number[] = [];
   for (let i = 0; i < g.ndim; i++) if (i < off || (shape[i - off] === 1 && g.shape[i] !== 1)) axes.push(i);
+  if (into && axes.length && g.size > 0 && !isGradEnabled() && into.dtype === g.dtype && into.backend === g.backend && shapesEqual(into.shape, shape) && adjacentRuns(axes).length === 1) {
+    g.backend.reduce('sum', g.storage, into.overwriteStorage(), plan('sum', g, axes, true).layout);
+    return into;
+  }
   const s = axes.length ? sum(g, axes, true) : g;
   return reshape(s, shape.slice());
 }
