@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 // The experiments of docs/RESULTS.md (issue 16), one command each:
 //
-//   npm run build && node scripts/experiments.mjs <1|2|3|4|5|all|report> [--seeds 0,1,2]
+//   npm run build && node scripts/experiments.mjs <N[:part]|all|report> [--seeds 0,1,2]
+//
+// N is the experiment (1-5); a part (e.g. `1:mlp`, `3:cnn`, `4:cost`) runs one leg of it.
 //
 // Each runs the flatgrad CLI (dist/cli.js, or $FLATGRAD_CLI), printing every CLI line it runs, and
 // leaves the full runs under runs/ ($FLATGRAD_RUNS). Finished runs and finished analyses are
