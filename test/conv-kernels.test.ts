@@ -6,28 +6,12 @@
  */
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import * as fg from '../src/index.js';
-import { CpuBackend } from '../src/kernels/cpu/index.js';
 import { conv2dReference } from '../src/kernels/cpu/conv.js';
 import { createWasmBackend, type WasmBackend } from '../src/kernels/wasm/index.js';
-import type { Backend, Conv2dLayout } from '../src/kernels/backend.js';
+import type { Backend } from '../src/kernels/backend.js';
 import { createWebGPUBackend } from '../src/kernels/webgpu/index.js';
 import { acquireWebGPU, randomF32 } from './helpers/webgpu.js';
-
-interface Case {
-  name: string;
-  n: number;
-  c: number;
-  h: number;
-  w: number;
-  o: number;
-  k: [number, number];
-  stride?: [number, number];
-  pad?: [number, number];
-  dil?: [number, number];
-  groups?: number;
-  /** Too large for SwiftShader's direct kernels in a test. */
-  wasmOnly?: boolean;
-}
+import { type Case, checkParity, cpu, expectNear, layoutOf, run } from './helpers/conv-parity.js';
 
 const CASES: Case[] = [
   { name: '3x3 pad 1', n: 2, c: 3, h: 7, w: 9, o: 5, k: [3, 3], pad: [1, 1] },
@@ -54,67 +38,6 @@ const CASES: Case[] = [
   { name: '1x1 pointwise, partial tiles', n: 3, c: 17, h: 7, w: 7, o: 13, k: [1, 1], wasmOnly: true },
   { name: '1x1 stride 2, 7x7 output', n: 2, c: 16, h: 14, w: 13, o: 32, k: [1, 1], stride: [2, 2], wasmOnly: true },
 ];
-
-function layoutOf(t: Case): Conv2dLayout {
-  const [sh, sw] = t.stride ?? [1, 1];
-  const [ph, pw] = t.pad ?? [0, 0];
-  const [dh, dw] = t.dil ?? [1, 1];
-  const [kh, kw] = t.k;
-  const oh = Math.floor((t.h + 2 * ph - dh * (kh - 1) - 1) / sh) + 1;
-  const ow = Math.floor((t.w + 2 * pw - dw * (kw - 1) - 1) / sw) + 1;
-  return { n: t.n, c: t.c, h: t.h, w: t.w, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw, outChannels: t.o, groups: t.groups ?? 1 };
-}
-
-type Kernel = 'conv2d' | 'conv2dBackwardInput' | 'conv2dBackwardWeight';
-const KERNELS: Kernel[] = ['conv2d', 'conv2dBackwardInput', 'conv2dBackwardWeight'];
-
-/** Sizes of a kernel's two operands and its output, and how many products each output sums. */
-function sizes(kernel: Kernel, l: Conv2dLayout): { a: number; b: number; out: number; terms: number } {
-  const x = l.n * l.c * l.h * l.w;
-  const wt = l.outChannels * (l.c / l.groups) * l.kh * l.kw;
-  const y = l.n * l.outChannels * l.oh * l.ow;
-  const K = (l.c / l.groups) * l.kh * l.kw;
-  if (kernel === 'conv2d') return { a: x, b: wt, out: y, terms: K };
-  if (kernel === 'conv2dBackwardInput') return { a: y, b: wt, out: x, terms: (l.outChannels / l.groups) * l.kh * l.kw };
-  return { a: x, b: y, out: wt, terms: l.n * l.oh * l.ow };
-}
-
-async function run(be: Backend, kernel: Kernel, l: Conv2dLayout, a: Float32Array, b: Float32Array, outNumel: number): Promise<Float32Array> {
-  const sa = be.upload(a, 'float32');
-  const sb = be.upload(b, 'float32');
-  const out = be.alloc(outNumel, 'float32');
-  // Garbage in the output first: a kernel must write (not accumulate onto) every element.
-  be.write(out, new Float32Array(outNumel).fill(NaN));
-  be[kernel](sa, sb, out, l);
-  const r = (await be.read(out)) as Float32Array;
-  for (const s of [sa, sb, out]) be.release(s);
-  return r;
-}
-
-/** float32 sums of `terms` products of values in [-1, 1]: error grows with the number of terms. */
-function expectNear(got: Float32Array, want: Float32Array, terms: number, what: string): void {
-  expect(got.length).toBe(want.length);
-  const tol = 4e-6 * Math.sqrt(terms) * 8;
-  for (let i = 0; i < want.length; i++) {
-    if (!(Math.abs(got[i] - want[i]) <= tol * (1 + Math.abs(want[i])))) {
-      throw new Error(`${what}: element ${i} is ${got[i]}, the reference says ${want[i]} (tolerance ${tol})`);
-    }
-  }
-}
-
-const cpu = new CpuBackend();
-
-async function checkParity(be: Backend, t: Case, seed: number): Promise<void> {
-  const l = layoutOf(t);
-  for (const kernel of KERNELS) {
-    const s = sizes(kernel, l);
-    const a = randomF32(s.a, seed);
-    const b = randomF32(s.b, seed + 1);
-    const want = await run(cpu, kernel, l, a, b, s.out);
-    const got = await run(be, kernel, l, a, b, s.out);
-    expectNear(got, want, s.terms, `${be.name} ${kernel} (${t.name})`);
-  }
-}
 
 describe('wasm convolution kernels match the CPU reference', () => {
   let wasm: WasmBackend;

@@ -302,6 +302,18 @@ export class WasmBackend implements Backend {
     return new CpuStorage(this.typed(s), s.dtype, true);
   }
 
+  /**
+   * Runs a method of the CPU reference in place on these arguments, each storage (null for an
+   * absent operand) seen through `host`: the path for dtypes the wasm kernels do not take.
+   */
+  private onHost<K extends 'layerNorm' | 'layerNormBackward' | 'batchNorm' | 'batchNormEval' | 'batchNormBackward'>(
+    method: K,
+    args: Parameters<CpuBackend[K]>,
+  ): void {
+    const onHost = args.map((a) => (a instanceof WasmStorage ? this.host(a) : a));
+    (this.cpu[method] as (...a: unknown[]) => void)(...onHost);
+  }
+
   alloc(numel: number, dtype: DType): Storage {
     return this.allocate(numel, dtype, true);
   }
@@ -580,11 +592,7 @@ export class WasmBackend implements Backend {
 
   layerNorm(x: Storage, weight: Storage | null, bias: Storage | null, out: Storage, mean: Storage, rstd: Storage, l: LayerNormLayout): void {
     const operands = [x, weight, bias, out, mean, rstd];
-    if (!allFloat32(operands)) {
-      const h = (s: Storage | null) => s && this.host(s);
-      this.cpu.layerNorm(this.host(x), h(weight), h(bias), this.host(out), this.host(mean), this.host(rstd), l);
-      return;
-    }
+    if (!allFloat32(operands)) return this.onHost('layerNorm', [x, weight, bias, out, mean, rstd, l]);
     if (l.rows === 0 || l.cols === 0) return;
     const [xp, wp, bp, op, mp, rp] = operands.map((s) => (s ? ws(s).ptr : 0));
     this.k[layerNormExport(!!weight, !!bias)](xp, wp, bp, op, mp, rp, l.rows, l.cols, l.eps);
@@ -602,11 +610,7 @@ export class WasmBackend implements Backend {
     l: LayerNormLayout,
   ): void {
     const operands = [grad, x, mean, rstd, weight, dx, dweight, dbias];
-    if (!allFloat32(operands)) {
-      const h = (s: Storage | null) => s && this.host(s);
-      this.cpu.layerNormBackward(this.host(grad), this.host(x), this.host(mean), this.host(rstd), h(weight), h(dx), h(dweight), h(dbias), l);
-      return;
-    }
+    if (!allFloat32(operands)) return this.onHost('layerNormBackward', [grad, x, mean, rstd, weight, dx, dweight, dbias, l]);
     if (l.cols === 0) return;
     // The kernel always writes both parameter gradients: the unwanted ones go to scratch.
     const scratch = !dweight || !dbias ? this.scratch(l.cols * 8) : 0;
@@ -618,11 +622,7 @@ export class WasmBackend implements Backend {
 
   batchNorm(x: Storage, weight: Storage | null, bias: Storage | null, out: Storage, mean: Storage, variance: Storage, rstd: Storage, l: BatchNormLayout): void {
     const operands = [x, weight, bias, out, mean, variance, rstd];
-    if (!allFloat32(operands)) {
-      const h = (s: Storage | null) => s && this.host(s);
-      this.cpu.batchNorm(this.host(x), h(weight), h(bias), this.host(out), this.host(mean), this.host(variance), this.host(rstd), l);
-      return;
-    }
+    if (!allFloat32(operands)) return this.onHost('batchNorm', [x, weight, bias, out, mean, variance, rstd, l]);
     if (l.n * l.hw === 0) return;
     const [xp, wp, bp, op, mp, vp, rp] = operands.map((s) => (s ? ws(s).ptr : 0));
     this.k.batch_norm(xp, wp, bp, op, mp, vp, rp, l.n, l.c, l.hw, l.eps);
@@ -630,11 +630,7 @@ export class WasmBackend implements Backend {
 
   batchNormEval(x: Storage, runningMean: Storage, runningVar: Storage, weight: Storage | null, bias: Storage | null, out: Storage, l: BatchNormLayout): void {
     const operands = [x, runningMean, runningVar, weight, bias, out];
-    if (!allFloat32(operands)) {
-      const h = (s: Storage | null) => s && this.host(s);
-      this.cpu.batchNormEval(this.host(x), this.host(runningMean), this.host(runningVar), h(weight), h(bias), this.host(out), l);
-      return;
-    }
+    if (!allFloat32(operands)) return this.onHost('batchNormEval', [x, runningMean, runningVar, weight, bias, out, l]);
     if (l.n * l.hw === 0) return;
     const [xp, mp, vp, wp, bp, op] = operands.map((s) => (s ? ws(s).ptr : 0));
     this.k.batch_norm_eval(xp, mp, vp, wp, bp, op, l.n, l.c, l.hw, l.eps);
@@ -652,11 +648,7 @@ export class WasmBackend implements Backend {
     l: BatchNormLayout,
   ): void {
     const operands = [grad, x, mean, rstd, weight, dx, dweight, dbias];
-    if (!allFloat32(operands)) {
-      const h = (s: Storage | null) => s && this.host(s);
-      this.cpu.batchNormBackward(this.host(grad), this.host(x), this.host(mean), this.host(rstd), h(weight), h(dx), h(dweight), h(dbias), l);
-      return;
-    }
+    if (!allFloat32(operands)) return this.onHost('batchNormBackward', [grad, x, mean, rstd, weight, dx, dweight, dbias, l]);
     if (l.n * l.hw === 0) return;
     // A null operand is pointer 0: the kernel skips that output (or takes weight as 1).
     const [gp, xp, mp, rp, wp, dxp, dwp, dbp] = operands.map((s) => (s ? ws(s).ptr : 0));

@@ -1,11 +1,14 @@
 /**
- * 2-D window ops over NCHW: im2col / col2im (convolution lowered to matmul) and max/avg pooling
- * with their backwards. Every kernel is a gather: one thread per output element, so the
- * backwards (col2im, pooling gradients) walk the windows that cover their pixel instead of
- * scattering with atomics.
+ * 2-D window ops over NCHW: im2col / col2im, convolution and its two gradients (register-tiled
+ * direct forms for CPU-emulated adapters, a tiled implicit GEMM for GPUs), max/avg pooling with
+ * their backwards. Every kernel is a gather (each output written by one thread), so the backwards
+ * (col2im, pooling and input gradients) walk the windows that cover their pixel instead of
+ * scattering with atomics; the weight gradient adds per-chunk partial sums in a second pass.
  */
 import type { AvgPool2dLayout, Conv2dLayout, Window2d } from '../backend.js';
 import type { Bind, GPUStorage, Runtime } from './runtime.js';
+import type { fill } from './copy.js';
+import type { reduce } from './reduce.js';
 import { entry, INF_F32, type Param } from './wgsl.js';
 
 const WG = 256;
@@ -108,8 +111,8 @@ const convParams = (l: Conv2dLayout): Param[] => [
 
 /**
  * Convolution in two forms, as the matmul (matmul.ts): on a CPU-emulated adapter (SwiftShader)
- * the direct kernels, one thread per output element with no barriers, which beat an im2col +
- * matmul there (that writes and reads back kh*kw times the input); on a GPU an implicit GEMM
+ * the direct kernels, a 4 x 4 register tile of outputs per invocation with no barriers, which beat
+ * an im2col + matmul there (that writes and reads back kh*kw times the input); on a GPU an implicit GEMM
  * tiled in workgroup memory (convTiled), whose tiles gather the im2col values as they load them.
  * The tiled form is checked for correctness on SwiftShader; its speed on real GPUs is untimed.
  */
@@ -123,98 +126,248 @@ export function conv2dBackwardInput(rt: Runtime, grad: GPUStorage, weight: GPUSt
   else convTiled(rt, 'conv2dBackwardInput', grad, weight, out, l);
 }
 
-export function conv2dBackwardWeight(rt: Runtime, x: GPUStorage, grad: GPUStorage, out: GPUStorage, l: Conv2dLayout): void {
-  if (rt.cpuEmulated) conv2dBackwardWeightDirect(rt, x, grad, out, l);
+/**
+ * Kernels of the backend's core that the weight gradient builds on, handed in by the backend
+ * rather than imported: a static import from this lazily loaded family would move those core
+ * modules into chunks of their own in every program's bundle (bench/size.bench.ts measured +0.4 KB).
+ */
+export interface CoreKernels {
+  fill: typeof fill;
+  reduce: typeof reduce;
+}
+
+export function conv2dBackwardWeight(rt: Runtime, x: GPUStorage, grad: GPUStorage, out: GPUStorage, l: Conv2dLayout, core: CoreKernels): void {
+  if (rt.cpuEmulated) conv2dBackwardWeightDirect(rt, x, grad, out, l, core);
   else convTiled(rt, 'conv2dBackwardWeight', grad, x, out, l);
 }
 
-/** The direct convolution: one thread per output element, summing its group's channels times the kernel window. */
-function conv2dDirect(rt: Runtime, x: GPUStorage, weight: GPUStorage, out: GPUStorage, l: Conv2dLayout): void {
-  const binds: Bind[] = [{ name: 'src', s: x, access: 'read' }, { name: 'wt', s: weight, access: 'read' }, { name: 'dst', s: out, access: 'write' }];
-  windowKernel(rt, 'conv2d', binds, l.n * l.outChannels * l.oh * l.ow, l, `
-  let ox = ti % P.ow;
-  let oy = (ti / P.ow) % P.oh;
-  let o = (ti / (P.ow * P.oh)) % P.oc;
-  let b = ti / (P.ow * P.oh * P.oc);
-  let cg = P.c / P.groups;
-  let c0 = (o / (P.oc / P.groups)) * cg;
-  var sum = 0.0;
-  for (var ci = 0i; ci < cg; ci++) {
-    let plane = (b * P.c + c0 + ci) * P.h;
-    let taps = (o * cg + ci) * P.kh;
-    ${forWindowTaps('sum += wt[(taps + ki) * P.kw + kj] * src[(plane + y) * P.w + x];')}
-  }
-  dst[t] = sum;`, '', convParams(l));
-}
-
-/** The input gradient as a gather: one thread per input pixel, over the windows covering it. */
-function conv2dBackwardInputDirect(rt: Runtime, grad: GPUStorage, weight: GPUStorage, out: GPUStorage, l: Conv2dLayout): void {
-  const binds: Bind[] = [{ name: 'grad', s: grad, access: 'read' }, { name: 'wt', s: weight, access: 'read' }, { name: 'dst', s: out, access: 'write' }];
-  windowKernel(rt, 'conv2dBackwardInput', binds, l.n * l.c * l.h * l.w, l, `
-  let x = ti % P.w;
-  let y = (ti / P.w) % P.h;
-  let c = (ti / (P.w * P.h)) % P.c;
-  let b = ti / (P.w * P.h * P.c);
-  let cg = P.c / P.groups;
-  let og = P.oc / P.groups;
-  let o0 = (c / cg) * og;
-  let ci = c % cg;
-  var sum = 0.0;
-  ${forWindowsCovering(`for (var o = o0; o < o0 + og; o++) {
-        sum += wt[((o * cg + ci) * P.kh + ki) * P.kw + kj] * grad[((b * P.oc + o) * P.oh + oy) * P.ow + ox];
-      }`)}
-  dst[t] = sum;`, '', convParams(l));
-}
-
-const WEIGHT_GRAD_WG = 64;
+/**
+ * The register-tiled direct forms used on a CPU-emulated adapter (SwiftShader), where an
+ * invocation costs a fixed prologue, integer divisions are slow and barriers switch coroutines:
+ * each invocation computes a 4 x 4 tile of outputs (4 channels x 4 consecutive pixels of a row),
+ * so every loaded input value feeds 4 channels and every loaded weight 4 pixels, and the index
+ * arithmetic of a tap is paid once per 16 multiply-adds. No workgroup memory, no barriers.
+ * Channels past the group's last and pixels past the row's end are computed from clamped
+ * indices and never stored.
+ */
+const TILE = 4;
+const LANES = [0, 1, 2, 3];
+const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
 
 /**
- * The weight gradient: one workgroup per weight element, whose threads stride over the batch and
- * the output positions and then add their partial sums in workgroup memory (a thread per weight
- * alone would leave most of the device idle: a layer has few weights and many positions).
+ * WGSL: `acc<r> += <w(r)> * <v>` for the 4 channel rows. The pixels of `v` outside the input are
+ * 0, so a tap in the padding adds w * 0: exact for finite weights, but an infinite or NaN weight
+ * makes those outputs NaN where the reference skips the tap (as the tiled form's zero-filled
+ * tiles do). Dropping those products instead (a select per row, or a finiteness test of the
+ * weights per tap) cost about 30% of this kernel on SwiftShader; non-finite weights only arise in
+ * a run that has already diverged. Non-finite inputs propagate exactly as in the reference.
  */
-function conv2dBackwardWeightDirect(rt: Runtime, x: GPUStorage, grad: GPUStorage, out: GPUStorage, l: Conv2dLayout): void {
-  const total = l.outChannels * (l.c / l.groups) * l.kh * l.kw;
-  if (total === 0) return;
-  const g = l as Window2d;
-  rt.dispatch({
-    name: 'conv2dBackwardWeight',
-    key: 'conv2dBackwardWeight',
-    binds: [{ name: 'src', s: x, access: 'read' }, { name: 'grad', s: grad, access: 'read' }, { name: 'dst', s: out, access: 'write' }],
-    params: [...windowFields(g), { name: 'total', type: 'u32', value: total }, ...convParams(l)],
-    groups: total,
-    wgsl: () => `var<workgroup> partial: array<f32, ${WEIGHT_GRAD_WG}>;
-${entry(WEIGHT_GRAD_WG)} {
-  let t = fg_group(wg, nwg);
-  if (t >= P.total) { return; }
-  let ti = i32(t);
+const accumulate = (w: (r: number) => string, v: string) => LANES.map((r) => `acc${r} += ${w(r)} * ${v};`).join('\n        ');
+const ACC_DECL = LANES.map((r) => `var acc${r} = vec4<f32>();`).join('\n  ');
+/** WGSL: stores acc<r>[p] at `index(r, p)` where channel row r is below `rows` and pixel p below `pixels`. */
+const storeTile = (rows: string, pixels: string, index: (r: number, p: number) => string) =>
+  LANES.map((r) => `if (${r}i < ${rows}) {\n    ${LANES.map((p) => `if (${p}i < ${pixels}) { dst[${index(r, p)}] = acc${r}[${p}]; }`).join('\n    ')}\n  }`).join('\n  ');
+
+/** The forward convolution: one invocation per (image, 4 output channels of a group, output row, 4 output columns). */
+function conv2dDirect(rt: Runtime, x: GPUStorage, weight: GPUStorage, out: GPUStorage, l: Conv2dLayout): void {
+  const binds: Bind[] = [{ name: 'src', s: x, access: 'read' }, { name: 'wt', s: weight, access: 'read' }, { name: 'dst', s: out, access: 'write' }];
+  const og = l.outChannels / l.groups;
+  const otiles = Math.ceil(og / TILE);
+  const xtiles = Math.ceil(l.ow / TILE);
+  const tileParams: Param[] = [
+    { name: 'otiles', type: 'i32', value: otiles },
+    { name: 'xtiles', type: 'i32', value: xtiles },
+  ];
+  windowKernel(rt, 'conv2d.regs', binds, l.n * l.groups * otiles * l.oh * xtiles, l, `
+  let xt = ti % P.xtiles;
+  let oy = (ti / P.xtiles) % P.oh;
+  let ot = (ti / (P.xtiles * P.oh)) % (P.groups * P.otiles);
+  let b = ti / (P.xtiles * P.oh * P.groups * P.otiles);
   let cg = P.c / P.groups;
-  let kj = ti % P.kw;
-  let ki = (ti / P.kw) % P.kh;
-  let ci = (ti / (P.kw * P.kh)) % cg;
-  let o = ti / (P.kw * P.kh * cg);
-  let c = (o / (P.oc / P.groups)) * cg + ci;
-  let positions = P.n * P.oh * P.ow;
-  var sum = 0.0;
-  for (var q = i32(lid); q < positions; q += ${WEIGHT_GRAD_WG}i) {
-    let ox = q % P.ow;
-    let oy = (q / P.ow) % P.oh;
-    let b = q / (P.ow * P.oh);
-    let y = oy * P.sh - P.ph + ki * P.dh;
-    let x = ox * P.sw - P.pw + kj * P.dw;
-    if (y >= 0i && y < P.h && x >= 0i && x < P.w) {
-      sum += grad[((b * P.oc + o) * P.oh + oy) * P.ow + ox] * src[((b * P.c + c) * P.h + y) * P.w + x];
+  let og = P.oc / P.groups;
+  let grp = ot / P.otiles;
+  let o0 = grp * og + (ot % P.otiles) * ${TILE}i;
+  let olast = grp * og + og - 1i;
+  let ox0 = xt * ${TILE}i;
+  let wlen = cg * P.kh * P.kw;
+  ${LANES.map((r) => `let w${r} = min(o0 + ${r}i, olast) * wlen;`).join('\n  ')}
+  ${ACC_DECL}
+  for (var ci = 0i; ci < cg; ci++) {
+    let plane = (b * P.c + grp * cg + ci) * P.h;
+    for (var ki = 0i; ki < P.kh; ki++) {
+      let y = oy * P.sh - P.ph + ki * P.dh;
+      if (y < 0i || y >= P.h) { continue; }
+      let row = (plane + y) * P.w;
+      for (var kj = 0i; kj < P.kw; kj++) {
+        let xs = ox0 * P.sw - P.pw + kj * P.dw;
+        let v = vec4<f32>(${LANES.map((p) => `px(row, xs + ${p}i * P.sw)`).join(', ')});
+        let tap = (ci * P.kh + ki) * P.kw + kj;
+        ${accumulate((r) => `wt[w${r} + tap]`, 'v')}
+      }
     }
   }
-  partial[lid] = sum;
-  workgroupBarrier();
-  for (var half = ${WEIGHT_GRAD_WG / 2}u; half > 0u; half = half / 2u) {
-    if (lid < half) { partial[lid] += partial[lid + half]; }
-    workgroupBarrier();
+  let rows = olast + 1i - o0;
+  let pixels = P.ow - ox0;
+  ${storeTile('rows', 'pixels', (r, p) => `((b * P.oc + o0 + ${r}i) * P.oh + oy) * P.ow + ox0 + ${p}i`)}`,
+  `/** Input value at (row, x) of a plane, 0 in the padding (read at a clamped index, so never out of bounds). */
+fn px(row: i32, x: i32) -> f32 { return select(0.0, src[row + clamp(x, 0i, P.w - 1i)], x >= 0i && x < P.w); }`,
+  [...convParams(l), ...tileParams]);
+}
+
+/**
+ * The input gradient as a gather: one invocation per (image, 4 input channels of a group, input
+ * row, 4 input columns of one phase x % sw). The columns of a tile are sw apart, so one test per
+ * kernel column decides whether the tap lands on the stride grid for all four (a tile of adjacent
+ * columns under stride 2 would compute and discard half its products, with a division per pixel).
+ */
+function conv2dBackwardInputDirect(rt: Runtime, grad: GPUStorage, weight: GPUStorage, out: GPUStorage, l: Conv2dLayout): void {
+  const binds: Bind[] = [{ name: 'grad', s: grad, access: 'read' }, { name: 'wt', s: weight, access: 'read' }, { name: 'dst', s: out, access: 'write' }];
+  const cg = l.c / l.groups;
+  const ctiles = Math.ceil(cg / TILE);
+  const xper = Math.ceil(Math.ceil(l.w / l.sw) / TILE);
+  const tileParams: Param[] = [
+    { name: 'ctiles', type: 'i32', value: ctiles },
+    { name: 'xper', type: 'i32', value: xper },
+    { name: 'xtiles', type: 'i32', value: l.sw * xper },
+    // Tap steps between taps on the stride grid (stride / gcd(stride, dilation)) and the output
+    // row/column each step moves by.
+    { name: 'kistep', type: 'i32', value: l.sh / gcd(l.sh, l.dh) },
+    { name: 'oystep', type: 'i32', value: ((l.sh / gcd(l.sh, l.dh)) * l.dh) / l.sh },
+    { name: 'kjstep', type: 'i32', value: l.sw / gcd(l.sw, l.dw) },
+    { name: 'oxstep', type: 'i32', value: ((l.sw / gcd(l.sw, l.dw)) * l.dw) / l.sw },
+  ];
+  windowKernel(rt, 'conv2dBackwardInput.regs', binds, l.n * l.groups * ctiles * l.h * l.sw * xper, l, `
+  let xt = ti % P.xtiles;
+  let y = (ti / P.xtiles) % P.h;
+  let ct = (ti / (P.xtiles * P.h)) % (P.groups * P.ctiles);
+  let b = ti / (P.xtiles * P.h * P.groups * P.ctiles);
+  let cg = P.c / P.groups;
+  let og = P.oc / P.groups;
+  let grp = ct / P.ctiles;
+  let c0 = grp * cg + (ct % P.ctiles) * ${TILE}i;
+  let clast = grp * cg + cg - 1i;
+  // Columns phase + sw * (t4 + p), p = 0..3.
+  let phase = xt / P.xper;
+  let t4 = (xt % P.xper) * ${TILE}i;
+  let taps = P.kh * P.kw;
+  ${LANES.map((r) => `let ci${r} = (min(c0 + ${r}i, clast) - grp * cg) * taps;`).join('\n  ')}
+  ${ACC_DECL}
+  // The taps that land on the stride grid, found once here rather than per output channel: row
+  // taps ki0, ki0 + kistep, ... (each step moves the output row by oystep), likewise columns. A
+  // residue no tap reaches leaves ki0 = kistep (or kj0 = kjstep) and no taps.
+  var ki0 = 0i;
+  for (; ki0 < P.kistep && (y + P.ph - ki0 * P.dh) % P.sh != 0i; ki0++) {}
+  if (ki0 == P.kistep) { ki0 = P.kh; }
+  let oy0 = (y + P.ph - ki0 * P.dh) / P.sh;
+  var kj0 = 0i;
+  for (; kj0 < P.kjstep && (phase + P.pw - kj0 * P.dw) % P.sw != 0i; kj0++) {}
+  if (kj0 == P.kjstep) { kj0 = P.kw; }
+  let ox00 = (phase + P.pw - kj0 * P.dw) / P.sw + t4;
+  // (ki0 == kh or kj0 == kw: no tap reaches this row or column phase, and the tile stays 0.)
+  for (var o = grp * og; o < select(grp * og, grp * og + og, ki0 < P.kh && kj0 < P.kw); o++) {
+    let gplane = (b * P.oc + o) * P.oh;
+    let wrow = o * cg * taps;
+    var oy = oy0;
+    for (var ki = ki0; ki < P.kh; ki += P.kistep) {
+      if (oy >= 0i && oy < P.oh) {
+        let grow = (gplane + oy) * P.ow;
+        var ox0 = ox00;
+        for (var kj = kj0; kj < P.kw; kj += P.kjstep) {
+          let g = vec4<f32>(${LANES.map((p) => `gv(grow, ox0 + ${p}i)`).join(', ')});
+          let tap = wrow + ki * P.kw + kj;
+          ${accumulate((r) => `wt[tap + ci${r}]`, 'g')}
+          ox0 -= P.oxstep;
+        }
+      }
+      oy -= P.oystep;
+    }
   }
-  if (lid == 0u) { dst[t] = partial[0]; }
-}`,
-  });
+  let rows = clast + 1i - c0;
+  let pixels = (P.w - phase + P.sw - 1i) / P.sw - t4;
+  ${storeTile('rows', 'pixels', (r, p) => `((b * P.c + c0 + ${r}i) * P.h + y) * P.w + phase + P.sw * (t4 + ${p}i)`)}`,
+  `/** dY at column ox of an output row, 0 outside it (read at a clamped index, so never out of bounds). */
+fn gv(row: i32, ox: i32) -> f32 { return select(0.0, grad[row + clamp(ox, 0i, P.ow - 1i)], ox >= 0i && ox < P.ow); }`,
+  [...convParams(l), ...tileParams]);
+}
+
+/** Invocations the weight gradient aims for: enough workgroups for every core, few partial sums to add. */
+const WEIGHT_GRAD_INVOCATIONS = 4096;
+
+/**
+ * The weight gradient: one invocation per (4 output channels of a group, 4 input channels, tap,
+ * chunk of the batch's output rows) sums its 16 weights' products over its rows (4 dY and 4 input
+ * loads per 16 multiply-adds), each row's valid column
+ * range computed once (no per-pixel bounds test or division); the chunks' partial sums are then
+ * added by a reduction (a layer has few weights and many positions, so a thread per weight alone
+ * would leave most of the device idle).
+ */
+function conv2dBackwardWeightDirect(rt: Runtime, x: GPUStorage, grad: GPUStorage, out: GPUStorage, l: Conv2dLayout, { fill, reduce }: CoreKernels): void {
+  const cg = l.c / l.groups;
+  const og = l.outChannels / l.groups;
+  const taps = l.kh * l.kw;
+  const weights = l.outChannels * cg * taps;
+  const otiles = Math.ceil(og / TILE);
+  const ctiles = Math.ceil(cg / TILE);
+  const base = l.groups * otiles * ctiles * taps;
+  const rowsTotal = l.n * l.oh;
+  if (weights === 0) return;
+  if (rowsTotal === 0) {
+    fill(rt, out, 0);
+    return;
+  }
+  const rowsPerChunk = Math.ceil(rowsTotal / Math.min(rowsTotal, Math.max(1, Math.ceil(WEIGHT_GRAD_INVOCATIONS / base))));
+  const chunks = Math.ceil(rowsTotal / rowsPerChunk);
+  const partial = chunks === 1 ? out : rt.temp(chunks * weights, 'float32');
+  windowKernel(
+    rt,
+    'conv2dBackwardWeight.regs',
+    [{ name: 'src', s: x, access: 'read' }, { name: 'grad', s: grad, access: 'read' }, { name: 'dst', s: partial, access: 'write' }],
+    chunks * base,
+    l,
+    `
+  let taps = P.kh * P.kw;
+  let cg = P.c / P.groups;
+  let og = P.oc / P.groups;
+  let tap = ti % taps;
+  let ci0 = ((ti / taps) % P.ctiles) * ${TILE}i;
+  let ot = (ti / (taps * P.ctiles)) % (P.groups * P.otiles);
+  let chunk = ti / (taps * P.ctiles * P.groups * P.otiles);
+  let ki = tap / P.kw;
+  let kj = tap % P.kw;
+  let grp = ot / P.otiles;
+  let o0 = grp * og + (ot % P.otiles) * ${TILE}i;
+  let olast = grp * og + og - 1i;
+  // The output columns whose tap kj lands inside the input: 0 <= ox * sw + xoff < w.
+  let xoff = kj * P.dw - P.pw;
+  let ox_lo = select(0i, (P.sw - 1i - xoff) / P.sw, xoff < 0i);
+  let ox_hi = select(0i, min(P.ow, (P.w - 1i - xoff) / P.sw + 1i), P.w - 1i - xoff >= 0i);
+  ${LANES.map((r) => `let oc${r} = min(o0 + ${r}i, olast);`).join('\n  ')}
+  ${LANES.map((r) => `let c${r} = grp * cg + min(ci0 + ${r}i, cg - 1i);`).join('\n  ')}
+  ${ACC_DECL}
+  let q1 = min(P.n * P.oh, (chunk + 1i) * P.rows);
+  for (var q = chunk * P.rows; q < q1; q++) {
+    let oy = q % P.oh;
+    let b = q / P.oh;
+    let y = oy * P.sh - P.ph + ki * P.dh;
+    if (y < 0i || y >= P.h) { continue; }
+    ${LANES.map((r) => `let xrow${r} = ((b * P.c + c${r}) * P.h + y) * P.w + xoff;`).join('\n    ')}
+    let g0 = b * P.oc;
+    ${LANES.map((r) => `let gr${r} = ((g0 + oc${r}) * P.oh + oy) * P.ow;`).join('\n    ')}
+    for (var ox = ox_lo; ox < ox_hi; ox++) {
+      let g = vec4<f32>(${LANES.map((r) => `grad[gr${r} + ox]`).join(', ')});
+      let xo = ox * P.sw;
+      ${LANES.map((r) => `acc${r} += src[xrow${r} + xo] * g;`).join('\n      ')}
+    }
+  }
+  // acc<r>[q]: input channel ci0 + r, output channel o0 + q.
+  let base = chunk * P.oc * cg * taps + ci0 * taps + tap;
+  ${LANES.map((r) => `if (ci0 + ${r}i < cg) {\n    ${LANES.map((q) => `if (o0 + ${q}i <= olast) { dst[base + (o0 + ${q}i) * cg * taps + ${r}i * taps] = acc${r}[${q}]; }`).join('\n    ')}\n  }`).join('\n  ')}`,
+    '',
+    [...convParams(l), { name: 'otiles', type: 'i32', value: otiles }, { name: 'ctiles', type: 'i32', value: ctiles }, { name: 'rows', type: 'i32', value: rowsPerChunk }],
+  );
+  if (chunks === 1) return;
+  reduce(rt, 'sum', partial, out, { outer: 1, size: chunks, inner: weights });
+  rt.release(partial);
 }
 
 /** Rows and columns of C per workgroup of the tiled form, its depth step, and its 16 x 8 threads (4 x 4 outputs each). */

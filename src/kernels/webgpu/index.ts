@@ -251,7 +251,7 @@ export class WebGPUBackend implements Backend {
     this.rt.lazy(CONV, (m) => m.conv2dBackwardInput(this.rt, asGPU(grad), asGPU(weight), asGPU(out), l));
   }
   conv2dBackwardWeight(x: Storage, grad: Storage, out: Storage, l: Conv2dLayout): void {
-    this.rt.lazy(CONV, (m) => m.conv2dBackwardWeight(this.rt, asGPU(x), asGPU(grad), asGPU(out), l));
+    this.rt.lazy(CONV, (m) => m.conv2dBackwardWeight(this.rt, asGPU(x), asGPU(grad), asGPU(out), l, { fill, reduce }));
   }
   maxPool2d(x: Storage, out: Storage, argOut: Storage | null, g: Window2d): void {
     this.rt.lazy(CONV, (m) => m.maxPool2d(this.rt, asGPU(x), asGPU(out), argOut ? asGPU(argOut) : null, g));
