@@ -7,36 +7,17 @@
  * eval mode); gradcheck and gradgradcheck in float64; the edge cases (one value per channel,
  * empty batch); and the WebGPU dispatch counts. nn.test.ts holds BatchNorm1d/2d against PyTorch.
  */
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import * as fg from '../src/index.js';
 import type { Backend, BatchNormLayout, Storage } from '../src/kernels/backend.js';
-import { CpuBackend } from '../src/kernels/cpu/index.js';
-import { getBackend, setBackend } from '../src/kernels/registry.js';
-import { createWasmBackend } from '../src/kernels/wasm/index.js';
-import { createWebGPUBackend, type WebGPUBackend } from '../src/kernels/webgpu/index.js';
 import { batchNormEval, batchNormTrain } from '../src/tensor/ops/normalization.js';
 import type { TypedArray } from '../src/tensor/dtype.js';
 import { withBackend } from './helpers/backend-scope.js';
 import { f32, runKernelOn, type KernelInput } from './helpers/kernel-parity.js';
-import { acquireWebGPU, expectClose, randomF32, type Tolerance } from './helpers/webgpu.js';
+import { expectClose, randomF32, type Tolerance } from './helpers/webgpu.js';
+import { parityDevices } from './helpers/parity-devices.js';
 
-const prev = getBackend();
-const cpu = new CpuBackend();
-const wasm = await createWasmBackend({ threads: 1 });
-const webgpu = (await acquireWebGPU()).backend;
-// The same device with the real-GPU kernel choice: channels of more than 64 values get a
-// workgroup each (on a CPU-emulated adapter every channel gets one thread), so both forms run.
-const gpuWorkgroups: WebGPUBackend | null = webgpu ? await createWebGPUBackend({ device: webgpu.device, cpuEmulated: false }) : null;
-afterAll(() => {
-  setBackend(prev);
-  wasm.dispose();
-});
-
-const DEVICES: [string, Backend | null][] = [
-  ['wasm', wasm],
-  ['webgpu', webgpu],
-  ['webgpu workgroup channels', gpuWorkgroups],
-];
+const { cpu, wasm, webgpu, devices: DEVICES } = await parityDevices('webgpu workgroup channels');
 
 // float32 kernels against the float64-accumulating reference: the channel sums are a few ulps of
 // their terms, the outputs (about unit size) and dx a few ulps more; dweight and dbias are sums

@@ -6,35 +6,16 @@
  * gradcheck and gradgradcheck in float64; and the WebGPU dispatch counts. The op against
  * PyTorch 1.13 is in test/diff-pytorch.test.ts (test/fixtures/diff/layerNorm.json).
  */
-import { afterAll, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import * as fg from '../src/index.js';
 import type { Backend, LayerNormLayout, Storage } from '../src/kernels/backend.js';
-import { CpuBackend } from '../src/kernels/cpu/index.js';
-import { getBackend, setBackend } from '../src/kernels/registry.js';
-import { createWasmBackend } from '../src/kernels/wasm/index.js';
-import { createWebGPUBackend, type WebGPUBackend } from '../src/kernels/webgpu/index.js';
 import type { TypedArray } from '../src/tensor/dtype.js';
 import { withBackend } from './helpers/backend-scope.js';
 import { f32, runKernelOn, type KernelInput } from './helpers/kernel-parity.js';
-import { acquireWebGPU, expectClose, randomF32, type Tolerance } from './helpers/webgpu.js';
+import { expectClose, randomF32, type Tolerance } from './helpers/webgpu.js';
+import { parityDevices } from './helpers/parity-devices.js';
 
-const prev = getBackend();
-const cpu = new CpuBackend();
-const wasm = await createWasmBackend({ threads: 1 });
-const webgpu = (await acquireWebGPU()).backend;
-// The same device with the real-GPU kernel choice: rows longer than 64 get a workgroup each (on a
-// CPU-emulated adapter every row gets one thread), so both WGSL row forms are tested.
-const gpuWorkgroupRows: WebGPUBackend | null = webgpu ? await createWebGPUBackend({ device: webgpu.device, cpuEmulated: false }) : null;
-afterAll(() => {
-  setBackend(prev);
-  wasm.dispose();
-});
-
-const DEVICES: [string, Backend | null][] = [
-  ['wasm', wasm],
-  ['webgpu', webgpu],
-  ['webgpu workgroup rows', gpuWorkgroupRows],
-];
+const { cpu, wasm, webgpu, devices: DEVICES } = await parityDevices('webgpu workgroup rows');
 
 // float32 kernels against the float64-accumulating reference: the row sums are a few ulps of
 // their terms, the outputs (about unit size) and dx a few ulps more; dweight sums over the rows.
