@@ -54,9 +54,9 @@ async function treeWidth(b: WebGPUBackend, f: () => Promise<unknown>): Promise<s
 }
 
 describe('webgpu arena passes: tree width and unmasked full blocks', () => {
-  it('the CPU-emulated and the GPU tree give the same slots bit for bit; writes equal the reference', async () => {
+  it('the CPU-emulated and the GPU tree give the same slots bit for bit; writes equal the reference', async (ctx) => {
     const { backend: emulated, reason } = await acquireWebGPU();
-    if (!emulated) return void console.warn(`skipped: no WebGPU adapter (${reason})`);
+    if (!emulated) return ctx.skip(`no WebGPU adapter: ${reason}`);
     const gpu = await createWebGPUBackend({ cpuEmulated: false });
     try {
       const z = randomF32(TOTAL, 4);
@@ -106,9 +106,9 @@ async function runPadded(b: Backend, init: Readonly<Record<string, Float32Array>
 }
 
 describe('webgpu arena passes leave the padding alone', () => {
-  it('reductions skip it and writes keep it, against the reference', async () => {
+  it('reductions skip it and writes keep it, against the reference', async (ctx) => {
     const { backend: b, reason } = await acquireWebGPU();
-    if (!b) return void console.warn(`skipped: no WebGPU adapter (${reason})`);
+    if (!b) return ctx.skip(`no WebGPU adapter: ${reason}`);
     const init = { x: randomF32(TOTAL, 5), y: randomF32(TOTAL, 6), z: randomF32(TOTAL, 7) };
     const dev = await runPadded(b, init, 1e30);
     const ref = await runPadded(new CpuBackend(), init, 1e30);

@@ -14,8 +14,8 @@ import { batchNormEval, batchNormTrain } from '../src/tensor/ops/normalization.j
 import type { TypedArray } from '../src/tensor/dtype.js';
 import { withBackend } from './helpers/backend-scope.js';
 import { f32, runKernelOn, type KernelInput } from './helpers/kernel-parity.js';
-import { expectClose, randomF32, type Tolerance } from './helpers/webgpu.js';
-import { parityDevices } from './helpers/parity-devices.js';
+import { expectClose, randomF32, withDispatchNames, type Tolerance } from './helpers/webgpu.js';
+import { gradcheckCases, parityDevices } from './helpers/parity-devices.js';
 
 const { cpu, wasm, webgpu, devices: DEVICES } = await parityDevices('webgpu workgroup channels');
 
@@ -318,36 +318,20 @@ describe('batchNorm op: the fused kernels agree with the composed tensor ops', (
 });
 
 describe('batchNorm gradients in float64 on the cpu backend', () => {
-  const input = (shape: number[]) => fg.randn(shape, { dtype: 'float64' }).detach().requiresGrad_();
   const cases: [string, number[][], (...t: fg.Tensor[]) => fg.Tensor][] = [
     ['train, no affine', [[3, 2, 2, 3]], (x) => batchNormTrain(x).y],
     ['train, weight and bias, 1x1 maps', [[5, 3, 1, 1], [3], [3]], (x, w, b) => batchNormTrain(x, w, b).y],
     ['train, weight only, [N, C, L], large eps', [[2, 3, 4], [3]], (x, w) => batchNormTrain(x, w, null, 0.5).y],
     ['eval, weight and bias', [[3, 2, 2, 2], [2], [2]], (x, w, b) => batchNormEval(x, fg.tensor([0.3, -0.2], { dtype: 'float64' }), fg.tensor([0.5, 2], { dtype: 'float64' }), w, b)],
   ];
-  for (const [name, shapes, fn] of cases) {
-    it(name, () =>
-      withBackend(cpu, () => {
-        fg.manualSeed(11);
-        const xs = shapes.map(input);
-        expect(fg.gradcheck(fn, xs)).toBe(true);
-        expect(fg.gradgradcheck(fn, xs, { atol: 1e-4, rtol: 1e-3 })).toBe(true);
-      }),
-    );
-  }
+  gradcheckCases(cpu, cases);
 });
 
 describe.skipIf(!webgpu)('batchNorm on WebGPU: dispatches', () => {
   it('train forward is one dispatch, backward one, eval one', async () => {
     const gpu = webgpu!;
-    const names: string[] = [];
-    const dispatch = gpu.rt.dispatch.bind(gpu.rt);
-    gpu.rt.dispatch = (call) => {
-      names.push(call.name);
-      dispatch(call);
-    };
-    try {
-      await withBackend(gpu, async () => {
+    await withDispatchNames(gpu, (names) =>
+      withBackend(gpu, async () => {
         const x = fg.randn([8, 4, 7, 7]).requiresGrad_();
         const w = fg.ones([4]).requiresGrad_();
         const b = fg.zeros([4]).requiresGrad_();
@@ -376,9 +360,7 @@ describe.skipIf(!webgpu)('batchNorm on WebGPU: dispatches', () => {
         // (13, 26 and 6 when this was written.)
         for (const count of [composedForward, composedBackward, names.length]) expect(count).toBeGreaterThan(1);
         await x2.grad!.data();
-      });
-    } finally {
-      gpu.rt.dispatch = dispatch;
-    }
+      }),
+    );
   });
 });

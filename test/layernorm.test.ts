@@ -12,8 +12,8 @@ import type { Backend, LayerNormLayout, Storage } from '../src/kernels/backend.j
 import type { TypedArray } from '../src/tensor/dtype.js';
 import { withBackend } from './helpers/backend-scope.js';
 import { f32, runKernelOn, type KernelInput } from './helpers/kernel-parity.js';
-import { expectClose, randomF32, type Tolerance } from './helpers/webgpu.js';
-import { parityDevices } from './helpers/parity-devices.js';
+import { expectClose, randomF32, withDispatchNames, type Tolerance } from './helpers/webgpu.js';
+import { gradcheckCases, parityDevices } from './helpers/parity-devices.js';
 
 const { cpu, wasm, webgpu, devices: DEVICES } = await parityDevices('webgpu workgroup rows');
 
@@ -263,36 +263,20 @@ describe('layerNorm op: the fused kernels agree with the composed tensor ops', (
 });
 
 describe('layerNorm gradients in float64 on the cpu backend', () => {
-  const input = (shape: number[]) => fg.randn(shape, { dtype: 'float64' }).detach().requiresGrad_();
   const cases: [string, number[][], (...t: fg.Tensor[]) => fg.Tensor][] = [
     ['no affine', [[3, 5]], (x) => fg.layerNorm(x, [5])],
     ['weight only', [[2, 3, 4], [4]], (x, w) => fg.layerNorm(x, [4], w)],
     ['bias only', [[4, 3], [3]], (x, b) => fg.layerNorm(x, [3], null, b)],
     ['two dims, large eps', [[2, 2, 3], [2, 3], [2, 3]], (x, w, b) => fg.layerNorm(x, [2, 3], w, b, 0.5)],
   ];
-  for (const [name, shapes, fn] of cases) {
-    it(name, () =>
-      withBackend(cpu, () => {
-        fg.manualSeed(11);
-        const xs = shapes.map(input);
-        expect(fg.gradcheck(fn, xs)).toBe(true);
-        expect(fg.gradgradcheck(fn, xs, { atol: 1e-4, rtol: 1e-3 })).toBe(true);
-      }),
-    );
-  }
+  gradcheckCases(cpu, cases);
 });
 
 describe.skipIf(!webgpu)('layerNorm on WebGPU: dispatches', () => {
   it('forward is one dispatch, backward two (one without parameter gradients)', async () => {
     const gpu = webgpu!;
-    const names: string[] = [];
-    const dispatch = gpu.rt.dispatch.bind(gpu.rt);
-    gpu.rt.dispatch = (call) => {
-      names.push(call.name);
-      dispatch(call);
-    };
-    try {
-      await withBackend(gpu, async () => {
+    await withDispatchNames(gpu, (names) =>
+      withBackend(gpu, async () => {
         const x = fg.randn([64, 192]).requiresGrad_();
         const w = fg.ones([192]).requiresGrad_();
         const b = fg.zeros([192]).requiresGrad_();
@@ -308,9 +292,7 @@ describe.skipIf(!webgpu)('layerNorm on WebGPU: dispatches', () => {
         fg.layerNorm(x2, [192], w.detach(), b.detach()).backward(fg.randn([8, 192]));
         expect(names.filter((n) => n.startsWith('layerNorm'))).toEqual(['layerNorm', 'layerNormBackward']);
         await x.grad!.data();
-      });
-    } finally {
-      gpu.rt.dispatch = dispatch;
-    }
+      }),
+    );
   });
 });

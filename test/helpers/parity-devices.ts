@@ -3,14 +3,17 @@
  * WebGPU as this adapter picks its kernel forms, and the same device with the real-GPU choice
  * (`cpuEmulated: false`: a row or channel of more than 64 values gets a workgroup, where a
  * CPU-emulated adapter gives it one thread), so that both WGSL forms run. The wasm backend is
- * disposed and the previous backend restored after the file's tests.
+ * disposed and the previous backend restored after the file's tests. Also the float64
+ * gradchecks every fused op gets on the cpu backend.
  */
-import { afterAll } from 'vitest';
+import { afterAll, expect, it } from 'vitest';
+import * as fg from '../../src/index.js';
 import type { Backend } from '../../src/kernels/backend.js';
 import { CpuBackend } from '../../src/kernels/cpu/index.js';
 import { getBackend, setBackend } from '../../src/kernels/registry.js';
 import { createWasmBackend } from '../../src/kernels/wasm/index.js';
 import { createWebGPUBackend, type WebGPUBackend } from '../../src/kernels/webgpu/index.js';
+import { withBackend } from './backend-scope.js';
 import { acquireWebGPU } from './webgpu.js';
 
 export interface ParityDevices {
@@ -34,4 +37,21 @@ export async function parityDevices(workgroupLabel: string): Promise<ParityDevic
     wasm.dispose();
   });
   return { cpu, wasm, webgpu, gpuWorkgroups, devices: [['wasm', wasm], ['webgpu', webgpu], [workgroupLabel, gpuWorkgroups]] };
+}
+
+/**
+ * One test per case: gradcheck and gradgradcheck in float64 on the cpu backend, each input a
+ * seeded standard normal tensor of the given shape.
+ */
+export function gradcheckCases(cpu: CpuBackend, cases: [string, number[][], (...t: fg.Tensor[]) => fg.Tensor][]): void {
+  for (const [name, shapes, fn] of cases) {
+    it(name, () =>
+      withBackend(cpu, () => {
+        fg.manualSeed(11);
+        const xs = shapes.map((shape) => fg.randn(shape, { dtype: 'float64' }).detach().requiresGrad_());
+        expect(fg.gradcheck(fn, xs)).toBe(true);
+        expect(fg.gradgradcheck(fn, xs, { atol: 1e-4, rtol: 1e-3 })).toBe(true);
+      }),
+    );
+  }
 }

@@ -76,3 +76,21 @@ export function expectExact(actual: TypedArray, expected: TypedArray, what = '')
     }
   }
 }
+
+/**
+ * Runs f with every dispatch of `gpu` recorded by kernel name into `names` (which f may clear
+ * between the parts it counts), then restores the runtime's dispatch.
+ */
+export async function withDispatchNames(gpu: WebGPUBackend, f: (names: string[]) => Promise<void>): Promise<void> {
+  const names: string[] = [];
+  const dispatch = gpu.rt.dispatch;
+  gpu.rt.dispatch = (call) => {
+    names.push(call.name);
+    dispatch.call(gpu.rt, call);
+  };
+  try {
+    await f(names);
+  } finally {
+    gpu.rt.dispatch = dispatch;
+  }
+}
