@@ -12,6 +12,9 @@
  *   counted by the recorder of src/compile/trace.ts on one eager step, and from the plan's figures
  *   for the captured step (its zero fills and state copies included);
  * - wall ms: from the call to the end of an awaited readback of the loss;
+ * - process CPU ms (cpu, wasm): the process's user + system time over the same span, which other
+ *   processes' load disturbs far less than wall time on a shared machine;
+ * - captured unfused: the same compiled step with the fusion pass off (fuse: false);
  * - host ms: on cpu and wasm, where kernels run on the calling thread, the wall time minus the time
  *   spent inside kernel calls (backend and fused arena kernels; allocation and host transfers count
  *   as host work), timed by wrapping them in a separate instrumented run; on
@@ -20,7 +23,7 @@
  * Run:
  *   npx esbuild bench/compile.bench.ts --bundle --platform=node --format=esm --packages=external \
  *     --ignore-annotations --outfile=node_modules/.cache/flatgrad/compile.bench.mjs --log-level=warning \
- *     && node node_modules/.cache/flatgrad/compile.bench.mjs [--quick] [--all] [--webgpu] [--backends=cpu,wasm,webgpu] [--schedule]
+ *     && node node_modules/.cache/flatgrad/compile.bench.mjs [--quick] [--all] [--webgpu] [--backends=cpu,wasm,webgpu] [--models=mlp,cnn,vit] [--schedule]
  * --schedule: a cosine learning-rate schedule (and rho for SAM) stepped after every step, as a
  * training run has; the captured step takes the values as plan inputs (the traces column says so).
  * - dynamic calls: of the captured step's calls, those whose host code runs on each replay (inputs,
@@ -144,6 +147,9 @@ interface Row {
   batch: number;
   eagerDispatches: number;
   capturedDispatches: number;
+  /** The same plan with the fusion pass off (compile option fuse: false). */
+  unfusedDispatches: number;
+  fusedKernels: number;
   capturedZeroFills: number;
   capturedDynamic: number;
   traces: number;
@@ -152,6 +158,9 @@ interface Row {
   capturedSubmits: number | null;
   eagerWallMs: number;
   capturedWallMs: number;
+  unfusedWallMs: number;
+  /** Process CPU ms per step (user + system), eager / captured unfused / captured: robust to other processes' load (cpu, wasm). */
+  cpuMs: [number, number, number] | null;
   eagerHostMs: number;
   capturedHostMs: number;
   speedup: number;
@@ -170,40 +179,46 @@ async function measure(kind: ModelKind, opt: OptKind): Promise<Row> {
   const queue = gpu ? (b as unknown as { device: GPUDevice }).device.queue : null;
   const submit = queue?.submit;
   if (queue && submit) queue.submit = function (this: GPUQueue, ...a: Parameters<GPUQueue['submit']>) { submits++; return submit.apply(this, a); };
-  const timeStep = async (f: Step): Promise<{ wall: number; host: number; submits: number }> => {
+  const timeStep = async (f: Step): Promise<{ wall: number; host: number; submits: number; cpu: number }> => {
     submits = 0;
+    const c0 = process.cpuUsage();
     const t0 = performance.now();
     const l = f(xs[i % 4], ys[i % 4]);
     const t1 = performance.now();
     await l.data();
     const t2 = performance.now();
+    const c = process.cpuUsage(c0);
     l.dispose();
     f.between?.();
     i++;
-    return { wall: t2 - t0, host: t1 - t0, submits };
+    return { wall: t2 - t0, host: t1 - t0, submits, cpu: (c.user + c.system) / 1000 };
   };
 
   // Wall time, uninstrumented.
   const eager = makeStep(kind, opt);
   const captured = compiled(makeStep(kind, opt), { onMessage: (m) => { throw new Error(m); } });
-  for (let w = 0; w < 3; w++) {
-    await timeStep(eager);
-    await timeStep(captured);
-  }
-  const wall: [number[], number[]] = [[], []];
-  const hostGpu: [number[], number[]] = [[], []];
-  const submitCounts: [number[], number[]] = [[], []];
+  const unfused = compiled(makeStep(kind, opt), { fuse: false, onMessage: (m) => { throw new Error(m); } });
+  const runs = [eager, captured, unfused];
+  for (let w = 0; w < 3; w++) for (const f of runs) await timeStep(f);
+  const wall: number[][] = [[], [], []];
+  const cpu: number[][] = [[], [], []];
+  const hostGpu: number[][] = [[], [], []];
+  const submitCounts: number[][] = [[], [], []];
   for (let r = 0; r < ROUNDS; r++) {
-    const order = r % 2 === 0 ? [0, 1] : [1, 0];
+    const order = r % 2 === 0 ? [0, 1, 2] : [2, 1, 0];
     for (const k of order) {
-      const t = await timeStep(k === 0 ? eager : captured);
+      const t = await timeStep(runs[k]);
       wall[k].push(t.wall);
+      cpu[k].push(t.cpu);
       hostGpu[k].push(t.host);
       submitCounts[k].push(t.submits);
     }
   }
   if (queue && submit) queue.submit = submit;
   const capturedDispatches = captured.stats().plan!.calls;
+  const unfusedDispatches = unfused.stats().plan!.calls;
+  const fusedKernels = captured.stats().plan!.fusedKernels;
+  unfused.dispose();
   const capturedZeroFills = captured.stats().plan!.zeroFills;
   const capturedDynamic = captured.stats().plan!.dynamicCalls;
   const traces = captured.stats().traces;
@@ -236,8 +251,9 @@ async function measure(kind: ModelKind, opt: OptKind): Promise<Row> {
   const eagerWallMs = median(wall[0]);
   const capturedWallMs = median(wall[1]);
   return {
-    backend: b.name, model: kind, opt, batch: n, eagerDispatches, capturedDispatches, capturedZeroFills, capturedDynamic, traces,
-    eagerSubmits: gpu ? median(submitCounts[0]) : null, capturedSubmits: gpu ? median(submitCounts[1]) : null, eagerWallMs, capturedWallMs,
+    backend: b.name, model: kind, opt, batch: n, eagerDispatches, capturedDispatches, unfusedDispatches, fusedKernels, capturedZeroFills, capturedDynamic, traces,
+    eagerSubmits: gpu ? median(submitCounts[0]) : null, capturedSubmits: gpu ? median(submitCounts[1]) : null, eagerWallMs, capturedWallMs, unfusedWallMs: median(wall[2]),
+    cpuMs: gpu ? null : [median(cpu[0]), median(cpu[2]), median(cpu[1])],
     eagerHostMs: host[0], capturedHostMs: host[1], speedup: eagerWallMs / capturedWallMs,
   };
 }
@@ -256,7 +272,10 @@ if (onlyBackends) for (let i = backends.length - 1; i >= 0; i--) if (!onlyBacken
 for (const [name, make] of backends) {
   // The cpu backend is the plain-TypeScript reference: its convolutions take seconds per step, so
   // the CNN and ViT rows run on wasm (and WebGPU) only.
-  const models: ModelKind[] = args.includes('--all') && name !== 'cpu' ? ['mlp', 'cnn', 'vit'] : ['mlp'];
+  let models: ModelKind[] = args.includes('--all') && name !== 'cpu' ? ['mlp', 'cnn', 'vit'] : ['mlp'];
+  // --models=mlp,vit: only those (the CNN takes seconds per step on SwiftShader).
+  const onlyModels = args.find((a) => a.startsWith('--models='))?.slice('--models='.length).split(',');
+  if (onlyModels) models = models.filter((m) => onlyModels.includes(m));
   let b: Backend;
   try {
     b = await make();
@@ -280,13 +299,14 @@ const md = [
   '',
   `${new Date().toISOString()}, Node ${process.version}, ${os.cpus().length} x ${os.cpus()[0]?.model}, load average ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}${quick ? ', --quick' : ''}${schedule ? ', --schedule (cosine lr and rho, stepped every step)' : ''}.`,
   'The machine is shared with other busy processes: absolute times are noisy, read the ratios. Median of ' + ROUNDS + ' alternating rounds.',
-  'Captured dispatches include the zero fills of reused buffers, which an eager step gets from its fresh (zeroed) allocations; nothing is fused yet.',
+  'Captured dispatches include the zero fills of reused buffers, which an eager step gets from its fresh (zeroed) allocations. Unfused: the same plan with the fusion pass off (fuse: false); fused kernels: generated elementwise kernels in the captured plan (src/compile/fuse.ts), whose copies into a destination are also forwarded to the producer.',
+  'Host ms captured (cpu, wasm) counts the fused elementwise kernels as host work: the timer wraps backend methods, and a fused kernel is a function of the plan.',
   'Dynamic: captured calls whose host code runs on every replay (the rest are encoded from recorded command streams on WebGPU). Submits: WebGPU queue submits per step, readback included.',
   '',
-  '| backend | model | step | batch | dispatches eager | dispatches captured (zero fills) | dynamic | traces | submits eager / captured | host ms eager | host ms captured | host share captured | wall ms eager | wall ms captured | wall speedup |',
-  '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+  '| backend | model | step | batch | dispatches eager | dispatches captured unfused | dispatches captured (zero fills) | fused kernels | dynamic | traces | submits eager / captured | host ms eager | host ms captured | host share captured | wall ms eager | wall ms captured unfused | wall ms captured | wall speedup | process CPU ms eager / unfused / captured |',
+  '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
   ...rows.map((r) =>
-    `| ${r.backend} | ${r.model} | ${r.opt} | ${r.batch} | ${r.eagerDispatches} | ${r.capturedDispatches} (${r.capturedZeroFills}) | ${r.capturedDynamic} | ${r.traces} | ${r.eagerSubmits === null ? '-' : `${r.eagerSubmits} / ${r.capturedSubmits}`} | ${f(r.eagerHostMs)} | ${f(r.capturedHostMs)} | ${((100 * r.capturedHostMs) / r.capturedWallMs).toFixed(0)}% | ${f(r.eagerWallMs)} | ${f(r.capturedWallMs)} | ${r.speedup.toFixed(2)}x |`),
+    `| ${r.backend} | ${r.model} | ${r.opt} | ${r.batch} | ${r.eagerDispatches} | ${r.unfusedDispatches} | ${r.capturedDispatches} (${r.capturedZeroFills}) | ${r.fusedKernels} | ${r.capturedDynamic} | ${r.traces} | ${r.eagerSubmits === null ? '-' : `${r.eagerSubmits} / ${r.capturedSubmits}`} | ${f(r.eagerHostMs)} | ${f(r.capturedHostMs)} | ${((100 * r.capturedHostMs) / r.capturedWallMs).toFixed(0)}% | ${f(r.eagerWallMs)} | ${f(r.unfusedWallMs)} | ${f(r.capturedWallMs)} | ${r.speedup.toFixed(2)}x | ${r.cpuMs ? r.cpuMs.map(f).join(' / ') : '-'} |`),
   '',
 ];
 const sgdSam = rows.filter((r) => r.opt === 'SAM').map((s) => {

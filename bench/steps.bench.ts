@@ -13,9 +13,14 @@
  *             p -= lr * g(w + e)                           (rho 0.05)
  *
  * Two families, each model in its own process, every library of a family on the same device:
- *   webgpu: flatgrad webgpu, @tensorflow/tfjs-backend-webgpu, @jax-js/jax on webgpu (jit)
- *   wasm:   flatgrad wasm with 2 threads and with 1 thread, @tensorflow/tfjs-backend-wasm,
- *           @jax-js/jax on wasm (jit)
+ *   webgpu: flatgrad webgpu (eager and captured), @tensorflow/tfjs-backend-webgpu, @jax-js/jax on
+ *           webgpu (jit)
+ *   wasm:   flatgrad wasm with 2 threads and with 1 thread (eager and captured),
+ *           @tensorflow/tfjs-backend-wasm, @jax-js/jax on wasm (jit)
+ * "captured": fg.compile around the whole step (zeroGrad, forward, backward, optimizer step; SAM's
+ * two passes), as a user writes it; jax-js jit is its counterpart (jax-js's own captured mode).
+ * A captured contender trains its own copy of the model, so its losses must equal its eager twin's
+ * after the same steps (bit for bit on wasm): the report says whether they do.
  * Each library is written as its users would write it: flatgrad with nn.models and optim.SGD /
  * optim.SAM; tfjs with tf ops on tf.variables (no tf.layers), tf.variableGrads, a per-variable
  * perturb (backup + assign) and restore, and tf.train.sgd; jax-js with one jitted step function
@@ -27,7 +32,9 @@
  *
  * Timing: warmup steps, then rounds; in each round every library (in a rotating order) does one
  * SGD step and one SAM step, each timed from the call to the end of an awaited readback of its
- * loss (so all of the step's work is complete). A process reports each library's median; the
+ * loss (so all of the step's work is complete). Every library does a minimum number of rounds,
+ * then more until its own timed steps have used a time budget (so a library that takes seconds
+ * per step does not starve the others of rounds). A process reports each library's median; the
  * whole measurement runs in several separate processes and the report is the median of those.
  * Each process first measures the one-core f32x4 peak (bench/simd-peak.ts): the report gives each
  * step's FLOP floor and, for flatgrad wasm with one thread, the time and GFLOP/s of every backend
@@ -54,6 +61,7 @@ import * as flatgrad from '../src/index.js';
 import * as flatgradRegistry from '../src/kernels/registry.js';
 import { SWIFTSHADER_ICD } from '../src/kernels/webgpu/device.js';
 import { measureSimdPeak } from './simd-peak.js';
+import { instrumentCalls } from './instrument.js';
 
 // ---------------------------------------------------------------------------------------------
 // The problems, identical for every library
@@ -278,7 +286,13 @@ function kernelFlops(kernel: string, args: unknown[]): number {
   return 0;
 }
 
-async function flatgradContender(fg: FG, registry: Registry, p: Problem, name: string, cores: number, initOpts: Parameters<FG['init']>[0]): Promise<Contender> {
+/**
+ * flatgrad's contender. `captured`: the whole step (zeroGrad, forward, backward and the optimizer
+ * step, SAM's two passes included) wrapped in fg.compile as a user writes it, with the batch as
+ * its arguments; it runs eagerly on its first call, is traced on its second and replayed from the
+ * third (the warm-up covers all three), and a fall-back to eager is an error of the contender.
+ */
+async function flatgradContender(fg: FG, registry: Registry, p: Problem, name: string, cores: number, initOpts: Parameters<FG['init']>[0], captured = false): Promise<Contender> {
   const info = await fg.init(initOpts);
   const backend = registry.getBackend();
   const { nn, optim } = fg;
@@ -304,76 +318,72 @@ async function flatgradContender(fg: FG, registry: Registry, p: Problem, name: s
   const samModel = makeModel();
   const sgdOpt = new optim.SGD(sgdModel.parameters(), { lr: LR });
   const samOpt = new optim.SAM(samModel.parameters(), optim.SGD, { rho: RHO, lr: LR });
-  const lossOf = (model: ReturnType<typeof makeModel>) => nn.functional.crossEntropy(model.forward(x), y);
-  const sgd = async () => {
-    registry.setBackend(backend);
-    const loss = fg.tidy(() => {
+  type T = InstanceType<FG['Tensor']>;
+  const lossOf = (model: ReturnType<typeof makeModel>, xs: T, ys: T) => nn.functional.crossEntropy(model.forward(xs), ys);
+  const sgdStep = (xs: T, ys: T): T =>
+    fg.tidy(() => {
       sgdOpt.zeroGrad();
-      const l = lossOf(sgdModel);
+      const l = lossOf(sgdModel, xs, ys);
       l.backward();
       sgdOpt.step();
       return l;
     });
+  const samStep = (xs: T, ys: T): T =>
+    fg.tidy(
+      () =>
+        samOpt.step(() => {
+          const l = lossOf(samModel, xs, ys);
+          l.backward();
+          return l;
+        }) as T,
+    );
+  const capture = <F extends (xs: T, ys: T) => T>(f: F) =>
+    fg.compile(f, { onMessage: (m) => { throw new Error(`${name}: fg.compile fell back to eager: ${m}`); } });
+  const [sgdRun, samRun] = captured ? [capture(sgdStep), capture(samStep)] : [sgdStep, samStep];
+  const sgd = async () => {
+    registry.setBackend(backend);
+    const loss = sgdRun(x, y);
     const v = await loss.item();
     loss.dispose();
     return v;
   };
-  // Wraps every method of the backend instance for a few SGD steps; only the outermost call counts
-  // (a kernel that calls another method of the backend is charged once, to itself). Synchronous
-  // kernels only (wasm with one thread): a call's wall time is then its kernel's time.
+  // Times every backend kernel call over a few SGD steps (bench/instrument.ts: the outermost
+  // call only). Synchronous kernels only (wasm with one thread): a call's wall time is then its
+  // kernel's time.
   const profile = async (steps: number): Promise<KernelProfile[]> => {
-    const be = backend as unknown as Record<string, unknown>;
-    const names = new Set<string>();
-    for (let proto = Object.getPrototypeOf(be); proto && proto !== Object.prototype; proto = Object.getPrototypeOf(proto)) {
-      for (const n of Object.getOwnPropertyNames(proto)) if (n !== 'constructor' && typeof be[n] === 'function') names.add(n);
-    }
     const acc = new Map<string, KernelProfile>();
-    let depth = 0;
-    for (const n of names) {
-      const f = be[n] as (...a: unknown[]) => unknown;
-      be[n] = (...a: unknown[]) => {
-        if (depth > 0) return f.apply(be, a);
-        depth++;
-        const t0 = performance.now();
-        try {
-          return f.apply(be, a);
-        } finally {
-          const r = acc.get(n) ?? { kernel: n, callsPerStep: 0, msPerStep: 0, flopsPerStep: 0 };
-          r.callsPerStep++;
-          r.msPerStep += performance.now() - t0;
-          r.flopsPerStep += kernelFlops(n, a);
-          acc.set(n, r);
-          depth--;
-        }
-      };
-    }
+    const remove = instrumentCalls([['', backend]], (n, a, run) => {
+      const t0 = performance.now();
+      try {
+        return run();
+      } finally {
+        const r = acc.get(n) ?? { kernel: n, callsPerStep: 0, msPerStep: 0, flopsPerStep: 0 };
+        r.callsPerStep++;
+        r.msPerStep += performance.now() - t0;
+        r.flopsPerStep += kernelFlops(n, a);
+        acc.set(n, r);
+      }
+    });
     try {
       for (let i = 0; i < steps; i++) await sgd();
     } finally {
-      for (const n of names) delete be[n];
+      remove();
     }
     return [...acc.values()].map((r) => ({ ...r, callsPerStep: r.callsPerStep / steps, msPerStep: r.msPerStep / steps, flopsPerStep: r.flopsPerStep / steps })).sort((a, b) => b.msPerStep - a.msPerStep);
   };
   return {
     name,
-    describe: `flatgrad ${info.name}: ${info.adapter}`,
+    describe: `flatgrad ${info.name}: ${info.adapter}${captured ? ', fg.compile of the whole step' : ''}`,
     cores,
     sgd,
     async sam() {
       registry.setBackend(backend);
-      const loss = fg.tidy(
-        () =>
-          samOpt.step(() => {
-            const l = lossOf(samModel);
-            l.backward();
-            return l;
-          }) as InstanceType<FG['Tensor']>,
-      );
+      const loss = samRun(x, y);
       const v = await loss.item();
       loss.dispose();
       return v;
     },
-    profile: info.name === 'wasm' && cores === 1 ? profile : undefined,
+    profile: info.name === 'wasm' && cores === 1 && !captured ? profile : undefined,
   };
 }
 
@@ -656,8 +666,19 @@ interface ContenderResult {
   firstSamMs: number | null;
   sgdTimes: number[];
   samTimes: number[];
+  /**
+   * This process's CPU time (user + system, all threads) over the same steps: on a machine that
+   * other work keeps busy, wall time counts the waits for a core and CPU time does not. Dawn and
+   * SwiftShader run inside the process, so on WebGPU it is the emulated GPU's work too; for
+   * flatgrad wasm 2T it is both threads' work (more than its wall time when both are busy).
+   */
+  sgdCpu?: number[];
+  samCpu?: number[];
   initialLoss: number | null;
-  /** Loss read back by the last SGD and the last SAM step (same number of steps for every library). */
+  /**
+   * Loss read back by the SGD and the SAM step after warmup + minRounds steps of each (the same
+   * number for every library: see runFamily; a library that fails before has none).
+   */
   lastSgdLoss: number | null;
   lastSamLoss: number | null;
   steps: number;
@@ -673,7 +694,9 @@ interface FamilyRun {
   adapterDetails?: unknown;
   machine: { cpu: string; cores: number; node: string; loadavgBefore: number[]; loadavgAfter: number[] };
   warmup: number;
+  /** Rounds run (the most any library did), and the minimum every library did (the loss check's count). */
   rounds: number;
+  minRounds?: number;
   /** One core's f32x4 mul+add peak, GFLOP/s, measured in this process before the contenders start. */
   peakGflops: number;
   /** Per backend kernel, from a few SGD steps of flatgrad wasm with one thread after the rounds. */
@@ -688,7 +711,7 @@ function median(xs: number[]): number {
   return n % 2 ? s[n >> 1] : (s[n / 2 - 1] + s[n / 2]) / 2;
 }
 
-async function runFamily(model: ModelName, family: Family, opts: { warmup: number; rounds: number; budgetMs: number }): Promise<FamilyRun> {
+async function runFamily(model: ModelName, family: Family, opts: { warmup: number; rounds: number; minRounds: number; budgetMs: number }): Promise<FamilyRun> {
   const loadavgBefore = os.loadavg();
   const peakGflops = await measureSimdPeak();
   const failures: Failure[] = [];
@@ -718,6 +741,7 @@ async function runFamily(model: ModelName, family: Family, opts: { warmup: numbe
         return c;
       },
     });
+    makers.push({ name: 'flatgrad webgpu captured', make: async () => flatgradContender(fg, registry, problem, 'flatgrad webgpu captured', cores, { backend: 'webgpu', gpu }, true) });
     makers.push({
       name: 'tfjs-webgpu',
       make: async () => {
@@ -741,6 +765,7 @@ async function runFamily(model: ModelName, family: Family, opts: { warmup: numbe
       },
     });
     makers.push({ name: 'flatgrad wasm 1T', make: async () => flatgradContender(fg, registry, problem, 'flatgrad wasm 1T', 1, { backend: 'wasm', threads: 1 }) });
+    makers.push({ name: 'flatgrad wasm 1T captured', make: async () => flatgradContender(fg, registry, problem, 'flatgrad wasm 1T captured', 1, { backend: 'wasm', threads: 1 }, true) });
     makers.push({
       name: 'tfjs-wasm',
       make: async () => {
@@ -756,7 +781,7 @@ async function runFamily(model: ModelName, family: Family, opts: { warmup: numbe
   const live: { c: Contender; r: ContenderResult }[] = [];
   for (const m of makers) {
     const r: ContenderResult = {
-      name: m.name, describe: '', cores: 0, sgdMs: null, samMs: null, firstSgdMs: null, firstSamMs: null, sgdTimes: [], samTimes: [],
+      name: m.name, describe: '', cores: 0, sgdMs: null, samMs: null, firstSgdMs: null, firstSamMs: null, sgdTimes: [], samTimes: [], sgdCpu: [], samCpu: [],
       initialLoss: null, lastSgdLoss: null, lastSamLoss: null, steps: 0,
     };
     results.push(r);
@@ -772,10 +797,18 @@ async function runFamily(model: ModelName, family: Family, opts: { warmup: numbe
     }
   }
 
+  const cpuNow = () => {
+    const u = process.cpuUsage();
+    return (u.user + u.system) / 1000;
+  };
+  let lastCpu = 0;
   const timed = async (f: () => Promise<number>): Promise<[number, number]> => {
+    const c = cpuNow();
     const t = performance.now();
     const loss = await f();
-    return [performance.now() - t, loss];
+    const ms = performance.now() - t;
+    lastCpu = cpuNow() - c;
+    return [ms, loss];
   };
   const drop = (x: { c: Contender; r: ContenderResult }, stage: string, e: unknown) => {
     x.r.error = `${stage}: ${errorText(e)}`;
@@ -808,21 +841,33 @@ async function runFamily(model: ModelName, family: Family, opts: { warmup: numbe
   }
 
   // Rounds, interleaved, with a rotating order so that no library always follows the same one.
-  const started = performance.now();
+  // Every library does at least minRounds rounds; then each goes on until it has spent the budget
+  // in timed steps (its own, so that a library taking seconds per step stops early and the fast
+  // ones get enough rounds for a stable median) or reaches the cap. The losses reported as the
+  // cross-library check are those after warmup + minRounds steps, a count that all of them reach.
+  const minRounds = Math.min(opts.minRounds, opts.rounds);
+  const spent = new Map<ContenderResult, number>();
+  const wants = (x: { r: ContenderResult }) => x.r.sgdTimes.length < opts.rounds && (x.r.sgdTimes.length < minRounds || (spent.get(x.r) ?? 0) < opts.budgetMs);
   let rounds = 0;
-  while (live.length && rounds < opts.rounds && (rounds < 3 || performance.now() - started < opts.budgetMs)) {
-    const order = live.map((_, i) => live[(i + rounds) % live.length]);
+  for (let active = live.filter(wants); active.length; active = live.filter(wants)) {
+    const order = active.map((_, i) => active[(i + rounds) % active.length]);
     for (const x of order) {
       try {
         const [sgdMs, l1] = await timed(x.c.sgd);
+        const sgdCpu = lastCpu;
         const [samMs, l2] = await timed(x.c.sam);
         x.r.sgdTimes.push(sgdMs);
         x.r.samTimes.push(samMs);
-        x.r.lastSgdLoss = l1;
-        x.r.lastSamLoss = l2;
+        x.r.sgdCpu!.push(sgdCpu);
+        x.r.samCpu!.push(lastCpu);
+        spent.set(x.r, (spent.get(x.r) ?? 0) + sgdMs + samMs);
         x.r.steps++;
+        if (x.r.sgdTimes.length === minRounds) {
+          x.r.lastSgdLoss = l1;
+          x.r.lastSamLoss = l2;
+        }
       } catch (e) {
-        drop(x, `round ${rounds + 1}`, e);
+        drop(x, `round ${x.r.sgdTimes.length + 1}`, e);
       }
     }
     rounds++;
@@ -839,7 +884,7 @@ async function runFamily(model: ModelName, family: Family, opts: { warmup: numbe
   for (const r of results) {
     if (r.sgdTimes.length) r.sgdMs = median(r.sgdTimes);
     if (r.samTimes.length) r.samMs = median(r.samTimes);
-    console.error(`# ${r.name}: SGD ${r.sgdMs?.toFixed(1) ?? '-'} ms, SAM ${r.samMs?.toFixed(1) ?? '-'} ms over ${r.sgdTimes.length} rounds`);
+    console.error(`# ${r.name}: SGD ${r.sgdMs?.toFixed(1) ?? '-'} ms, SAM ${r.samMs?.toFixed(1) ?? '-'} ms over ${r.sgdTimes.length} rounds (CPU ${r.sgdCpu?.length ? median(r.sgdCpu).toFixed(1) : '-'} / ${r.samCpu?.length ? median(r.samCpu).toFixed(1) : '-'} ms)`);
   }
   return {
     model,
@@ -851,6 +896,7 @@ async function runFamily(model: ModelName, family: Family, opts: { warmup: numbe
     machine: { cpu: os.cpus()[0]?.model ?? 'unknown', cores: os.cpus().length, node: process.version, loadavgBefore, loadavgAfter: os.loadavg() },
     warmup: opts.warmup,
     rounds,
+    minRounds,
     peakGflops,
     profile,
     results,
@@ -882,6 +928,19 @@ interface Aggregate {
   lastSamLoss: number | null;
   /** peer / flatgrad reference, per reference (>1: flatgrad is faster). */
   ratios: Record<string, { sgd: number | null; sam: number | null }>;
+  /** The same from the process CPU time per step (null for sections measured without it). */
+  sgdCpuMs: number | null;
+  samCpuMs: number | null;
+  samOverSgdCpu: number | null;
+  sgdCpuPerProcess: (number | null)[];
+  samCpuPerProcess: (number | null)[];
+  ratiosCpu: Record<string, { sgd: number | null; sam: number | null }>;
+  /**
+   * A captured contender's last SGD and SAM losses against its eager twin's, per process: the
+   * largest absolute difference over processes (0: equal, as they must be bit for bit on wasm),
+   * null where either is missing or the row is not a captured one.
+   */
+  lossDiffVsEager: { sgd: number | null; sam: number | null } | null;
   errors: string[];
 }
 
@@ -898,7 +957,12 @@ interface Section {
   processErrors: string[];
 }
 
-const REFERENCES: Record<Family, string[]> = { webgpu: ['flatgrad webgpu'], wasm: ['flatgrad wasm 2T', 'flatgrad wasm 1T'] };
+const REFERENCES: Record<Family, string[]> = {
+  webgpu: ['flatgrad webgpu', 'flatgrad webgpu captured'],
+  wasm: ['flatgrad wasm 2T', 'flatgrad wasm 1T', 'flatgrad wasm 1T captured'],
+};
+/** Each captured contender and the eager contender whose losses it must reproduce (same steps, same weights). */
+const CAPTURED_OF: Record<string, string> = { 'flatgrad webgpu captured': 'flatgrad webgpu', 'flatgrad wasm 1T captured': 'flatgrad wasm 1T' };
 
 const med = (xs: (number | null | undefined)[]) => {
   const v = xs.filter((x): x is number => x != null);
@@ -914,6 +978,7 @@ function aggregate(spec: ModelSpec, family: Family, runs: FamilyRun[]): Aggregat
     const sgdPerProcess = per.map((x) => x?.sgdMs ?? null);
     const samPerProcess = per.map((x) => x?.samMs ?? null);
     const last = per.filter((x) => x && x.lastSgdLoss !== null).at(-1);
+    const cpuMed = (k: 'sgdCpu' | 'samCpu') => per.map((x) => (x?.[k]?.length ? median(x[k]!) : null));
     return {
       family,
       name,
@@ -921,7 +986,9 @@ function aggregate(spec: ModelSpec, family: Family, runs: FamilyRun[]): Aggregat
       cores: per.find((x) => x?.cores)?.cores ?? 0,
       sgdMs: med(sgdPerProcess),
       samMs: med(samPerProcess),
-      samOverSgd: med(per.map((x) => (x?.sgdMs != null && x.samMs != null ? x.samMs / x.sgdMs : null))),
+      // Each round's SAM step right after its SGD step: the ratio per round, then the median (a
+      // change in the machine's load between rounds then moves both alike).
+      samOverSgd: med(per.map((x) => (x?.sgdTimes.length && x.samTimes.length === x.sgdTimes.length ? median(x.samTimes.map((t, i) => t / x.sgdTimes[i])) : null))),
       sgdPerProcess,
       samPerProcess,
       sgdFloorPct: med(runs.map((r, i) => floorPct(3 * spec.forwardFlops, r, per[i], per[i]?.sgdMs))),
@@ -932,15 +999,35 @@ function aggregate(spec: ModelSpec, family: Family, runs: FamilyRun[]): Aggregat
       lastSgdLoss: last?.lastSgdLoss ?? null,
       lastSamLoss: last?.lastSamLoss ?? null,
       ratios: {},
+      sgdCpuMs: med(cpuMed('sgdCpu')),
+      samCpuMs: med(cpuMed('samCpu')),
+      samOverSgdCpu: med(per.map((x) => (x?.sgdCpu?.length && x.samCpu?.length === x.sgdCpu.length ? median(x.samCpu.map((t, i) => t / x.sgdCpu![i])) : null))),
+      sgdCpuPerProcess: cpuMed('sgdCpu'),
+      samCpuPerProcess: cpuMed('samCpu'),
+      ratiosCpu: {},
+      lossDiffVsEager: null,
       errors: [...new Set(per.map((x) => x?.error).filter((e): e is string => !!e))],
     };
   });
+  for (const r of rows) {
+    const twin = CAPTURED_OF[r.name];
+    if (!twin) continue;
+    const diff = (k: 'lastSgdLoss' | 'lastSamLoss') => {
+      const ds = runs.map((run) => {
+        const [a, b] = [run.results.find((x) => x.name === r.name)?.[k], run.results.find((x) => x.name === twin)?.[k]];
+        return a != null && b != null ? Math.abs(a - b) : null;
+      }).filter((d): d is number => d !== null);
+      return ds.length ? Math.max(...ds) : null;
+    };
+    r.lossDiffVsEager = { sgd: diff('lastSgdLoss'), sam: diff('lastSamLoss') };
+  }
   // Ratios side by side: within each process, then the median over processes.
   for (const ref of REFERENCES[family]) {
     const base = rows.find((r) => r.name === ref);
     for (const r of rows) {
       const ratio = (a: (number | null)[], b: (number | null)[] | undefined) => med(a.map((x, i) => (x !== null && b?.[i] != null ? x / b[i]! : null)));
       r.ratios[ref] = { sgd: ratio(r.sgdPerProcess, base?.sgdPerProcess), sam: ratio(r.samPerProcess, base?.samPerProcess) };
+      r.ratiosCpu[ref] = { sgd: ratio(r.sgdCpuPerProcess, base?.sgdCpuPerProcess), sam: ratio(r.samCpuPerProcess, base?.samCpuPerProcess) };
     }
   }
   return rows;
@@ -957,7 +1044,7 @@ function markdown(sections: Section[]): string {
   out();
   out(
     `Machine: ${m?.cores ?? '?'} x ${m?.cpu ?? '?'}, Node ${m?.node ?? '?'}. Each section: the median of its processes, ` +
-      `each the median of its interleaved rounds; ratios (and SAM / SGD) are taken within each process, then the median over processes. ` +
+      `each the median of its interleaved rounds; ratios are taken within each process (SAM / SGD per round: each SAM step runs right after its SGD step), then the median over processes. ` +
       `Every step ends with an awaited readback of its loss. The machine was shared with other work; on SwiftShader the GPU is these CPU cores, ` +
       `so the ratios measured side by side count, not the absolute times.`,
   );
@@ -994,13 +1081,37 @@ function markdown(sections: Section[]): string {
           `${r.sgdPerProcess.map((x) => f(x)).join(', ')} | ${r.samPerProcess.map((x) => f(x)).join(', ')} |`,
       );
     }
+    if (sec.rows.some((r) => r.sgdCpuMs != null)) {
+      out();
+      out(
+        'The same steps by process CPU time (user + system, all threads; Dawn and SwiftShader run in the process, so on WebGPU this is the emulated GPU\'s work too; ' +
+          'flatgrad 2T counts both threads): what a busy machine distorts least. SAM / SGD per round, then the median.',
+      );
+      out();
+      const cpuHead = refs.flatMap((r) => [`SGD peer / ${r}`, `SAM peer / ${r}`]);
+      out(`| library | SGD CPU ms | SAM CPU ms | SAM / SGD (CPU) | ${cpuHead.join(' | ')} |`);
+      out(`| --- | ---: | ---: | ---: | ${cpuHead.map(() => '---:').join(' | ')} |`);
+      for (const r of sec.rows) {
+        if (r.sgdCpuMs == null) continue;
+        out(`| ${r.name} | ${f(r.sgdCpuMs)} | ${f(r.samCpuMs)} | ${f(r.samOverSgdCpu, 2)} | ${refs.flatMap((ref) => [f(r.ratiosCpu[ref]?.sgd, 2), f(r.ratiosCpu[ref]?.sam, 2)]).join(' | ')} |`);
+      }
+    }
     out();
     out('First step (pipeline compile / jit trace included), median over processes, and the losses as a check that every library computes the same steps:');
     out();
-    out('| library | first SGD step ms | first SAM step ms | initial loss | last SGD-model loss | last SAM-model loss | what ran |');
-    out('| --- | ---: | ---: | ---: | ---: | ---: | --- |');
+    // Sections measured before the minimum round count existed hold the losses of the last step.
+    const r0 = sec.runs[0];
+    const after = r0?.minRounds != null ? `after ${r0.warmup + r0.minRounds} steps` : 'of the last step';
+    out(`| library | first SGD step ms | first SAM step ms | initial loss | SGD-model loss ${after} | SAM-model loss ${after} | captured: these losses vs eager (SGD, SAM) | what ran |`);
+    out('| --- | ---: | ---: | ---: | ---: | ---: | --- | --- |');
+    const vsEager = (r: Aggregate) => {
+      const d = r.lossDiffVsEager;
+      if (!d) return '-';
+      const one = (x: number | null) => (x == null ? 'n/a' : x === 0 ? 'equal' : `differ by ${x.toExponential(1)}`);
+      return `${one(d.sgd)}, ${one(d.sam)}`;
+    };
     for (const r of sec.rows) {
-      out(`| ${r.name} | ${f(r.firstSgdMs, 0)} | ${f(r.firstSamMs, 0)} | ${f(r.initialLoss, 5)} | ${f(r.lastSgdLoss, 5)} | ${f(r.lastSamLoss, 5)} | ${r.describe || '-'} |`);
+      out(`| ${r.name} | ${f(r.firstSgdMs, 0)} | ${f(r.firstSamMs, 0)} | ${f(r.initialLoss, 5)} | ${f(r.lastSgdLoss, 5)} | ${f(r.lastSamLoss, 5)} | ${vsEager(r)} | ${r.describe || '-'} |`);
     }
     // Per kernel: the profile of the last process that has one.
     const prof = sec.runs.filter((r) => r.profile).at(-1);
@@ -1037,6 +1148,8 @@ function markdown(sections: Section[]): string {
 }
 
 const RESULTS_JSON = 'bench/results/steps.json';
+/** Warm-up steps a captured contender needs before its steps are replays (see child()). */
+const CAPTURED_WARMUP = 3;
 
 async function driver(): Promise<void> {
   const arg = (k: string) => process.argv.find((a) => a.startsWith(`--${k}=`))?.slice(k.length + 3);
@@ -1049,9 +1162,6 @@ async function driver(): Promise<void> {
   const self = process.argv[1];
   const tmp = path.join(os.tmpdir(), `flatgrad-steps-${process.pid}`);
   mkdirSync(tmp, { recursive: true });
-  // Sections of an earlier run that this one does not measure are kept, so that families and
-  // models can be measured in separate runs into one report. --from-json: only the report again.
-  const old: Section[] = existsSync(RESULTS_JSON) ? ((JSON.parse(readFileSync(RESULTS_JSON, 'utf8')) as { sections?: Section[] }).sections ?? []) : [];
   const fromJson = process.argv.includes('--from-json');
   const sections: Section[] = [];
   if (!fromJson) {
@@ -1087,6 +1197,11 @@ async function driver(): Promise<void> {
     }
   }
   rmSync(tmp, { recursive: true, force: true });
+  // Sections of an earlier run that this one does not measure are kept, so that families and
+  // models can be measured in separate runs into one report; the file is read now, after the
+  // measurements, so that runs of different sections side by side keep each other's results.
+  // --from-json: only the report again.
+  const old: Section[] = existsSync(RESULTS_JSON) ? ((JSON.parse(readFileSync(RESULTS_JSON, 'utf8')) as { sections?: Section[] }).sections ?? []) : [];
   for (const o of old) if (!sections.some((s) => s.model === o.model && s.family === o.family)) sections.push(o);
   sections.sort((a, b) => MODEL_NAMES.indexOf(a.model) - MODEL_NAMES.indexOf(b.model) || a.family.localeCompare(b.family));
   for (const s of sections) s.rows = aggregate(SPECS[s.model](), s.family, s.runs);
@@ -1101,18 +1216,23 @@ async function child(model: ModelName, family: Family, outFile: string): Promise
   const arg = (k: string) => process.argv.find((a) => a.startsWith(`--${k}=`))?.slice(k.length + 3);
   const quick = process.argv.includes('--quick');
   // SwiftShader runs a CNN step for tens of seconds and a ViT step for seconds (tfjs-webgpu's
-  // longest): there, few warmup steps and rounds keep a process within minutes.
+  // longest): there, few required rounds keep a process within minutes, and the budget (each
+  // library's own time in timed steps) gives the faster libraries more rounds.
   const defaults =
     family === 'wasm'
-      ? { warmup: 3, rounds: quick ? 5 : 40, budgetMs: quick ? 5_000 : 30_000 }
+      ? { warmup: 3, rounds: quick ? 5 : 40, minRounds: 3, budgetMs: quick ? 2_000 : 8_000 }
       : model === 'cnn'
-        ? { warmup: 1, rounds: 1, budgetMs: 0 }
+        ? { warmup: 3, rounds: quick ? 2 : 5, minRounds: 1, budgetMs: quick ? 0 : 15_000 }
         : model === 'vit'
-          ? { warmup: quick ? 1 : 2, rounds: quick ? 2 : 3, budgetMs: 0 }
-          : { warmup: 3, rounds: quick ? 3 : 7, budgetMs: quick ? 20_000 : 70_000 };
+          ? { warmup: 3, rounds: quick ? 2 : 7, minRounds: 2, budgetMs: quick ? 0 : 10_000 }
+          : { warmup: 3, rounds: quick ? 3 : 9, minRounds: 3, budgetMs: quick ? 5_000 : 10_000 };
   const run = await runFamily(model, family, {
-    warmup: Number(arg('warmup') ?? defaults.warmup),
+    // The captured contenders run eagerly on their first call, trace on their second and replay
+    // from the third (WebGPU records its command streams on the first replay): at least three
+    // warm-up steps, so that every timed step of theirs is a replay.
+    warmup: Math.max(CAPTURED_WARMUP, Number(arg('warmup') ?? defaults.warmup)),
     rounds: Number(arg('rounds') ?? defaults.rounds),
+    minRounds: defaults.minRounds,
     budgetMs: Number(arg('budget') ?? defaults.budgetMs / 1000) * 1000,
   });
   writeFileSync(outFile, JSON.stringify(run) + '\n');

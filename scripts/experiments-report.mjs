@@ -58,7 +58,7 @@ export async function report({ runs, cli, rhoConfigs, variantConfigs, noiseLevel
 
   // ------------------------------------------------------------------- 1. convergence
 
-  const exp1 = ['exp1-mlp-fit', 'exp1-mlp-aug', 'exp1-cnn-aug'].filter((n) => comparison(n));
+  const exp1 = ['exp1-mlp-fit', 'exp1-mlp-aug', 'exp1-mlp-full', 'exp1-cnn-aug', 'exp1-cnn-fit'].filter((n) => comparison(n));
   if (exp1.length) {
     const dest = join(RESULTS, 'exp1');
     const out = [];

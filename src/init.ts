@@ -24,7 +24,11 @@ export interface InitOptions {
   gpu?: GPULike;
   /** An existing GPUDevice to run on. */
   device?: GPUDeviceLike;
-  /** Worker threads for the wasm backend (default: one per core, at most 8, where SharedArrayBuffer exists). */
+  /**
+   * Threads for the wasm backend, the caller's included (honoured as given). Default: one per core
+   * (at most 8, where SharedArrayBuffer exists) if a short measurement at init finds them faster
+   * than one thread, else one; the result's details.threadCalibration says what was measured.
+   */
   threads?: number;
   /** Receives the one line that says what `auto` tried and chose (default: console.warn on fallback). */
   log?: (line: string) => void;

@@ -12,7 +12,7 @@ import { CpuBackend } from '../src/kernels/cpu/index.js';
 import { createWasmBackend } from '../src/kernels/wasm/index.js';
 import { defineArenaKernel } from '../src/kernels/arena/index.js';
 import { noiseCall } from '../src/kernels/arena/fused.js';
-import { normalAt } from '../src/kernels/rng.js';
+import { normalAt } from '../src/kernels/normal.js';
 import { expectBits, runArena } from './helpers/arena-run.js';
 import { acquireWebGPU, rng } from './helpers/webgpu.js';
 

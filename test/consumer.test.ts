@@ -21,6 +21,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { BUDGETS, bundleSize, PROGRAMS } from '../bench/size.programs.js';
 import { collectProblems, launchChromium, probeWebGPU, ROOT, waitInPage, type Launched } from './helpers/browser.js';
+import { isCpuEmulated } from '../src/kernels/webgpu/device.js';
 
 const run = promisify(execFile);
 const REQUIRE_WEBGPU = process.env.REQUIRE_WEBGPU === '1';
@@ -60,8 +61,10 @@ describe('the tarball', () => {
     expect(packedFiles).toContain('README.md');
     const unwanted = packedFiles.filter((f) => f.endsWith('.map') || f.endsWith('.ts') && !f.endsWith('.d.ts') || f.startsWith('src/') || f.startsWith('data/'));
     expect(unwanted).toEqual([]);
-    // Everything in it is needed; today it is a few hundred KB (the issue found 4 MB).
-    expect(statSync(tarball).size).toBeLessThan(400 * 1024);
+    // Everything in it is needed; today it is a few hundred KB (the issue found 4 MB). It grows
+    // with each backend's generated kernels (430 KB after the fused attention, elementwise
+    // fusion and emulated-GPU matmul forms), so the ceiling guards against data, not code.
+    expect(statSync(tarball).size).toBeLessThan(512 * 1024);
   });
 });
 
@@ -193,6 +196,10 @@ describe('in headless Chromium', () => {
   let chrome: Launched;
   let site: { url: string; server: Server };
   let backend: 'webgpu' | 'cpu' = 'cpu';
+  // On a CPU-emulated adapter (SwiftShader, as here) the backend also loads the family of forms for
+  // such adapters (src/kernels/webgpu/emulated.ts): fetched there, and not counted by the size
+  // figures, which are a GPU's.
+  let emulated: string[] = [];
   const minimal = (b: string): string => PROGRAMS['flatgrad-minimal'].source.replace("backend: 'webgpu'", `backend: '${b}'`);
 
   beforeAll(async () => {
@@ -204,6 +211,7 @@ describe('in headless Chromium', () => {
     await page.close();
     if (!gpu.ok && REQUIRE_WEBGPU) throw new Error(`REQUIRE_WEBGPU=1 but headless Chromium has no WebGPU adapter: ${gpu.reason}`);
     backend = gpu.ok ? 'webgpu' : 'cpu';
+    if (gpu.ok && isCpuEmulated({ description: gpu.adapter } as GPUAdapterInfo)) emulated = ['emulated'];
     console.info(`consumer: browser programs run on ${backend}${gpu.ok ? ` (${gpu.adapter})` : `: ${gpu.reason}`}`);
   }, 120_000);
 
@@ -232,7 +240,7 @@ describe('in headless Chromium', () => {
     requested.map((u) => new URL(u).pathname).filter((p) => p.startsWith(`/${out}/`) && !loadedFiles.includes(p.slice(out.length + 2)));
 
   it('runs the minimal program bundled by esbuild, fetching only what the size figures count', async () => {
-    const size = await bundleSize(project, 'bundled', minimal(backend));
+    const size = await bundleSize(project, 'bundled', minimal(backend), [], emulated);
     const { result, problems, requested } = await runPage(`<!doctype html>${NO_FAVICON}<script type="module" src="out-bundled/bundled.js"></script>`);
     expect(problems).toEqual([]);
     expect(result).toEqual([7, 11, 9, 13]);
@@ -244,7 +252,7 @@ describe('in headless Chromium', () => {
     // GSAM over AdamW exercises the arena kernels, the scalar program and the noise-free WGSL
     // passes; were the lazily loaded chunk missing, the optimizer would throw (no silent fallback).
     const source = `globalThis.wrapper = 'GSAM'; globalThis.base = 'AdamW';\n${PROGRAMS['flatgrad-training'].source.replace("backend: 'webgpu'", `backend: '${backend}'`)}`;
-    const size = await bundleSize(project, 'training-run', source, [], PROGRAMS['flatgrad-training'].families);
+    const size = await bundleSize(project, 'training-run', source, [], [...(PROGRAMS['flatgrad-training'].families ?? []), ...emulated]);
     if (backend === 'webgpu') expect(size.modules).toContain('flatgrad/dist/kernels/webgpu/fused.js');
     const { result, problems, requested } = await runPage(`<!doctype html>${NO_FAVICON}<script type="module" src="out-training-run/training-run.js"></script>`);
     expect(problems).toEqual([]);

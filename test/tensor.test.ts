@@ -1,7 +1,8 @@
 /** Tensor creation, dtypes, ops semantics, autograd behaviour and memory scopes on the CPU backend. */
 import { beforeAll, describe, expect, it } from 'vitest';
 import * as fg from '../src/index.js';
-import { hashBits, normalAt, uniformAt } from '../src/kernels/rng.js';
+import { hashBits, uniformAt } from '../src/kernels/rng.js';
+import { normalAt } from '../src/kernels/normal.js';
 
 beforeAll(async () => {
   await fg.init({ backend: 'cpu' });

@@ -2,7 +2,8 @@
  * Vector-Jacobian products, one per recorded op, written in tensor ops so that they are
  * differentiable themselves (double backward for Hessian-vector products). Convolution and
  * pooling register theirs in src/tensor/ops/window.ts, layer and batch norm in
- * src/tensor/ops/normalization.ts, so that only a program using them ships them.
+ * src/tensor/ops/normalization.ts, the fused attention in src/nn/attention.ts, so that only a
+ * program using them ships them.
  */
 import { isGradEnabled, vjpRegistry, type Node, type Vjp } from '../tensor/graph.js';
 import { Tensor } from '../tensor/tensor.js';

@@ -45,6 +45,11 @@ export interface CompileOptions {
    * of the signature. (An optimizer's scheduled lr and rho need no key: they are inputs of the plan.)
    */
   key?: () => unknown;
+  /**
+   * Fuse elementwise chains into generated kernels and forward copies into their destinations
+   * (default true; false: the plan replays the recorded calls as they are, for comparison).
+   */
+  fuse?: boolean;
   /** Where the one-time fall-back message goes (default console.warn). */
   onMessage?: (message: string) => void;
 }
@@ -232,7 +237,7 @@ export function compile<A extends unknown[], R>(fn: (...args: A) => R, opts: Com
     const outStorages: Storage[] = [];
     let why: string | null = null;
     const output = outputTemplate(traced.result, outStorages, (w) => { why ??= w; });
-    const plan = new Plan(traced.trace, outStorages);
+    const plan = new Plan(traced.trace, outStorages, { fuse: opts.fuse });
     why ??= plan.unsupported;
     if (why) {
       plan.dispose();

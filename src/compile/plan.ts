@@ -23,6 +23,7 @@
 import type { Backend, Storage } from '../kernels/backend.js';
 import { fusedKernelsFor } from '../kernels/fused.js';
 import type { HostRef, KeyRef, SlotRef, StorageRecord, Trace, TraceEvent } from './trace.js';
+import { fusedMapKernels, fuseTrace, type FuseStats } from './fuse.js';
 
 /** Where a storage of the plan comes from on a replay. */
 export type Binding =
@@ -57,6 +58,13 @@ export interface PlanStats {
    * recorded command streams (no host work per kernel).
    */
   dynamicCalls: number;
+  /**
+   * The fusion pass (src/compile/fuse.ts): generated kernels in `calls`, the calls and constant
+   * writes they replaced, and copies dropped because their source's producer writes the destination.
+   */
+  fusedKernels: number;
+  fusedCalls: number;
+  forwardedCopies: number;
 }
 
 interface BoundStep {
@@ -96,10 +104,17 @@ export class Plan {
   readonly outputs: { numel: number; dtype: Storage['dtype'] }[];
   readonly stats: PlanStats;
   readonly unsupported: string | null;
+  /** What the fusion pass did (zeros with `fuse: false`). */
+  readonly fusion: FuseStats;
 
-  constructor(trace: Trace, outputStorages: Storage[]) {
-    this.backend = trace.backend;
-    const b = trace.backend;
+  constructor(traced: Trace, outputStorages: Storage[], opts: { fuse?: boolean } = {}) {
+    this.backend = traced.backend;
+    const b = traced.backend;
+    // The fusion pass (src/compile/fuse.ts) rewrites the calls before anything is bound.
+    const outputSlots = new Set(traced.storages.filter((r) => outputStorages.includes(r.storage)).map((r) => r.id));
+    const pass = opts.fuse === false ? null : fuseTrace(traced, fusedMapKernels(b), outputSlots);
+    const trace = pass?.trace ?? traced;
+    this.fusion = pass?.stats ?? { fused: 0, replacedCalls: 0, forwardedCopies: 0 };
     const records = trace.storages;
     const outputIndex = new Map<Storage, number>();
     outputStorages.forEach((s, i) => { if (!outputIndex.has(s)) outputIndex.set(s, i); });
@@ -232,6 +247,9 @@ export class Plan {
       keptState: 0,
       zeroFills: this.calls.reduce((n, c) => n + c.zero.length, 0),
       dynamicCalls: 0,
+      fusedKernels: this.fusion.fused,
+      fusedCalls: this.fusion.replacedCalls,
+      forwardedCopies: this.fusion.forwardedCopies,
     };
     if (why) return;
 

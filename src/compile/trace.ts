@@ -107,6 +107,8 @@ const WRITES_ALL: Record<string, number[]> = {
   maxPool2dBackward: [2], avgPool2d: [1], avgPool2dBackward: [1], gather: [2], scatterAdd: [2], cumsum: [1],
   argsort: [1], random: [0], conv2d: [2], conv2dBackwardInput: [2], conv2dBackwardWeight: [2],
   layerNorm: [3, 4, 5], layerNormBackward: [5, 6, 7], batchNorm: [3, 4, 5, 6], batchNormEval: [5], batchNormBackward: [5, 6, 7],
+  // out and probs in full; attentionBackward writes only the head slices of dq, dk and dv (views of one storage may share it).
+  attention: [3, 4],
 };
 
 /**
@@ -123,9 +125,53 @@ function copiesOverAll(l: StridedCopyLayout, numel: number): boolean {
   return stride === numel;
 }
 
-function writesAllAt(method: string, args: unknown[]): readonly number[] {
+export function writesAllAt(method: string, args: unknown[]): readonly number[] {
   if (method === 'stridedCopy') return copiesOverAll(args[2] as StridedCopyLayout, (args[1] as Storage).numel) ? [1] : [];
   return WRITES_ALL[method] ?? [];
+}
+
+/** Notes a use of a storage by call `callIndex` (a view's use is a use of the storage it views). */
+function touchRecord(storages: StorageRecord[], r: StorageRecord, callIndex: number, writesAll: boolean): void {
+  let root = r;
+  while (root.viewOf) root = storages[root.viewOf.base];
+  for (const x of root === r ? [r] : [r, root]) {
+    if (x.firstUse < 0) {
+      x.firstUse = callIndex;
+      x.firstUseWritesAll = writesAll && x === r;
+    } else if (x.firstUse === callIndex && !writesAll) x.firstUseWritesAll = false;
+    x.lastUse = callIndex;
+  }
+}
+
+/**
+ * Recomputes every storage's first and last use from the trace's events, after a pass rewrote
+ * them (src/compile/fuse.ts). `writesAll` gives the argument positions a call overwrites in full
+ * without reading (WRITES_ALL for backend calls).
+ */
+export function relive(trace: Trace, writesAll: (e: Extract<TraceEvent, { kind: 'call' }>) => readonly number[]): void {
+  const recs = trace.storages;
+  for (const r of recs) {
+    r.firstUse = -1;
+    r.lastUse = -1;
+    r.firstUseWritesAll = false;
+  }
+  const walk = (x: unknown, i: number): void => {
+    if (typeof x !== 'object' || x === null || ArrayBuffer.isView(x)) return;
+    if ('$s' in x) touchRecord(recs, recs[(x as SlotRef).$s], i, false);
+    else if (Array.isArray(x)) for (const v of x) walk(v, i);
+    else if (Object.getPrototypeOf(x) === Object.prototype && !('blockParam' in x)) for (const v of Object.values(x)) walk(v, i);
+  };
+  trace.events.forEach((e, i) => {
+    if (e.kind === 'write') {
+      touchRecord(recs, recs[e.slot], i, true);
+      return;
+    }
+    const outs = writesAll(e);
+    e.args.forEach((a, k) => {
+      if (outs.includes(k) && typeof a === 'object' && a !== null && '$s' in a) touchRecord(recs, recs[(a as SlotRef).$s], i, true);
+      else walk(a, i);
+    });
+  });
 }
 
 /** Backend methods that are not device work: they pass through unrecorded. */
@@ -291,18 +337,7 @@ export function traceStep<R>(backend: Backend, inputs: Storage[], fn: () => R): 
     }
     return placeholders === before && (byReference || Object.isFrozen(x)) ? x : copy;
   };
-  const touch = (r: StorageRecord, callIndex: number, writesAll: boolean): void => {
-    // A view's use is a use of the storage it views.
-    let root = r;
-    while (root.viewOf) root = trace.storages[root.viewOf.base];
-    for (const x of root === r ? [r] : [r, root]) {
-      if (x.firstUse < 0) {
-        x.firstUse = callIndex;
-        x.firstUseWritesAll = writesAll && x === r;
-      } else if (x.firstUse === callIndex && !writesAll) x.firstUseWritesAll = false;
-      x.lastUse = callIndex;
-    }
-  };
+  const touch = (r: StorageRecord, callIndex: number, writesAll: boolean): void => touchRecord(trace.storages, r, callIndex, writesAll);
 
   let depth = 0;
   const restores: (() => void)[] = [];

@@ -15,6 +15,7 @@
  *   synchronously on an asynchronous device: those kernels write NaN, and the front-end checks
  *   the host copy where it has one.
  */
+import type { FusedMapKernels } from './fusedmap.js';
 import type { DType, TypedArray } from '../tensor/dtype.js';
 import type { BinaryOp, UnaryOp } from './optable.js';
 
@@ -205,6 +206,30 @@ export interface LayerNormLayout {
   eps: number;
 }
 
+/** Where one of attention's operands lies: element offset of row 0's first element, and the row stride. */
+export interface AttentionOperand {
+  offset: number;
+  row: number;
+}
+
+/**
+ * Scaled dot-product attention with the heads side by side along the feature dim, as a packed
+ * input projection leaves them: head h of row i of batch b of q is the d elements at
+ * q.offset + (b * l + i) * q.row + h * d (k and v likewise with s rows). q, k and v may be views
+ * of one storage (a packed [n, l, 3 * heads * d] projection).
+ */
+export interface AttentionLayout {
+  n: number;
+  heads: number;
+  l: number;
+  s: number;
+  d: number;
+  scale: number;
+  q: AttentionOperand;
+  k: AttentionOperand;
+  v: AttentionOperand;
+}
+
 /**
  * Batch normalization of x [n, c, hw] (NCHW with hw = H*W, or [N, C, L]) per channel c over its
  * n * hw values, as PyTorch's: biased variance, eps inside the square root.
@@ -289,6 +314,26 @@ export interface Backend {
    * to hi's rounding. cols > 0.
    */
   layerNorm(x: Storage, weight: Storage | null, bias: Storage | null, out: Storage, mean: Storage, rstd: Storage, layout: LayerNormLayout): void;
+  /**
+   * Optional (cpu, wasm; without it the front-end composes matmuls and softmax): per batch b and
+   * head h, probs[b, h] = softmax(scale * Q K^T) ([l, s], rows of [n, heads, l, s]) and
+   * out[b, :, h*d:(h+1)*d] = probs[b, h] V, out contiguous [n, l, heads * d]. l, s, d > 0.
+   */
+  attention?(q: Storage, k: Storage, v: Storage, out: Storage, probs: Storage, layout: AttentionLayout): void;
+  /**
+   * Optional (cpu, wasm): the generated elementwise kernels that a captured step's fusion pass
+   * (src/compile/fuse.ts) puts in place of a chain of calls. A method of the backend so that
+   * capturing never imports another backend's code; WebGPU's generator lives in fuse.ts itself,
+   * loaded with compile, so that browser programs that never capture do not ship it.
+   */
+  fusedMap?(): FusedMapKernels;
+  /**
+   * Its gradient from the upstream grad [n, l, heads * d] and the saved probs P: with
+   * dP = dO V^T and dS = P * (dP - rowsum(dP * P)), dq = scale * dS K, dk = scale * dS^T Q,
+   * dv = P^T dO, each written (every element of its head slices) with the layout of its input
+   * (offset and row stride): dq, dk and dv may be views of one storage, as q, k and v.
+   */
+  attentionBackward?(grad: Storage, q: Storage, k: Storage, v: Storage, probs: Storage, dq: Storage, dk: Storage, dv: Storage, layout: AttentionLayout): void;
   /**
    * The gradient of layerNorm from its saved mean (the pairs above) and rstd, with
    * xhat = ((x - hi) - lo) * rstd and

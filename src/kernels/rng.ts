@@ -21,13 +21,6 @@ export function uniformAt(key0: number, key1: number, i: number): number {
   return (hashBits(key0, key1, i) >>> 8) * 5.9604644775390625e-8;
 }
 
-/** Standard normal by Box-Muller from the bits of elements 2i and 2i+1. */
-export function normalAt(key0: number, key1: number, i: number): number {
-  const u1 = ((hashBits(key0, key1, 2 * i) >>> 8) + 1) * 5.9604644775390625e-8; // (0, 1]
-  const u2 = (hashBits(key0, key1, 2 * i + 1) >>> 8) * 5.9604644775390625e-8;
-  return Math.sqrt(-2 * Math.log(u1)) * Math.cos(2 * Math.PI * u2);
-}
-
 /** Integer in [low, high): low + bits mod (high - low). */
 export function intAt(key0: number, key1: number, i: number, low: number, high: number): number {
   return low + (hashBits(key0, key1, i) % (high - low));

@@ -17,7 +17,8 @@
  */
 import type { Backend } from '../kernels/backend.js';
 import { CpuBackend } from '../kernels/cpu/index.js';
-import { normalAt, uniformAt } from '../kernels/rng.js';
+import { uniformAt } from '../kernels/rng.js';
+import { normalAt } from '../kernels/normal.js';
 import { ArenaOptimizer, type OptimizerDefinition } from '../kernels/arena/optimizer.js';
 import { Optimizer, type GroupInput } from '../optim/optimizer.js';
 import { SGD } from '../optim/sgd.js';

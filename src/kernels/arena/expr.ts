@@ -42,7 +42,7 @@ export type Node =
    */
   | { readonly op: 'draw'; readonly ty: 'f'; readonly a: Node; readonly b: Node }
   /**
-   * A standard normal draw per element: normalAt(a, b, i) of src/kernels/rng.ts for the element's
+   * A standard normal draw per element: normalAt(a, b, i) of src/kernels/normal.ts for the element's
    * arena index i (a per-tensor run passes each tensor's arena offset), with uniform keys a and b
    * (hyper-parameters or constants: whole numbers below 2^32). Elementwise, though it reads no vector.
    */
@@ -167,7 +167,7 @@ export const k = {
   },
   /**
    * Gaussian noise: a standard normal per element, normalAt(key0, key1, arena index) of
-   * src/kernels/rng.ts (Box-Muller in float64 on the host, rounded to the arena's dtype; float32
+   * src/kernels/normal.ts (Box-Muller in float64 on the host and in wasm, rounded to the arena's dtype; float32
    * on WebGPU). The keys are hyper-parameters or constants (whole numbers below 2^32), so that an
    * element draws the same number on every backend, per arena or per tensor.
    */

@@ -393,7 +393,7 @@ export function adamCall<V>(p: V, d: V, m: V, v2: V, groups: readonly AdamGroup[
 
 /**
  * out = s z on the active parameters and 0 on the others, z the standard normal of the element
- * (k.normal: normalAt(key0, key1, arena index) of src/kernels/rng.ts) and s the group's scale;
+ * (k.normal: normalAt(key0, key1, arena index) of src/kernels/normal.ts) and s the group's scale;
  * filter-wise (RWP), out holds each element's row norm on entry (FusedKernels.rowNorms) and
  * s = scale * that norm, as torch computes the filter's std before drawing.
  */

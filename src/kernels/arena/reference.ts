@@ -19,7 +19,7 @@ import type { TypedArray } from '../../tensor/dtype.js';
 import { rngKeys, type ArenaKernel } from './define.js';
 import { neededNodes, type Node } from './expr.js';
 import { normDirect, normExponent, partialOffsets, pow2, reductionPasses, scalable } from './reduce.js';
-import { normalAt } from '../rng.js';
+import { normalAt } from '../normal.js';
 import { evalUniform, type UniformEnv } from './uniform.js';
 
 /** The kernel's coefficients for one parameter: float64 values rounded by `round` (floats only; the keys of normal draws as whole numbers). */
@@ -69,7 +69,7 @@ export function referenceKernel(kernel: ArenaKernel, precision: Precision, opts:
 
 /**
  * The generated JavaScript source of the reference: the body of a function of `normDirect`,
- * `normExponent` and `pow2` (reduce.ts) and `normalAt` (src/kernels/rng.ts) that returns the
+ * `normExponent` and `pow2` (reduce.ts) and `normalAt` (src/kernels/normal.ts) that returns the
  * range function.
  */
 export function renderReference(kernel: ArenaKernel, precision: Precision): string {

@@ -7,7 +7,10 @@
  * abs, neg, comparisons and selects; no fused multiply-add, which wasm SIMD does not have in its
  * base set), so it equals the float32 reference's Math.fround of the float64 operation bit for
  * bit. Coefficients arrive as f32 arguments computed by the host exactly as the reference
- * computes them (reference.ts coefficientValues). Reductions follow reduce.ts: four f32x4
+ * computes them (reference.ts coefficientValues), the keys of normal draws as i32. A normal draw
+ * (k.normal) is computed inline, four lanes at a time: src/kernels/normal.ts normalAt's float64
+ * operations in f64x2 lanes (src/kernels/wasm/rngsimd.ts), the host's value bit for bit, rounded
+ * to f32 as the reference rounds it. Reductions follow reduce.ts: four f32x4
  * accumulators (the quads of each 16 elements) are its sixteen accumulators, and the block
  * partials go to memory for the host's tree.
  *
@@ -18,8 +21,8 @@
  * into the parameter's padding (arena vectors are padded to 64 elements, wasm allocations to 256
  * bytes); those lanes are neither stored nor counted.
  */
-import { call, f32, f32x4, i32, i32x4, ModuleBuilder, select, v128, ValType, type Expr, type FuncBuilder, type Local, type Operand } from '../wasm/emit.js';
-import { normalAt } from '../rng.js';
+import { f32, f32x4, i32, i32x4, ModuleBuilder, select, v128, ValType, type Expr, type FuncBuilder, type Local, type Operand } from '../wasm/emit.js';
+import { demoteJoin, normalsV } from '../wasm/rngsimd.js';
 import { rngKeys, type ArenaKernel } from './define.js';
 import { neededNodes, type Node } from './expr.js';
 import { NORM_DIRECT, partialOffsets, reductionPasses } from './reduce.js';
@@ -45,9 +48,8 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean, boolCoefs?: rea
   const nv = kernel.vectors.length;
   const np = partialOffsets(kernel.reductions).total;
   const keys = rngKeys(kernel);
-  // Normal draws call the host's normalAt (float64 Box-Muller, as the reference), rounded to f32.
-  const normalFn = keys.size > 0 ? mb.importFunction('env', 'normal', [ValType.f64, ValType.f64, I32], [ValType.f64]) : null;
-  const params: ValType[] = [...Array(nv).fill(I32), I32, I32, ...Array(np).fill(I32), I32, I32, ...kernel.coefs.map((c) => (keys.has(c) ? ValType.f64 : F32))];
+  // The keys of normal draws arrive as i32 (whole numbers below 2^32: the call's ToInt32 keeps their bits).
+  const params: ValType[] = [...Array(nv).fill(I32), I32, I32, ...Array(np).fill(I32), I32, I32, ...kernel.coefs.map((c) => (keys.has(c) ? I32 : F32))];
   mb.func(WASM_EXPORT, params, [], (f, ...args) => {
     const vptr = args.slice(0, nv);
     const start = args[nv];
@@ -57,15 +59,18 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean, boolCoefs?: rea
     const ib = args[nv + 3 + np];
     const cargs = args.slice(nv + 4 + np);
     const vecIdx = new Map(kernel.vectors.map((v, i) => [v.name, i]));
-    // Coefficients splatted once: floats as f32x4, booleans as lane masks; the keys of normal
-    // draws stay float64 scalars (whole numbers up to 2^32, exact).
+    // Coefficients splatted once: floats as f32x4, booleans as lane masks, the keys of normal
+    // draws as i32x4.
     const coef = new Map<Node, Local>();
     kernel.coefs.forEach((c, j) => {
-      if (keys.has(c)) return void coef.set(c, cargs[j]);
       const l = f.local(V128);
-      f.set(l, c.ty === 'f' ? f32x4.splat(cargs[j]) : f32x4.ne(f32x4.splat(cargs[j]), 0));
+      f.set(l, keys.has(c) ? i32x4.splat(cargs[j]) : c.ty === 'f' ? f32x4.splat(cargs[j]) : f32x4.ne(f32x4.splat(cargs[j]), 0));
       coef.set(c, l);
     });
+    // Each normal draw's SIMD code (src/kernels/wasm/rngsimd.ts: normal.ts normalAt in f64x2 lanes,
+    // the host's float64 value bit for bit), its locals allocated once.
+    const normals = new Map<Node, ReturnType<typeof normalsV>>();
+    for (const n of kernel.elementwise) if (n.op === 'normal') normals.set(n, normalsV(f, coef.get(n.a)!, coef.get(n.b)!));
     const zero = f.local(V128);
     f.set(zero, f32x4.splat(f32.const(0)));
     const lanes = f.local(V128);
@@ -122,11 +127,12 @@ export function renderWasm(kernel: ArenaKernel, shared: boolean, boolCoefs?: rea
         case 'not': return v128.not(a);
         case 'nonfinite': return i32x4.eq(v128.and(a, signMask), signMask);
         case 'where': return v128.bitselect(a, b, ref(n.c));
-        case 'normal': {
+        case 'normal':
           // Lane L draws for element index ib + i + L (lanes past the end draw and are not stored).
-          const draw = (L: number) => f32.demoteF64(call(normalFn!, a, b, i32.add(i32.add(ib, i), L)));
-          return f32x4.replaceLane(f32x4.replaceLane(f32x4.replaceLane(f32x4.splat(draw(0)), 1, draw(1)), 2, draw(2)), 3, draw(3));
-        }
+          return (fb) => {
+            const [lo, hi] = normals.get(n)!(i32.add(ib, i));
+            demoteJoin(lo, hi)(fb);
+          };
         default: throw new Error(`arena kernel "${kernel.name}": internal: ${n.op} is uniform-only`);
       }
     };
@@ -408,9 +414,7 @@ export function wasmKernel(kernel: ArenaKernel, memoryObject: object, boolCoefs?
   if (!fn) {
     const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
     const bytes = renderWasm(kernel, shared, boolCoefs);
-    const env: Record<string, WebAssembly.ImportValue> = { memory };
-    if (rngKeys(kernel).size > 0) env.normal = normalAt;
-    const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes as Uint8Array<ArrayBuffer>), { env });
+    const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes as Uint8Array<ArrayBuffer>), { env: { memory } });
     fn = instance.exports[WASM_EXPORT] as ArenaWasmFn;
     variants.set(key, fn);
   }

@@ -24,7 +24,7 @@ import { entry } from '../webgpu/wgsl.js';
 import { WGSL_TRIG } from '../webgpu/wgsl-math-core.js';
 
 /**
- * The standard normal of src/kernels/rng.ts normalAt in float32 (Box-Muller over the same 24-bit
+ * The standard normal of src/kernels/normal.ts normalAt in float32 (Box-Muller over the same 24-bit
  * uniforms, with the accurate cosine of WGSL_TRIG): within a few ulps of the host's draw.
  */
 const WGSL_GAUSS = `alias T = f32;

@@ -6,6 +6,7 @@
 import { typedArrayFor, type DType, type TypedArray } from '../../tensor/dtype.js';
 import type {
   ArgReduceOp,
+  AttentionLayout,
   AvgPool2dLayout,
   Backend,
   BackendInfo,
@@ -28,8 +29,12 @@ import type {
   Window2d,
 } from '../backend.js';
 import { BINARY_OPS, UNARY_OPS, type BinaryOp, type BinaryOpDef, type UnaryOp, type UnaryOpDef } from '../optable.js';
-import { hashBits, intAt, normalAt, uniformAt } from '../rng.js';
+import { hashBits, intAt, uniformAt } from '../rng.js';
+import { normalAt } from '../normal.js';
 import { conv2dBackwardInputReference, conv2dBackwardWeightReference, conv2dReference } from './conv.js';
+import { attentionBackwardReference, attentionReference } from './attention.js';
+import { cpuFusedMap } from './fusedmap.js';
+import type { FusedMapKernels } from '../fusedmap.js';
 import { arenaBackends } from '../arena/backends.js';
 import { arenaHost } from '../arena/host.js';
 
@@ -343,6 +348,15 @@ export class CpuBackend implements Backend {
         o[base + j] = valid ? (Math.exp(x[base + j] - lse) - target) * g[r] : NaN;
       }
     }
+  }
+  fusedMap(): FusedMapKernels {
+    return cpuFusedMap;
+  }
+  attention(q: Storage, k: Storage, v: Storage, out: Storage, probs: Storage, layout: AttentionLayout): void {
+    attentionReference(d(q), d(k), d(v), d(out), d(probs), layout);
+  }
+  attentionBackward(grad: Storage, q: Storage, k: Storage, v: Storage, probs: Storage, dq: Storage, dk: Storage, dv: Storage, layout: AttentionLayout): void {
+    attentionBackwardReference(d(grad), d(q), d(k), d(v), d(probs), d(dq), d(dk), d(dv), layout);
   }
   layerNorm(x: Storage, weight: Storage | null, bias: Storage | null, out: Storage, mean: Storage, rstd: Storage, { rows, cols, eps }: LayerNormLayout): void {
     const X = d(x);

@@ -12,9 +12,11 @@
  * affine pass with hi = runningMean, lo = 0, rstd = 1 / sqrt(runningVar + eps).
  * weight or bias 0: absent (1 and 0), tested once per channel, not per element.
  *
- * batch_norm_backward(grad, x, mean, rstd, weight, dx, dweight, dbias, n, c, hw): one pass per
- * channel sums grad and grad * xhat (dbias and dweight, each written unless its pointer is 0), a
- * second writes dx = k * grad - k * mean(grad) - xhat * k * mean(grad * xhat) unless dx is 0.
+ * batch_norm_backward(grad, x, mean, rstd, weight, dx, dweight, dbias, n, c, hw, count): one pass
+ * per channel sums grad and grad * xhat (dbias and dweight, each written unless its pointer is 0),
+ * a second writes dx = k * grad - k * mean(grad) - xhat * k * mean(grad * xhat) unless dx is 0;
+ * for the first `count` channels at the pointers given (rows still c * hw apart), so that threads
+ * can take ranges of channels (index.ts batchNormBackward).
  */
 import { f32, f32x4, f64, i32, v128, ValType, type FuncBuilder, type Local, type ModuleBuilder, type Operand } from './emit.js';
 import { elementwise } from './module.js';
@@ -30,10 +32,10 @@ interface ChannelWalk {
 }
 
 /**
- * Loops over the channels: per channel, `body(ch, walk)`; walk.eachRow visits its n rows of every
- * storage in `bases` (a row is hw floats, rows are c * hw apart).
+ * Loops over the first `count` (default c) channels: per channel, `body(ch, walk)`; walk.eachRow
+ * visits its n rows of every storage in `bases` (a row is hw floats, rows are c * hw apart).
  */
-function forChannels(f: FuncBuilder, bases: Local[], n: Local, c: Local, hw: Local, body: (ch: Local, walk: ChannelWalk) => void): void {
+function forChannels(f: FuncBuilder, bases: Local[], n: Local, c: Local, hw: Local, body: (ch: Local, walk: ChannelWalk) => void, count: Local = c): void {
   const ch = f.local(I32);
   const i = f.local(I32);
   const rows = bases.map((base) => ({ base, row: f.local(I32) }));
@@ -44,7 +46,7 @@ function forChannels(f: FuncBuilder, bases: Local[], n: Local, c: Local, hw: Loc
       for (const r of rows) f.inc(r.row, i32.shl(i32.mul(c, hw), 2));
     });
   };
-  f.for(ch, 0, c, 1, () => body(ch, { rows, eachRow }));
+  f.for(ch, 0, count, 1, () => body(ch, { rows, eachRow }));
 }
 
 /**
@@ -136,8 +138,8 @@ function emitEval(mb: ModuleBuilder): void {
 }
 
 function emitBackward(mb: ModuleBuilder): void {
-  const params = [I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32];
-  mb.func('batch_norm_backward', params, [], (f, g, x, mean, rstd, w, dx, dw, db, n, c, hw) => {
+  const params = [I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32];
+  mb.func('batch_norm_backward', params, [], (f, g, x, mean, rstd, w, dx, dw, db, n, c, hw, count) => {
     const m = f.local(F64);
     const sumG = f.local(F64);
     const sumGXhat = f.local(F64);
@@ -151,31 +153,39 @@ function emitBackward(mb: ModuleBuilder): void {
     const c1 = f.local(V128);
     const c2 = f.local(V128);
     f.set(m, f64.mul(f64.convertI32S(n), f64.convertI32S(hw)));
-    forChannels(f, [g, x, dx], n, c, hw, (ch, walk) => {
-      const [gr, xr, dxr] = walk.rows.map((r) => r.row);
-      f.set(hiV, f32x4.splat(f32.load(at(mean, i32.shl(ch, 1)))));
-      f.set(loV, f32x4.splat(f32.load(at(mean, i32.add(i32.shl(ch, 1), 1)))));
-      f.set(rs, f32.load(at(rstd, ch)));
-      f.set(rsV, f32x4.splat(rs));
-      const xhatOf = (xv: Operand) => f32x4.mul(f32x4.sub(f32x4.sub(xv, hiV), loV), rsV);
-      channelSum(f, walk, sumG, hw, (i) => v128.load(at(gr, i)));
-      channelSum(f, walk, sumGXhat, hw, (i) => (b) => {
-        b.set(gv, v128.load(at(gr, i)));
-        f32x4.mul(gv, xhatOf(v128.load(at(xr, i))))(b);
-      });
-      f.if(dw, () => f.exec(f32.store(at(dw, ch), f32.demoteF64(sumGXhat))));
-      f.if(db, () => f.exec(f32.store(at(db, ch), f32.demoteF64(sumG))));
-      f.if(dx, () => {
-        // dx = k * (g - mean(g) - xhat * mean(g * xhat)) = k * g - c1 - xhat * c2.
-        f.if(w, () => f.set(k, f32.mul(rs, f32.load(at(w, ch)))), () => f.set(k, rs));
-        f.set(kV, f32x4.splat(k));
-        f.set(c1, f32x4.splat(f32.demoteF64(f64.div(f64.mul(f64.promoteF32(k), sumG), m))));
-        f.set(c2, f32x4.splat(f32.demoteF64(f64.div(f64.mul(f64.promoteF32(k), sumGXhat), m))));
-        walk.eachRow(() =>
-          elementwise(f, hw, [{ ptr: gr }, { ptr: xr }], { ptr: dxr }, ([gi, xi]) => f32x4.sub(f32x4.sub(f32x4.mul(kV, gi), c1), f32x4.mul(xhatOf(xi), c2))),
-        );
-      });
-    });
+    forChannels(
+      f,
+      [g, x, dx],
+      n,
+      c,
+      hw,
+      (ch, walk) => {
+        const [gr, xr, dxr] = walk.rows.map((r) => r.row);
+        f.set(hiV, f32x4.splat(f32.load(at(mean, i32.shl(ch, 1)))));
+        f.set(loV, f32x4.splat(f32.load(at(mean, i32.add(i32.shl(ch, 1), 1)))));
+        f.set(rs, f32.load(at(rstd, ch)));
+        f.set(rsV, f32x4.splat(rs));
+        const xhatOf = (xv: Operand) => f32x4.mul(f32x4.sub(f32x4.sub(xv, hiV), loV), rsV);
+        channelSum(f, walk, sumG, hw, (i) => v128.load(at(gr, i)));
+        channelSum(f, walk, sumGXhat, hw, (i) => (b) => {
+          b.set(gv, v128.load(at(gr, i)));
+          f32x4.mul(gv, xhatOf(v128.load(at(xr, i))))(b);
+        });
+        f.if(dw, () => f.exec(f32.store(at(dw, ch), f32.demoteF64(sumGXhat))));
+        f.if(db, () => f.exec(f32.store(at(db, ch), f32.demoteF64(sumG))));
+        f.if(dx, () => {
+          // dx = k * (g - mean(g) - xhat * mean(g * xhat)) = k * g - c1 - xhat * c2.
+          f.if(w, () => f.set(k, f32.mul(rs, f32.load(at(w, ch)))), () => f.set(k, rs));
+          f.set(kV, f32x4.splat(k));
+          f.set(c1, f32x4.splat(f32.demoteF64(f64.div(f64.mul(f64.promoteF32(k), sumG), m))));
+          f.set(c2, f32x4.splat(f32.demoteF64(f64.div(f64.mul(f64.promoteF32(k), sumGXhat), m))));
+          walk.eachRow(() =>
+            elementwise(f, hw, [{ ptr: gr }, { ptr: xr }], { ptr: dxr }, ([gi, xi]) => f32x4.sub(f32x4.sub(f32x4.mul(kV, gi), c1), f32x4.mul(xhatOf(xi), c2))),
+          );
+        });
+      },
+      count,
+    );
   });
 }
 

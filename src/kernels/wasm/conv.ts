@@ -23,11 +23,22 @@
  * columns are skipped, a row's partial last tile is stored a lane at a time); conv_wgrad visits
  * the output's own positions only. Where 8-channel tiles would be mostly padding, or the depth
  * is a handful of taps, the forward falls back to conv_gemm (4 channels x 8 positions, B through
- * the offset table). One thread (the backend's worker threads are used by the matmul only).
+ * the offset table).
+ *
+ * Threads: the forward and the input gradient split their (group, image, block of output rows)
+ * units into a queue of parts for the backend's threads, each part with its own padded buffer
+ * (PARTS_PER_THREAD); the weight gradient splits its output channels (8-channel tiles, of all
+ * groups), so each thread owns a disjoint part of dW and sums it over the same images in the
+ * same order. Either way every output element is computed by the same
+ * micro-kernel over the same operands in the same order as on one thread: the result does not
+ * depend on the thread count. A part is a list of export calls (Calls) that the backend's pool
+ * runs on a worker (threads.ts). The dilated and strided input gradient (conv_uncols) stays on
+ * one thread.
  */
 import type { Conv2dLayout, Storage } from '../backend.js';
 import { call, f32, f32x4, i32, select, v128, ValType, type FuncBuilder, type Local, type ModuleBuilder, type Operand } from './emit.js';
 import { ceilDiv, elementwise, shuffle32, transpose4, type KernelExports } from './module.js';
+import { splitRange } from './threads.js';
 
 const { i32: I32, v128: V128 } = ValType;
 
@@ -500,6 +511,15 @@ export function emitConvKernels(mb: ModuleBuilder): void {
 
 // ---- the host side: blocking, padding and packing, per image and group ----
 
+/** The exports a thread's share of a convolution calls. */
+export type ConvExport = 'conv_fwd' | 'conv_gemm' | 'conv_wgrad' | 'conv_pack_grad' | 'conv_copy_rows';
+
+/** One recorded call of a thread's share. */
+export interface ConvCall {
+  name: ConvExport;
+  args: number[];
+}
+
 export interface WasmConvHost {
   exports: KernelExports;
   /** Byte address of a storage's first element. */
@@ -509,9 +529,36 @@ export interface WasmConvHost {
   /** The whole memory as floats (re-read after any scratch call: the memory may have grown). */
   f32(): Float32Array;
   i32(): Int32Array;
+  /** Threads to split a convolution of `flops` floating-point operations over (1: unsplit). */
+  threadsFor(flops: number): number;
+  /**
+   * Runs the parts, each part's calls in order on one thread (part t on thread t, or as a queue
+   * when there are more parts than threads), and returns when all are done.
+   */
+  runParts(parts: ConvCall[][]): void;
+}
+
+/**
+ * The calls of one thread's share: run at once when the convolution is not split, recorded for
+ * the pool otherwise (scratch must then be carved before recording: the memory may not move).
+ */
+class Calls {
+  readonly list: ConvCall[] = [];
+  constructor(private readonly now: KernelExports | null) {}
+  run(name: ConvExport, ...args: number[]): void {
+    if (this.now) this.now[name](...args);
+    else this.list.push({ name, args });
+  }
 }
 
 const roundUp = (v: number, m: number) => Math.ceil(v / m) * m;
+
+/**
+ * Parts per thread of a split forward or input gradient. The weight gradient splits into one part
+ * per thread: each of its parts copies every image into its padded buffer, which finer parts
+ * would repeat.
+ */
+const PARTS_PER_THREAD = 4;
 
 /** Output columns per block of the padded-width grid (whole output rows, at least this many). */
 const DIRECT_COLUMNS = 256;
@@ -600,7 +647,7 @@ function directGeometry(d: DirectConv) {
 }
 
 /** Copies one image's group of channels into the phases of the padded buffer that the taps read. */
-function fillPhases(k: KernelExports, d: DirectConv, gm: ReturnType<typeof directGeometry>, image: number, padded: number): void {
+function fillPhases(k: Calls, d: DirectConv, gm: ReturnType<typeof directGeometry>, image: number, padded: number): void {
   for (const phase of gm.phases) {
     const a = Math.floor(phase / d.sw);
     const b = phase % d.sw;
@@ -612,7 +659,7 @@ function fillPhases(k: KernelExports, d: DirectConv, gm: ReturnType<typeof direc
     if (y1 < y0 || x1 < x0) continue;
     const src = image + ((d.sh * y0 + a - d.ph) * d.W + (d.sw * x0 + b - d.pw)) * 4;
     const dst = padded + (((phase * d.cin) * gm.hq + y0) * gm.wq + x0) * 4;
-    k.conv_copy_rows(src, d.H * d.W * 4, d.sh * d.W * 4, d.sw * 4, dst, gm.hq * gm.wq * 4, gm.wq * 4, 4, d.cin, y1 - y0 + 1, x1 - x0 + 1);
+    k.run('conv_copy_rows', src, d.H * d.W * 4, d.sh * d.W * 4, d.sw * 4, dst, gm.hq * gm.wq * 4, gm.wq * 4, 4, d.cin, y1 - y0 + 1, x1 - x0 + 1);
   }
 }
 
@@ -707,7 +754,7 @@ export class WasmConv {
     let covered = l.kh >= l.sh && l.kw >= l.sw;
     for (let a = 0; a < l.sh; a++) covered &&= l.oh + Math.ceil((l.kh - a) / l.sh) - 2 >= Math.floor((l.h - 1 + l.ph - a) / l.sh);
     for (let b = 0; b < l.sw; b++) covered &&= l.ow + Math.ceil((l.kw - b) / l.sw) - 2 >= Math.floor((l.w - 1 + l.pw - b) / l.sw);
-    if (!covered) this.h.f32().fill(0, dx >>> 2, (dx >>> 2) + l.n * l.c * l.h * l.w);
+    if (!covered) this.h.exports.zero_bytes(dx, l.n * l.c * l.h * l.w * 4);
     for (let a = 0; a < Math.min(l.sh, l.kh); a++)
       for (let b = 0; b < Math.min(l.sw, l.kw); b++) {
         const kha = Math.ceil((l.kh - a) / l.sh);
@@ -741,9 +788,10 @@ export class WasmConv {
    * dW[o, tap] = sum over images and output positions of dY[o, pos] * P[off(tap) + grid(pos)]:
    * per image and block of output rows, dY packed into 8-channel panels (conv_pack_grad) and
    * conv_wgrad accumulating dW^T [taps, channels], transposed into `out` once per group.
+   * Threads split the groups' 8-channel tiles: a thread owns those columns of dW^T and sums them
+   * over every image in order.
    */
   backwardWeight(x: Storage, grad: Storage, out: Storage, l: Conv2dLayout): void {
-    const k = this.h.exports;
     const cg = l.c / l.groups;
     const og = l.outChannels / l.groups;
     const d = this.directOf(l, this.h.ptr(x), cg, l.c, l.h, l.w, [l.kh, l.kw], [l.sh, l.sw], [l.ph, l.pw]);
@@ -752,29 +800,68 @@ export class WasmConv {
     const oTiles = Math.ceil(og / 8);
     const ldAcc = oTiles * 8;
     const kPad = roundUp(K, 4);
-    const [padded, offs, panel, acc] = carve(this.h, [gm.paddedFloats * 4, kPad * 4, ldAcc * rowsPerBlock * OW * 4, kPad * ldAcc * 4]);
+    // Threads take 8-channel tiles (per group). Splitting the taps instead was measured slower
+    // than one thread (0.8x on 8 -> 8 channels at 28x28, batch 32): every part then copies every
+    // image and packs every channel of dY, work as long as its share of the products.
+    const tiles = oTiles;
+    const units = l.groups * tiles;
+    const threads = Math.min(units, this.h.threadsFor(2 * l.n * l.outChannels * K * OH * OW));
+    const accFloats = kPad * ldAcc;
+    const own = [gm.paddedFloats * 4, ldAcc * rowsPerBlock * OW * 4];
+    const [offs, acc, ...scratch] = carve(this.h, [kPad * 4, l.groups * accFloats * 4, ...Array.from({ length: threads }, () => own).flat()]);
     // The taps past K (a tile has 4) repeat the last one: their rows of acc are never read.
     const offsets = new Int32Array(kPad).fill(gm.offsets[K - 1]);
     offsets.set(gm.offsets);
     this.h.i32().set(offsets, offs >>> 2);
-    const f = this.h.f32();
-    f.fill(0, padded >>> 2, (padded >>> 2) + gm.paddedFloats);
+    // Cleared in wasm: a TypedArray fill over a shared memory is slow (module.ts zero_bytes).
+    const zero = this.h.exports.zero_bytes;
+    zero(acc, l.groups * accFloats * 4);
+    for (let t = 0; t < threads; t++) zero(scratch[2 * t], gm.paddedFloats * 4);
     const gp = this.h.ptr(grad);
-    const op = this.h.ptr(out) >>> 2;
-    const ap = acc >>> 2;
-    for (let g = 0; g < l.groups; g++) {
-      f.fill(0, ap, ap + kPad * ldAcc);
-      for (let n = 0; n < l.n; n++) {
-        fillPhases(k, d, gm, d.src + ((n * l.c + g * cg) * l.h * l.w) * 4, padded);
-        const gImage = gp + ((n * l.outChannels + g * og) * OH * OW) * 4;
-        for (let oy = 0; oy < OH; oy += rowsPerBlock) {
-          const rows = Math.min(rowsPerBlock, OH - oy);
-          k.conv_pack_grad(gImage + oy * OW * 4, OH * OW * 4, og, rows * OW, oTiles, panel);
-          k.conv_wgrad(padded + oy * wq * 4, offs, kPad, panel, oTiles, rows, OW, wq * 4, acc, ldAcc * 4);
+    this.split(threads, units, (calls, u0, u1, t) => {
+      const [padded, panel] = scratch.slice(2 * t, 2 * t + 2);
+      for (let g = Math.floor(u0 / tiles); g * tiles < u1; g++) {
+        const [a, b] = [Math.max(u0, g * tiles) - g * tiles, Math.min(u1, (g + 1) * tiles) - g * tiles];
+        // This share: channel tiles [c0, c1) of group g.
+        const [c0, c1] = [a, b];
+        const channels = Math.min(og, 8 * c1) - 8 * c0;
+        const accAt = acc + (g * accFloats + 8 * c0) * 4;
+        for (let n = 0; n < l.n; n++) {
+          fillPhases(calls, d, gm, d.src + ((n * l.c + g * cg) * l.h * l.w) * 4, padded);
+          const gImage = gp + ((n * l.outChannels + g * og + 8 * c0) * OH * OW) * 4;
+          for (let oy = 0; oy < OH; oy += rowsPerBlock) {
+            const rows = Math.min(rowsPerBlock, OH - oy);
+            calls.run('conv_pack_grad', gImage + oy * OW * 4, OH * OW * 4, channels, rows * OW, c1 - c0, panel);
+            calls.run('conv_wgrad', padded + oy * wq * 4, offs, kPad, panel, c1 - c0, rows, OW, wq * 4, accAt, ldAcc * 4);
+          }
         }
       }
-      for (let o = 0; o < og; o++) for (let t = 0; t < K; t++) f[op + (g * og + o) * K + t] = f[ap + t * ldAcc + o];
+    });
+    // The split's call lists may have grown the memory: a fresh view.
+    const mem = this.h.f32();
+    const op = this.h.ptr(out) >>> 2;
+    for (let g = 0; g < l.groups; g++) {
+      const ap = (acc >>> 2) + g * accFloats;
+      for (let o = 0; o < og; o++) for (let t = 0; t < K; t++) mem[op + (g * og + o) * K + t] = mem[ap + t * ldAcc + o];
     }
+  }
+
+  /**
+   * Runs `share(calls, u0, u1, t)` for each part t's range [u0, u1) of `units` (parts <= units):
+   * at once when there is one part, else recorded and run by the backend's pool (part t on
+   * thread t, or as a queue when there are more parts than threads).
+   */
+  private split(parts: number, units: number, share: (calls: Calls, u0: number, u1: number, t: number) => void): void {
+    if (parts <= 1) {
+      share(new Calls(this.h.exports), 0, units, 0);
+      return;
+    }
+    const lists = splitRange(units, parts).map(([u0, u1], t) => {
+      const calls = new Calls(null);
+      share(calls, u0, u1, t);
+      return calls.list;
+    });
+    this.h.runParts(lists);
   }
 
   /** A DirectConv over `src` [n, srcChannels, H, W] with l's batch, groups and dilation. */
@@ -810,45 +897,65 @@ export class WasmConv {
     // A dense placement (the forward, a stride-1 input gradient) takes conv_fwd's rows straight
     // into the output: nothing to copy out.
     const direct = !narrow && place.colBytes === 4 && place.y0 === 0 && place.y1 === OH - 1 && place.x0 === 0 && place.x1 === gm.OW - 1;
-    // cBlock has a row for every channel of the last tile; those past cout are never copied out.
-    const [weights, packed, padded, offs, cBlock, tile] = carve(this.h, [weightBytes, rowsPad * K * 4, gm.paddedFloats * 4, K * 4, rowsPad * nbPad * 4, MR * NR * 4]);
+    // The work is split in units of (group, image, block of output rows that holds placed rows).
+    const firstBlock = Math.floor(place.y0 / rowsPerBlock);
+    const blocks = Math.floor(place.y1 / rowsPerBlock) - firstBlock + 1;
+    const units = d.groups * d.n * blocks;
+    const placed = (place.y1 - place.y0 + 1) * (place.x1 - place.x0 + 1);
+    const threads = this.h.threadsFor(2 * d.groups * d.n * cout * K * placed);
+    // Split, it is a queue of PARTS_PER_THREAD parts per thread (ThreadPool.run): a thread that
+    // the scheduler holds back then delays the call by one part at most.
+    const parts = threads > 1 ? Math.min(units, threads * PARTS_PER_THREAD) : 1;
+    const packedBytes = rowsPad * K * 4;
+    // Per part: its padded input, and its output block (cBlock has a row for every channel of
+    // the last tile; those past cout are never copied out) and edge tile.
+    const own = [gm.paddedFloats * 4, rowsPad * nbPad * 4, MR * NR * 4];
+    const [weights, packed, offs, ...scratch] = carve(this.h, [weightBytes, d.groups * packedBytes, K * 4, ...Array.from({ length: parts }, () => own).flat()]);
     writeWeights(weights);
     this.h.i32().set(gm.offsets, offs >>> 2);
     // The border, the slack and (below) the interior: the border stays zero for every image.
-    this.h.f32().fill(0, padded >>> 2, (padded >>> 2) + gm.paddedFloats);
+    for (let t = 0; t < parts; t++) k.zero_bytes(scratch[3 * t], gm.paddedFloats * 4);
+    // Packed once per call and group, before the threads start.
     for (let g = 0; g < d.groups; g++) {
-      // Packed once per call and group.
-      if (narrow) k.gemm_pack_a(weights + g * cout * K * 4, K * 4, 4, cout, K, packed);
-      else k.conv_pack_grad(weights + g * cout * K * 4, K * 4, cout, K, oTiles, packed);
-      for (let n = 0; n < d.n; n++) {
-        fillPhases(k, d, gm, d.src + ((n * d.srcChannels + g * d.cin) * d.H * d.W) * 4, padded);
+      if (narrow) k.gemm_pack_a(weights + g * cout * K * 4, K * 4, 4, cout, K, packed + g * packedBytes);
+      else k.conv_pack_grad(weights + g * cout * K * 4, K * 4, cout, K, oTiles, packed + g * packedBytes);
+    }
+    this.split(parts, units, (calls, u0, u1, t) => {
+      const [padded, cBlock, tile] = scratch.slice(3 * t, 3 * t + 3);
+      let filled = -1;
+      for (let u = u0; u < u1; u++) {
+        // Images in order g * n + image, as the group loop outside the image loop.
+        const gn = Math.floor(u / blocks);
+        const [g, n] = [Math.floor(gn / d.n), gn % d.n];
+        if (gn !== filled) fillPhases(calls, d, gm, d.src + ((n * d.srcChannels + g * d.cin) * d.H * d.W) * 4, padded);
+        filled = gn;
+        const panel = packed + g * packedBytes;
         const outImage = place.dst + n * place.imageBytes + g * cout * place.channelBytes;
-        for (let oy = Math.floor(place.y0 / rowsPerBlock) * rowsPerBlock; oy <= place.y1; oy += rowsPerBlock) {
-          const rows = Math.min(rowsPerBlock, OH - oy);
-          const b = padded + oy * wq * 4;
-          if (direct) {
-            const to = outImage + oy * place.rowBytes;
-            // Without extra columns (a pointwise convolution) the block is one run of rows*OW.
-            if (wq === gm.OW && place.rowBytes === wq * 4) k.conv_fwd(packed, K, oTiles, b, offs, 1, rows * wq, 0, to, place.channelBytes, 0, cout);
-            else k.conv_fwd(packed, K, oTiles, b, offs, rows, gm.OW, wq * 4, to, place.channelBytes, place.rowBytes, cout);
-            continue;
-          }
-          // The block's rows that are placed: [ya, yb], columns [x0, x1].
-          const ya = Math.max(oy, place.y0);
-          const yb = Math.min(oy + rows - 1, place.y1);
-          const cols = place.x1 - place.x0 + 1;
-          if (narrow) {
-            k.conv_gemm(packed, K, cout, b, offs, roundUp(rows * wq, NR), cBlock, nbPad * 4, tile, 0);
-            const from = cBlock + ((ya - oy) * wq + place.x0) * 4;
-            k.conv_copy_rows(from, nbPad * 4, wq * 4, 4, outImage + ya * place.rowBytes + place.x0 * place.colBytes, place.channelBytes, place.rowBytes, place.colBytes, cout, yb - ya + 1, cols);
-          } else {
-            // Only the placed pixels are computed, rows of `cols` in cBlock, then spread out.
-            k.conv_fwd(packed, K, oTiles, padded + (ya * wq + place.x0) * 4, offs, yb - ya + 1, cols, wq * 4, cBlock, nbPad * 4, cols * 4, cout);
-            k.conv_copy_rows(cBlock, nbPad * 4, cols * 4, 4, outImage + ya * place.rowBytes + place.x0 * place.colBytes, place.channelBytes, place.rowBytes, place.colBytes, cout, yb - ya + 1, cols);
-          }
+        const oy = (firstBlock + (u % blocks)) * rowsPerBlock;
+        const rows = Math.min(rowsPerBlock, OH - oy);
+        const b = padded + oy * wq * 4;
+        if (direct) {
+          const to = outImage + oy * place.rowBytes;
+          // Without extra columns (a pointwise convolution) the block is one run of rows*OW.
+          if (wq === gm.OW && place.rowBytes === wq * 4) calls.run('conv_fwd', panel, K, oTiles, b, offs, 1, rows * wq, 0, to, place.channelBytes, 0, cout);
+          else calls.run('conv_fwd', panel, K, oTiles, b, offs, rows, gm.OW, wq * 4, to, place.channelBytes, place.rowBytes, cout);
+          continue;
+        }
+        // The block's rows that are placed: [ya, yb], columns [x0, x1].
+        const ya = Math.max(oy, place.y0);
+        const yb = Math.min(oy + rows - 1, place.y1);
+        const cols = place.x1 - place.x0 + 1;
+        if (narrow) {
+          calls.run('conv_gemm', panel, K, cout, b, offs, roundUp(rows * wq, NR), cBlock, nbPad * 4, tile, 0);
+          const from = cBlock + ((ya - oy) * wq + place.x0) * 4;
+          calls.run('conv_copy_rows', from, nbPad * 4, wq * 4, 4, outImage + ya * place.rowBytes + place.x0 * place.colBytes, place.channelBytes, place.rowBytes, place.colBytes, cout, yb - ya + 1, cols);
+        } else {
+          // Only the placed pixels are computed, rows of `cols` in cBlock, then spread out.
+          calls.run('conv_fwd', panel, K, oTiles, padded + (ya * wq + place.x0) * 4, offs, yb - ya + 1, cols, wq * 4, cBlock, nbPad * 4, cols * 4, cout);
+          calls.run('conv_copy_rows', cBlock, nbPad * 4, cols * 4, 4, outImage + ya * place.rowBytes + place.x0 * place.colBytes, place.channelBytes, place.rowBytes, place.colBytes, cout, yb - ya + 1, cols);
         }
       }
-    }
+    });
   }
 
   private backwardInputByColumns(grad: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
@@ -858,8 +965,7 @@ export class WasmConv {
     this.h.i32().set(Int32Array.from({ length: og }, (_, p) => p * ldb), offs >>> 2);
     const [gp, wp, op] = [this.h.ptr(grad), this.h.ptr(weight), this.h.ptr(out)];
     const geo = geometry(l, cg);
-    const f = this.h.f32();
-    f.fill(0, op >>> 2, (op >>> 2) + l.n * l.c * l.h * l.w);
+    k.zero_bytes(op, l.n * l.c * l.h * l.w * 4);
     for (let g = 0; g < l.groups; g++) {
       // W^T as A: row p of A is column p of the group's weights [og, K].
       k.gemm_pack_a(wp + g * og * K * 4, 4, K * 4, K, og, packed);

@@ -301,6 +301,13 @@ export const v128 = {
 export const i32x4 = {
   splat: simd(0x11, ValType.i32),
   extractLane: simdLane(0x1b, 'v128'),
+  /** v with lane `lane` replaced by the i32 x. */
+  replaceLane: (v: Operand, lane: number, x: Operand): Expr =>
+    (f) => {
+      emitOperand(f, v, 'v128');
+      emitOperand(f, x, ValType.i32);
+      f.raw.byte(0xfd).u32(0x1c).byte(lane);
+    },
   eq: simd(0x37, 'i32x4'),
   ne: simd(0x38, 'i32x4'),
   ltS: simd(0x39, 'i32x4'),

@@ -1,6 +1,7 @@
 /**
  * The WebAssembly backend: kernels with 128-bit SIMD (module.ts) over one WebAssembly.Memory,
- * a size-class allocator in that memory, and worker threads for large matmuls (threads.ts).
+ * a size-class allocator in that memory, and worker threads for large matmuls and convolutions
+ * (threads.ts), whose number and use a short measurement at start-up decides (calibrateThreads).
  *
  * float32 (and int32 for the simple ops, bool for comparisons and where) runs in wasm. The rest -
  * float64, the transcendental elementwise ops without a SIMD body, and the kernels that are
@@ -20,6 +21,7 @@ import { CpuBackend, CpuStorage } from '../cpu/index.js';
 import type { DType, TypedArray } from '../../tensor/dtype.js';
 import type {
   ArgReduceOp,
+  AttentionLayout,
   AvgPool2dLayout,
   Backend,
   BackendInfo,
@@ -61,9 +63,23 @@ import {
   type KernelExports,
 } from './module.js';
 import { WasmConv } from './conv.js';
+import { attentionBackwardWasm, attentionWasm } from './attention.js';
+import { wasmFusedMap } from './fusedmap.js';
+import type { FusedMapKernels } from '../fusedmap.js';
+import { collapseDims, copyDescriptorBytes, planStridedCopy, stridedCopyArgs, stridedCopyExport, writeCopyDescriptor, type CopyWidth, type Dim } from './copy.js';
 import { avgPool2dWasm, maxPool2dWasm } from './pool.js';
 import { layerNormBackwardExport, layerNormExport } from './layernorm.js';
-import { availableCores, canBlock, CONTROL_BYTES_PER_WORKER, ThreadPool, type KernelCall } from './threads.js';
+import {
+  availableCores,
+  canBlock,
+  CONTROL_BYTES_PER_WORKER,
+  SplitCost,
+  splitRange,
+  ThreadPool,
+  type KernelCall,
+  type ThreadCalibration,
+  type ThreadPart,
+} from './threads.js';
 import { wasmKernel as arenaWasmKernel, wasmTree as arenaWasmTree } from '../arena/wasm.js';
 import { arenaBackends } from '../arena/backends.js';
 import { arenaHost } from '../arena/host.js';
@@ -111,11 +127,18 @@ export function sizeClass(bytes: number): number {
 }
 
 export interface WasmBackendOptions {
-  /** Threads for large matmuls, the caller's included. Default: the available cores (at most 8). */
+  /**
+   * Threads for large matmuls and convolutions, the caller's included: honored as given. Default:
+   * the available cores (at most 8) when a short measurement at start-up finds them faster than
+   * one thread, else one (info().details.threadCalibration says what was measured).
+   */
   threads?: number;
   /** Matmul blocking; for tuning and benchmarks. */
   tiling?: GemmTiling;
-  /** Matmuls with fewer multiply-adds than this stay on one thread. */
+  /**
+   * Split every matmul and convolution of at least this many multiply-adds over all threads (for
+   * tests and benchmarks). Default: the measured cost model decides per call (threads.ts SplitCost).
+   */
   minThreadedWork?: number;
 }
 
@@ -131,6 +154,7 @@ interface HeapViews {
 export async function createWasmBackend(opts: WasmBackendOptions = {}): Promise<WasmBackend> {
   const tiling = opts.tiling ?? DEFAULT_TILING;
   const shareable = typeof SharedArrayBuffer !== 'undefined' && (globalThis as { crossOriginIsolated?: boolean }).crossOriginIsolated !== false;
+  const explicit = opts.threads !== undefined;
   let threads = Math.max(1, Math.floor(opts.threads ?? Math.min(8, await availableCores())));
   if (!shareable || !canBlock()) threads = 1;
 
@@ -156,14 +180,19 @@ export async function createWasmBackend(opts: WasmBackendOptions = {}): Promise<
     throw new Error(`wasm backend: this engine cannot compile the kernels (WebAssembly SIMD is required): ${(e as Error).message}`);
   }
   const instance = await WebAssembly.instantiate(module, { env: { memory } });
-  const backend = new WasmBackend(memory, instance.exports as unknown as KernelExports, tiling, threads, opts.minThreadedWork ?? 1 << 18);
+  const backend = new WasmBackend(memory, instance.exports as unknown as KernelExports, tiling, threads, opts.minThreadedWork);
   if (threads > 1) {
     const control = backend.reserve((threads - 1) * CONTROL_BYTES_PER_WORKER);
+    let pool: ThreadPool | null = null;
     try {
-      backend.attachPool(await ThreadPool.start(module, memory, control, threads - 1, WasmBackend.THREADED_EXPORTS));
+      pool = await ThreadPool.start(module, memory, control, threads - 1, backend.exportNames, (bytes) => backend.listSpace(bytes));
     } catch (e) {
       // Workers can be unavailable (a content security policy, a sandbox): one thread still works.
       backend.threadsUnavailable = (e as Error)?.message ?? String(e);
+    }
+    if (pool) {
+      backend.attachPool(pool);
+      backend.calibrateThreads(explicit);
     }
   }
   return backend;
@@ -171,8 +200,9 @@ export async function createWasmBackend(opts: WasmBackendOptions = {}): Promise<
 
 export class WasmBackend implements Backend {
   readonly name = 'wasm' as const;
-  /** The exports that worker threads may be asked to run, by index. */
-  static readonly THREADED_EXPORTS = ['gemm'] as const;
+  /** The kernel exports, by the index that the thread pool's calls name them with. */
+  readonly exportNames: string[];
+  private readonly exportIndex: Map<string, number>;
 
   private heapViews: HeapViews | null = null;
   private heapTop = ALIGN;
@@ -186,18 +216,33 @@ export class WasmBackend implements Backend {
   private readonly gemmScratch: number[] = [];
   private scratchPtr = 0;
   private scratchBytes = 0;
+  /** Memory lent to the thread pool for the call lists of one split (ThreadPool.run). */
+  private listPtr = 0;
+  private listBytes = 0;
   private readonly cpu = new CpuBackend();
   /** Why the worker threads could not start, if they could not. */
   threadsUnavailable: string | null = null;
+  /** What calibrateThreads measured (null on one thread). */
+  threadCalibration: ThreadCalibration | null = null;
+  /** Decides how many threads each call is split over; null until calibrated. */
+  private splitCost: SplitCost | null = null;
+  /**
+   * What an element of a memory-bound kernel (unary, binary, where) costs in the cost model's
+   * units, floating-point operations of the calibration matmul: measured by calibrateThreads
+   * (a relu, the cheapest, so that the others are if anything priced low and split less).
+   */
+  private elementFlops = 8;
 
   constructor(
     private readonly mem: WebAssembly.Memory,
     private readonly k: KernelExports,
     private readonly tiling: GemmTiling,
     threads: number,
-    private readonly minThreadedWork: number,
+    private readonly minThreadedWork: number | undefined,
   ) {
     for (let t = 0; t < threads; t++) this.gemmScratch.push(this.reserve(gemmScratchBytes(tiling)));
+    this.exportNames = Object.keys(k).filter((name) => typeof k[name] === 'function');
+    this.exportIndex = new Map(this.exportNames.map((name, i) => [name, i]));
   }
 
   /** Permanent internal memory (thread control, matmul scratch): outside the live counters. */
@@ -227,6 +272,9 @@ export class WasmBackend implements Backend {
         threads: this.activeThreads,
         sharedMemory: this.pool !== null,
         ...(this.threadsUnavailable ? { threadsUnavailable: this.threadsUnavailable } : {}),
+        ...(this.threadCalibration ? { threadCalibration: this.threadCalibration } : {}),
+        // Parts handed to workers, and those the caller took back because no worker had started them.
+        ...(this.pool ? { threadParts: { ...this.pool.stats } } : {}),
         memoryBytes: this.mem.buffer.byteLength,
         tiling: this.tiling,
       },
@@ -237,7 +285,196 @@ export class WasmBackend implements Backend {
   }
 
   get activeThreads(): number {
-    return this.pool ? this.pool.size + 1 : 1;
+    return this.pool ? (this.splitCost?.threads ?? this.pool.size + 1) : 1;
+  }
+
+  /** @internal The pool's call-list memory: grown as needed, reused by every split. */
+  listSpace(bytes: number): number {
+    if (bytes > this.listBytes) {
+      this.listBytes = sizeClass(Math.max(bytes, this.listBytes * 2));
+      this.listPtr = this.bump(this.listBytes);
+    }
+    return this.listPtr;
+  }
+
+  /** Threads to split a kernel call of `flops` floating-point operations over (1: unsplit). */
+  private splitThreads(flops: number): number {
+    if (!this.pool) return 1;
+    if (this.minThreadedWork !== undefined) return flops / 2 >= this.minThreadedWork ? this.activeThreads : 1;
+    return this.splitCost?.threadsFor(flops) ?? 1;
+  }
+
+  /**
+   * Threads for a memory-bound kernel over `elements` elements touching `bytes` bytes: none below
+   * MEMORY_SPLIT_BYTES, where its operands sit in the cache of the core that just wrote them.
+   * (Measured inside a CNN training step, batch 32: BatchNorm's backward over 2.4 MB took 1.42 ms
+   * split against 1.17 ms unsplit, though split it ran 1.69x faster back to back on its own.)
+   */
+  private splitMemoryBound(elements: number, bytes: number): number {
+    if (this.minThreadedWork === undefined && bytes < MEMORY_SPLIT_BYTES) return 1;
+    return this.splitThreads(this.elementFlops * elements);
+  }
+
+  /** A call of the export `name` for a thread's part. */
+  private kernelCall(name: string, args: number[]): KernelCall {
+    const fn = this.exportIndex.get(name);
+    if (fn === undefined) throw new Error(`wasm backend: no kernel export ${name}`);
+    return { fn, args };
+  }
+
+  /**
+   * Runs the parts (calls of exports by their index in exportNames): part t on thread t, or as a
+   * queue when there are more parts than threads (ThreadPool.run).
+   */
+  private runSplit(parts: readonly ThreadPart[]): void {
+    if (parts.length === 1) {
+      for (const c of parts[0]) this.runThreadedExport(c);
+      return;
+    }
+    try {
+      this.pool!.run(parts, (c) => this.runThreadedExport(c), this.activeThreads);
+    } finally {
+      this.splitCost?.splitEnded();
+    }
+  }
+
+  private runThreadedExport(c: KernelCall): void {
+    this.k[this.exportNames[c.fn]](...c.args);
+  }
+
+  /**
+   * Measures what a split costs and gains on this machine now, in about 10 ms (6 of them warming
+   * the matmul up; each phase stops at its share of a 40 ms budget, though its minimum samples
+   * take longer under heavy load), and sets the cost model (which calls to split), the workers'
+   * spin budget and, unless `explicit`, the number of threads: the available ones where they run
+   * a 256 x 128 x 256 matmul at least MIN_SPEEDUP times faster than one thread, else two where
+   * those do, else one (the pool is stopped; also when the measurement is visibly disturbed).
+   * - spin: an idle worker spins as long as waking it from Atomics.wait costs (the cold round
+   *   trip minus the hot one, 20 to 200 us; none when spinning is the slower): the ski-rental
+   *   rule, which never pays more than twice the better of spinning and sleeping;
+   * - rate: the one-thread GFLOP/s of that matmul prices every matmul and convolution (flops /
+   *   rate), and a relu's time per element prices the memory-bound kernels (elementFlops).
+   */
+  calibrateThreads(explicit: boolean): void {
+    const pool = this.pool;
+    if (!pool) return;
+    const available = pool.size + 1;
+    const MIN_SPEEDUP = 1.15;
+    const start = performance.now();
+    // Loads of a shared slot per us, to turn a spin time into a spin count: the fastest of a few
+    // short trials (a trial the scheduler interrupts is slow).
+    const probe = new Int32Array(this.mem.buffer, this.gemmScratch[0], 1);
+    let t0 = 0;
+    let loadsPerUs = 0;
+    for (let trial = 0; trial < 5; trial++) {
+      t0 = performance.now();
+      for (let i = 0; i < 20_000; i++) Atomics.load(probe, 0);
+      loadsPerUs = Math.max(loadsPerUs, 20_000 / Math.max(1, (performance.now() - t0) * 1000));
+    }
+    // An empty call on a worker: the pool's round trip, the worker asleep (cold) and spinning (hot).
+    // On a loaded machine every wake-up waits for the scheduler: each phase stops at its share of
+    // the time budget (a busy machine then gets fewer samples, and one thread anyway).
+    const BUDGET_MS = 40;
+    const roundTrip = (n: number, quantile = 0.5) => {
+      const times: number[] = [];
+      const until = performance.now() + BUDGET_MS / 4;
+      while (times.length < n && (times.length === 0 || performance.now() < until)) times.push(pool.ping());
+      return times.sort((a, b) => a - b)[Math.floor(quantile * (times.length - 1))];
+    };
+    pool.spinLoads = 0;
+    const coldUs = roundTrip(11);
+    pool.spinLoads = loadsPerUs * 2000;
+    roundTrip(2);
+    // The lower quartile: one stray process on the other core for a moment must not turn spinning off.
+    const spinningUs = roundTrip(11, 0.25);
+    // A wake-up that costs more than this is the scheduler's queue, not the futex: spinning
+    // longer would only burn the core that the other runnable threads are waiting for.
+    const MAX_SPIN_US = 200;
+    // On a machine with more runnable threads than cores a spinning thread uses up its time
+    // slice and waits for the next one (milliseconds), while a woken one is scheduled at once:
+    // spinning then costs more than sleeping, and nobody spins.
+    const hotUs = Math.min(spinningUs, coldUs);
+    const spinUs = spinningUs >= coldUs ? 0 : Math.min(MAX_SPIN_US, Math.max(20, coldUs - spinningUs));
+    pool.spinLoads = loadsPerUs * spinUs;
+    // One thread against T on the same matmul, interleaved: the best of two or three rounds each
+    // after a warm-up round (two when the budget runs out).
+    const [m, n, k] = [256, 256, 128];
+    const a = this.allocUninit(m * k, 'float32');
+    const b = this.allocUninit(k * n, 'float32');
+    const c = this.allocUninit(m * n, 'float32');
+    const fa = this.typed(a);
+    for (let i = 0; i < fa.length; i++) fa[i] = ((i * 7) % 13) / 13;
+    this.typed(b).set(fa.subarray(0, k * n));
+    const job = this.gemmJob(ws(a), ws(b), ws(c), { batch: 1, m, n, k, transA: false, transB: false, aBatchStride: 0, bBatchStride: 0 });
+    const time = (threads: number) => {
+      t0 = performance.now();
+      this.runGemm(job, threads);
+      return (performance.now() - t0) * 1000;
+    };
+    // V8 runs new wasm code in its baseline compiler and tiers hot functions up in the background:
+    // a few ms of the matmul first, so that the rate measured is the optimized code's.
+    const warm = performance.now() + 6;
+    do time(1);
+    while (performance.now() < warm);
+    const candidates = [...new Set([available, 2])];
+    const best = new Map<number, number>([[1, Infinity], ...candidates.map((t) => [t, Infinity] as [number, number])]);
+    const until = performance.now() + BUDGET_MS / 2;
+    for (let round = 0; round < 4 && (round < 3 || performance.now() < until); round++) {
+      for (const t of best.keys()) {
+        const us = time(t);
+        // The first round warms the code and the caches up.
+        if (round > 0) best.set(t, Math.min(best.get(t)!, us));
+      }
+    }
+    // The cost model's rate: the one-thread time, unless T threads took less than 1/T of it
+    // (the one-thread runs were interrupted; see `disturbed` below).
+    const oneUs = Math.min(best.get(1)!, ...candidates.map((t) => t * best.get(t)!));
+    // One thread's cost of an element of a memory-bound kernel: a relu in place, best of five.
+    const relu = this.k[unaryExport('relu', 'f32')];
+    const cs = ws(c);
+    let reluUs = Infinity;
+    for (let i = 0; i < 5; i++) {
+      t0 = performance.now();
+      relu(cs.ptr, cs.ptr, cs.numel, 0, 0);
+      reluUs = Math.min(reluUs, (performance.now() - t0) * 1000);
+    }
+    this.elementFlops = (reluUs / cs.numel) * ((2 * m * n * k) / oneUs);
+    for (const s of [a, b, c]) this.release(s);
+    const speedupOf = (t: number) => best.get(1)! / best.get(t)!;
+    let threads = available;
+    let reason = `asked for ${available} threads`;
+    // More than T times faster on T threads is impossible: the one-thread runs were interrupted.
+    const disturbed = candidates.some((t) => speedupOf(t) > 1.1 * t);
+    if (!explicit && disturbed) {
+      threads = 1;
+      reason = `the calibration matmul ran ${speedupOf(available).toFixed(2)}x faster on ${available} threads, more than possible: the machine is too busy to measure; one thread`;
+    } else if (!explicit) {
+      const fast = candidates.find((t) => speedupOf(t) >= MIN_SPEEDUP);
+      threads = fast ?? 1;
+      reason =
+        fast !== undefined
+          ? `${fast} threads ran the calibration matmul ${speedupOf(fast).toFixed(2)}x faster than one`
+          : `${available} threads ran the calibration matmul ${speedupOf(available).toFixed(2)}x as fast as one (under ${MIN_SPEEDUP}x): one thread`;
+    }
+    const r2 = (x: number) => Math.round(x * 100) / 100;
+    this.threadCalibration = {
+      threads,
+      available,
+      reason,
+      gflops: r2((2 * m * n * k) / oneUs / 1000),
+      hotUs: r2(hotUs),
+      coldUs: r2(coldUs),
+      speedup: r2(speedupOf(available)),
+      spinLoads: pool.spinLoads,
+      spinUs: r2(spinUs),
+      elementFlops: r2(this.elementFlops),
+      ms: r2(performance.now() - start),
+    };
+    if (threads === 1) {
+      this.dispose();
+      return;
+    }
+    this.splitCost = new SplitCost(threads, oneUs / (2 * m * n * k), hotUs, coldUs, spinUs);
   }
 
   // ---- memory ----
@@ -306,7 +543,7 @@ export class WasmBackend implements Backend {
    * Runs a method of the CPU reference in place on these arguments, each storage (null for an
    * absent operand) seen through `host`: the path for dtypes the wasm kernels do not take.
    */
-  private onHost<K extends 'layerNorm' | 'layerNormBackward' | 'batchNorm' | 'batchNormEval' | 'batchNormBackward'>(
+  private onHost<K extends 'layerNorm' | 'layerNormBackward' | 'batchNorm' | 'batchNormEval' | 'batchNormBackward' | 'attention' | 'attentionBackward'>(
     method: K,
     args: Parameters<CpuBackend[K]>,
   ): void {
@@ -332,7 +569,8 @@ export class WasmBackend implements Backend {
       ptr = free.pop()!;
       this.pooled--;
       this.pooledBytes -= cls;
-      if (zero) this.heap().u8.fill(0, ptr, ptr + bytes);
+      // In wasm: a TypedArray fill over a shared memory is many times slower (zero_bytes).
+      if (zero && bytes > 0) this.k.zero_bytes(ptr, bytes);
     } else {
       // Fresh memory past the top has never been written: it is zero.
       ptr = this.bump(cls);
@@ -456,9 +694,30 @@ export class WasmBackend implements Backend {
     const xs = ws(x);
     const o = ws(out);
     // x ** 2 is the square kernel bit for bit: the square of a float32 is exact in float64.
-    const fn = this.unaryKernel(op === 'powScalar' && p0 === 2 && xs.dtype === 'float32' ? 'square' : op, xs.dtype, o.dtype);
+    const kernelOp = op === 'powScalar' && p0 === 2 && xs.dtype === 'float32' ? 'square' : op;
+    const fn = this.unaryKernel(kernelOp, xs.dtype, o.dtype);
     if (!fn) this.cpu.unary(op, this.host(x), this.host(out), p0, p1);
+    // The pool passes i32 arguments only: the ops with float parameters (and the limited ones,
+    // which return a flag) run unsplit.
+    else if (p0 === 0 && p1 === 0 && !(kernelOp in SIMD_UNARY_LIMIT) && this.splitFlat(unaryExport(kernelOp, xs.dtype === 'float32' ? 'f32' : 'i32'), xs, o)) return;
     else if (fn(xs.ptr, o.ptr, xs.numel, p0, p1)) this.finishBeyondLimit(op, o, p0, p1);
+  }
+
+  /**
+   * A unary kernel over `x` split in runs of whole vectors among threads, where the cost model
+   * says so (false: not split). Each element is the same function of its input on any thread.
+   */
+  private splitFlat(name: string, x: WasmStorage, out: WasmStorage): boolean {
+    const n = x.numel;
+    const threads = this.splitMemoryBound(n, n * (BYTES[x.dtype] + BYTES[out.dtype]));
+    if (threads <= 1) return false;
+    const [xb, ob] = [BYTES[x.dtype], BYTES[out.dtype]];
+    const parts = splitRange(Math.ceil(n / 4), threads).map(([q0, q1]) => {
+      const [i0, i1] = [4 * q0, Math.min(n, 4 * q1)];
+      return [this.kernelCall(name, [x.ptr + i0 * xb, out.ptr + i0 * ob, i1 - i0, 0, 0])];
+    });
+    this.runSplit(parts);
+    return true;
   }
 
   /**
@@ -504,6 +763,7 @@ export class WasmBackend implements Backend {
   /** Runs a row kernel (module.ts emitRowKernel) once per index of the plan's outer dims. */
   private runRows(name: string, plan: BroadcastPlan, operands: WasmStorage[], out: WasmStorage): void {
     if (out.numel === 0) return;
+    if (plan.outer.length === 0 && this.splitRows(name, plan, operands, out)) return;
     const fn = this.k[name];
     const sizes = operands.map((s) => BYTES[s.dtype]);
     const outSize = BYTES[out.dtype];
@@ -512,6 +772,36 @@ export class WasmBackend implements Backend {
       fn(...operands.map((s, j) => s.ptr + offsets[j] * sizes[j]), outPtr, plan.blocks, plan.rows, plan.cols, ...plan.rowStrides, ...plan.blockStrides);
       outPtr += plan.blocks * plan.rows * plan.cols * outSize;
     });
+  }
+
+  /**
+   * One row-kernel call (a plan without outer dims) split among threads where the cost model says
+   * so (false: not split): by blocks, else by rows, else (one row) by runs of whole vectors of
+   * columns. Each output element is the same function of its inputs on any thread.
+   */
+  private splitRows(name: string, plan: BroadcastPlan, operands: WasmStorage[], out: WasmStorage): boolean {
+    const threads = this.splitMemoryBound(out.numel, operands.reduce((b, s) => b + s.numel * BYTES[s.dtype], out.numel * BYTES[out.dtype]));
+    if (threads <= 1) return false;
+    const sizes = operands.map((s) => BYTES[s.dtype]);
+    const outSize = BYTES[out.dtype];
+    const { blocks, rows, cols, rowStrides, blockStrides } = plan;
+    const call = (ptrs: number[], outPtr: number, b: number, r: number, c: number) => [this.kernelCall(name, [...ptrs, outPtr, b, r, c, ...rowStrides, ...blockStrides])];
+    let parts: ThreadPart[];
+    if (blocks >= threads) {
+      parts = splitRange(blocks, threads).map(([b0, b1]) =>
+        call(operands.map((s, j) => s.ptr + b0 * blockStrides[j] * sizes[j]), out.ptr + b0 * rows * cols * outSize, b1 - b0, rows, cols),
+      );
+    } else if (blocks === 1 && rows >= threads) {
+      parts = splitRange(rows, threads).map(([r0, r1]) => call(operands.map((s, j) => s.ptr + r0 * rowStrides[j] * sizes[j]), out.ptr + r0 * cols * outSize, 1, r1 - r0, cols));
+    } else if (blocks === 1 && rows === 1) {
+      parts = splitRange(Math.ceil(cols / 4), threads).map(([q0, q1]) => {
+        const [c0, c1] = [4 * q0, Math.min(cols, 4 * q1)];
+        // A column-broadcast operand ('s') is one value per row: it does not move.
+        return call(operands.map((s, j) => (plan.variant[j] === 'v' ? s.ptr + c0 * sizes[j] : s.ptr)), out.ptr + c0 * outSize, 1, 1, c1 - c0);
+      });
+    } else return false;
+    this.runSplit(parts);
+    return true;
   }
 
   axpy(dst: Storage, src: Storage, alpha: number): void {
@@ -529,26 +819,13 @@ export class WasmBackend implements Backend {
       this.cpu.stridedCopy(this.host(src), this.host(dst), l);
       return;
     }
-    const size = BYTES[s.dtype];
-    // Copy bit patterns through a view of the element's width: NaN payloads survive.
-    const h = this.heap();
-    const mem: TypedArray = size === 8 ? h.f64 : size === 4 ? h.i32 : h.u8;
-    const sBase = s.ptr / size + l.srcOffset;
-    const dBase = d.ptr / size + l.dstOffset;
-    const dims = collapseDims(l.shape, [l.srcStrides, l.dstStrides]);
-    const last = dims.length - 1;
-    const run = last >= 0 ? dims[last].size : 1;
-    const [ss, ds] = last >= 0 ? dims[last].strides : [1, 1];
-    const outer = dims.slice(0, Math.max(last, 0));
-    forEachOuter(outer, 2, ([sOff, dOff]) => {
-      const si = sBase + sOff;
-      const di = dBase + dOff;
-      if (ss === 1 && ds === 1 && run >= 16) mem.copyWithin(di, si, si + run);
-      // A broadcast (expand, e.g. the gradient of a sum over [0,2,3]) repeats one element along a
-      // contiguous run: the native fill beats the element loop by an order of magnitude.
-      else if (ss === 0 && ds === 1 && run >= 16) mem.fill(mem[si], di, di + run);
-      else for (let j = 0; j < run; j++) mem[di + j * ds] = mem[si + j * ss];
-    });
+    if (l.shape.some((n) => n === 0)) return;
+    // The loop nest runs in wasm (copy.ts); elements move as bit patterns: NaN payloads survive.
+    const width = BYTES[s.dtype] as CopyWidth;
+    const plan = planStridedCopy(l.shape, l.srcStrides, l.dstStrides, width);
+    const desc = this.scratch(copyDescriptorBytes(plan));
+    writeCopyDescriptor(this.heap().i32, desc, plan, width);
+    this.k[stridedCopyExport(width)](s.ptr + l.srcOffset * width, d.ptr + l.dstOffset * width, ...stridedCopyArgs(plan, width, desc));
   }
 
   reduce(op: ReduceOp, x: Storage, out: Storage, l: ReduceLayout): void {
@@ -620,6 +897,23 @@ export class WasmBackend implements Backend {
     this.k[layerNormBackwardExport(!!weight)](gp, xp, mp, rp, wp, dxp, dwp, dbp, l.rows, l.cols);
   }
 
+  fusedMap(): FusedMapKernels {
+    return wasmFusedMap(this);
+  }
+  attention(q: Storage, k: Storage, v: Storage, out: Storage, probs: Storage, l: AttentionLayout): void {
+    const operands = [q, k, v, out, probs];
+    if (!allFloat32(operands)) return this.onHost('attention', [q, k, v, out, probs, l]);
+    const [qp, kp, vp, op, pp] = operands.map((s) => ws(s).ptr);
+    attentionWasm({ exports: this.k, scratch: (b) => this.scratch(b) }, qp, kp, vp, op, pp, l);
+  }
+
+  attentionBackward(grad: Storage, q: Storage, k: Storage, v: Storage, probs: Storage, dq: Storage, dk: Storage, dv: Storage, l: AttentionLayout): void {
+    const operands = [grad, q, k, v, probs, dq, dk, dv];
+    if (!allFloat32(operands)) return this.onHost('attentionBackward', [grad, q, k, v, probs, dq, dk, dv, l]);
+    const [gp, qp, kp, vp, pp, dqp, dkp, dvp] = operands.map((s) => ws(s).ptr);
+    attentionBackwardWasm({ exports: this.k, scratch: (b) => this.scratch(b) }, gp, qp, kp, vp, pp, dqp, dkp, dvp, l);
+  }
+
   batchNorm(x: Storage, weight: Storage | null, bias: Storage | null, out: Storage, mean: Storage, variance: Storage, rstd: Storage, l: BatchNormLayout): void {
     const operands = [x, weight, bias, out, mean, variance, rstd];
     if (!allFloat32(operands)) return this.onHost('batchNorm', [x, weight, bias, out, mean, variance, rstd, l]);
@@ -651,8 +945,17 @@ export class WasmBackend implements Backend {
     if (!allFloat32(operands)) return this.onHost('batchNormBackward', [grad, x, mean, rstd, weight, dx, dweight, dbias, l]);
     if (l.n * l.hw === 0) return;
     // A null operand is pointer 0: the kernel skips that output (or takes weight as 1).
-    const [gp, xp, mp, rp, wp, dxp, dwp, dbp] = operands.map((s) => (s ? ws(s).ptr : 0));
-    this.k.batch_norm_backward(gp, xp, mp, rp, wp, dxp, dwp, dbp, l.n, l.c, l.hw);
+    const ptrs = operands.map((s) => (s ? ws(s).ptr : 0));
+    // Threads take ranges of channels: a channel's sums run over its images in the same order on
+    // any thread. Per channel: hw floats of grad, x and dx (a row), two floats of mean, one of the rest.
+    const elements = l.n * l.c * l.hw;
+    const threads = Math.min(l.c, this.splitMemoryBound(3 * elements, 12 * elements));
+    const floatsPerChannel = [l.hw, l.hw, 2, 1, 1, l.hw, 1, 1];
+    this.runSplit(
+      splitRange(l.c, threads).map(([c0, c1]) => [
+        this.kernelCall('batch_norm_backward', [...ptrs.map((p, j) => (p ? p + c0 * floatsPerChannel[j] * 4 : 0)), l.n, l.c, l.hw, c1 - c0]),
+      ]),
+    );
   }
 
   private convKernels: WasmConv | null = null;
@@ -665,6 +968,8 @@ export class WasmBackend implements Backend {
       scratch: (b) => this.scratch(b),
       f32: () => this.heap().f32,
       i32: () => this.heap().i32,
+      threadsFor: (flops) => this.splitThreads(flops),
+      runParts: (parts) => this.runSplit(parts.map((calls) => calls.map(({ name, args }) => this.kernelCall(name, args)))),
     });
     return this.convKernels;
   }
@@ -712,14 +1017,21 @@ export class WasmBackend implements Backend {
       this.heap().f32.fill(0, o.ptr >>> 2, (o.ptr >>> 2) + batch * m * n);
       return;
     }
-    const job: GemmJob = {
-      a: as.ptr,
+    const job = this.gemmJob(as, bs, o, l);
+    if (this.gemv(job)) return;
+    this.runGemm(job, this.splitThreads(2 * batch * m * n * k));
+  }
+
+  private gemmJob(a: WasmStorage, b: WasmStorage, out: WasmStorage, l: MatmulLayout): GemmJob {
+    const { batch, m, n, k } = l;
+    return {
+      a: a.ptr,
       aRow: l.transA ? 4 : k * 4,
       aCol: l.transA ? m * 4 : 4,
-      b: bs.ptr,
+      b: b.ptr,
       bRow: l.transB ? 4 : n * 4,
       bCol: l.transB ? k * 4 : 4,
-      c: o.ptr,
+      c: out.ptr,
       ldc: n * 4,
       m,
       n,
@@ -729,13 +1041,12 @@ export class WasmBackend implements Backend {
       bBatch: l.bBatchStride * 4,
       cBatch: m * n * 4,
     };
-    if (this.gemv(job)) return;
-    const threads = this.pool && batch * m * n * k >= this.minThreadedWork ? this.pool.size + 1 : 1;
+  }
+
+  /** The gemm export over `threads` threads (splitGemm), each with its own packing scratch. */
+  private runGemm(job: GemmJob, threads: number): void {
     const parts = splitGemm(job, threads, this.tiling);
-    const calls: KernelCall[] = parts.map((p, t) => ({ fn: 0, args: gemmArgs(p, this.gemmScratch[t]) }));
-    const runHere = (c: KernelCall) => this.k.gemm(...c.args);
-    if (calls.length === 1) runHere(calls[0]);
-    else this.pool!.run(calls, runHere);
+    this.runSplit(parts.map((p, t) => [this.kernelCall('gemm', gemmArgs(p, this.gemmScratch[t]))]));
   }
 
   /**
@@ -777,33 +1088,12 @@ export class WasmBackend implements Backend {
   }
 }
 
+/** Bytes below which a memory-bound kernel runs on one thread (splitMemoryBound). */
+const MEMORY_SPLIT_BYTES = 8 << 20;
+
 /** Whether every storage given (nulls skipped) is float32: the dtype the SIMD kernels take. */
 function allFloat32(storages: (Storage | null)[]): boolean {
   return storages.every((s) => !s || ws(s).dtype === 'float32');
-}
-
-/** A dimension of an iteration space and its stride in each operand (in elements). */
-interface Dim {
-  size: number;
-  strides: number[];
-}
-
-/**
- * Drops size-1 dims and merges neighbours that are contiguous in every operand, so that a
- * broadcast or strided copy is expressed with as few (and as long) dims as possible.
- */
-export function collapseDims(shape: readonly number[], strides: readonly (readonly number[])[]): Dim[] {
-  const dims: Dim[] = [];
-  shape.forEach((size, ax) => {
-    if (size === 1) return;
-    const st = strides.map((s) => s[ax]);
-    const prev = dims[dims.length - 1];
-    if (prev && prev.strides.every((ps, i) => ps === st[i] * size)) {
-      prev.size *= size;
-      prev.strides = st;
-    } else dims.push({ size, strides: st });
-  });
-  return dims;
 }
 
 /** Calls f with the offsets of each of `nOps` operands for every index of the outer dims (row-major). */
@@ -890,11 +1180,6 @@ function gemmArgs(j: GemmJob, scratch: number): number[] {
   return [j.a, j.aRow, j.aCol, j.b, j.bRow, j.bCol, j.c, j.ldc, j.m, j.n, j.k, j.batch, j.aBatch, j.bBatch, j.cBatch, scratch];
 }
 
-/** Splits [0, units) into at most `parts` contiguous ranges of near-equal size. */
-function splitRange(units: number, parts: number): [number, number][] {
-  const n = Math.min(parts, units);
-  return Array.from({ length: n }, (_, t) => [Math.floor((t * units) / n), Math.floor(((t + 1) * units) / n)]);
-}
 
 /**
  * Splits a gemm among threads: by batch when there are enough matrices, else along rows of C (in

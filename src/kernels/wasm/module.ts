@@ -33,6 +33,8 @@ import { emitConvKernels } from './conv.js';
 import { emitPoolKernels } from './pool.js';
 import { emitLayerNormKernels } from './layernorm.js';
 import { emitBatchNormKernels } from './batchnorm.js';
+import { emitStridedCopyKernels } from './copy.js';
+import { emitAttentionKernels } from './attention.js';
 
 const { i32: I32, f32: F32, f64: F64, v128: V128 } = ValType;
 
@@ -96,7 +98,7 @@ export function whereExport(variant: string): string {
 }
 
 /** A unary vector body: the input (in a local) and the splatted parameters p0, p1. */
-type VecBody = (f: FuncBuilder, xs: Local[], p: Local[]) => Operand;
+export type VecBody = (f: FuncBuilder, xs: Local[], p: Local[]) => Operand;
 
 /**
  * A stream of elements that an elementwise loop reads or writes: 4-byte elements (f32, i32) or
@@ -186,7 +188,7 @@ const ERFC_TAIL_G = COEFFS.ERFC_TAIL_G.map((t) => t.map(Number));
  * The clamps are pmin/pmax with x first, so a NaN passes through. Relative error about 2 ulp;
  * exp(-inf) = 0, exp(inf) = inf.
  */
-function expV(f: FuncBuilder, x: Operand): Expr {
+export function expV(f: FuncBuilder, x: Operand): Expr {
   const { p, n } = expSplitV(f, x);
   return scale2V(f, p, n);
 }
@@ -755,7 +757,7 @@ function powScalarD(f: FuncBuilder, x: Local, p: Local): Local {
   return out;
 }
 
-const UNARY_F32_BODIES: Record<(typeof SIMD_UNARY_F32)[number], VecBody> = {
+export const UNARY_F32_BODIES: Record<(typeof SIMD_UNARY_F32)[number], VecBody> = {
   neg: (_f, [x]) => f32x4.neg(x),
   abs: (_f, [x]) => f32x4.abs(x),
   sqrt: (_f, [x]) => f32x4.sqrt(x),
@@ -842,7 +844,7 @@ const UNARY_I32_BODIES: Record<(typeof SIMD_UNARY_I32)[number], VecBody> = {
 
 /** The bool-valued ops: each lane 1 or 0. logicalNot counts NaN as nonzero (false), as PyTorch. */
 const ONES = () => v128.i32x4([1, 1, 1, 1]);
-const UNARY_BOOL_F32_BODIES: Record<(typeof SIMD_UNARY_BOOL_F32)[number], VecBody> = {
+export const UNARY_BOOL_F32_BODIES: Record<(typeof SIMD_UNARY_BOOL_F32)[number], VecBody> = {
   isnan: (_f, [x]) => v128.and(f32x4.ne(x, x), ONES()),
   isinf: (_f, [x]) => v128.and(f32x4.eq(f32x4.abs(x), Infinity), ONES()),
   isfinite: (_f, [x]) => v128.and(f32x4.lt(f32x4.abs(x), Infinity), ONES()),
@@ -852,9 +854,9 @@ const UNARY_BOOL_I32_BODIES: Record<(typeof SIMD_UNARY_BOOL_I32)[number], VecBod
   logicalNot: (_f, [x]) => v128.and(i32x4.eq(x, 0), ONES()),
 };
 
-type PairOp = (a: Operand, b: Operand) => Expr;
+export type PairOp = (a: Operand, b: Operand) => Expr;
 
-const BINARY_F32: Record<(typeof SIMD_BINARY_F32)[number], PairOp> = {
+export const BINARY_F32: Record<(typeof SIMD_BINARY_F32)[number], PairOp> = {
   add: f32x4.add,
   sub: f32x4.sub,
   mul: f32x4.mul,
@@ -864,7 +866,7 @@ const BINARY_F32: Record<(typeof SIMD_BINARY_F32)[number], PairOp> = {
   minimum: f32x4.min,
 };
 
-const COMPARE_F32: Record<(typeof SIMD_COMPARE)[number], PairOp> = {
+export const COMPARE_F32: Record<(typeof SIMD_COMPARE)[number], PairOp> = {
   eq: f32x4.eq,
   ne: f32x4.ne,
   lt: f32x4.lt,
@@ -873,7 +875,7 @@ const COMPARE_F32: Record<(typeof SIMD_COMPARE)[number], PairOp> = {
   ge: f32x4.ge,
 };
 
-const COMPARE_I32: Record<(typeof SIMD_COMPARE)[number], PairOp> = {
+export const COMPARE_I32: Record<(typeof SIMD_COMPARE)[number], PairOp> = {
   eq: i32x4.eq,
   ne: i32x4.ne,
   lt: i32x4.ltS,
@@ -882,7 +884,7 @@ const COMPARE_I32: Record<(typeof SIMD_COMPARE)[number], PairOp> = {
   ge: i32x4.geS,
 };
 
-const BINARY_I32: Record<(typeof SIMD_BINARY_I32)[number], PairOp> = {
+export const BINARY_I32: Record<(typeof SIMD_BINARY_I32)[number], PairOp> = {
   add: i32x4.add,
   sub: i32x4.sub,
   mul: i32x4.mul,
@@ -1643,13 +1645,25 @@ export function buildKernelModule(opts: KernelModuleOptions): Uint8Array {
   emitIm2col(mb);
   emitCol2im(mb);
   emitGemm(mb, opts.tiling ?? DEFAULT_TILING);
+  emitZeroBytes(mb);
   emitGemv(mb);
   emitRandom(mb);
   emitConvKernels(mb);
   emitPoolKernels(mb);
   emitLayerNormKernels(mb);
   emitBatchNormKernels(mb);
+  emitStridedCopyKernels(mb);
+  emitAttentionKernels(mb);
   return mb.toBytes();
+}
+
+/**
+ * zero_bytes(ptr, bytes): memory.fill with zeros. The host's TypedArray fill is slow over a
+ * SharedArrayBuffer in V8 (measured 20x for Uint8Array, 4x for Float32Array, per MiB), so the
+ * allocator and the convolutions' scratch clear memory through this on a threaded backend.
+ */
+function emitZeroBytes(mb: ModuleBuilder): void {
+  mb.func('zero_bytes', [I32, I32], [], (f, ptr, bytes) => f.exec(memory.fill(ptr, 0, bytes)));
 }
 
 /** The exports as the JS side calls them (pointers and counts as numbers). */

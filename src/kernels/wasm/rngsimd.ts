@@ -1,14 +1,16 @@
 /**
  * SIMD kernels for the counter-based random draws (src/kernels/rng.ts) of the wasm backend, on
- * float32 storages (the backend's `random`).
+ * float32 storages (the backend's `random`), and the normal draws of the arena kernels
+ * (src/kernels/arena/wasm.ts, through `normalsV`).
  *
  * The kernels hash four indexes per i32x4 (PCG-RXS-M-XS; its data-dependent shift is the high half
- * of a 64-bit product by a per-lane power of two). Uniform and keep-mask draws are exact; normal
- * draws use float64 series for log and sin (relative error around 1e-16), so after rounding to
- * float32 they match the reference's Math.log / Math.cos except where the two float64 values
- * straddle a float32 rounding boundary (a few parts in 1e8 per draw; none in the tests).
+ * of a 64-bit product by a per-lane power of two). Uniform and keep-mask draws are exact. Normal
+ * draws are src/kernels/normal.ts normalAt's float64 operations (its own series for log and cos,
+ * fdlibm's order of sums) in f64x2 lanes, in the same order and with no fused multiply-add, so
+ * they equal the host's draws bit for bit.
  */
-import { f32, f32x4, f64, f64x2, i32, i32x4, i64x2, v128, ValType, type Expr, type FuncBuilder, type Local, type ModuleBuilder, type Operand } from './emit.js';
+import { f32, f32x4, f64x2, i32, i32x4, i64x2, v128, ValType, type Expr, type FuncBuilder, type Local, type ModuleBuilder, type Operand } from './emit.js';
+import { LN2_HI, LN2_LO, LOG_SERIES, SIN_SERIES } from '../normal.js';
 
 const { i32: I32, f64: F64, v128: V128 } = ValType;
 
@@ -34,6 +36,8 @@ function bitsV(f: FuncBuilder, idx: Operand, k0: Local, k1: Local): Local {
   return pcgV(f, v128.xor(h, k1));
 }
 
+/** 2^-24: a 24-bit integer to its uniform in [0, 1). */
+const SCALE = 5.9604644775390625e-8;
 const LANE_IDS = v128.i32x4([0, 1, 2, 3]);
 const HALF_HIGH = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
 /** Lanes 0, 1 of a and lanes 0, 1 of b. */
@@ -73,7 +77,6 @@ function halves(x: Operand): [Expr, Expr] {
 
 /** Adds the random kernels (rng_uniform, rng_keep, rng_normal_0, rng_normal_1) to the module. */
 export function emitRandom(mb: ModuleBuilder): void {
-  const SCALE = 5.9604644775390625e-8;
   // rng_uniform(out, n, base, k0, k1, low, span): out[i] = fr(low + span * uniform(base + i)).
   mb.func('rng_uniform', [I32, I32, I32, I32, I32, F64, F64], [], (f, out, n, base, k0s, k1s, low, span) => {
     const k0 = f.local(V128);
@@ -113,69 +116,84 @@ export function emitRandom(mb: ModuleBuilder): void {
       const k1 = f.local(V128);
       const mv = f.local(V128);
       const sv = f.local(V128);
-      const ha = f.local(V128);
-      const hb = f.local(V128);
-      const u1 = f.local(V128);
-      const u2 = f.local(V128);
-      const m = f.local(V128);
-      const e = f.local(V128);
-      const big = f.local(V128);
-      const md = f.local(V128);
-      const z = f.local(V128);
-      const z2 = f.local(V128);
-      const ser = f.local(V128);
-      const y = f.local(V128);
-      const t = f.local(V128);
-      const t2 = f.local(V128);
-      const sn = f.local(V128);
-      const res = [f.local(V128), f.local(V128)];
       f.set(k0, i32x4.splat(k0s));
       f.set(k1, i32x4.splat(k1s));
       f.set(mv, f64x2.splat(mean));
       f.set(sv, f64x2.splat(std));
+      const normals = normalsV(f, k0, k1);
       draws(f, out, n, (i) => (fb) => {
-        // Bits of elements 2j and 2j+1 for the four outputs j = base + i + 0..3.
-        const first = i32x4.add(i32x4.splat(i32.shl(i32.add(base, i), 1)), LANE_IDS);
-        fb.set(ha, bitsV(fb, first, k0, k1));
-        fb.set(hb, bitsV(fb, i32x4.add(first, 4), k0, k1));
-        // u1 as the integer (bits >>> 8) + 1 in [1, 2^24] (u1 = that * 2^-24), u2's 24 bits.
-        fb.set(u1, i32x4.add(i32x4.shrU(v128.shuffle(ha, hb, [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27]), 8), 1));
-        fb.set(u2, i32x4.shrU(v128.shuffle(ha, hb, [4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31]), 8));
-        // u1 = 2^(e - 24) m with m in [sqrt(1/2), sqrt(2)).
-        fb.set(m, f32x4.convertI32x4S(u1));
-        fb.set(e, i32x4.sub(i32x4.shrU(m, 23), 127 + 24));
-        fb.set(m, v128.or(v128.and(m, v128.i32x4([0x7fffff, 0x7fffff, 0x7fffff, 0x7fffff])), v128.i32x4([0x3f800000, 0x3f800000, 0x3f800000, 0x3f800000])));
-        fb.set(big, f32x4.gt(m, Math.SQRT2));
-        fb.set(m, v128.bitselect(f32x4.mul(m, 0.5), m, big));
-        fb.set(e, i32x4.sub(e, big));
-        for (const h of [0, 1]) {
-          const lanes = (x: Local) => (h === 0 ? x : v128.shuffle(x, x, HALF_HIGH));
-          // log m = 2 atanh(z), z = (m - 1) / (m + 1), |z| <= 0.1716: the series to z^23.
-          fb.set(md, f64x2.promoteLowF32x4(lanes(m)));
-          fb.set(z, f64x2.div(f64x2.sub(md, 1), f64x2.add(md, 1)));
-          fb.set(z2, f64x2.mul(z, z));
-          fb.set(ser, f64x2.splat(f64.const(1 / 23)));
-          for (let k = 21; k >= 1; k -= 2) fb.set(ser, f64x2.add(f64x2.mul(ser, z2), 1 / k));
-          const log = f64x2.add(f64x2.mul(f64x2.convertLowI32x4S(lanes(e)), Math.LN2), f64x2.mul(f64x2.add(z, z), ser));
-          // cos(2 pi u2) = -sin(2 pi (|y| - 1/4)) with y = u2 - round(u2): |t| <= pi/2, Taylor to t^25.
-          fb.set(y, f64x2.mul(f64x2.convertLowI32x4S(lanes(u2)), SCALE));
-          fb.set(y, f64x2.sub(f64x2.abs(f64x2.sub(y, f64x2.nearest(y))), 0.25));
-          fb.set(t, f64x2.mul(y, 2 * Math.PI));
-          fb.set(t2, f64x2.mul(t, t));
-          let fact = 1;
-          const coefs: number[] = [];
-          for (let k = 0; k <= 12; k++) {
-            coefs.push((k % 2 ? -1 : 1) / fact);
-            fact *= (2 * k + 2) * (2 * k + 3);
-          }
-          fb.set(sn, f64x2.splat(f64.const(coefs[12])));
-          for (let k = 11; k >= 0; k--) fb.set(sn, f64x2.add(f64x2.mul(sn, t2), coefs[k]));
-          const normal = f64x2.mul(f64x2.sqrt(f64x2.mul(log, -2)), f64x2.neg(f64x2.mul(sn, t)));
-          const scaled = f64x2.mul(sv, normal);
-          fb.set(res[h], f32x4.demoteF64x2Zero(withMean ? f64x2.add(mv, scaled) : scaled));
-        }
-        v128.shuffle(res[0], res[1], LOW_LOW)(fb);
+        const one = (z: Local) => (withMean ? f64x2.add(mv, f64x2.mul(sv, z)) : f64x2.mul(sv, z));
+        const [lo, hi] = normals(i32.add(base, i));
+        demoteJoin(one(lo), one(hi))(fb);
       });
     });
   }
+}
+
+/** Four float64 draws (two f64x2 halves) rounded to float32, as one f32x4. */
+export function demoteJoin(lo: Operand, hi: Operand): Expr {
+  return v128.shuffle(f32x4.demoteF64x2Zero(lo), f32x4.demoteF64x2Zero(hi), LOW_LOW);
+}
+
+/** p = c[n-1]; p = p x + c[k] down to k = 0: normal.ts horner, lane by lane. */
+function hornerV(f: FuncBuilder, p: Local, c: readonly number[], x: Local): void {
+  f.set(p, f64x2.splat(c[c.length - 1]));
+  for (let k = c.length - 2; k >= 0; k--) f.set(p, f64x2.add(f64x2.mul(p, x), c[k]));
+}
+
+/**
+ * The standard normals normalAt(key0, key1, j + L) of normal.ts for four consecutive elements
+ * (lane L = 0..3; k0, k1: the keys splatted to i32x4), as two f64x2 locals (lanes 0, 1 and 2, 3).
+ * Allocates its locals once, in f; the returned function emits the draws of one quad.
+ */
+export function normalsV(f: FuncBuilder, k0: Local, k1: Local): (j: Operand) => readonly [Local, Local] {
+  const [first, ha, hb, a, b] = f.localsOf(V128, 5);
+  const boxMuller = boxMullerV(f);
+  return (j) => {
+    // Bits of elements 2j..2j+7: u1's integer a = (bits of 2j' >>> 8) + 1 in [1, 2^24], u2's b.
+    f.set(first, i32x4.add(i32x4.splat(i32.shl(j, 1)), LANE_IDS));
+    f.set(ha, bitsV(f, first, k0, k1));
+    f.set(hb, bitsV(f, i32x4.add(first, 4), k0, k1));
+    f.set(a, i32x4.add(i32x4.shrU(v128.shuffle(ha, hb, [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27]), 8), 1));
+    f.set(b, i32x4.shrU(v128.shuffle(ha, hb, [4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31]), 8));
+    return boxMuller(a, b);
+  };
+}
+
+/**
+ * normal.ts boxMuller(a, b) of four lanes: a (i32x4) in [1, 2^24], b in [0, 2^24); the results as two
+ * f64x2 locals (lanes 0, 1 and 2, 3). Allocates its locals once, in f; a and b are left as they are.
+ */
+export function boxMullerV(f: FuncBuilder): (a: Local, b: Local) => readonly [Local, Local] {
+  const [m, e, big, md, kd, fm, z, z2, p, lg, y, t, t2] = f.localsOf(V128, 13);
+  const res = [f.local(V128), f.local(V128)] as const;
+  return (a, b) => {
+    // logUnit's split a 2^-24 = 2^e m, m in [sqrt(1/2), sqrt(2)), from the bits of float32(a)
+    // (exact). m > sqrt(2) in float32 is the host's float64 test: no float32 m lies between
+    // fround(SQRT2) and SQRT2, and m = fround(SQRT2) fails both.
+    f.set(m, f32x4.convertI32x4S(a));
+    f.set(e, i32x4.sub(i32x4.shrU(m, 23), 127 + 24));
+    f.set(m, v128.or(v128.and(m, v128.i32x4([0x7fffff, 0x7fffff, 0x7fffff, 0x7fffff])), v128.i32x4([0x3f800000, 0x3f800000, 0x3f800000, 0x3f800000])));
+    f.set(big, f32x4.gt(m, Math.SQRT2));
+    f.set(m, v128.bitselect(f32x4.mul(m, 0.5), m, big));
+    f.set(e, i32x4.sub(e, big));
+    for (const h of [0, 1]) {
+      const lanes = (x: Local) => (h === 0 ? x : v128.shuffle(x, x, HALF_HIGH));
+      // logUnit: k LN2_HI + (f - (z (f - z^2 P(z^2)) - k LN2_LO)), f = m - 1, z = f / (m + 1).
+      f.set(md, f64x2.promoteLowF32x4(lanes(m)));
+      f.set(kd, f64x2.convertLowI32x4S(lanes(e)));
+      f.set(fm, f64x2.sub(md, 1));
+      f.set(z, f64x2.div(fm, f64x2.add(md, 1)));
+      f.set(z2, f64x2.mul(z, z));
+      hornerV(f, p, LOG_SERIES, z2);
+      f.set(lg, f64x2.add(f64x2.mul(kd, LN2_HI), f64x2.sub(fm, f64x2.sub(f64x2.mul(z, f64x2.sub(fm, f64x2.mul(z2, p))), f64x2.mul(kd, LN2_LO)))));
+      // cosTurn: t = (min(u, 1 - u) - 1/4) 2 pi, cos = -(t + t t^2 Q(t^2)).
+      f.set(y, f64x2.mul(f64x2.convertLowI32x4S(lanes(b)), SCALE));
+      f.set(t, f64x2.mul(f64x2.sub(f64x2.pmin(y, f64x2.sub(1, y)), 0.25), 2 * Math.PI));
+      f.set(t2, f64x2.mul(t, t));
+      hornerV(f, p, SIN_SERIES, t2);
+      f.set(res[h], f64x2.mul(f64x2.sqrt(f64x2.mul(lg, -2)), f64x2.neg(f64x2.add(t, f64x2.mul(f64x2.mul(t, t2), p)))));
+    }
+    return res;
+  };
 }

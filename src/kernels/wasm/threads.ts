@@ -10,22 +10,40 @@
  * busy machine a worker that is not scheduled in time then costs nothing but the caller's share
  * of parallelism, instead of stalling the call until the scheduler gets to it.
  *
+ * A thread's share is one call or a list of calls run in order (the convolutions post, per thread,
+ * the padding copies, packings and micro-kernel sweeps of their images or channels): a list is
+ * written into memory that the backend lends for it, and the slot names its address.
+ *
+ * How long a thread spins on its slot before it blocks (spinLoads) is set by the backend from a
+ * measurement at start-up (index.ts calibrateThreads, which times ping): long enough to bridge
+ * the gap between the split calls of one training step, short enough not to burn a core that
+ * another process wants. Which calls are split, and over how many threads, is SplitCost's call.
+ *
  * Node runs the workers as worker_threads (`eval` source); browsers as Web Workers from a Blob
  * URL. Only a thread that may block (Node's main thread, any worker) can use the pool: the
  * browser's main thread cannot Atomics.wait, and the backend runs single-threaded there.
  */
 
-/** Int32 slots per worker: state, export index, argument count, arguments. */
+/** Int32 slots per worker: state, export index (or LIST), argument count, spin budget, arguments. */
 export const SLOT_INTS = 32;
-const MAX_ARGS = SLOT_INTS - 3;
+const ARGS_AT = 4;
+const MAX_ARGS = SLOT_INTS - ARGS_AT;
 export const CONTROL_BYTES_PER_WORKER = SLOT_INTS * 4;
+/** The export index of a list: arguments (byte address of the records, their length in ints). */
+const LIST = -1;
+/**
+ * The export index of a queue: arguments (byte address of its table, number of parts). The table
+ * is [next part to claim, then per part: byte address of its records, their length in ints].
+ */
+const QUEUE = -2;
 
 /**
- * Loads of the control slot before blocking in Atomics.wait, on both sides: about 10-30 us.
- * Waking a blocked thread costs tens of microseconds (more on a loaded machine), and the
- * matmuls of one training step come back to back, so a short spin saves most wake-ups.
+ * Loads of the control slot before blocking in Atomics.wait, on both sides, until the backend
+ * measures its own (about 10-30 us here). Waking a blocked thread costs tens of microseconds
+ * (more on a loaded machine), and the split calls of one training step come back to back, so a
+ * short spin saves most wake-ups.
  */
-const SPIN_LOADS = 20000;
+export const DEFAULT_SPIN_LOADS = 20000;
 
 const IDLE = 0;
 const POSTED = 1;
@@ -40,10 +58,21 @@ listen(async ({ module, memory, control, names }) => {
   const instance = await WebAssembly.instantiate(module, { env: { memory } });
   const fns = names.map((name) => instance.exports[name]);
   const ctl = new Int32Array(memory.buffer, control, ${SLOT_INTS});
+  // A list record is [export index, argument count, arguments...].
+  const runList = (at, ints) => {
+    const mem = new Int32Array(memory.buffer);
+    for (let p = at >> 2, end = p + ints; p < end; p += 2 + mem[p + 1]) fns[mem[p]].apply(null, mem.subarray(p + 2, p + 2 + mem[p + 1]));
+  };
+  const runQueue = (table, parts) => {
+    const mem = new Int32Array(memory.buffer);
+    const t = table >> 2;
+    for (let i = Atomics.add(mem, t, 1); i < parts; i = Atomics.add(mem, t, 1)) runList(mem[t + 1 + 2 * i], mem[t + 2 + 2 * i]);
+  };
   reply('ready');
   for (;;) {
     let s = Atomics.load(ctl, 0);
-    for (let spin = 0; spin < ${SPIN_LOADS} && s !== ${POSTED} && s !== ${QUIT}; spin++) s = Atomics.load(ctl, 0);
+    const spins = ctl[3];
+    for (let spin = 0; spin < spins && s !== ${POSTED} && s !== ${QUIT}; spin++) s = Atomics.load(ctl, 0);
     while (s !== ${POSTED} && s !== ${QUIT}) {
       Atomics.wait(ctl, 0, s);
       s = Atomics.load(ctl, 0);
@@ -52,7 +81,9 @@ listen(async ({ module, memory, control, names }) => {
     if (Atomics.compareExchange(ctl, 0, ${POSTED}, ${RUNNING}) !== ${POSTED}) continue;
     let state = ${IDLE};
     try {
-      fns[ctl[1]](...ctl.subarray(3, 3 + ctl[2]));
+      if (ctl[1] === ${LIST}) runList(ctl[${ARGS_AT}], ctl[${ARGS_AT} + 1]);
+      else if (ctl[1] === ${QUEUE}) runQueue(ctl[${ARGS_AT}], ctl[${ARGS_AT} + 1]);
+      else fns[ctl[1]].apply(null, ctl.subarray(${ARGS_AT}, ${ARGS_AT} + ctl[2]));
     } catch (e) {
       state = ${FAILED};
     }
@@ -140,23 +171,41 @@ async function spawnWorker(): Promise<WorkerHandle> {
   };
 }
 
+/** Splits [0, units) into at most `parts` contiguous ranges of near-equal size (one at least). */
+export function splitRange(units: number, parts: number): [number, number][] {
+  const n = Math.max(1, Math.min(parts, units));
+  return Array.from({ length: n }, (_, t) => [Math.floor((t * units) / n), Math.floor(((t + 1) * units) / n)]);
+}
+
 /** One call of a kernel export: its index in the pool's name list and its i32 arguments. */
 export interface KernelCall {
   fn: number;
   args: readonly number[];
 }
 
+/** One part of a split kernel: calls run in order on one thread. */
+export type ThreadPart = readonly KernelCall[];
+
 export class ThreadPool {
   private disposed = false;
+  private spins = DEFAULT_SPIN_LOADS;
+  /** Parts posted to workers, and those this thread took back because no worker had started them. */
+  readonly stats = { posted: 0, takenBack: 0 };
 
   private constructor(
     private readonly workers: WorkerHandle[],
+    private readonly memory: WebAssembly.Memory,
     private readonly control: Int32Array,
-  ) {}
+    private readonly listSpace: (bytes: number) => number,
+  ) {
+    this.spinLoads = DEFAULT_SPIN_LOADS;
+  }
 
   /**
    * Starts `count` workers. `control` is the byte address of count * CONTROL_BYTES_PER_WORKER
-   * bytes of the shared memory reserved for the pool; `names` are the exports that calls name.
+   * bytes of the shared memory reserved for the pool; `names` are the exports that calls name;
+   * `listSpace(bytes)` lends the byte address of that much memory for the call lists of one run
+   * (valid until the next run).
    */
   static async start(
     module: WebAssembly.Module,
@@ -164,6 +213,7 @@ export class ThreadPool {
     control: number,
     count: number,
     names: readonly string[],
+    listSpace: (bytes: number) => number,
   ): Promise<ThreadPool> {
     const workers = await Promise.all(Array.from({ length: count }, () => spawnWorker()));
     await Promise.all(
@@ -175,59 +225,171 @@ export class ThreadPool {
           }),
       ),
     );
-    return new ThreadPool(workers, new Int32Array(memory.buffer, control, count * SLOT_INTS));
+    return new ThreadPool(workers, memory, new Int32Array(memory.buffer, control, count * SLOT_INTS), listSpace);
   }
 
   get size(): number {
     return this.workers.length;
   }
 
+  /** Loads of its slot a thread makes before it blocks (workers after a call, the caller while waiting). */
+  get spinLoads(): number {
+    return this.spins;
+  }
+  set spinLoads(loads: number) {
+    this.spins = Math.max(0, Math.round(loads));
+    for (let t = 0; t < this.workers.length; t++) Atomics.store(this.control, t * SLOT_INTS + 3, this.spins);
+  }
+
   /**
-   * Runs `calls[0]` with `runHere` on this thread and calls[1..] on the workers (or here, when a
-   * worker has not started its call by the time this thread is done), and returns when all have
-   * finished. At most size + 1 calls.
+   * Runs `parts[0]` with `runHere` on this thread and parts[1..] on the workers (or here, when a
+   * worker has not started its part by the time this thread is done), each part's calls in
+   * order, and returns when all have finished. With more parts than threads, the parts form a
+   * queue that `threads` threads (this one included; default all) take from until it is empty
+   * (runQueue): each part must then use only memory of its own, since any thread may run it.
    */
-  run(calls: readonly KernelCall[], runHere: (call: KernelCall) => void): void {
+  run(parts: readonly ThreadPart[], runHere: (call: KernelCall) => void, threads = this.workers.length + 1): void {
     if (this.disposed) throw new Error('wasm backend: the thread pool was disposed');
-    if (calls.length > this.workers.length + 1) throw new RangeError(`ThreadPool.run: ${calls.length} calls for ${this.workers.length + 1} threads`);
+    const usable = Math.max(1, Math.min(threads, this.workers.length + 1));
+    if (parts.length > usable) return this.runQueue(parts, runHere, usable - 1);
     const ctl = this.control;
     const slot = (t: number) => (t - 1) * SLOT_INTS;
-    for (let t = 1; t < calls.length; t++) {
-      const { fn, args } = calls[t];
-      if (args.length > MAX_ARGS) throw new RangeError(`ThreadPool.run: ${args.length} arguments (at most ${MAX_ARGS})`);
+    // Lists of more than one call go into lent memory, one after another.
+    let listInts = 0;
+    for (let t = 1; t < parts.length; t++) if (parts[t].length !== 1) for (const c of parts[t]) listInts += 2 + c.args.length;
+    let listAt = listInts > 0 ? this.listSpace(listInts * 4) : 0;
+    const mem = listInts > 0 ? new Int32Array(this.memory.buffer) : null;
+    for (let t = 1; t < parts.length; t++) {
+      const part = parts[t];
       const base = slot(t);
-      ctl[base + 1] = fn;
-      ctl[base + 2] = args.length;
-      ctl.set(args, base + 3);
+      if (part.length === 1) {
+        const { fn, args } = part[0];
+        if (args.length > MAX_ARGS) throw new RangeError(`ThreadPool.run: ${args.length} arguments (at most ${MAX_ARGS})`);
+        ctl[base + 1] = fn;
+        ctl[base + 2] = args.length;
+        ctl.set(args, base + ARGS_AT);
+      } else {
+        const start = listAt >> 2;
+        let p = start;
+        for (const { fn, args } of part) {
+          mem![p] = fn;
+          mem![p + 1] = args.length;
+          mem!.set(args, p + 2);
+          p += 2 + args.length;
+        }
+        ctl[base + 1] = LIST;
+        ctl[base + 2] = 2;
+        ctl[base + ARGS_AT] = listAt;
+        ctl[base + ARGS_AT + 1] = p - start;
+        listAt = p * 4;
+      }
       Atomics.store(ctl, base, POSTED);
       Atomics.notify(ctl, base);
     }
+    this.stats.posted += parts.length - 1;
     let error: unknown = null;
-    const runCaught = (call: KernelCall) => {
+    const runCaught = (part: ThreadPart) => {
       try {
-        runHere(call);
+        for (const call of part) runHere(call);
       } catch (e) {
         error ??= e;
       }
     };
-    runCaught(calls[0]);
-    for (let t = 1; t < calls.length; t++) {
+    runCaught(parts[0]);
+    for (let t = 1; t < parts.length; t++) {
       const base = slot(t);
       if (Atomics.compareExchange(ctl, base, POSTED, TAKEN) === POSTED) {
-        runCaught(calls[t]);
+        this.stats.takenBack++;
+        runCaught(parts[t]);
         Atomics.store(ctl, base, IDLE);
       }
     }
-    for (let t = 1; t < calls.length; t++) {
-      const base = slot(t);
-      for (let spin = 0; spin < SPIN_LOADS && Atomics.load(ctl, base) === RUNNING; spin++);
-      while (Atomics.load(ctl, base) === RUNNING) Atomics.wait(ctl, base, RUNNING);
-      if (Atomics.load(ctl, base) === FAILED) {
-        error ??= new Error('wasm backend: a kernel failed on a worker thread');
-        Atomics.store(ctl, base, IDLE);
+    for (let t = 1; t < parts.length; t++) if (!this.finished(slot(t))) error ??= new Error('wasm backend: a kernel failed on a worker thread');
+    if (error) throw error;
+  }
+
+  /** Waits (spinning spinLoads first) until the worker of slot `base` is done; false if it failed. */
+  private finished(base: number): boolean {
+    const ctl = this.control;
+    for (let spin = 0; spin < this.spins && Atomics.load(ctl, base) === RUNNING; spin++);
+    while (Atomics.load(ctl, base) === RUNNING) Atomics.wait(ctl, base, RUNNING);
+    if (Atomics.load(ctl, base) !== FAILED) return true;
+    Atomics.store(ctl, base, IDLE);
+    return false;
+  }
+
+  /**
+   * The parts as a queue: their records and a table go into lent memory, every worker is posted
+   * the queue, and this thread takes parts too; a part is claimed by an atomic increment of the
+   * table's counter. On a busy machine a worker that the scheduler holds back then costs at most
+   * the part it has claimed, and this thread runs whatever nobody else has taken.
+   */
+  private runQueue(parts: readonly ThreadPart[], runHere: (call: KernelCall) => void, workers: number): void {
+    const ctl = this.control;
+    let ints = 1 + 2 * parts.length;
+    for (const part of parts) for (const c of part) ints += 2 + c.args.length;
+    const table = this.listSpace(ints * 4);
+    const mem = new Int32Array(this.memory.buffer);
+    const t = table >> 2;
+    let p = t + 1 + 2 * parts.length;
+    parts.forEach((part, i) => {
+      const start = p;
+      for (const { fn, args } of part) {
+        mem[p] = fn;
+        mem[p + 1] = args.length;
+        mem.set(args, p + 2);
+        p += 2 + args.length;
       }
+      mem[t + 1 + 2 * i] = start * 4;
+      mem[t + 2 + 2 * i] = p - start;
+    });
+    Atomics.store(mem, t, 0);
+    for (let w = 0; w < workers; w++) {
+      const base = w * SLOT_INTS;
+      ctl[base + 1] = QUEUE;
+      ctl[base + 2] = 2;
+      ctl[base + ARGS_AT] = table;
+      ctl[base + ARGS_AT + 1] = parts.length;
+      Atomics.store(ctl, base, POSTED);
+      Atomics.notify(ctl, base);
+    }
+    this.stats.posted += workers;
+    let error: unknown = null;
+    for (let i = Atomics.add(mem, t, 1); i < parts.length; i = Atomics.add(mem, t, 1)) {
+      try {
+        for (const call of parts[i]) runHere(call);
+      } catch (e) {
+        error ??= e;
+      }
+    }
+    // Every part is claimed: a worker that has not started has nothing left to do.
+    for (let w = 0; w < workers; w++) {
+      const base = w * SLOT_INTS;
+      if (Atomics.compareExchange(ctl, base, POSTED, TAKEN) === POSTED) {
+        this.stats.takenBack++;
+        Atomics.store(ctl, base, IDLE);
+      } else if (!this.finished(base)) error ??= new Error('wasm backend: a kernel failed on a worker thread');
     }
     if (error) throw error;
+  }
+
+  /**
+   * Posts an empty list to the first worker and waits until it has run it, without taking it back:
+   * the round trip of a split as the worker sees it (its wake-up when it is asleep), for the
+   * calibration. Returns the wall time in us.
+   */
+  ping(): number {
+    const ctl = this.control;
+    const t0 = performance.now();
+    ctl[1] = LIST;
+    ctl[2] = 2;
+    ctl[ARGS_AT] = 0;
+    ctl[ARGS_AT + 1] = 0;
+    Atomics.store(ctl, 0, POSTED);
+    Atomics.notify(ctl, 0);
+    for (let spin = 0; spin < this.spins && Atomics.load(ctl, 0) !== IDLE; spin++);
+    for (let s = Atomics.load(ctl, 0); s !== IDLE; s = Atomics.load(ctl, 0)) Atomics.wait(ctl, 0, s);
+    return (performance.now() - t0) * 1000;
   }
 
   dispose(): void {
@@ -238,5 +400,83 @@ export class ThreadPool {
       Atomics.notify(this.control, t * SLOT_INTS);
       this.workers[t].terminate();
     }
+  }
+}
+
+/**
+ * What the backend measured about its threads at start-up (index.ts calibrateThreads), shown in
+ * its info() so that a user sees why it runs on the threads it does.
+ */
+export interface ThreadCalibration {
+  /** Threads in use, the caller's included. */
+  threads: number;
+  /** Threads available (the pool's workers + 1). */
+  available: number;
+  /** Why that many: asked for explicitly, or measured. */
+  reason: string;
+  /** One thread's GFLOP/s on the calibration matmul: the cost model's rate. */
+  gflops: number;
+  /** Wall us of a split call that does no work, the worker spinning (hot) or asleep (cold). */
+  hotUs: number;
+  coldUs: number;
+  /** The measured wall-time speed-up of the calibration matmul on `available` threads. */
+  speedup: number;
+  /** Loads of a control slot a thread makes before it blocks, and what that is in us. */
+  spinLoads: number;
+  spinUs: number;
+  /** One element of a memory-bound kernel (a relu) in the flops of the calibration matmul. */
+  elementFlops: number;
+  /** How long the calibration took. */
+  ms: number;
+}
+
+/**
+ * Each part of a split call must be worth this many of its overhead (the wake-up of a worker and
+ * the hand-back): a call of t split in two then takes t/2 + t/6, a predicted 1.5x speed-up, which
+ * leaves room for an overhead measured low. (Measured: a 460 us matmul that 8 cold overheads kept
+ * on one thread is one the second core runs about 1.9x faster; see bench/threads.bench.ts.)
+ */
+const PART_OVERHEADS = 3;
+
+/**
+ * The least overhead a split is priced at: the measured round trip is an empty call, while a real
+ * split also builds and posts its parts and moves its operands' cache lines to another core.
+ */
+const MIN_OVERHEAD_US = 5;
+
+/**
+ * The cost model that decides how many threads a kernel call is split over: a call of `flops`
+ * takes flops / rate on one thread; a part on each of T threads then takes 1/T of that, plus the
+ * overhead of the split, which is the hot figure when the previous split ended within the
+ * workers' spin window (they are still spinning) and the cold one otherwise (MIN_OVERHEAD_US at
+ * least). A call is split over the most threads whose parts are each worth PART_OVERHEADS
+ * overheads.
+ */
+export class SplitCost {
+  private lastSplitEnd = -Infinity;
+
+  constructor(
+    /** Threads in use, the caller's included. */
+    readonly threads: number,
+    private readonly usPerFlop: number,
+    private readonly hotUs: number,
+    private readonly coldUs: number,
+    private readonly spinUs: number,
+  ) {}
+
+  /** Threads for a call of `flops` floating-point operations (1: run it here, unsplit). */
+  threadsFor(flops: number): number {
+    if (this.threads <= 1) return 1;
+    const oneThreadUs = flops * this.usPerFlop;
+    const measured = performance.now() - this.lastSplitEnd < this.spinUs / 1000 ? this.hotUs : this.coldUs;
+    const overhead = Math.max(MIN_OVERHEAD_US, measured);
+    let t = this.threads;
+    while (t > 1 && oneThreadUs / t < PART_OVERHEADS * overhead) t--;
+    return t;
+  }
+
+  /** Marks the end of a split call: the workers spin for spinUs after it. */
+  splitEnded(): void {
+    this.lastSplitEnd = performance.now();
   }
 }

@@ -32,7 +32,7 @@ import { BINARY_OPS, UNARY_OPS, type BinaryOp, type UnaryOp } from '../optable.j
 import { axpy, cast, fill, stridedCopy, where } from './copy.js';
 import { describeAdapter, isCpuEmulated, type WebGPUOptions } from './device.js';
 import { binary, unary } from './elementwise.js';
-import { matmul } from './matmul.js';
+import { DIRECT_PARTS, matmul } from './matmul.js';
 import { argReduce, reduce, sumSquares } from './reduce.js';
 import { asGPU, deviceArray, hostArray, kernelFamily, Runtime } from './runtime.js';
 import type { Recording } from './capture.js';
@@ -52,6 +52,8 @@ const SCAN = kernelFamily('cumsum', () => import('./scan.js'));
 const RNG = kernelFamily('random', () => import('./rng.js'));
 // The math prelude (exp, log, tanh, erf, pow, ...), for the elementwise ops that call it.
 const MATH = kernelFamily('math prelude', () => import('./wgsl-math.js'));
+// The matmul and the fused attention of CPU-emulated adapters (SwiftShader): a GPU never loads them.
+const EMULATED = kernelFamily('forms for CPU-emulated adapters', () => import('./emulated.js'));
 const mathFor = (expr: string) => (needsMath(expr) ? MATH : null);
 
 export { createWebGPUBackend, isCpuEmulated, requestAdapter, SWIFTSHADER_ICD, type WebGPUOptions } from './device.js';
@@ -70,6 +72,8 @@ export class WebGPUBackend implements Backend {
   ) {
     this.rt = new Runtime(device, { cpuEmulated: isCpuEmulated(adapterInfo), ...opts });
     const rt = this.rt;
+    // A CPU-emulated adapter's matmul and fused attention (emulated.ts) take over once loaded.
+    if (rt.cpuEmulated) rt.lazy(EMULATED, (m) => m.install(this, DIRECT_PARTS));
     this.commandReplay = {
       begin: () => rt.beginRecording(),
       end: () => rt.endRecording(),
@@ -83,6 +87,9 @@ export class WebGPUBackend implements Backend {
   }
 
   readonly commandReplay: CommandReplay;
+  /** Installed on CPU-emulated adapters only (emulated.ts): elsewhere attention is composed of matmuls and softmax. */
+  declare attention?: Backend['attention'];
+  declare attentionBackward?: Backend['attentionBackward'];
 
   info(): BackendInfo {
     const i = this.adapterInfo;

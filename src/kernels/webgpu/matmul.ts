@@ -69,20 +69,19 @@ function analyze(a: GPUStorage, b: GPUStorage, out: GPUStorage, l: MatmulLayout)
 
 /** A 64 x 64 tile, 4 x 4 per thread, 16-deep k slices: the GPU shape. */
 export const GPU_TILED: TiledPlan = { kind: 'tiled', tx: 16, ty: 16, rm: 4, rn: 4, bk: 16 };
-/**
- * On a CPU-emulated adapter the tiled kernel's barriers and workgroup-memory round trips cost more
- * than they save, and an 8 x 8 register block read straight from storage runs several times faster.
- */
-export const CPU_DIRECT: DirectPlan = { kind: 'direct', rm: 8, rn: 8, splitK: 1, wg: 64, gx: 8 };
 
-/** Picks a kernel by shape: big outputs tile (on an emulator: the 8 x 8 direct block); few rows or few outputs go direct, maybe split-K. */
-export function chooseMatmul(l: MatmulLayout, cpuEmulated: boolean): MatmulPlan {
+/**
+ * Picks a kernel by shape: big outputs tile; few rows or few outputs go direct, maybe split-K.
+ * CPU-emulated adapters (SwiftShader) run matmul-emulated.ts instead (WebGPUBackend.matmul): there
+ * barriers and workgroup memory cost more than they save, and idle invocations are not free.
+ */
+export function chooseMatmul(l: MatmulLayout): MatmulPlan {
   const outputs = l.batch * l.m * l.n;
   if (l.m <= 4) return { kind: 'direct', rm: 1, rn: l.n % 4 === 0 ? 4 : 1, splitK: splitFor(outputs / 4, l.k), wg: 64, gx: 64 };
   if (outputs < 64 * 64 || l.n < 16) {
     return { kind: 'direct', rm: 4, rn: l.n % 4 === 0 ? 4 : 1, splitK: splitFor(outputs / 16, l.k), wg: 64, gx: 16 };
   }
-  return cpuEmulated ? CPU_DIRECT : GPU_TILED;
+  return GPU_TILED;
 }
 
 /** Splits K when there are few threads and each would walk a long K. */
@@ -91,10 +90,15 @@ function splitFor(threads: number, k: number): number {
   return Math.max(1, Math.min(Math.ceil(k / 256), Math.floor(4096 / Math.max(1, threads))));
 }
 
-export function matmul(rt: Runtime, a: GPUStorage, b: GPUStorage, out: GPUStorage, l: MatmulLayout, plan = chooseMatmul(l, rt.cpuEmulated)): void {
+/** Checks a call; false when there is nothing to compute. */
+function checkMatmul(a: GPUStorage, b: GPUStorage, out: GPUStorage, l: MatmulLayout): boolean {
   if (out.numel !== l.batch * l.m * l.n) throw new RangeError(`matmul: out has ${out.numel} elements, expected ${l.batch * l.m * l.n}`);
   if (a.dtype !== 'float32' || b.dtype !== 'float32' || out.dtype !== 'float32') throw new TypeError('matmul: webgpu supports float32 only');
-  if (out.numel === 0) return;
+  return out.numel > 0;
+}
+
+export function matmul(rt: Runtime, a: GPUStorage, b: GPUStorage, out: GPUStorage, l: MatmulLayout, plan = chooseMatmul(l)): void {
+  if (!checkMatmul(a, b, out, l)) return;
   const s = analyze(a, b, out, l);
   if (plan.kind === 'tiled') tiled(rt, a, b, out, s, plan);
   else if (plan.splitK <= 1) direct(rt, a, b, out, s, plan);
@@ -295,6 +299,14 @@ function direct(rt: Runtime, a: GPUStorage, b: GPUStorage, out: GPUStorage, s: S
     },
   });
 }
+
+/**
+ * The pieces of the direct kernel, for the CPU-emulated forms (matmul-emulated.ts, a lazily loaded
+ * family that takes them as an argument rather than importing this core module).
+ */
+export const DIRECT_PARTS = { checkMatmul, analyze, layoutParams, binds, directPanels, accDecls, rankUpdates, storeBlock };
+export type DirectParts = typeof DIRECT_PARTS;
+export type { Shape as MatmulShape };
 
 // ------------------------------------------------------------------------------------------------
 // tiled

@@ -1,0 +1,40 @@
+/**
+ * Instrumenting a backend (and its fused arena kernels) for the profiles of the benches and the
+ * call-count tests: every method of each target's prototype chain is replaced, on the instance, by
+ * a wrapper that hands the outermost call to `around` (a kernel that calls another method of the
+ * backend is charged once, to itself). Install it before a captured step is traced, so that the
+ * plan binds the wrappers too.
+ */
+export type Around = (name: string, args: unknown[], run: () => unknown) => unknown;
+
+/** Wraps the methods of every [prefix, target] (null targets are skipped); returns the function that removes the wrappers. */
+export function instrumentCalls(targets: readonly (readonly [string, object | null])[], around: Around): () => void {
+  const removers: (() => void)[] = [];
+  let depth = 0;
+  for (const [prefix, target] of targets) {
+    if (!target) continue;
+    const rec = target as Record<string, unknown>;
+    const names = new Set<string>();
+    for (let proto = Object.getPrototypeOf(rec); proto && proto !== Object.prototype; proto = Object.getPrototypeOf(proto)) {
+      for (const n of Object.getOwnPropertyNames(proto)) if (n !== 'constructor' && typeof rec[n] === 'function') names.add(n);
+    }
+    for (const n of names) {
+      // Own function properties (already instrumented, or set by the backend itself) stay as they are.
+      if (Object.prototype.hasOwnProperty.call(rec, n)) continue;
+      const orig = rec[n] as (...a: unknown[]) => unknown;
+      rec[n] = (...a: unknown[]) => {
+        if (depth > 0) return orig.apply(target, a);
+        depth++;
+        try {
+          return around(prefix + n, a, () => orig.apply(target, a));
+        } finally {
+          depth--;
+        }
+      };
+      removers.push(() => delete rec[n]);
+    }
+  }
+  return () => {
+    for (const r of removers) r();
+  };
+}

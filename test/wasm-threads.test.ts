@@ -1,0 +1,290 @@
+/**
+ * The wasm backend's worker threads: a convolution or matmul split over 2 or 3 threads gives the
+ * same bits as one thread (each output element keeps its summation order), on odd shapes,
+ * strides, dilations and groups; the splits really happen (the pool's runs are counted); the
+ * cost model splits large calls and not small ones; the start-up calibration reports what it
+ * measured and honours an explicit thread count. No timing is asserted here (see
+ * bench/threads.bench.ts).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createWasmBackend, type WasmBackend } from '../src/kernels/wasm/index.js';
+import { SplitCost, splitRange } from '../src/kernels/wasm/threads.js';
+import type { MatmulLayout } from '../src/kernels/backend.js';
+import { type Case, checkParity, KERNELS, layoutOf, run, sizes } from './helpers/conv-parity.js';
+import { randomF32 } from './helpers/webgpu.js';
+
+const CASES: Case[] = [
+  { name: '3x3 pad 1, 16 -> 32 (the issue case, small batch)', n: 5, c: 16, h: 28, w: 28, o: 32, k: [3, 3], pad: [1, 1] },
+  { name: '3x3 pad 1, odd sizes, 3 images', n: 3, c: 3, h: 7, w: 9, o: 5, k: [3, 3], pad: [1, 1] },
+  { name: 'one image, rows split (several row blocks)', n: 1, c: 8, h: 40, w: 33, o: 24, k: [3, 3], pad: [1, 1] },
+  { name: 'stride 2, 8 -> 16, odd size', n: 3, c: 8, h: 15, w: 15, o: 16, k: [3, 3], stride: [2, 2], pad: [1, 1] },
+  { name: 'stride 2x3, 3x2 kernel, groups 2', n: 3, c: 4, h: 9, w: 7, o: 6, k: [3, 2], stride: [2, 3], pad: [1, 0], groups: 2 },
+  { name: 'depthwise 3x3', n: 2, c: 6, h: 11, w: 10, o: 6, k: [3, 3], pad: [1, 1], groups: 6 },
+  { name: 'dilation and stride mixed (input gradient by columns)', n: 2, c: 3, h: 11, w: 10, o: 4, k: [2, 3], stride: [3, 2], pad: [1, 2], dil: [3, 1] },
+  { name: 'dilation 2', n: 2, c: 2, h: 12, w: 12, o: 3, k: [3, 3], pad: [2, 2], dil: [2, 2] },
+  { name: 'stem: 1 -> 8 (weight gradient unsplit: one 8-channel tile)', n: 4, c: 1, h: 28, w: 28, o: 8, k: [3, 3], pad: [1, 1] },
+  { name: '1x1 stride 2', n: 3, c: 16, h: 14, w: 13, o: 32, k: [1, 1], stride: [2, 2] },
+  { name: '1x1 pointwise, partial tiles', n: 3, c: 17, h: 7, w: 7, o: 13, k: [1, 1] },
+  { name: 'patch embedding 7x7 stride 7', n: 4, c: 1, h: 28, w: 28, o: 32, k: [7, 7], stride: [7, 7] },
+  { name: '40 channels: five 8-channel tiles over 3 threads', n: 2, c: 5, h: 9, w: 9, o: 40, k: [3, 3], pad: [1, 1] },
+];
+
+/** Counts the backend's pool runs (split calls): a split test that splits nothing cannot pass. */
+function countSplits(be: WasmBackend): () => number {
+  const pool = (be as unknown as { pool: { run: (...a: unknown[]) => void } }).pool;
+  let runs = 0;
+  const run0 = pool.run.bind(pool);
+  pool.run = (...a: unknown[]) => {
+    runs++;
+    run0(...a);
+  };
+  return () => runs;
+}
+
+describe('wasm threads: split calls give the bits of one thread', () => {
+  let one: WasmBackend;
+  const many: WasmBackend[] = [];
+  const splits: (() => number)[] = [];
+  beforeAll(async () => {
+    one = await createWasmBackend({ threads: 1 });
+    // minThreadedWork 1: every call is split, whatever the cost model would say.
+    for (const threads of [2, 3]) {
+      const be = await createWasmBackend({ threads, minThreadedWork: 1 });
+      many.push(be);
+      splits.push(countSplits(be));
+    }
+  });
+  afterAll(() => [one, ...many].forEach((b) => b?.dispose()));
+
+  CASES.forEach((t, i) =>
+    it(`conv: ${t.name}`, async () => {
+      const l = layoutOf(t);
+      for (const [j, be] of many.entries()) {
+        expect(be.activeThreads).toBe(j + 2);
+        for (const kernel of KERNELS) {
+          const s = sizes(kernel, l);
+          const a = randomF32(s.a, 50 + i);
+          const b = randomF32(s.b, 70 + i);
+          const before = splits[j]();
+          const want = await run(one, kernel, l, a, b, s.out);
+          const got = await run(be, kernel, l, a, b, s.out);
+          // What stays on one thread: the dilated and strided input gradient, and a weight
+          // gradient with one 8-channel tile in all (its threads take whole tiles).
+          const unsplit =
+            (kernel === 'conv2dBackwardInput' && (l.sh > 1 || l.sw > 1) && (l.dh > 1 || l.dw > 1)) ||
+            (kernel === 'conv2dBackwardWeight' && l.groups * Math.ceil(l.outChannels / l.groups / 8) < 2);
+          expect(splits[j]() > before, `${kernel} on ${j + 2} threads was split`).toBe(!unsplit);
+          expect(Array.from(got), `${kernel} on ${j + 2} threads`).toEqual(Array.from(want));
+        }
+        expect(be.memory().liveBuffers).toBe(0);
+      }
+      // And the threaded result is right, not only equal to the other.
+      await checkParity(many[1], t, 900 + i);
+    }),
+  );
+
+  it('matmul: rows, columns and batch splits over 3 threads, odd shapes', () => {
+    const cases: MatmulLayout[] = [
+      { batch: 1, m: 257, n: 63, k: 65, transA: false, transB: false, aBatchStride: 0, bBatchStride: 0 },
+      { batch: 1, m: 7, n: 257, k: 300, transA: true, transB: true, aBatchStride: 0, bBatchStride: 0 },
+      { batch: 1, m: 13, n: 9, k: 5, transA: false, transB: true, aBatchStride: 0, bBatchStride: 0 },
+      { batch: 4, m: 33, n: 17, k: 9, transA: false, transB: true, aBatchStride: 33 * 9, bBatchStride: 0 },
+      { batch: 128, m: 17, n: 8, k: 17, transA: false, transB: false, aBatchStride: 17 * 17, bBatchStride: 17 * 8 },
+    ];
+    const be = many[1];
+    for (const [t, l] of cases.entries()) {
+      const A = randomF32(l.aBatchStride * (l.batch - 1) + l.m * l.k, 400 + t);
+      const B = randomF32(l.bBatchStride * (l.batch - 1) + l.k * l.n, 500 + t);
+      const out = l.batch * l.m * l.n;
+      const result = (b: WasmBackend) => {
+        const [sa, sb, so] = [b.upload(A, 'float32'), b.upload(B, 'float32'), b.alloc(out, 'float32')];
+        b.matmul(sa, sb, so, l);
+        const r = b.readSync(so);
+        [sa, sb, so].forEach((s) => b.release(s));
+        return Array.from(r);
+      };
+      const before = splits[1]();
+      expect(result(be), JSON.stringify(l)).toEqual(result(one));
+      expect(splits[1]()).toBe(before + 1);
+    }
+  });
+});
+
+describe('wasm threads: cost model and calibration', () => {
+  it('splitRange covers [0, units) in contiguous, near-equal ranges', () => {
+    expect(splitRange(10, 3)).toEqual([
+      [0, 3],
+      [3, 6],
+      [6, 10],
+    ]);
+    expect(splitRange(2, 4)).toEqual([
+      [0, 1],
+      [1, 2],
+    ]);
+    expect(splitRange(0, 2)).toEqual([[0, 0]]);
+  });
+
+  it('SplitCost splits only calls whose parts outweigh the overhead, with fewer threads for mid-sized calls', () => {
+    // 1e-3 us per flop; hot split 5 us, cold 50 us; a long spin window.
+    const cost = new SplitCost(4, 1e-3, 5, 50, 1e9);
+    // Cold (no split yet): parts must be worth 3 x 50 us = 150 us of work.
+    expect(cost.threadsFor(100_000)).toBe(1); // 100 us in all
+    expect(cost.threadsFor(300_000)).toBe(2); // 300 us: two parts of 150
+    expect(cost.threadsFor(500_000)).toBe(3);
+    expect(cost.threadsFor(600_000)).toBe(4);
+    cost.splitEnded();
+    // Hot: parts of 3 x 5 = 15 us suffice.
+    expect(cost.threadsFor(30_000)).toBe(2);
+    expect(cost.threadsFor(20_000)).toBe(1);
+    // The overhead is never priced below MIN_OVERHEAD_US (5 us), however low it was measured.
+    const fast = new SplitCost(2, 1e-3, 0.1, 0.1, 1e9);
+    expect(fast.threadsFor(20_000)).toBe(1);
+    expect(fast.threadsFor(30_000)).toBe(2);
+    expect(new SplitCost(1, 1e-3, 5, 50, 1e9).threadsFor(1e12)).toBe(1);
+  });
+
+  it('the default thread count comes from a measurement that info() reports; an explicit count is honoured', async () => {
+    const auto = await createWasmBackend();
+    const explicit = await createWasmBackend({ threads: 2 });
+    try {
+      const cal = auto.info().details?.threadCalibration as
+        | { threads: number; available: number; reason: string; gflops: number; speedup: number; spinUs: number; hotUs: number; coldUs: number }
+        | undefined;
+      if (cal) {
+        // Several cores and shared memory: the measured choice is one of 1, 2 or all of them.
+        expect([1, 2, cal.available]).toContain(cal.threads);
+        expect(auto.activeThreads).toBe(cal.threads);
+        expect(cal.reason).toMatch(/calibration matmul/);
+        expect(cal.gflops).toBeGreaterThan(0);
+        expect(cal.speedup).toBeGreaterThan(0);
+        // The spin budget follows the ski-rental rule: none, or the wake-up cost within [20, 200] us.
+        expect(cal.spinUs === 0 || (cal.spinUs >= 20 && cal.spinUs <= 200)).toBe(true);
+        expect(cal.hotUs).toBeLessThanOrEqual(cal.coldUs);
+        expect(auto.info().details?.threads).toBe(cal.threads);
+      } else expect(auto.activeThreads).toBe(1);
+      expect(explicit.activeThreads).toBe(2);
+      const ex = explicit.info().details?.threadCalibration as { threads: number; reason: string };
+      expect(ex.threads).toBe(2);
+      expect(ex.reason).toBe('asked for 2 threads');
+    } finally {
+      auto.dispose();
+      explicit.dispose();
+    }
+  });
+});
+
+describe('wasm threads: elementwise kernels split by blocks, rows or vectors give the bits of one thread', () => {
+  let one: WasmBackend;
+  let three: WasmBackend;
+  let splits: () => number;
+  beforeAll(async () => {
+    one = await createWasmBackend({ threads: 1 });
+    three = await createWasmBackend({ threads: 3, minThreadedWork: 1 });
+    splits = countSplits(three);
+  });
+  afterAll(() => [one, three].forEach((b) => b?.dispose()));
+
+  const contiguous = (shape: number[]) => shape.map((_, i) => shape.slice(i + 1).reduce((a, b) => a * b, 1));
+  /** Strides of an operand of `shape` broadcast to `full` (size-1 dims get stride 0). */
+  const broadcast = (shape: number[], full: number[]) => {
+    const st = contiguous(shape);
+    return full.map((_, i) => (shape[i] === 1 && full[i] !== 1 ? 0 : st[i]));
+  };
+
+  it('unary ops without parameters, odd lengths (a tail of 1 to 3)', () => {
+    for (const [i, n] of [1, 5, 1023, 4097, 30001].entries()) {
+      const x = randomF32(n, 10 + i).map((v) => v * 4);
+      for (const op of ['relu', 'exp', 'tanh', 'neg', 'geluErf', 'sigmoid'] as const) {
+        const result = (be: WasmBackend) => {
+          const [sx, so] = [be.upload(x, 'float32'), be.alloc(n, 'float32')];
+          be.unary(op, sx, so);
+          const r = Array.from(be.readSync(so));
+          [sx, so].forEach((s) => be.release(s));
+          return r;
+        };
+        const before = splits();
+        expect(result(three), `${op} over ${n}`).toEqual(result(one));
+        expect(splits() > before, `${op} over ${n} was split`).toBe(n > 4);
+      }
+    }
+  });
+
+  it('binary ops and where over broadcasts: same shape, bias rows, per-channel NCHW, column broadcast', () => {
+    const cases: [number[], number[], number[]][] = [
+      [[1001], [1001], [1001]],
+      [[33, 65], [33, 65], [1, 65]],
+      [[5, 7, 3, 3], [5, 7, 3, 3], [1, 7, 1, 1]],
+      [[2, 3, 17], [2, 3, 17], [2, 3, 1]],
+      [[4, 6, 9], [1, 6, 9], [4, 1, 9]],
+    ];
+    for (const [i, [full, sa, sb]] of cases.entries()) {
+      const numel = (s: number[]) => s.reduce((a, b) => a * b, 1);
+      const a = randomF32(numel(sa), 30 + i);
+      const b = randomF32(numel(sb), 40 + i);
+      const layout = { shape: full, aStrides: broadcast(sa, full), bStrides: broadcast(sb, full) };
+      const result = (be: WasmBackend, op: 'add' | 'mul' | 'sub' | 'gt') => {
+        const [x, y] = [be.upload(a, 'float32'), be.upload(b, 'float32')];
+        const o = be.alloc(numel(full), op === 'gt' ? 'bool' : 'float32');
+        be.binary(op, x, y, o, layout);
+        const cond = be.alloc(numel(full), 'bool');
+        be.binary('gt', x, y, cond, layout);
+        const w = be.alloc(numel(full), 'float32');
+        be.where(cond, x, y, w, { shape: full, condStrides: contiguous(full), aStrides: layout.aStrides, bStrides: layout.bStrides });
+        const r = [...Array.from(be.readSync(o)), ...Array.from(be.readSync(w))];
+        [x, y, o, cond, w].forEach((s) => be.release(s));
+        return r;
+      };
+      for (const op of ['add', 'mul', 'sub', 'gt'] as const) {
+        const before = splits();
+        expect(result(three, op), `${op} ${JSON.stringify(layout)}`).toEqual(result(one, op));
+        expect(splits() > before, `${op} ${JSON.stringify(full)} was split`).toBe(true);
+      }
+    }
+  });
+});
+
+describe('wasm threads: batchNorm backward split by channels gives the bits of one thread', () => {
+  it('with and without weight, dx, dweight and dbias; odd channel counts and row lengths', async () => {
+    const one = await createWasmBackend({ threads: 1 });
+    const three = await createWasmBackend({ threads: 3, minThreadedWork: 1 });
+    const splits = countSplits(three);
+    try {
+      for (const [i, [n, c, hw]] of [
+        [4, 7, 13],
+        [3, 16, 49],
+        [2, 1, 9],
+        [5, 5, 1],
+      ].entries()) {
+        for (const withWeight of [true, false]) {
+          const grad = randomF32(n * c * hw, 80 + i);
+          const x = randomF32(n * c * hw, 90 + i);
+          const mean = randomF32(2 * c, 100 + i).map((v, j) => (j % 2 ? v * 1e-7 : v));
+          const rstd = randomF32(c, 110 + i).map((v) => 1 + Math.abs(v));
+          const weight = randomF32(c, 120 + i);
+          const result = (be: WasmBackend, outputs: [boolean, boolean, boolean]) => {
+            const up = (d: Float32Array) => be.upload(d, 'float32');
+            const [g, xs, m, r] = [up(grad), up(x), up(mean), up(rstd)];
+            const w = withWeight ? up(weight) : null;
+            const [dx, dw, db] = [n * c * hw, c, c].map((len, j) => (outputs[j] ? be.alloc(len, 'float32') : null));
+            be.batchNormBackward(g, xs, m, r, w, dx, dw, db, { n, c, hw, eps: 1e-5 });
+            const out = [dx, dw, db].flatMap((s) => (s ? Array.from(be.readSync(s)) : []));
+            [g, xs, m, r, w, dx, dw, db].forEach((s) => s && be.release(s));
+            return out;
+          };
+          for (const outputs of [
+            [true, true, true],
+            [true, false, false],
+            [false, true, true],
+          ] as [boolean, boolean, boolean][]) {
+            const before = splits();
+            expect(result(three, outputs), `n ${n} c ${c} hw ${hw} weight ${withWeight} outputs ${outputs}`).toEqual(result(one, outputs));
+            expect(splits() > before).toBe(c > 1);
+          }
+        }
+      }
+    } finally {
+      one.dispose();
+      three.dispose();
+    }
+  });
+});
