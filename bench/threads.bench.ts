@@ -16,7 +16,7 @@
  *
  *   npx esbuild bench/threads.bench.ts --bundle --platform=node --format=esm --packages=external \
  *     --outfile=node_modules/.cache/flatgrad/threads.bench.mjs --log-level=warning \
- *     && node node_modules/.cache/flatgrad/threads.bench.mjs [--only=profile,micro,pool] [--rounds=9]
+ *     && node node_modules/.cache/flatgrad/threads.bench.mjs [--only=profile,micro,pool] [--rounds=9] [--models=mlp,cnn,vit]
  */
 import os from 'node:os';
 import * as fg from '../src/index.js';
@@ -27,6 +27,7 @@ import type { Conv2dLayout, MatmulLayout, Storage } from '../src/kernels/backend
 const argOf = (k: string) => process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1];
 const only = argOf('only')?.split(',') ?? ['pool', 'micro', 'profile'];
 const ROUNDS = Number(argOf('rounds') ?? 9);
+const MODELS = (argOf('models')?.split(',') ?? ['mlp', 'cnn', 'vit']) as ('mlp' | 'cnn' | 'vit')[];
 
 const median = (xs: number[]) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -180,7 +181,7 @@ function describe(c: CallKind): string {
 }
 
 async function profile(one: WasmBackend, two: WasmBackend): Promise<void> {
-  for (const model of ['mlp', 'cnn', 'vit'] as const) {
+  for (const model of MODELS) {
     const kinds = await recordStep(model);
     console.log(`\n### ${model}: matmul and conv calls of one SGD step, 1 thread vs 2 (wall us per call, median of ${ROUNDS} interleaved rounds)\n`);
     console.log('| call | per step | MFLOP | 1T us | 2T us | 2T / 1T | 2T split? | 1T CPU us | 2T CPU us |');

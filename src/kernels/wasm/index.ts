@@ -73,6 +73,7 @@ import {
   availableCores,
   canBlock,
   CONTROL_BYTES_PER_WORKER,
+  SPIN_BRIDGE_US,
   SplitCost,
   splitRange,
   ThreadPool,
@@ -349,9 +350,9 @@ export class WasmBackend implements Backend {
    * spin budget and, unless `explicit`, the number of threads: the available ones where they run
    * a 256 x 128 x 256 matmul at least MIN_SPEEDUP times faster than one thread, else two where
    * those do, else one (the pool is stopped; also when the measurement is visibly disturbed).
-   * - spin: an idle worker spins as long as waking it from Atomics.wait costs (the cold round
-   *   trip minus the hot one, 20 to 200 us; none when spinning is the slower): the ski-rental
-   *   rule, which never pays more than twice the better of spinning and sleeping;
+   * - spin: an idle worker spins SPIN_BRIDGE_US (the gaps between the split calls of a training
+   *   step) before it blocks in Atomics.wait; none when a spinning worker answers slower than a
+   *   sleeping one (the machine has more runnable threads than cores);
    * - rate: the one-thread GFLOP/s of that matmul prices every matmul and convolution (flops /
    *   rate), and a relu's time per element prices the memory-bound kernels (elementFlops).
    */
@@ -387,14 +388,11 @@ export class WasmBackend implements Backend {
     roundTrip(2);
     // The lower quartile: one stray process on the other core for a moment must not turn spinning off.
     const spinningUs = roundTrip(11, 0.25);
-    // A wake-up that costs more than this is the scheduler's queue, not the futex: spinning
-    // longer would only burn the core that the other runnable threads are waiting for.
-    const MAX_SPIN_US = 200;
     // On a machine with more runnable threads than cores a spinning thread uses up its time
     // slice and waits for the next one (milliseconds), while a woken one is scheduled at once:
     // spinning then costs more than sleeping, and nobody spins.
     const hotUs = Math.min(spinningUs, coldUs);
-    const spinUs = spinningUs >= coldUs ? 0 : Math.min(MAX_SPIN_US, Math.max(20, coldUs - spinningUs));
+    const spinUs = spinningUs >= coldUs ? 0 : SPIN_BRIDGE_US;
     pool.spinLoads = loadsPerUs * spinUs;
     // One thread against T on the same matmul, interleaved: the best of two or three rounds each
     // after a warm-up round (two when the budget runs out).

@@ -39,11 +39,23 @@ const QUEUE = -2;
 
 /**
  * Loads of the control slot before blocking in Atomics.wait, on both sides, until the backend
- * measures its own (about 10-30 us here). Waking a blocked thread costs tens of microseconds
- * (more on a loaded machine), and the split calls of one training step come back to back, so a
- * short spin saves most wake-ups.
+ * sets its own (index.ts calibrateThreads: 1 ms where spinning pays). Waking a blocked thread
+ * costs tens of microseconds (more on a loaded machine), and the split calls of one training
+ * step come back to back, so a spin saves most wake-ups.
  */
 export const DEFAULT_SPIN_LOADS = 20000;
+
+/**
+ * How long an idle worker spins, where spinning pays at all (index.ts calibrateThreads): long
+ * enough to bridge the gaps between the split calls of one training step (the MLP
+ * 784-256-256-10 step's: median 0.1 ms, 90th percentile 0.6 ms). Waking a worker from
+ * Atomics.wait costs more than the futex round trip that the calibration's ping measures (30-50
+ * us here): while it sleeps its core clocks down and its caches cool, and the split call after
+ * the wake-up runs slower (a 256x256x128 matmul: 235 us with the worker spinning, 428 us after it
+ * slept 10 ms). Measured on 2 cores, the main thread busy between steps as in bench/steps: the
+ * MLP SGD step on two threads took 3.6 ms with 1 ms of spin, 3.7 with 0.5 ms, 3.9 with 30 us.
+ */
+export const SPIN_BRIDGE_US = 1000;
 
 const IDLE = 0;
 const POSTED = 1;
