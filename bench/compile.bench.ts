@@ -16,8 +16,9 @@
  *   processes' load disturbs far less than wall time on a shared machine;
  * - captured unfused: the same compiled step with the fusion pass off (fuse: false);
  * - host ms: on cpu and wasm, where kernels run on the calling thread, the wall time minus the time
- *   spent inside kernel calls (backend and fused arena kernels; allocation and host transfers count
- *   as host work), timed by wrapping them in a separate instrumented run; on
+ *   spent inside kernel calls (backend and fused arena kernels, and every call of a captured plan,
+ *   its generated kernels included; allocation and host transfers count as host work), timed by
+ *   wrapping them in a separate instrumented run; on
  *   WebGPU, the time until the step function returns (the GPU work is asynchronous).
  *
  * Run:
@@ -42,6 +43,8 @@ import { CpuBackend } from '../src/kernels/cpu/index.js';
 import { createWasmBackend } from '../src/kernels/wasm/index.js';
 import { traceStep } from '../src/compile/trace.js';
 import { fusedKernelsFor } from '../src/kernels/fused.js';
+import { planProfile } from '../src/compile/plan.js';
+import { HOST_WORK } from './instrument.js';
 
 const { nn, optim } = fg;
 type Tensor = fg.Tensor;
@@ -101,16 +104,30 @@ function compiled(step: Step, opts: fg.CompileOptions = {}): fg.CompiledStep<[Te
 
 const median = (v: number[]) => [...v].sort((a, b) => a - b)[Math.floor(v.length / 2)];
 
-const HOST_WORK = new Set(['alloc', 'upload', 'view', 'write', 'release', 'read', 'readSync', 'memory', 'info', 'supportsDtype']);
 
 /**
  * Wraps every method (but the allocator's and the transfers') of the backend and of its fused arena kernels to add up the time spent inside
- * (outermost calls only).
+ * (outermost calls only); plans built while it is installed run each of their calls through it too
+ * (planProfile), so the generated kernels of a captured step (fusedMap, matmulEpilogue, the fused
+ * reductions), which are functions of the plan rather than backend methods, count as kernel time.
  */
 function kernelTimer(b: Backend): { ms: () => number; reset: () => void; remove: () => void } {
   let total = 0;
   let depth = 0;
-  const removers: (() => void)[] = [];
+  const timed = (run: () => unknown): unknown => {
+    if (depth++ > 0) {
+      try { return run(); } finally { depth--; }
+    }
+    const t0 = performance.now();
+    try {
+      return run();
+    } finally {
+      total += performance.now() - t0;
+      depth--;
+    }
+  };
+  planProfile.around = (name, run) => (HOST_WORK.has(name) ? run() : timed(run));
+  const removers: (() => void)[] = [() => { planProfile.around = null; }];
   for (const target of [b, fusedKernelsFor(b)]) {
     if (!target) continue;
     const names = new Set<string>();
@@ -124,16 +141,7 @@ function kernelTimer(b: Backend): { ms: () => number; reset: () => void; remove:
       const orig = rec[k];
       removers.push(() => { delete rec[k]; });
       rec[k] = function (this: unknown, ...a: unknown[]) {
-      if (depth++ > 0) {
-        try { return orig.apply(this, a); } finally { depth--; }
-      }
-      const t0 = performance.now();
-      try {
-        return orig.apply(this, a);
-      } finally {
-        total += performance.now() - t0;
-        depth--;
-      }
+        return timed(() => orig.apply(this, a));
       };
     }
   }
@@ -300,7 +308,7 @@ const md = [
   `${new Date().toISOString()}, Node ${process.version}, ${os.cpus().length} x ${os.cpus()[0]?.model}, load average ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}${quick ? ', --quick' : ''}${schedule ? ', --schedule (cosine lr and rho, stepped every step)' : ''}.`,
   'The machine is shared with other busy processes: absolute times are noisy, read the ratios. Median of ' + ROUNDS + ' alternating rounds.',
   'Captured dispatches include the zero fills of reused buffers, which an eager step gets from its fresh (zeroed) allocations. Unfused: the same plan with the fusion pass off (fuse: false); fused kernels: generated elementwise kernels in the captured plan (src/compile/fuse.ts), whose copies into a destination are also forwarded to the producer.',
-  'Host ms captured (cpu, wasm) counts the fused elementwise kernels as host work: the timer wraps backend methods, and a fused kernel is a function of the plan.',
+  'Host ms (cpu, wasm): wall minus the time inside kernels, from a separate instrumented pair of runs; every call of the captured plan is timed (its generated kernels too: fusedMap, matmulEpilogue, fused reductions); allocation, host transfers and host writes of constants count as host work (bench/instrument.ts HOST_WORK).',
   'Dynamic: captured calls whose host code runs on every replay (the rest are encoded from recorded command streams on WebGPU). Submits: WebGPU queue submits per step, readback included.',
   '',
   '| backend | model | step | batch | dispatches eager | dispatches captured unfused | dispatches captured (zero fills) | fused kernels | dynamic | traces | submits eager / captured | host ms eager | host ms captured | host share captured | wall ms eager | wall ms captured unfused | wall ms captured | wall speedup | process CPU ms eager / unfused / captured |',

@@ -5,7 +5,16 @@
  * backend is charged once, to itself). Install it before a captured step is traced, so that the
  * plan binds the wrappers too.
  */
+import * as fg from '../src/index.js';
+
 export type Around = (name: string, args: unknown[], run: () => unknown) => unknown;
+
+/**
+ * Backend calls that are host work, not kernels: allocation, host transfers and writes of
+ * constants, views and queries (the host-ms figures of bench/compile.bench and bench/step-profile
+ * count them as host time).
+ */
+export const HOST_WORK: ReadonlySet<string> = new Set(['alloc', 'allocUninit', 'typed', 'upload', 'view', 'write', 'release', 'read', 'readSync', 'memory', 'info', 'supportsDtype']);
 
 /** Wraps the methods of every [prefix, target] (null targets are skipped); returns the function that removes the wrappers. */
 export function instrumentCalls(targets: readonly (readonly [string, object | null])[], around: Around): () => void {
@@ -37,4 +46,19 @@ export function instrumentCalls(targets: readonly (readonly [string, object | nu
   return () => {
     for (const r of removers) r();
   };
+}
+
+/**
+ * One training step as the benches write it: SAM (and its family) through its closure, any other
+ * optimizer as zeroGrad, closure, step; inside tidy, so only the loss outlives it.
+ */
+export function trainStep(opt: fg.optim.Optimizer, closure: () => fg.Tensor): () => fg.Tensor {
+  return () =>
+    fg.tidy(() => {
+      if (opt instanceof fg.optim.SAM) return opt.step(closure) as fg.Tensor;
+      opt.zeroGrad();
+      const l = closure();
+      opt.step();
+      return l;
+    });
 }

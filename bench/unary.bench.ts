@@ -1,35 +1,114 @@
 /**
- * Elementwise kernels on wasm, one thread. Unary: 1M float32 values in and out, GB/s (bytes moved:
- * 4 in + 4 out per element, 4 + 1 for the bool-valued ops) of each op's wasm path now, of the
- * per-element JS closure that was the fallback before (CpuBackend.unary, the same closure loop),
- * and each one's bandwidth as a fraction of a SIMD pass that only moves bytes (the neg kernel:
- * load, flip the sign bit, store). Binary: the broadcast shapes of a CNN step (a per-channel bias
- * or BatchNorm scale over [128, 16, 28, 28], an MLP bias over [128, 256]) and a same-shape add,
- * against the same copy bandwidth (bytes moved: each operand read once, the output written). All
- * are timed round-robin in one process, so machine noise falls on all alike, in this process's CPU
- * time (user + system), which unlike wall time leaves out the time other processes of a busy
- * machine hold the core. Inputs are uniform in [-4, 4], their absolute values for the ops whose
- * domain is x >= 0 or x > -1 (log, log1p, sqrt, rsqrt, powScalar).
+ * Elementwise kernels on wasm, one thread, against a SIMD pass that only moves bytes (the neg
+ * kernel: load, flip the sign bit, store), timed round-robin in one process (machine noise falls
+ * on all alike) in this process's CPU time (user + system, which unlike wall time leaves out the
+ * time other processes of a busy machine hold the core). GB/s counts bytes moved: 4 in + 4 out
+ * per element, 4 + 1 for the bool-valued ops; each op's ratio to copy is the ratio of those.
  *
- * Reading the ratios: 1M floats stay in cache, so the copy is bound by instructions, not memory
- * (its TurboFan loop is about 5 instructions per f32x4). A transcendental body is tens of SIMD
- * instructions per f32x4 (exp 38, tanh 59, erf 189 in the hot loop, counted with
- * node --print-wasm-code), all packed, with no calls, lane extracts or scalar fallbacks, and runs
- * at roughly 2.5-3 instructions per cycle: its ratio to copy is about 5 / (its instruction count),
- * so no transcendental op can reach 0.8 of copy on one core.
+ * Two sizes: 2^20 floats (4 MiB in, 4 out), which stay in the caches, so that copy is bound by
+ * its instructions (9.5 per f32x4) and every op by its own; and 2^24 floats (64 MiB each way),
+ * past the last-level cache, where copy runs at memory speed and an op that needs fewer cycles
+ * per vector than memory gives keeps pace with it. The compute bound of each op is its loop's
+ * x64 instruction count per f32x4 as V8's optimizing compiler emits it (counted from
+ * node --print-wasm-code in a child process, along each path from the loop head back to it: a
+ * body with a per-vector fast path shows fast / full); the in-cache ratio to copy is roughly
+ * copy's count over the op's, so no transcendental (43 instructions and up: wasm SIMD has no
+ * fused multiply-add, and a float32 exp is a range reduction and a degree-6 polynomial) reaches
+ * 0.8 of copy on one core, in cache or at memory speed. bench/results/unary.md reads the table.
+ *
+ * Inputs are uniform in [-4, 4], their absolute values for the ops whose domain is x >= 0 or
+ * x > -1 (log, log1p, sqrt, rsqrt, powScalar).
  *
  * Run:
  *   npx esbuild bench/unary.bench.ts --bundle --platform=node --format=esm --packages=external \
  *     --outfile=node_modules/.cache/flatgrad/unary.bench.mjs --log-level=warning \
- *     && node node_modules/.cache/flatgrad/unary.bench.mjs
+ *     && node node_modules/.cache/flatgrad/unary.bench.mjs   # add --count for the instruction counts alone
  */
-import { CpuBackend } from '../src/kernels/cpu/index.js';
+import { execFileSync } from 'node:child_process';
+import { loadavg } from 'node:os';
 import { UNARY_OPS, type BinaryOp, type UnaryOp } from '../src/kernels/optable.js';
-import { SIMD_UNARY_BOOL_F32, SIMD_UNARY_F32 } from '../src/kernels/wasm/module.js';
+import { ModuleBuilder } from '../src/kernels/wasm/emit.js';
+import { emitUnary, emitUnaryF32, SIMD_UNARY_BOOL_F32, SIMD_UNARY_F32, UNARY_BOOL_F32_BODIES } from '../src/kernels/wasm/module.js';
 import { createWasmBackend } from '../src/kernels/wasm/index.js';
 
-const N = 1 << 20;
+const SIZES = [1 << 20, 1 << 24];
 const PARAMS: Partial<Record<UnaryOp, [number, number]>> = { elu: [1, 0], leakyRelu: [0.01, 0], powScalar: [2.5, 0], clamp: [-1, 1], affine: [2, 0.5] };
+const isBool = (op: string) => (SIMD_UNARY_BOOL_F32 as readonly string[]).includes(op);
+const isSimd = (op: string) => isBool(op) || (SIMD_UNARY_F32 as readonly string[]).includes(op);
+
+/**
+ * Child mode (`--disasm op`, run under --print-wasm-code): compiles a module holding only op's
+ * float32 kernel with the optimizing compiler and calls it, so that V8 prints its code.
+ */
+const disasmAt = process.argv.indexOf('--disasm');
+if (disasmAt >= 0) {
+  const op = process.argv[disasmAt + 1];
+  const mb = new ModuleBuilder();
+  mb.importMemory('env', 'memory', { initial: 1 });
+  if (isBool(op)) emitUnary(mb, 'k', UNARY_BOOL_F32_BODIES[op as keyof typeof UNARY_BOOL_F32_BODIES], { outBool: true });
+  else emitUnaryF32(mb, op as (typeof SIMD_UNARY_F32)[number], 'k');
+  const instance = new WebAssembly.Instance(new WebAssembly.Module(new Uint8Array(mb.toBytes())), { env: { memory: new WebAssembly.Memory({ initial: 1 }) } });
+  (instance.exports.k as (...a: number[]) => void)(256, 1024, 64, 1, 0);
+  process.exit(0);
+}
+
+/**
+ * x64 instructions per f32x4 of op's main loop: the lengths of the paths from the loop head (the
+ * target of the first backward jump) back to it, each branch that leaves the loop's span not
+ * followed, over the output vectors each path stores; "min / max" where a body branches per vector.
+ */
+function instructionsPerVector(op: UnaryOp): string {
+  let text: string;
+  try {
+    text = execFileSync(process.execPath, ['--print-wasm-code', '--no-liftoff', '--no-wasm-lazy-compilation', process.argv[1], '--disasm', op], { encoding: 'utf8', maxBuffer: 1 << 26 });
+  } catch {
+    return '?';
+  }
+  const code: { at: number; jump?: number; conditional: boolean; store: boolean }[] = [];
+  for (const line of text.split('\n')) {
+    const m = /^0x[0-9a-f]+\s+([0-9a-f]+)\s+[0-9a-f]+\s+(\S+)(.*)$/.exec(line);
+    if (!m) continue;
+    const target = /<\+0x([0-9a-f]+)>/.exec(m[3]);
+    const isJump = m[2].startsWith('j') && target !== null;
+    // A 16-byte store to the heap (not a spill to the stack frame): one output vector.
+    const store = /^vmov(dqu|ups|aps|dqa)$/.test(m[2]) && /^\s*\[(?!rbp|rsp)/.test(m[3]);
+    code.push({ at: parseInt(m[1], 16), jump: isJump ? parseInt(target![1], 16) : undefined, conditional: isJump && m[2] !== 'jmp', store });
+  }
+  const index = new Map(code.map((c, k) => [c.at, k]));
+  const back = code.find((c) => c.jump !== undefined && c.jump < c.at);
+  if (!back) return '?';
+  const head = index.get(back.jump!)!;
+  const last = Math.max(...code.filter((c) => c.jump === back.jump).map((c) => index.get(c.at)!));
+  // Instructions per output vector along each path (V8 unrolls small loops: a path may store
+  // several vectors; a bool store is four f32x4 of input).
+  const perVector: number[] = [];
+  const walk = (k: number, n: number, stores: number, depth: number): void => {
+    if (depth > 16 || perVector.length > 64) return;
+    for (; k <= last; k++, n++) {
+      const c = code[k];
+      if (c.store) stores++;
+      if (c.jump === undefined) continue;
+      const t = index.get(c.jump);
+      if (c.jump === back.jump) {
+        if (stores) perVector.push((n + 1) / (stores * (isBool(op) ? 4 : 1)));
+        if (!c.conditional) return;
+      } else if (t !== undefined && t > head && t <= last) {
+        if (!c.conditional) return walk(t, n + 1, stores, depth + 1);
+        walk(t, n + 1, stores, depth + 1);
+      } else if (!c.conditional) return;
+    }
+  };
+  walk(head, 0, 0, 0);
+  if (!perVector.length) return '?';
+  const [lo, hi] = [Math.min(...perVector), Math.max(...perVector)].map((v) => Math.round(v * 10) / 10);
+  return lo === hi ? `${lo}` : `${lo} / ${hi}`;
+}
+
+// `--count`: only the instruction counts (seconds, no timing).
+if (process.argv.includes('--count')) {
+  for (const op of Object.keys(UNARY_OPS) as UnaryOp[]) if (isSimd(op)) console.log(`${op}: ${instructionsPerVector(op)}`);
+  process.exit(0);
+}
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1];
 
@@ -39,7 +118,7 @@ function cpuMs(): number {
   return (u.user + u.system) / 1000;
 }
 
-/** Median ms (CPU time) per call over `rounds` rounds in which every runner runs about roundMs. */
+/** Median ms (CPU time) per call over `rounds` rounds in which every runner runs at least roundMs. */
 function interleaved(runners: (() => void)[], rounds = 7, roundMs = 30): number[] {
   runners.forEach((r) => { r(); r(); });
   const times: number[][] = runners.map(() => []);
@@ -60,38 +139,41 @@ function interleaved(runners: (() => void)[], rounds = 7, roundMs = 30): number[
 }
 
 const wasm = await createWasmBackend({ threads: 1 });
-const cpu = new CpuBackend();
-const data = new Float32Array(N);
-for (let i = 0; i < N; i++) data[i] = (Math.random() - 0.5) * 8;
-const positive = data.map(Math.abs);
 /** GB/s of a call that moves `bytes` in `ms`. */
 const gbs = (bytes: number, ms: number) => bytes / (ms * 1e6);
-
-const wx = wasm.upload(data, 'float32');
-const wxPos = wasm.upload(positive, 'float32');
-const wout = wasm.alloc(N, 'float32');
-const woutBool = wasm.alloc(N, 'bool');
-const cx = cpu.upload(data, 'float32');
-const cxPos = cpu.upload(positive, 'float32');
-const cout = cpu.alloc(N, 'float32');
-const coutBool = cpu.alloc(N, 'bool');
 const f = (v: number) => v.toFixed(2);
 
-console.log('| op | SIMD body | wasm now GB/s | closure before GB/s | copy GB/s | now / copy | before / copy |');
-console.log('|---|---|---|---|---|---|---|');
+console.log(`_Printed by bench/unary.bench.ts on ${new Date().toISOString()} (load average before: ${loadavg().map((l) => l.toFixed(2)).join(' ')})._`);
+console.log('');
+// Per size: [op] -> [op GB/s, copy GB/s].
+const results = SIZES.map((n) => {
+  const data = new Float32Array(n);
+  for (let i = 0; i < n; i++) data[i] = (Math.random() - 0.5) * 8;
+  const x = wasm.upload(data, 'float32');
+  const xPos = wasm.upload(data.map(Math.abs), 'float32');
+  const out = wasm.alloc(n, 'float32');
+  const outBool = wasm.alloc(n, 'bool');
+  const copyOut = wasm.alloc(n, 'float32');
+  const byOp = new Map<UnaryOp, [number, number]>();
+  // At 2^24 a call takes tens of ms: fewer, longer rounds.
+  const [rounds, roundMs] = n > 1 << 20 ? [5, 120] : [7, 30];
+  for (const op of Object.keys(UNARY_OPS) as UnaryOp[]) {
+    const [p0, p1] = PARAMS[op] ?? [0, 0];
+    const pos = op === 'log' || op === 'log1p' || op === 'sqrt' || op === 'rsqrt' || op === 'powScalar';
+    const bool = isBool(op);
+    const [t, copy] = interleaved([() => wasm.unary(op, pos ? xPos : x, bool ? outBool : out, p0, p1), () => wasm.unary('neg', x, copyOut)], rounds, roundMs);
+    byOp.set(op, [gbs((bool ? 5 : 8) * n, t), gbs(8 * n, copy)]);
+  }
+  [x, xPos, out, outBool, copyOut].forEach((s) => wasm.release(s));
+  return byOp;
+});
+
+console.log('| op | SIMD body | x64 instr. / f32x4 | 2^20 GB/s | copy GB/s | / copy | 2^24 GB/s | copy GB/s | / copy |');
+console.log('|---|---|---|---|---|---|---|---|---|');
 for (const op of Object.keys(UNARY_OPS) as UnaryOp[]) {
-  const [p0, p1] = PARAMS[op] ?? [0, 0];
-  const pos = op === 'log' || op === 'log1p' || op === 'sqrt' || op === 'rsqrt' || op === 'powScalar';
-  const bool = (SIMD_UNARY_BOOL_F32 as readonly string[]).includes(op);
-  const [now, before, copy] = interleaved([
-    () => wasm.unary(op, pos ? wxPos : wx, bool ? woutBool : wout, p0, p1),
-    () => cpu.unary(op, pos ? cxPos : cx, bool ? coutBool : cout, p0, p1),
-    () => wasm.unary('neg', wx, wout),
-  ]);
-  const simd = bool || (SIMD_UNARY_F32 as readonly string[]).includes(op) ? 'yes' : 'no';
-  const bytes = (bool ? 5 : 8) * N;
-  const copyGbs = gbs(8 * N, copy);
-  console.log(`| ${op} | ${simd} | ${f(gbs(bytes, now))} | ${f(gbs(bytes, before))} | ${f(copyGbs)} | ${f(gbs(bytes, now) / copyGbs)} | ${f(gbs(bytes, before) / copyGbs)} |`);
+  const [[c, cc], [m, mc]] = results.map((r) => r.get(op)!);
+  const instr = isSimd(op) ? instructionsPerVector(op) : '-';
+  console.log(`| ${op} | ${isSimd(op) ? 'yes' : 'no'} | ${instr} | ${f(c)} | ${f(cc)} | ${f(c / cc)} | ${f(m)} | ${f(mc)} | ${f(m / mc)} |`);
 }
 
 // Binary ops over broadcast shapes: [shape of a] op [shape of b], contiguous strides, 0 where b broadcasts.

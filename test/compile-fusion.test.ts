@@ -14,8 +14,9 @@ import { CpuBackend } from '../src/kernels/cpu/index.js';
 import { acquireWebGPU, expectClose } from './helpers/webgpu.js';
 import { withBackend } from './helpers/backend-scope.js';
 import { rng } from './helpers/random.js';
+import { expectBitEqual, runSteps, trainingStep, type StepRun } from './helpers/train-steps.js';
 
-const { nn, optim } = fg;
+const { nn } = fg;
 type Tensor = fg.Tensor;
 type ModelKind = 'mlp' | 'cnn' | 'vit';
 type OptKind = 'SGD' | 'SAM' | 'AdamW';
@@ -31,58 +32,14 @@ const inputShape = (m: ModelKind, n: number) => (m === 'mlp' ? [n, 12] : [n, 1, 
 function makeStep(m: ModelKind, o: OptKind): { model: Net; step: (x: Tensor, y: Tensor) => Tensor } {
   const model = makeModel(m);
   model.train();
-  const sgd = { lr: 0.05, momentum: 0.9, weightDecay: 1e-3 };
-  const opt = o === 'SGD' ? new optim.SGD(model.parameters(), sgd)
-    : o === 'AdamW' ? new optim.AdamW(model.parameters(), { lr: 1e-2, weightDecay: 1e-2 })
-    : new optim.SAM(model.parameters(), optim.SGD, { ...sgd, rho: 0.05 });
-  const closure = (x: Tensor, y: Tensor) => () => fg.tidy(() => {
-    const l = fg.crossEntropy(model.forward(x), y);
-    l.backward();
-    return l;
-  });
-  return {
-    model,
-    step: function trainStep(x, y) {
-      if (o === 'SAM') return opt.step(closure(x, y)) as Tensor;
-      opt.zeroGrad();
-      const l = closure(x, y)();
-      opt.step();
-      return l;
-    },
-  };
-}
-
-interface Run {
-  losses: number[];
-  /** The model's state dict after the last step (parameters, BatchNorm statistics). */
-  state: [string, Float32Array][];
-  stats: fg.CompileStats | null;
+  return { model, step: trainingStep(model, o) };
 }
 
 /** Steps from seed 7 with the same data each run: eager, captured unfused, or captured fused. */
-async function run(m: ModelKind, o: OptKind, mode: 'eager' | 'unfused' | 'fused', steps = 5): Promise<Run> {
+async function run(m: ModelKind, o: OptKind, mode: 'eager' | 'unfused' | 'fused', steps = 5): Promise<StepRun> {
   fg.manualSeed(7);
-  const { model, step: raw } = makeStep(m, o);
-  const compiled = mode === 'eager' ? null : fg.compile(raw, { fuse: mode === 'fused', onMessage: (msg) => { throw new Error(`unexpected fall-back: ${msg}`); } });
-  const step = compiled ?? raw;
-  const losses: number[] = [];
-  for (let t = 0; t < steps; t++) {
-    const r = rng(500 + t);
-    const shape = inputShape(m, 4);
-    const x = fg.tensor(Float32Array.from({ length: shape.reduce((a, c) => a * c, 1) }, () => r() * 2 - 1), { shape });
-    const y = fg.tensor(Int32Array.from({ length: 4 }, () => Math.floor(r() * 4)), { dtype: 'int32' });
-    const l = step(x, y);
-    losses.push(...(await l.data()));
-    fg.dispose([l, x, y]);
-  }
-  const state: [string, Float32Array][] = [];
-  for (const [k, v] of Object.entries(model.stateDict())) state.push([k, Float32Array.from(await (v as Tensor).data())]);
-  return { losses, state, stats: compiled?.stats() ?? null };
-}
-
-function expectBitEqual(a: ArrayLike<number>, b: ArrayLike<number>, what: string): void {
-  expect(a.length, `${what}: length`).toBe(b.length);
-  for (let i = 0; i < a.length; i++) if (!Object.is(a[i], b[i])) expect.fail(`${what}: element ${i} differs: ${a[i]} vs ${b[i]}`);
+  const { model, step } = makeStep(m, o);
+  return runSteps(model, step, { shape: inputShape(m, 4), steps, seed: 500, compile: mode === 'eager' ? null : { fuse: mode === 'fused' } });
 }
 
 const CASES: [ModelKind, OptKind][] = (['mlp', 'cnn', 'vit'] as const).flatMap((m) => (['SGD', 'SAM', 'AdamW'] as const).map((o): [ModelKind, OptKind] => [m, o]));

@@ -9,7 +9,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createWasmBackend, splitGemm, type WasmBackend } from '../src/kernels/wasm/index.js';
 import { DEFAULT_TILING } from '../src/kernels/wasm/module.js';
-import { SPIN_BRIDGE_US, SplitCost, splitRange } from '../src/kernels/wasm/threads.js';
+import { chooseThreads, SPIN_BRIDGE_US, SplitCost, splitRange } from '../src/kernels/wasm/threads.js';
 import type { MatmulLayout } from '../src/kernels/backend.js';
 import { type Case, checkParity, KERNELS, layoutOf, run, sizes } from './helpers/conv-parity.js';
 import { randomF32 } from './helpers/webgpu.js';
@@ -23,7 +23,7 @@ const CASES: Case[] = [
   { name: 'depthwise 3x3', n: 2, c: 6, h: 11, w: 10, o: 6, k: [3, 3], pad: [1, 1], groups: 6 },
   { name: 'dilation and stride mixed (input gradient by columns)', n: 2, c: 3, h: 11, w: 10, o: 4, k: [2, 3], stride: [3, 2], pad: [1, 2], dil: [3, 1] },
   { name: 'dilation 2', n: 2, c: 2, h: 12, w: 12, o: 3, k: [3, 3], pad: [2, 2], dil: [2, 2] },
-  { name: 'stem: 1 -> 8 (weight gradient unsplit: one 8-channel tile)', n: 4, c: 1, h: 28, w: 28, o: 8, k: [3, 3], pad: [1, 1] },
+  { name: 'stem: 1 -> 8 (weight gradient: one 8-channel tile, split by images)', n: 4, c: 1, h: 28, w: 28, o: 8, k: [3, 3], pad: [1, 1] },
   { name: '1x1 stride 2', n: 3, c: 16, h: 14, w: 13, o: 32, k: [1, 1], stride: [2, 2] },
   { name: '1x1 pointwise, partial tiles', n: 3, c: 17, h: 7, w: 7, o: 13, k: [1, 1] },
   { name: 'patch embedding 7x7 stride 7', n: 4, c: 1, h: 28, w: 28, o: 32, k: [7, 7], stride: [7, 7] },
@@ -79,10 +79,11 @@ describe('wasm threads: split calls give the bits of one thread', () => {
           const want = await run(one, kernel, l, a, b, s.out);
           const got = await run(be, kernel, l, a, b, s.out);
           // What stays on one thread: the dilated and strided input gradient, and a weight
-          // gradient with one 8-channel tile in all (its threads take whole tiles).
+          // gradient of one image and one 8-channel tile in all (its threads take (chunk of
+          // images, tile) units).
           const unsplit =
             (kernel === 'conv2dBackwardInput' && (l.sh > 1 || l.sw > 1) && (l.dh > 1 || l.dw > 1)) ||
-            (kernel === 'conv2dBackwardWeight' && l.groups * Math.ceil(l.outChannels / l.groups / 8) < 2);
+            (kernel === 'conv2dBackwardWeight' && l.n * l.groups * Math.ceil(l.outChannels / l.groups / 8) < 2);
           expect(splits[j]() > before, `${kernel} on ${j + 2} threads was split`).toBe(!unsplit);
           expect(Array.from(got), `${kernel} on ${j + 2} threads`).toEqual(Array.from(want));
         }
@@ -351,6 +352,186 @@ describe('wasm threads: batchNorm backward split by channels gives the bits of o
     } finally {
       one.dispose();
       three.dispose();
+    }
+  });
+});
+
+/**
+ * One thread, then 2 and 3 with every call split, each with its pool runs counted: made once for
+ * the blocks below, which ask for them with threadedBackends().
+ */
+let threaded: Promise<{ one: WasmBackend; many: WasmBackend[]; splits: (() => number)[] }> | null = null;
+const threadedBackends = () =>
+  (threaded ??= Promise.all([1, 2, 3].map((threads) => createWasmBackend(threads > 1 ? { threads, minThreadedWork: 1 } : { threads }))).then(([one, ...many]) => ({
+    one,
+    many,
+    splits: many.map(countSplits),
+  })));
+afterAll(async () => {
+  if (!threaded) return;
+  const { one, many } = await threaded;
+  [one, ...many].forEach((b) => b.dispose());
+});
+
+describe('wasm threads: batchNorm forward and eval split by channels give the bits of one thread', () => {
+  it('train and eval, with and without weight and bias, eps through the pool as two i32 halves', async () => {
+    const { one, many, splits } = await threadedBackends();
+    for (const [i, [n, c, hw]] of [
+      [32, 8, 28 * 28],
+      [3, 16, 49],
+      [6, 3, 1],
+      [4, 7, 13],
+      [2, 1, 9],
+    ].entries()) {
+      // An offset channel (values near 1000) and an eps that is not a float32 (1e-5, and 0.3,
+      // large enough to move rstd visibly): a wrong half of eps would change the bits.
+      const x = randomF32(n * c * hw, 130 + i).map((v, j) => (Math.floor(j / hw) % c === 0 ? 1000 + v : v));
+      const weight = randomF32(c, 140 + i);
+      const bias = randomF32(c, 150 + i);
+      const runningMean = randomF32(c, 160 + i);
+      const runningVar = randomF32(c, 170 + i).map((v) => Math.abs(v));
+      for (const eps of [1e-5, 0.3]) {
+        for (const affine of [true, false]) {
+          const train = (be: WasmBackend) => {
+            const up = (d: Float32Array) => be.upload(d, 'float32');
+            const [xs, w, b] = [up(x), affine ? up(weight) : null, affine ? up(bias) : null];
+            const [out, mean, variance, rstd] = [n * c * hw, 2 * c, c, c].map((len) => be.alloc(len, 'float32'));
+            be.batchNorm(xs, w, b, out, mean, variance, rstd, { n, c, hw, eps });
+            const r = [out, mean, variance, rstd].flatMap((s) => Array.from(be.readSync(s)));
+            [xs, w, b, out, mean, variance, rstd].forEach((s) => s && be.release(s));
+            return r;
+          };
+          const evaluate = (be: WasmBackend) => {
+            const up = (d: Float32Array) => be.upload(d, 'float32');
+            const [xs, rm, rv, w, b] = [up(x), up(runningMean), up(runningVar), affine ? up(weight) : null, affine ? up(bias) : null];
+            const out = be.alloc(n * c * hw, 'float32');
+            be.batchNormEval(xs, rm, rv, w, b, out, { n, c, hw, eps });
+            const r = Array.from(be.readSync(out));
+            [xs, rm, rv, w, b, out].forEach((s) => s && be.release(s));
+            return r;
+          };
+          const label = `n ${n} c ${c} hw ${hw} eps ${eps} affine ${affine}`;
+          const want = [train(one), evaluate(one)];
+          // rstd = 1 / sqrt(var + eps) from the float64 variance (stored rounded to float32): eps
+          // arrived whole (a lost high half would make it 0 or huge, far outside this bound).
+          const rstd = want[0].slice(n * c * hw + 3 * c);
+          const variance = want[0].slice(n * c * hw + 2 * c, n * c * hw + 3 * c);
+          rstd.forEach((r, ch) => expect(Math.abs(r * Math.sqrt(variance[ch] + eps) - 1), `${label} rstd ${ch}`).toBeLessThan(3e-7));
+          const evalRstd0 = Math.fround(1 / Math.sqrt(Math.fround(runningVar[0]) + eps));
+          const k0 = affine ? Math.fround(evalRstd0 * weight[0]) : evalRstd0;
+          const b0 = affine ? bias[0] : 0;
+          expect(want[1][0], `${label} eval`).toBe(Math.fround(Math.fround(Math.fround(x[0] - runningMean[0]) * k0) + b0));
+          for (const [j, be] of many.entries()) {
+            const before = splits[j]();
+            expect(train(be), `${label} train on ${j + 2} threads`).toEqual(want[0]);
+            expect(evaluate(be), `${label} eval on ${j + 2} threads`).toEqual(want[1]);
+            expect(splits[j]() - before, `${label}: both calls split`).toBe(c > 1 ? 2 : 0);
+          }
+        }
+      }
+    }
+  });
+});
+
+/**
+ * The splits of this stop: the weight gradient over (chunk of images, 8-channel tile) units, with
+ * more images than chunks, a batch that does not divide into them, and one 8-channel tile; the
+ * strided input gradient as one split of whole images, all its stride phases per image, with
+ * pixels no phase writes (cleared per image by the part's thread) and with groups.
+ */
+const SPLIT_CASES: (Case & { unsplit?: boolean })[] = [
+  { name: 'weight gradient, one tile, 19 images (8 chunks of 2-3)', n: 19, c: 8, h: 9, w: 9, o: 8, k: [3, 3], pad: [1, 1] },
+  { name: 'weight gradient, 1 -> 8 stem, 11 images', n: 11, c: 1, h: 12, w: 12, o: 8, k: [3, 3], pad: [1, 1] },
+  { name: 'weight gradient, groups 2 x 2 tiles, 9 images', n: 9, c: 4, h: 7, w: 7, o: 32, k: [3, 3], pad: [1, 1], groups: 2 },
+  { name: 'one image of one row block, one tile: nothing to split over', n: 1, c: 3, h: 10, w: 10, o: 8, k: [3, 3], pad: [1, 1], unsplit: true },
+  { name: 'stride 2, 8 -> 16, even size (every pixel covered)', n: 6, c: 8, h: 14, w: 14, o: 16, k: [3, 3], stride: [2, 2], pad: [1, 1] },
+  { name: '1x1 stride 2, 8 -> 16 (three of four pixels cleared)', n: 5, c: 8, h: 12, w: 12, o: 16, k: [1, 1], stride: [2, 2] },
+  { name: '3x3 stride 2 pad 0, odd size (last row and column uncovered)', n: 4, c: 5, h: 12, w: 11, o: 7, k: [3, 3], stride: [2, 2] },
+  { name: 'stride 2, groups 2, 2x2 kernel', n: 3, c: 6, h: 9, w: 8, o: 10, k: [2, 2], stride: [2, 2], pad: [1, 0], groups: 2 },
+];
+
+describe('wasm threads: weight gradient by image chunks and strided input gradient by images give the bits of one thread', () => {
+  SPLIT_CASES.forEach((t, i) =>
+    it(t.name, async () => {
+      const { one, many, splits } = await threadedBackends();
+      const l = layoutOf(t);
+      for (const kernel of KERNELS) {
+        const s = sizes(kernel, l);
+        const [a, b] = [randomF32(s.a, 600 + i), randomF32(s.b, 700 + i)];
+        const want = await run(one, kernel, l, a, b, s.out);
+        for (const [j, be] of many.entries()) {
+          const before = splits[j]();
+          expect(Array.from(await run(be, kernel, l, a, b, s.out)), `${kernel} on ${j + 2} threads`).toEqual(Array.from(want));
+          // Exactly one pool run per call: the strided input gradient's phases share one split.
+          expect(splits[j]() - before, `${kernel} on ${j + 2} threads: pool runs`).toBe(t.unsplit ? 0 : 1);
+        }
+      }
+      await checkParity(many[1], t, 1900 + i);
+      for (const be of many) expect(be.memory().liveBuffers).toBe(0);
+    }),
+  );
+});
+
+describe('wasm threads: the calibration cannot pick the wrong count from one noisy round', () => {
+  /** Rounds of [one-thread us, two-thread us]. */
+  const rounds = (pairs: [number, number][]) => pairs.map(([a, b]) => new Map([[1, a], [2, b]]));
+  const quiet: [number, number][] = [
+    [400, 215],
+    [405, 212],
+    [398, 220],
+    [402, 214],
+    [401, 218],
+    [399, 216],
+    [403, 213],
+  ];
+
+  it('two threads on a machine where they pay, one slow round among them or not', () => {
+    expect(chooseThreads(rounds(quiet), [2], 1.15, null).threads).toBe(2);
+    // One round where the worker was not scheduled (two threads slower than one): the best of the
+    // rounds ignores it, and the median round is still faster.
+    const oneSlow = quiet.map((r, i): [number, number] => (i === 3 ? [r[0], 900] : r));
+    const c = chooseThreads(rounds(oneSlow), [2], 1.15, null);
+    expect(c.threads).toBe(2);
+    expect(c.speedup(2)).toBeCloseTo(398 / 212, 5);
+    expect(c.reason).toMatch(/best of 7 interleaved rounds/);
+  });
+
+  it('one thread where two do not pay, even with one lucky round', () => {
+    const flat: [number, number][] = quiet.map(([a]) => [a, a * 1.02]);
+    expect(chooseThreads(rounds(flat), [2], 1.15, null).threads).toBe(1);
+    // One round where one thread was interrupted makes two look 2x faster in that round and in
+    // the best-of ratio (below the "impossible" bound): most rounds still say no.
+    const lucky = flat.map((r, i): [number, number] => (i === 2 ? [r[0], 250] : r));
+    const c = chooseThreads(rounds(lucky), [2], 1.15, null);
+    expect(c.speedup(2)).toBeGreaterThan(1.15);
+    expect(c.threads).toBe(1);
+    expect(c.reason).toMatch(/one thread$/);
+  });
+
+  it('a machine too busy to measure (more than 2x on two threads) gives one thread; an explicit count is kept', () => {
+    const disturbed: [number, number][] = quiet.map(([a, b], i) => (i === 0 ? [a, 150] : [a * 3, b]));
+    expect(chooseThreads(rounds(disturbed), [2], 1.15, null).reason).toMatch(/too busy to measure/);
+    expect(chooseThreads(rounds(disturbed), [2], 1.15, null).threads).toBe(1);
+    expect(chooseThreads(rounds(quiet.map(([a]) => [a, 2 * a])), [2], 1.15, 2)).toMatchObject({ threads: 2, reason: 'asked for 2 threads' });
+  });
+
+  it('the most threads that pay come first; two where all of them do not', () => {
+    const r = [0, 1, 2, 3, 4].map(() => new Map([[1, 400], [4, 390], [2, 215]]));
+    expect(chooseThreads(r, [4, 2], 1.15, null).threads).toBe(2);
+    const all = [0, 1, 2, 3, 4].map(() => new Map([[1, 400], [4, 120], [2, 215]]));
+    expect(chooseThreads(all, [4, 2], 1.15, null).threads).toBe(4);
+  });
+
+  it('a default backend reports how many rounds its choice rests on', async () => {
+    const auto = await createWasmBackend();
+    try {
+      const cal = auto.info().details?.threadCalibration as { rounds: number; threads: number } | undefined;
+      if (cal) {
+        expect(cal.rounds).toBeGreaterThanOrEqual(3);
+        expect(cal.rounds).toBeLessThanOrEqual(15);
+      } else expect(auto.activeThreads).toBe(1);
+    } finally {
+      auto.dispose();
     }
   });
 });

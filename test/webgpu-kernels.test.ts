@@ -172,8 +172,11 @@ describe.skipIf(!gpuOrNull)(`webgpu kernels (${gpuOrNull ? gpu.info().adapter : 
     });
 
     it('reports WGSL compile errors with the kernel name and the offending line', async () => {
-      const code = 'fn ok() -> f32 { return 1.0; }\nfn broken() -> f32 { return undefined_thing; }\n';
-      await expect(gpu.rt.checkShader('myKernel', code)).rejects.toThrow(/myKernel[\s\S]*line 2[\s\S]*return undefined_thing/);
+      const out = asGPU(gpu.alloc(4, 'float32'));
+      const wgsl = () => '@compute @workgroup_size(1) fn main() { dst[0] = broken(); }\nfn broken() -> f32 { return undefined_thing; }\n';
+      gpu.rt.dispatch({ name: 'myKernel', key: 'bad', binds: [{ name: 'dst', s: out, access: 'write' }], params: [], groups: 1, wgsl });
+      await expect(gpu.sync()).rejects.toThrow(/myKernel[\s\S]*line \d+[\s\S]*return undefined_thing/);
+      gpu.release(out);
     });
 
     it('a validation error surfaces at the next call and names the kernel that caused it', async () => {

@@ -46,10 +46,11 @@ export interface CompileOptions {
    */
   key?: () => unknown;
   /**
-   * Fuse elementwise chains into generated kernels and forward copies into their destinations
-   * (default true; false: the plan replays the recorded calls as they are, for comparison).
+   * Fuse elementwise chains into generated kernels, run matmuls with their elementwise consumer
+   * as one call, and forward copies into their destinations (default true; false: the plan
+   * replays the recorded calls as they are; 'elementwise': no matmul epilogues; both for comparison).
    */
-  fuse?: boolean;
+  fuse?: boolean | 'elementwise';
   /** Where the one-time fall-back message goes (default console.warn). */
   onMessage?: (message: string) => void;
 }

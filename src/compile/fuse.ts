@@ -11,18 +11,26 @@
  *   and variance updates of several layers), within the backend's limit on storages per kernel.
  * - State that a chain replaces (new = 0.9 old + 0.1 mean, the tensor then pointed at the new
  *   storage) is updated in place, so that the plan keeps it in one storage without a copy back.
+ * - A matmul whose result only one such chain (or one fusable call) reads runs with it as its
+ *   epilogue, in one call (src/compile/epilogue.ts), where the backend offers it.
  * - A contiguous copy of a temporary into its destination (a gradient into the optimizer's
  *   arena) is dropped and the temporary's producer writes into the destination itself.
+ * - Sums over rows (bias gradients, the loss) and residual adds fold into the row kernel whose
+ *   output they read (src/compile/fuse-reduce.ts), where the backend offers it.
  *
  * Anything else stays as it was. The fused call takes the place of the chain's last call, which
  * is only done where no other call between touches what the chain reads or writes. Lives are
  * recomputed afterwards (src/compile/trace.ts `relive`), so the plan's buffer sharing sees the
  * fused call's operands as used together.
  */
-import type { Backend, BroadcastLayout, StridedCopyLayout, WhereLayout } from '../kernels/backend.js';
+import type { Backend, BroadcastLayout, Storage, StridedCopyLayout, WhereLayout } from '../kernels/backend.js';
 import type { FusableCall, FusedAccess, FusedExpr, FusedMapKernels, FusedProgram } from '../kernels/fusedmap.js';
+import { BINARY_OPS, UNARY_OPS } from '../kernels/optable.js';
+import { intWgsl } from '../kernels/webgpu/fused-common.js';
 import type { DType } from '../tensor/dtype.js';
 import { contiguousStrides as contiguous, numel as numelOf } from '../tensor/shape.js';
+import { fuseEpilogues, type ChainProgram } from './epilogue.js';
+import { fuseReductions } from './fuse-reduce.js';
 import { relive, writesAllAt, type SlotRef, type StorageRecord, type Trace, type TraceEvent } from './trace.js';
 
 /** The fused kernels of a backend, or null: fusion is off there (copies are still forwarded). */
@@ -38,23 +46,52 @@ export function fusedMapKernels(b: Backend): FusedMapKernels | null {
 const WEBGPU_FUSED = { name: 'fused elementwise', load: () => import('../kernels/webgpu/fusedmap.js') };
 function webgpuFusedMap(b: Backend): FusedMapKernels {
   type Family = typeof WEBGPU_FUSED & { module?: typeof import('../kernels/webgpu/fusedmap.js') };
-  const rt = (b as unknown as { rt: { lazy(f: Family, work: (m: NonNullable<Family['module']>) => void): void } }).rt;
+  const rt = (b as unknown as { rt: { cpuEmulated: boolean; lazy(f: Family, work: (m: NonNullable<Family['module']>) => void): void } }).rt;
   const limits = (b as unknown as { device?: { limits?: { maxStorageBuffersPerShaderStage?: number } } }).device?.limits;
   return {
     maxStorages: limits?.maxStorageBuffersPerShaderStage ?? 8,
-    // f32 arithmetic, comparisons, where and copies: the kernels whose WGSL the op table gives in f32.
+    // f32 arithmetic, comparisons, where and copies: the kernels whose WGSL the op table gives in
+    // f32; and int32 operations with an int32 form there (webgpu/fused-common.ts): a BatchNorm's
+    // batch counter + 1, cross-entropy's label != ignoreIndex.
     supports(c) {
       const [a, x, y] = c.inDtypes;
+      const int = (def: { int?: boolean; wgsl: string } | undefined) => intWgsl(def) !== null;
       switch (c.kind) {
-        case 'unary': return a === 'float32' && (c.outDtype === 'float32' || c.outDtype === 'bool');
-        case 'binary': return a === 'float32' && x === 'float32' && (c.outDtype === 'float32' || c.outDtype === 'bool');
+        case 'unary': return (a === 'float32' && (c.outDtype === 'float32' || c.outDtype === 'bool')) || (a === 'int32' && c.outDtype === 'int32' && int(UNARY_OPS[c.op as keyof typeof UNARY_OPS]));
+        case 'binary': {
+          if (a === 'float32' && x === 'float32') return c.outDtype === 'float32' || c.outDtype === 'bool';
+          const def = BINARY_OPS[c.op as keyof typeof BINARY_OPS] as { int?: boolean; wgsl: string; compare?: boolean } | undefined;
+          return a === 'int32' && x === 'int32' && int(def) && c.outDtype === (def!.compare ? 'bool' : 'int32');
+        }
         case 'where': return a === 'bool' && x === 'float32' && y === 'float32' && c.outDtype === 'float32';
         case 'cast': return (a === 'bool' && c.outDtype === 'float32') || (a === 'float32' && c.outDtype === 'bool');
-        case 'copy': return a === c.outDtype && (a === 'float32' || a === 'bool');
+        case 'copy': return a === c.outDtype && (a === 'float32' || a === 'bool' || a === 'int32');
       }
     },
     build: (p) => (...storages) => rt.lazy(WEBGPU_FUSED as Family, (m) => m.runFusedMap(rt as never, p, storages as never)),
+    // The packed matmul of CPU-emulated adapters with the epilogue in its store; GPUs run the
+    // tiled and split-K forms of matmul.ts, which have no epilogue form yet: declined there.
+    matmulEpilogue: (l, p, acc) => (!rt.cpuEmulated ? null : (a, b, ...storages) => rt.lazy(WEBGPU_FUSED as Family, (m) => m.runMatmulEpilogue(rt as never, l, p, acc, a as never, b as never, storages as never))),
   };
+}
+
+/**
+ * WebGPU: the backend as fuse-reduce.ts sees it, with layerNormBackwardFused (the residual add
+ * and the bias gradients' block sums folded into layerNormBackward's two passes,
+ * src/kernels/webgpu/layernorm.ts), reached through the fused elementwise family (loaded through
+ * the runtime's queue), so that the backend itself, and what a program loads without compiling
+ * its steps, does not carry it.
+ */
+function webgpuReductions(b: Backend): Backend {
+  type Family = typeof WEBGPU_FUSED & { module?: typeof import('../kernels/webgpu/fusedmap.js') };
+  const rt = (b as unknown as { rt: { lazy(f: Family, work: (m: NonNullable<Family['module']>) => void): void } }).rt;
+  const fused: Backend['layerNormBackwardFused'] = (grad, x, mean, rstd, weight, add, dx, dweight, dbias, sums, l) => {
+    const g = (s: Storage | null) => s as never;
+    rt.lazy(WEBGPU_FUSED as Family, (m) => m.layerNormBackward(rt as never, g(grad), g(x), g(mean), g(rstd), g(weight), g(dx), g(dweight), g(dbias), l, {
+      res: g(add), resFirst: l.addFirst, sums: sums.map((s, k) => ({ s: g(s), b: l.sums[k] })),
+    }));
+  };
+  return Object.assign(Object.create(b) as Backend, { layerNormBackwardFused: fused });
 }
 
 export interface FuseStats {
@@ -63,10 +100,12 @@ export interface FuseStats {
   replacedCalls: number;
   /** Copies dropped because their source's producer writes into the destination. */
   forwardedCopies: number;
+  /** Matmuls that run with their consumer as one call (src/compile/epilogue.ts). */
+  epilogues: number;
 }
 
 /** An elementwise call: a map over `shape` from its inputs (read at offset + idx . strides) to `out`. */
-interface MapNode extends FusableCall {
+export interface MapNode extends FusableCall {
   index: number;
   shape: number[];
   inputs: { slot: number; strides: number[]; offset: number }[];
@@ -208,11 +247,14 @@ interface Group {
   members: MapNode[];
 }
 
-/** Rewrites the trace's events: fused chains and forwarded copies. Returns a new trace (records copied). */
-export function fuseTrace(trace: Trace, kernels: FusedMapKernels | null, outputs: ReadonlySet<number>): { trace: Trace; stats: FuseStats } {
+/**
+ * Rewrites the trace's events: fused chains, matmul epilogues (unless `epilogues` is false: the
+ * comparison without them) and forwarded copies. Returns a new trace (records copied).
+ */
+export function fuseTrace(trace: Trace, kernels: FusedMapKernels | null, outputs: ReadonlySet<number>, epilogues = true): { trace: Trace; stats: FuseStats } {
   const recs = trace.storages;
   const events = trace.events;
-  const stats: FuseStats = { fused: 0, replacedCalls: 0, forwardedCopies: 0 };
+  const stats: FuseStats = { fused: 0, replacedCalls: 0, forwardedCopies: 0, epilogues: 0 };
   const hasViews = new Set<number>();
   for (const r of recs) if (r.viewOf) hasViews.add(r.viewOf.base);
   const rebound = new Set<unknown>();
@@ -261,24 +303,93 @@ export function fuseTrace(trace: Trace, kernels: FusedMapKernels | null, outputs
     return r.origin === 'made' && r.released && !r.viewOf && !hasViews.has(s) && !rebound.has(r.storage) && !outputs.has(s);
   };
 
-  const separateBuffers = trace.backend.name === 'webgpu';
+  // Layout checks look at the storages' lengths: slots stand in with theirs (one object per slot,
+  // so that a storage passed twice is one).
+  const standIns = recs.map((r) => ({ numel: r.numel }));
+  const backendWritesAll = (method: string, args: unknown[]) => writesAllAt(method, args.map((a) => (isSlot(a) ? standIns[slotOf(a)] : a)));
+  // WebGPU binds storages as ranges of GPU buffers: a kernel may bind disjoint ranges of one buffer,
+  // all of them writable (the fused families bind such ranges read_write, fused-common.ts
+  // shareBuffers); a backend kernel binds its inputs read-only, which the runtime answers with a
+  // copy, so a copy is not forwarded into a backend kernel that reads the destination's buffer.
+  const webgpu = trace.backend.name === 'webgpu';
   const touches = events.map(touched);
   const touchers: number[][] = recs.map(() => []);
   touches.forEach((ss, i) => { for (const s of new Set(ss)) touchers[s].push(i); });
 
   let out = events.slice();
+  const chains = new WeakMap<object, ChainProgram>();
   if (kernels) out = fuseChains();
+  if (kernels && epilogues) {
+    const got = fuseEpilogues(out, {
+      recs, kernels, isTemp, overlap, touched, compose, chains, fullOutputs: fusedOutputs, backendWritesAll,
+      mapNode: (e, i) => mapNode(e, i, recs),
+    });
+    out = got.events;
+    stats.epilogues = got.fused;
+  }
   out = forwardCopies(out);
+  // Residual adds and bias-gradient sums folded into layerNormBackward (src/compile/fuse-reduce.ts).
+  const reduceTrace = kernels && webgpu ? { ...trace, backend: webgpuReductions(trace.backend) } : trace;
+  const reductions = fuseReductions(out, { trace: reduceTrace, recs, isTemp, overlap, touched, noteOutputs: (run, full) => fusedOutputs.set(run, full) });
+  out = reductions.events;
+  stats.fused += reductions.fused;
+  stats.replacedCalls += reductions.replaced;
   const next: Trace = { ...trace, events: out, storages: recs.map((r) => ({ ...r })) };
   relive(next, (e) => {
-    // Layout checks look at the storages' lengths: slots stand in with theirs.
-    if (e.target === 'backend') return writesAllAt(e.method, e.args.map((a) => (isSlot(a) ? { numel: recs[slotOf(a)].numel } : a)));
-    const full = e.method === 'fusedMap' ? fusedOutputs.get(e.fn as object) : undefined;
+    if (e.target === 'backend') return backendWritesAll(e.method, e.args);
+    const full = fusedOutputs.get(e.fn as object);
     if (!full) return [];
     const first = e.args.length - full.length;
     return full.map((f, k) => (f ? first + k : -1)).filter((k) => k >= 0);
   });
+  // A temporary that its first calls write in pieces (a concat: the class token and the patches
+  // of a ViT) which cover it before anything reads it needs no zero fill.
+  for (const r of next.storages) if (r.firstUse >= 0 && !r.firstUseWritesAll && isTemp(r.id) && coveredBeforeRead(out, r.id)) r.firstUseWritesAll = true;
   return { trace: next, stats };
+
+  /** Whether calls from the slot's first use on write every element of it (each a piece, reading none) before any other touches it. */
+  function coveredBeforeRead(evs: TraceEvent[], slot: number): boolean {
+    const seen = new Uint8Array(recs[slot].numel);
+    let left = seen.length;
+    for (let i = next.storages[slot].firstUse; i < evs.length && left > 0; i++) {
+      const e = evs[i];
+      const hits = touched(e).filter((s) => s === slot).length;
+      if (hits === 0) continue;
+      const piece = hits === 1 ? pieceWritten(e, slot) : null;
+      if (!piece) return false;
+      const { shape, offset, strides } = piece;
+      const idx = shape.map(() => 0);
+      for (let p = 0, at = offset, n = numelOf(shape); p < n; p++) {
+        if (at < 0 || at >= seen.length) return false;
+        if (!seen[at]) {
+          seen[at] = 1;
+          left--;
+        }
+        for (let ax = shape.length - 1; ax >= 0; ax--) {
+          idx[ax]++;
+          at += strides[ax];
+          if (idx[ax] < shape[ax]) break;
+          at -= strides[ax] * shape[ax];
+          idx[ax] = 0;
+        }
+      }
+    }
+    return left === 0;
+  }
+  /** The elements a call writes of `slot` without reading it: a strided copy into it, or a fused call's partial output. */
+  function pieceWritten(e: TraceEvent, slot: number): { shape: readonly number[]; offset: number; strides: readonly number[] } | null {
+    if (e.kind !== 'call') return null;
+    if (e.target === 'backend' && e.method === 'stridedCopy' && isSlot(e.args[1]) && slotOf(e.args[1]) === slot) {
+      const l = e.args[2] as StridedCopyLayout;
+      return { shape: l.shape, offset: l.dstOffset, strides: l.dstStrides };
+    }
+    const chain = e.target === 'extern' ? chains.get(e.fn as object) : undefined;
+    if (!chain) return null;
+    const k = chain.slots.indexOf(slot) - (chain.program.inputs.length - chain.program.outputs.length);
+    if (k < 0) return null;
+    const o = chain.program.outputs[k];
+    return { shape: chain.program.shape, offset: o.offset, strides: o.strides };
+  }
 
   function fuseChains(): TraceEvent[] {
     const nodes = new Map<number, MapNode>();
@@ -364,6 +475,7 @@ export function fuseTrace(trace: Trace, kernels: FusedMapKernels | null, outputs
       // A runner of its own per call: the output facts below are keyed by it.
       const run = (...a: unknown[]): void => kernel(...a);
       fusedOutputs.set(run, built.full);
+      chains.set(run, { program: built.program, slots: built.slots });
       replaced.set(last, {
         kind: 'call', target: 'extern', method: 'fusedMap',
         args: built.slots.map((s) => ({ $s: s }) satisfies SlotRef),
@@ -453,8 +565,8 @@ export function fuseTrace(trace: Trace, kernels: FusedMapKernels | null, outputs
       const leafAt = new Map<number, number>();
       let consts = 0;
       const outSlots = new Set(outs.map((m) => m.out));
-      // WebGPU binds whole buffers: an output may not share one with another operand.
-      if (separateBuffers) for (const m of outs) for (const x of g.members) for (const s of [x.out, ...x.inputs.map((i) => i.slot)]) if (s !== m.out && sameBuffer(s, m.out)) return null;
+      // Outputs of one kernel never overlap (on WebGPU that would also be aliasing writable bindings).
+      for (const m of outs) for (const o of outs) if (m !== o && overlap(m.out, o.out)) return null;
       const expr = (m: MapNode, acc: FusedAccess): FusedExpr | null => {
         const args: FusedExpr[] = [];
         for (const inp of m.inputs) {
@@ -544,13 +656,17 @@ export function fuseTrace(trace: Trace, kernels: FusedMapKernels | null, outputs
       // The producer writes all of src without reading it.
       let writes: boolean;
       if (pe.target === 'backend') {
-        const positions = writesAllAt(pe.method, pe.args.map((a) => (isSlot(a) ? { numel: recs[slotOf(a)].numel } : a)));
+        const positions = backendWritesAll(pe.method, pe.args);
         writes = pe.args.some((a, i) => isSlot(a) && slotOf(a) === src && positions.includes(i)) && pe.args.filter((a) => isSlot(a) && slotOf(a) === src).length === 1;
-      } else writes = pe.method === 'fusedMap' && outputArgs(pe).includes(src);
+      } else writes = outputArgs(pe).includes(src);
       if (!writes) continue;
       if (touch[p].some((s) => s !== src && overlap(s, dst))) continue;
-      // WebGPU binds whole buffers: a kernel may not write two views of one (dweight and dbias into the gradient arena).
-      if (separateBuffers && touch[p].some((s) => s !== src && sameBuffer(s, dst))) continue;
+      // WebGPU: a backend kernel may write two views of one buffer (dweight and dbias into the
+      // gradient arena) but reads its inputs read-only, so none of those may share dst's buffer.
+      if (webgpu && pe.target === 'backend') {
+        const written = backendWritesAll(pe.method, pe.args);
+        if (pe.args.some((a, i) => isSlot(a) && slotOf(a) !== src && !written.includes(i) && sameBuffer(slotOf(a), dst))) continue;
+      }
       let clear = true;
       for (let j = p + 1; j < c && clear; j++) if (touch[j].some((s) => overlap(s, dst))) clear = false;
       if (!clear) continue;

@@ -65,6 +65,8 @@ export interface PlanStats {
   fusedKernels: number;
   fusedCalls: number;
   forwardedCopies: number;
+  /** Matmuls run with their elementwise consumer as one call (src/compile/epilogue.ts). */
+  epilogues: number;
 }
 
 interface BoundStep {
@@ -91,6 +93,14 @@ interface Patch {
   from: { input: number } | { output: number } | KeyRef | HostRef;
 }
 
+/**
+ * Profiling (benches, tests): set while a plan is built, `around` is bound into each of its calls
+ * and runs it on every replay, named by kind: the backend method (`fill`, `write`, `matmul`...),
+ * `fused.` + a fused arena kernel, or the generated kernel's runner (`fusedMap`, `matmulEpilogue`,
+ * ...), which no backend wrapper sees, with the call's arguments. Null (the default) leaves the calls unwrapped.
+ */
+export const planProfile: { around: ((name: string, run: () => unknown, args: unknown[]) => unknown) | null } = { around: null };
+
 export class Plan {
   readonly backend: Backend;
   readonly calls: PlannedCall[];
@@ -107,14 +117,14 @@ export class Plan {
   /** What the fusion pass did (zeros with `fuse: false`). */
   readonly fusion: FuseStats;
 
-  constructor(traced: Trace, outputStorages: Storage[], opts: { fuse?: boolean } = {}) {
+  constructor(traced: Trace, outputStorages: Storage[], opts: { fuse?: boolean | 'elementwise' } = {}) {
     this.backend = traced.backend;
     const b = traced.backend;
     // The fusion pass (src/compile/fuse.ts) rewrites the calls before anything is bound.
     const outputSlots = new Set(traced.storages.filter((r) => outputStorages.includes(r.storage)).map((r) => r.id));
-    const pass = opts.fuse === false ? null : fuseTrace(traced, fusedMapKernels(b), outputSlots);
+    const pass = opts.fuse === false ? null : fuseTrace(traced, fusedMapKernels(b), outputSlots, opts.fuse !== 'elementwise');
     const trace = pass?.trace ?? traced;
-    this.fusion = pass?.stats ?? { fused: 0, replacedCalls: 0, forwardedCopies: 0 };
+    this.fusion = pass?.stats ?? { fused: 0, replacedCalls: 0, forwardedCopies: 0, epilogues: 0 };
     const records = trace.storages;
     const outputIndex = new Map<Storage, number>();
     outputStorages.forEach((s, i) => { if (!outputIndex.has(s)) outputIndex.set(s, i); });
@@ -250,6 +260,7 @@ export class Plan {
       fusedKernels: this.fusion.fused,
       fusedCalls: this.fusion.replacedCalls,
       forwardedCopies: this.fusion.forwardedCopies,
+      epilogues: this.fusion.epilogues,
     };
     if (why) return;
 
@@ -312,8 +323,13 @@ export class Plan {
     const fused = fusedKernelsFor(b) as unknown as Record<string, (...a: unknown[]) => unknown> | null;
     const be = b as unknown as Record<string, (...a: unknown[]) => unknown>;
     // A step is dynamic when binding its arguments added patches (filled anew on each replay).
-    const push = (step: BoundStep, patchesBefore: number): void => {
+    const around = planProfile.around;
+    const push = (step: BoundStep, patchesBefore: number, name: string): void => {
       step.dynamic = this.patches.length > patchesBefore;
+      if (around) {
+        const { fn, self } = step;
+        step.fn = (...a: unknown[]) => around(name, () => fn.apply(self, a), a);
+      }
       this.steps.push(step);
     };
     for (const c of this.calls) {
@@ -321,20 +337,20 @@ export class Plan {
         const before = this.patches.length;
         const args: unknown[] = [null, 0];
         args[0] = bind({ $s: z }, args as unknown as Record<number, unknown>, 0);
-        push({ fn: be.fill, self: b, args }, before);
+        push({ fn: be.fill, self: b, args }, before, 'fill');
       }
       const e = c.event;
       const before = this.patches.length;
       if (e.kind === 'write') {
         const args: unknown[] = [null, e.data];
         args[0] = bind({ $s: e.slot }, args as unknown as Record<number, unknown>, 0);
-        push({ fn: be.write, self: b, args }, before);
+        push({ fn: be.write, self: b, args }, before, 'write');
       } else {
         const self = e.target === 'backend' ? b : e.target === 'fused' ? fused! : null;
         const fn = e.fn ?? (self as Record<string, (...a: unknown[]) => unknown>)[e.method];
         const args: unknown[] = new Array(e.args.length);
         e.args.forEach((a, i) => { args[i] = bind(a, args as unknown as Record<number, unknown>, i); });
-        push({ fn, self, args }, before);
+        push({ fn, self, args }, before, e.target === 'fused' ? `fused.${e.method}` : e.method);
       }
     }
     for (const old of [...[...redirect.keys()].map((id) => records[id].storage), ...discarded]) {
@@ -345,8 +361,9 @@ export class Plan {
     // Swapped state the plan could not redirect: each replay starts by copying the current state
     // (`to`, where the host objects point, which other plans and eager steps update too) into the
     // storage that the recorded calls read.
+    const copy = around ? (...a: unknown[]) => around('stridedCopy', () => be.stridedCopy.apply(b, a), a) : be.stridedCopy;
     this.steps.unshift(...swaps.map(({ from, to }) => ({
-      fn: be.stridedCopy, self: b,
+      fn: copy, self: b,
       args: [to, from, { shape: [from.numel], srcStrides: [1], srcOffset: 0, dstStrides: [1], dstOffset: 0 }],
     })));
     // Each dynamic step alone; consecutive static ones together (one recording each run).

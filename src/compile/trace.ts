@@ -9,7 +9,7 @@
  * backend, and nothing left behind. Calls a kernel makes to its own backend while running (scratch
  * buffers, reference fallbacks) are not recorded: only the outermost call is part of the step.
  */
-import type { Backend, Storage, StridedCopyLayout } from '../kernels/backend.js';
+import type { AttentionLayout, Backend, Storage, StridedCopyLayout } from '../kernels/backend.js';
 import { fusedKernelsFor } from '../kernels/fused.js';
 import { generator } from '../tensor/random.js';
 import { captureHooks } from './hooks.js';
@@ -107,9 +107,28 @@ const WRITES_ALL: Record<string, number[]> = {
   maxPool2dBackward: [2], avgPool2d: [1], avgPool2dBackward: [1], gather: [2], scatterAdd: [2], cumsum: [1],
   argsort: [1], random: [0], conv2d: [2], conv2dBackwardInput: [2], conv2dBackwardWeight: [2],
   layerNorm: [3, 4, 5], layerNormBackward: [5, 6, 7], batchNorm: [3, 4, 5, 6], batchNormEval: [5], batchNormBackward: [5, 6, 7],
-  // out and probs in full; attentionBackward writes only the head slices of dq, dk and dv (views of one storage may share it).
+  // out and probs in full; attentionBackward: see attentionGradsWritten.
   attention: [3, 4],
 };
+
+/**
+ * attentionBackward writes the head slices of dq, dk and dv (args 5-7): all of a gradient whose
+ * rows are its heads side by side (a separate q, k or v), and all of a packed one (one storage
+ * three times, q, k and v its thirds). Anything else (a gradient that is a view into a wider
+ * storage) keeps the elements it does not write.
+ */
+function attentionGradsWritten(args: unknown[]): number[] {
+  const l = args[8] as AttentionLayout;
+  const e = l.heads * l.d;
+  const grads = args.slice(5, 8) as Storage[];
+  const ops = [l.q, l.k, l.v];
+  if (grads[0] === grads[1] && grads[1] === grads[2]) {
+    const packed = l.l === l.s && ops.every((o, i) => o.offset === i * e && o.row === 3 * e) && grads[0].numel === l.n * l.l * 3 * e;
+    return packed ? [5, 6, 7] : [];
+  }
+  const rows = [l.l, l.s, l.s];
+  return [5, 6, 7].filter((_, i) => grads[i] !== grads[(i + 1) % 3] && grads[i] !== grads[(i + 2) % 3] && ops[i].offset === 0 && ops[i].row === e && grads[i].numel === l.n * rows[i] * e);
+}
 
 /**
  * Whether a strided copy writes every element of its destination: a row-major walk of the whole
@@ -127,6 +146,7 @@ function copiesOverAll(l: StridedCopyLayout, numel: number): boolean {
 
 export function writesAllAt(method: string, args: unknown[]): readonly number[] {
   if (method === 'stridedCopy') return copiesOverAll(args[2] as StridedCopyLayout, (args[1] as Storage).numel) ? [1] : [];
+  if (method === 'attentionBackward') return attentionGradsWritten(args);
   return WRITES_ALL[method] ?? [];
 }
 

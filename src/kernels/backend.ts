@@ -206,6 +206,29 @@ export interface LayerNormLayout {
   eps: number;
 }
 
+/**
+ * A sum over blocks of a flat tensor: out[i] = sum over j < count of x[offset + j * period + i],
+ * i < width, j increasing, in float64 rounded once at the end. A reduce over the middle dim of
+ * [1, count, width] is { offset: 0, period: width }; a strided copy of a slice then reduced (a
+ * ViT's class-token gradient, token 0 of every image) has the slice's offset and row stride.
+ */
+export interface BlockSum {
+  offset: number;
+  period: number;
+  width: number;
+  count: number;
+}
+
+/**
+ * layerNormBackwardFused's layout: layerNorm's, plus the operand order of the residual add and
+ * the column sums (see Backend.layerNormBackwardFused).
+ */
+export interface LayerNormBackwardFusedLayout extends LayerNormLayout {
+  /** dx = add + dx (true) or dx + add (false): the operand order of the binary add it replaces. */
+  addFirst: boolean;
+  sums: readonly BlockSum[];
+}
+
 /** Where one of attention's operands lies: element offset of row 0's first element, and the row stride. */
 export interface AttentionOperand {
   offset: number;
@@ -352,6 +375,49 @@ export interface Backend {
     dweight: Storage | null,
     dbias: Storage | null,
     layout: LayerNormLayout,
+  ): void;
+  /**
+   * Optional (cpu, wasm): layerNormBackward with the calls after it that a captured step folds
+   * in (src/compile/fuse-reduce.ts), each giving the bits of the call it replaces. float32 only.
+   * - add (may be null): dx is written as the float32 sum of add and the gradient (binary add's
+   *   operands in the order layout.addFirst says); add is [rows, cols] and apart from the others.
+   * - sums[k], of layout.sums[k].width elements: block sums of dx as written (BlockSum), the
+   *   order of the reduce kernel's sum over a middle dim. offset, period and width are multiples
+   *   of cols (whole rows), width <= period, width > 1, and the blocks lie inside dx.
+   * dx is required (the sums read it); dweight and dbias may be null as in layerNormBackward.
+   */
+  /**
+   * Optional (cpu, wasm): crossEntropy, and in `total` (one element) the sum of its per-row
+   * losses as reduce sums them over one row ({ outer: 1, size: rows, inner: 1 }). float32 logits.
+   */
+  crossEntropyWithSum?(logits: Storage, labels: Storage, out: Storage, total: Storage, layout: CrossEntropyLayout): void;
+  /**
+   * Optional (cpu, wasm): crossEntropyBackward, and in `sums` (cols elements) the column sums of
+   * out as reduce sums them ({ outer: 1, size: rows, inner: cols }): the bias gradient of the
+   * linear layer that made the logits. float32 logits; cols > 1 (one column's sum takes the
+   * reduce kernel's other path).
+   */
+  crossEntropyBackwardWithSums?(logits: Storage, labels: Storage, gradRows: Storage, out: Storage, sums: Storage, layout: CrossEntropyLayout): void;
+  /**
+   * Optional (cpu, wasm): attentionBackward whose dq, dk and dv are one storage x (the gradient
+   * of a packed [n * l, width] projection: each operand's row stride is width and its offset +
+   * heads * d <= width; l = s), and in `sums` (width elements) the column sums of x after it, as
+   * reduce sums them ({ outer: 1, size: n * l, inner: width }, width > 1): the projection's bias
+   * gradient. float32.
+   */
+  attentionBackwardWithSums?(grad: Storage, q: Storage, k: Storage, v: Storage, probs: Storage, x: Storage, sums: Storage, layout: AttentionLayout): void;
+  layerNormBackwardFused?(
+    grad: Storage,
+    x: Storage,
+    mean: Storage,
+    rstd: Storage,
+    weight: Storage | null,
+    add: Storage | null,
+    dx: Storage,
+    dweight: Storage | null,
+    dbias: Storage | null,
+    sums: readonly Storage[],
+    layout: LayerNormBackwardFusedLayout,
   ): void;
   /**
    * Training-mode batch norm: per channel c of x [n, c, hw] its mean over the n * hw values (as

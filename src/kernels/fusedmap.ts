@@ -10,6 +10,7 @@
  * k is element offset + idx . strides of its input storage; outputs are stored the same way.
  */
 import type { DType } from '../tensor/dtype.js';
+import type { MatmulLayout } from './backend.js';
 import type { BinaryOp, UnaryOp } from './optable.js';
 
 export type FusedExpr =
@@ -53,4 +54,18 @@ export interface FusedMapKernels {
   maxStorages?: number;
   /** The runner of a program: storages are the program's inputs, then its outputs. */
   build(program: FusedProgram): (...storages: unknown[]) => void;
+  /**
+   * A matmul whose result only a fused program reads (its epilogue: bias, activation, residual,
+   * a gradient added in), as one call; absent or null where the backend does not fuse this one.
+   * What the pass (src/compile/epilogue.ts) guarantees:
+   * - `program.shape` is [batch * m, n] (rank 2, never collapsed; the matmul's output rows);
+   * - program input `acc` is the matmul's float32 result, read by exactly one load, at offset 0
+   *   with strides [n, 1] (element (r, j) of the iteration is element (r, j) of the result);
+   * - a and b are float32 and no output of the program overlaps them (other loads may).
+   * The runner takes a, b (as `matmul` does), then the program's storages (inputs, then outputs)
+   * with null at position `acc`: the result has no storage, the backend keeps it where it likes.
+   * Its results must be those of matmul(a, b) stored as the backend's matmul stores it, then the
+   * program (cpu and wasm: the same bits).
+   */
+  matmulEpilogue?(layout: MatmulLayout, program: FusedProgram, acc: number): ((a: unknown, b: unknown, ...storages: unknown[]) => void) | null;
 }

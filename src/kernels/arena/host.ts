@@ -17,6 +17,16 @@ import { combinePartials, partialOffsets, partialsOf, reductionValue } from './r
 import { arenaBackends, hyperOf, type Host } from './backends.js';
 import type { ArenaBuffers, GroupHyper, PerTensorBuffers, RunOptions } from './run.js';
 
+/**
+ * What a backend with worker threads offers the wasm passes (the wasm backend, index.ts): the
+ * threads to split a pass over `elements` elements of `vectors` vectors over (1: run it here),
+ * and the runner of such a split (part t's calls of the kernel on thread t).
+ */
+export interface ArenaSplitter {
+  arenaThreads(elements: number, vectors: number): number;
+  runArenaParts(parts: readonly { fn: (...args: number[]) => void; args: number[] }[][]): void;
+}
+
 interface Range {
   /** Storages of the kernel's vectors for this range, in declaration order. */
   vectors: readonly Storage[];
@@ -61,6 +71,10 @@ function runHost(kernel: ArenaKernel, backend: Backend, host: Host, dtype: 'floa
     // The wasm function's arguments, reused: vector pointers, start, end, partial pointers, write, ib, coefficients.
     const args: number[] = wasmOn ? new Array(nv + 4 + nparts + kernel.coefs.length).fill(0) : [];
     let lastVectors: readonly Storage[] | null = null;
+    // Over threads where the backend says so: the calls are collected, then cut into parts (runSplit).
+    const splitter = backend as Partial<ArenaSplitter>;
+    const threads = wasmOn && splitter.arenaThreads ? splitter.arenaThreads(ranges.reduce((n, r) => n + r.end - r.start, 0), nv) : 1;
+    const split: { fn: (...args: number[]) => void; args: number[] }[] | null = threads > 1 ? [] : null;
     /** Sets the wasm partials of blocks [from, to) to the identity (0): blocks no range runs over. */
     const zeroParts = (from: number, to: number) => {
       const P = host.typed(wasmParts!);
@@ -103,11 +117,13 @@ function runHost(kernel: ArenaKernel, backend: Backend, host: Host, dtype: 'floa
         args[nv + 2 + nparts] = m.ok ? 1 : 0;
         args[nv + 3 + nparts] = r.index;
         for (let j = 0; j < m.C.length; j++) args[nv + 4 + nparts + j] = m.C[j];
-        m.wfn.apply(null, args);
+        if (split) split.push({ fn: m.wfn, args: args.slice() });
+        else m.wfn.apply(null, args);
       } else {
         fn!(r.vectors.map((s) => host.typed(s)), r.start, r.end, m.C, hostParts.map((a) => a.subarray(r.pblk)), 0, m.ok, r.index);
       }
     }
+    if (split) runSplit(splitter as ArenaSplitter, split, threads, nv, nparts);
     if (nparts === 0) return runAfterHost(kernel, Sh);
     if (wasmParts && arenaBackends.wasmTree) {
       // The tree in wasm over the float32 partials where they lie: the same float32 operations as
@@ -139,6 +155,45 @@ function runHost(kernel: ArenaKernel, backend: Backend, host: Host, dtype: 'floa
   } finally {
     if (wasmParts) backend.release(wasmParts);
   }
+}
+
+/**
+ * Runs the wasm kernel's range calls over `threads` threads: cut into parts of near-equal element
+ * counts, a range cut only at a 64-element block boundary from its start (the next piece starts
+ * there with its partial pointers that many blocks on). Every block is then the same elements
+ * through the same code with its partials at the same place, and every element's write the same
+ * function of its inputs (its normal draws keyed by its index), so the result is the one-thread
+ * pass's bit for bit.
+ */
+function runSplit(splitter: ArenaSplitter, calls: { fn: (...args: number[]) => void; args: number[] }[], threads: number, nv: number, nparts: number): void {
+  const total = calls.reduce((n, c) => n + c.args[nv + 1] - c.args[nv], 0);
+  const parts: { fn: (...args: number[]) => void; args: number[] }[][] = [[]];
+  let done = 0;
+  for (const c of calls) {
+    let args = c.args;
+    for (;;) {
+      const bound = Math.round((parts.length * total) / threads);
+      const [start, end] = [args[nv], args[nv + 1]];
+      const cut = parts.length < threads ? start + Math.ceil((bound - done) / 64) * 64 : end;
+      if (cut >= end) {
+        parts[parts.length - 1].push({ fn: c.fn, args });
+        done += end - start;
+        if (done >= bound && parts.length < threads) parts.push([]);
+        break;
+      }
+      if (cut > start) {
+        const head = args.slice();
+        head[nv + 1] = cut;
+        parts[parts.length - 1].push({ fn: c.fn, args: head });
+        done += cut - start;
+        args = args.slice();
+        args[nv] = cut;
+        for (let p = 0; p < nparts; p++) args[nv + 2 + p] += (4 * (cut - start)) / 64;
+      }
+      parts.push([]);
+    }
+  }
+  splitter.runArenaParts(parts.filter((p) => p.length > 0));
 }
 
 const perParamMemo = new WeakMap<ArenaKernel, boolean>();

@@ -23,6 +23,7 @@
  */
 import { f32, f32x4, i32, i32x4, ModuleBuilder, select, v128, ValType, type Expr, type FuncBuilder, type Local, type Operand } from '../wasm/emit.js';
 import { demoteJoin, normalsV } from '../wasm/rngsimd.js';
+import { generatedModules } from '../wasm/threads.js';
 import { rngKeys, type ArenaKernel } from './define.js';
 import { neededNodes, type Node } from './expr.js';
 import { NORM_DIRECT, partialOffsets, reductionPasses } from './reduce.js';
@@ -414,9 +415,11 @@ export function wasmKernel(kernel: ArenaKernel, memoryObject: object, boolCoefs?
   if (!fn) {
     const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
     const bytes = renderWasm(kernel, shared, boolCoefs);
-    const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes as Uint8Array<ArrayBuffer>), { env: { memory } });
-    fn = instance.exports[WASM_EXPORT] as ArenaWasmFn;
+    const module = new WebAssembly.Module(bytes as Uint8Array<ArrayBuffer>);
+    fn = new WebAssembly.Instance(module, { env: { memory } }).exports[WASM_EXPORT] as ArenaWasmFn;
     variants.set(key, fn);
+    // Worker threads instantiate it too when the backend splits a pass (host.ts runSplit).
+    generatedModules.set(fn, { module, name: WASM_EXPORT });
   }
   return fn;
 }

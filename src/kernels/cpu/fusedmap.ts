@@ -6,6 +6,7 @@
  * it replaces, on the CPU backend's storages.
  */
 import type { DType, TypedArray } from '../../tensor/dtype.js';
+import type { MatmulLayout, Storage } from '../backend.js';
 import type { FusedExpr, FusedMapKernels, FusedProgram } from '../fusedmap.js';
 import { BINARY_OPS, UNARY_OPS, type BinaryOpDef, type UnaryOpDef } from '../optable.js';
 
@@ -89,8 +90,22 @@ export function runFusedMap(p: FusedProgram, data: TypedArray[]): void {
   }
 }
 
-/** The CPU backend's fused kernels: every elementwise call fuses (the kernels are these closures). */
-export const cpuFusedMap: FusedMapKernels = {
-  supports: () => true,
-  build: (p) => (...storages) => runFusedMap(p, storages.map((s) => (s as { data: TypedArray }).data)),
-};
+/**
+ * The CPU backend's fused kernels: every elementwise call fuses (the kernels are these closures).
+ * A matmul epilogue is the reference of its contract: the backend's own matmul into a float32
+ * array of the step (kept by the runner, so a replay allocates nothing), then the program over it.
+ */
+export function cpuFusedMap(matmul: (a: Storage, b: Storage, out: Storage, l: MatmulLayout) => void): FusedMapKernels {
+  return {
+    supports: () => true,
+    build: (p) => (...storages) => runFusedMap(p, storages.map((s) => (s as { data: TypedArray }).data)),
+    matmulEpilogue(l, p, acc) {
+      const result = new Float32Array(l.batch * l.m * l.n);
+      const resultStorage = { data: result, dtype: 'float32', numel: result.length, isView: false } as Storage;
+      return (a, b, ...storages) => {
+        matmul(a as Storage, b as Storage, resultStorage, l);
+        runFusedMap(p, storages.map((s, k) => (k === acc ? result : (s as { data: TypedArray }).data)));
+      };
+    },
+  };
+}

@@ -15,6 +15,7 @@ import type {
   CrossEntropyLayout,
   GatherLayout,
   LayerNormLayout,
+  LayerNormBackwardFusedLayout,
   BatchNormLayout,
   MatmulLayout,
   MemoryInfo,
@@ -34,6 +35,7 @@ import { normalAt } from '../normal.js';
 import { conv2dBackwardInputReference, conv2dBackwardWeightReference, conv2dReference } from './conv.js';
 import { attentionBackwardReference, attentionReference } from './attention.js';
 import { cpuFusedMap } from './fusedmap.js';
+import { attentionBackwardWithSumsReference, crossEntropyBackwardWithSumsReference, crossEntropyWithSumReference, layerNormBackwardFusedReference } from './rowfused.js';
 import type { FusedMapKernels } from '../fusedmap.js';
 import { arenaBackends } from '../arena/backends.js';
 import { arenaHost } from '../arena/host.js';
@@ -350,8 +352,9 @@ export class CpuBackend implements Backend {
     }
   }
   fusedMap(): FusedMapKernels {
-    return cpuFusedMap;
+    return (this.fusedMapKernels ??= cpuFusedMap((a, b, out, l) => this.matmul(a, b, out, l)));
   }
+  private fusedMapKernels: FusedMapKernels | undefined;
   attention(q: Storage, k: Storage, v: Storage, out: Storage, probs: Storage, layout: AttentionLayout): void {
     attentionReference(d(q), d(k), d(v), d(out), d(probs), layout);
   }
@@ -421,6 +424,22 @@ export class CpuBackend implements Backend {
     }
     if (dweight) d(dweight).set(dw);
     if (dbias) d(dbias).set(db);
+  }
+  crossEntropyWithSum(logits: Storage, labels: Storage, out: Storage, total: Storage, l: CrossEntropyLayout): void {
+    crossEntropyWithSumReference((...a) => this.crossEntropy(...a), d, logits, labels, out, total, l);
+  }
+  crossEntropyBackwardWithSums(logits: Storage, labels: Storage, gradRows: Storage, out: Storage, sums: Storage, l: CrossEntropyLayout): void {
+    crossEntropyBackwardWithSumsReference((...a) => this.crossEntropyBackward(...a), d, logits, labels, gradRows, out, sums, l);
+  }
+  attentionBackwardWithSums(grad: Storage, q: Storage, k: Storage, v: Storage, probs: Storage, x: Storage, sums: Storage, l: AttentionLayout): void {
+    attentionBackwardWithSumsReference((...a) => this.attentionBackward(...a), d, grad, q, k, v, probs, x, sums, l);
+  }
+  layerNormBackwardFused(
+    grad: Storage, x: Storage, mean: Storage, rstd: Storage, weight: Storage | null,
+    add: Storage | null, dx: Storage, dweight: Storage | null, dbias: Storage | null,
+    sums: readonly Storage[], l: LayerNormBackwardFusedLayout,
+  ): void {
+    layerNormBackwardFusedReference((...a) => this.layerNormBackward(...a), d, grad, x, mean, rstd, weight, add, dx, dweight, dbias, sums, l);
   }
   batchNorm(x: Storage, weight: Storage | null, bias: Storage | null, out: Storage, mean: Storage, variance: Storage, rstd: Storage, l: BatchNormLayout): void {
     const { n, c, hw, eps } = l;

@@ -11,7 +11,8 @@
  * features one at a time). Pointers are bytes; q, k and v point at row 0 of their first head
  * (the layout's offsets already added) and step by their row strides (bytes).
  */
-import { f32, f32x4, i32, i32x4, memory, select, v128, ValType, type FuncBuilder, type Local, type ModuleBuilder, type Operand } from './emit.js';
+import { f32, f32x4, f64, i32, i32x4, memory, select, v128, ValType, type FuncBuilder, type Local, type ModuleBuilder, type Operand } from './emit.js';
+import { columnSums } from './layernorm.js';
 import { elementwise, expV, lanes4 } from './module.js';
 import type { AttentionLayout } from '../backend.js';
 
@@ -81,9 +82,10 @@ function packTransposed(f: FuncBuilder, dst: Local, base: Operand, b: Local, s: 
 
 /**
  * row[j] = sum_c x[c] * t[c, j] for the s4 columns of t [d, s4], four columns at a time:
- * x's features splatted, no horizontal sums.
+ * x's features splatted, no horizontal sums. With `scale` (a splat), each sum is multiplied by it
+ * on its way to the store: the same float32 product as a pass over the stored row, without one.
  */
-function rowTimesTransposed(f: FuncBuilder, row: Local, x: Local, t: Local, d: Local, s4: Local): void {
+function rowTimesTransposed(f: FuncBuilder, row: Local, x: Local, t: Local, d: Local, s4: Local, scale?: Local): void {
   const [j, c, tc, xc, step, d4] = f.localsOf(I32, 6);
   const acc = f.local(V128);
   f.set(step, i32.shl(s4, 2));
@@ -105,7 +107,7 @@ function rowTimesTransposed(f: FuncBuilder, row: Local, x: Local, t: Local, d: L
       term(0);
       f.inc(xc, 4);
     });
-    f.exec(v128.store(i32.add(row, i32.shl(j, 2)), acc));
+    f.exec(v128.store(i32.add(row, i32.shl(j, 2)), scale ? f32x4.mul(acc, scale) : acc));
   });
 }
 
@@ -137,9 +139,8 @@ function emitScores(mb: ModuleBuilder): void {
         packTransposed(f, kt, k, b, s, s4, kRow, h, d);
         f.for(i, 0, l, 1, () => {
           f.set(qi, rowAt(q, b, l, i, qRow, h, d));
-          rowTimesTransposed(f, row, qi, kt, d, s4);
           // Scaled after the sum, as the composition's mul after its matmul.
-          f.for(j, 0, s4, 4, () => f.exec(v128.store(i32.add(row, i32.shl(j, 2)), f32x4.mul(v128.load(i32.add(row, i32.shl(j, 2))), sv))));
+          rowTimesTransposed(f, row, qi, kt, d, s4, sv);
           f.if(
             softmax,
             () => {
@@ -240,10 +241,19 @@ function transposedProduct(f: FuncBuilder, dstBase: Operand, dstStride: Local, a
  * [n, l, heads * d]. Scratch: vt (d * s4 floats), then pm and dsm ([l, s4] each: P and dS, zero
  * past s).
  */
-function emitBackward(mb: ModuleBuilder): void {
-  const params = [I32, I32, I32, I32, I32, I32, I32, I32, ...SHAPE, I32, I32, I32, F32, I32];
-  mb.func('attn_backward', params, [], (f, g, q, k, v, p, dq, dk, dv, n, heads, l, s, d, qRow, kRow, vRow, scale, vt) => {
+function emitBackward(mb: ModuleBuilder, withSums = false): void {
+  // attn_backward_sums(..., x, width, sums, acc): dq, dk and dv are rows of x ([n * l, width],
+  // l = s); once a batch's heads are done its l rows of x are final and are added into the
+  // float64 row acc (as reduce_cols_sum adds rows), and sums = acc at the end: the bias gradient
+  // of the packed projection (a captured step's, src/compile/fuse-reduce.ts).
+  const params = [I32, I32, I32, I32, I32, I32, I32, I32, ...SHAPE, I32, I32, I32, F32, I32, ...(withSums ? [I32, I32, I32, I32] : [])];
+  mb.func(withSums ? 'attn_backward_sums' : 'attn_backward', params, [], (f, g, q, k, v, p, dq, dk, dv, n, heads, l, s, d, qRow, kRow, vRow, scale, vt, x, width, sums, sumAcc) => {
     const [b, h, i, j, s4, pm, dsm, prow, ds, gi, qi, at, eRow, x4] = f.localsOf(I32, 14);
+    const xRow = withSums ? f.local(I32) : null;
+    if (withSums) {
+      f.exec(memory.fill(sumAcc, 0, i32.shl(width, 3)));
+      f.set(xRow!, x);
+    }
     const t = f.local(F32);
     const [acc, sv, tv] = f.localsOf(V128, 3);
     f.set(s4, i32.and(i32.add(s, 3), -4));
@@ -254,7 +264,7 @@ function emitBackward(mb: ModuleBuilder): void {
     // Zero padding columns (values and probabilities) keep the padded keys out of every sum;
     // only columns below s are written after this.
     f.exec(memory.fill(vt, 0, i32.shl(i32.mul(i32.add(d, l), s4), 2)));
-    f.for(b, 0, n, 1, () =>
+    f.for(b, 0, n, 1, () => {
       f.for(h, 0, heads, 1, () => {
         packTransposed(f, vt, v, b, s, s4, vRow, h, d);
         f.for(i, 0, l, 1, () => {
@@ -276,8 +286,15 @@ function emitBackward(mb: ModuleBuilder): void {
         });
         transposedProduct(f, dk, kRow, q, qRow, dsm, b, l, s, s4, h, d);
         transposedProduct(f, dv, vRow, g, eRow, pm, b, l, s, s4, h, d);
-      }),
-    );
+      });
+      if (withSums) {
+        f.for(i, 0, l, 1, () => {
+          columnSums(f, xRow!, sumAcc, width);
+          f.inc(xRow!, i32.shl(width, 2));
+        });
+      }
+    });
+    if (withSums) f.for(i, 0, width, 1, () => f.exec(f32.store(i32.add(sums, i32.shl(i, 2)), f32.demoteF64(f64.load(i32.add(sumAcc, i32.shl(i, 3)))))));
   });
 }
 
@@ -285,6 +302,7 @@ export function emitAttentionKernels(mb: ModuleBuilder): void {
   emitScores(mb);
   emitPv(mb);
   emitBackward(mb);
+  emitBackward(mb, true);
 }
 
 /** What the wasm backend lends the attention kernels: its exports and memory helpers. */
@@ -312,7 +330,8 @@ export function attentionWasm(host: AttentionHost, q: number, k: number, v: numb
   x.attn_pv(probs, vp, out, n, heads, l, s, d, vRow);
 }
 
-export function attentionBackwardWasm(host: AttentionHost, grad: number, q: number, k: number, v: number, probs: number, dq: number, dk: number, dv: number, g: AttentionLayout): void {
+/** attn_backward's arguments before its scratch, and the scratch's bytes. */
+function backwardArgs(grad: number, q: number, k: number, v: number, probs: number, dq: number, dk: number, dv: number, g: AttentionLayout): [number[], number] {
   const { n, heads, l, s, d, scale } = g;
   const [qp, qRow] = operand(q, g.q);
   const [kp, kRow] = operand(k, g.k);
@@ -320,5 +339,22 @@ export function attentionBackwardWasm(host: AttentionHost, grad: number, q: numb
   // The gradients have their inputs' layouts.
   const [dqp, dkp, dvp] = [operand(dq, g.q)[0], operand(dk, g.k)[0], operand(dv, g.v)[0]];
   const s4 = (s + 3) & ~3;
-  host.exports.attn_backward(grad, qp, kp, vp, probs, dqp, dkp, dvp, n, heads, l, s, d, qRow, kRow, vRow, scale, host.scratch(4 * (d + 2 * l) * s4));
+  return [[grad, qp, kp, vp, probs, dqp, dkp, dvp, n, heads, l, s, d, qRow, kRow, vRow, scale], 4 * (d + 2 * l) * s4];
+}
+
+export function attentionBackwardWasm(host: AttentionHost, grad: number, q: number, k: number, v: number, probs: number, dq: number, dk: number, dv: number, g: AttentionLayout): void {
+  const [args, work] = backwardArgs(grad, q, k, v, probs, dq, dk, dv, g);
+  host.exports.attn_backward(...args, host.scratch(work));
+}
+
+/**
+ * attentionBackward into one packed storage x (Backend.attentionBackwardWithSums) and the column
+ * sums of x (`width` floats at `sums`); the caller has checked the layout.
+ */
+export function attentionBackwardWithSumsWasm(host: AttentionHost, grad: number, q: number, k: number, v: number, probs: number, x: number, sums: number, width: number, g: AttentionLayout): void {
+  const [args, bytes] = backwardArgs(grad, q, k, v, probs, x, x, x, g);
+  // The kernel's scratch, then the sums' float64 row (16-byte aligned).
+  const work = Math.ceil(bytes / 16) * 16;
+  const scratch = host.scratch(work + 8 * width);
+  host.exports.attn_backward_sums(...args, scratch, x, width, sums, scratch + work);
 }

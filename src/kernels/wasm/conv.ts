@@ -25,11 +25,12 @@
  * is a handful of taps, the forward falls back to conv_gemm (4 channels x 8 positions, B through
  * the offset table).
  *
- * Threads: the forward and the input gradient split their (group, image, block of output rows)
- * units into a queue of parts for the backend's threads, each part with its own padded buffer
- * (PARTS_PER_THREAD); the weight gradient splits its output channels (8-channel tiles, of all
- * groups), so each thread owns a disjoint part of dW and sums it over the same images in the
- * same order. Either way every output element is computed by the same
+ * Threads: the forward and the stride-1 input gradient split their (group, image, block of
+ * output rows) units into a queue of parts for the backend's threads, each part with its own
+ * padded buffer (PARTS_PER_THREAD); a strided input gradient splits (group, image) units, each
+ * running all stride phases of its image; the weight gradient splits (chunk of images, 8-channel
+ * tile) units, each chunk summed into its own accumulator and the chunks added in order
+ * (WGRAD_CHUNKS, fixed by the shape). Either way every output element is computed by the same
  * micro-kernel over the same operands in the same order as on one thread: the result does not
  * depend on the thread count. A part is a list of export calls (Calls) that the backend's pool
  * runs on a worker (threads.ts). The dilated and strided input gradient (conv_uncols) stays on
@@ -239,20 +240,32 @@ function emitGemm(mb: ModuleBuilder): void {
 }
 
 /**
- * conv_fwd(panel, depth, oTiles, b, offs, rows, cols, bRowBytes, c, ldcBytes, cRowBytes, channels):
+ * conv_fwd(panel, depth, oTiles, b, offs, rows, cols, bRowBytes, c, ldcBytes, cRowBytes, channels)
+ * and conv_fwd_strided(..., channels, cColBytes) (conv_fwd's cColBytes is 4):
  * C[o, y, x] = sum_p A(o, p) B[p, y, x] for o < channels (at most 8*oTiles), y < rows, x < cols,
  * with A packed by conv_pack_grad (panel q holds depth steps of 8 rows: the weights of 8 output
  * channels) and B read in place: B[p, y, x] at b + offs[p] + y*bRowBytes + 4x (a tap of the
  * padded input, as conv_gemm reads it; a row's last tile reads up to 3 columns past `cols`, and
- * writes none). C[o, y, x] is at c + o*ldcBytes + y*cRowBytes + 4x, so C may be the output
- * itself, rows of the padded-width grid landing on the output's rows without their extra
- * columns. The tile is 4 columns by 8 channels: the weights come as two aligned vectors per step,
- * the four inputs as broadcasts (no unaligned vector load of the shifted input rows), and the
- * 4 x 8 result is transposed into C's rows on the way out (a partial tile a lane at a time).
+ * writes none). C[o, y, x] is at c + o*ldcBytes + y*cRowBytes + x*cColBytes, so C may be the
+ * output itself, rows of the padded-width grid landing on the output's rows without their extra
+ * columns, or every sw-th pixel of them (a stride phase of an input gradient, cColBytes = 4*sw:
+ * placed as it is stored, without a pass of its own). The tile is 4 columns by 8 channels: the
+ * weights come as two aligned vectors per step, the four inputs as broadcasts (no unaligned
+ * vector load of the shifted input rows), and the 4 x 8 result is transposed into C's rows on
+ * the way out (a partial or strided tile a lane at a time).
  */
-function emitForwardGemm(mb: ModuleBuilder): void {
-  mb.func('conv_fwd', Array<ValType>(12).fill(I32), [], (f, panel, depth, oTiles, b, offs, rows, cols, bRow, c, ldc, cRow, channels) => {
+function emitForwardGemm(mb: ModuleBuilder, strided: boolean): void {
+  // conv_fwd (cColBytes 4, not passed) and conv_fwd_strided: two functions, so that the strided
+  // stores' branches and locals stay out of the forward's and dense input gradient's kernel.
+  const params = Array<ValType>(strided ? 13 : 12).fill(I32);
+  mb.func(strided ? 'conv_fwd_strided' : 'conv_fwd', params, [], (f, panel, depth, oTiles, b, offs, rows, cols, bRow, c, ldc, cRow, channels, colBytes) => {
     const [ot, y, x, pa, end, o, q, row, ch, rem, at] = f.localsOf(I32, 11);
+    const [dense, pairs, lanePtr] = strided ? f.localsOf(I32, 3) : [];
+    if (strided) {
+      f.set(dense, i32.eq(colBytes, 4));
+      // Every second pixel (a stride-2 phase): whole tiles as four lane stores at constant offsets.
+      f.set(pairs, i32.eq(colBytes, 8));
+    }
     const sums = Array.from({ length: 4 }, () => f.localsOf(V128, 2));
     const bv = f.localsOf(V128, 2);
     const a = f.local(V128);
@@ -284,17 +297,33 @@ function emitForwardGemm(mb: ModuleBuilder): void {
           // four columns of one channel.
           f.set(ch, i32.shl(ot, 3));
           f.set(rem, i32.sub(cols, x));
-          f.set(row, i32.add(c, i32.add(i32.mul(ch, ldc), i32.add(i32.mul(y, cRow), i32.shl(x, 2)))));
+          f.set(row, i32.add(c, i32.add(i32.mul(ch, ldc), i32.add(i32.mul(y, cRow), strided ? i32.mul(x, colBytes) : i32.shl(x, 2)))));
           for (let v = 0; v < 2; v++) {
             const block = sums.map((r) => r[v]);
             transpose4(f, block, tmp);
             for (const vec of block) {
               f.if(i32.ltS(ch, channels), () =>
                 f.if(
-                  i32.geS(rem, 4),
+                  strided ? i32.and(dense, i32.geS(rem, 4)) : i32.geS(rem, 4),
                   () => f.exec(v128.store(row, vec)),
                   () => {
-                    for (let lane = 0; lane < 3; lane++) f.if(i32.gtS(rem, lane), () => f.exec(f32.store(row, f32x4.extractLane(vec, lane), 4 * lane)));
+                    if (!strided) {
+                      for (let lane = 0; lane < 3; lane++) f.if(i32.gtS(rem, lane), () => f.exec(f32.store(row, f32x4.extractLane(vec, lane), 4 * lane)));
+                      return;
+                    }
+                    f.if(
+                      i32.and(pairs, i32.geS(rem, 4)),
+                      () => {
+                        for (let lane = 0; lane < 4; lane++) f.exec(v128.store32Lane(row, vec, lane, 8 * lane));
+                      },
+                      () => {
+                        f.set(lanePtr, row);
+                        for (let lane = 0; lane < 4; lane++) {
+                          f.if(i32.gtS(rem, lane), () => f.exec(f32.store(lanePtr, f32x4.extractLane(vec, lane))));
+                          if (lane < 3) f.inc(lanePtr, colBytes);
+                        }
+                      },
+                    );
                   },
                 ),
               );
@@ -499,20 +528,51 @@ function emitCopyRows(mb: ModuleBuilder): void {
   });
 }
 
+/**
+ * conv_wgrad_out(acc, chunks, chunkBytes, ldAccBytes, taps, channels, out): the weight gradient
+ * of one group from its per-chunk accumulators: out[o*taps + t] = sum over c < chunks, in order,
+ * of acc[c*chunkBytes/4 + t*ldAcc + o] (dW^T as conv_wgrad leaves it, transposed on the way out),
+ * four channels at a time.
+ */
+function emitWeightOut(mb: ModuleBuilder): void {
+  mb.func('conv_wgrad_out', Array<ValType>(7).fill(I32), [], (f, acc, chunks, chunkBytes, ldAcc, taps, channels, out) => {
+    const [t, o, c, from, to] = f.localsOf(I32, 5);
+    const v = f.local(V128);
+    f.for(t, 0, taps, 1, () =>
+      f.for(o, 0, channels, 4, () => {
+        f.set(from, i32.add(acc, i32.add(i32.mul(t, ldAcc), i32.shl(o, 2))));
+        f.set(v, v128.load(from));
+        f.for(c, 1, chunks, 1, () => {
+          f.inc(from, chunkBytes);
+          f.set(v, f32x4.add(v, v128.load(from)));
+        });
+        f.set(to, i32.add(out, i32.shl(i32.add(i32.mul(o, taps), t), 2)));
+        // Channels past the group's last are padding of the accumulator's 8-channel tiles.
+        for (let lane = 0; lane < 4; lane++) {
+          f.if(i32.ltS(i32.add(o, lane), channels), () => f.exec(f32.store(to, f32x4.extractLane(v, lane))));
+          f.inc(to, i32.shl(taps, 2));
+        }
+      }),
+    );
+  });
+}
+
 /** Adds the convolution kernels to the backend's module (called by buildKernelModule). */
 export function emitConvKernels(mb: ModuleBuilder): void {
   emitCopyRows(mb);
   emitUncols(mb);
   emitGemm(mb);
-  emitForwardGemm(mb);
+  emitForwardGemm(mb, false);
   emitWeightGemm(mb);
   emitPackGrad(mb);
+  emitForwardGemm(mb, true);
+  emitWeightOut(mb);
 }
 
 // ---- the host side: blocking, padding and packing, per image and group ----
 
 /** The exports a thread's share of a convolution calls. */
-export type ConvExport = 'conv_fwd' | 'conv_gemm' | 'conv_wgrad' | 'conv_pack_grad' | 'conv_copy_rows';
+export type ConvExport = 'conv_fwd' | 'conv_fwd_strided' | 'conv_gemm' | 'conv_wgrad' | 'conv_pack_grad' | 'conv_copy_rows' | 'zero_bytes';
 
 /** One recorded call of a thread's share. */
 export interface ConvCall {
@@ -553,12 +613,15 @@ class Calls {
 
 const roundUp = (v: number, m: number) => Math.ceil(v / m) * m;
 
-/**
- * Parts per thread of a split forward or input gradient. The weight gradient splits into one part
- * per thread: each of its parts copies every image into its padded buffer, which finer parts
- * would repeat.
- */
+/** Parts per thread of a split convolution (a queue: see directForward). */
 const PARTS_PER_THREAD = 4;
+
+/**
+ * Chunks of images whose weight gradients are summed apart and then added (backwardWeight): the
+ * units its threads share, so enough for 8 threads, and few enough that adding the chunks costs
+ * next to nothing (chunks x taps x channels floats).
+ */
+const WGRAD_CHUNKS = 8;
 
 /** Output columns per block of the padded-width grid (whole output rows, at least this many). */
 const DIRECT_COLUMNS = 256;
@@ -617,33 +680,40 @@ interface DirectConv {
   dw: number;
   ph: number;
   pw: number;
+  /**
+   * The padding of the buffer: ph, pw, or wider (bph >= ph, bpw >= pw; stride 1 only): the
+   * stride phases of an input gradient, whose paddings differ, then share one buffer, filled
+   * once per image. The taps read it shifted by (bph - ph, bpw - pw).
+   */
+  bph: number;
+  bpw: number;
 }
 
 /** The phase planes' geometry, each tap's byte offset into them, and the output blocking. */
 function directGeometry(d: DirectConv) {
-  const hp = d.H + 2 * d.ph;
-  const wp = d.W + 2 * d.pw;
-  const OH = Math.floor((hp - (d.kh - 1) * d.dh - 1) / d.sh) + 1;
-  const OW = Math.floor((wp - (d.kw - 1) * d.dw - 1) / d.sw) + 1;
-  const hq = Math.ceil(hp / d.sh);
-  const wq = Math.ceil(wp / d.sw);
-  const K = d.cin * d.kh * d.kw;
+  const { cin, kh, kw, sh, sw, dh, dw, bph, bpw } = d;
+  const [rowShift, colShift] = [bph - d.ph, bpw - d.pw];
+  if ((rowShift || colShift) && (sh > 1 || sw > 1 || rowShift < 0 || colShift < 0)) throw new Error('conv: a wider buffer padding needs stride 1 and bph >= ph, bpw >= pw');
+  const OH = Math.floor((d.H + 2 * d.ph - (kh - 1) * dh - 1) / sh) + 1;
+  const OW = Math.floor((d.W + 2 * d.pw - (kw - 1) * dw - 1) / sw) + 1;
+  const hq = Math.ceil((d.H + 2 * bph) / sh);
+  const wq = Math.ceil((d.W + 2 * bpw) / sw);
+  const K = cin * kh * kw;
   const offsets = new Int32Array(K);
   const phases = new Set<number>();
-  for (let ci = 0; ci < d.cin; ci++)
-    for (let ki = 0; ki < d.kh; ki++)
-      for (let kj = 0; kj < d.kw; kj++) {
-        const phase = ((ki * d.dh) % d.sh) * d.sw + ((kj * d.dw) % d.sw);
-        phases.add(phase);
-        const row = Math.floor((ki * d.dh) / d.sh);
-        const col = Math.floor((kj * d.dw) / d.sw);
-        offsets[(ci * d.kh + ki) * d.kw + kj] = (((phase * d.cin + ci) * hq + row) * wq + col) * 4;
-      }
+  for (let ki = 0; ki < kh; ki++)
+    for (let kj = 0; kj < kw; kj++) {
+      const phase = ((ki * dh) % sh) * sw + ((kj * dw) % sw);
+      phases.add(phase);
+      const row = Math.floor((ki * dh) / sh) + rowShift;
+      const col = Math.floor((kj * dw) / sw) + colShift;
+      for (let ci = 0; ci < cin; ci++) offsets[(ci * kh + ki) * kw + kj] = (((phase * cin + ci) * hq + row) * wq + col) * 4;
+    }
   const rowsPerBlock = Math.max(1, Math.ceil(DIRECT_COLUMNS / wq));
   const nbPad = roundUp(rowsPerBlock * wq, NR);
   // Reads run past the last grid row by a row, a tile and the widest tap: zeros there.
-  const paddedFloats = d.sh * d.sw * d.cin * hq * wq + wq + (d.kw - 1) * d.dw + 2 * NR;
-  return { hq, wq, OH, OW, K, offsets, phases: [...phases], rowsPerBlock, nbPad, paddedFloats };
+  const paddedFloats = sh * sw * cin * hq * wq + wq + (kw - 1) * dw + colShift + 2 * NR;
+  return { hq, wq, OH, OW, K, offsets, phases: [...phases], rowsPerBlock, nbPad, paddedFloats, bph, bpw };
 }
 
 /** Copies one image's group of channels into the phases of the padded buffer that the taps read. */
@@ -651,13 +721,14 @@ function fillPhases(k: Calls, d: DirectConv, gm: ReturnType<typeof directGeometr
   for (const phase of gm.phases) {
     const a = Math.floor(phase / d.sw);
     const b = phase % d.sw;
-    // Phase rows y' hold input rows y = sh*y' + a - ph; those inside [0, H) are copied.
-    const y0 = Math.max(0, Math.ceil((d.ph - a) / d.sh));
-    const y1 = Math.floor((d.H - 1 + d.ph - a) / d.sh);
-    const x0 = Math.max(0, Math.ceil((d.pw - b) / d.sw));
-    const x1 = Math.floor((d.W - 1 + d.pw - b) / d.sw);
+    // Phase rows y' hold input rows y = sh*y' + a - bph; those inside [0, H) are copied.
+    const { bph, bpw } = gm;
+    const y0 = Math.max(0, Math.ceil((bph - a) / d.sh));
+    const y1 = Math.floor((d.H - 1 + bph - a) / d.sh);
+    const x0 = Math.max(0, Math.ceil((bpw - b) / d.sw));
+    const x1 = Math.floor((d.W - 1 + bpw - b) / d.sw);
     if (y1 < y0 || x1 < x0) continue;
-    const src = image + ((d.sh * y0 + a - d.ph) * d.W + (d.sw * x0 + b - d.pw)) * 4;
+    const src = image + ((d.sh * y0 + a - bph) * d.W + (d.sw * x0 + b - bpw)) * 4;
     const dst = padded + (((phase * d.cin) * gm.hq + y0) * gm.wq + x0) * 4;
     k.run('conv_copy_rows', src, d.H * d.W * 4, d.sh * d.W * 4, d.sw * 4, dst, gm.hq * gm.wq * 4, gm.wq * 4, 4, d.cin, y1 - y0 + 1, x1 - x0 + 1);
   }
@@ -683,6 +754,92 @@ interface Placement {
 /** The whole output grid as a dense [n, channels, oh, ow] tensor at `dst`. */
 function dense(dst: number, channels: number, oh: number, ow: number): Placement {
   return { dst, imageBytes: channels * oh * ow * 4, channelBytes: oh * ow * 4, rowBytes: ow * 4, colBytes: 4, y0: 0, y1: oh - 1, x0: 0, x1: ow - 1 };
+}
+
+/** One stride-1 convolution of directRun: its geometry, kernel form, blocking and weights. */
+interface DirectPlan {
+  d: DirectConv;
+  cout: number;
+  place: Placement;
+  gm: ReturnType<typeof directGeometry>;
+  /** conv_gemm's 4-channel tiles instead of conv_fwd's 8-channel ones. */
+  narrow: boolean;
+  /** conv_fwd writes straight into the output (a dense placement). */
+  direct: boolean;
+  /**
+   * A sparse placement stored pixel by pixel as computed (conv_fwd_strided), not through cBlock
+   * and conv_copy_rows: taken where the phases cover dX (the 3x3 stride-2 input gradients, which
+   * ran 5-14% faster so on one thread, batch 32, with the shared buffer); where dX is cleared
+   * first (1x1 at stride 2) the copy stays, no gain having been measured there.
+   */
+  storeInPlace: boolean;
+  oTiles: number;
+  rowsPad: number;
+  packedBytes: number;
+  /** The blocks of output rows that hold placed rows: [firstBlock, firstBlock + blocks). */
+  firstBlock: number;
+  blocks: number;
+  flops: number;
+  weightBytes: number;
+  writeWeights: (at: number) => void;
+}
+
+function directPlan(d: DirectConv, cout: number, place: Placement, weightBytes: number, writeWeights: (at: number) => void, storeInPlace = false): DirectPlan {
+  const gm = directGeometry(d);
+  const { OH, K, rowsPerBlock } = gm;
+  // conv_fwd's tiles are 8 channels wide; where that would be mostly padding (1 to 4 channels
+  // past a multiple of 8, e.g. the single input channel of a stem's input gradient), conv_gemm's
+  // tiles of 4 channels. conv_gemm also where the depth is so short (a one-channel stem: 9
+  // taps) that conv_fwd's transposed stores cost more than its aligned loads save (measured).
+  const narrow = (cout % 8 > 0 && cout % 8 <= 4) || K < 16;
+  const oTiles = Math.ceil(cout / 8);
+  const rowsPad = narrow ? roundUp(cout, MR) : oTiles * 8;
+  // A dense placement (the forward, a stride-1 input gradient) takes conv_fwd's rows straight
+  // into the output: nothing to copy out.
+  const direct = !narrow && place.colBytes === 4 && place.y0 === 0 && place.y1 === OH - 1 && place.x0 === 0 && place.x1 === gm.OW - 1;
+  const firstBlock = Math.floor(place.y0 / rowsPerBlock);
+  const blocks = Math.floor(place.y1 / rowsPerBlock) - firstBlock + 1;
+  const placed = (place.y1 - place.y0 + 1) * (place.x1 - place.x0 + 1);
+  const flops = 2 * d.groups * d.n * cout * K * placed;
+  return { d, cout, place, gm, narrow, direct, storeInPlace, oTiles, rowsPad, packedBytes: rowsPad * K * 4, firstBlock, blocks, flops, weightBytes, writeWeights };
+}
+
+/**
+ * The calls of block b (counted from p.firstBlock) of image n, group g of a plan, its input
+ * already in `padded`: the block's output rows computed and placed.
+ */
+function directBlock(calls: Calls, p: DirectPlan, panel: number, offs: number, padded: number, cBlock: number, tile: number, g: number, n: number, b: number): void {
+  const { place, gm, cout, oTiles } = p;
+  const { wq, OH, K, rowsPerBlock, nbPad } = gm;
+  const outImage = place.dst + n * place.imageBytes + g * cout * place.channelBytes;
+  const oy = (p.firstBlock + b) * rowsPerBlock;
+  const rows = Math.min(rowsPerBlock, OH - oy);
+  const from = padded + oy * wq * 4;
+  if (p.direct) {
+    const to = outImage + oy * place.rowBytes;
+    // Without extra columns (a pointwise convolution) the block is one run of rows*OW.
+    if (wq === gm.OW && place.rowBytes === wq * 4) calls.run('conv_fwd', panel, K, oTiles, from, offs, 1, rows * wq, 0, to, place.channelBytes, 0, cout);
+    else calls.run('conv_fwd', panel, K, oTiles, from, offs, rows, gm.OW, wq * 4, to, place.channelBytes, place.rowBytes, cout);
+    return;
+  }
+  // The block's rows that are placed: [ya, yb], columns [x0, x1].
+  const ya = Math.max(oy, place.y0);
+  const yb = Math.min(oy + rows - 1, place.y1);
+  const cols = place.x1 - place.x0 + 1;
+  const to = outImage + ya * place.rowBytes + place.x0 * place.colBytes;
+  if (p.narrow) {
+    calls.run('conv_gemm', panel, K, cout, from, offs, roundUp(rows * wq, NR), cBlock, nbPad * 4, tile, 0);
+    calls.run('conv_copy_rows', cBlock + ((ya - oy) * wq + place.x0) * 4, nbPad * 4, wq * 4, 4, to, place.channelBytes, place.rowBytes, place.colBytes, cout, yb - ya + 1, cols);
+  } else {
+    if (p.storeInPlace) {
+      // Only the placed pixels are computed, each stored straight into its place.
+      calls.run('conv_fwd_strided', panel, K, oTiles, padded + (ya * wq + place.x0) * 4, offs, yb - ya + 1, cols, wq * 4, to, place.channelBytes, place.rowBytes, cout, place.colBytes);
+      return;
+    }
+    // Only the placed pixels are computed, rows of `cols` in cBlock, then spread out.
+    calls.run('conv_fwd', panel, K, oTiles, padded + (ya * wq + place.x0) * 4, offs, yb - ya + 1, cols, wq * 4, cBlock, nbPad * 4, cols * 4, cout);
+    calls.run('conv_copy_rows', cBlock, nbPad * 4, cols * 4, 4, to, place.channelBytes, place.rowBytes, place.colBytes, cout, yb - ya + 1, cols);
+  }
 }
 
 export class WasmConv {
@@ -741,8 +898,9 @@ export class WasmConv {
    * The input gradient of a strided convolution, one stride phase of the input at a time: the
    * pixels y = sh*Y' + a - ph (and likewise in x) receive only the taps ki = a + m*sh, from
    * output row Y' - m, so each phase is a stride-1 "full" convolution of the output gradient with
-   * those taps flipped (directForward), written straight into its places in dX. The phases
-   * partition dX: every pixel is written once, or is zero.
+   * those taps flipped, written straight into its places in dX. The phases partition dX: every
+   * pixel is written once, or is zero. All phases run as one split (directRun), a thread taking
+   * whole images: one split's overhead, not one per phase.
    */
   private backwardInputByPhases(grad: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
     const cg = l.c / l.groups;
@@ -750,11 +908,11 @@ export class WasmConv {
     const dx = this.h.ptr(out);
     // A pixel that no phase writes (a residue the kernel has no tap for, as a 1x1 kernel at
     // stride 2, or rows past the last window) has gradient zero: only then is dX cleared first.
-    // (The phases' strided writes read dX's other pixels and put them back unchanged.)
+    // (The strided copies of conv_copy_rows read dX's other pixels and put them back unchanged.)
     let covered = l.kh >= l.sh && l.kw >= l.sw;
     for (let a = 0; a < l.sh; a++) covered &&= l.oh + Math.ceil((l.kh - a) / l.sh) - 2 >= Math.floor((l.h - 1 + l.ph - a) / l.sh);
     for (let b = 0; b < l.sw; b++) covered &&= l.ow + Math.ceil((l.kw - b) / l.sw) - 2 >= Math.floor((l.w - 1 + l.pw - b) / l.sw);
-    if (!covered) this.h.exports.zero_bytes(dx, l.n * l.c * l.h * l.w * 4);
+    const plans: DirectPlan[] = [];
     for (let a = 0; a < Math.min(l.sh, l.kh); a++)
       for (let b = 0; b < Math.min(l.sw, l.kw); b++) {
         const kha = Math.ceil((l.kh - a) / l.sh);
@@ -767,7 +925,10 @@ export class WasmConv {
         const x0 = Math.max(0, Math.ceil((l.pw - b) / l.sw));
         const x1 = Math.min(cols - 1, Math.floor((l.w - 1 + l.pw - b) / l.sw));
         if (y1 < y0 || x1 < x0) continue;
-        const d = this.directOf(l, this.h.ptr(grad), og, l.outChannels, l.oh, l.ow, [kha, kwb], [1, 1], [kha - 1, kwb - 1]);
+        // Every phase reads dY padded by its own kha - 1, kwb - 1: one buffer padded by the
+        // largest of them (the first phase's) serves them all, filled once per image.
+        const pads: [number, number] = [Math.ceil(l.kh / l.sh) - 1, Math.ceil(l.kw / l.sw) - 1];
+        const d = this.directOf(l, this.h.ptr(grad), og, l.outChannels, l.oh, l.ow, [kha, kwb], [1, 1], [kha - 1, kwb - 1], pads);
         // Phase pixel (y, x) is dX pixel (sh*y + a - ph, sw*x + b - pw): written there directly.
         const place: Placement = {
           dst: dx + ((a - l.ph) * l.w + (b - l.pw)) * 4,
@@ -780,18 +941,32 @@ export class WasmConv {
           x0,
           x1,
         };
-        this.directForward(d, cg, place, l.outChannels * cg * kha * kwb * 4, (dst) => this.writeFlippedTaps(dst, weight, l, a, b, kha, kwb));
+        plans.push(directPlan(d, cg, place, l.outChannels * cg * kha * kwb * 4, (dst) => this.writeFlippedTaps(dst, weight, l, a, b, kha, kwb), covered));
       }
+    // Cleared at once, before the split (an image at a time inside the parts measured slower on
+    // one thread).
+    if (!covered) this.h.exports.zero_bytes(dx, l.n * l.c * l.h * l.w * 4);
+    if (plans.length > 0) this.directRun(plans);
   }
 
   /**
    * dW[o, tap] = sum over images and output positions of dY[o, pos] * P[off(tap) + grid(pos)]:
    * per image and block of output rows, dY packed into 8-channel panels (conv_pack_grad) and
-   * conv_wgrad accumulating dW^T [taps, channels], transposed into `out` once per group.
-   * Threads split the groups' 8-channel tiles: a thread owns those columns of dW^T and sums them
-   * over every image in order.
+   * conv_wgrad accumulating dW^T [taps, channels]. The images form WGRAD_CHUNKS chunks (fewer
+   * for a small batch), each summed into an accumulator of its own, and conv_wgrad_out adds the
+   * chunks in order and transposes the sum into `out`: the order of every sum depends on the
+   * shape alone, so the result is the same on any number of threads.
+   * Threads take (chunk, 8-channel tile of a group) units, chunk by chunk: a thread owns those
+   * columns of that chunk's accumulator and copies only its chunk's images (a split of the
+   * tiles alone made every thread copy every image; one of the taps was measured slower still,
+   * 0.8x of one thread on 8 -> 8 channels at 28x28, batch 32, for the same reason).
    */
   backwardWeight(x: Storage, grad: Storage, out: Storage, l: Conv2dLayout): void {
+    // No images: no chunk to add (conv_wgrad_out reads the first), and the sum over none is 0.
+    if (l.n === 0) {
+      this.h.exports.zero_bytes(this.h.ptr(out), l.outChannels * (l.c / l.groups) * l.kh * l.kw * 4);
+      return;
+    }
     const cg = l.c / l.groups;
     const og = l.outChannels / l.groups;
     const d = this.directOf(l, this.h.ptr(x), cg, l.c, l.h, l.w, [l.kh, l.kw], [l.sh, l.sw], [l.ph, l.pw]);
@@ -800,33 +975,39 @@ export class WasmConv {
     const oTiles = Math.ceil(og / 8);
     const ldAcc = oTiles * 8;
     const kPad = roundUp(K, 4);
-    // Threads take 8-channel tiles (per group). Splitting the taps instead was measured slower
-    // than one thread (0.8x on 8 -> 8 channels at 28x28, batch 32): every part then copies every
-    // image and packs every channel of dY, work as long as its share of the products.
-    const tiles = oTiles;
-    const units = l.groups * tiles;
-    const threads = Math.min(units, this.h.threadsFor(2 * l.n * l.outChannels * K * OH * OW));
+    const chunks = Math.min(l.n, WGRAD_CHUNKS);
+    const tiles = l.groups * oTiles;
+    const units = chunks * tiles;
+    const threads = this.h.threadsFor(2 * l.n * l.outChannels * K * OH * OW);
+    const parts = threads > 1 ? Math.min(units, threads * PARTS_PER_THREAD) : 1;
+    // The accumulators: [chunk][group][kPad][ldAcc].
     const accFloats = kPad * ldAcc;
+    const chunkFloats = l.groups * accFloats;
     const own = [gm.paddedFloats * 4, ldAcc * rowsPerBlock * OW * 4];
-    const [offs, acc, ...scratch] = carve(this.h, [kPad * 4, l.groups * accFloats * 4, ...Array.from({ length: threads }, () => own).flat()]);
+    const [offs, acc, ...scratch] = carve(this.h, [kPad * 4, chunks * chunkFloats * 4, ...Array.from({ length: parts }, () => own).flat()]);
     // The taps past K (a tile has 4) repeat the last one: their rows of acc are never read.
     const offsets = new Int32Array(kPad).fill(gm.offsets[K - 1]);
     offsets.set(gm.offsets);
     this.h.i32().set(offsets, offs >>> 2);
     // Cleared in wasm: a TypedArray fill over a shared memory is slow (module.ts zero_bytes).
-    const zero = this.h.exports.zero_bytes;
-    zero(acc, l.groups * accFloats * 4);
-    for (let t = 0; t < threads; t++) zero(scratch[2 * t], gm.paddedFloats * 4);
+    this.h.exports.zero_bytes(acc, chunks * chunkFloats * 4);
     const gp = this.h.ptr(grad);
-    this.split(threads, units, (calls, u0, u1, t) => {
+    this.split(parts, units, (calls, u0, u1, t) => {
       const [padded, panel] = scratch.slice(2 * t, 2 * t + 2);
-      for (let g = Math.floor(u0 / tiles); g * tiles < u1; g++) {
-        const [a, b] = [Math.max(u0, g * tiles) - g * tiles, Math.min(u1, (g + 1) * tiles) - g * tiles];
-        // This share: channel tiles [c0, c1) of group g.
-        const [c0, c1] = [a, b];
+      // The padded buffer's border stays zero for every image: cleared once, by the part's thread.
+      calls.run('zero_bytes', padded, gm.paddedFloats * 4);
+      for (let u = u0; u < u1; ) {
+        // This share of chunk `chunk`: tiles [a, b) (of all groups), within one group at a time.
+        const chunk = Math.floor(u / tiles);
+        const a = u - chunk * tiles;
+        const g = Math.floor(a / oTiles);
+        const b = Math.min(u1 - chunk * tiles, (g + 1) * oTiles);
+        u = chunk * tiles + b;
+        const [c0, c1] = [a - g * oTiles, b - g * oTiles];
         const channels = Math.min(og, 8 * c1) - 8 * c0;
-        const accAt = acc + (g * accFloats + 8 * c0) * 4;
-        for (let n = 0; n < l.n; n++) {
+        const accAt = acc + (chunk * chunkFloats + g * accFloats + 8 * c0) * 4;
+        const [n0, n1] = [Math.floor((chunk * l.n) / chunks), Math.floor(((chunk + 1) * l.n) / chunks)];
+        for (let n = n0; n < n1; n++) {
           fillPhases(calls, d, gm, d.src + ((n * l.c + g * cg) * l.h * l.w) * 4, padded);
           const gImage = gp + ((n * l.outChannels + g * og + 8 * c0) * OH * OW) * 4;
           for (let oy = 0; oy < OH; oy += rowsPerBlock) {
@@ -837,13 +1018,8 @@ export class WasmConv {
         }
       }
     });
-    // The split's call lists may have grown the memory: a fresh view.
-    const mem = this.h.f32();
-    const op = this.h.ptr(out) >>> 2;
-    for (let g = 0; g < l.groups; g++) {
-      const ap = (acc >>> 2) + g * accFloats;
-      for (let o = 0; o < og; o++) for (let t = 0; t < K; t++) mem[op + (g * og + o) * K + t] = mem[ap + t * ldAcc + o];
-    }
+    const op = this.h.ptr(out);
+    for (let g = 0; g < l.groups; g++) this.h.exports.conv_wgrad_out(acc + g * accFloats * 4, chunks, chunkFloats * 4, ldAcc * 4, K, og, op + g * og * K * 4);
   }
 
   /**
@@ -875,8 +1051,9 @@ export class WasmConv {
     [kh, kw]: [number, number],
     [sh, sw]: [number, number],
     [ph, pw]: [number, number],
+    [bph, bpw]: [number, number] = [ph, pw],
   ): DirectConv {
-    return { n: l.n, groups: l.groups, src, cin, srcChannels, H, W, kh, kw, sh, sw, dh: l.dh, dw: l.dw, ph, pw };
+    return { n: l.n, groups: l.groups, src, cin, srcChannels, H, W, kh, kw, sh, sw, dh: l.dh, dw: l.dw, ph, pw, bph, bpw };
   }
 
   /**
@@ -884,76 +1061,75 @@ export class WasmConv {
    * cin*kh*kw], which `writeWeights` puts at the address it is given, written where `place` says.
    */
   private directForward(d: DirectConv, cout: number, place: Placement, weightBytes: number, writeWeights: (at: number) => void): void {
+    this.directRun([directPlan(d, cout, place, weightBytes, writeWeights)]);
+  }
+
+  /**
+   * Runs the plans (stride-1 convolutions over the same images and groups) as one split call.
+   * One plan is split in units of (group, image, block of output rows). Several plans (the
+   * stride phases of an input gradient, whose pixels interleave in the same rows of dX, and
+   * whose copied placement reads and writes back its neighbours) are split in units of
+   * (group, image), each running every plan's blocks of that image in order: no two threads
+   * touch the same rows, and the phases pay for one split, not one each.
+   */
+  private directRun(plans: DirectPlan[]): void {
     const k = this.h.exports;
-    const gm = directGeometry(d);
-    const { wq, OH, K, rowsPerBlock, nbPad } = gm;
-    // conv_fwd's tiles are 8 channels wide; where that would be mostly padding (1 to 4 channels
-    // past a multiple of 8, e.g. the single input channel of a stem's input gradient), conv_gemm's
-    // tiles of 4 channels. conv_gemm also where the depth is so short (a one-channel stem: 9
-    // taps) that conv_fwd's transposed stores cost more than its aligned loads save (measured).
-    const narrow = (cout % 8 > 0 && cout % 8 <= 4) || K < 16;
-    const oTiles = Math.ceil(cout / 8);
-    const rowsPad = narrow ? roundUp(cout, MR) : oTiles * 8;
-    // A dense placement (the forward, a stride-1 input gradient) takes conv_fwd's rows straight
-    // into the output: nothing to copy out.
-    const direct = !narrow && place.colBytes === 4 && place.y0 === 0 && place.y1 === OH - 1 && place.x0 === 0 && place.x1 === gm.OW - 1;
-    // The work is split in units of (group, image, block of output rows that holds placed rows).
-    const firstBlock = Math.floor(place.y0 / rowsPerBlock);
-    const blocks = Math.floor(place.y1 / rowsPerBlock) - firstBlock + 1;
-    const units = d.groups * d.n * blocks;
-    const placed = (place.y1 - place.y0 + 1) * (place.x1 - place.x0 + 1);
-    const threads = this.h.threadsFor(2 * d.groups * d.n * cout * K * placed);
+    const { d } = plans[0];
+    const perImage = plans.length > 1;
+    const units = d.groups * d.n * (perImage ? 1 : plans[0].blocks);
+    const threads = this.h.threadsFor(plans.reduce((sum, p) => sum + p.flops, 0));
     // Split, it is a queue of PARTS_PER_THREAD parts per thread (ThreadPool.run): a thread that
     // the scheduler holds back then delays the call by one part at most.
     const parts = threads > 1 ? Math.min(units, threads * PARTS_PER_THREAD) : 1;
-    const packedBytes = rowsPad * K * 4;
-    // Per part: its padded input, and its output block (cBlock has a row for every channel of
-    // the last tile; those past cout are never copied out) and edge tile.
-    const own = [gm.paddedFloats * 4, rowsPad * nbPad * 4, MR * NR * 4];
-    const [weights, packed, offs, ...scratch] = carve(this.h, [weightBytes, d.groups * packedBytes, K * 4, ...Array.from({ length: parts }, () => own).flat()]);
-    writeWeights(weights);
-    this.h.i32().set(gm.offsets, offs >>> 2);
-    // The border, the slack and (below) the interior: the border stays zero for every image.
-    for (let t = 0; t < parts; t++) k.zero_bytes(scratch[3 * t], gm.paddedFloats * 4);
-    // Packed once per call and group, before the threads start.
-    for (let g = 0; g < d.groups; g++) {
-      if (narrow) k.gemm_pack_a(weights + g * cout * K * 4, K * 4, 4, cout, K, packed + g * packedBytes);
-      else k.conv_pack_grad(weights + g * cout * K * 4, K * 4, cout, K, oTiles, packed + g * packedBytes);
-    }
+    // Per part: its output block (cBlock has a row for every channel of the last tile; those
+    // past cout are never copied out) and edge tile, and a padded input per buffer geometry
+    // (plans of one geometry share it: the stride phases of an input gradient), whose border
+    // then stays zero for every image of the part.
+    const keys = plans.map((p) => `${p.d.src} ${p.d.cin} ${p.d.H} ${p.d.W} ${p.gm.hq} ${p.gm.wq} ${p.gm.bph} ${p.gm.bpw}`);
+    const buffers = [...new Set(keys)];
+    const bufferOf = keys.map((key) => buffers.indexOf(key));
+    const bufferFloats = buffers.map((_, j) => Math.max(...plans.filter((_, i) => bufferOf[i] === j).map((p) => p.gm.paddedFloats)));
+    const own = [...bufferFloats.map((floats) => floats * 4), Math.max(...plans.map((p) => p.rowsPad * p.gm.nbPad)) * 4, MR * NR * 4];
+    const shared = plans.flatMap((p) => [p.weightBytes, d.groups * p.packedBytes, p.gm.K * 4]);
+    const regions = carve(this.h, [...shared, ...Array.from({ length: parts }, () => own).flat()]);
+    const scratch = regions.slice(shared.length);
+    // The border, the slack and (below) the interior of each padded input: the border stays
+    // zero for every image of the part.
+    for (let t = 0; t < parts; t++) buffers.forEach((_, j) => k.zero_bytes(scratch[own.length * t + j], bufferFloats[j] * 4));
+    const at = plans.map((p, i) => {
+      const [weights, packed, offs] = regions.slice(3 * i, 3 * i + 3);
+      p.writeWeights(weights);
+      this.h.i32().set(p.gm.offsets, offs >>> 2);
+      // Packed once per call and group, before the threads start.
+      for (let g = 0; g < d.groups; g++) {
+        if (p.narrow) k.gemm_pack_a(weights + g * p.cout * p.gm.K * 4, p.gm.K * 4, 4, p.cout, p.gm.K, packed + g * p.packedBytes);
+        else k.conv_pack_grad(weights + g * p.cout * p.gm.K * 4, p.gm.K * 4, p.cout, p.gm.K, p.oTiles, packed + g * p.packedBytes);
+      }
+      return { packed, offs };
+    });
     this.split(parts, units, (calls, u0, u1, t) => {
-      const [padded, cBlock, tile] = scratch.slice(3 * t, 3 * t + 3);
-      let filled = -1;
+      const mine = scratch.slice(own.length * t, own.length * (t + 1));
+      const [padded, [cBlock, tile]] = [mine.slice(0, buffers.length), mine.slice(buffers.length)];
+      // Whose image (g * n + image) the interior of each padded input holds.
+      const filled = buffers.map(() => -1);
+      const block = (i: number, gn: number, b: number) => {
+        const p = plans[i];
+        const j = bufferOf[i];
+        const g = Math.floor(gn / d.n);
+        const n = gn % d.n;
+        if (gn !== filled[j]) fillPhases(calls, p.d, p.gm, p.d.src + ((n * p.d.srcChannels + g * p.d.cin) * p.d.H * p.d.W) * 4, padded[j]);
+        filled[j] = gn;
+        directBlock(calls, p, at[i].packed + g * p.packedBytes, at[i].offs, padded[j], cBlock, tile, g, n, b);
+      };
       for (let u = u0; u < u1; u++) {
-        // Images in order g * n + image, as the group loop outside the image loop.
-        const gn = Math.floor(u / blocks);
-        const [g, n] = [Math.floor(gn / d.n), gn % d.n];
-        if (gn !== filled) fillPhases(calls, d, gm, d.src + ((n * d.srcChannels + g * d.cin) * d.H * d.W) * 4, padded);
-        filled = gn;
-        const panel = packed + g * packedBytes;
-        const outImage = place.dst + n * place.imageBytes + g * cout * place.channelBytes;
-        const oy = (firstBlock + (u % blocks)) * rowsPerBlock;
-        const rows = Math.min(rowsPerBlock, OH - oy);
-        const b = padded + oy * wq * 4;
-        if (direct) {
-          const to = outImage + oy * place.rowBytes;
-          // Without extra columns (a pointwise convolution) the block is one run of rows*OW.
-          if (wq === gm.OW && place.rowBytes === wq * 4) calls.run('conv_fwd', panel, K, oTiles, b, offs, 1, rows * wq, 0, to, place.channelBytes, 0, cout);
-          else calls.run('conv_fwd', panel, K, oTiles, b, offs, rows, gm.OW, wq * 4, to, place.channelBytes, place.rowBytes, cout);
+        if (!perImage) {
+          // Images in order g * n + image, as the group loop outside the image loop.
+          block(0, Math.floor(u / plans[0].blocks), u % plans[0].blocks);
           continue;
         }
-        // The block's rows that are placed: [ya, yb], columns [x0, x1].
-        const ya = Math.max(oy, place.y0);
-        const yb = Math.min(oy + rows - 1, place.y1);
-        const cols = place.x1 - place.x0 + 1;
-        if (narrow) {
-          calls.run('conv_gemm', panel, K, cout, b, offs, roundUp(rows * wq, NR), cBlock, nbPad * 4, tile, 0);
-          const from = cBlock + ((ya - oy) * wq + place.x0) * 4;
-          calls.run('conv_copy_rows', from, nbPad * 4, wq * 4, 4, outImage + ya * place.rowBytes + place.x0 * place.colBytes, place.channelBytes, place.rowBytes, place.colBytes, cout, yb - ya + 1, cols);
-        } else {
-          // Only the placed pixels are computed, rows of `cols` in cBlock, then spread out.
-          calls.run('conv_fwd', panel, K, oTiles, padded + (ya * wq + place.x0) * 4, offs, yb - ya + 1, cols, wq * 4, cBlock, nbPad * 4, cols * 4, cout);
-          calls.run('conv_copy_rows', cBlock, nbPad * 4, cols * 4, 4, outImage + ya * place.rowBytes + place.x0 * place.colBytes, place.channelBytes, place.rowBytes, place.colBytes, cout, yb - ya + 1, cols);
-        }
+        plans.forEach((p, i) => {
+          for (let b = 0; b < p.blocks; b++) block(i, u, b);
+        });
       }
     });
   }

@@ -326,6 +326,8 @@ export const i32x4 = {
   minS: simd(0xb6, 'i32x4'),
   maxS: simd(0xb8, 'i32x4'),
   truncSatF32x4S: simd(0xf8, 'f32x4'),
+  /** The lanes' sign bits as an i32 (bit k from lane k). */
+  bitmask: simd(0xa4, 'v128'),
 };
 
 export const i64x2 = {

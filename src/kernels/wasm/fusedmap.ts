@@ -204,26 +204,72 @@ function emitExpr(f: FuncBuilder, e: FusedExpr, loads: Local[], param: (x: numbe
 /** The wasm backend's fused kernels, over its memory. */
 export function wasmFusedMap(backend: Backend): FusedMapKernels {
   const memory = (backend as unknown as { mem: WebAssembly.Memory }).mem;
-  let cache = modules.get(memory);
-  if (!cache) modules.set(memory, (cache = new Map()));
-  const byCode = cache;
   return {
     supports,
     build(p) {
-      const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
-      const bytes = renderFusedMap(p, shared);
-      // Keyed by the generated code itself: two programs share a module only if their code is the same.
-      let key = '';
-      for (let k = 0; k < bytes.length; k += 4096) key += String.fromCharCode(...bytes.subarray(k, k + 4096));
-      let fn = byCode.get(key);
-      if (!fn) {
-        const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes as Uint8Array<ArrayBuffer>), { env: { memory } });
-        fn = instance.exports[EXPORT] as (...ptrs: number[]) => void;
-        byCode.set(key, fn);
-      }
-      const run = fn;
+      const run = fusedFunction(memory, p);
       return (...storages) => run(...storages.map((s) => (s as { ptr: number }).ptr));
     },
   };
 }
+
+/** The generated function of a program over `memory`: fused(address of storage 0, ...). */
+function fusedFunction(memory: WebAssembly.Memory, p: FusedProgram): (...ptrs: number[]) => void {
+  let byCode = modules.get(memory);
+  if (!byCode) modules.set(memory, (byCode = new Map()));
+  const shared = typeof SharedArrayBuffer !== 'undefined' && memory.buffer instanceof SharedArrayBuffer;
+  const bytes = renderFusedMap(p, shared);
+  // Keyed by the generated code itself: two programs share a module only if their code is the same.
+  let key = '';
+  for (let k = 0; k < bytes.length; k += 4096) key += String.fromCharCode(...bytes.subarray(k, k + 4096));
+  let fn = byCode.get(key);
+  if (!fn) {
+    const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes as Uint8Array<ArrayBuffer>), { env: { memory } });
+    fn = instance.exports[EXPORT] as (...ptrs: number[]) => void;
+    byCode.set(key, fn);
+  }
+  return fn;
+}
 const modules = new WeakMap<object, Map<string, (...ptrs: number[]) => void>>();
+
+/**
+ * A matmul epilogue's program (FusedMapKernels.matmulEpilogue: shape [rows, n], input `acc` the
+ * matmul's result at strides [n, 1]) as a function over a band of rows: run(addresses, accAt, row0,
+ * rows) computes rows row0 .. row0 + rows - 1, reading the result from accAt (that band's first
+ * row, rows n floats apart: a panel of scratch) and everything else at its own addresses. The band
+ * is a program of its own whose every load is an argument, so that moving to another band only
+ * moves pointers: one module per band height (the full panels' and the last one's).
+ */
+export function wasmEpilogueBands(memory: WebAssembly.Memory, p: FusedProgram, acc: number): (addresses: number[], accAt: number, row0: number, rows: number) => void {
+  const n = p.shape[1];
+  const nIn = p.inputs.length - p.outputs.length;
+  const accesses = [...p.loads, ...p.outputs];
+  // Rows follow each other in every access: one dim of rows * n elements.
+  const flat = accesses.every((x) => x.strides[0] === x.strides[1] * n);
+  const byRows = new Map<number, (...ptrs: number[]) => void>();
+  const band = (rows: number) => {
+    let fn = byRows.get(rows);
+    if (!fn) {
+      const shape = flat ? [rows * n] : [rows, n];
+      const at = (x: { strides: number[] }) => ({ offset: 0, strides: flat ? [x.strides[1]] : x.strides.slice() });
+      fn = fusedFunction(memory, {
+        shape,
+        inputs: [...p.loads.map((l) => p.inputs[l.input]), ...p.outputs.map((o) => o.dtype)],
+        loads: p.loads.map((l, k) => ({ input: k, ...at(l) })),
+        outputs: p.outputs.map((o) => ({ expr: o.expr, dtype: o.dtype, ...at(o) })),
+      });
+      byRows.set(rows, fn);
+    }
+    return fn;
+  };
+  const bytes = accesses.map((x, k) => size(k < p.loads.length ? p.inputs[p.loads[k].input] : p.outputs[k - p.loads.length].dtype));
+  const storageOf = accesses.map((x, k) => (k < p.loads.length ? p.loads[k].input : nIn + k - p.loads.length));
+  const ptrs = new Array<number>(accesses.length).fill(0);
+  return (addresses, accAt, row0, rows) => {
+    for (let k = 0; k < accesses.length; k++) {
+      const x = accesses[k];
+      ptrs[k] = storageOf[k] === acc ? accAt : addresses[storageOf[k]] + (x.offset + row0 * x.strides[0]) * bytes[k];
+    }
+    band(rows)(...ptrs);
+  };
+}

@@ -30,6 +30,7 @@ import type {
   CrossEntropyLayout,
   GatherLayout,
   LayerNormLayout,
+  LayerNormBackwardFusedLayout,
   BatchNormLayout,
   MatmulLayout,
   MemoryInfo,
@@ -63,18 +64,26 @@ import {
   type KernelExports,
 } from './module.js';
 import { WasmConv } from './conv.js';
-import { attentionBackwardWasm, attentionWasm } from './attention.js';
-import { wasmFusedMap } from './fusedmap.js';
-import type { FusedMapKernels } from '../fusedmap.js';
+import { isPatchConv, PatchConv, usePatchConv, type ConvKernel } from './conv-patch.js';
+import { epsArgs } from './batchnorm.js';
+import { attentionBackwardWasm, attentionBackwardWithSumsWasm, attentionWasm } from './attention.js';
+import { wasmEpilogueBands, wasmFusedMap } from './fusedmap.js';
+import type { FusedMapKernels, FusedProgram } from '../fusedmap.js';
 import { collapseDims, copyDescriptorBytes, planStridedCopy, stridedCopyArgs, stridedCopyExport, writeCopyDescriptor, type CopyWidth, type Dim } from './copy.js';
 import { avgPool2dWasm, maxPool2dWasm } from './pool.js';
 import { layerNormBackwardExport, layerNormExport } from './layernorm.js';
+import { layerNormBackwardFusedWasm } from './lnfused.js';
+import { checkAttentionBackwardWithSums, checkLayerNormBackwardFused } from '../cpu/rowfused.js';
 import {
   availableCores,
   canBlock,
   CONTROL_BYTES_PER_WORKER,
   SPIN_BRIDGE_US,
   SplitCost,
+  ThreadLoadError,
+  chooseThreads,
+  generatedModules,
+  type GeneratedCall,
   splitRange,
   ThreadPool,
   type KernelCall,
@@ -308,11 +317,14 @@ export class WasmBackend implements Backend {
   /**
    * Threads for a memory-bound kernel over `elements` elements touching `bytes` bytes: none below
    * MEMORY_SPLIT_BYTES, where its operands sit in the cache of the core that just wrote them.
-   * (Measured inside a CNN training step, batch 32: BatchNorm's backward over 2.4 MB took 1.42 ms
-   * split against 1.17 ms unsplit, though split it ran 1.69x faster back to back on its own.)
+   * (Measured inside a CNN training step, batch 32, with 8 MB: BatchNorm's backward over 2.4 MB
+   * took 1.42 ms split against 1.17 ms unsplit, though split it ran 1.69x faster back to back on
+   * its own. Since BatchNorm's sums run four chains at once and its forward splits too, the whole
+   * captured step on two threads measured faster with 2 MB: median 13.9 ms against 16.4 at 8 MB
+   * and 14.4 at 1 MB, batch 32, eight processes each, interleaved, load average 2.5.)
    */
-  private splitMemoryBound(elements: number, bytes: number): number {
-    if (this.minThreadedWork === undefined && bytes < MEMORY_SPLIT_BYTES) return 1;
+  private splitMemoryBound(elements: number, bytes: number, minBytes = MEMORY_SPLIT_BYTES): number {
+    if (this.minThreadedWork === undefined && bytes < minBytes) return 1;
     return this.splitThreads(this.elementFlops * elements);
   }
 
@@ -340,16 +352,70 @@ export class WasmBackend implements Backend {
   }
 
   private runThreadedExport(c: KernelCall): void {
-    this.k[this.exportNames[c.fn]](...c.args);
+    if (c.fn < this.exportNames.length) this.k[this.exportNames[c.fn]](...c.args);
+    else this.loadedFns[c.fn - this.exportNames.length](...c.args);
+  }
+
+  /** Generated functions that the workers have instantiated too, by their call index less the exports' count (ThreadPool.load). */
+  private readonly loadedFns: ((...args: number[]) => void)[] = [];
+  private readonly loadedIndex = new WeakMap<object, number>();
+
+  /**
+   * Whether the fused optimizer passes (arena kernels) split over threads from ARENA_SPLIT_BYTES
+   * on (src/kernels/arena/host.ts runSplit): public for measurements (bench/mlp-threads.ts).
+   */
+  splitArena = true;
+
+  /**
+   * @internal ArenaSplitter: a pass over `vectors` float32 vectors of `elements` elements, as a
+   * memory-bound kernel over all their elements (splitMemoryBound, from ARENA_SPLIT_BYTES).
+   */
+  arenaThreads(elements: number, vectors: number): number {
+    if (!this.pool || !this.splitArena) return 1;
+    return this.splitMemoryBound(elements * vectors, 4 * elements * vectors, ARENA_SPLIT_BYTES);
   }
 
   /**
-   * Measures what a split costs and gains on this machine now, in about 10 ms (6 of them warming
+   * @internal ArenaSplitter: part t's calls of arena kernels on thread t. Where a worker could not
+   * load a kernel's module (ThreadPool.load), they run here, and arena passes split no more.
+   */
+  runArenaParts(parts: readonly GeneratedCall[][]): void {
+    let posted: ThreadPart[] | null = null;
+    try {
+      posted = parts.map((calls) => calls.map((c) => this.generatedCall(c)));
+    } catch (e) {
+      if (!(e instanceof ThreadLoadError)) throw e;
+      this.splitArena = false;
+    }
+    if (posted) this.runSplit(posted);
+    else for (const calls of parts) for (const c of calls) c.fn(...c.args);
+  }
+
+  /**
+   * A call of a generated function (one in generatedModules; float arguments among its own) for a
+   * thread's part: its module is loaded on the workers the first time.
+   */
+  private generatedCall(g: GeneratedCall): KernelCall {
+    let fn = this.loadedIndex.get(g.fn);
+    if (fn === undefined) {
+      const generated = generatedModules.get(g.fn);
+      if (!generated) throw new Error('wasm backend: a generated function without its module cannot run on a worker thread');
+      fn = this.pool!.load(generated.module, generated.name);
+      this.loadedFns[fn - this.exportNames.length] = g.fn;
+      this.loadedIndex.set(g.fn, fn);
+    }
+    return { fn, args: g.args, floats: true };
+  }
+
+  /**
+   * Measures what a split costs and gains on this machine now, in about 20 ms (6 of them warming
    * the matmul up; each phase stops at its share of a 40 ms budget, though its minimum samples
    * take longer under heavy load), and sets the cost model (which calls to split), the workers'
    * spin budget and, unless `explicit`, the number of threads: the available ones where they run
-   * a 256 x 128 x 256 matmul at least MIN_SPEEDUP times faster than one thread, else two where
-   * those do, else one (the pool is stopped; also when the measurement is visibly disturbed).
+   * a 256 x 128 x 256 matmul at least MIN_SPEEDUP times faster than one thread in their best of
+   * 3-15 interleaved rounds (as many as the budget allows) and faster in most rounds
+   * (chooseThreads), else two where those do, else one (the pool is stopped; also when the
+   * measurement is visibly disturbed).
    * - spin: an idle worker spins SPIN_BRIDGE_US (the gaps between the split calls of a training
    *   step) before it blocks in Atomics.wait; none when a spinning worker answers slower than a
    *   sleeping one (the machine has more runnable threads than cores);
@@ -415,18 +481,29 @@ export class WasmBackend implements Backend {
     do time(1);
     while (performance.now() < warm);
     const candidates = [...new Set([available, 2])];
-    const best = new Map<number, number>([[1, Infinity], ...candidates.map((t) => [t, Infinity] as [number, number])]);
-    const until = performance.now() + BUDGET_MS / 2;
-    for (let round = 0; round < 4 && (round < 3 || performance.now() < until); round++) {
-      for (const t of best.keys()) {
-        const us = time(t);
-        // The first round warms the code and the caches up.
-        if (round > 0) best.set(t, Math.min(best.get(t)!, us));
+    const counts = [1, ...candidates];
+    // Interleaved rounds, the order rotating (no count always runs right after another), until
+    // the budget is spent (MIN_ROUNDS at least, MAX_ROUNDS at most: about 10 ms on a quiet
+    // machine); round 0 warms the code and the caches up and is not kept.
+    // chooseThreads judges the rounds: with three or more, no single round decides.
+    const MIN_ROUNDS = 3;
+    const MAX_ROUNDS = 15;
+    const rounds: Map<number, number>[] = [];
+    // The rounds take what the budget has left: the pings and the warm-up take little of it on a
+    // quiet machine, most of it on a busy one, where fewer rounds then decide (one thread, mostly).
+    const until = start + BUDGET_MS;
+    for (let round = 0; round <= MAX_ROUNDS && (round <= MIN_ROUNDS || performance.now() < until); round++) {
+      const times = new Map<number, number>();
+      for (let i = 0; i < counts.length; i++) {
+        const t = counts[(i + round) % counts.length];
+        times.set(t, time(t));
       }
+      if (round > 0) rounds.push(times);
     }
+    const fastest = (t: number) => Math.min(...rounds.map((r) => r.get(t)!));
     // The cost model's rate: the one-thread time, unless T threads took less than 1/T of it
-    // (the one-thread runs were interrupted; see `disturbed` below).
-    const oneUs = Math.min(best.get(1)!, ...candidates.map((t) => t * best.get(t)!));
+    // (the one-thread runs were interrupted; chooseThreads then picks one thread).
+    const oneUs = Math.min(fastest(1), ...candidates.map((t) => t * fastest(t)));
     // One thread's cost of an element of a memory-bound kernel: a relu in place, best of five.
     const relu = this.k[unaryExport('relu', 'f32')];
     const cs = ws(c);
@@ -438,22 +515,7 @@ export class WasmBackend implements Backend {
     }
     this.elementFlops = (reluUs / cs.numel) * ((2 * m * n * k) / oneUs);
     for (const s of [a, b, c]) this.release(s);
-    const speedupOf = (t: number) => best.get(1)! / best.get(t)!;
-    let threads = available;
-    let reason = `asked for ${available} threads`;
-    // More than T times faster on T threads is impossible: the one-thread runs were interrupted.
-    const disturbed = candidates.some((t) => speedupOf(t) > 1.1 * t);
-    if (!explicit && disturbed) {
-      threads = 1;
-      reason = `the calibration matmul ran ${speedupOf(available).toFixed(2)}x faster on ${available} threads, more than possible: the machine is too busy to measure; one thread`;
-    } else if (!explicit) {
-      const fast = candidates.find((t) => speedupOf(t) >= MIN_SPEEDUP);
-      threads = fast ?? 1;
-      reason =
-        fast !== undefined
-          ? `${fast} threads ran the calibration matmul ${speedupOf(fast).toFixed(2)}x faster than one`
-          : `${available} threads ran the calibration matmul ${speedupOf(available).toFixed(2)}x as fast as one (under ${MIN_SPEEDUP}x): one thread`;
-    }
+    const { threads, reason, speedup: speedupOf } = chooseThreads(rounds, candidates, MIN_SPEEDUP, explicit ? available : null);
     const r2 = (x: number) => Math.round(x * 100) / 100;
     this.threadCalibration = {
       threads,
@@ -463,6 +525,7 @@ export class WasmBackend implements Backend {
       hotUs: r2(hotUs),
       coldUs: r2(coldUs),
       speedup: r2(speedupOf(available)),
+      rounds: rounds.length,
       spinLoads: pool.spinLoads,
       spinUs: r2(spinUs),
       elementFlops: r2(this.elementFlops),
@@ -865,6 +928,20 @@ export class WasmBackend implements Backend {
     } else this.cpu.crossEntropyBackward(this.host(logits), this.host(labels), this.host(gradRows), this.host(out), l);
   }
 
+  crossEntropyWithSum(logits: Storage, labels: Storage, out: Storage, total: Storage, l: CrossEntropyLayout): void {
+    const [x, y, o, t] = [logits, labels, out, total].map(ws);
+    if (x.dtype === 'float32' && y.dtype === 'int32' && o.dtype === 'float32' && t.dtype === 'float32' && o.numel === l.rows && t.numel === 1) {
+      this.k.cross_entropy_sum(x.ptr, y.ptr, o.ptr, l.rows, l.cols, l.labelSmoothing, l.ignoreIndex, t.ptr);
+    } else this.cpu.crossEntropyWithSum(this.host(logits), this.host(labels), this.host(out), this.host(total), l);
+  }
+
+  crossEntropyBackwardWithSums(logits: Storage, labels: Storage, gradRows: Storage, out: Storage, sums: Storage, l: CrossEntropyLayout): void {
+    const [x, y, g, o, s] = [logits, labels, gradRows, out, sums].map(ws);
+    if (x.dtype === 'float32' && y.dtype === 'int32' && g.dtype === 'float32' && o.dtype === 'float32' && s.dtype === 'float32' && o.numel === l.rows * l.cols && s.numel === l.cols && l.cols > 1) {
+      this.k.cross_entropy_backward_sums(x.ptr, y.ptr, g.ptr, o.ptr, l.rows, l.cols, l.labelSmoothing, l.ignoreIndex, s.ptr, this.scratch(l.cols * 8));
+    } else this.cpu.crossEntropyBackwardWithSums(this.host(logits), this.host(labels), this.host(gradRows), this.host(out), this.host(sums), l);
+  }
+
   layerNorm(x: Storage, weight: Storage | null, bias: Storage | null, out: Storage, mean: Storage, rstd: Storage, l: LayerNormLayout): void {
     const operands = [x, weight, bias, out, mean, rstd];
     if (!allFloat32(operands)) return this.onHost('layerNorm', [x, weight, bias, out, mean, rstd, l]);
@@ -894,9 +971,26 @@ export class WasmBackend implements Backend {
     const dbp = dbias ? ws(dbias).ptr : scratch + l.cols * 4;
     this.k[layerNormBackwardExport(!!weight)](gp, xp, mp, rp, wp, dxp, dwp, dbp, l.rows, l.cols);
   }
+  layerNormBackwardFused(
+    grad: Storage, x: Storage, mean: Storage, rstd: Storage, weight: Storage | null,
+    add: Storage | null, dx: Storage, dweight: Storage | null, dbias: Storage | null,
+    sums: readonly Storage[], l: LayerNormBackwardFusedLayout,
+  ): void {
+    const operands = [grad, x, mean, rstd, weight, add, dx, dweight, dbias, ...sums];
+    if (!allFloat32(operands)) {
+      const h = (s: Storage | null) => s && this.host(s);
+      this.cpu.layerNormBackwardFused(h(grad)!, h(x)!, h(mean)!, h(rstd)!, h(weight), h(add), h(dx)!, h(dweight), h(dbias), sums.map((s) => this.host(s)), l);
+      return;
+    }
+    checkLayerNormBackwardFused(add, dx, sums, l);
+    const p = (s: Storage | null) => (s ? ws(s).ptr : 0);
+    layerNormBackwardFusedWasm(this.mem, (b) => this.scratch(b), {
+      grad: p(grad), x: p(x), mean: p(mean), rstd: p(rstd), weight: p(weight), add: p(add), dx: p(dx), dweight: p(dweight), dbias: p(dbias), sums: sums.map(p),
+    }, l);
+  }
 
   fusedMap(): FusedMapKernels {
-    return wasmFusedMap(this);
+    return { ...wasmFusedMap(this), matmulEpilogue: (l, p, acc) => this.matmulEpilogue(l, p, acc) };
   }
   attention(q: Storage, k: Storage, v: Storage, out: Storage, probs: Storage, l: AttentionLayout): void {
     const operands = [q, k, v, out, probs];
@@ -912,20 +1006,35 @@ export class WasmBackend implements Backend {
     attentionBackwardWasm({ exports: this.k, scratch: (b) => this.scratch(b) }, gp, qp, kp, vp, pp, dqp, dkp, dvp, l);
   }
 
+  attentionBackwardWithSums(grad: Storage, q: Storage, k: Storage, v: Storage, probs: Storage, x: Storage, sums: Storage, l: AttentionLayout): void {
+    const operands = [grad, q, k, v, probs, x, sums];
+    if (!allFloat32(operands)) {
+      const [hg, hq, hk, hv, hp, hx, hs] = operands.map((o) => this.host(o));
+      return this.cpu.attentionBackwardWithSums(hg, hq, hk, hv, hp, hx, hs, l);
+    }
+    const width = checkAttentionBackwardWithSums(x, sums, l);
+    const [gp, qp, kp, vp, pp, xp, sp] = operands.map((o) => ws(o).ptr);
+    attentionBackwardWithSumsWasm({ exports: this.k, scratch: (b) => this.scratch(b) }, gp, qp, kp, vp, pp, xp, sp, width, l);
+  }
+
   batchNorm(x: Storage, weight: Storage | null, bias: Storage | null, out: Storage, mean: Storage, variance: Storage, rstd: Storage, l: BatchNormLayout): void {
     const operands = [x, weight, bias, out, mean, variance, rstd];
     if (!allFloat32(operands)) return this.onHost('batchNorm', [x, weight, bias, out, mean, variance, rstd, l]);
     if (l.n * l.hw === 0) return;
-    const [xp, wp, bp, op, mp, vp, rp] = operands.map((s) => (s ? ws(s).ptr : 0));
-    this.k.batch_norm(xp, wp, bp, op, mp, vp, rp, l.n, l.c, l.hw, l.eps);
+    // Threads take ranges of channels, as in the backward. Per channel: a row of x and out, two
+    // floats of mean, one of the rest; read twice (the two sums) and written once.
+    const elements = l.n * l.c * l.hw;
+    const threads = this.splitMemoryBound(4 * elements, 12 * elements);
+    this.splitChannels('batch_norm', operands, [l.hw, 1, 1, l.hw, 2, 1, 1], l, threads);
   }
 
   batchNormEval(x: Storage, runningMean: Storage, runningVar: Storage, weight: Storage | null, bias: Storage | null, out: Storage, l: BatchNormLayout): void {
     const operands = [x, runningMean, runningVar, weight, bias, out];
     if (!allFloat32(operands)) return this.onHost('batchNormEval', [x, runningMean, runningVar, weight, bias, out, l]);
     if (l.n * l.hw === 0) return;
-    const [xp, mp, vp, wp, bp, op] = operands.map((s) => (s ? ws(s).ptr : 0));
-    this.k.batch_norm_eval(xp, mp, vp, wp, bp, op, l.n, l.c, l.hw, l.eps);
+    const elements = l.n * l.c * l.hw;
+    const threads = this.splitMemoryBound(elements, 8 * elements);
+    this.splitChannels('batch_norm_eval', operands, [l.hw, 1, 1, 1, 1, l.hw], l, threads);
   }
 
   batchNormBackward(
@@ -942,16 +1051,31 @@ export class WasmBackend implements Backend {
     const operands = [grad, x, mean, rstd, weight, dx, dweight, dbias];
     if (!allFloat32(operands)) return this.onHost('batchNormBackward', [grad, x, mean, rstd, weight, dx, dweight, dbias, l]);
     if (l.n * l.hw === 0) return;
-    // A null operand is pointer 0: the kernel skips that output (or takes weight as 1).
-    const ptrs = operands.map((s) => (s ? ws(s).ptr : 0));
-    // Threads take ranges of channels: a channel's sums run over its images in the same order on
-    // any thread. Per channel: hw floats of grad, x and dx (a row), two floats of mean, one of the rest.
+    // Per channel: hw floats of grad, x and dx (a row), two floats of mean, one of the rest.
     const elements = l.n * l.c * l.hw;
-    const threads = Math.min(l.c, this.splitMemoryBound(3 * elements, 12 * elements));
-    const floatsPerChannel = [l.hw, l.hw, 2, 1, 1, l.hw, 1, 1];
+    const threads = this.splitMemoryBound(3 * elements, 12 * elements);
+    this.splitChannels('batch_norm_backward', operands, [l.hw, l.hw, 2, 1, 1, l.hw, 1, 1], l, threads);
+  }
+
+  /**
+   * A BatchNorm kernel over ranges of channels, one per thread: a channel's sums run over its
+   * images in the same order on any thread, so the result does not depend on the thread count.
+   * `floatsPerChannel[j]` is how far operand j's pointer moves per channel (a null operand is
+   * pointer 0: the kernel skips that output, or takes weight as 1, bias as 0); the kernel's
+   * arguments after the pointers are n, c, hw, [eps as two i32 halves,] channels.
+   */
+  private splitChannels(
+    name: 'batch_norm' | 'batch_norm_eval' | 'batch_norm_backward',
+    operands: (Storage | null)[],
+    floatsPerChannel: number[],
+    l: BatchNormLayout,
+    threads: number,
+  ): void {
+    const ptrs = operands.map((s) => (s ? ws(s).ptr : 0));
+    const eps = name === 'batch_norm_backward' ? [] : epsArgs(l.eps);
     this.runSplit(
-      splitRange(l.c, threads).map(([c0, c1]) => [
-        this.kernelCall('batch_norm_backward', [...ptrs.map((p, j) => (p ? p + c0 * floatsPerChannel[j] * 4 : 0)), l.n, l.c, l.hw, c1 - c0]),
+      splitRange(l.c, Math.min(l.c, threads)).map(([c0, c1]) => [
+        this.kernelCall(name, [...ptrs.map((p, j) => (p ? p + c0 * floatsPerChannel[j] * 4 : 0)), l.n, l.c, l.hw, ...eps, c1 - c0]),
       ]),
     );
   }
@@ -971,19 +1095,42 @@ export class WasmBackend implements Backend {
     });
     return this.convKernels;
   }
+  /**
+   * Convolutions whose windows tile the input as gemms over patches (conv-patch.ts): where
+   * usePatchConv measured them faster ('auto'), wherever the form applies ('on'), or never ('off').
+   * Public for tests and measurements.
+   */
+  patchConvs: 'auto' | 'on' | 'off' = 'auto';
+  private patchKernels: PatchConv | null = null;
+  /** The patch form (conv-patch.ts) where it takes `l` and runs it faster than conv.ts; null otherwise. */
+  private patchConv(l: Conv2dLayout, kernel: ConvKernel): PatchConv | null {
+    if (this.patchConvs === 'off' || !(this.patchConvs === 'on' ? isPatchConv(l) : usePatchConv(l, kernel))) return null;
+    return (this.patchKernels ??= new PatchConv({
+      exports: this.k,
+      scratch: (b) => this.scratch(b),
+      i32: () => this.heap().i32,
+      gemm: (job) => this.runGemm(job, this.splitThreads(2 * job.batch * job.m * job.n * job.k)),
+    }));
+  }
   conv2d(x: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
     const k = this.conv(x, weight, out);
-    if (k) k.forward(x, weight, out, l);
+    const p = k && this.patchConv(l, 'forward');
+    if (p) p.forward(ws(x).ptr, ws(weight).ptr, ws(out).ptr, l);
+    else if (k) k.forward(x, weight, out, l);
     else this.cpu.conv2d(this.host(x), this.host(weight), this.host(out), l);
   }
   conv2dBackwardInput(grad: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
     const k = this.conv(grad, weight, out);
-    if (k) k.backwardInput(grad, weight, out, l);
+    const p = k && this.patchConv(l, 'backwardInput');
+    if (p) p.backwardInput(ws(grad).ptr, ws(weight).ptr, ws(out).ptr, l);
+    else if (k) k.backwardInput(grad, weight, out, l);
     else this.cpu.conv2dBackwardInput(this.host(grad), this.host(weight), this.host(out), l);
   }
   conv2dBackwardWeight(x: Storage, grad: Storage, out: Storage, l: Conv2dLayout): void {
     const k = this.conv(x, grad, out);
-    if (k) k.backwardWeight(x, grad, out, l);
+    const p = k && this.patchConv(l, 'backwardWeight');
+    if (p) p.backwardWeight(ws(x).ptr, ws(grad).ptr, ws(out).ptr, l);
+    else if (k) k.backwardWeight(x, grad, out, l);
     else this.cpu.conv2dBackwardWeight(this.host(x), this.host(grad), this.host(out), l);
   }
 
@@ -1016,8 +1163,70 @@ export class WasmBackend implements Backend {
       return;
     }
     const job = this.gemmJob(as, bs, o, l);
+    // matmulEpilogue (below) computes the same bits through the same gemm: a new path here needs one there.
     if (this.gemv(job)) return;
     this.runGemm(job, this.splitThreads(2 * batch * m * n * k));
+  }
+
+  /**
+   * Rows of C per panel of a matmul epilogue (whole matrices of a batch together where they fit;
+   * else rounded up to the micro-kernel's rows); null: at least 256 rows and 4 MiB. Each panel
+   * is a gemm call that packs all of B again, and the epilogue's pass over C costs little next
+   * to the gemm, so panels pay only by bounding the scratch: interleaved on this machine (CPU
+   * time, bias + relu), 512^3 took 1.05x the unfused matmul + fused call with 64-row panels,
+   * 1.01x with 256, 0.995x with one panel; 2048x1024 (k = 64, 8 MiB of C) 1.07x, 1.005x and
+   * 0.997x. The MLP's and the ViT's matmuls (C of 35-128 KiB) were within 1-2% of unfused at any
+   * panel size. Public for tests and measurements.
+   */
+  epiloguePanelRows: number | null = null;
+
+  /**
+   * FusedMapKernels.matmulEpilogue: the matmul as `matmul` runs it, into a panel of scratch rows
+   * at a time, each panel followed by the generated epilogue over those rows. Every element of C
+   * is computed by the same micro-kernel in the same k order whatever the rows or batches of the
+   * call (splitGemm relies on it too), so the panels hold matmul's very bits. Split over threads,
+   * the gemm parts write one scratch C and this thread runs the epilogue over it after them.
+   * (Each thread's epilogue over its own part, the workers running the band modules through
+   * ThreadPool.load, was measured slower: 0.305 against 0.279 ms for 128x256x256 + bias + relu,
+   * 0.755 against 0.733 for 128x784x256, fastest of 380 interleaved calls each on two threads,
+   * where the whole epilogue costs this thread 5.5-7 us.)
+   */
+  private matmulEpilogue(l: MatmulLayout, p: FusedProgram, acc: number): ((...s: unknown[]) => void) | null {
+    const { batch, m, n, k } = l;
+    // One row or column runs as gemv (another summation order), k = 0 as a fill: left to matmul.
+    if (batch === 0 || m <= 1 || n <= 1 || k === 0) return null;
+    const bands = wasmEpilogueBands(this.mem, p, acc);
+    const mr = this.tiling.mr;
+    const rows = this.epiloguePanelRows ?? Math.max(256, (4 << 20) / (4 * n));
+    // Whole matrices per panel (`per` of them), or panels of `panel` rows within each.
+    const per = m <= rows ? Math.min(batch, Math.floor(rows / m)) : 0;
+    const panel = per ? m : Math.ceil(rows / mr) * mr;
+    const addresses = new Array<number>(p.inputs.length).fill(0);
+    return (a, b, ...storages) => {
+      storages.forEach((s, i) => { addresses[i] = s ? ws(s as Storage).ptr : 0; });
+      const threads = this.splitThreads(2 * batch * m * n * k);
+      const c = this.scratch((threads > 1 ? batch * m : Math.max(per, 1) * panel) * n * 4);
+      const job = this.gemmJob(ws(a as Storage), ws(b as Storage), { ptr: c } as WasmStorage, l);
+      if (threads > 1) {
+        this.runGemm(job, threads);
+        bands(addresses, c, 0, batch * m);
+        return;
+      }
+      const at = (bt: number, r0: number) => ({ ...job, a: job.a + bt * job.aBatch + r0 * job.aRow, b: job.b + bt * job.bBatch });
+      for (let bt = 0; bt < batch; bt += Math.max(per, 1)) {
+        if (per) {
+          const count = Math.min(per, batch - bt);
+          this.k.gemm(...gemmArgs({ ...at(bt, 0), batch: count }, this.gemmScratch[0]));
+          bands(addresses, c, bt * m, count * m);
+          continue;
+        }
+        for (let r0 = 0; r0 < m; r0 += panel) {
+          const height = Math.min(panel, m - r0);
+          this.k.gemm(...gemmArgs({ ...at(bt, r0), m: height, batch: 1 }, this.gemmScratch[0]));
+          bands(addresses, c, bt * m + r0, height);
+        }
+      }
+    };
   }
 
   private gemmJob(a: WasmStorage, b: WasmStorage, out: WasmStorage, l: MatmulLayout): GemmJob {
@@ -1087,7 +1296,19 @@ export class WasmBackend implements Backend {
 }
 
 /** Bytes below which a memory-bound kernel runs on one thread (splitMemoryBound). */
-const MEMORY_SPLIT_BYTES = 8 << 20;
+const MEMORY_SPLIT_BYTES = 2 << 20;
+
+/**
+ * Bytes (over all its vectors) below which an arena pass runs on one thread. Measured on this
+ * machine's two cores, each pass alone, the fastest of 56-396 interleaved runs split and unsplit:
+ * over the MLP 784-256-256-10's 269,322 parameters split passes were slower (SGD update, 2.2 MB:
+ * 0.048 against 0.039 ms; norm, 1.1 MB: 0.072 against 0.068; a 3-vector perturb: 0.064 against
+ * 0.058), and inside its captured step the SGD update took 0.198 ms split against 0.069; over 1M
+ * parameters (4-12 MB, in the 32 MB L3) about even (SGD 0.125 both; norm 0.188 against 0.237;
+ * perturb 0.145 against 0.187); over 4M (16-48 MB) 1.8-1.9x faster (SGD 0.279 against 0.523,
+ * norm 0.508 against 0.921, perturb 0.783 against 1.456).
+ */
+const ARENA_SPLIT_BYTES = 16 << 20;
 
 /** Whether every storage given (nulls skipped) is float32: the dtype the SIMD kernels take. */
 function allFloat32(storages: (Storage | null)[]): boolean {
@@ -1156,7 +1377,7 @@ function windowArgs(g: Window2d): number[] {
 }
 
 /** One gemm call in bytes and counts, as the wasm export takes it (without the scratch). */
-interface GemmJob {
+export interface GemmJob {
   a: number;
   aRow: number;
   aCol: number;

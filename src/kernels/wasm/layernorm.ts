@@ -17,7 +17,7 @@
  * lanes already done masked off (every storage lies at address 256 or above, so a short row's
  * window may reach back before it).
  */
-import { f32, f32x4, f64, i32, memory, v128, ValType, type Expr, type FuncBuilder, type Local, type ModuleBuilder, type Operand } from './emit.js';
+import { f32, f32x4, f64, f64x2, i32, memory, v128, ValType, type Expr, type FuncBuilder, type Local, type ModuleBuilder, type Operand } from './emit.js';
 import { elementwise, lanes4, tailMask } from './module.js';
 
 const { i32: I32, f64: F64, v128: V128 } = ValType;
@@ -103,9 +103,37 @@ function emitForward(mb: ModuleBuilder, weight: boolean, bias: boolean): void {
   });
 }
 
-function emitBackward(mb: ModuleBuilder, weight: boolean): void {
-  const params = [I32, I32, I32, I32, I32, I32, I32, I32, I32, I32];
-  mb.func(layerNormBackwardExport(weight), params, [], (f, g, x, mean, rstd, w, dx, dw, db, rows, cols) => {
+/**
+ * What a captured step folds into the backward kernel (src/kernels/wasm/lnfused.ts): a residual
+ * add into dx (`addFirst`: the residual is the left operand) and `sums` block sums of dx as
+ * written (Backend's BlockSum). Each adds parameters after the plain kernel's: the residual's
+ * address, then per sum its output, a float64 scratch row of `width` doubles, and offset,
+ * period, width and count (in elements). Without it the plain kernel.
+ */
+export interface LayerNormBackwardExtras {
+  add: boolean;
+  addFirst: boolean;
+  sums: number;
+}
+
+export function emitBackward(mb: ModuleBuilder, weight: boolean, name = layerNormBackwardExport(weight), extras?: LayerNormBackwardExtras): void {
+  const nExtra = extras ? (extras.add ? 1 : 0) + 6 * extras.sums : 0;
+  const params = Array<ValType>(10 + nExtra).fill(I32);
+  mb.func(name, params, [], (f, g, x, mean, rstd, w, dx, dw, db, rows, cols, ...more) => {
+    const residual = extras?.add ? more.shift()! : null;
+    const sums = Array.from({ length: extras?.sums ?? 0 }, () => {
+      const [out, scratch, offset, period, width, count] = more.splice(0, 6);
+      return { out, scratch, offset, period, width, count, q: f.local(I32), pos: f.local(I32) };
+    });
+    // Each sum's q is the element of dx row r relative to its offset, pos = q mod period (kept
+    // by steps of cols, no division per row): row r adds into the doubles at pos when
+    // 0 <= q < count * period and pos < width.
+    for (const s of sums) {
+      f.exec(memory.fill(s.scratch, 0, i32.shl(s.width, 3)));
+      f.set(s.q, i32.sub(0, s.offset));
+      f.set(s.pos, 0);
+      f.set(s.count, i32.mul(s.count, s.period));
+    }
     const r = f.local(I32);
     const hi = f.local(V128);
     const lo = f.local(V128);
@@ -148,18 +176,61 @@ function emitBackward(mb: ModuleBuilder, weight: boolean): void {
         // dx = rs * (gw - mean(gw) - xhat * mean(gw * xhat)) = rs * gw - c1 - xhat * c2.
         f.set(c1, f32x4.splat(f32.div(f32.mul(f32x4.extractLane(rs, 0), lanes4(sumGw, f32.add)), n)));
         f.set(c2, f32x4.splat(f32.div(f32.mul(f32x4.extractLane(rs, 0), lanes4(sumGwXhat, f32.add)), n)));
-        const inputs = [{ ptr: g }, { ptr: x }, ...(weight ? [{ ptr: w }] : [])];
-        elementwise(f, cols, inputs, { ptr: dx }, ([gi, xi, wi]) => {
-          const gwi = weight ? f32x4.mul(gi, wi) : gi;
-          return f32x4.sub(f32x4.sub(f32x4.mul(rs, gwi), c1), f32x4.mul(xhatOf(xi), c2));
+        const inputs = [{ ptr: g }, { ptr: x }, ...(weight ? [{ ptr: w }] : []), ...(residual ? [{ ptr: residual }] : [])];
+        elementwise(f, cols, inputs, { ptr: dx }, ([gi, xi, ...rest]) => {
+          const gwi = weight ? f32x4.mul(gi, rest[0]) : gi;
+          const v = f32x4.sub(f32x4.sub(f32x4.mul(rs, gwi), c1), f32x4.mul(xhatOf(xi), c2));
+          if (!residual) return v;
+          // The float32 add of the binary add this replaces, its operands in their order.
+          const r = rest[rest.length - 1];
+          return extras!.addFirst ? f32x4.add(r, v) : f32x4.add(v, r);
         });
+        for (const s of sums) {
+          // (count now holds count * period: the end of the blocks.)
+          f.if(i32.and(i32.geS(s.q, 0), i32.ltS(s.q, s.count)), () => {
+            f.if(i32.ltU(s.pos, s.width), () => columnSums(f, dx, i32.add(s.scratch, i32.shl(s.pos, 3)), cols));
+            f.inc(s.pos, cols);
+            f.if(i32.eq(s.pos, s.period), () => f.set(s.pos, 0));
+          });
+          f.inc(s.q, cols);
+        }
         f.inc(dx, i32.shl(cols, 2));
+        if (residual) f.inc(residual, i32.shl(cols, 2));
       });
       f.inc(g, i32.shl(cols, 2));
       f.inc(x, i32.shl(cols, 2));
       f.inc(mean, 8);
       f.inc(rstd, 4);
     });
+    for (const s of sums) {
+      const i = f.local(I32);
+      f.for(i, 0, s.width, 1, () => f.exec(f32.store(at(s.out, i), f32.demoteF64(f64.load(i32.add(s.scratch, i32.shl(i, 3)))))));
+    }
+  });
+}
+
+const HIGH_HALF = [8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15];
+
+/**
+ * acc[c] += dx[c] for the row of n floats at dx, into the doubles at acc: float32 values added in
+ * float64, as reduce_cols_sum adds each row (module.ts), so that the sums keep its bits. (Also
+ * the bias-gradient sums of cross_entropy_backward_sums.)
+ */
+export function columnSums(f: FuncBuilder, dx: Local, accAt: Operand, n: Local): void {
+  const c = f.local(I32);
+  const v = f.local(V128);
+  const a = f.local(I32);
+  const acc = f.local(I32);
+  f.set(acc, accAt);
+  f.for(c, 0, i32.sub(n, 3), 4, () => {
+    f.set(v, v128.load(at(dx, c)));
+    f.set(a, i32.add(acc, i32.shl(c, 3)));
+    f.exec(v128.store(a, f64x2.add(v128.load(a), f64x2.promoteLowF32x4(v))));
+    f.exec(v128.store(a, f64x2.add(v128.load(a, 16), f64x2.promoteLowF32x4(v128.shuffle(v, v, HIGH_HALF))), 16));
+  });
+  f.for(c, c, n, 1, () => {
+    f.set(a, i32.add(acc, i32.shl(c, 3)));
+    f.exec(f64.store(a, f64.add(f64.load(a), f64.promoteF32(f32.load(at(dx, c))))));
   });
 }
 

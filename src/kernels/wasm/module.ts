@@ -31,7 +31,7 @@ import { SQRT_2_OVER_PI } from '../mathfns.js';
 import * as COEFFS from '../mathcoeffs.js';
 import { emitConvKernels } from './conv.js';
 import { emitPoolKernels } from './pool.js';
-import { emitLayerNormKernels } from './layernorm.js';
+import { columnSums, emitLayerNormKernels } from './layernorm.js';
 import { emitBatchNormKernels } from './batchnorm.js';
 import { emitStridedCopyKernels } from './copy.js';
 import { emitAttentionKernels } from './attention.js';
@@ -122,9 +122,11 @@ function load4(s: Stream, i: Operand): Expr {
  * Emits out[i] = body(inputs[i]) for n elements. A tail of 1-3 elements runs the same body once
  * on the window of the last four elements (reaching back before the start when n < 4: every
  * storage lies at address 256 or above) and stores only the tail's lanes, so each op is written
- * once and costs one vector step there.
+ * once and costs one vector step there. `pairs`: the main loop runs the body on two vectors a turn
+ * (half the loop's own instructions per vector; V8 unrolls only the smallest loops itself), then
+ * one vector, then the tail. Bool outputs always go sixteen elements a turn.
  */
-export function elementwise(f: FuncBuilder, n: Operand, inputs: Stream[], out: Stream, body: (xs: Local[]) => Operand): void {
+export function elementwise(f: FuncBuilder, n: Operand, inputs: Stream[], out: Stream, body: (xs: Local[]) => Operand, pairs = false): void {
   const i = f.local(I32);
   const end = f.local(I32);
   const v = f.local(V128);
@@ -135,7 +137,7 @@ export function elementwise(f: FuncBuilder, n: Operand, inputs: Stream[], out: S
     f.set(x, i32x4.splat(s.bool ? i32.load8u(s.ptr) : i32.load(s.ptr)));
     return x;
   });
-  const loadInputs = () => inputs.forEach((s, k) => f.set(xs[k], splats[k] ?? load4(s, i)));
+  const loadInputs = (at: Operand = i) => inputs.forEach((s, k) => f.set(xs[k], splats[k] ?? load4(s, at)));
   // Bools leave as the low byte of each lane, packed into 4 bytes.
   const packed = (x: Operand) => {
     const w = i16x8.narrowI32x4U(x, x);
@@ -143,6 +145,38 @@ export function elementwise(f: FuncBuilder, n: Operand, inputs: Stream[], out: S
   };
   f.set(end, n);
   f.set(i, 0);
+  if (out.bool) {
+    // Sixteen bools at a time: four bodies packed by three narrowings into one 16-byte store,
+    // instead of two narrowings and a 4-byte store per four (half the instructions of isnan).
+    const quarters = f.localsOf(V128, 4);
+    f.block((exit) =>
+      f.loop((top) => {
+        f.brIf(exit, i32.gtS(i32.add(i, 16), end));
+        quarters.forEach((q, k) => {
+          loadInputs(k ? i32.add(i, 4 * k) : i);
+          f.set(q, body(xs));
+        });
+        f.exec(v128.store(addrOf(out, i), i8x16.narrowI16x8U(i16x8.narrowI32x4U(quarters[0], quarters[1]), i16x8.narrowI32x4U(quarters[2], quarters[3]))));
+        f.inc(i, 16);
+        f.br(top);
+      }),
+    );
+  } else if (pairs) {
+    const [first, second] = f.localsOf(V128, 2);
+    f.block((exit) =>
+      f.loop((top) => {
+        f.brIf(exit, i32.gtS(i32.add(i, 8), end));
+        loadInputs();
+        f.set(first, body(xs));
+        loadInputs(i32.add(i, 4));
+        f.set(second, body(xs));
+        f.exec(v128.store(addrOf(out, i), first));
+        f.exec(v128.store(addrOf(out, i32.add(i, 4)), second));
+        f.inc(i, 8);
+        f.br(top);
+      }),
+    );
+  }
   f.block((exit) =>
     f.loop((top) => {
       f.brIf(exit, i32.gtS(i32.add(i, 4), end));
@@ -176,10 +210,9 @@ export function tailMask(rem: Operand): Expr {
 }
 
 // The polynomials shared with the WebGPU prelude (src/kernels/mathcoeffs.ts), as numbers.
-const [EXP_P, EXPM1_Q, LOG_TAIL_Q, ERF_SMALL_P, SIN_S, COS_C, ERFC_TAIL_CENTRES] = [
-  COEFFS.EXP_P, COEFFS.EXPM1_Q, COEFFS.LOG_TAIL_Q, COEFFS.ERF_SMALL_P, COEFFS.SIN_S, COEFFS.COS_C, COEFFS.ERFC_TAIL_CENTRES,
+const [EXP_P, EXPM1_Q, LOG_TAIL_Q, ERF_SMALL_P, SIN_S, COS_C] = [
+  COEFFS.EXP_P, COEFFS.EXPM1_Q, COEFFS.LOG_TAIL_Q, COEFFS.ERF_SMALL_P, COEFFS.SIN_S, COEFFS.COS_C,
 ].map((t) => t.map(Number));
-const ERFC_TAIL_G = COEFFS.ERFC_TAIL_G.map((t) => t.map(Number));
 
 /**
  * exp(x) for f32x4 (Cephes expf): x = n ln2 + r with |r| <= ln2/2, a degree-6 polynomial for e^r,
@@ -188,13 +221,33 @@ const ERFC_TAIL_G = COEFFS.ERFC_TAIL_G.map((t) => t.map(Number));
  * The clamps are pmin/pmax with x first, so a NaN passes through. Relative error about 2 ulp;
  * exp(-inf) = 0, exp(inf) = inf.
  */
-export function expV(f: FuncBuilder, x: Operand): Expr {
-  const { p, n } = expSplitV(f, x);
-  return scale2V(f, p, n);
+export function expV(f: FuncBuilder, x: Operand): Local {
+  const [xv, out] = f.localsOf(V128, 2);
+  f.set(xv, x);
+  // Where every |x| <= 87 (no NaN), n is in [-126, 126]: 2^n is normal, the clamps change nothing
+  // and p 2^n is one product, rounded once as the two halves round it (the same bits; the exp
+  // kernel's loop is 45 x64 instructions per vector so, 57 the full way, counted by
+  // bench/unary.bench.ts --count). NaN's bits compare above 87's.
+  f.if(
+    anyLane(i32x4.gtS(v128.and(xv, ABS_F32), v128.i32x4(lanes(f32Bits(87))))),
+    () => {
+      const { p, n } = expSplitV(f, xv);
+      f.set(out, scale2V(f, p, n));
+    },
+    () => {
+      const { p, kf } = expSplitV(f, xv, true);
+      f.set(out, f32x4.mul(p, pow2OfKf(kf)));
+    },
+  );
+  return out;
 }
 
-/** e^x = p 2^n as expV computes it: p in [0.7, 1.42] and n an i32x4 (x clamped to [-110, 89]). */
-function expSplitV(f: FuncBuilder, x: Operand): { p: Local; n: Local } {
+/**
+ * e^x = p 2^n as expV computes it: p in [0.7, 1.42] and n an i32x4 (x clamped to [-110, 89]);
+ * kf holds n in its low bits (0x4b400000 + n). `inRange`: the caller knows |x| <= 87 or NaN, so
+ * the clamps are left out (they would change nothing), and n is not formed (pow2OfKf(kf) is 2^n).
+ */
+function expSplitV(f: FuncBuilder, x: Operand, inRange = false): { p: Local; n: Local; kf: Local } {
   const ROUND = 12582912; // 1.5 * 2^23
   const t = f.local(V128);
   const kf = f.local(V128);
@@ -202,15 +255,15 @@ function expSplitV(f: FuncBuilder, x: Operand): { p: Local; n: Local } {
   const r = f.local(V128);
   const p = f.local(V128);
   const n = f.local(V128);
-  f.set(t, f32x4.pmin(f32x4.pmax(x, -110), 89));
+  f.set(t, inRange ? x : f32x4.pmin(f32x4.pmax(x, -110), 89));
   f.set(kf, f32x4.add(f32x4.mul(t, Math.LOG2E), ROUND));
   f.set(fx, f32x4.sub(kf, ROUND));
   f.set(r, f32x4.sub(f32x4.sub(t, f32x4.mul(fx, 0.693359375)), f32x4.mul(fx, -2.12194440e-4)));
   f.set(p, f32x4.splat(EXP_P[0]));
   for (const c of EXP_P.slice(1)) f.set(p, f32x4.add(f32x4.mul(p, r), c));
   f.set(p, f32x4.add(f32x4.add(f32x4.mul(f32x4.mul(p, r), r), r), 1));
-  f.set(n, i32x4.sub(kf, v128.i32x4([0x4b400000, 0x4b400000, 0x4b400000, 0x4b400000])));
-  return { p, n };
+  if (!inRange) f.set(n, i32x4.sub(kf, v128.i32x4([0x4b400000, 0x4b400000, 0x4b400000, 0x4b400000])));
+  return { p, n, kf };
 }
 
 /**
@@ -223,6 +276,9 @@ function scale2V(f: FuncBuilder, p: Operand, n: Local): Expr {
   f.set(n1, i32x4.shrS(n, 1));
   return f32x4.mul(f32x4.mul(p, pow2V(n1)), pow2V(i32x4.sub(n, n1)));
 }
+
+/** 2^n from expSplitV's kf (n in [-126, 127]): its bits are 0x4b400000 + n, and 0x4b400000 << 23 wraps to 0. */
+const pow2OfKf = (kf: Operand) => i32x4.shl(i32x4.add(kf, v128.i32x4(lanes(127))), 23);
 
 /** 2^n for an i32x4 n in [-126, 127], from its exponent bits. */
 const pow2V = (n: Operand) => i32x4.shl(i32x4.add(n, 127), 23);
@@ -239,13 +295,24 @@ function hornerV(f: FuncBuilder, x: Local, coefs: number[]): Local {
  * The float32 bodies of expm1, log, log1p, tanh, silu, softplus, elu and erf (and the
  * polynomials of sin and cos): the algorithms of the WebGPU prelude (src/kernels/webgpu/wgsl-math.ts,
  * with the same coefficients: src/kernels/mathcoeffs.ts), in f32x4 with IEEE arithmetic, so that subnormals need no
- * assembly from bits. Two to four times the throughput of computing in f64x2; 1-3 float32 ulps
- * from the float64 closure (the tolerances of test/unary-sweep.test.ts).
+ * assembly from bits; except where IEEE arithmetic allows fewer instructions than the prelude's
+ * forms (log1p as log u + c / u, softplus' log1p by the series alone, erf's tail as 1 - e g with
+ * a polynomial g fitted to what erf needs). Two to four times the throughput of computing in
+ * f64x2; 1-3 float32 ulps from the float64 closure (the tolerances of test/unary-sweep.test.ts).
  */
 const NAN_F32 = v128.i32x4([0x7fc00000, 0x7fc00000, 0x7fc00000, 0x7fc00000]);
 const SIGN_F32 = v128.i32x4([0x80000000 | 0, 0x80000000 | 0, 0x80000000 | 0, 0x80000000 | 0]);
 /** -|x| by setting the sign bit: V8 makes f32x4.neg(f32x4.abs(x)) six instructions (both masks built in the loop). */
 const negAbs = (x: Operand) => v128.or(x, SIGN_F32);
+const ABS_F32 = v128.i32x4([0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff]);
+/** |x| by clearing the sign bit: one instruction, where V8 builds f32x4.abs's mask in the loop (three). */
+const absV = (x: Operand) => v128.and(x, ABS_F32);
+const lanes = (x: number) => [x, x, x, x] as const;
+/**
+ * Whether any lane of a mask (lanes all ones or all zeros) is set, for a branch: the sign bits'
+ * bitmask, which V8 tests in three instructions where v128.anyTrue takes five.
+ */
+const anyLane = (mask: Operand) => i32x4.bitmask(mask);
 /** The bits of a float32 as an i32 (a lane of a v128.i32x4 constant). */
 const f32Bits = (x: number) => new Int32Array(Float32Array.of(x).buffer)[0];
 
@@ -277,7 +344,7 @@ function expm1V(f: FuncBuilder, x: Local, opts: { upTo20?: boolean; inRange?: bo
     const big = f32x4.mul(f32x4.mul(f32x4.add(em, 1), pow2V(i32x4.sub(ni, v128.i32x4([64, 64, 64, 64])))), 18446744073709551616);
     f.set(out, v128.bitselect(big, out, f32x4.gt(n, 30)));
   }
-  if (!opts.noPassThrough) f.set(out, v128.bitselect(x, out, v128.or(f32x4.lt(f32x4.abs(x), 1e-20), f32x4.ne(x, x))));
+  if (!opts.noPassThrough) f.set(out, v128.bitselect(x, out, v128.or(f32x4.lt(absV(x), 1e-20), f32x4.ne(x, x))));
   return out;
 }
 
@@ -292,7 +359,7 @@ function logV(f: FuncBuilder, x: Local, ordinary = false): Local {
   const [sub, xs, e, m, big, fr, f2, out] = f.localsOf(V128, 8);
   let bias: Expr = v128.i32x4([127, 127, 127, 127]);
   if (!ordinary) {
-    f.set(sub, f32x4.lt(f32x4.abs(x), 1.1754943508222875e-38));
+    f.set(sub, f32x4.lt(absV(x), 1.1754943508222875e-38));
     bias = v128.bitselect(v128.i32x4([150, 150, 150, 150]), bias, sub);
   }
   f.set(xs, ordinary ? x : v128.bitselect(f32x4.mul(x, 8388608), x, sub));
@@ -324,26 +391,40 @@ const notPositiveNormal = (f: FuncBuilder, x: Local) => v128.or(i32x4.ltS(x, v12
 function withFastPath(special: (f: FuncBuilder, x: Local) => Expr, fast: VecBody, full: VecBody): VecBody {
   return (f, xs, p) => {
     const out = f.local(V128);
-    f.if(v128.anyTrue(special(f, xs[0])), () => f.set(out, full(f, xs, p)), () => f.set(out, fast(f, xs, p)));
+    f.if(anyLane(special(f, xs[0])), () => f.set(out, full(f, xs, p)), () => f.set(out, fast(f, xs, p)));
     return out;
   };
 }
 
 /**
- * log(1 + x): for |x| < 1/2, 2 atanh(s) with s = x / (2 + x) (|s| <= 1/3) by its series to s^17;
- * beyond, log(1 + x) loses nothing (1 + x is exact or |log| > 0.4). |x| < 1e-20 gives x.
- * `ordinary`: every lane of 1 + x is a positive normal float (logV's fast form).
+ * log(1 + x) = log u + c / u with u = 1 + x rounded and c = (1 + x) - u its rounding, exact: x - (u - 1)
+ * below u = 2 (u - 1 is exact there, and so is the difference), 1 - (u - x) from 2 on (u - x
+ * exact); c / u is the first-order term of log(1 + c / u), and c / u <= 2^-24 leaves the next
+ * one below 2^-49 (fdlibm's log1pf). Where u is not a positive normal float (x <= -1, Inf, NaN) the
+ * result is log u alone; |x| < 1e-20 gives x (keeps -0). `ordinary`: every lane of 1 + x is a
+ * positive normal float (logV's fast form).
  */
 function log1pV(f: FuncBuilder, x: Local, ordinary = false): Local {
-  const [s, z, onePlus, out] = f.localsOf(V128, 4);
+  const [u, c, out] = f.localsOf(V128, 3);
+  f.set(u, f32x4.add(x, 1));
+  f.set(c, v128.bitselect(f32x4.sub(1, f32x4.sub(u, x)), f32x4.sub(x, f32x4.sub(u, 1)), f32x4.ge(u, 2)));
+  const log = logV(f, u, ordinary);
+  f.set(out, f32x4.add(log, f32x4.div(c, u)));
+  if (!ordinary) f.set(out, v128.bitselect(log, out, notPositiveNormal(f, u)));
+  f.set(out, v128.bitselect(x, out, f32x4.lt(absV(x), 1e-20)));
+  return out;
+}
+
+/**
+ * log1pV's series, 2 atanh(s) with s = x / (2 + x), to s^17: for x in [0, 1] (s <= 1/3) the first
+ * term left out, 2 s^19 / 19, is below 1e-10 relative, so it serves alone there (softplus).
+ */
+function log1pSeriesV(f: FuncBuilder, x: Local): Expr {
+  const [s, z] = f.localsOf(V128, 2);
   f.set(s, f32x4.div(x, f32x4.add(x, 2)));
   f.set(z, f32x4.mul(s, s));
   const p = hornerV(f, z, [1 / 17, 1 / 15, 1 / 13, 1 / 11, 1 / 9, 1 / 7, 1 / 5, 1 / 3]);
-  const series = f32x4.add(f32x4.add(s, s), f32x4.mul(f32x4.mul(f32x4.add(s, s), z), p));
-  f.set(onePlus, f32x4.add(x, 1));
-  f.set(out, v128.bitselect(series, logV(f, onePlus, ordinary), f32x4.lt(f32x4.abs(x), 0.5)));
-  f.set(out, v128.bitselect(x, out, f32x4.lt(f32x4.abs(x), 1e-20)));
-  return out;
+  return f32x4.add(f32x4.add(s, s), f32x4.mul(f32x4.mul(f32x4.add(s, s), z), p));
 }
 
 /**
@@ -356,8 +437,9 @@ function log1pV(f: FuncBuilder, x: Local, ordinary = false): Local {
 function siluV(f: FuncBuilder, x: Local, ordinary = false): Local {
   const [e, out] = f.localsOf(V128, 2);
   // One split e^-|x| = p 2^n serves both: it is e^x where the far-left form applies.
-  const { p, n } = expSplitV(f, negAbs(x));
-  f.set(e, ordinary ? f32x4.mul(p, pow2V(n)) : scale2V(f, p, n));
+  // Ordinary lanes have -|x| in [-87, 0] (or NaN): no clamps, and one scaling.
+  const { p, n, kf } = expSplitV(f, negAbs(x), ordinary);
+  f.set(e, ordinary ? f32x4.mul(p, pow2OfKf(kf)) : scale2V(f, p, n));
   f.set(out, f32x4.div(v128.bitselect(f32x4.mul(x, e), x, f32x4.lt(x, 0)), f32x4.add(e, 1)));
   if (ordinary) return out;
   f.set(out, v128.bitselect(scale2V(f, f32x4.mul(x, p), n), out, f32x4.lt(x, -17)));
@@ -374,55 +456,44 @@ function erfSmallV(f: FuncBuilder, x: Operand): Expr {
 }
 
 /**
- * s erfc(k |v|) for k |v| >= 1/2, with k^2 = k2 exact (1, or 1/2 for the GELU). a^2 = k2 v^2 is
- * taken from v, which is exact, not from the rounded a: v^2 = vh^2 + (v - vh)(v + vh) with vh
- * keeping 12 bits, so e^(-k2 vh^2) = m 2^n comes from an exact exponent and the product is scaled
- * by 2^n last (one rounding where it is subnormal). Past k |v| = 10.5 it is 0 with s's sign.
+ * erfc(a) e^(a^2) on [1, 4] as a degree-8 polynomial in a - 2.5, for erf = 1 - e^(-a^2) g(a): fitted
+ * (weighted least squares, reweighted towards minimax) to the absolute error of e^(-a^2) g(a),
+ * the term erf subtracts from 1, which is below 2^-28.6; erf needs no more, as erf(a) >= 0.84 there
+ * has an ulp of 2^-24 (the relative accuracy erfc itself would need is what made the shared tail
+ * form, WebGPU's, twice the instructions). Past a = 3.84 the term is below 2^-25 and erf rounds to 1.
  */
-function erfcTailV(f: FuncBuilder, vIn: Local, k: number, k2: number, s: Operand): Local {
-  const [v, u, near, mid, idx, t, g, vh, out] = f.localsOf(V128, 9);
-  f.set(v, f32x4.pmin(f32x4.abs(vIn), 10.5 / k));
-  f.set(u, f32x4.div(1, f32x4.pmax(f32x4.mul(v, k), 0.5)));
-  f.set(near, f32x4.lt(u, 0.5));
-  f.set(mid, f32x4.lt(u, 1));
-  // Each lane's interval i (0 near, 1 mid, 2 beyond; near lies within mid) as the byte indexes
-  // 4i..4i+3, so that a coefficient is one swizzle of a constant holding the three intervals'
-  // values (two selects of three constants cost about four times the instructions under V8).
-  const FOURS = v128.i32x4([0x04040404, 0x04040404, 0x04040404, 0x04040404]);
-  f.set(idx, i8x16.sub(i8x16.sub(v128.i32x4([0x0b0a0908, 0x0b0a0908, 0x0b0a0908, 0x0b0a0908]), v128.and(mid, FOURS)), v128.and(near, FOURS)));
-  const pick = (c: number[]) => i8x16.swizzle(v128.i32x4([f32Bits(c[0]), f32Bits(c[1]), f32Bits(c[2]), 0]), idx);
-  f.set(t, f32x4.sub(u, pick(ERFC_TAIL_CENTRES)));
-  f.set(g, pick(ERFC_TAIL_G.map((c) => c[0])));
-  for (let j = 1; j < 8; j++) f.set(g, f32x4.add(f32x4.mul(g, t), pick(ERFC_TAIL_G.map((c) => c[j]))));
-  f.set(vh, v128.and(v, v128.i32x4([0xfffff000 | 0, 0xfffff000 | 0, 0xfffff000 | 0, 0xfffff000 | 0])));
-  const { p, n } = expSplitV(f, f32x4.mul(f32x4.mul(vh, vh), -k2));
-  // |v - vh| < 2^-8 and v + vh < 21, so |rest| < 0.09 and e^rest needs only its Taylor series to
-  // degree 5 (truncation below 2^-30 relative).
-  const rest = f.local(V128);
-  f.set(rest, f32x4.mul(f32x4.mul(f32x4.sub(v, vh), f32x4.add(v, vh)), -k2));
-  f.set(rest, hornerV(f, rest, [1 / 120, 1 / 24, 1 / 6, 0.5, 1, 1]));
-  f.set(out, scale2V(f, f32x4.mul(s, f32x4.mul(f32x4.mul(f32x4.mul(p, rest), g), u)), n));
-  f.set(out, v128.bitselect(v128.and(s, SIGN_F32), out, f32x4.gt(f32x4.mul(f32x4.abs(vIn), k), 10.5)));
-  return out;
-}
+const ERF_TAIL_G = [
+  0.00010684337030397728, 0.00022506355890072882, 0.0005433212500065565, -0.0006611197022721171, 0.0023025034461170435,
+  -0.008132251910865307, 0.02491462603211403, -0.07434218376874924, 0.21080760657787323,
+];
 
-/** erf: x P(x^2) below |x| = 1, sign(x) - sign(x) erfc(|x|) from there; NaN passes through. */
+/**
+ * erf: x P(x^2) below |x| = 1 (the WebGPU prelude's fg_erf_small); from there sign(x) (1 - e g)
+ * with a = min(|x|, 4), e = e^(-a^2) (a^2 rounded: its error a^2 2^-24 relative in e is far below
+ * what the term needs) and g from ERF_TAIL_G. Within 1 ulp of the float64 erf over [1, 4.2] in a
+ * float32 model with e 1 ulp off; NaN passes through.
+ */
 function erfV(f: FuncBuilder, x: Local): Local {
-  const [sgn, out] = f.localsOf(V128, 2);
-  f.set(sgn, v128.or(f32x4.splat(f32.const(1)), v128.and(x, SIGN_F32)));
-  f.set(out, v128.bitselect(f32x4.sub(sgn, erfcTailV(f, x, 1, 1, sgn)), erfSmallV(f, x), f32x4.ge(f32x4.abs(x), 1)));
+  const [a, t, out] = f.localsOf(V128, 3);
+  f.set(a, f32x4.pmin(absV(x), 4));
+  const e = expV(f, negAbs(f32x4.mul(a, a)));
+  f.set(t, f32x4.sub(a, 2.5));
+  const tail = v128.or(f32x4.sub(1, f32x4.mul(e, hornerV(f, t, ERF_TAIL_G))), v128.and(x, SIGN_F32));
+  f.set(out, v128.bitselect(tail, erfSmallV(f, x), f32x4.ge(absV(x), 1)));
   f.set(out, v128.bitselect(x, out, f32x4.ne(x, x)));
   return out;
 }
 
-/** tanh |x| = expm1(2|x|) / (expm1(2|x|) + 2) (tanh(10) rounds to 1), x's sign put back by bits. */
-function tanhV(f: FuncBuilder, x: Local): Local {
-  const [a, e, out] = f.localsOf(V128, 3);
-  f.set(a, f32x4.mul(f32x4.pmin(f32x4.abs(x), 10), 2));
+/**
+ * tanh |x| = expm1(2|x|) / (expm1(2|x|) + 2) (tanh(10) rounds to 1), x's sign put back by bits.
+ * Tiny |x| needs no pass-through: there n = 0, r = 2|x| and r^2 vanishes, so expm1 gives 2|x|
+ * exactly and (2|x|) / 2 is |x| (subnormals and ±0 included); a NaN stays NaN through it all.
+ */
+function tanhV(f: FuncBuilder, x: Local): Expr {
+  const [a, e] = f.localsOf(V128, 2);
+  f.set(a, f32x4.mul(f32x4.pmin(absV(x), 10), 2));
   f.set(e, expm1V(f, a, { upTo20: true, inRange: true, noPassThrough: true }));
-  f.set(out, v128.or(f32x4.div(e, f32x4.add(e, 2)), v128.and(x, SIGN_F32)));
-  f.set(out, v128.bitselect(x, out, v128.or(f32x4.lt(f32x4.abs(x), 1e-20), f32x4.ne(x, x))));
-  return out;
+  return v128.or(f32x4.div(e, f32x4.add(e, 2)), v128.and(x, SIGN_F32));
 }
 
 /**
@@ -618,9 +689,10 @@ const ERF_SB = [0, -2.24409524465858183362e1, 4.74528541206955367215e2, 2.553050
 /**
  * erfc(b) for b >= 0 in f64x2 (0 from 28 on, and for b = Inf). In the tail, b^2 = z^2 + (b - z)(b + z) with z = b cut to 21 bits, so z^2 is exact and the one
  * exponential keeps its argument to an ulp of itself (2^-45 relative at b = 10, where erfc meets
- * the float32 subnormals).
+ * the float32 subnormals). `nearOnly`: every b is below 1.25, and the two forms there suffice
+ * (a quarter of the instructions: the tail has the divisions and the exponential).
  */
-function erfcD(f: FuncBuilder, b: Local): Local {
+function erfcD(f: FuncBuilder, b: Local, nearOnly = false): Local {
   const z2 = f.local(V128);
   const small = f.local(V128);
   const s = f.local(V128);
@@ -636,6 +708,12 @@ function erfcD(f: FuncBuilder, b: Local): Local {
   // [0.84375, 1.25): erf = erx + P(b - 1) / Q(b - 1).
   f.set(s, f64x2.sub(b, 1));
   f.set(mid, f64x2.div(hornerD(f, s, ERF_PA), hornerD(f, s, ERF_QA)));
+  const isSmall = f.local(V128);
+  f.set(isSmall, f64x2.lt(b, 0.84375));
+  if (nearOnly) {
+    f.set(erfc, v128.bitselect(f64x2.sub(1, small), f64x2.sub(1 - ERF_ERX, mid), isSmall));
+    return erfc;
+  }
   // [1.25, 28): erfc = e^(-z^2 - 0.5625 + (z - b)(z + b) + R(1/b^2) / S(1/b^2)) / b.
   f.set(u, f64x2.div(1, z2));
   f.set(far, f64x2.ge(b, 1 / 0.35));
@@ -645,11 +723,7 @@ function erfcD(f: FuncBuilder, b: Local): Local {
   f.set(arg, f64x2.add(f64x2.sub(f64x2.neg(f64x2.mul(z, z)), 0.5625), f64x2.add(f64x2.mul(f64x2.sub(z, b), f64x2.add(z, b)), ratio)));
   f.set(tail, f64x2.div(expD(f, arg), b));
   f.set(tail, v128.bitselect(F64_ZERO, tail, f64x2.ge(b, 28)));
-  const isSmall = f.local(V128);
-  const isMid = f.local(V128);
-  f.set(isSmall, f64x2.lt(b, 0.84375));
-  f.set(isMid, f64x2.lt(b, 1.25));
-  f.set(erfc, v128.bitselect(f64x2.sub(1, small), v128.bitselect(f64x2.sub(1 - ERF_ERX, mid), tail, isMid), isSmall));
+  f.set(erfc, v128.bitselect(f64x2.sub(1, small), v128.bitselect(f64x2.sub(1 - ERF_ERX, mid), tail, f64x2.lt(b, 1.25)), isSmall));
   return erfc;
 }
 
@@ -657,13 +731,13 @@ function erfcD(f: FuncBuilder, b: Local): Local {
  * The closure's geluErf: x/2 erfc(a) with a = -x / sqrt 2 (the same float64 division), erfc(a) for
  * a < 0 being 2 - erfc(|a|); geluErf(Inf) = Inf, geluErf(-Inf) = -Inf * 0 = NaN, as PyTorch.
  */
-function geluErfD(f: FuncBuilder, x: Local): Local {
+function geluErfD(f: FuncBuilder, x: Local, nearOnly = false): Local {
   const a = f.local(V128);
   const b = f.local(V128);
   const out = f.local(V128);
   f.set(a, f64x2.div(f64x2.neg(x), Math.SQRT2));
   f.set(b, f64x2.abs(a));
-  const erfc = erfcD(f, b);
+  const erfc = erfcD(f, b, nearOnly);
   f.set(out, f64x2.mul(f64x2.mul(x, 0.5), v128.bitselect(f64x2.sub(2, erfc), erfc, f64x2.lt(a, 0))));
   f.set(out, v128.bitselect(x, out, f64x2.eq(x, Infinity)));
   return out;
@@ -706,8 +780,8 @@ function trigV(f: FuncBuilder, x: Local, shift: 0 | 1): Local {
   const sin = f32x4.add(r, f32x4.mul(f32x4.mul(r, r2), hornerV(f, r2, SIN_S)));
   const cos = f32x4.add(f32x4.sub(1, f32x4.mul(r2, 0.5)), f32x4.mul(f32x4.mul(r2, r2), hornerV(f, r2, COS_C)));
   // Odd quadrants take the cosine; q = ±2 and q = -1 (3 mod 4) negate.
-  f.set(out, v128.bitselect(cos, sin, f32x4.eq(f32x4.abs(q), 1)));
-  f.set(out, v128.xor(out, v128.and(v128.or(f32x4.eq(f32x4.abs(q), 2), f32x4.eq(q, -1)), SIGN_F32)));
+  f.set(out, v128.bitselect(cos, sin, f32x4.eq(absV(q), 1)));
+  f.set(out, v128.xor(out, v128.and(v128.or(f32x4.eq(absV(q), 2), f32x4.eq(q, -1)), SIGN_F32)));
   if (!shift) f.set(out, v128.bitselect(x, out, f32x4.eq(x, 0)));
   return out;
 }
@@ -728,7 +802,7 @@ function pow2D(k: Operand): Expr {
  * them), so that a result that is exactly a float32 tie rounds as the closure's does.
  */
 function powScalarD(f: FuncBuilder, x: Local, p: Local): Local {
-  const [ax, pe, k, half, t, mag, whole, odd, ap, x2, pw, out] = f.localsOf(V128, 12);
+  const [ax, pe, k, half, t, mag, whole, odd, ap, out] = f.localsOf(V128, 10);
   f.set(ax, f64x2.abs(x));
   const { m, e } = splitD(f, ax);
   f.set(pe, f64x2.mul(p, e));
@@ -746,10 +820,7 @@ function powScalarD(f: FuncBuilder, x: Local, p: Local): Local {
   f.set(odd, v128.and(whole, f64x2.ne(f64x2.mul(f64x2.nearest(f64x2.mul(p, 0.5)), 2), p)));
   f.set(out, v128.xor(mag, v128.and(v128.and(x, F64_SIGN), odd)));
   f.set(ap, f64x2.abs(p));
-  f.set(x2, f64x2.mul(x, x));
-  f.set(pw, v128.bitselect(x, v128.bitselect(x2, v128.bitselect(f64x2.mul(x2, x), f64x2.mul(x2, x2), f64x2.eq(ap, 3)), f64x2.eq(ap, 2)), f64x2.eq(ap, 1)));
-  f.set(pw, v128.bitselect(f64x2.div(1, pw), pw, f64x2.lt(p, 0)));
-  f.set(out, v128.bitselect(pw, out, v128.and(whole, v128.and(f64x2.ge(ap, 1), f64x2.le(ap, 4)))));
+  f.set(out, v128.bitselect(powWholeD(f, x, p, ap), out, v128.and(whole, v128.and(f64x2.ge(ap, 1), f64x2.le(ap, 4)))));
   // NaN for a NaN operand and for a negative finite base under a fractional exponent.
   f.set(out, v128.bitselect(F64_NAN, out, v128.or(v128.or(f64x2.ne(x, x), f64x2.ne(p, p)), v128.andnot(v128.and(f64x2.lt(x, 0), f64x2.gt(x, -Infinity)), whole))));
   // pow(x, 0) = pow(1, p) = 1 even for NaN, and (-1)^±Inf = 1.
@@ -757,9 +828,33 @@ function powScalarD(f: FuncBuilder, x: Local, p: Local): Local {
   return out;
 }
 
+/**
+ * x ** p for a whole p with 1 <= |p| <= 4 (ap = |p|) as powScalarD's products: x^2 exact, x^3
+ * and x^4 rounded once, 1 / that for p < 0.
+ */
+function powWholeD(f: FuncBuilder, x: Local, p: Local, ap: Local): Local {
+  const [x2, pw] = f.localsOf(V128, 2);
+  f.set(x2, f64x2.mul(x, x));
+  f.set(pw, v128.bitselect(x, v128.bitselect(x2, v128.bitselect(f64x2.mul(x2, x), f64x2.mul(x2, x2), f64x2.eq(ap, 3)), f64x2.eq(ap, 2)), f64x2.eq(ap, 1)));
+  f.set(pw, v128.bitselect(f64x2.div(1, pw), pw, f64x2.lt(p, 0)));
+  return pw;
+}
+
+/**
+ * powScalarD where p is whole with 1 <= |p| <= 4: its products and the two special cases that
+ * remain for such p (NaN for a NaN base, 1 for x = 1), the same bits without its log and exp.
+ */
+function powWholeScalarD(f: FuncBuilder, x: Local, p: Local): Local {
+  const [ap, out] = f.localsOf(V128, 2);
+  f.set(ap, f64x2.abs(p));
+  f.set(out, v128.bitselect(F64_NAN, powWholeD(f, x, p, ap), f64x2.ne(x, x)));
+  f.set(out, v128.bitselect(f64Lanes(0, 0x3ff00000), out, f64x2.eq(x, 1)));
+  return out;
+}
+
 export const UNARY_F32_BODIES: Record<(typeof SIMD_UNARY_F32)[number], VecBody> = {
   neg: (_f, [x]) => f32x4.neg(x),
-  abs: (_f, [x]) => f32x4.abs(x),
+  abs: (_f, [x]) => absV(x),
   sqrt: (_f, [x]) => f32x4.sqrt(x),
   rsqrt: (_f, [x]) => f32x4.div(1, f32x4.sqrt(x)),
   square: (_f, [x]) => f32x4.mul(x, x),
@@ -788,7 +883,7 @@ export const UNARY_F32_BODIES: Record<(typeof SIMD_UNARY_F32)[number], VecBody> 
   leakyRelu: (_f, [x], [p0]) => v128.bitselect(x, f32x4.mul(p0, x), f32x4.gt(x, 0)),
   // Vectors with every |x| in [1e-20, 20] (no NaN) need neither the n > 30 form nor the pass-through.
   expm1: withFastPath(
-    (_f, x) => v128.not(v128.and(f32x4.ge(f32x4.abs(x), 1e-20), f32x4.le(x, 20))),
+    (_f, x) => v128.not(v128.and(f32x4.ge(absV(x), 1e-20), f32x4.le(x, 20))),
     (f, [x]) => expm1V(f, x, { upTo20: true, noPassThrough: true }),
     (f, [x]) => expm1V(f, x),
   ),
@@ -804,12 +899,12 @@ export const UNARY_F32_BODIES: Record<(typeof SIMD_UNARY_F32)[number], VecBody> 
   ),
   tanh: (f, [x]) => tanhV(f, x),
   silu: withFastPath((_f, x) => v128.or(f32x4.lt(x, -17), f32x4.gt(x, 87)), (f, [x]) => siluV(f, x, true), (f, [x]) => siluV(f, x)),
-  // max(x, 0) + log1p(e^-|x|); pmax keeps NaN, and far left log1p passes a subnormal e^x through.
-  // 1 + e is in [1, 2] (NaN only where x is NaN, and the sum is NaN then): log's fast form serves.
+  // max(x, 0) + log1p(e^-|x|); pmax keeps NaN. e is in [0, 1] (NaN only where x is NaN, and the
+  // sum is NaN then), where log1p's series alone is accurate; below 1e-20 log1p(e) is e (the
+  // series' e / 2 would drop a subnormal's last bit).
   softplus: (f, [x]) => {
-    const e = f.local(V128);
-    f.set(e, expV(f, negAbs(x)));
-    return f32x4.add(f32x4.pmax(x, 0), log1pV(f, e, true));
+    const e = expV(f, negAbs(x));
+    return f32x4.add(f32x4.pmax(x, 0), v128.bitselect(e, log1pSeriesV(f, e), f32x4.lt(e, 1e-20)));
   },
   // Lanes with x > 0 keep x: expm1 is needed up to 0 only.
   elu: (f, [x], [p0]) => v128.bitselect(x, f32x4.mul(p0, expm1V(f, x, { upTo20: true })), f32x4.gt(x, 0)),
@@ -823,13 +918,42 @@ export const UNARY_F32_BODIES: Record<(typeof SIMD_UNARY_F32)[number], VecBody> 
     return out;
   }),
   erf: (f, [x]) => erfV(f, x),
-  geluErf: viaF64(geluErfD),
+  // Vectors with every |x| < 1.767 (so |x| / sqrt 2 < 1.25, no NaN: most of a network's
+  // activations) need erfc's two near forms only, the same bits.
+  geluErf: withFastPath((_f, x) => v128.not(f32x4.lt(absV(x), 1.767)), viaF64((f, x) => geluErfD(f, x, true)), viaF64((f, x) => geluErfD(f, x))),
   sin: (f, [x]) => trigV(f, x, 0),
   cos: (f, [x]) => trigV(f, x, 1),
-  powScalar: viaF64(powScalarD),
+  // p is one value per call, so these branches always go the same way. A whole p with
+  // 1 <= |p| <= 4 takes the products alone. p = 0.5: the closure's Math.pow(x, 0.5) equals
+  // Math.sqrt(x) for x >= +0 under V8 (fdlibm's pow special-cases it; test/unary-fast.test.ts
+  // holds the kernel to the closure bit for bit), and float64 sqrt rounded to float32 is float32's
+  // sqrt; pow(-0, 0.5) = +0 (sqrt(-0) + 0) and pow(-Inf, 0.5) = Inf; other negatives give NaN either way.
+  powScalar: (f, [x], p) => {
+    const [ap, out] = f.localsOf(V128, 2);
+    f.set(ap, absV(p[0]));
+    const whole = v128.and(f32x4.eq(f32x4.nearest(p[0]), p[0]), v128.and(f32x4.ge(ap, 1), f32x4.le(ap, 4)));
+    f.if(
+      v128.anyTrue(f32x4.eq(p[0], 0.5)),
+      () => f.set(out, v128.bitselect(f32x4.splat(f32.const(Infinity)), f32x4.add(f32x4.sqrt(x), 0), f32x4.eq(x, -Infinity))),
+      () => f.if(v128.anyTrue(whole), () => f.set(out, viaF64(powWholeScalarD)(f, [x], p)), () => f.set(out, viaF64(powScalarD)(f, [x], p))),
+    );
+    return out;
+  },
   // sign(NaN) = sign(±0) = 0, as the closure and PyTorch.
   sign: (_f, [x]) => v128.or(v128.and(f32x4.gt(x, 0), f32x4.splat(f32.const(1))), v128.and(f32x4.lt(x, 0), f32x4.splat(f32.const(-1)))),
 };
+
+/**
+ * The float32 unary kernels run two vectors a turn (elementwise's `pairs`): 1.1-1.4x for most
+ * bodies (sin, tanh, geluTanh, softplus, the one-instruction ones), measured by their bench in
+ * one process; these two were 2-6% slower so, and keep one vector a turn.
+ */
+const UNARY_SINGLE_VECTOR: ReadonlySet<(typeof SIMD_UNARY_F32)[number]> = new Set(['exp', 'sigmoid'] as const);
+
+/** The float32 kernel of a unary op as the module holds it (bench/unary.bench.ts counts its instructions). */
+export function emitUnaryF32(mb: ModuleBuilder, op: (typeof SIMD_UNARY_F32)[number], name = unaryExport(op, 'f32')): void {
+  emitUnary(mb, name, UNARY_F32_BODIES[op], { limit: SIMD_UNARY_LIMIT[op], pairs: !UNARY_SINGLE_VECTOR.has(op) });
+}
 
 /** The ops whose SIMD body covers |x| <= limit only; the wasm backend finishes the rest with the closure. */
 export const SIMD_UNARY_LIMIT: Partial<Record<(typeof SIMD_UNARY_F32)[number], number>> = { sin: TRIG_SIMD_LIMIT, cos: TRIG_SIMD_LIMIT };
@@ -846,8 +970,9 @@ const UNARY_I32_BODIES: Record<(typeof SIMD_UNARY_I32)[number], VecBody> = {
 const ONES = () => v128.i32x4([1, 1, 1, 1]);
 export const UNARY_BOOL_F32_BODIES: Record<(typeof SIMD_UNARY_BOOL_F32)[number], VecBody> = {
   isnan: (_f, [x]) => v128.and(f32x4.ne(x, x), ONES()),
-  isinf: (_f, [x]) => v128.and(f32x4.eq(f32x4.abs(x), Infinity), ONES()),
-  isfinite: (_f, [x]) => v128.and(f32x4.lt(f32x4.abs(x), Infinity), ONES()),
+  // On the bits of |x| (Inf's are 0x7f800000, NaN's above): V8 builds f32x4.abs's mask in the loop.
+  isinf: (_f, [x]) => v128.and(i32x4.eq(v128.and(x, ABS_F32), v128.i32x4(lanes(0x7f800000))), ONES()),
+  isfinite: (_f, [x]) => v128.and(i32x4.ltS(v128.and(x, ABS_F32), v128.i32x4(lanes(0x7f800000))), ONES()),
   logicalNot: (_f, [x]) => v128.and(f32x4.eq(x, 0), ONES()),
 };
 const UNARY_BOOL_I32_BODIES: Record<(typeof SIMD_UNARY_BOOL_I32)[number], VecBody> = {
@@ -895,10 +1020,10 @@ export const BINARY_I32: Record<(typeof SIMD_BINARY_I32)[number], PairOp> = {
 /**
  * unary_<op>_<dtype>(x, out, n, p0, p1); with `limit`, it returns 1 when some finite |x| exceeds
  * it, else 0, and those lanes of out hold x for the caller to finish. `outBool` writes one byte per
- * element.
+ * element; `pairs` runs two vectors a turn.
  */
-function emitUnary(mb: ModuleBuilder, name: string, body: VecBody, opts: { limit?: number; outBool?: boolean } = {}): void {
-  const { limit, outBool } = opts;
+export function emitUnary(mb: ModuleBuilder, name: string, body: VecBody, opts: { limit?: number; outBool?: boolean; pairs?: boolean } = {}): void {
+  const { limit, outBool, pairs } = opts;
   mb.func(name, [I32, I32, I32, F32, F32], limit === undefined ? [] : [I32], (f, x, out, n, p0, p1) => {
     const p = [f.local(V128), f.local(V128)];
     const beyond = f.local(V128);
@@ -908,12 +1033,12 @@ function emitUnary(mb: ModuleBuilder, name: string, body: VecBody, opts: { limit
       if (limit === undefined) return body(f, xs, p);
       // Lanes beyond the limit pass x through, so that the caller finds them in the output even
       // when it overwrote x (the ops with a limit never return more than it).
-      const ax = f32x4.abs(xs[0]);
+      const ax = absV(xs[0]);
       const mask = f.local(V128);
       f.set(mask, v128.and(f32x4.gt(ax, limit), f32x4.lt(ax, Infinity)));
       f.set(beyond, v128.or(beyond, mask));
       return v128.bitselect(xs[0], body(f, xs, p), mask);
-    });
+    }, pairs);
     if (limit !== undefined) f.push(v128.anyTrue(beyond));
   });
 }
@@ -1126,8 +1251,13 @@ function emitSoftmax(mb: ModuleBuilder, fns: RowFns): void {
  * (1-s)(lse - x[y]) + s (lse - mean(x)), NaN for a label outside [0, cols), 0 for the label
  * `ignore` (which may be a class: it is applied last, over whatever the row computed).
  */
-function emitCrossEntropy(mb: ModuleBuilder, fns: RowFns): void {
-  mb.func('cross_entropy', [I32, I32, I32, I32, I32, F32, I32], [], (f, x, labels, out, rows, cols, s, ignore) => {
+function emitCrossEntropy(mb: ModuleBuilder, fns: RowFns, withSum = false): void {
+  // cross_entropy_sum(..., total): the per-row losses and their sum, as reduce_rows_sum sums them
+  // (a captured step's loss: src/compile/fuse-reduce.ts); the plain kernel's code is as it was.
+  const params = [I32, I32, I32, I32, I32, F32, I32, ...(withSum ? [I32] : [])];
+  mb.func(withSum ? 'cross_entropy_sum' : 'cross_entropy', params, [], (f, x, labels, out, rows, cols, s, ignore, total) => {
+    const out0 = withSum ? f.local(I32) : null;
+    if (out0) f.set(out0, out);
     const r = f.local(I32);
     const y = f.local(I32);
     const lse = f.local(F64);
@@ -1153,6 +1283,7 @@ function emitCrossEntropy(mb: ModuleBuilder, fns: RowFns): void {
       f.inc(labels, 4);
       f.inc(out, 4);
     });
+    if (out0) f.exec(f32.store(total, f32.demoteF64(call(fns.rowSum, out0, rows))));
   });
 }
 
@@ -1160,8 +1291,12 @@ function emitCrossEntropy(mb: ModuleBuilder, fns: RowFns): void {
  * cross_entropy_backward(x, labels, grad, out, rows, cols, smoothing, ignore): (softmax - target) * grad[r],
  * a row of zeros for the label `ignore` (written last, over whatever the row computed).
  */
-function emitCrossEntropyBackward(mb: ModuleBuilder, fns: RowFns): void {
-  mb.func('cross_entropy_backward', [I32, I32, I32, I32, I32, I32, F32, I32], [], (f, x, labels, grad, out, rows, cols, s, ignore) => {
+function emitCrossEntropyBackward(mb: ModuleBuilder, fns: RowFns, withSums = false): void {
+  // cross_entropy_backward_sums(..., sums, scratch): also the column sums of out, as reduce_cols_sum
+  // sums them, in `cols` doubles of scratch (a captured step's bias gradient of the last linear layer).
+  const params = [I32, I32, I32, I32, I32, I32, F32, I32, ...(withSums ? [I32, I32] : [])];
+  mb.func(withSums ? 'cross_entropy_backward_sums' : 'cross_entropy_backward', params, [], (f, x, labels, grad, out, rows, cols, s, ignore, sums, scratch) => {
+    if (withSums) f.exec(memory.fill(scratch, 0, i32.shl(cols, 3)));
     const r = f.local(I32);
     const y = f.local(I32);
     const g = f.local(F32);
@@ -1188,11 +1323,15 @@ function emitCrossEntropyBackward(mb: ModuleBuilder, fns: RowFns): void {
         f.exec(f32.store(labelAddr, f32.sub(f32.load(labelAddr), f32.mul(f32.sub(1, s), g))));
       });
       f.if(i32.eq(y, ignore), () => f.exec(memory.fill(out, 0, i32.shl(cols, 2))));
+      if (withSums) columnSums(f, out, scratch, cols);
       f.inc(x, i32.shl(cols, 2));
       f.inc(out, i32.shl(cols, 2));
       f.inc(labels, 4);
       f.inc(grad, 4);
     });
+    if (withSums) {
+      f.for(r, 0, cols, 1, () => f.exec(f32.store(i32.add(sums, i32.shl(r, 2)), f32.demoteF64(f64.load(i32.add(scratch, i32.shl(r, 3)))))));
+    }
   });
 }
 
@@ -1620,7 +1759,7 @@ export function buildKernelModule(opts: KernelModuleOptions): Uint8Array {
     rowSumExp: emitRowSumExp(mb, false),
     rowExpStore: emitRowSumExp(mb, true),
   };
-  for (const op of SIMD_UNARY_F32) emitUnary(mb, unaryExport(op, 'f32'), UNARY_F32_BODIES[op], { limit: SIMD_UNARY_LIMIT[op] });
+  for (const op of SIMD_UNARY_F32) emitUnaryF32(mb, op);
   for (const op of SIMD_UNARY_I32) emitUnary(mb, unaryExport(op, 'i32'), UNARY_I32_BODIES[op]);
   for (const op of SIMD_UNARY_BOOL_F32) emitUnary(mb, unaryExport(op, 'f32'), UNARY_BOOL_F32_BODIES[op], { outBool: true });
   for (const op of SIMD_UNARY_BOOL_I32) emitUnary(mb, unaryExport(op, 'i32'), UNARY_BOOL_I32_BODIES[op], { outBool: true });
@@ -1642,6 +1781,8 @@ export function buildKernelModule(opts: KernelModuleOptions): Uint8Array {
   emitSoftmax(mb, fns);
   emitCrossEntropy(mb, fns);
   emitCrossEntropyBackward(mb, fns);
+  emitCrossEntropy(mb, fns, true);
+  emitCrossEntropyBackward(mb, fns, true);
   emitIm2col(mb);
   emitCol2im(mb);
   emitGemm(mb, opts.tiling ?? DEFAULT_TILING);

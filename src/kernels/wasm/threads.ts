@@ -36,6 +36,15 @@ const LIST = -1;
  * is [next part to claim, then per part: byte address of its records, their length in ints].
  */
 const QUEUE = -2;
+/**
+ * The export index of a load: the worker leaves its loop for its message handler, where the
+ * caller's next message ({ module, name }) brings a generated module (an arena kernel's pass)
+ * to instantiate over the same memory; its export joins the list that calls name, at the next
+ * index (ThreadPool.load).
+ */
+const LOAD = -3;
+/** The export index of a list of float64 records: arguments (byte address, 8-aligned, and length in float64s). */
+const LIST64 = -4;
 
 /**
  * Loads of the control slot before blocking in Atomics.wait, on both sides, until the backend
@@ -57,6 +66,9 @@ export const DEFAULT_SPIN_LOADS = 20000;
  */
 export const SPIN_BRIDGE_US = 1000;
 
+/** How long ThreadPool.load waits for a worker to take up a load before it gives up on it. */
+const LOAD_WAIT_MS = 10_000;
+
 const IDLE = 0;
 const POSTED = 1;
 const RUNNING = 2;
@@ -75,12 +87,16 @@ listen(async ({ module, memory, control, names }) => {
     const mem = new Int32Array(memory.buffer);
     for (let p = at >> 2, end = p + ints; p < end; p += 2 + mem[p + 1]) fns[mem[p]].apply(null, mem.subarray(p + 2, p + 2 + mem[p + 1]));
   };
+  const runList64 = (at, count) => {
+    const mem = new Float64Array(memory.buffer);
+    for (let p = at >> 3, end = p + count; p < end; p += 2 + mem[p + 1]) fns[mem[p]].apply(null, mem.subarray(p + 2, p + 2 + mem[p + 1]));
+  };
   const runQueue = (table, parts) => {
     const mem = new Int32Array(memory.buffer);
     const t = table >> 2;
     for (let i = Atomics.add(mem, t, 1); i < parts; i = Atomics.add(mem, t, 1)) runList(mem[t + 1 + 2 * i], mem[t + 2 + 2 * i]);
   };
-  reply('ready');
+  const serve = () => {
   for (;;) {
     let s = Atomics.load(ctl, 0);
     const spins = ctl[3];
@@ -91,9 +107,25 @@ listen(async ({ module, memory, control, names }) => {
     }
     if (s === ${QUIT}) return;
     if (Atomics.compareExchange(ctl, 0, ${POSTED}, ${RUNNING}) !== ${POSTED}) continue;
+    if (ctl[1] === ${LOAD}) {
+      // Registered before this task returns, so the caller's message (sent once it sees RUNNING) finds it.
+      listen(({ module, name }) => {
+        let state = ${IDLE};
+        try {
+          fns.push(new WebAssembly.Instance(module, { env: { memory } }).exports[name]);
+        } catch (e) {
+          state = ${FAILED};
+        }
+        Atomics.store(ctl, 0, state);
+        Atomics.notify(ctl, 0);
+        serve();
+      });
+      return;
+    }
     let state = ${IDLE};
     try {
       if (ctl[1] === ${LIST}) runList(ctl[${ARGS_AT}], ctl[${ARGS_AT} + 1]);
+      else if (ctl[1] === ${LIST64}) runList64(ctl[${ARGS_AT}], ctl[${ARGS_AT} + 1]);
       else if (ctl[1] === ${QUEUE}) runQueue(ctl[${ARGS_AT}], ctl[${ARGS_AT} + 1]);
       else fns[ctl[1]].apply(null, ctl.subarray(${ARGS_AT}, ${ARGS_AT} + ctl[2]));
     } catch (e) {
@@ -102,6 +134,9 @@ listen(async ({ module, memory, control, names }) => {
     Atomics.store(ctl, 0, state);
     Atomics.notify(ctl, 0);
   }
+  };
+  reply('ready');
+  serve();
 });
 `;
 
@@ -183,16 +218,36 @@ async function spawnWorker(): Promise<WorkerHandle> {
   };
 }
 
+/** A generated module that the worker threads could not load (ThreadPool.load). */
+export class ThreadLoadError extends Error {}
+
 /** Splits [0, units) into at most `parts` contiguous ranges of near-equal size (one at least). */
 export function splitRange(units: number, parts: number): [number, number][] {
   const n = Math.max(1, Math.min(parts, units));
   return Array.from({ length: n }, (_, t) => [Math.floor((t * units) / n), Math.floor(((t + 1) * units) / n)]);
 }
 
-/** One call of a kernel export: its index in the pool's name list and its i32 arguments. */
+/**
+ * One call of a kernel export: its index in the pool's name list (or of a loaded module's export,
+ * ThreadPool.load) and its arguments: i32 values, or any numbers when `floats` is set (the part
+ * then goes to its worker as float64 records, which hold f32 coefficients and u32 keys exactly).
+ */
 export interface KernelCall {
   fn: number;
   args: readonly number[];
+  floats?: boolean;
+}
+
+/**
+ * The module and export name of each generated function (arena kernels: src/kernels/arena/wasm.ts)
+ * over the backend's memory, so that worker threads can instantiate it too (ThreadPool.load).
+ */
+export const generatedModules = new WeakMap<object, { module: WebAssembly.Module; name: string }>();
+
+/** A call of a generated function (one in generatedModules) with its arguments, for a thread's part. */
+export interface GeneratedCall {
+  fn: (...args: number[]) => void;
+  args: number[];
 }
 
 /** One part of a split kernel: calls run in order on one thread. */
@@ -209,6 +264,7 @@ export class ThreadPool {
     private readonly memory: WebAssembly.Memory,
     private readonly control: Int32Array,
     private readonly listSpace: (bytes: number) => number,
+    private readonly names: readonly string[],
   ) {
     this.spinLoads = DEFAULT_SPIN_LOADS;
   }
@@ -237,7 +293,7 @@ export class ThreadPool {
           }),
       ),
     );
-    return new ThreadPool(workers, memory, new Int32Array(memory.buffer, control, count * SLOT_INTS), listSpace);
+    return new ThreadPool(workers, memory, new Int32Array(memory.buffer, control, count * SLOT_INTS), listSpace, names);
   }
 
   get size(): number {
@@ -266,34 +322,43 @@ export class ThreadPool {
     if (parts.length > usable) return this.runQueue(parts, runHere, usable - 1);
     const ctl = this.control;
     const slot = (t: number) => (t - 1) * SLOT_INTS;
-    // Lists of more than one call go into lent memory, one after another.
+    // Lists of more than one call go into lent memory, one after another; a part with float
+    // arguments as float64 records (two ints each, 8-aligned).
+    const floats = parts.map((part) => part.some((c) => c.floats));
     let listInts = 0;
-    for (let t = 1; t < parts.length; t++) if (parts[t].length !== 1) for (const c of parts[t]) listInts += 2 + c.args.length;
+    for (let t = 1; t < parts.length; t++) {
+      if (floats[t]) listInts += 2;
+      if (parts[t].length !== 1 || floats[t]) for (const c of parts[t]) listInts += (floats[t] ? 2 : 1) * (2 + c.args.length);
+    }
     let listAt = listInts > 0 ? this.listSpace(listInts * 4) : 0;
     const mem = listInts > 0 ? new Int32Array(this.memory.buffer) : null;
+    const mem64 = floats.some((f) => f) ? new Float64Array(this.memory.buffer) : null;
     for (let t = 1; t < parts.length; t++) {
       const part = parts[t];
       const base = slot(t);
-      if (part.length === 1) {
+      if (part.length === 1 && !floats[t]) {
         const { fn, args } = part[0];
         if (args.length > MAX_ARGS) throw new RangeError(`ThreadPool.run: ${args.length} arguments (at most ${MAX_ARGS})`);
         ctl[base + 1] = fn;
         ctl[base + 2] = args.length;
         ctl.set(args, base + ARGS_AT);
       } else {
-        const start = listAt >> 2;
+        // Records [export index, argument count, arguments...] in i32s, or float64s (8-aligned).
+        const [words, bytes] = floats[t] ? [mem64!, 8] : [mem!, 4];
+        listAt = (listAt + bytes - 1) & -bytes;
+        const start = listAt / bytes;
         let p = start;
         for (const { fn, args } of part) {
-          mem![p] = fn;
-          mem![p + 1] = args.length;
-          mem!.set(args, p + 2);
+          words[p] = fn;
+          words[p + 1] = args.length;
+          words.set(args, p + 2);
           p += 2 + args.length;
         }
-        ctl[base + 1] = LIST;
+        ctl[base + 1] = floats[t] ? LIST64 : LIST;
         ctl[base + 2] = 2;
         ctl[base + ARGS_AT] = listAt;
         ctl[base + ARGS_AT + 1] = p - start;
-        listAt = p * 4;
+        listAt = p * bytes;
       }
       Atomics.store(ctl, base, POSTED);
       Atomics.notify(ctl, base);
@@ -320,6 +385,45 @@ export class ThreadPool {
     if (error) throw error;
   }
 
+  /**
+   * Instantiates `module` (which imports only env.memory) on every worker over the shared memory
+   * and returns the index that calls name its export `name` by: the kernel exports' count plus
+   * the modules loaded before. Blocks until every worker has it (an instantiation per worker,
+   * once per generated module: the backend keeps the index). The caller resolves the same index
+   * to its own instance (runHere).
+   */
+  load(module: WebAssembly.Module, name: string): number {
+    if (this.disposed) throw new Error('wasm backend: the thread pool was disposed');
+    // After a failed load the workers' lists of exports may differ: no index would be safe.
+    if (this.loadFailed) throw new ThreadLoadError(`wasm backend: generated modules cannot run on the worker threads (${this.loadFailed})`);
+    const ctl = this.control;
+    let failed = false;
+    for (let t = 0; t < this.workers.length; t++) {
+      const base = t * SLOT_INTS;
+      ctl[base + 1] = LOAD;
+      ctl[base + 2] = 0;
+      Atomics.store(ctl, base, POSTED);
+      Atomics.notify(ctl, base);
+      // Claimed (RUNNING) means its handler is registered: only then may the module be sent. A
+      // worker that has not claimed it in LOAD_WAIT_MS is taken for dead (retracted, an error).
+      const until = performance.now() + LOAD_WAIT_MS;
+      while (Atomics.load(ctl, base) === POSTED && performance.now() < until) Atomics.wait(ctl, base, POSTED, 1);
+      if (Atomics.compareExchange(ctl, base, POSTED, IDLE) === POSTED) {
+        this.loadFailed = `worker thread ${t + 1} did not answer in ${LOAD_WAIT_MS} ms, loading the generated module of "${name}"`;
+        throw new ThreadLoadError(`wasm backend: ${this.loadFailed}`);
+      }
+      this.workers[t].postMessage({ module, name });
+      if (!this.finished(base)) failed = true;
+    }
+    if (failed) {
+      this.loadFailed = `a worker thread could not instantiate the generated module of "${name}"`;
+      throw new ThreadLoadError(`wasm backend: ${this.loadFailed}`);
+    }
+    return this.names.length + this.loaded++;
+  }
+  private loaded = 0;
+  private loadFailed: string | null = null;
+
   /** Waits (spinning spinLoads first) until the worker of slot `base` is done; false if it failed. */
   private finished(base: number): boolean {
     const ctl = this.control;
@@ -337,6 +441,7 @@ export class ThreadPool {
    * the part it has claimed, and this thread runs whatever nobody else has taken.
    */
   private runQueue(parts: readonly ThreadPart[], runHere: (call: KernelCall) => void, workers: number): void {
+    if (parts.some((part) => part.some((c) => c.floats))) throw new RangeError(`ThreadPool.run: ${parts.length} parts with float arguments for ${workers + 1} threads (a queue takes i32 arguments only)`);
     const ctl = this.control;
     let ints = 1 + 2 * parts.length;
     for (const part of parts) for (const c of part) ints += 2 + c.args.length;
@@ -433,6 +538,8 @@ export interface ThreadCalibration {
   coldUs: number;
   /** The measured wall-time speed-up of the calibration matmul on `available` threads. */
   speedup: number;
+  /** Interleaved rounds of the calibration matmul measured (after a warm-up round). */
+  rounds: number;
   /** Loads of a control slot a thread makes before it blocks, and what that is in us. */
   spinLoads: number;
   spinUs: number;
@@ -440,6 +547,55 @@ export interface ThreadCalibration {
   elementFlops: number;
   /** How long the calibration took. */
   ms: number;
+}
+
+/** What chooseThreads decided from the calibration's rounds. */
+export interface ThreadChoice {
+  threads: number;
+  reason: string;
+  /** One thread's fastest round over each count's: the speed-up of that count. */
+  speedup: (threads: number) => number;
+}
+
+/**
+ * The thread count the start-up calibration picks from interleaved rounds of one matmul:
+ * `rounds[i]` maps each thread count tried (1 among them) to round i's wall time on it. A count
+ * is taken only where both its fastest round is at least `minSpeedup` times faster than one
+ * thread's fastest (what the machine can do when nothing interrupts it) and, round by round, it
+ * was faster than one thread in most rounds (the median of the paired ratios is above 1: a
+ * single lucky round cannot pick it, and a single slow one cannot drop it, since the best of the
+ * rounds ignores it). `candidates` are tried in order (most threads first); a count faster than
+ * it can be (more than 1.1x its thread count) means one thread's rounds were interrupted, and the
+ * choice is one thread. `explicit`: the count asked for, which is kept whatever was measured.
+ */
+export function chooseThreads(rounds: readonly ReadonlyMap<number, number>[], candidates: readonly number[], minSpeedup: number, explicit: number | null): ThreadChoice {
+  const fastest = (t: number) => Math.min(...rounds.map((r) => r.get(t) ?? Infinity));
+  const speedup = (t: number) => fastest(1) / fastest(t);
+  const pairedMedian = (t: number) => {
+    const ratios = rounds.map((r) => r.get(1)! / r.get(t)!).sort((a, b) => a - b);
+    const h = ratios.length >> 1;
+    return ratios.length % 2 ? ratios[h] : (ratios[h - 1] + ratios[h]) / 2;
+  };
+  const top = candidates[0];
+  if (explicit !== null) return { threads: explicit, reason: `asked for ${explicit} threads`, speedup };
+  if (candidates.some((t) => speedup(t) > 1.1 * t))
+    return {
+      threads: 1,
+      reason: `the calibration matmul ran ${speedup(top).toFixed(2)}x faster on ${top} threads, more than possible: the machine is too busy to measure; one thread`,
+      speedup,
+    };
+  const fast = candidates.find((t) => speedup(t) >= minSpeedup && pairedMedian(t) > 1);
+  if (fast !== undefined)
+    return {
+      threads: fast,
+      reason: `${fast} threads ran the calibration matmul ${speedup(fast).toFixed(2)}x faster than one (best of ${rounds.length} interleaved rounds; median round ${pairedMedian(fast).toFixed(2)}x)`,
+      speedup,
+    };
+  return {
+    threads: 1,
+    reason: `${top} threads ran the calibration matmul ${speedup(top).toFixed(2)}x as fast as one (best of ${rounds.length} interleaved rounds; median round ${pairedMedian(top).toFixed(2)}x; ${minSpeedup}x needed in the best and above 1x in the median): one thread`,
+    speedup,
+  };
 }
 
 /**

@@ -8,10 +8,11 @@ import type { DirectParts } from './matmul.js';
 import type { WebGPUBackend } from './index.js';
 import type { GPUStorage } from './runtime.js';
 import { attention, attentionBackward } from './attention.js';
-import { matmulPacked } from './matmul-emulated.js';
+import { matmulPacked, setInstalledParts } from './matmul-emulated.js';
 
 export function install(backend: WebGPUBackend, parts: DirectParts): void {
   const rt = backend.rt;
+  setInstalledParts(parts);
   backend.matmul = (a, b, out, l) => matmulPacked(rt, a as GPUStorage, b as GPUStorage, out as GPUStorage, l, parts);
   backend.attention = (...args) => attention(rt, ...args);
   backend.attentionBackward = (...args) => attentionBackward(rt, ...args);

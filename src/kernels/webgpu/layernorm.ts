@@ -10,7 +10,8 @@
  * a coroutine switch per invocation) gets one thread; a long row gets one workgroup and tree
  * reductions in workgroup memory.
  */
-import type { LayerNormLayout } from '../backend.js';
+import type { BlockSum, LayerNormLayout } from '../backend.js';
+import { shareBuffers } from './fused-common.js';
 import type { Bind, GPUStorage, Runtime } from './runtime.js';
 import { itemReduceKernel } from './workgroup-reduce.js';
 import { entry } from './wgsl.js';
@@ -100,6 +101,18 @@ export function layerNorm(
   );
 }
 
+/**
+ * What a captured step folds into layerNormBackward (Backend.layerNormBackwardFused's contract;
+ * src/compile/fuse-reduce.ts): dx written as res + dx (or dx + res, `resFirst` false), the
+ * residual add's bits, and block sums of dx as written (the bias gradients that reduce would sum
+ * after it), taken in the column pass. Both passes stay one call of the plan.
+ */
+export interface LayerNormBackwardFolds {
+  res: GPUStorage | null;
+  resFirst: boolean;
+  sums: { s: GPUStorage; b: BlockSum }[];
+}
+
 export function layerNormBackward(
   rt: Runtime,
   grad: GPUStorage,
@@ -111,9 +124,12 @@ export function layerNormBackward(
   dweight: GPUStorage | null,
   dbias: GPUStorage | null,
   l: LayerNormLayout,
+  folds: LayerNormBackwardFolds = { res: null, resFirst: false, sums: [] },
 ): void {
-  checkFloat32('layerNormBackward', grad, x, mean, rstd, weight, dx, dweight, dbias);
+  checkFloat32('layerNormBackward', grad, x, mean, rstd, weight, dx, dweight, dbias, folds.res, ...folds.sums.map((f) => f.s));
   if (l.cols === 0) return;
+  const { res, resFirst, sums } = folds;
+  if (sums.length && !dx) throw new TypeError('layerNormBackward: block sums of dx need dx');
   const stats: Bind[] = [
     { name: 'grad', s: grad, access: 'read' },
     { name: 'x', s: x, access: 'read' },
@@ -122,12 +138,12 @@ export function layerNormBackward(
   ];
   if (dx && l.rows > 0) {
     const gw = weight ? 'grad[base + j] * weight[j]' : 'grad[base + j]';
-    const binds: Bind[] = [...stats, ...(weight ? [{ name: 'weight', s: weight, access: 'read' as const }] : []), { name: 'dx', s: dx, access: 'write' }];
+    const binds: Bind[] = [...stats, ...(weight ? [{ name: 'weight', s: weight, access: 'read' as const }] : []), ...(res ? [{ name: 'res', s: res, access: 'read' as const }] : []), { name: 'dx', s: dx, access: 'write' }];
     rowKernel(
       rt,
       'layerNormBackward',
-      weight ? 'w' : '',
-      binds,
+      `${weight ? 'w' : ''}${res ? (resFirst ? 'r+' : '+r') : ''}`,
+      shareBuffers(binds),
       l,
       (total) => `let hi = mean_in[2u * r];
   let lo = mean_in[2u * r + 1u];
@@ -142,33 +158,56 @@ export function layerNormBackward(
   let mean_gw = ${total('a')} / n;
   let mean_gw_xhat = ${total('b')} / n;
   for (var j = j0; j < P.cols; j += dj) {
-    dx[base + j] = rs * ((${gw}) - mean_gw - (((x[base + j] - hi) - lo) * rs) * mean_gw_xhat);
+    let v = rs * ((${gw}) - mean_gw - (((x[base + j] - hi) - lo) * rs) * mean_gw_xhat);
+    dx[base + j] = ${res ? (resFirst ? 'res[base + j] + v' : 'v + res[base + j]') : 'v'};
   }`,
     );
   }
-  if (!dweight && !dbias) return;
-  // One thread per column, down the rows: neighbouring threads read neighbouring columns.
+  const params = dweight || dbias;
+  if (!params && !sums.length) return;
+  // One thread per column, down the rows: neighbouring threads read neighbouring columns. The
+  // parameter sums take threads [0, cols), block sum k the next sums[k].width.
   const outs: Bind[] = [];
   if (dweight) outs.push({ name: 'dweight', s: dweight, access: 'write' });
   if (dbias) outs.push({ name: 'dbias', s: dbias, access: 'write' });
+  const jobs: string[] = [];
+  let first = 0;
+  if (params) {
+    jobs.push(`if (t < P.cols) {
+    let j = t;
+    var sw = 0.0;
+    var sb = 0.0;
+    for (var r = 0u; r < P.rows; r++) {
+      let g = grad[r * P.cols + j];
+      sw += g * (((x[r * P.cols + j] - mean_in[2u * r]) - mean_in[2u * r + 1u]) * rstd_in[r]);
+      sb += g;
+    }
+    ${dweight ? 'dweight[j] = sw;' : ''}
+    ${dbias ? 'dbias[j] = sb;' : ''}
+    return;
+  }`);
+    first = l.cols;
+  }
+  sums.forEach(({ s, b }, k) => {
+    outs.push({ name: `sum${k}`, s, access: 'write' });
+    jobs.push(`if (t < ${first + b.width}u) {
+    let j = t - ${first}u;
+    var s = 0.0;
+    for (var i = 0u; i < ${b.count}u; i++) { s += dx_in[${b.offset}u + i * ${b.period}u + j]; }
+    sum${k}[j] = s;
+    return;
+  }`);
+    first += b.width;
+  });
   rt.dispatch({
     name: 'layerNormBackwardParams',
-    key: `layerNormBackwardParams:${dweight ? 'w' : ''}${dbias ? 'b' : ''}`,
-    binds: [...stats, ...outs],
+    key: `layerNormBackwardParams:${dweight ? 'w' : ''}${dbias ? 'b' : ''}${sums.length ? `+${sums.length} sums` : ''}`,
+    binds: shareBuffers([...(params ? stats : []), ...(sums.length ? [{ name: 'dx_in', s: dx!, access: 'read' as const }] : []), ...outs]),
     params: rowParams(l),
-    groups: Math.ceil(l.cols / COLS_PER_GROUP),
+    groups: Math.ceil(first / COLS_PER_GROUP),
     wgsl: () => `${entry(COLS_PER_GROUP)} {
-  let j = fg_group(wg, nwg) * ${COLS_PER_GROUP}u + lid;
-  if (j >= P.cols) { return; }
-  var sw = 0.0;
-  var sb = 0.0;
-  for (var r = 0u; r < P.rows; r++) {
-    let g = grad[r * P.cols + j];
-    sw += g * (((x[r * P.cols + j] - mean_in[2u * r]) - mean_in[2u * r + 1u]) * rstd_in[r]);
-    sb += g;
-  }
-  ${dweight ? 'dweight[j] = sw;' : ''}
-  ${dbias ? 'dbias[j] = sb;' : ''}
+  let t = fg_group(wg, nwg) * ${COLS_PER_GROUP}u + lid;
+  ${jobs.join('\n  ')}
 }`,
   });
 }

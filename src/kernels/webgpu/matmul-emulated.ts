@@ -67,6 +67,16 @@ export function choosePacked(l: MatmulLayout): PackedPlan {
   return { rm, rn, wg };
 }
 
+/**
+ * The direct matmul's pieces (matmul.ts), handed over when this family is installed (emulated.ts):
+ * the fused matmul epilogue (fusedmap.ts) builds on them from here, because importing matmul.ts
+ * there would move it out of the backend's own chunk into a shared one that every browser fetches.
+ */
+export let installedParts: DirectParts | null = null;
+export function setInstalledParts(parts: DirectParts): void {
+  installedParts = parts;
+}
+
 export function matmulPacked(rt: Runtime, a: GPUStorage, b: GPUStorage, out: GPUStorage, l: MatmulLayout, parts: DirectParts, plan = choosePacked(l)): void {
   if (!parts.checkMatmul(a, b, out, l)) return;
   const s = parts.analyze(a, b, out, l);

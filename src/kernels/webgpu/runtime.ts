@@ -754,16 +754,21 @@ export class Runtime {
 
   /**
    * Zeroes stale inputs, and replaces a read binding that shares its GPUBuffer with a written one
-   * by a copy: WebGPU forbids a writable and any other binding of one buffer in a dispatch.
+   * by a copy: WebGPU forbids read-only and writable use of one buffer in a dispatch, and
+   * overlapping bindings where one is writable; writable bindings of disjoint ranges of one buffer
+   * are allowed (the usage scope's storage exception), as a captured step's gradients in one arena.
    */
   private prepareBindings(call: KernelCall): Bind[] {
     const written = new Set<GPUBuffer>();
     for (const b of call.binds) {
       if (b.s.released) throw new Error(`kernel "${call.name}": binding ${b.name} uses a released storage`);
-      if (b.access !== 'read') {
-        if (written.has(b.s.buffer)) throw new Error(`kernel "${call.name}": two written bindings share one buffer`);
-        written.add(b.s.buffer);
+      if (b.access === 'read') continue;
+      for (const w of call.binds) {
+        if (w !== b && w.access !== 'read' && w.s.buffer === b.s.buffer && w.s.offset < b.s.offset + b.s.numel * 4 && b.s.offset < w.s.offset + w.s.numel * 4) {
+          throw new Error(`kernel "${call.name}": written bindings ${w.name} and ${b.name} overlap`);
+        }
       }
+      written.add(b.s.buffer);
     }
     // Reads first: an in-place kernel on a never-written reused buffer must read zeros.
     for (const b of call.binds) if (b.access !== 'write' || b.s.isView) this.ensureCleared(b.s);
@@ -813,14 +818,6 @@ export class Runtime {
     const entry = { pipeline, bgl: layout.bgl };
     this.pipelines.set(cacheKey, entry);
     return entry;
-  }
-
-  /** Compiles a shader on its own and rejects with the formatted error: for tests and tools. */
-  async checkShader(name: string, code: string): Promise<void> {
-    this.device.pushErrorScope('validation');
-    const module = this.device.createShaderModule({ label: name, code });
-    const err = await this.device.popErrorScope();
-    if (err) throw new Error(`WebGPU error: ${formatCompileError(name, name, code, await module.getCompilationInfo(), err.message)}`);
   }
 
   private assemble(call: KernelCall, binds: Bind[]): string {
