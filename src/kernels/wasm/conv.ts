@@ -39,7 +39,7 @@
 import type { Conv2dLayout, Storage } from '../backend.js';
 import { call, f32, f32x4, i32, select, v128, ValType, type FuncBuilder, type Local, type ModuleBuilder, type Operand } from './emit.js';
 import { ceilDiv, elementwise, shuffle32, transpose4, type KernelExports } from './module.js';
-import { splitRange } from './threads.js';
+import { CallList, splitRange } from './threads.js';
 
 const { i32: I32, v128: V128 } = ValType;
 
@@ -574,12 +574,6 @@ export function emitConvKernels(mb: ModuleBuilder): void {
 /** The exports a thread's share of a convolution calls. */
 export type ConvExport = 'conv_fwd' | 'conv_fwd_strided' | 'conv_gemm' | 'conv_wgrad' | 'conv_pack_grad' | 'conv_copy_rows' | 'zero_bytes';
 
-/** One recorded call of a thread's share. */
-export interface ConvCall {
-  name: ConvExport;
-  args: number[];
-}
-
 export interface WasmConvHost {
   exports: KernelExports;
   /** Byte address of a storage's first element. */
@@ -595,7 +589,9 @@ export interface WasmConvHost {
    * Runs the parts, each part's calls in order on one thread (part t on thread t, or as a queue
    * when there are more parts than threads), and returns when all are done.
    */
-  runParts(parts: ConvCall[][]): void;
+  runParts(parts: CallList[]): void;
+  /** The index a recorded call names the export `name` by (CallList). */
+  callIndex(name: ConvExport): number;
 }
 
 /**
@@ -603,11 +599,15 @@ export interface WasmConvHost {
  * the pool otherwise (scratch must then be carved before recording: the memory may not move).
  */
 class Calls {
-  readonly list: ConvCall[] = [];
-  constructor(private readonly now: KernelExports | null) {}
+  constructor(
+    private readonly now: KernelExports | null,
+    private readonly index: ((name: ConvExport) => number) | null = null,
+    /** Where the calls are recorded (none when they run at once). */
+    readonly list: CallList | null = null,
+  ) {}
   run(name: ConvExport, ...args: number[]): void {
     if (this.now) this.now[name](...args);
-    else this.list.push({ name, args });
+    else this.list!.push(this.index!(name), args);
   }
 }
 
@@ -845,6 +845,16 @@ function directBlock(calls: Calls, p: DirectPlan, panel: number, offs: number, p
 export class WasmConv {
   constructor(private readonly h: WasmConvHost) {}
 
+  /** The recorded calls of each part of a split (split). */
+  private readonly lists: CallList[] = [];
+  /** The host's index of each export a recorded call names (looked up once per name). */
+  private readonly indices = new Map<ConvExport, number>();
+  private readonly indexOf = (name: ConvExport): number => {
+    let i = this.indices.get(name);
+    if (i === undefined) this.indices.set(name, (i = this.h.callIndex(name)));
+    return i;
+  };
+
   forward(x: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
     const d = this.directOf(l, this.h.ptr(x), l.c / l.groups, l.c, l.h, l.w, [l.kh, l.kw], [l.sh, l.sw], [l.ph, l.pw]);
     const weights = l.outChannels * d.cin * l.kh * l.kw;
@@ -1033,9 +1043,11 @@ export class WasmConv {
       return;
     }
     const lists = splitRange(units, parts).map(([u0, u1], t) => {
-      const calls = new Calls(null);
-      share(calls, u0, u1, t);
-      return calls.list;
+      // Reused from call to call (the pool has copied and run them all when runParts returns).
+      const list = (this.lists[t] ??= new CallList());
+      list.length = 0;
+      share(new Calls(null, this.indexOf, list), u0, u1, t);
+      return list;
     });
     this.h.runParts(lists);
   }

@@ -81,11 +81,14 @@ import {
   SPIN_BRIDGE_US,
   SplitCost,
   ThreadLoadError,
+  chooseSpin,
   chooseThreads,
+  type SpinPair,
   generatedModules,
   type GeneratedCall,
   splitRange,
   ThreadPool,
+  CallList,
   type KernelCall,
   type ThreadCalibration,
   type ThreadPart,
@@ -341,7 +344,9 @@ export class WasmBackend implements Backend {
    */
   private runSplit(parts: readonly ThreadPart[]): void {
     if (parts.length === 1) {
-      for (const c of parts[0]) this.runThreadedExport(c);
+      const part = parts[0];
+      if (part instanceof CallList) this.runThreadedExport(part);
+      else for (const c of part) this.runThreadedExport(c);
       return;
     }
     try {
@@ -351,8 +356,9 @@ export class WasmBackend implements Backend {
     }
   }
 
-  private runThreadedExport(c: KernelCall): void {
-    if (c.fn < this.exportNames.length) this.k[this.exportNames[c.fn]](...c.args);
+  private runThreadedExport(c: KernelCall | CallList): void {
+    if (c instanceof CallList) c.forEach((fn, args) => this.runThreadedExport({ fn, args }));
+    else if (c.fn < this.exportNames.length) this.k[this.exportNames[c.fn]](...c.args);
     else this.loadedFns[c.fn - this.exportNames.length](...c.args);
   }
 
@@ -417,8 +423,9 @@ export class WasmBackend implements Backend {
    * (chooseThreads), else two where those do, else one (the pool is stopped; also when the
    * measurement is visibly disturbed).
    * - spin: an idle worker spins SPIN_BRIDGE_US (the gaps between the split calls of a training
-   *   step) before it blocks in Atomics.wait; none when a spinning worker answers slower than a
-   *   sleeping one (the machine has more runnable threads than cores);
+   *   step) before it blocks in Atomics.wait; none when a spinning worker answered no faster than
+   *   a sleeping one in most of the rounds (chooseSpin: the machine has more runnable threads
+   *   than cores), a pair of pings before the matmul rounds and one after each;
    * - rate: the one-thread GFLOP/s of that matmul prices every matmul and convolution (flops /
    *   rate), and a relu's time per element prices the memory-bound kernels (elementFlops).
    */
@@ -429,37 +436,35 @@ export class WasmBackend implements Backend {
     const MIN_SPEEDUP = 1.15;
     const start = performance.now();
     // Loads of a shared slot per us, to turn a spin time into a spin count: the fastest of a few
-    // short trials (a trial the scheduler interrupts is slow).
+    // short trials (a trial the scheduler interrupts is slow; the first ones run before V8 has
+    // optimized the loop, so they are taken again at the end).
     const probe = new Int32Array(this.mem.buffer, this.gemmScratch[0], 1);
     let t0 = 0;
     let loadsPerUs = 0;
-    for (let trial = 0; trial < 5; trial++) {
-      t0 = performance.now();
-      for (let i = 0; i < 20_000; i++) Atomics.load(probe, 0);
-      loadsPerUs = Math.max(loadsPerUs, 20_000 / Math.max(1, (performance.now() - t0) * 1000));
-    }
-    // An empty call on a worker: the pool's round trip, the worker asleep (cold) and spinning (hot).
-    // On a loaded machine every wake-up waits for the scheduler: each phase stops at its share of
-    // the time budget (a busy machine then gets fewer samples, and one thread anyway).
-    const BUDGET_MS = 40;
-    const roundTrip = (n: number, quantile = 0.5) => {
-      const times: number[] = [];
-      const until = performance.now() + BUDGET_MS / 4;
-      while (times.length < n && (times.length === 0 || performance.now() < until)) times.push(pool.ping());
-      return times.sort((a, b) => a - b)[Math.floor(quantile * (times.length - 1))];
+    const measureLoads = () => {
+      for (let trial = 0; trial < 5; trial++) {
+        t0 = performance.now();
+        for (let i = 0; i < 20_000; i++) Atomics.load(probe, 0);
+        loadsPerUs = Math.max(loadsPerUs, 20_000 / Math.max(1, (performance.now() - t0) * 1000));
+      }
     };
-    pool.spinLoads = 0;
-    const coldUs = roundTrip(11);
-    pool.spinLoads = loadsPerUs * 2000;
-    roundTrip(2);
-    // The lower quartile: one stray process on the other core for a moment must not turn spinning off.
-    const spinningUs = roundTrip(11, 0.25);
-    // On a machine with more runnable threads than cores a spinning thread uses up its time
-    // slice and waits for the next one (milliseconds), while a woken one is scheduled at once:
-    // spinning then costs more than sleeping, and nobody spins.
-    const hotUs = Math.min(spinningUs, coldUs);
-    const spinUs = spinningUs >= coldUs ? 0 : SPIN_BRIDGE_US;
-    pool.spinLoads = loadsPerUs * spinUs;
+    measureLoads();
+    // An empty call on a worker, the pool's round trip, with the worker asleep (cold) and spinning
+    // (hot), as a pair in each round (chooseSpin). The rounds run before and between the matmul
+    // rounds, so that a moment's disturbance (V8 still compiling the kernels on another thread at
+    // start-up, a stray process) falls on a few of them only.
+    const BUDGET_MS = 40;
+    const spinPairs: SpinPair[] = [];
+    const pingPair = () => {
+      pool.spinLoads = 0;
+      // The worker asleep: it blocks in Atomics.wait once it has seen the new budget after this call.
+      pool.ping();
+      const cold = pool.ping();
+      pool.spinLoads = loadsPerUs * 2000;
+      pool.ping();
+      spinPairs.push({ cold, spinning: Math.min(pool.ping(), pool.ping()) });
+    };
+    for (let i = 0; i < 3; i++) pingPair();
     // One thread against T on the same matmul, interleaved: the best of two or three rounds each
     // after a warm-up round (two when the budget runs out).
     const [m, n, k] = [256, 256, 128];
@@ -499,7 +504,12 @@ export class WasmBackend implements Backend {
         times.set(t, time(t));
       }
       if (round > 0) rounds.push(times);
+      pingPair();
     }
+    measureLoads();
+    const { spin, hotUs, coldUs } = chooseSpin(spinPairs);
+    const spinUs = spin ? SPIN_BRIDGE_US : 0;
+    pool.spinLoads = loadsPerUs * spinUs;
     const fastest = (t: number) => Math.min(...rounds.map((r) => r.get(t)!));
     // The cost model's rate: the one-thread time, unless T threads took less than 1/T of it
     // (the one-thread runs were interrupted; chooseThreads then picks one thread).
@@ -526,6 +536,7 @@ export class WasmBackend implements Backend {
       coldUs: r2(coldUs),
       speedup: r2(speedupOf(available)),
       rounds: rounds.length,
+      spinRounds: spinPairs.length,
       spinLoads: pool.spinLoads,
       spinUs: r2(spinUs),
       elementFlops: r2(this.elementFlops),
@@ -1091,7 +1102,8 @@ export class WasmBackend implements Backend {
       f32: () => this.heap().f32,
       i32: () => this.heap().i32,
       threadsFor: (flops) => this.splitThreads(flops),
-      runParts: (parts) => this.runSplit(parts.map((calls) => calls.map(({ name, args }) => this.kernelCall(name, args)))),
+      callIndex: (name) => this.kernelCall(name, []).fn,
+      runParts: (parts) => this.runSplit(parts),
     });
     return this.convKernels;
   }

@@ -76,8 +76,23 @@ const TAKEN = 3;
 const FAILED = 4;
 const QUIT = 5;
 
+/**
+ * Arguments up to which a worker calls a kernel with its arguments read one by one from the
+ * shared memory (callFrom); more go through apply. This spares the typed-array view and apply's
+ * array-like path of fn.apply(null, mem.subarray(...)) on every call of a list, which matters for
+ * the lists of about a thousand calls of about 1 us that narrow convolutions post (CallList).
+ * (Not timed apart from CallList: the two came in one change.)
+ */
+const DIRECT_ARGS = 16;
+
 /** The worker's body, shared by Node and browsers; `listen` and `reply` come from a prologue. */
 const WORKER_BODY = `
+const callFrom = (f, m, a, n) => {
+  switch (n) {
+${Array.from({ length: DIRECT_ARGS + 1 }, (_, n) => `    case ${n}: return f(${Array.from({ length: n }, (_, i) => `m[a + ${i}]`).join(', ')});`).join('\n')}
+    default: return f.apply(null, Array.from(m.subarray(a, a + n)));
+  }
+};
 listen(async ({ module, memory, control, names }) => {
   const instance = await WebAssembly.instantiate(module, { env: { memory } });
   const fns = names.map((name) => instance.exports[name]);
@@ -85,11 +100,11 @@ listen(async ({ module, memory, control, names }) => {
   // A list record is [export index, argument count, arguments...].
   const runList = (at, ints) => {
     const mem = new Int32Array(memory.buffer);
-    for (let p = at >> 2, end = p + ints; p < end; p += 2 + mem[p + 1]) fns[mem[p]].apply(null, mem.subarray(p + 2, p + 2 + mem[p + 1]));
+    for (let p = at >> 2, end = p + ints; p < end; p += 2 + mem[p + 1]) callFrom(fns[mem[p]], mem, p + 2, mem[p + 1]);
   };
   const runList64 = (at, count) => {
     const mem = new Float64Array(memory.buffer);
-    for (let p = at >> 3, end = p + count; p < end; p += 2 + mem[p + 1]) fns[mem[p]].apply(null, mem.subarray(p + 2, p + 2 + mem[p + 1]));
+    for (let p = at >> 3, end = p + count; p < end; p += 2 + mem[p + 1]) callFrom(fns[mem[p]], mem, p + 2, mem[p + 1]);
   };
   const runQueue = (table, parts) => {
     const mem = new Int32Array(memory.buffer);
@@ -127,7 +142,7 @@ listen(async ({ module, memory, control, names }) => {
       if (ctl[1] === ${LIST}) runList(ctl[${ARGS_AT}], ctl[${ARGS_AT} + 1]);
       else if (ctl[1] === ${LIST64}) runList64(ctl[${ARGS_AT}], ctl[${ARGS_AT} + 1]);
       else if (ctl[1] === ${QUEUE}) runQueue(ctl[${ARGS_AT}], ctl[${ARGS_AT} + 1]);
-      else fns[ctl[1]].apply(null, ctl.subarray(${ARGS_AT}, ${ARGS_AT} + ctl[2]));
+      else callFrom(fns[ctl[1]], ctl, ${ARGS_AT}, ctl[2]);
     } catch (e) {
       state = ${FAILED};
     }
@@ -250,8 +265,49 @@ export interface GeneratedCall {
   args: number[];
 }
 
+/**
+ * A thread's part already encoded as the pool's list records ([export index, argument count,
+ * i32 arguments...]): a split of many short calls (a narrow convolution: about a thousand calls
+ * of about 1 us each at batch 128) records them here and posts them with one copy, instead of an
+ * object and an array per call, which cost the caller about 0.5 us a call, serially
+ * (bench/threads.bench.ts).
+ */
+export class CallList {
+  ints = new Int32Array(1024);
+  length = 0;
+
+  push(fn: number, args: readonly number[]): void {
+    const n = args.length;
+    if (n > MAX_ARGS) throw new RangeError(`CallList: ${n} arguments (at most ${MAX_ARGS})`);
+    if (this.length + 2 + n > this.ints.length) {
+      const grown = new Int32Array(Math.max(2 * this.ints.length, this.length + 2 + n));
+      grown.set(this.ints.subarray(0, this.length));
+      this.ints = grown;
+    }
+    const ints = this.ints;
+    let p = this.length;
+    ints[p++] = fn;
+    ints[p++] = n;
+    for (let i = 0; i < n; i++) ints[p++] = args[i];
+    this.length = p;
+  }
+
+  /** Calls `f(fn, args)` for each record in order (`args` is reused from call to call). */
+  forEach(f: (fn: number, args: number[]) => void): void {
+    const ints = this.ints;
+    const args: number[] = [];
+    for (let p = 0; p < this.length; ) {
+      const n = ints[p + 1];
+      args.length = n;
+      for (let i = 0; i < n; i++) args[i] = ints[p + 2 + i];
+      f(ints[p], args);
+      p += 2 + n;
+    }
+  }
+}
+
 /** One part of a split kernel: calls run in order on one thread. */
-export type ThreadPart = readonly KernelCall[];
+export type ThreadPart = readonly KernelCall[] | CallList;
 
 export class ThreadPool {
   private disposed = false;
@@ -316,25 +372,33 @@ export class ThreadPool {
    * queue that `threads` threads (this one included; default all) take from until it is empty
    * (runQueue): each part must then use only memory of its own, since any thread may run it.
    */
-  run(parts: readonly ThreadPart[], runHere: (call: KernelCall) => void, threads = this.workers.length + 1): void {
+  run(parts: readonly (readonly KernelCall[])[], runHere: (call: KernelCall) => void, threads?: number): void;
+  /** Encoded parts (CallList) come to `runHere` whole, where this thread runs one. */
+  run(parts: readonly ThreadPart[], runHere: (call: KernelCall | CallList) => void, threads?: number): void;
+  run(parts: readonly ThreadPart[], runHereOf: (call: never) => void, threads = this.workers.length + 1): void {
+    const runHere = runHereOf as (call: KernelCall | CallList) => void;
     if (this.disposed) throw new Error('wasm backend: the thread pool was disposed');
     const usable = Math.max(1, Math.min(threads, this.workers.length + 1));
-    if (parts.length > usable) return this.runQueue(parts, runHere, usable - 1);
+    // Encoded parts always go as a queue (any number of parts, one copy each).
+    const lists = parts.filter((part): part is CallList => part instanceof CallList).length;
+    if (lists > 0 && lists < parts.length) throw new RangeError('ThreadPool.run: encoded parts (CallList) mixed with parts of KernelCalls');
+    if (parts.length > usable || lists > 0) return this.runQueue(parts, runHere, usable - 1);
+    const calls = parts as readonly (readonly KernelCall[])[];
     const ctl = this.control;
     const slot = (t: number) => (t - 1) * SLOT_INTS;
     // Lists of more than one call go into lent memory, one after another; a part with float
     // arguments as float64 records (two ints each, 8-aligned).
-    const floats = parts.map((part) => part.some((c) => c.floats));
+    const floats = calls.map((part) => part.some((c) => c.floats));
     let listInts = 0;
     for (let t = 1; t < parts.length; t++) {
       if (floats[t]) listInts += 2;
-      if (parts[t].length !== 1 || floats[t]) for (const c of parts[t]) listInts += (floats[t] ? 2 : 1) * (2 + c.args.length);
+      if (calls[t].length !== 1 || floats[t]) for (const c of calls[t]) listInts += (floats[t] ? 2 : 1) * (2 + c.args.length);
     }
     let listAt = listInts > 0 ? this.listSpace(listInts * 4) : 0;
     const mem = listInts > 0 ? new Int32Array(this.memory.buffer) : null;
     const mem64 = floats.some((f) => f) ? new Float64Array(this.memory.buffer) : null;
     for (let t = 1; t < parts.length; t++) {
-      const part = parts[t];
+      const part = calls[t];
       const base = slot(t);
       if (part.length === 1 && !floats[t]) {
         const { fn, args } = part[0];
@@ -365,19 +429,19 @@ export class ThreadPool {
     }
     this.stats.posted += parts.length - 1;
     let error: unknown = null;
-    const runCaught = (part: ThreadPart) => {
+    const runCaught = (part: readonly KernelCall[]) => {
       try {
         for (const call of part) runHere(call);
       } catch (e) {
         error ??= e;
       }
     };
-    runCaught(parts[0]);
+    runCaught(calls[0]);
     for (let t = 1; t < parts.length; t++) {
       const base = slot(t);
       if (Atomics.compareExchange(ctl, base, POSTED, TAKEN) === POSTED) {
         this.stats.takenBack++;
-        runCaught(parts[t]);
+        runCaught(calls[t]);
         Atomics.store(ctl, base, IDLE);
       }
     }
@@ -440,23 +504,30 @@ export class ThreadPool {
    * table's counter. On a busy machine a worker that the scheduler holds back then costs at most
    * the part it has claimed, and this thread runs whatever nobody else has taken.
    */
-  private runQueue(parts: readonly ThreadPart[], runHere: (call: KernelCall) => void, workers: number): void {
-    if (parts.some((part) => part.some((c) => c.floats))) throw new RangeError(`ThreadPool.run: ${parts.length} parts with float arguments for ${workers + 1} threads (a queue takes i32 arguments only)`);
+  private runQueue(parts: readonly ThreadPart[], runHere: (call: KernelCall | CallList) => void, workers: number): void {
+    if (parts.some((part) => !(part instanceof CallList) && part.some((c) => c.floats))) throw new RangeError(`ThreadPool.run: ${parts.length} parts with float arguments for ${workers + 1} threads (a queue takes i32 arguments only)`);
     const ctl = this.control;
     let ints = 1 + 2 * parts.length;
-    for (const part of parts) for (const c of part) ints += 2 + c.args.length;
+    for (const part of parts) {
+      if (part instanceof CallList) ints += part.length;
+      else for (const c of part) ints += 2 + c.args.length;
+    }
     const table = this.listSpace(ints * 4);
     const mem = new Int32Array(this.memory.buffer);
     const t = table >> 2;
     let p = t + 1 + 2 * parts.length;
     parts.forEach((part, i) => {
       const start = p;
-      for (const { fn, args } of part) {
-        mem[p] = fn;
-        mem[p + 1] = args.length;
-        mem.set(args, p + 2);
-        p += 2 + args.length;
-      }
+      if (part instanceof CallList) {
+        mem.set(part.ints.subarray(0, part.length), p);
+        p += part.length;
+      } else
+        for (const { fn, args } of part) {
+          mem[p] = fn;
+          mem[p + 1] = args.length;
+          mem.set(args, p + 2);
+          p += 2 + args.length;
+        }
       mem[t + 1 + 2 * i] = start * 4;
       mem[t + 2 + 2 * i] = p - start;
     });
@@ -474,7 +545,9 @@ export class ThreadPool {
     let error: unknown = null;
     for (let i = Atomics.add(mem, t, 1); i < parts.length; i = Atomics.add(mem, t, 1)) {
       try {
-        for (const call of parts[i]) runHere(call);
+        const part = parts[i];
+        if (part instanceof CallList) runHere(part);
+        else for (const call of part) runHere(call);
       } catch (e) {
         error ??= e;
       }
@@ -540,6 +613,8 @@ export interface ThreadCalibration {
   speedup: number;
   /** Interleaved rounds of the calibration matmul measured (after a warm-up round). */
   rounds: number;
+  /** Rounds of the spin calibration (chooseSpin): hotUs and coldUs are their medians. */
+  spinRounds: number;
   /** Loads of a control slot a thread makes before it blocks, and what that is in us. */
   spinLoads: number;
   spinUs: number;
@@ -596,6 +671,34 @@ export function chooseThreads(rounds: readonly ReadonlyMap<number, number>[], ca
     reason: `${top} threads ran the calibration matmul ${speedup(top).toFixed(2)}x as fast as one (best of ${rounds.length} interleaved rounds; median round ${pairedMedian(top).toFixed(2)}x; ${minSpeedup}x needed in the best and above 1x in the median): one thread`,
     speedup,
   };
+}
+
+/** One round of the spin calibration: the pool's round trip (us) to a worker asleep and to one spinning. */
+export interface SpinPair {
+  cold: number;
+  spinning: number;
+}
+
+/**
+ * Whether idle workers spin, from the calibration's rounds: they do unless a spinning worker
+ * answered no faster than a sleeping one in most rounds (the median of the paired ratios is 1 or
+ * more). On a machine with more runnable threads than cores a spinning thread uses up its time
+ * slice and waits for the next one (milliseconds), while a woken one is scheduled at once:
+ * spinning then costs more than sleeping in every round. One slow round (a stray process for a
+ * moment, V8 compiling on another thread at start-up) decided it alone before: measured, 2 of 8
+ * start-ups on a quiet 2-core machine turned spinning off, and every split of those processes
+ * then paid a wake-up. hotUs and coldUs are the medians over the rounds (hot at most cold).
+ */
+export function chooseSpin(pairs: readonly SpinPair[]): { spin: boolean; hotUs: number; coldUs: number } {
+  const median = (xs: number[]) => {
+    const s = [...xs].sort((a, b) => a - b);
+    const h = s.length >> 1;
+    return s.length % 2 ? s[h] : (s[h - 1] + s[h]) / 2;
+  };
+  if (pairs.length === 0) return { spin: false, hotUs: Infinity, coldUs: Infinity };
+  const coldUs = median(pairs.map((p) => p.cold));
+  const spin = median(pairs.map((p) => p.spinning / Math.max(p.cold, 1e-3))) < 1;
+  return { spin, hotUs: spin ? Math.min(coldUs, median(pairs.map((p) => p.spinning))) : coldUs, coldUs };
 }
 
 /**
