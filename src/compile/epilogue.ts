@@ -18,7 +18,7 @@ import type { FusedAccess, FusedExpr, FusedMapKernels, FusedProgram } from '../k
 import type { DType } from '../tensor/dtype.js';
 import { contiguousStrides as contiguous, numel as numelOf } from '../tensor/shape.js';
 import type { MapNode } from './fuse.js';
-import type { SlotRef, StorageRecord, TraceEvent } from './trace.js';
+import { isSlot, slotOf, type SlotRef, type StorageRecord, type TraceEvent } from './trace.js';
 
 /** A fused elementwise call's program and the slots of its storages (inputs, then outputs). */
 export interface ChainProgram {
@@ -48,8 +48,6 @@ export interface EpilogueContext {
   fullOutputs: WeakMap<object, boolean[]>;
 }
 
-const slotOf = (x: unknown): number => (x as SlotRef).$s;
-const isSlot = (x: unknown): boolean => typeof x === 'object' && x !== null && '$s' in x;
 
 /** Rewrites `events`: each matmul with a fusable consumer and that consumer become one call. Returns the events and the count. */
 export function fuseEpilogues(events: TraceEvent[], cx: EpilogueContext): { events: TraceEvent[]; fused: number } {

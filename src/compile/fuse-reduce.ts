@@ -32,7 +32,7 @@
  */
 import type { AttentionLayout, BlockSum, BroadcastLayout, CrossEntropyLayout, LayerNormBackwardFusedLayout, LayerNormLayout, ReduceLayout, Storage, StridedCopyLayout } from '../kernels/backend.js';
 import { contiguousStrides } from '../tensor/shape.js';
-import { writesAllAt, type SlotRef, type StorageRecord, type Trace, type TraceEvent } from './trace.js';
+import { isSlot, slotOf, writesAllAt, type SlotRef, type StorageRecord, type Trace, type TraceEvent } from './trace.js';
 
 export interface ReduceFusionContext {
   trace: Trace;
@@ -46,8 +46,6 @@ export interface ReduceFusionContext {
 }
 
 type Call = Extract<TraceEvent, { kind: 'call' }>;
-const isSlot = (x: unknown): x is SlotRef => typeof x === 'object' && x !== null && '$s' in x;
-const slotOf = (x: unknown): number => (x as SlotRef).$s;
 
 /**
  * Argument positions that these backend calls write; every other storage they take is only read.

@@ -31,7 +31,7 @@ import type { DType } from '../tensor/dtype.js';
 import { contiguousStrides as contiguous, numel as numelOf } from '../tensor/shape.js';
 import { fuseEpilogues, type ChainProgram } from './epilogue.js';
 import { fuseReductions } from './fuse-reduce.js';
-import { relive, writesAllAt, type SlotRef, type StorageRecord, type Trace, type TraceEvent } from './trace.js';
+import { isSlot, relive, slotOf, writesAllAt, type SlotRef, type StorageRecord, type Trace, type TraceEvent } from './trace.js';
 
 /** The fused kernels of a backend, or null: fusion is off there (copies are still forwarded). */
 export function fusedMapKernels(b: Backend): FusedMapKernels | null {
@@ -114,8 +114,6 @@ export interface MapNode extends FusableCall {
   partial: FusedAccess | null;
 }
 
-const slotOf = (x: unknown): number => (x as SlotRef).$s;
-const isSlot = (x: unknown): boolean => typeof x === 'object' && x !== null && '$s' in x;
 
 function mapNode(e: TraceEvent, index: number, recs: StorageRecord[]): MapNode | null {
   if (e.kind !== 'call' || e.target !== 'backend') return null;

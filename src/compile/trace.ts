@@ -18,6 +18,9 @@ import { captureHooks } from './hooks.js';
 export interface SlotRef {
   $s: number;
 }
+/** Whether a recorded argument is a storage placeholder, and its slot. */
+export const isSlot = (x: unknown): x is SlotRef => typeof x === 'object' && x !== null && '$s' in x;
+export const slotOf = (x: unknown): number => (x as SlotRef).$s;
 /** A random key placeholder: part 0 or 1 of the generator draw number `$k` of this trace. */
 export interface KeyRef {
   $k: number;
