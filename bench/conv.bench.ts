@@ -4,6 +4,10 @@
  * on every contender alike: GFLOP/s of conv2d forward, input gradient and weight gradient on the
  * issue's case (batch 32, 16 -> 32 channels, 28x28, 3x3, pad 1) and on the layers of the small
  * ResNet (`--model cnn`, widths 8/16/32) at batch 32, next to
+ * - each form of the forward and input gradient forced: conv.ts's implicit GEMM and, for 3x3
+ *   stride-1 layers, Winograd F(2x2, 3x3) (conv-winograd.ts); the fwd and input-grad columns are
+ *   what the default ('auto') runs, and fwd / tfjs uses them. GFLOP/s count the direct form's
+ *   multiply-adds for every form,
  * - the old formulation (materialized im2col + the matmul kernel) on the same backend,
  * - the square-matmul GFLOP/s of the same backend in the same run (the target: conv forward and
  *   both gradients at >= 70% of it),
@@ -22,6 +26,7 @@ import * as tf from '@tensorflow/tfjs';
 import { getThreadsCount } from '@tensorflow/tfjs-backend-wasm';
 import { createWasmBackend, type WasmBackend } from '../src/kernels/wasm/index.js';
 import type { Conv2dLayout, Storage } from '../src/kernels/backend.js';
+import { isWinogradConv, useWinogradConv } from '../src/kernels/wasm/conv-winograd.js';
 
 const quick = process.argv.includes('--quick');
 
@@ -129,9 +134,20 @@ function flatgradContenders(be: WasmBackend, c: ConvCase): Contender[] {
   const w = be.upload(randomData(wN, 2), 'float32');
   const dy = be.upload(randomData(yN, 3), 'float32');
   const fresh = () => [be.upload(randomData(1, 9), 'float32')];
+  // conv.ts's kernels ('off') and the Winograd form's ('on', where it applies): 'auto' runs
+  // whichever useWinogradConv picks, so its figure is that contender's.
+  const mode = (m: 'on' | 'off', f: (out: Storage) => void) => (out: Storage) => {
+    be.winogradConvs = m;
+    f(out);
+    be.winogradConvs = 'auto';
+  };
+  const fwd = (out: Storage) => be.conv2d(x, w, out, l);
+  const dx = (out: Storage) => be.conv2dBackwardInput(dy, w, out, l);
   return [
-    kernelContender(be, 'forward', flops, yN, [x, w, dy], (out) => be.conv2d(x, w, out, l)),
-    kernelContender(be, 'input grad', flops, xN, fresh(), (out) => be.conv2dBackwardInput(dy, w, out, l)),
+    kernelContender(be, 'forward', flops, yN, [x, w, dy], mode('off', fwd)),
+    kernelContender(be, 'input grad', flops, xN, fresh(), mode('off', dx)),
+    ...(isWinogradConv(l, 'forward') ? [kernelContender(be, 'winograd forward', flops, yN, fresh(), mode('on', fwd))] : []),
+    ...(isWinogradConv(l, 'backwardInput') ? [kernelContender(be, 'winograd input grad', flops, xN, fresh(), mode('on', dx))] : []),
     kernelContender(be, 'weight grad', flops, wN, fresh(), (out) => be.conv2dBackwardWeight(x, dy, out, l)),
     // The formulation this replaced: cols [n, K, L] materialized, then one batched matmul W @ cols.
     kernelContender(be, 'im2col+matmul forward', flops, yN, fresh(), (out) => {
@@ -194,9 +210,14 @@ async function main(): Promise<void> {
     const all = [...ours, ...peers, ...matmuls];
     const ms = timeInterleaved(all);
     all.forEach((x) => x.dispose());
-    const gflops: Record<string, number> = { 'tfjs forward': NaN, 'tfjs input grad': NaN };
+    const gflops: Record<string, number> = { 'tfjs forward': NaN, 'tfjs input grad': NaN, 'winograd forward': NaN, 'winograd input grad': NaN };
     all.forEach((x, i) => (gflops[x.name] = x.flops / ms[i] / 1e6));
-    rows.push({ case: c.name, gflops });
+    // What the backend's default ('auto') runs.
+    const l = layoutOf(c);
+    const auto = { forward: useWinogradConv(l, 'forward') ? 'winograd' : 'conv.ts', inputGrad: useWinogradConv(l, 'backwardInput') ? 'winograd' : 'conv.ts' };
+    gflops['auto forward'] = auto.forward === 'winograd' ? gflops['winograd forward'] : gflops.forward;
+    gflops['auto input grad'] = auto.inputGrad === 'winograd' ? gflops['winograd input grad'] : gflops['input grad'];
+    rows.push({ case: c.name, auto, gflops });
     console.error(`measured ${c.name}`);
   }
   be.dispose();
@@ -211,18 +232,22 @@ async function main(): Promise<void> {
   const f1 = (x: number) => (Number.isNaN(x) ? 'n/a' : x.toFixed(1));
   const lines = [
     `conv2d on wasm, one thread, GFLOP/s (median of interleaved rounds, one process, timed by process CPU time; tfjs-wasm ran on ${getThreadsCount()} thread(s); load average ${loadBefore.map(f1).join(' ')}).`,
+    'GFLOP/s counted as the direct convolution\'s 2*N*K*C*kh*kw*OH*OW for every form (the Winograd form does 16/36 of the 3x3 multiplies).',
+    'fwd and input grad: what the default (winogradConvs \'auto\') runs, the form named; conv.ts and Winograd columns: each form forced.',
     'mm = the mean of the square matmuls 256 and 512 measured in the same rounds.',
     '',
-    '| case (batch 32) | fwd | input grad | weight grad | old im2col+matmul fwd | tfjs-wasm fwd | tfjs-wasm input grad | mm | fwd / tfjs | fwd / mm | dX / mm | dW / mm |',
-    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
+    '| case (batch 32) | fwd | fwd form | fwd conv.ts | fwd Winograd | input grad | dX form | dX conv.ts | dX Winograd | weight grad | old im2col+matmul fwd | tfjs-wasm fwd | tfjs-wasm input grad | mm | fwd / tfjs | fwd / mm | dX / mm | dW / mm |',
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |',
   ];
   for (const r of rows) {
     const g = r.gflops;
     const mm = (g['matmul 256'] + g['matmul 512']) / 2;
+    const [fwd, dx] = [g['auto forward'], g['auto input grad']];
     lines.push(
-      `| ${r.case} | ${f1(g.forward)} | ${f1(g['input grad'])} | ${f1(g['weight grad'])} | ${f1(g['im2col+matmul forward'])} | ${f1(g['tfjs forward'])} | ` +
-        `${f1(g['tfjs input grad'])} | ${f1(mm)} | ${(g.forward / g['tfjs forward']).toFixed(2)}x | ${(g.forward / mm).toFixed(2)} | ` +
-        `${(g['input grad'] / mm).toFixed(2)} | ${(g['weight grad'] / mm).toFixed(2)} |`,
+      `| ${r.case} | ${f1(fwd)} | ${r.auto.forward} | ${f1(g.forward)} | ${f1(g['winograd forward'])} | ${f1(dx)} | ${r.auto.inputGrad} | ${f1(g['input grad'])} | ${f1(g['winograd input grad'])} | ` +
+        `${f1(g['weight grad'])} | ${f1(g['im2col+matmul forward'])} | ${f1(g['tfjs forward'])} | ` +
+        `${f1(g['tfjs input grad'])} | ${f1(mm)} | ${(fwd / g['tfjs forward']).toFixed(2)}x | ${(fwd / mm).toFixed(2)} | ` +
+        `${(dx / mm).toFixed(2)} | ${(g['weight grad'] / mm).toFixed(2)} |`,
     );
   }
   mkdirSync('bench/results', { recursive: true });

@@ -62,3 +62,56 @@ export function trainStep(opt: fg.optim.Optimizer, closure: () => fg.Tensor): ()
       return l;
     });
 }
+
+/**
+ * The benches' SGD / SAM step on one batch: a fresh makeNet() with the weights `init`, in train
+ * mode; SGD with momentum (lr 0.01, momentum 0.9), or SAM (rho 0.05) over that SGD; the cross
+ * entropy of the model on (x, y), both kept (they outlive the steps' tidy); run by trainStep.
+ */
+export function sgdSamStep(
+  kind: 'sgd' | 'sam',
+  makeNet: () => fg.nn.Sequential,
+  init: fg.nn.StateDict,
+  x: { data: Float32Array; shape: number[] },
+  yData: Int32Array,
+): () => fg.Tensor {
+  const model = makeNet();
+  model.loadStateDict(init);
+  model.train();
+  const xs = fg.tensor(x.data, { shape: x.shape }).keep();
+  const ys = fg.tensor(yData, { dtype: 'int32' }).keep();
+  const sgd = { lr: 0.01, momentum: 0.9 };
+  const o = kind === 'sam' ? new fg.optim.SAM(model.parameters(), fg.optim.SGD, { ...sgd, rho: 0.05 }) : new fg.optim.SGD(model.parameters(), sgd);
+  return trainStep(o, () => {
+    const l = fg.crossEntropy(model.forward(xs), ys);
+    l.backward();
+    return l;
+  });
+}
+
+/** Wall ms and calls per key. */
+export type WallProfile = Map<string, { ms: number; calls: number }>;
+
+/**
+ * A charger for the profiles of bench/mlp-threads.ts and bench/threads-profile.ts: charge(key, f)
+ * runs f and adds its wall time to `into()`'s entry for key, outermost calls only (a call inside
+ * a charged one is charged to that one); nothing is charged while `into()` is null.
+ */
+export function wallCharger(into: () => WallProfile | null): (key: string, f: () => unknown) => unknown {
+  let depth = 0;
+  return (key, f) => {
+    const acc = into();
+    if (!acc || depth > 0) return f();
+    depth++;
+    const t0 = performance.now();
+    try {
+      return f();
+    } finally {
+      depth--;
+      const r = acc.get(key) ?? { ms: 0, calls: 0 };
+      r.ms += performance.now() - t0;
+      r.calls++;
+      acc.set(key, r);
+    }
+  };
+}

@@ -18,7 +18,7 @@ import * as registry from '../src/kernels/registry.js';
 import type { Backend, MatmulLayout, Storage } from '../src/kernels/backend.js';
 import { planProfile } from '../src/compile/plan.js';
 import { fusedKernelsFor } from '../src/kernels/fused.js';
-import { instrumentCalls, trainStep } from './instrument.js';
+import { instrumentCalls, trainStep, wallCharger, type WallProfile } from './instrument.js';
 
 const rounds = Number(process.argv.find((a) => a.startsWith('--rounds='))?.split('=')[1] ?? 30);
 const doProfile = process.argv.includes('--profile');
@@ -33,22 +33,8 @@ const xData = Float32Array.from({ length: batch * 784 }, () => Math.random() * 2
 const yData = Int32Array.from({ length: batch }, (_, i) => i % 10);
 
 // --profile: every outermost backend, arena and plan call charged its wall time, by kind and shape.
-let acc: Map<string, { ms: number; calls: number }> | null = null;
-let depth = 0;
-const charge = (key: string, f: () => unknown) => {
-  if (!acc || depth > 0) return f();
-  depth++;
-  const t0 = performance.now();
-  try {
-    return f();
-  } finally {
-    depth--;
-    const r = acc.get(key) ?? { ms: 0, calls: 0 };
-    r.ms += performance.now() - t0;
-    r.calls++;
-    acc.set(key, r);
-  }
-};
+let acc: WallProfile | null = null;
+const charge = wallCharger(() => acc);
 const shapeKey = (n: string, a: unknown[]) => {
   if (n === 'matmul') {
     const l = a[3] as MatmulLayout;

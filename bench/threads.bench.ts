@@ -18,7 +18,7 @@
  *
  *   npx esbuild bench/threads.bench.ts --bundle --platform=node --format=esm --packages=external \
  *     --outfile=node_modules/.cache/flatgrad/threads.bench.mjs --log-level=warning \
- *     && node node_modules/.cache/flatgrad/threads.bench.mjs [--only=profile,micro,pool] [--rounds=9] [--models=mlp,cnn,vit] [--stat=min]
+ *     && node node_modules/.cache/flatgrad/threads.bench.mjs [--only=profile,micro,pool] [--rounds=9] [--models=mlp,cnn,vit] [--stat=min] [--cnn-batch=32]
  */
 import os from 'node:os';
 import * as fg from '../src/index.js';
@@ -130,7 +130,7 @@ async function recordStep(model: 'mlp' | 'cnn' | 'vit'): Promise<{ kind: CallKin
   const be = getBackend() as unknown as Record<string, (...a: unknown[]) => unknown>;
   const { nn, optim } = fg;
   fg.manualSeed(1);
-  const batch = model === 'mlp' ? 128 : 32;
+  const batch = model === 'mlp' ? 128 : Number(argOf('cnn-batch') ?? 32);
   const net =
     model === 'mlp'
       ? nn.models.mlp(MLP_SIZES)

@@ -19,14 +19,21 @@
  * Inputs are uniform in [-4, 4], their absolute values for the ops whose domain is x >= 0 or
  * x > -1 (log, log1p, sqrt, rsqrt, powScalar).
  *
+ * Then every binary op of the op table (its SIMD row kernel, or the reference closure where the
+ * wasm backend has none: pow) over the broadcast patterns models use (same shape; a row bias
+ * [R, C] + [1, C] for C = 10, 256, 784; a per-channel bias over NCHW; a per-row scale [R, 256] +
+ * [R, 1]; a scalar), each at about 2^18 floats (1 MiB per operand) and 2^24, against copy over
+ * the same n elements in the same rounds. GB/s counts a + b + out (1 byte per bool output).
+ *
  * Run:
  *   npx esbuild bench/unary.bench.ts --bundle --platform=node --format=esm --packages=external \
  *     --outfile=node_modules/.cache/flatgrad/unary.bench.mjs --log-level=warning \
  *     && node node_modules/.cache/flatgrad/unary.bench.mjs   # add --count for the instruction counts alone
+ *   (--binary: the binary tables alone; --ops=add,eq: only those binary ops)
  */
 import { execFileSync } from 'node:child_process';
 import { loadavg } from 'node:os';
-import { UNARY_OPS, type BinaryOp, type UnaryOp } from '../src/kernels/optable.js';
+import { BINARY_OPS, UNARY_OPS, type BinaryOp, type UnaryOp } from '../src/kernels/optable.js';
 import { ModuleBuilder } from '../src/kernels/wasm/emit.js';
 import { emitUnary, emitUnaryF32, SIMD_UNARY_BOOL_F32, SIMD_UNARY_F32, UNARY_BOOL_F32_BODIES } from '../src/kernels/wasm/module.js';
 import { createWasmBackend } from '../src/kernels/wasm/index.js';
@@ -118,9 +125,14 @@ function cpuMs(): number {
   return (u.user + u.system) / 1000;
 }
 
-/** Median ms (CPU time) per call over `rounds` rounds in which every runner runs at least roundMs. */
+/**
+ * Median ms (CPU time) per call over `rounds` rounds in which every runner runs at least roundMs,
+ * after 300 ms of calls not counted: a case's first half second measured up to 1.25x slower than
+ * the same case run again after it (add over [26214, 10] + [1, 10], 0.16 against 0.13 ns per
+ * element), even as the median of 15 rounds.
+ */
 function interleaved(runners: (() => void)[], rounds = 7, roundMs = 30): number[] {
-  runners.forEach((r) => { r(); r(); });
+  for (const t0 = cpuMs(); cpuMs() - t0 < 300; ) runners.forEach((r) => r());
   const times: number[][] = runners.map(() => []);
   for (let k = 0; k < rounds; k++) {
     runners.forEach((run, j) => {
@@ -145,8 +157,10 @@ const f = (v: number) => v.toFixed(2);
 
 console.log(`_Printed by bench/unary.bench.ts on ${new Date().toISOString()} (load average before: ${loadavg().map((l) => l.toFixed(2)).join(' ')})._`);
 console.log('');
+// `--binary`: the binary tables alone (and `--ops=add,mul` only those ops).
+const binaryOnly = process.argv.includes('--binary');
 // Per size: [op] -> [op GB/s, copy GB/s].
-const results = SIZES.map((n) => {
+const results = (binaryOnly ? [] : SIZES).map((n) => {
   const data = new Float32Array(n);
   for (let i = 0; i < n; i++) data[i] = (Math.random() - 0.5) * 8;
   const x = wasm.upload(data, 'float32');
@@ -168,39 +182,62 @@ const results = SIZES.map((n) => {
   return byOp;
 });
 
-console.log('| op | SIMD body | x64 instr. / f32x4 | 2^20 GB/s | copy GB/s | / copy | 2^24 GB/s | copy GB/s | / copy |');
-console.log('|---|---|---|---|---|---|---|---|---|');
-for (const op of Object.keys(UNARY_OPS) as UnaryOp[]) {
+if (!binaryOnly) console.log('| op | SIMD body | x64 instr. / f32x4 | 2^20 GB/s | copy GB/s | / copy | 2^24 GB/s | copy GB/s | / copy |');
+if (!binaryOnly) console.log('|---|---|---|---|---|---|---|---|---|');
+for (const op of binaryOnly ? [] : (Object.keys(UNARY_OPS) as UnaryOp[])) {
   const [[c, cc], [m, mc]] = results.map((r) => r.get(op)!);
   const instr = isSimd(op) ? instructionsPerVector(op) : '-';
   console.log(`| ${op} | ${isSimd(op) ? 'yes' : 'no'} | ${instr} | ${f(c)} | ${f(cc)} | ${f(c / cc)} | ${f(m)} | ${f(mc)} | ${f(m / mc)} |`);
 }
 
-// Binary ops over broadcast shapes: [shape of a] op [shape of b], contiguous strides, 0 where b broadcasts.
+// Binary ops: every one of the op table (a SIMD kernel or the reference closure: the wasm backend
+// picks) over the broadcast patterns models use, each pattern at about 2^18 floats (1 MiB per
+// operand: the caches) and 2^24 (memory speed), interleaved with copy over the same n elements.
+// Bytes moved: a + b + out (4 per float, 1 per bool), against copy's 8 per element.
 const contiguous = (shape: number[]) => shape.map((_, i) => shape.slice(i + 1).reduce((p, q) => p * q, 1));
 const broadcastStrides = (shape: number[], of: number[]) => contiguous(of).map((s, i) => (of[i] === 1 && shape[i] !== 1 ? 0 : s));
-const BINARY: [BinaryOp, number[], number[]][] = [
-  ['add', [128, 16, 28, 28], [1, 16, 1, 1]],
-  ['mul', [128, 16, 28, 28], [1, 16, 1, 1]],
-  ['sub', [128, 16, 28, 28], [1, 16, 1, 1]],
-  ['add', [128, 16, 28, 28], [128, 16, 28, 28]],
-  ['add', [128, 256], [1, 256]],
+const BINARY_PATTERNS: { name: string; shapes: (n: number) => [number[], number[]] }[] = [
+  { name: 'same shape', shapes: (n) => [[n], [n]] },
+  ...[10, 256, 784].map((c) => ({ name: `[R, ${c}] + [1, ${c}]`, shapes: (n: number): [number[], number[]] => [[Math.round(n / c), c], [1, c]] })),
+  { name: '[N, 16, 28, 28] + [1, 16, 1, 1]', shapes: (n) => [[Math.max(1, Math.round(n / 12544)), 16, 28, 28], [1, 16, 1, 1]] },
+  { name: '[R, 256] + [R, 1]', shapes: (n) => [[Math.round(n / 256), 256], [Math.round(n / 256), 1]] },
+  { name: '[n] + [1]', shapes: (n) => [[n], [1]] },
 ];
-console.log('');
-console.log('| binary op | a | b | wasm GB/s | copy GB/s | wasm / copy |');
-console.log('|---|---|---|---|---|---|');
-for (const [op, aShape, bShape] of BINARY) {
-  const n = aShape.reduce((p, q) => p * q, 1);
-  const nb = bShape.reduce((p, q) => p * q, 1);
-  const a = wasm.upload(Float32Array.from({ length: n }, () => Math.random()), 'float32');
-  const b = wasm.upload(Float32Array.from({ length: nb }, () => Math.random() + 0.5), 'float32');
-  const out = wasm.alloc(n, 'float32');
-  const copyOut = wasm.alloc(n, 'float32');
-  const layout = { shape: aShape, aStrides: contiguous(aShape), bStrides: broadcastStrides(aShape, bShape) };
-  const [t, copy] = interleaved([() => wasm.binary(op, a, b, out, layout), () => wasm.unary('neg', a, copyOut)]);
-  const bytes = 4 * (2 * n + nb);
-  const copyGbs = gbs(8 * n, copy);
-  console.log(`| ${op} | [${aShape.join(', ')}] | [${bShape.join(', ')}] | ${f(gbs(bytes, t))} | ${f(copyGbs)} | ${f(gbs(bytes, t) / copyGbs)} |`);
-  [a, b, out, copyOut].forEach((s) => wasm.release(s));
+const BINARY_SIZES = [1 << 18, 1 << 24];
+const onlyOps = process.argv.find((a) => a.startsWith('--ops='))?.slice(6).split(',');
+const binaryOps = (Object.keys(BINARY_OPS) as BinaryOp[]).filter((op) => !onlyOps || onlyOps.includes(op));
+// [size][pattern][op] -> [op GB/s, copy GB/s]
+const binary = BINARY_SIZES.map((size) =>
+  BINARY_PATTERNS.map(({ shapes }) => {
+    const [aShape, bShape] = shapes(size);
+    const n = aShape.reduce((p, q) => p * q, 1);
+    const nb = bShape.reduce((p, q) => p * q, 1);
+    const a = wasm.upload(Float32Array.from({ length: n }, () => Math.random() * 4 - 2), 'float32');
+    // Positive and away from 0 (div, pow), with exact zeros now and then (the logical ops).
+    const b = wasm.upload(Float32Array.from({ length: nb }, () => (Math.random() < 0.1 ? 0 : Math.random() + 0.5)), 'float32');
+    const aPos = wasm.upload(Float32Array.from({ length: n }, () => Math.random() * 4), 'float32');
+    const out = wasm.alloc(n, 'float32');
+    const outBool = wasm.alloc(n, 'bool');
+    const copyOut = wasm.alloc(n, 'float32');
+    const layout = { shape: aShape, aStrides: contiguous(aShape), bStrides: broadcastStrides(aShape, bShape) };
+    const [rounds, roundMs] = size > 1 << 20 ? [5, 120] : [7, 30];
+    const byOp = new Map<BinaryOp, [number, number]>();
+    for (const op of binaryOps) {
+      const bool = 'compare' in BINARY_OPS[op];
+      const [t, copy] = interleaved([() => wasm.binary(op, op === 'pow' ? aPos : a, b, bool ? outBool : out, layout), () => wasm.unary('neg', a, copyOut)], rounds, roundMs);
+      byOp.set(op, [gbs(4 * (n + nb) + (bool ? 1 : 4) * n, t), gbs(8 * n, copy)]);
+    }
+    [a, b, aPos, out, outBool, copyOut].forEach((s) => wasm.release(s));
+    return byOp;
+  }),
+);
+for (const [s, size] of BINARY_SIZES.entries()) {
+  console.log('');
+  console.log(`Binary ops at about 2^${Math.log2(size)} floats: op GB/s (op / copy over the same n)`);
+  console.log('');
+  console.log(`| op | ${BINARY_PATTERNS.map((p) => p.name).join(' | ')} |`);
+  console.log(`|---|${BINARY_PATTERNS.map(() => '---').join('|')}|`);
+  for (const op of binaryOps) console.log(`| ${op} | ${binary[s].map((byOp) => { const [g, c] = byOp.get(op)!; return `${f(g)} (${f(g / c)})`; }).join(' | ')} |`);
+  console.log(`| copy | ${binary[s].map((byOp) => f(median(binaryOps.map((op) => byOp.get(op)![1])))).join(' | ')} |`);
 }
 wasm.dispose();

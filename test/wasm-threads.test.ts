@@ -13,6 +13,7 @@ import { chooseThreads, SPIN_BRIDGE_US, SplitCost, splitRange } from '../src/ker
 import type { MatmulLayout } from '../src/kernels/backend.js';
 import { type Case, checkParity, KERNELS, layoutOf, run, sizes } from './helpers/conv-parity.js';
 import { randomF32 } from './helpers/webgpu.js';
+import { countSplits } from './helpers/thread-splits.js';
 
 const CASES: Case[] = [
   { name: '3x3 pad 1, 16 -> 32 (the issue case, small batch)', n: 5, c: 16, h: 28, w: 28, o: 32, k: [3, 3], pad: [1, 1] },
@@ -29,18 +30,6 @@ const CASES: Case[] = [
   { name: 'patch embedding 7x7 stride 7', n: 4, c: 1, h: 28, w: 28, o: 32, k: [7, 7], stride: [7, 7] },
   { name: '40 channels: five 8-channel tiles over 3 threads', n: 2, c: 5, h: 9, w: 9, o: 40, k: [3, 3], pad: [1, 1] },
 ];
-
-/** Counts the backend's pool runs (split calls): a split test that splits nothing cannot pass. */
-function countSplits(be: WasmBackend): () => number {
-  const pool = (be as unknown as { pool: { run: (...a: unknown[]) => void } }).pool;
-  let runs = 0;
-  const run0 = pool.run.bind(pool);
-  pool.run = (...a: unknown[]) => {
-    runs++;
-    run0(...a);
-  };
-  return () => runs;
-}
 
 /** C = A @ B by the backend's matmul (operands uploaded, then released), as plain numbers. */
 function matmulOn(b: WasmBackend, A: Float32Array, B: Float32Array, l: MatmulLayout): number[] {
@@ -455,6 +444,9 @@ describe('wasm threads: weight gradient by image chunks and strided input gradie
     it(t.name, async () => {
       const { one, many, splits } = await threadedBackends();
       const l = layoutOf(t);
+      // conv.ts's forms: the Winograd form splits even one image (by blocks of tile rows; its
+      // splits are tested in conv-winograd.test.ts).
+      for (const be of [one, ...many]) be.winogradConvs = t.unsplit ? 'off' : 'auto';
       for (const kernel of KERNELS) {
         const s = sizes(kernel, l);
         const [a, b] = [randomF32(s.a, 600 + i), randomF32(s.b, 700 + i)];
@@ -467,6 +459,7 @@ describe('wasm threads: weight gradient by image chunks and strided input gradie
         }
       }
       await checkParity(many[1], t, 1900 + i);
+      for (const be of [one, ...many]) be.winogradConvs = 'auto';
       for (const be of many) expect(be.memory().liveBuffers).toBe(0);
     }),
   );

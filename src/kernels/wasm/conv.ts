@@ -40,6 +40,7 @@ import type { Conv2dLayout, Storage } from '../backend.js';
 import { call, f32, f32x4, i32, select, v128, ValType, type FuncBuilder, type Local, type ModuleBuilder, type Operand } from './emit.js';
 import { ceilDiv, elementwise, shuffle32, transpose4, type KernelExports } from './module.js';
 import { CallList, splitRange } from './threads.js';
+import type { WinogradExport } from './conv-winograd.js';
 
 const { i32: I32, v128: V128 } = ValType;
 
@@ -572,7 +573,7 @@ export function emitConvKernels(mb: ModuleBuilder): void {
 // ---- the host side: blocking, padding and packing, per image and group ----
 
 /** The exports a thread's share of a convolution calls. */
-export type ConvExport = 'conv_fwd' | 'conv_fwd_strided' | 'conv_gemm' | 'conv_wgrad' | 'conv_pack_grad' | 'conv_copy_rows' | 'zero_bytes';
+export type ConvExport = 'conv_fwd' | 'conv_fwd_strided' | 'conv_gemm' | 'conv_wgrad' | 'conv_pack_grad' | 'conv_copy_rows' | 'zero_bytes' | WinogradExport;
 
 export interface WasmConvHost {
   exports: KernelExports;
@@ -598,7 +599,7 @@ export interface WasmConvHost {
  * The calls of one thread's share: run at once when the convolution is not split, recorded for
  * the pool otherwise (scratch must then be carved before recording: the memory may not move).
  */
-class Calls {
+export class Calls {
   constructor(
     private readonly now: KernelExports | null,
     private readonly index: ((name: ConvExport) => number) | null = null,
@@ -614,7 +615,7 @@ class Calls {
 const roundUp = (v: number, m: number) => Math.ceil(v / m) * m;
 
 /** Parts per thread of a split convolution (a queue: see directForward). */
-const PARTS_PER_THREAD = 4;
+export const PARTS_PER_THREAD = 4;
 
 /**
  * Chunks of images whose weight gradients are summed apart and then added (backwardWeight): the
@@ -622,6 +623,20 @@ const PARTS_PER_THREAD = 4;
  * next to nothing (chunks x taps x channels floats).
  */
 const WGRAD_CHUNKS = 8;
+
+/**
+ * Int32s of recorded split calls a WasmConv keeps (split): 8 MB, a dozen times what the small
+ * ResNet's SAM step at batch 128 records (about 0.7 MB per forward and backward).
+ */
+const RECORDED_INTS = 2 << 20;
+
+/** The key of a split's recorded calls: a tag and every number they depend on (split). */
+export function recordKey(tag: string, numbers: readonly number[]): string {
+  return `${tag} ${numbers.join(' ')}`;
+}
+
+/** A convolution layout's numbers, in a fixed order (recordKey). */
+const layoutNumbers = (l: Conv2dLayout) => [l.n, l.c, l.h, l.w, l.kh, l.kw, l.oh, l.ow, l.sh, l.sw, l.ph, l.pw, l.dh, l.dw, l.outChannels, l.groups];
 
 /** Output columns per block of the padded-width grid (whole output rows, at least this many). */
 const DIRECT_COLUMNS = 256;
@@ -641,7 +656,7 @@ function plan(l: Conv2dLayout) {
 const geometry = (l: Conv2dLayout, cg: number) => [cg, l.h, l.w, l.kh, l.kw, l.ow, l.sh, l.sw, l.ph, l.pw, l.dh, l.dw];
 
 /** Carves consecutive 16-byte aligned regions out of one scratch allocation. */
-function carve(host: WasmConvHost, sizes: number[]): number[] {
+export function carve(host: WasmConvHost, sizes: number[]): number[] {
   const aligned = sizes.map((s) => roundUp(s, 16));
   let at = host.scratch(aligned.reduce((a, b) => a + b, 0));
   return aligned.map((s) => {
@@ -1002,6 +1017,7 @@ export class WasmConv {
     // Cleared in wasm: a TypedArray fill over a shared memory is slow (module.ts zero_bytes).
     this.h.exports.zero_bytes(acc, chunks * chunkFloats * 4);
     const gp = this.h.ptr(grad);
+    const key = parts > 1 ? recordKey('wgrad', [parts, ...layoutNumbers(l), this.h.ptr(x), gp, offs, acc, ...scratch]) : undefined;
     this.split(parts, units, (calls, u0, u1, t) => {
       const [padded, panel] = scratch.slice(2 * t, 2 * t + 2);
       // The padded buffer's border stays zero for every image: cleared once, by the part's thread.
@@ -1027,7 +1043,7 @@ export class WasmConv {
           }
         }
       }
-    });
+    }, key);
     const op = this.h.ptr(out);
     for (let g = 0; g < l.groups; g++) this.h.exports.conv_wgrad_out(acc + g * accFloats * 4, chunks, chunkFloats * 4, ldAcc * 4, K, og, op + g * og * K * 4);
   }
@@ -1035,21 +1051,58 @@ export class WasmConv {
   /**
    * Runs `share(calls, u0, u1, t)` for each part t's range [u0, u1) of `units` (parts <= units):
    * at once when there is one part, else recorded and run by the backend's pool (part t on
-   * thread t, or as a queue when there are more parts than threads).
+   * thread t, or as a queue when there are more parts than threads). Also the Winograd form's
+   * (conv-winograd.ts), which splits the same way.
+   * `key`: every number the recorded calls depend on (recordKey): the lists recorded under it are
+   * kept (recorded) and run again when the same key comes back, unrecorded.
    */
-  private split(parts: number, units: number, share: (calls: Calls, u0: number, u1: number, t: number) => void): void {
+  split(parts: number, units: number, share: (calls: Calls, u0: number, u1: number, t: number) => void, key?: string): void {
     if (parts <= 1) {
       share(new Calls(this.h.exports), 0, units, 0);
       return;
     }
+    if (!this.keepRecordings) key = undefined;
+    const kept = key === undefined ? undefined : this.recorded.get(key);
+    if (kept) {
+      // The most recently used last: the oldest go first when the budget is spent.
+      this.recorded.delete(key!);
+      this.recorded.set(key!, kept);
+      this.h.runParts(kept);
+      return;
+    }
     const lists = splitRange(units, parts).map(([u0, u1], t) => {
       // Reused from call to call (the pool has copied and run them all when runParts returns).
-      const list = (this.lists[t] ??= new CallList());
+      const list = key === undefined ? (this.lists[t] ??= new CallList()) : new CallList();
       list.length = 0;
       share(new Calls(null, this.indexOf, list), u0, u1, t);
       return list;
     });
+    if (key !== undefined) this.keep(key, lists);
     this.h.runParts(lists);
+  }
+
+  /**
+   * Recorded parts by key (split), most recently used last. Recording is the caller's serial
+   * work before the threads start: a thousand calls or more per convolution (per image the
+   * padding copies, packings and micro-kernel sweeps): 1.3-2.6 ms of the small ResNet's 45-50 ms
+   * SGD step at batch 128 on two threads (15,300 calls), every step, though the same convolutions
+   * come back over the same buffers (a captured step's always; an eager step's once its
+   * allocations repeat, after 5-7 steps). Run from here: 0.16 ms per step.
+   */
+  private readonly recorded = new Map<string, CallList[]>();
+  /** Whether split keeps recordings (off: every split records anew): public for measurements (bench/threads-profile.ts). */
+  keepRecordings = true;
+  private recordedInts = 0;
+
+  private keep(key: string, lists: CallList[]): void {
+    for (const list of lists) list.ints = list.ints.slice(0, list.length);
+    this.recorded.set(key, lists);
+    this.recordedInts += lists.reduce((n, list) => n + list.length, 0);
+    for (const [k, old] of this.recorded) {
+      if (this.recordedInts <= RECORDED_INTS) break;
+      this.recorded.delete(k);
+      this.recordedInts -= old.reduce((n, list) => n + list.length, 0);
+    }
   }
 
   /** A DirectConv over `src` [n, srcChannels, H, W] with l's batch, groups and dilation. */
@@ -1119,6 +1172,8 @@ export class WasmConv {
       }
       return { packed, offs };
     });
+    // Everything the parts' calls depend on: the plans' geometry, placement and form, the scratch regions.
+    const key = parts > 1 ? recordKey('direct', [parts, units, plans.length, regions.length, ...regions, ...plans.flatMap((p) => [...Object.values(p.d), p.cout, ...Object.values(p.place), p.storeInPlace ? 1 : 0])]) : undefined;
     this.split(parts, units, (calls, u0, u1, t) => {
       const mine = scratch.slice(own.length * t, own.length * (t + 1));
       const [padded, [cBlock, tile]] = [mine.slice(0, buffers.length), mine.slice(buffers.length)];
@@ -1143,7 +1198,7 @@ export class WasmConv {
           for (let b = 0; b < p.blocks; b++) block(i, u, b);
         });
       }
-    });
+    }, key);
   }
 
   private backwardInputByColumns(grad: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {

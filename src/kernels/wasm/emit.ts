@@ -342,11 +342,13 @@ export const i64x2 = {
 };
 
 export const i16x8 = {
+  narrowI32x4S: simd(0x85, 'v128'),
   narrowI32x4U: simd(0x86, 'v128'),
   extendLowI8x16U: simd(0x89, 'v128'),
 };
 
 export const i8x16 = {
+  narrowI16x8S: simd(0x65, 'v128'),
   narrowI16x8U: simd(0x66, 'v128'),
   sub: simd(0x71, 'v128'),
   /** swizzle(a, idx): byte idx[j] of a in byte j (0 where idx[j] > 15). */

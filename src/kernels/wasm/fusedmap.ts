@@ -14,8 +14,9 @@
  */
 import type { DType } from '../../tensor/dtype.js';
 import type { Backend } from '../backend.js';
-import type { FusableCall, FusedExpr, FusedMapKernels, FusedProgram } from '../fusedmap.js';
+import type { FusableCall, FusedAccess, FusedExpr, FusedMapKernels, FusedProgram } from '../fusedmap.js';
 import { f32, f32x4, i32, i32x4, ModuleBuilder, v128, ValType, type FuncBuilder, type Local, type Operand } from './emit.js';
+import { generatedModules, splitRange, type GeneratedCall } from './threads.js';
 import {
   BINARY_F32, BINARY_I32, COMPARE_F32, COMPARE_I32, SIMD_BINARY_F32, SIMD_BINARY_I32, SIMD_COMPARE, SIMD_UNARY_BOOL_F32, SIMD_UNARY_F32,
   SIMD_UNARY_LIMIT, UNARY_BOOL_F32_BODIES, UNARY_F32_BODIES,
@@ -202,12 +203,13 @@ function emitExpr(f: FuncBuilder, e: FusedExpr, loads: Local[], param: (x: numbe
 }
 
 /** The wasm backend's fused kernels, over its memory. */
-export function wasmFusedMap(backend: Backend): FusedMapKernels {
+export function wasmFusedMap(backend: Backend, splitter: FusedSplitter | null = null): FusedMapKernels {
   const memory = (backend as unknown as { mem: WebAssembly.Memory }).mem;
   return {
     supports,
     build(p) {
-      const run = fusedFunction(memory, p);
+      const whole = fusedFunction(memory, p);
+      const run = splitter ? splitRunner(memory, p, whole, splitter) : whole;
       return (...storages) => run(...storages.map((s) => (s as { ptr: number }).ptr));
     },
   };
@@ -224,9 +226,11 @@ function fusedFunction(memory: WebAssembly.Memory, p: FusedProgram): (...ptrs: n
   for (let k = 0; k < bytes.length; k += 4096) key += String.fromCharCode(...bytes.subarray(k, k + 4096));
   let fn = byCode.get(key);
   if (!fn) {
-    const instance = new WebAssembly.Instance(new WebAssembly.Module(bytes as Uint8Array<ArrayBuffer>), { env: { memory } });
-    fn = instance.exports[EXPORT] as (...ptrs: number[]) => void;
+    const module = new WebAssembly.Module(bytes as Uint8Array<ArrayBuffer>);
+    fn = new WebAssembly.Instance(module, { env: { memory } }).exports[EXPORT] as (...ptrs: number[]) => void;
     byCode.set(key, fn);
+    // Worker threads instantiate it too when a split runs it (ThreadPool.load).
+    if (shared) generatedModules.set(fn, { module, name: EXPORT });
   }
   return fn;
 }
@@ -241,16 +245,31 @@ const modules = new WeakMap<object, Map<string, (...ptrs: number[]) => void>>();
  * moves pointers: one module per band height (the full panels' and the last one's).
  */
 export function wasmEpilogueBands(memory: WebAssembly.Memory, p: FusedProgram, acc: number): (addresses: number[], accAt: number, row0: number, rows: number) => void {
-  const n = p.shape[1];
+  const band = bandCalls(memory, p, acc);
+  return (addresses, accAt, row0, rows) => {
+    const { fn, args } = band(addresses, accAt, row0, rows);
+    fn(...args);
+  };
+}
+
+/**
+ * The calls of a program over bands of its first dim (rows of any rank; runs of elements of a
+ * rank-1 program): call(addresses, accAt, row0, rows) is the generated function of the band's
+ * height and its arguments, each access moved to row row0 (storage `acc`, if any, read at accAt
+ * instead: wasmEpilogueBands). Each element is computed by the same code as in the whole
+ * program, so a program run band by band, on any threads, gives the same bits.
+ */
+function bandCalls(memory: WebAssembly.Memory, p: FusedProgram, acc: number): (addresses: number[], accAt: number, row0: number, rows: number) => GeneratedCall {
   const nIn = p.inputs.length - p.outputs.length;
   const accesses = [...p.loads, ...p.outputs];
-  // Rows follow each other in every access: one dim of rows * n elements.
-  const flat = accesses.every((x) => x.strides[0] === x.strides[1] * n);
+  const rest = p.shape.slice(1);
+  // Rows that follow each other in every access (rank 2): one dim of rows * n elements.
+  const flat = rest.length === 1 && accesses.every((x) => x.strides[0] === x.strides[1] * rest[0]);
   const byRows = new Map<number, (...ptrs: number[]) => void>();
   const band = (rows: number) => {
     let fn = byRows.get(rows);
     if (!fn) {
-      const shape = flat ? [rows * n] : [rows, n];
+      const shape = flat ? [rows * rest[0]] : [rows, ...rest];
       const at = (x: { strides: number[] }) => ({ offset: 0, strides: flat ? [x.strides[1]] : x.strides.slice() });
       fn = fusedFunction(memory, {
         shape,
@@ -264,12 +283,53 @@ export function wasmEpilogueBands(memory: WebAssembly.Memory, p: FusedProgram, a
   };
   const bytes = accesses.map((x, k) => size(k < p.loads.length ? p.inputs[p.loads[k].input] : p.outputs[k - p.loads.length].dtype));
   const storageOf = accesses.map((x, k) => (k < p.loads.length ? p.loads[k].input : nIn + k - p.loads.length));
-  const ptrs = new Array<number>(accesses.length).fill(0);
   return (addresses, accAt, row0, rows) => {
+    const ptrs = new Array<number>(accesses.length);
     for (let k = 0; k < accesses.length; k++) {
       const x = accesses[k];
       ptrs[k] = storageOf[k] === acc ? accAt : addresses[storageOf[k]] + (x.offset + row0 * x.strides[0]) * bytes[k];
     }
-    band(rows)(...ptrs);
+    return { fn: band(rows), args: ptrs };
+  };
+}
+
+/**
+ * How the backend splits a fused program over threads (index.ts): how many for a memory-bound
+ * pass over `elements` elements touching `bytes` bytes (1: run it here), and the runner of part
+ * t's calls of generated functions on thread t.
+ */
+export interface FusedSplitter {
+  threads(elements: number, bytes: number): number;
+  run(parts: readonly GeneratedCall[][]): void;
+}
+
+/**
+ * A program's runner that splits it over threads where `splitter` says so: the first dim in
+ * bands of near-equal rows (a rank-1 program in runs of whole vectors), one band per thread
+ * (bandCalls: the same bits as one call). Not split: an output that overlaps an input read at
+ * other positions (a band could then read what another band wrote), or a single row (a program
+ * of fewer rows than threads takes one thread per row).
+ */
+function splitRunner(memory: WebAssembly.Memory, p: FusedProgram, whole: (...ptrs: number[]) => void, splitter: FusedSplitter): (...ptrs: number[]) => void {
+  const numel = p.shape.reduce((a, b) => a * b, 1);
+  const accesses = [...p.loads, ...p.outputs];
+  // Bytes touched: a broadcast access (every stride 0) reads one element.
+  const nIn = p.inputs.length - p.outputs.length;
+  const touched = accesses.reduce((sum, x, k) => sum + (x.strides.some((st) => st !== 0) ? numel : 1) * size(k < p.loads.length ? p.inputs[p.loads[k].input] : p.outputs[k - p.loads.length].dtype), 0);
+  const vectors = p.shape.length === 1;
+  const units = vectors ? Math.ceil(numel / 4) : p.shape[0];
+  const same = (a: FusedAccess, b: FusedAccess) => a.offset === b.offset && a.strides.every((st, d) => st === b.strides[d]);
+  let band: ReturnType<typeof bandCalls> | null = null;
+  return (...ptrs) => {
+    const threads = Math.min(units, splitter.threads(numel, touched));
+    const overlapped = () => p.outputs.some((o, k) => p.loads.some((l) => ptrs[l.input] === ptrs[nIn + k] && !same(l, o)));
+    if (threads <= 1 || overlapped()) return whole(...ptrs);
+    band ??= bandCalls(memory, p, -1);
+    splitter.run(
+      splitRange(units, threads).map(([u0, u1]) => {
+        const [r0, r1] = vectors ? [4 * u0, Math.min(numel, 4 * u1)] : [u0, u1];
+        return [band!(ptrs, 0, r0, r1 - r0)];
+      }),
+    );
   };
 }

@@ -63,11 +63,12 @@ import {
   type GemmTiling,
   type KernelExports,
 } from './module.js';
-import { WasmConv } from './conv.js';
+import { WasmConv, type WasmConvHost } from './conv.js';
 import { isPatchConv, PatchConv, usePatchConv, type ConvKernel } from './conv-patch.js';
+import { isWinogradConv, useWinogradConv, WinogradConv, type WinogradKernel } from './conv-winograd.js';
 import { epsArgs } from './batchnorm.js';
 import { attentionBackwardWasm, attentionBackwardWithSumsWasm, attentionWasm } from './attention.js';
-import { wasmEpilogueBands, wasmFusedMap } from './fusedmap.js';
+import { wasmEpilogueBands, wasmFusedMap, type FusedSplitter } from './fusedmap.js';
 import type { FusedMapKernels, FusedProgram } from '../fusedmap.js';
 import { collapseDims, copyDescriptorBytes, planStridedCopy, stridedCopyArgs, stridedCopyExport, writeCopyDescriptor, type CopyWidth, type Dim } from './copy.js';
 import { avgPool2dWasm, maxPool2dWasm } from './pool.js';
@@ -256,6 +257,7 @@ export class WasmBackend implements Backend {
     for (let t = 0; t < threads; t++) this.gemmScratch.push(this.reserve(gemmScratchBytes(tiling)));
     this.exportNames = Object.keys(k).filter((name) => typeof k[name] === 'function');
     this.exportIndex = new Map(this.exportNames.map((name, i) => [name, i]));
+    this.callFns = this.exportNames.map((name) => k[name]);
   }
 
   /** Permanent internal memory (thread control, matmul scratch): outside the live counters. */
@@ -357,13 +359,17 @@ export class WasmBackend implements Backend {
   }
 
   private runThreadedExport(c: KernelCall | CallList): void {
-    if (c instanceof CallList) c.forEach((fn, args) => this.runThreadedExport({ fn, args }));
-    else if (c.fn < this.exportNames.length) this.k[this.exportNames[c.fn]](...c.args);
-    else this.loadedFns[c.fn - this.exportNames.length](...c.args);
+    if (c instanceof CallList) c.runWith(this.callFns);
+    else this.callFns[c.fn](...c.args);
   }
 
-  /** Generated functions that the workers have instantiated too, by their call index less the exports' count (ThreadPool.load). */
-  private readonly loadedFns: ((...args: number[]) => void)[] = [];
+  /**
+   * The function of each call index: the exports (exportNames order), then the generated
+   * functions the workers have loaded (generatedCall).
+   */
+  private readonly callFns: ((...args: number[]) => unknown)[];
+
+  /** The call index of each generated function that the workers have instantiated too (ThreadPool.load). */
   private readonly loadedIndex = new WeakMap<object, number>();
 
   /**
@@ -378,24 +384,41 @@ export class WasmBackend implements Backend {
    */
   arenaThreads(elements: number, vectors: number): number {
     if (!this.pool || !this.splitArena) return 1;
-    return this.splitMemoryBound(elements * vectors, 4 * elements * vectors, ARENA_SPLIT_BYTES);
+    return this.splitMemoryBound(elements * vectors, 4 * elements * vectors, this.arenaSplitBytes);
   }
+
+  /** ARENA_SPLIT_BYTES, as arenaThreads reads it: public for measurements (bench/eager-host.ts --arena-split). */
+  arenaSplitBytes = ARENA_SPLIT_BYTES;
 
   /**
    * @internal ArenaSplitter: part t's calls of arena kernels on thread t. Where a worker could not
    * load a kernel's module (ThreadPool.load), they run here, and arena passes split no more.
    */
   runArenaParts(parts: readonly GeneratedCall[][]): void {
+    if (!this.runGeneratedParts(parts)) this.splitArena = false;
+  }
+
+  /**
+   * Part t's calls of generated functions on thread t; false where a worker could not load a
+   * function's module (ThreadPool.load): then they all ran here, in order.
+   */
+  private runGeneratedParts(parts: readonly GeneratedCall[][]): boolean {
     let posted: ThreadPart[] | null = null;
     try {
       posted = parts.map((calls) => calls.map((c) => this.generatedCall(c)));
     } catch (e) {
       if (!(e instanceof ThreadLoadError)) throw e;
-      this.splitArena = false;
     }
     if (posted) this.runSplit(posted);
     else for (const calls of parts) for (const c of calls) c.fn(...c.args);
+    return posted !== null;
   }
+
+  /**
+   * Whether fused elementwise programs of captured steps (fusedmap.ts) split over threads, as
+   * unary and binary calls do (splitMemoryBound); off after a worker could not load one.
+   */
+  splitFused = true;
 
   /**
    * A call of a generated function (one in generatedModules; float arguments among its own) for a
@@ -407,7 +430,7 @@ export class WasmBackend implements Backend {
       const generated = generatedModules.get(g.fn);
       if (!generated) throw new Error('wasm backend: a generated function without its module cannot run on a worker thread');
       fn = this.pool!.load(generated.module, generated.name);
-      this.loadedFns[fn - this.exportNames.length] = g.fn;
+      this.callFns[fn] = g.fn;
       this.loadedIndex.set(g.fn, fn);
     }
     return { fn, args: g.args, floats: true };
@@ -815,7 +838,59 @@ export class WasmBackend implements Backend {
     const dt = this.binaryKernelDtype(op, as.dtype, bs.dtype, o.dtype);
     const plan = dt && planBroadcast(layout.shape, [layout.aStrides, layout.bStrides]);
     if (!dt || !plan) this.cpu.binary(op, this.host(a), this.host(b), this.host(out), layout);
-    else this.runRows(binaryExport(op, dt, plan.variant), plan, [as, bs], o);
+    else if (!this.binaryPeriodic(binaryExport(op, dt, 'vv'), plan, layout, [as, bs], o)) this.runRows(binaryExport(op, dt, plan.variant), plan, [as, bs], o);
+  }
+
+  /**
+   * A binary op whose rows are short (a bias over [R, 10], a per-channel bias over 7x7 maps) as
+   * long rows: where one operand is contiguous and the other repeats with a period of P elements
+   * of the output (its strides 0 outside the last dims, P their product), that one is written out
+   * into scratch as L >= PERIODIC_ROW elements (whole periods, whole vectors) and the op runs as
+   * rows of L against that one row ('vv', row stride 0), the remainder as one shorter row. Each
+   * element meets the same two values under the same instruction: the same bits. False: not such
+   * a case (it runs as planned).
+   */
+  private binaryPeriodic(name: string, plan: BroadcastPlan, layout: BroadcastLayout, operands: WasmStorage[], out: WasmStorage): boolean {
+    const n = out.numel;
+    if (plan.cols >= PERIODIC_ROW || n < PERIODIC_MIN) return false;
+    const dims = collapseDims(layout.shape, [layout.aStrides, layout.bStrides]);
+    const periodic = periodOf(dims);
+    if (!periodic) return false;
+    const { flat, repeats, from, period, inner } = periodic;
+    const unit = period * (4 / gcd(period, 4));
+    const L = unit * Math.ceil(PERIODIC_ROW / unit);
+    if (L > PERIODIC_MAX || n < 2 * L) return false;
+    const row = this.scratch(4 * L);
+    const h = this.heap().i32;
+    const base = row >> 2;
+    // The period in order (fill for a stride-0 dim, copyWithin for a contiguous run), then repeated.
+    const expand = (k: number, src: number, dst: number): void => {
+      const { size, strides } = dims[k];
+      const st = strides[repeats];
+      if (k === dims.length - 1) {
+        if (st === 0) h.fill(h[src], dst, dst + size);
+        else if (st === 1) h.copyWithin(dst, src, src + size);
+        else for (let i = 0; i < size; i++) h[dst + i] = h[src + i * st];
+      } else if (st === 0) {
+        expand(k + 1, src, dst);
+        for (let i = 1; i < size; i++) h.copyWithin(dst + i * inner[k], dst, dst + inner[k]);
+      } else for (let i = 0; i < size; i++) expand(k + 1, src + i * st, dst + i * inner[k]);
+    };
+    expand(from, operands[repeats].ptr >> 2, base);
+    for (let at = period; at < L; at += period) h.copyWithin(base + at, base, base + period);
+    const rows = Math.floor(n / L);
+    // Views of the elements from `first` on (the written-out row for the repeating operand).
+    const view = (s: WasmStorage, ptr: number, numel: number) => new WasmStorage(ptr, numel, s.dtype, true, 0);
+    const call = (first: number, r: number, c: number) =>
+      this.runRows(
+        name,
+        { variant: 'vv', blocks: 1, rows: r, cols: c, rowStrides: flat ? [0, c] : [c, 0], blockStrides: [0, 0], outer: [] },
+        operands.map((s, j) => (j === flat ? view(s, s.ptr + 4 * first, r * c) : view(s, row, c))),
+        view(out, out.ptr + first * BYTES[out.dtype], r * c),
+      );
+    call(0, rows, L);
+    if (n > rows * L) call(rows * L, 1, n - rows * L);
+    return true;
   }
 
   where(cond: Storage, a: Storage, b: Storage, out: Storage, layout: WhereLayout): void {
@@ -1001,7 +1076,13 @@ export class WasmBackend implements Backend {
   }
 
   fusedMap(): FusedMapKernels {
-    return { ...wasmFusedMap(this), matmulEpilogue: (l, p, acc) => this.matmulEpilogue(l, p, acc) };
+    const splitter: FusedSplitter = {
+      threads: (elements, bytes) => (this.pool && this.splitFused ? this.splitMemoryBound(elements, bytes) : 1),
+      run: (parts) => {
+        if (!this.runGeneratedParts(parts)) this.splitFused = false;
+      },
+    };
+    return { ...wasmFusedMap(this, splitter), matmulEpilogue: (l, p, acc) => this.matmulEpilogue(l, p, acc) };
   }
   attention(q: Storage, k: Storage, v: Storage, out: Storage, probs: Storage, l: AttentionLayout): void {
     const operands = [q, k, v, out, probs];
@@ -1095,7 +1176,12 @@ export class WasmBackend implements Backend {
   /** The implicit-GEMM convolutions of conv.ts for float32; the reference kernels otherwise. */
   private conv(...operands: Storage[]): WasmConv | null {
     if (operands.some((s) => ws(s).dtype !== 'float32')) return null;
-    this.convKernels ??= new WasmConv({
+    this.convKernels ??= new WasmConv(this.convHost());
+    return this.convKernels;
+  }
+  /** What conv.ts and conv-winograd.ts need of the backend. */
+  private convHost(): WasmConvHost {
+    return {
       exports: this.k,
       ptr: (s) => ws(s).ptr,
       scratch: (b) => this.scratch(b),
@@ -1104,8 +1190,7 @@ export class WasmBackend implements Backend {
       threadsFor: (flops) => this.splitThreads(flops),
       callIndex: (name) => this.kernelCall(name, []).fn,
       runParts: (parts) => this.runSplit(parts),
-    });
-    return this.convKernels;
+    };
   }
   /**
    * Convolutions whose windows tile the input as gemms over patches (conv-patch.ts): where
@@ -1124,17 +1209,33 @@ export class WasmBackend implements Backend {
       gemm: (job) => this.runGemm(job, this.splitThreads(2 * job.batch * job.m * job.n * job.k)),
     }));
   }
+  /**
+   * 3x3 stride-1 convolutions (forward and input gradient) by Winograd's F(2x2, 3x3)
+   * (conv-winograd.ts): where useWinogradConv measured them faster ('auto'), wherever the form
+   * applies ('on'), or never ('off'). Public for tests and measurements.
+   */
+  winogradConvs: 'auto' | 'on' | 'off' = 'auto';
+  private winogradKernels: WinogradConv | null = null;
+  /** The Winograd form where it takes `l` (and, on 'auto', runs it faster than conv.ts); null otherwise. */
+  private winogradConv(k: WasmConv, l: Conv2dLayout, kernel: WinogradKernel): WinogradConv | null {
+    if (this.winogradConvs === 'off' || !(this.winogradConvs === 'on' ? isWinogradConv(l, kernel) : useWinogradConv(l, kernel))) return null;
+    return (this.winogradKernels ??= new WinogradConv(this.convHost(), k));
+  }
   conv2d(x: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
     const k = this.conv(x, weight, out);
     const p = k && this.patchConv(l, 'forward');
+    const wg = k && !p && this.winogradConv(k, l, 'forward');
     if (p) p.forward(ws(x).ptr, ws(weight).ptr, ws(out).ptr, l);
+    else if (wg) wg.forward(x, weight, out, l);
     else if (k) k.forward(x, weight, out, l);
     else this.cpu.conv2d(this.host(x), this.host(weight), this.host(out), l);
   }
   conv2dBackwardInput(grad: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
     const k = this.conv(grad, weight, out);
     const p = k && this.patchConv(l, 'backwardInput');
+    const wg = k && !p && this.winogradConv(k, l, 'backwardInput');
     if (p) p.backwardInput(ws(grad).ptr, ws(weight).ptr, ws(out).ptr, l);
+    else if (wg) wg.backwardInput(grad, weight, out, l);
     else if (k) k.backwardInput(grad, weight, out, l);
     else this.cpu.conv2dBackwardInput(this.host(grad), this.host(weight), this.host(out), l);
   }
@@ -1345,6 +1446,47 @@ function forEachOuter(outer: readonly Dim[], nOps: number, f: (offsets: readonly
       idx[ax] = 0;
     }
   }
+}
+
+/**
+ * binaryPeriodic: rows shorter than PERIODIC_ROW elements run as rows of at least that many, the
+ * repeating operand written out up to PERIODIC_MAX elements. Measured on add over [R, 10] + [1, 10]
+ * at 2^16 floats (1 thread): 0.19 ns per element with written rows of 260, 0.21 with 1040 and
+ * 0.32 with 4100 (the longer the written row, the more of it the streaming operands evict from the
+ * first-level cache); at 2^18, 2.1x faster than rows of 10 (bench/results/unary.md). A period
+ * longer than the maximum (or rows already as long) keeps its own rows: at 28 x 28 a per-channel
+ * bias's one value per row is cheaper than a written-out row of 16 x 784 read from the
+ * second-level cache.
+ */
+const PERIODIC_ROW = 256;
+const PERIODIC_MAX = 4096;
+/**
+ * Elements below which binaryPeriodic is not worth its host work (about 1.4 us: [128, 10] +
+ * [1, 10] took 3.9 us so against 2.4 as rows of 10; [26214, 10] + [1, 10] 33 us against 70).
+ */
+const PERIODIC_MIN = 16384;
+
+function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
+}
+
+/**
+ * Of two operands over collapsed dims (binaryPeriodic): `flat`, the one contiguous over all of
+ * them (as the output is); `repeats`, the other, whose strides are 0 on the dims before `from`
+ * and which so repeats every `period` (the product of the sizes from `from` on) elements; null
+ * when the two are not so. inner[k]: the elements of one step of dim k (the sizes after it).
+ */
+function periodOf(dims: readonly Dim[]): { flat: number; repeats: number; from: number; period: number; inner: number[] } | null {
+  const inner = dims.map(() => 1);
+  for (let k = dims.length - 2; k >= 0; k--) inner[k] = inner[k + 1] * dims[k + 1].size;
+  for (const flat of [0, 1]) {
+    const repeats = 1 - flat;
+    if (!dims.every((d, k) => d.strides[flat] === inner[k])) continue;
+    const from = dims.findIndex((d) => d.strides[repeats] !== 0);
+    if (from <= 0) continue;
+    return { flat, repeats, from, period: inner[from] * dims[from].size, inner };
+  }
+  return null;
 }
 
 interface BroadcastPlan {

@@ -30,6 +30,7 @@ import { emitRandom } from './rngsimd.js';
 import { SQRT_2_OVER_PI } from '../mathfns.js';
 import * as COEFFS from '../mathcoeffs.js';
 import { emitConvKernels } from './conv.js';
+import { emitWinogradKernels } from './conv-winograd.js';
 import { emitPoolKernels } from './pool.js';
 import { columnSums, emitLayerNormKernels } from './layernorm.js';
 import { emitBatchNormKernels } from './batchnorm.js';
@@ -78,7 +79,8 @@ export const SIMD_UNARY_BOOL_I32 = ['logicalNot'] as const;
 export const SIMD_BINARY_F32 = ['add', 'sub', 'mul', 'div', 'maximum', 'minimum'] as const;
 export const SIMD_BINARY_I32 = ['add', 'sub', 'mul', 'maximum', 'minimum'] as const;
 
-export const SIMD_COMPARE = ['eq', 'ne', 'lt', 'le', 'gt', 'ge'] as const;
+/** The bool-valued binary ops: comparisons and the logical ops (nonzero, NaN included, is true). */
+export const SIMD_COMPARE = ['eq', 'ne', 'lt', 'le', 'gt', 'ge', 'logicalAnd', 'logicalOr', 'logicalXor'] as const;
 
 /** The operand patterns of a row kernel with k operands: every string of k letters 'v' / 's'. */
 export function rowVariants(k: number): string[] {
@@ -124,9 +126,14 @@ function load4(s: Stream, i: Operand): Expr {
  * storage lies at address 256 or above) and stores only the tail's lanes, so each op is written
  * once and costs one vector step there. `pairs`: the main loop runs the body on two vectors a turn
  * (half the loop's own instructions per vector; V8 unrolls only the smallest loops itself), then
- * one vector, then the tail. Bool outputs always go sixteen elements a turn.
+ * one vector, then the tail. Bool outputs go sixteen elements a turn. `bumped`: a main loop
+ * first that runs that many vectors a turn (bool outputs twice as many), each stream read and
+ * written through a pointer of its own that moves once a turn, every vector of the turn at a
+ * constant offset from it (the address is one register and the load's offset field): an index
+ * costs each stream an address computation per vector (V8 emits a lea), 10 x64 instructions per
+ * vector of a two-operand row against about 6 this way.
  */
-export function elementwise(f: FuncBuilder, n: Operand, inputs: Stream[], out: Stream, body: (xs: Local[]) => Operand, pairs = false): void {
+export function elementwise(f: FuncBuilder, n: Operand, inputs: Stream[], out: Stream, body: (xs: Local[]) => Operand, pairs = false, bumped = 0): void {
   const i = f.local(I32);
   const end = f.local(I32);
   const v = f.local(V128);
@@ -138,13 +145,46 @@ export function elementwise(f: FuncBuilder, n: Operand, inputs: Stream[], out: S
     return x;
   });
   const loadInputs = (at: Operand = i) => inputs.forEach((s, k) => f.set(xs[k], splats[k] ?? load4(s, at)));
-  // Bools leave as the low byte of each lane, packed into 4 bytes.
+  // Bools leave as the low byte of each lane, packed into 4 bytes. A body may give 0 / 1 or a
+  // comparison's 0 / all-ones lanes: the signed narrowings keep 0, 1 and -1, and one and with 1s
+  // makes bools of them (a mask's and with 1 per vector would cost three more per sixteen).
   const packed = (x: Operand) => {
-    const w = i16x8.narrowI32x4U(x, x);
-    return i8x16.narrowI16x8U(w, w);
+    const w = i16x8.narrowI32x4S(x, x);
+    return v128.and(i8x16.narrowI16x8S(w, w), BOOL_BYTES);
   };
+  const packed16 = ([q0, q1, q2, q3]: Operand[]) => v128.and(i8x16.narrowI16x8S(i16x8.narrowI32x4S(q0, q1), i16x8.narrowI32x4S(q2, q3)), BOOL_BYTES);
   f.set(end, n);
   f.set(i, 0);
+  if (bumped) {
+    // Bool outputs: twice as many vectors (a whole number of fours), each four packed into one
+    // 16-byte store as below: 32 bools a turn ran 5-10% faster than 16 (eq over 2^18 floats).
+    const vectors = out.bool ? 4 * Math.ceil(bumped / 2) : bumped;
+    const moving = inputs.map((s) => (s.splat ? null : f.local(I32)));
+    const outAt = f.local(I32);
+    const results = f.localsOf(V128, vectors);
+    moving.forEach((p, k) => p && f.set(p, inputs[k].ptr));
+    f.set(outAt, out.ptr);
+    f.block((exit) =>
+      f.loop((top) => {
+        f.brIf(exit, i32.gtS(i32.add(i, 4 * vectors), end));
+        results.forEach((r, u) => {
+          inputs.forEach((s, k) => {
+            const p = moving[k];
+            if (!p) f.set(xs[k], splats[k]!);
+            else f.set(xs[k], s.bool ? i32x4.extendLowI16x8U(i16x8.extendLowI8x16U(v128.load32Zero(p, 4 * u))) : v128.load(p, 16 * u));
+          });
+          f.set(r, body(xs));
+        });
+        if (out.bool) {
+          for (let u = 0; u < vectors; u += 4) f.exec(v128.store(outAt, packed16(results.slice(u, u + 4)), 4 * u));
+        } else results.forEach((r, u) => f.exec(v128.store(outAt, r, 16 * u)));
+        moving.forEach((p, k) => p && f.inc(p, inputs[k].bool ? 4 * vectors : 16 * vectors));
+        f.inc(outAt, out.bool ? 4 * vectors : 16 * vectors);
+        f.inc(i, 4 * vectors);
+        f.br(top);
+      }),
+    );
+  }
   if (out.bool) {
     // Sixteen bools at a time: four bodies packed by three narrowings into one 16-byte store,
     // instead of two narrowings and a 4-byte store per four (half the instructions of isnan).
@@ -156,7 +196,7 @@ export function elementwise(f: FuncBuilder, n: Operand, inputs: Stream[], out: S
           loadInputs(k ? i32.add(i, 4 * k) : i);
           f.set(q, body(xs));
         });
-        f.exec(v128.store(addrOf(out, i), i8x16.narrowI16x8U(i16x8.narrowI32x4U(quarters[0], quarters[1]), i16x8.narrowI32x4U(quarters[2], quarters[3]))));
+        f.exec(v128.store(addrOf(out, i), packed16(quarters)));
         f.inc(i, 16);
         f.br(top);
       }),
@@ -195,6 +235,9 @@ export function elementwise(f: FuncBuilder, n: Operand, inputs: Stream[], out: S
     storeTail(f, addrOf(out, i), v, rem, out.bool);
   });
 }
+
+/** Sixteen bytes of 1 (bool true). */
+const BOOL_BYTES = v128.i32x4([0x01010101, 0x01010101, 0x01010101, 0x01010101]);
 
 /** Stores the last `rem` (1-3) lanes of v into the window of four elements at base. */
 function storeTail(f: FuncBuilder, base: Expr, v: Local, rem: Local, bytes = false): void {
@@ -986,9 +1029,15 @@ export const BINARY_F32: Record<(typeof SIMD_BINARY_F32)[number], PairOp> = {
   sub: f32x4.sub,
   mul: f32x4.mul,
   div: f32x4.div,
-  // The NaN-propagating forms: maximum(NaN, x) is NaN, as in the CPU closures.
-  maximum: f32x4.max,
-  minimum: f32x4.min,
+  // The CPU closures' a > b ? a : b and a < b ? a : b (b where they are equal: maximum(0, -0) is
+  // -0) are pmax(b, a) and pmin(b, a), one vmaxps / vminps each; those give b where a is NaN, so
+  // a's NaN lanes are set to all ones (a NaN; a NaN b passes through as it is). 3 instructions
+  // against f32x4.max's 8, which also returned +0 for maximum(0, -0). NaN bits are not the
+  // closures' 0x7fc00000 (f32x4.min gave 0xffc00000 before): selecting that NaN takes 5
+  // instructions, measured at 0.68 and 0.74 of copy over [26214, 10] + [1, 10] (maximum) and
+  // [1024, 256] + [1, 256] (minimum) where this form ran at 0.81 and 0.90 (interleaved with copy).
+  maximum: (a, b) => v128.or(f32x4.pmax(b, a), f32x4.ne(a, a)),
+  minimum: (a, b) => v128.or(f32x4.pmin(b, a), f32x4.ne(a, a)),
 };
 
 export const COMPARE_F32: Record<(typeof SIMD_COMPARE)[number], PairOp> = {
@@ -998,6 +1047,9 @@ export const COMPARE_F32: Record<(typeof SIMD_COMPARE)[number], PairOp> = {
   le: f32x4.le,
   gt: f32x4.gt,
   ge: f32x4.ge,
+  logicalAnd: (a, b) => v128.and(f32x4.ne(a, 0), f32x4.ne(b, 0)),
+  logicalOr: (a, b) => v128.or(f32x4.ne(a, 0), f32x4.ne(b, 0)),
+  logicalXor: (a, b) => v128.xor(f32x4.ne(a, 0), f32x4.ne(b, 0)),
 };
 
 export const COMPARE_I32: Record<(typeof SIMD_COMPARE)[number], PairOp> = {
@@ -1007,6 +1059,9 @@ export const COMPARE_I32: Record<(typeof SIMD_COMPARE)[number], PairOp> = {
   le: i32x4.leS,
   gt: i32x4.gtS,
   ge: i32x4.geS,
+  logicalAnd: (a, b) => v128.and(i32x4.ne(a, 0), i32x4.ne(b, 0)),
+  logicalOr: (a, b) => v128.or(i32x4.ne(a, 0), i32x4.ne(b, 0)),
+  logicalXor: (a, b) => v128.xor(i32x4.ne(a, 0), i32x4.ne(b, 0)),
 };
 
 export const BINARY_I32: Record<(typeof SIMD_BINARY_I32)[number], PairOp> = {
@@ -1044,6 +1099,13 @@ export function emitUnary(mb: ModuleBuilder, name: string, body: VecBody, opts: 
 }
 
 /**
+ * Vectors a turn of the row kernels' main loop (elementwise's `bumped`). 8 made the bool-valued
+ * kernels 1.4x slower (64 bools a turn: their operands no longer fit the 16 vector registers)
+ * and add no faster (2^18 floats, same shape and row biases).
+ */
+const ROW_KERNEL_VECTORS = 4;
+
+/**
  * A row kernel over broadcast operands: name(p_0..p_k-1, out, outer, rows, cols,
  * rowStride_0..k-1, outerStride_0..k-1) with out a contiguous [outer, rows, cols] and operand j
  * advancing by rowStride_j elements per row (0 repeats a row: a bias add) and by outerStride_j per
@@ -1064,7 +1126,7 @@ function emitRowKernel(mb: ModuleBuilder, name: string, operands: { bool?: boole
     f.for(o, 0, outer, 1, () => {
       streams.forEach((s, j) => f.set(s.ptr, i32.add(bases[j], bytes(j, i32.mul(o, outerStrides[j])))));
       f.for(r, 0, rows, 1, () => {
-        elementwise(f, cols, streams, { ptr: out, bool: outBool }, body);
+        elementwise(f, cols, streams, { ptr: out, bool: outBool }, body, false, ROW_KERNEL_VECTORS);
         streams.forEach((s, j) => f.inc(s.ptr, bytes(j, rowStrides[j])));
         f.inc(out, outBool ? cols : i32.shl(cols, 2));
       });
@@ -1763,14 +1825,14 @@ export function buildKernelModule(opts: KernelModuleOptions): Uint8Array {
   for (const op of SIMD_UNARY_I32) emitUnary(mb, unaryExport(op, 'i32'), UNARY_I32_BODIES[op]);
   for (const op of SIMD_UNARY_BOOL_F32) emitUnary(mb, unaryExport(op, 'f32'), UNARY_BOOL_F32_BODIES[op], { outBool: true });
   for (const op of SIMD_UNARY_BOOL_I32) emitUnary(mb, unaryExport(op, 'i32'), UNARY_BOOL_I32_BODIES[op], { outBool: true });
-  const ones = v128.i32x4([1, 1, 1, 1]);
   for (const variant of rowVariants(2)) {
     const pair = [{}, {}];
     for (const op of SIMD_BINARY_F32) emitRowKernel(mb, binaryExport(op, 'f32', variant), pair, variant, false, ([a, b]) => BINARY_F32[op](a, b));
     for (const op of SIMD_BINARY_I32) emitRowKernel(mb, binaryExport(op, 'i32', variant), pair, variant, false, ([a, b]) => BINARY_I32[op](a, b));
     for (const op of SIMD_COMPARE) {
-      emitRowKernel(mb, binaryExport(op, 'f32', variant), pair, variant, true, ([a, b]) => v128.and(COMPARE_F32[op](a, b), ones));
-      emitRowKernel(mb, binaryExport(op, 'i32', variant), pair, variant, true, ([a, b]) => v128.and(COMPARE_I32[op](a, b), ones));
+      // The comparisons' masks as they are: the bool store packs them (elementwise).
+      emitRowKernel(mb, binaryExport(op, 'f32', variant), pair, variant, true, ([a, b]) => COMPARE_F32[op](a, b));
+      emitRowKernel(mb, binaryExport(op, 'i32', variant), pair, variant, true, ([a, b]) => COMPARE_I32[op](a, b));
     }
   }
   for (const variant of rowVariants(3)) {
@@ -1790,6 +1852,7 @@ export function buildKernelModule(opts: KernelModuleOptions): Uint8Array {
   emitGemv(mb);
   emitRandom(mb);
   emitConvKernels(mb);
+  emitWinogradKernels(mb);
   emitPoolKernels(mb);
   emitLayerNormKernels(mb);
   emitBatchNormKernels(mb);

@@ -85,6 +85,29 @@ const QUIT = 5;
  */
 const DIRECT_ARGS = 16;
 
+/** f with the n i32 arguments at m[a ..]: this thread's callFrom (the workers' is in WORKER_BODY). */
+function callFrom(f: (...args: number[]) => unknown, m: Int32Array, a: number, n: number): unknown {
+  switch (n) {
+    case 0: return f();
+    case 1: return f(m[a]);
+    case 2: return f(m[a], m[a + 1]);
+    case 3: return f(m[a], m[a + 1], m[a + 2]);
+    case 4: return f(m[a], m[a + 1], m[a + 2], m[a + 3]);
+    case 5: return f(m[a], m[a + 1], m[a + 2], m[a + 3], m[a + 4]);
+    case 6: return f(m[a], m[a + 1], m[a + 2], m[a + 3], m[a + 4], m[a + 5]);
+    case 7: return f(m[a], m[a + 1], m[a + 2], m[a + 3], m[a + 4], m[a + 5], m[a + 6]);
+    case 8: return f(m[a], m[a + 1], m[a + 2], m[a + 3], m[a + 4], m[a + 5], m[a + 6], m[a + 7]);
+    case 9: return f(m[a], m[a + 1], m[a + 2], m[a + 3], m[a + 4], m[a + 5], m[a + 6], m[a + 7], m[a + 8]);
+    case 10: return f(m[a], m[a + 1], m[a + 2], m[a + 3], m[a + 4], m[a + 5], m[a + 6], m[a + 7], m[a + 8], m[a + 9]);
+    case 11: return f(m[a], m[a + 1], m[a + 2], m[a + 3], m[a + 4], m[a + 5], m[a + 6], m[a + 7], m[a + 8], m[a + 9], m[a + 10]);
+    case 12: return f(m[a], m[a + 1], m[a + 2], m[a + 3], m[a + 4], m[a + 5], m[a + 6], m[a + 7], m[a + 8], m[a + 9], m[a + 10], m[a + 11]);
+    case 13: return f(m[a], m[a + 1], m[a + 2], m[a + 3], m[a + 4], m[a + 5], m[a + 6], m[a + 7], m[a + 8], m[a + 9], m[a + 10], m[a + 11], m[a + 12]);
+    case 14: return f(m[a], m[a + 1], m[a + 2], m[a + 3], m[a + 4], m[a + 5], m[a + 6], m[a + 7], m[a + 8], m[a + 9], m[a + 10], m[a + 11], m[a + 12], m[a + 13]);
+    case 15: return f(m[a], m[a + 1], m[a + 2], m[a + 3], m[a + 4], m[a + 5], m[a + 6], m[a + 7], m[a + 8], m[a + 9], m[a + 10], m[a + 11], m[a + 12], m[a + 13], m[a + 14]);
+    default: return f(...m.subarray(a, a + n));
+  }
+}
+
 /** The worker's body, shared by Node and browsers; `listen` and `reply` come from a prologue. */
 const WORKER_BODY = `
 const callFrom = (f, m, a, n) => {
@@ -292,6 +315,16 @@ export class CallList {
     this.length = p;
   }
 
+  /**
+   * Runs the records in order on this thread, `fns[index]` of each with its arguments read
+   * straight from the records, as a worker runs a list (WORKER_BODY's callFrom): the caller's own
+   * part of a split runs this way, not through an object and a spread array per call.
+   */
+  runWith(fns: readonly ((...args: number[]) => unknown)[]): void {
+    const ints = this.ints;
+    for (let p = 0; p < this.length; p += 2 + ints[p + 1]) callFrom(fns[ints[p]], ints, p + 2, ints[p + 1]);
+  }
+
   /** Calls `f(fn, args)` for each record in order (`args` is reused from call to call). */
   forEach(f: (fn: number, args: number[]) => void): void {
     const ints = this.ints;
@@ -312,8 +345,11 @@ export type ThreadPart = readonly KernelCall[] | CallList;
 export class ThreadPool {
   private disposed = false;
   private spins = DEFAULT_SPIN_LOADS;
-  /** Parts posted to workers, and those this thread took back because no worker had started them. */
-  readonly stats = { posted: 0, takenBack: 0 };
+  /**
+   * Parts posted to workers, those this thread took back because no worker had started them, and
+   * posts that found their worker asleep in Atomics.wait (past its spin budget: a wake-up to pay).
+   */
+  readonly stats = { posted: 0, takenBack: 0, woken: 0 };
 
   private constructor(
     private readonly workers: WorkerHandle[],
@@ -425,7 +461,7 @@ export class ThreadPool {
         listAt = p * bytes;
       }
       Atomics.store(ctl, base, POSTED);
-      Atomics.notify(ctl, base);
+      if (Atomics.notify(ctl, base) > 0) this.stats.woken++;
     }
     this.stats.posted += parts.length - 1;
     let error: unknown = null;
@@ -539,7 +575,7 @@ export class ThreadPool {
       ctl[base + ARGS_AT] = table;
       ctl[base + ARGS_AT + 1] = parts.length;
       Atomics.store(ctl, base, POSTED);
-      Atomics.notify(ctl, base);
+      if (Atomics.notify(ctl, base) > 0) this.stats.woken++;
     }
     this.stats.posted += workers;
     let error: unknown = null;

@@ -193,7 +193,8 @@ export function where(cond: Tensor, aIn: Tensor | number, bIn: Tensor | number):
   a = cast(a, dtype);
   b = cast(b, dtype);
   const shape = broadcastShapes('where', broadcastShapes('where', cond.shape, a.shape), b.shape);
-  const out = Tensor.empty(shape, dtype, backend);
+  // The kernel writes every element (as binary's do): no zero fill first.
+  const out = Tensor.uninit(shape, dtype, backend);
   backend.where(cond.storage, a.storage, b.storage, out.storage, {
     shape,
     condStrides: broadcastStrides(cond.shape, shape),
