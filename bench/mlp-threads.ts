@@ -10,7 +10,7 @@
  *
  *   npx esbuild bench/mlp-threads.ts --bundle --platform=node --format=esm --packages=external \
  *     --outfile=node_modules/.cache/flatgrad/mlp-threads.mjs --log-level=warning \
- *     && node node_modules/.cache/flatgrad/mlp-threads.mjs [--rounds=30] [--profile]
+ *     && node node_modules/.cache/flatgrad/mlp-threads.mjs [--rounds=30] [--profile] [--no-backoff]
  */
 import os from 'node:os';
 import * as fg from '../src/index.js';
@@ -54,6 +54,9 @@ for (const threads of [1, 2]) {
   await fg.init({ backend: 'wasm', threads });
   const backend = registry.getBackend();
   if (threads === 2) calibration = (fg.backendInfo().details as { threadCalibration?: unknown }).threadCalibration;
+  // --no-backoff: the cost model keeps splitting when split calls find no free core (SplitCost.observeSplit ignored).
+  const cost = (backend as unknown as { splitCost?: { observeSplit: (wall: number, cpu: number) => void } | null }).splitCost;
+  if (cost && process.argv.includes('--no-backoff')) cost.observeSplit = () => {};
   if (doProfile) instrumentCalls([['', backend], ['arena.', fusedKernelsFor(backend)]], (n, a, run) => charge(shapeKey(n, a), run));
   for (const kind of ['sgd', 'sam'] as const) {
     for (const captured of [false, true]) {
@@ -125,6 +128,8 @@ for (const c of contenders.filter((k) => k.name.startsWith('2T'))) {
     `| ${c.name} | ${ratio(c.wall, one.wall)} | ${(Math.min(...c.wall) / Math.min(...one.wall)).toFixed(3)} | ${(quantile(c.wall, 0.25) / quantile(one.wall, 0.25)).toFixed(3)} | ${ratio(c.cpu, one.cpu)} | ${c.loss === one.loss ? 'equal' : 'DIFFER'} |`,
   );
 }
+const twoT = contenders.find((c) => c.name.startsWith('2T'))!.backend;
+console.log(`\nBack-offs of the two-thread cost model over the rounds (split calls without a free core): ${(twoT.info().details as { splitBackoffs?: number }).splitBackoffs ?? 'none'}${process.argv.includes('--no-backoff') ? ' (--no-backoff)' : ''}`);
 if (doProfile) {
   for (const name of ['2T sgd captured', '2T sgd eager', '1T sgd captured']) {
     const c = contenders.find((k) => k.name === name)!;

@@ -18,7 +18,7 @@
  *
  *   npx esbuild bench/threads.bench.ts --bundle --platform=node --format=esm --packages=external \
  *     --outfile=node_modules/.cache/flatgrad/threads.bench.mjs --log-level=warning \
- *     && node node_modules/.cache/flatgrad/threads.bench.mjs [--only=profile,micro,pool] [--rounds=9] [--models=mlp,cnn,vit] [--stat=min] [--cnn-batch=32]
+ *     && node node_modules/.cache/flatgrad/threads.bench.mjs [--only=profile,micro,pool] [--rounds=9] [--models=mlp,cnn,vit] [--stat=min] [--cnn-batch=32] [--no-backoff]
  */
 import os from 'node:os';
 import * as fg from '../src/index.js';
@@ -296,10 +296,15 @@ const load0 = os.loadavg();
 console.log(`load average before: ${load0.map(f2).join(' ')}; ${os.cpus().length} cores; ${new Date().toISOString()}`);
 const one = await createWasmBackend({ threads: 1 });
 const two = await createWasmBackend({ threads: 2 });
+// --no-backoff: the cost model keeps splitting when split calls find no free core (SplitCost.observeSplit ignored).
+if (process.argv.includes('--no-backoff')) {
+  const cost = (two as unknown as { splitCost: { observeSplit: (wall: number, cpu: number) => void } | null }).splitCost;
+  if (cost) cost.observeSplit = () => {};
+}
 if (only.includes('pool')) await pool();
 if (only.includes('micro')) await micro(one, two);
 if (only.includes('profile')) await profile(one, two);
-console.log(`\ntwo-thread backend: ${JSON.stringify(two.info().details?.threadParts)} (parts posted to the worker / taken back by the caller)`);
+console.log(`\ntwo-thread backend: ${JSON.stringify(two.info().details?.threadParts)} (parts posted to the worker / taken back by the caller); back-offs of the cost model (split calls without a free core): ${two.info().details?.splitBackoffs ?? 'none'}`);
 one.dispose();
 two.dispose();
 console.log(`\nload average after: ${os.loadavg().map(f2).join(' ')}`);

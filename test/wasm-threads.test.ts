@@ -13,7 +13,7 @@ import { chooseThreads, SPIN_BRIDGE_US, SplitCost, splitRange } from '../src/ker
 import type { MatmulLayout } from '../src/kernels/backend.js';
 import { type Case, checkParity, KERNELS, layoutOf, run, sizes } from './helpers/conv-parity.js';
 import { randomF32 } from './helpers/webgpu.js';
-import { countSplits } from './helpers/thread-splits.js';
+import { countSplits, matmulOn } from './helpers/thread-splits.js';
 
 const CASES: Case[] = [
   { name: '3x3 pad 1, 16 -> 32 (the issue case, small batch)', n: 5, c: 16, h: 28, w: 28, o: 32, k: [3, 3], pad: [1, 1] },
@@ -30,15 +30,6 @@ const CASES: Case[] = [
   { name: 'patch embedding 7x7 stride 7', n: 4, c: 1, h: 28, w: 28, o: 32, k: [7, 7], stride: [7, 7] },
   { name: '40 channels: five 8-channel tiles over 3 threads', n: 2, c: 5, h: 9, w: 9, o: 40, k: [3, 3], pad: [1, 1] },
 ];
-
-/** C = A @ B by the backend's matmul (operands uploaded, then released), as plain numbers. */
-function matmulOn(b: WasmBackend, A: Float32Array, B: Float32Array, l: MatmulLayout): number[] {
-  const [sa, sb, so] = [b.upload(A, 'float32'), b.upload(B, 'float32'), b.alloc(l.batch * l.m * l.n, 'float32')];
-  b.matmul(sa, sb, so, l);
-  const r = Array.from(b.readSync(so));
-  [sa, sb, so].forEach((s) => b.release(s));
-  return r;
-}
 
 describe('wasm threads: split calls give the bits of one thread', () => {
   let one: WasmBackend;

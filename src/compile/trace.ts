@@ -109,7 +109,7 @@ const WRITES_ALL: Record<string, number[]> = {
   crossEntropy: [2], crossEntropyBackward: [3], matmul: [2], im2col: [1], col2im: [1], maxPool2d: [1, 2],
   maxPool2dBackward: [2], avgPool2d: [1], avgPool2dBackward: [1], gather: [2], scatterAdd: [2], cumsum: [1],
   argsort: [1], random: [0], conv2d: [2], conv2dBackwardInput: [2], conv2dBackwardWeight: [2],
-  layerNorm: [3, 4, 5], layerNormBackward: [5, 6, 7], batchNorm: [3, 4, 5, 6], batchNormEval: [5], batchNormBackward: [5, 6, 7],
+  layerNorm: [3, 4, 5], layerNormBackward: [5, 6, 7], batchNorm: [3, 4, 5, 6], batchNormEval: [5], batchNormRunning: [5, 6], batchNormBackward: [5, 6, 7],
   // out and probs in full; attentionBackward: see attentionGradsWritten.
   attention: [3, 4],
 };

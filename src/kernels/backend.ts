@@ -264,6 +264,17 @@ export interface BatchNormLayout {
   eps: number;
 }
 
+/** The running statistics update of training-mode batch norm (batchNormRunning): c channels and its three factors. */
+export interface BatchNormRunningLayout {
+  c: number;
+  /** 1 - momentum: what the running mean and variance keep. */
+  keep: number;
+  /** momentum: the share of the batch mean. */
+  take: number;
+  /** momentum * m / (m - 1): the share of the biased batch variance, made unbiased (m values per channel). */
+  takeVar: number;
+}
+
 export interface Backend {
   readonly name: BackendName;
   info(): BackendInfo;
@@ -433,6 +444,25 @@ export interface Backend {
    * out = (x - runningMean) * (weight / sqrt(runningVar + eps)) + bias per channel.
    */
   batchNormEval(x: Storage, runningMean: Storage, runningVar: Storage, weight: Storage | null, bias: Storage | null, out: Storage, layout: BatchNormLayout): void;
+  /**
+   * The running statistics after one training batch norm, in one call for both, exactly as the
+   * unfused ops computed them (the state PyTorch users compare): outMean = runningMean * keep +
+   * hi * take and outVar = runningVar * keep + variance * takeVar, each product as the affine
+   * unary kernel computes it (x * p + 0: p as that kernel takes it, its rounding, +0 for -0),
+   * then the binary add; hi is the first of each channel's mean pair (batchNorm's `mean`, [c, 2]).
+   * With a batch count (num_batches_tracked, one int32), outCount = count + 1 as well.
+   */
+  batchNormRunning(
+    runningMean: Storage,
+    runningVar: Storage,
+    meanPairs: Storage,
+    variance: Storage,
+    count: Storage | null,
+    outMean: Storage,
+    outVar: Storage,
+    outCount: Storage | null,
+    layout: BatchNormRunningLayout,
+  ): void;
   /**
    * The gradient of batchNorm from its saved mean pairs and rstd: with xhat = ((x - hi) - lo) * rstd,
    * per channel over its n * hw values (m of them)

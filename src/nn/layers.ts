@@ -12,7 +12,7 @@ import { softmax } from '../tensor/ops/reduce.js';
 import { flatten } from '../tensor/ops/shape.js';
 import { linear } from '../tensor/ops/linalg.js';
 import { dropout, embedding } from '../tensor/ops/nn.js';
-import { batchNormEval, batchNormTrain, layerNorm } from '../tensor/ops/normalization.js';
+import { batchNormEval, batchNormRunning, batchNormTrain, layerNorm } from '../tensor/ops/normalization.js';
 import { adaptiveAvgPool2d, avgPool2d, conv2d, maxPool2d, type AvgPool2dOptions } from '../tensor/ops/window.js';
 import { conv1d, convTranspose2d } from '../tensor/ops/conv.js';
 import { interpolate, type InterpolateOptions } from '../tensor/ops/interpolate.js';
@@ -403,24 +403,22 @@ abstract class BatchNormBase extends Layer {
     const c = this.numFeatures;
     if (!this.training && this.runningMean && this.runningVar) return batchNormEval(x, this.runningMean, this.runningVar, this.weight, this.bias, this.eps);
     const n = x.size / c;
-    const { y, mean: mu, variance } = batchNormTrain(x, this.weight, this.bias, this.eps, this.training);
+    const stats = batchNormTrain(x, this.weight, this.bias, this.eps, this.training);
     // An empty batch leaves the running statistics as they are (as PyTorch).
-    if (this.training && n > 0 && this.runningMean && this.runningVar && !runningStatsFrozen()) this.updateRunning(mu(), variance, n);
-    return y;
+    if (this.training && n > 0 && this.runningMean && this.runningVar && !runningStatsFrozen()) this.updateRunning(stats, n);
+    return stats.y;
   }
 
-  private updateRunning(mu: Tensor, v: Tensor, n: number): void {
+  private updateRunning(stats: { pairs: Tensor; variance: Tensor }, n: number): void {
     noGrad(() => tidy(() => {
       // Captured steps advance the count on replay; the cumulative average (momentum null) depends on it.
       captureHooks.hostState?.('BatchNorm.batches', this.momentum == null ? () => this.batches : null, () => { this.batches++; });
       this.batches++;
-      const m = this.momentum ?? 1 / this.batches;
-      const newMean = add(mul(this.runningMean!, 1 - m), mul(mu, m));
       // The running variance is the unbiased one, as PyTorch's.
-      const newVar = add(mul(this.runningVar!, 1 - m), mul(v, (m * n) / (n - 1)));
+      const [newMean, newVar, count] = batchNormRunning(this.runningMean!, this.runningVar!, this.numBatchesTracked, stats, n, this.momentum ?? 1 / this.batches);
       this.setBuffer('running_mean', newMean);
       this.setBuffer('running_var', newVar);
-      if (this.numBatchesTracked) this.setBuffer('num_batches_tracked', add(this.numBatchesTracked, 1));
+      if (count) this.setBuffer('num_batches_tracked', count);
     }));
   }
 

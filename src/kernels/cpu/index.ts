@@ -17,6 +17,7 @@ import type {
   LayerNormLayout,
   LayerNormBackwardFusedLayout,
   BatchNormLayout,
+  BatchNormRunningLayout,
   MatmulLayout,
   MemoryInfo,
   RandomDist,
@@ -465,6 +466,20 @@ export class CpuBackend implements Backend {
     const RM = d(runningMean);
     const RV = d(runningVar);
     this.batchNormApply(x, weight, bias, out, l, (ch) => [RM[ch], 0, 1 / Math.sqrt(RV[ch] + l.eps)]);
+  }
+  batchNormRunning(runningMean: Storage, runningVar: Storage, meanPairs: Storage, variance: Storage, count: Storage | null, outMean: Storage, outVar: Storage, outCount: Storage | null, l: BatchNormRunningLayout): void {
+    if (count && outCount) d(outCount)[0] = d(count)[0] + 1;
+    const [RM, RV, MP, V, OM, OV] = [runningMean, runningVar, meanPairs, variance, outMean, outVar].map(d);
+    // Each product stored in the dtype before the sum, as the affine and add kernels store theirs.
+    const t = typedArrayFor(outMean.dtype, 2);
+    for (let ch = 0; ch < l.c; ch++) {
+      t[0] = l.keep * RM[ch] + 0;
+      t[1] = l.take * MP[2 * ch] + 0;
+      OM[ch] = t[0] + t[1];
+      t[0] = l.keep * RV[ch] + 0;
+      t[1] = l.takeVar * V[ch] + 0;
+      OV[ch] = t[0] + t[1];
+    }
   }
   /** out = ((x - hi) - lo) * (rstd * weight) + bias per channel, with [hi, lo, rstd] = stats(channel). */
   private batchNormApply(x: Storage, weight: Storage | null, bias: Storage | null, out: Storage, { n, c, hw }: BatchNormLayout, stats: (ch: number) => number[]): void {

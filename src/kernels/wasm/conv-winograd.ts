@@ -79,7 +79,7 @@
 import type { Conv2dLayout, Storage } from '../backend.js';
 import { f32, f32x4, f64, i32, i32x4, select, v128, ValType, type FuncBuilder, type Local, type ModuleBuilder, type Operand } from './emit.js';
 import { shuffle32 } from './module.js';
-import { carve, PARTS_PER_THREAD, recordKey, type WasmConv, type WasmConvHost } from './conv.js';
+import { carve, PARTS_PER_THREAD, type WasmConv, type WasmConvHost } from './conv.js';
 
 const { i32: I32, v128: V128 } = ValType;
 
@@ -486,12 +486,12 @@ export class WinogradConv {
 
   /** The forward; conv.ts's where a value is not finite (run). */
   forward(x: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
-    if (!this.run(this.problem(l, 'forward', x, weight, out))) this.conv.forward(x, weight, out, l);
+    if (!this.run(this.problem(l, 'forward', x, weight, out), l)) this.conv.forward(x, weight, out, l);
   }
 
   /** dX as the "full" convolution of dY with the weights flipped and transposed (padding 2 - p); conv.ts's where a value is not finite. */
   backwardInput(grad: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
-    if (!this.run(this.problem(l, 'backwardInput', grad, weight, out))) this.conv.backwardInput(grad, weight, out, l);
+    if (!this.run(this.problem(l, 'backwardInput', grad, weight, out), l)) this.conv.backwardInput(grad, weight, out, l);
   }
 
   /** The convolution the form runs for `kernel` of `l`, reading `src` (x or dY) and writing `out`. */
@@ -521,8 +521,9 @@ export class WinogradConv {
    * Runs `p`, or returns false where its result might not be conv.ts's in which values are
    * infinite or NaN (the caller then runs conv.ts, which writes the whole output): where a weight
    * or an input is not finite, or so large that either form could overflow (see `finite`).
+   * `l`: the call's layout object, by which its recording's key is found again (WasmConv.keyOf).
    */
-  private run(p: Problem): boolean {
+  private run(p: Problem, l: Conv2dLayout): boolean {
     if (p.n === 0) return true;
     const { cin: C, cout: K, OH, OW } = p;
     const TH = Math.ceil(OH / 2);
@@ -567,7 +568,7 @@ export class WinogradConv {
     const [imageIn, imageOut] = [C * p.H * p.W * 4, K * OH * OW * 4];
     // Every number the recorded calls depend on (the rest follow from these): a split that comes
     // back over the same buffers runs its kept recording (WasmConv.split).
-    const key = parts > 1 ? recordKey('winograd', [parts, units, rowsPerBlock, p.n, p.src, C, p.H, p.W, p.ph, p.pw, p.out, K, OH, OW, u, table, seen, ...scratch]) : undefined;
+    const key = parts > 1 ? this.conv.keyOf(l, 'winograd', [parts, units, rowsPerBlock, p.n, p.src, C, p.H, p.W, p.ph, p.pw, p.out, K, OH, OW, u, table, seen, ...scratch]) : undefined;
     this.conv.split(parts, units, (calls, u0, u1, t) => {
       const [padded, v, m] = scratch.slice(3 * t, 3 * t + 3);
       // The border stays zero for every image of the part.

@@ -448,7 +448,8 @@ function emitPackGrad(mb: ModuleBuilder): void {
  * dstInnerBytes, dstStepBytes, outer, inner, len): copies outer x inner runs of `len` floats
  * between two strided layouts, consecutive elements of a run srcStepBytes / dstStepBytes apart
  * (an image into the interior of its padded copy or into one stride phase of it, a block of the
- * padded-width grid into the output, one stride phase of the input gradient into its place).
+ * padded-width grid into the output, one stride phase of the input gradient into its place; the
+ * weights flipped, with a negative source step, which the float-at-a-time loop takes).
  */
 function emitCopyRows(mb: ModuleBuilder): void {
   mb.func('conv_copy_rows', Array<ValType>(11).fill(I32), [], (f, src, srcOuter, srcInner, srcStep, dst, dstOuter, dstInner, dstStep, outer, inner, len) => {
@@ -796,10 +797,13 @@ interface DirectPlan {
   blocks: number;
   flops: number;
   weightBytes: number;
-  writeWeights: (at: number) => void;
+  /** Writes the plan's weights at `at` from the call's weight storage (plans are kept from call to call: WasmConv.plansFor). */
+  writeWeights: (at: number, weight: Storage) => void;
+  /** backwardWeight's recording key for (parts, scratch address) "parts offs" (the regions follow from these). */
+  wgradKey?: [string, string];
 }
 
-function directPlan(d: DirectConv, cout: number, place: Placement, weightBytes: number, writeWeights: (at: number) => void, storeInPlace = false): DirectPlan {
+function directPlan(d: DirectConv, cout: number, place: Placement, weightBytes: number, writeWeights: (at: number, weight: Storage) => void, storeInPlace = false): DirectPlan {
   const gm = directGeometry(d);
   const { OH, K, rowsPerBlock } = gm;
   // conv_fwd's tiles are 8 channels wide; where that would be mostly padding (1 to 4 channels
@@ -857,6 +861,30 @@ function directBlock(calls: Calls, p: DirectPlan, panel: number, offs: number, p
   }
 }
 
+/** directRun's layout of a list of plans over some threads (WasmConv.runLayout). */
+interface RunLayout {
+  parts: number;
+  units: number;
+  perImage: boolean;
+  buffers: string[];
+  bufferOf: number[];
+  bufferFloats: number[];
+  own: number[];
+  shared: number[];
+  sizes: number[];
+  /** What carve takes for `sizes`. */
+  bytes: number;
+  /** The scratch address the regions and key below were made for (-1: none yet). */
+  base: number;
+  regions: number[] | null;
+  key: string | undefined;
+}
+
+/** Convolutions whose plans a WasmConv keeps (plansFor): a few steps' worth of eager addresses. */
+const PLANS_KEPT = 256;
+/** Keys kept per layout object (keyOf): a layer's forward, input and weight gradient, a few kinds more. */
+const KEYS_PER_LAYOUT = 8;
+
 export class WasmConv {
   constructor(private readonly h: WasmConvHost) {}
 
@@ -870,13 +898,53 @@ export class WasmConv {
     return i;
   };
 
+  /**
+   * The plans of a convolution, made once per kind, layout and addresses (the numbers they are
+   * made of) and kept: a repeated call (every call of a captured step; an eager step's once its
+   * allocations repeat) skips the planning. Bounded: cleared when PLANS_KEPT are kept.
+   */
+  private plansFor(kind: string, l: Conv2dLayout, src: number, dst: number, make: () => DirectPlan[]): DirectPlan[] {
+    const key = this.keyOf(l, kind, [...layoutNumbers(l), src, dst]);
+    let plans = this.plans.get(key);
+    if (!plans) {
+      this.planMisses++;
+      if (this.plans.size >= PLANS_KEPT) this.plans.clear();
+      this.plans.set(key, (plans = make()));
+    }
+    return plans;
+  }
+  private readonly plans = new Map<string, DirectPlan[]>();
+
+  /**
+   * recordKey(tag, numbers), found again without joining the numbers into a string where the
+   * call passes a layout object it passed before (a captured step's replays pass the same
+   * ones): the numbers are compared with those of the keys made for it (a few kept per layout).
+   */
+  keyOf(layout: object, tag: string, numbers: number[]): string {
+    let made = this.keysByLayout.get(layout);
+    if (!made) this.keysByLayout.set(layout, (made = []));
+    for (const k of made) if (k.tag === tag && k.numbers.length === numbers.length && k.numbers.every((v, i) => v === numbers[i])) return k.key;
+    const key = recordKey(tag, numbers);
+    if (made.length >= KEYS_PER_LAYOUT) made.shift();
+    made.push({ tag, numbers, key });
+    return key;
+  }
+  private readonly keysByLayout = new WeakMap<object, { tag: string; numbers: number[]; key: string }[]>();
+  /** Plans made (plansFor's misses) and direct runs laid out anew (directRun's): public for tests. */
+  planMisses = 0;
+  runMisses = 0;
+
   forward(x: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
-    const d = this.directOf(l, this.h.ptr(x), l.c / l.groups, l.c, l.h, l.w, [l.kh, l.kw], [l.sh, l.sw], [l.ph, l.pw]);
-    const weights = l.outChannels * d.cin * l.kh * l.kw;
-    this.directForward(d, l.outChannels / l.groups, dense(this.h.ptr(out), l.outChannels, l.oh, l.ow), weights * 4, (dst) => {
-      const from = this.h.ptr(weight) >>> 2;
-      this.h.f32().copyWithin(dst >>> 2, from, from + weights);
+    const [src, dst] = [this.h.ptr(x), this.h.ptr(out)];
+    const plans = this.plansFor('f', l, src, dst, () => {
+      const d = this.directOf(l, src, l.c / l.groups, l.c, l.h, l.w, [l.kh, l.kw], [l.sh, l.sw], [l.ph, l.pw]);
+      const weights = l.outChannels * d.cin * l.kh * l.kw;
+      return [directPlan(d, l.outChannels / l.groups, dense(dst, l.outChannels, l.oh, l.ow), weights * 4, (at, w) => {
+        const from = this.h.ptr(w) >>> 2;
+        this.h.f32().copyWithin(at >>> 2, from, from + weights);
+      })];
     });
+    this.directRun(plans, weight);
   }
 
   backwardInput(grad: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
@@ -885,10 +953,13 @@ export class WasmConv {
     if (l.sh === 1 && l.sw === 1 && phT >= 0 && pwT >= 0) {
       // The input gradient of a stride-1 convolution is the "full" convolution of the output
       // gradient with the weights flipped in space and transposed in channels.
-      const cg = l.c / l.groups;
-      const og = l.outChannels / l.groups;
-      const d = this.directOf(l, this.h.ptr(grad), og, l.outChannels, l.oh, l.ow, [l.kh, l.kw], [1, 1], [phT, pwT]);
-      this.directForward(d, cg, dense(this.h.ptr(out), l.c, l.h, l.w), l.outChannels * cg * l.kh * l.kw * 4, (dst) => this.writeFlippedTaps(dst, weight, l, 0, 0, l.kh, l.kw));
+      const [src, dst] = [this.h.ptr(grad), this.h.ptr(out)];
+      const plans = this.plansFor('i', l, src, dst, () => {
+        const cg = l.c / l.groups;
+        const d = this.directOf(l, src, l.outChannels / l.groups, l.outChannels, l.oh, l.ow, [l.kh, l.kw], [1, 1], [phT, pwT]);
+        return [directPlan(d, cg, dense(dst, l.c, l.h, l.w), l.outChannels * cg * l.kh * l.kw * 4, (at, w) => this.writeFlippedTaps(at, w, l, 0, 0, l.kh, l.kw))];
+      });
+      this.directRun(plans, weight);
       return;
     }
     if (l.dh === 1 && l.dw === 1) this.backwardInputByPhases(grad, weight, out, l);
@@ -905,18 +976,16 @@ export class WasmConv {
     const cg = l.c / l.groups;
     const og = l.outChannels / l.groups;
     const taps = kha * kwb;
-    const f = this.h.f32();
-    const src = this.h.ptr(weight) >>> 2;
-    const base = dst >>> 2;
+    const tapBytes = l.kh * l.kw * 4;
+    // In wasm, a strided copy per group and flipped tap row m: runs over the tap's columns
+    // (backwards, sw apart), for every (ci, o); not a JS loop over every weight on the main
+    // thread before each input gradient's split.
     for (let g = 0; g < l.groups; g++)
-      for (let ci = 0; ci < cg; ci++)
-        for (let o = 0; o < og; o++)
-          for (let m = 0; m < kha; m++)
-            for (let m2 = 0; m2 < kwb; m2++) {
-              const ki = a + (kha - 1 - m) * l.sh;
-              const kj = b + (kwb - 1 - m2) * l.sw;
-              f[base + ((g * cg + ci) * og + o) * taps + m * kwb + m2] = f[src + (((g * og + o) * cg + ci) * l.kh + ki) * l.kw + kj];
-            }
+      for (let m = 0; m < kha; m++) {
+        const ki = a + (kha - 1 - m) * l.sh;
+        const src = this.h.ptr(weight) + g * og * cg * tapBytes + (ki * l.kw + b + (kwb - 1) * l.sw) * 4;
+        this.h.exports.conv_copy_rows(src, tapBytes, cg * tapBytes, -l.sw * 4, dst + (g * cg * og * taps + m * kwb) * 4, og * taps * 4, taps * 4, 4, cg, og, kwb);
+      }
   }
 
   /**
@@ -928,8 +997,6 @@ export class WasmConv {
    * whole images: one split's overhead, not one per phase.
    */
   private backwardInputByPhases(grad: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
-    const cg = l.c / l.groups;
-    const og = l.outChannels / l.groups;
     const dx = this.h.ptr(out);
     // A pixel that no phase writes (a residue the kernel has no tap for, as a 1x1 kernel at
     // stride 2, or rows past the last window) has gradient zero: only then is dX cleared first.
@@ -937,6 +1004,18 @@ export class WasmConv {
     let covered = l.kh >= l.sh && l.kw >= l.sw;
     for (let a = 0; a < l.sh; a++) covered &&= l.oh + Math.ceil((l.kh - a) / l.sh) - 2 >= Math.floor((l.h - 1 + l.ph - a) / l.sh);
     for (let b = 0; b < l.sw; b++) covered &&= l.ow + Math.ceil((l.kw - b) / l.sw) - 2 >= Math.floor((l.w - 1 + l.pw - b) / l.sw);
+    // Cleared at once, before the split (an image at a time inside the parts measured slower on
+    // one thread).
+    if (!covered) this.h.exports.zero_bytes(dx, l.n * l.c * l.h * l.w * 4);
+    const src = this.h.ptr(grad);
+    const plans = this.plansFor('p', l, src, dx, () => this.phasePlans(l, src, dx, covered));
+    if (plans.length > 0) this.directRun(plans, weight);
+  }
+
+  /** The plans of backwardInputByPhases: one per stride phase that lands inside dX. */
+  private phasePlans(l: Conv2dLayout, src: number, dx: number, covered: boolean): DirectPlan[] {
+    const cg = l.c / l.groups;
+    const og = l.outChannels / l.groups;
     const plans: DirectPlan[] = [];
     for (let a = 0; a < Math.min(l.sh, l.kh); a++)
       for (let b = 0; b < Math.min(l.sw, l.kw); b++) {
@@ -953,7 +1032,7 @@ export class WasmConv {
         // Every phase reads dY padded by its own kha - 1, kwb - 1: one buffer padded by the
         // largest of them (the first phase's) serves them all, filled once per image.
         const pads: [number, number] = [Math.ceil(l.kh / l.sh) - 1, Math.ceil(l.kw / l.sw) - 1];
-        const d = this.directOf(l, this.h.ptr(grad), og, l.outChannels, l.oh, l.ow, [kha, kwb], [1, 1], [kha - 1, kwb - 1], pads);
+        const d = this.directOf(l, src, og, l.outChannels, l.oh, l.ow, [kha, kwb], [1, 1], [kha - 1, kwb - 1], pads);
         // Phase pixel (y, x) is dX pixel (sh*y + a - ph, sw*x + b - pw): written there directly.
         const place: Placement = {
           dst: dx + ((a - l.ph) * l.w + (b - l.pw)) * 4,
@@ -966,12 +1045,9 @@ export class WasmConv {
           x0,
           x1,
         };
-        plans.push(directPlan(d, cg, place, l.outChannels * cg * kha * kwb * 4, (dst) => this.writeFlippedTaps(dst, weight, l, a, b, kha, kwb), covered));
+        plans.push(directPlan(d, cg, place, l.outChannels * cg * kha * kwb * 4, (at, w) => this.writeFlippedTaps(at, w, l, a, b, kha, kwb), covered));
       }
-    // Cleared at once, before the split (an image at a time inside the parts measured slower on
-    // one thread).
-    if (!covered) this.h.exports.zero_bytes(dx, l.n * l.c * l.h * l.w * 4);
-    if (plans.length > 0) this.directRun(plans);
+    return plans;
   }
 
   /**
@@ -994,8 +1070,13 @@ export class WasmConv {
     }
     const cg = l.c / l.groups;
     const og = l.outChannels / l.groups;
-    const d = this.directOf(l, this.h.ptr(x), cg, l.c, l.h, l.w, [l.kh, l.kw], [l.sh, l.sw], [l.ph, l.pw]);
-    const gm = directGeometry(d);
+    const gp = this.h.ptr(grad);
+    // A plan kept for its geometry alone (the weight gradient has a form of its own).
+    const [plan] = this.plansFor('w', l, this.h.ptr(x), gp, () => {
+      const d = this.directOf(l, this.h.ptr(x), cg, l.c, l.h, l.w, [l.kh, l.kw], [l.sh, l.sw], [l.ph, l.pw]);
+      return [directPlan(d, og, dense(0, l.outChannels, l.oh, l.ow), 0, () => {})];
+    });
+    const { d, gm } = plan;
     const { wq, OH, OW, K, rowsPerBlock } = gm;
     const oTiles = Math.ceil(og / 8);
     const ldAcc = oTiles * 8;
@@ -1011,13 +1092,18 @@ export class WasmConv {
     const own = [gm.paddedFloats * 4, ldAcc * rowsPerBlock * OW * 4];
     const [offs, acc, ...scratch] = carve(this.h, [kPad * 4, chunks * chunkFloats * 4, ...Array.from({ length: parts }, () => own).flat()]);
     // The taps past K (a tile has 4) repeat the last one: their rows of acc are never read.
-    const offsets = new Int32Array(kPad).fill(gm.offsets[K - 1]);
-    offsets.set(gm.offsets);
-    this.h.i32().set(offsets, offs >>> 2);
+    const e = this.h.i32();
+    e.set(gm.offsets, offs >>> 2);
+    e.fill(gm.offsets[K - 1], (offs >>> 2) + K, (offs >>> 2) + kPad);
     // Cleared in wasm: a TypedArray fill over a shared memory is slow (module.ts zero_bytes).
     this.h.exports.zero_bytes(acc, chunks * chunkFloats * 4);
-    const gp = this.h.ptr(grad);
-    const key = parts > 1 ? recordKey('wgrad', [parts, ...layoutNumbers(l), this.h.ptr(x), gp, offs, acc, ...scratch]) : undefined;
+    // The recording's key, kept with the plan for its parts and scratch address.
+    const keyFor = `${parts} ${offs}`;
+    let key = plan.wgradKey?.[0] === keyFor ? plan.wgradKey[1] : undefined;
+    if (parts > 1 && key === undefined) {
+      key = recordKey('wgrad', [parts, ...layoutNumbers(l), d.src, gp, offs, acc, ...scratch]);
+      plan.wgradKey = [keyFor, key];
+    }
     this.split(parts, units, (calls, u0, u1, t) => {
       const [padded, panel] = scratch.slice(2 * t, 2 * t + 2);
       // The padded buffer's border stays zero for every image: cleared once, by the part's thread.
@@ -1122,27 +1208,19 @@ export class WasmConv {
   }
 
   /**
-   * The stride-1 convolution `d` (cout output channels per group) with weights [groups, cout,
-   * cin*kh*kw], which `writeWeights` puts at the address it is given, written where `place` says.
+   * How directRun lays out `plans` split over `threads`: its units and parts, the padded input
+   * buffers, the scratch sizes, and (once the scratch address is known) the regions and the
+   * recording key. Kept per plans and threads: plans are kept per layout and addresses (plansFor).
    */
-  private directForward(d: DirectConv, cout: number, place: Placement, weightBytes: number, writeWeights: (at: number) => void): void {
-    this.directRun([directPlan(d, cout, place, weightBytes, writeWeights)]);
-  }
-
-  /**
-   * Runs the plans (stride-1 convolutions over the same images and groups) as one split call.
-   * One plan is split in units of (group, image, block of output rows). Several plans (the
-   * stride phases of an input gradient, whose pixels interleave in the same rows of dX, and
-   * whose copied placement reads and writes back its neighbours) are split in units of
-   * (group, image), each running every plan's blocks of that image in order: no two threads
-   * touch the same rows, and the phases pay for one split, not one each.
-   */
-  private directRun(plans: DirectPlan[]): void {
-    const k = this.h.exports;
+  private runLayout(plans: DirectPlan[], threads: number): RunLayout {
+    let byThreads = this.runLayouts.get(plans);
+    if (!byThreads) this.runLayouts.set(plans, (byThreads = new Map()));
+    let r = byThreads.get(threads);
+    if (r) return r;
+    this.runMisses++;
     const { d } = plans[0];
     const perImage = plans.length > 1;
     const units = d.groups * d.n * (perImage ? 1 : plans[0].blocks);
-    const threads = this.h.threadsFor(plans.reduce((sum, p) => sum + p.flops, 0));
     // Split, it is a queue of PARTS_PER_THREAD parts per thread (ThreadPool.run): a thread that
     // the scheduler holds back then delays the call by one part at most.
     const parts = threads > 1 ? Math.min(units, threads * PARTS_PER_THREAD) : 1;
@@ -1156,14 +1234,44 @@ export class WasmConv {
     const bufferFloats = buffers.map((_, j) => Math.max(...plans.filter((_, i) => bufferOf[i] === j).map((p) => p.gm.paddedFloats)));
     const own = [...bufferFloats.map((floats) => floats * 4), Math.max(...plans.map((p) => p.rowsPad * p.gm.nbPad)) * 4, MR * NR * 4];
     const shared = plans.flatMap((p) => [p.weightBytes, d.groups * p.packedBytes, p.gm.K * 4]);
-    const regions = carve(this.h, [...shared, ...Array.from({ length: parts }, () => own).flat()]);
+    const sizes = [...shared, ...Array.from({ length: parts }, () => own).flat()];
+    r = { parts, units, perImage, buffers, bufferOf, bufferFloats, own, shared, sizes, bytes: sizes.reduce((a, b) => a + roundUp(b, 16), 0), base: -1, regions: null, key: undefined };
+    byThreads.set(threads, r);
+    return r;
+  }
+  private readonly runLayouts = new WeakMap<DirectPlan[], Map<number, RunLayout>>();
+
+  /**
+   * Runs the plans (stride-1 convolutions over the same images and groups) as one split call.
+   * One plan is split in units of (group, image, block of output rows). Several plans (the
+   * stride phases of an input gradient, whose pixels interleave in the same rows of dX, and
+   * whose copied placement reads and writes back its neighbours) are split in units of
+   * (group, image), each running every plan's blocks of that image in order: no two threads
+   * touch the same rows, and the phases pay for one split, not one each.
+   */
+  private directRun(plans: DirectPlan[], weight: Storage): void {
+    const k = this.h.exports;
+    const { d } = plans[0];
+    const threads = this.h.threadsFor(plans.reduce((sum, p) => sum + p.flops, 0));
+    const r = this.runLayout(plans, threads);
+    const { parts, units, perImage, buffers, bufferOf, bufferFloats, own, shared } = r;
+    // The layout's scratch (the same address as before, unless the scratch has grown: then its
+    // regions and the recording's key anew).
+    const base = this.h.scratch(r.bytes);
+    if (base !== r.base) {
+      r.base = base;
+      r.regions = carve(this.h, r.sizes);
+      // Everything the parts' calls depend on: the plans' geometry, placement and form, the scratch regions.
+      r.key = parts > 1 ? recordKey('direct', [parts, units, plans.length, r.regions.length, ...r.regions, ...plans.flatMap((p) => [...Object.values(p.d), p.cout, ...Object.values(p.place), p.storeInPlace ? 1 : 0])]) : undefined;
+    }
+    const regions = r.regions!;
     const scratch = regions.slice(shared.length);
     // The border, the slack and (below) the interior of each padded input: the border stays
     // zero for every image of the part.
     for (let t = 0; t < parts; t++) buffers.forEach((_, j) => k.zero_bytes(scratch[own.length * t + j], bufferFloats[j] * 4));
     const at = plans.map((p, i) => {
       const [weights, packed, offs] = regions.slice(3 * i, 3 * i + 3);
-      p.writeWeights(weights);
+      p.writeWeights(weights, weight);
       this.h.i32().set(p.gm.offsets, offs >>> 2);
       // Packed once per call and group, before the threads start.
       for (let g = 0; g < d.groups; g++) {
@@ -1172,8 +1280,7 @@ export class WasmConv {
       }
       return { packed, offs };
     });
-    // Everything the parts' calls depend on: the plans' geometry, placement and form, the scratch regions.
-    const key = parts > 1 ? recordKey('direct', [parts, units, plans.length, regions.length, ...regions, ...plans.flatMap((p) => [...Object.values(p.d), p.cout, ...Object.values(p.place), p.storeInPlace ? 1 : 0])]) : undefined;
+    const key = r.key;
     this.split(parts, units, (calls, u0, u1, t) => {
       const mine = scratch.slice(own.length * t, own.length * (t + 1));
       const [padded, [cBlock, tile]] = [mine.slice(0, buffers.length), mine.slice(buffers.length)];

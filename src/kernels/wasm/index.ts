@@ -32,6 +32,7 @@ import type {
   LayerNormLayout,
   LayerNormBackwardFusedLayout,
   BatchNormLayout,
+  BatchNormRunningLayout,
   MatmulLayout,
   MemoryInfo,
   RandomDist,
@@ -290,6 +291,8 @@ export class WasmBackend implements Backend {
         ...(this.threadCalibration ? { threadCalibration: this.threadCalibration } : {}),
         // Parts handed to workers, and those the caller took back because no worker had started them.
         ...(this.pool ? { threadParts: { ...this.pool.stats } } : {}),
+        // Times the cost model ran calls unsplit for a while, split calls having found no free core (SplitCost.observeSplit).
+        ...(this.splitCost ? { splitBackoffs: this.splitCost.backoffs } : {}),
         memoryBytes: this.mem.buffer.byteLength,
         tiling: this.tiling,
       },
@@ -351,10 +354,18 @@ export class WasmBackend implements Backend {
       else for (const c of part) this.runThreadedExport(c);
       return;
     }
+    const cost = this.splitCost;
+    // The process CPU clock over the split (Node's; none in a browser), for SplitCost.observeSplit.
+    const cpu0 = cost && cpuClock ? cpuClock() : null;
+    const wall0 = performance.now();
     try {
       this.pool!.run(parts, (c) => this.runThreadedExport(c), this.activeThreads);
     } finally {
-      this.splitCost?.splitEnded();
+      cost?.splitEnded();
+    }
+    if (cpu0) {
+      const cpu = cpuClock!(cpu0);
+      cost!.observeSplit((performance.now() - wall0) * 1000, cpu.user + cpu.system);
     }
   }
 
@@ -638,7 +649,7 @@ export class WasmBackend implements Backend {
    * Runs a method of the CPU reference in place on these arguments, each storage (null for an
    * absent operand) seen through `host`: the path for dtypes the wasm kernels do not take.
    */
-  private onHost<K extends 'layerNorm' | 'layerNormBackward' | 'batchNorm' | 'batchNormEval' | 'batchNormBackward' | 'attention' | 'attentionBackward'>(
+  private onHost<K extends 'layerNorm' | 'layerNormBackward' | 'batchNorm' | 'batchNormEval' | 'batchNormRunning' | 'batchNormBackward' | 'attention' | 'attentionBackward'>(
     method: K,
     args: Parameters<CpuBackend[K]>,
   ): void {
@@ -1129,6 +1140,21 @@ export class WasmBackend implements Backend {
     this.splitChannels('batch_norm_eval', operands, [l.hw, 1, 1, 1, 1, l.hw], l, threads);
   }
 
+  batchNormRunning(runningMean: Storage, runningVar: Storage, meanPairs: Storage, variance: Storage, count: Storage | null, outMean: Storage, outVar: Storage, outCount: Storage | null, l: BatchNormRunningLayout): void {
+    const operands = [runningMean, runningVar, meanPairs, variance, outMean, outVar];
+    if (!allFloat32(operands)) return this.onHost('batchNormRunning', [runningMean, runningVar, meanPairs, variance, count, outMean, outVar, outCount, l]);
+    if (count && outCount) this.typed(outCount)[0] = this.typed(count)[0] + 1;
+    // A few hundred values at most: a loop over the heap costs less than a kernel call. float32 as
+    // the kernels compute it: the affine kernel's f32 factor, f32 product (+0), f32 sum.
+    const [RM, RV, MP, V, OM, OV] = operands.map((o) => this.typed(o));
+    const f = Math.fround;
+    const [keep, take, takeVar] = [f(l.keep), f(l.take), f(l.takeVar)];
+    for (let ch = 0; ch < l.c; ch++) {
+      OM[ch] = f(keep * RM[ch]) + 0 + (f(take * MP[2 * ch]) + 0);
+      OV[ch] = f(keep * RV[ch]) + 0 + (f(takeVar * V[ch]) + 0);
+    }
+  }
+
   batchNormBackward(
     grad: Storage,
     x: Storage,
@@ -1407,6 +1433,15 @@ export class WasmBackend implements Backend {
     return ops.includes(op) && out === (compare ? 'bool' : a) ? (a === 'float32' ? 'f32' : 'i32') : null;
   }
 }
+
+/**
+ * The process's CPU time (all threads, us) since `from`, where the host has such a clock (Node's
+ * process.cpuUsage; about 0.8 us a reading): what SplitCost.observeSplit judges splits by.
+ */
+type CpuUsage = { user: number; system: number };
+const cpuClock = (globalThis as { process?: { cpuUsage?: (from?: CpuUsage) => CpuUsage } }).process?.cpuUsage?.bind(
+  (globalThis as { process?: object }).process,
+);
 
 /** Bytes below which a memory-bound kernel runs on one thread (splitMemoryBound). */
 const MEMORY_SPLIT_BYTES = 2 << 20;

@@ -757,7 +757,7 @@ const MIN_OVERHEAD_US = 5;
  * overhead of the split, which is the hot figure when the previous split ended within the
  * workers' spin window (they are still spinning) and the cold one otherwise (MIN_OVERHEAD_US at
  * least). A call is split over the most threads whose parts are each worth PART_OVERHEADS
- * overheads.
+ * overheads, except for a while after split calls ran without a free core (observeSplit).
  */
 export class SplitCost {
   private lastSplitEnd = -Infinity;
@@ -773,7 +773,7 @@ export class SplitCost {
 
   /** Threads for a call of `flops` floating-point operations (1: run it here, unsplit). */
   threadsFor(flops: number): number {
-    if (this.threads <= 1) return 1;
+    if (this.threads <= 1 || performance.now() < this.unsplitUntil) return 1;
     const oneThreadUs = flops * this.usPerFlop;
     const measured = performance.now() - this.lastSplitEnd < this.spinUs / 1000 ? this.hotUs : this.coldUs;
     const overhead = Math.max(MIN_OVERHEAD_US, measured);
@@ -786,4 +786,70 @@ export class SplitCost {
   splitEnded(): void {
     this.lastSplitEnd = performance.now();
   }
+
+  /** Wall and process CPU time (us, all threads) of the split calls since the last verdict. */
+  private seenWallUs = 0;
+  private seenCpuUs = 0;
+  /** performance.now() (ms) until which every call runs unsplit (observeSplit's back-off). */
+  private unsplitUntil = -Infinity;
+  private backoffMs = SPLIT_BACKOFF_MS;
+  /** Verdict windows in a row whose splits ran about serially. */
+  private serialWindows = 0;
+
+  /**
+   * One split call's wall time and the process's CPU time over it, all threads together (where
+   * the host has a CPU clock: Node's process.cpuUsage). Over VERDICT_WALL_US of split calls, CPU
+   * per wall time says how many of the threads really ran at once: about `threads` on free cores
+   * (a waiting thread spins, which counts too), about 1 when another process holds the other
+   * cores, and then a split call runs no faster than one thread while its waits and the workers'
+   * spinning take time from this thread (the MLP 784-256-256-10 SGD step on two threads took
+   * 1.44x one thread's time in a median of 40 interleaved rounds, load average 4.5 on 2 cores,
+   * splits at 1.00-1.03 CPU per wall). Below MIN_PARALLEL_PER_THREAD in two windows in a row,
+   * calls run unsplit for a back-off that doubles while the verdict stands (up to
+   * SPLIT_BACKOFF_MAX_MS), after which splits resume and are judged again. (The result of a call
+   * does not depend on whether it was split: splits keep each element's summation order.)
+   */
+  observeSplit(wallUs: number, cpuUs: number): void {
+    if (this.threads <= 1) return;
+    this.seenWallUs += wallUs;
+    this.seenCpuUs += cpuUs;
+    // CPU time of the other threads reaches the clock in scheduler ticks: judge a long window.
+    if (this.seenWallUs < VERDICT_WALL_US) return;
+    const parallel = this.seenCpuUs / this.seenWallUs;
+    this.seenWallUs = this.seenCpuUs = 0;
+    if (parallel >= 1 + MIN_PARALLEL_PER_THREAD * (this.threads - 1)) {
+      this.backoffMs = SPLIT_BACKOFF_MS;
+      this.serialWindows = 0;
+      return;
+    }
+    // Two windows in a row, so that one stray interruption on free cores backs nothing off.
+    if (++this.serialWindows < 2) return;
+    this.serialWindows = 0;
+    this.unsplitUntil = performance.now() + this.backoffMs;
+    this.backoffMs = Math.min(2 * this.backoffMs, SPLIT_BACKOFF_MAX_MS);
+    this.backoffs++;
+  }
+
+  /** Back-offs so far (observeSplit): for measurements. */
+  backoffs = 0;
+
+  /** Whether calls run unsplit now, for a back-off after split calls found no free core. */
+  get backedOff(): boolean {
+    return performance.now() < this.unsplitUntil;
+  }
 }
+
+/**
+ * Split calls' wall time (us) over which SplitCost.observeSplit judges how many threads ran at
+ * once: many scheduler ticks, since the CPU clock takes in the other threads' time at ticks.
+ */
+export const VERDICT_WALL_US = 20_000;
+/**
+ * CPU per wall time of split calls, per thread beyond the first, below which they are taken to
+ * have run without a free core: 1.3 for two threads, where free cores measure about 2 and a
+ * second core held by another process about 1.0.
+ */
+export const MIN_PARALLEL_PER_THREAD = 0.3;
+/** The first back-off (ms) of SplitCost.observeSplit, and its most after doublings. */
+export const SPLIT_BACKOFF_MS = 100;
+export const SPLIT_BACKOFF_MAX_MS = 1600;

@@ -12,7 +12,7 @@
  * per-channel dispatch is narrow; a split of each channel over several workgroups is the next
  * step there (untimed: no real GPU at hand).
  */
-import type { BatchNormLayout } from '../backend.js';
+import type { Backend, BatchNormLayout, BatchNormRunningLayout } from '../backend.js';
 import type { Bind, GPUStorage, Runtime } from './runtime.js';
 import { itemReduceKernel } from './workgroup-reduce.js';
 import { entry } from './wgsl.js';
@@ -158,6 +158,43 @@ export function batchNormEval(
   let rs = 1.0 / sqrt(rvar[ch] + P.eps);
   ${affine(!!weight, !!bias)}
   dst[k] = (x[k] - rmean[ch]) * kk + bb;
+}`,
+  });
+}
+
+/**
+ * Backend.batchNormRunning: one thread per channel (the first also counts the batch). The
+ * products are `x * factor + zero`, the affine kernel's form with its factor and zero (0) from
+ * the uniforms, so a compiler that fuses a multiply and an add does it as it does in that
+ * kernel, and the mean and variance come out as the unfused calls made them.
+ */
+export function batchNormRunning(rt: Runtime, args: Parameters<Backend['batchNormRunning']>): void {
+  // The Backend call's arguments as they came (the index's bytes are the browser program's):
+  // storages of this backend, as the tensor ops that make them check (sameBackend).
+  const [rm, rv, mp, v, count, om, ov, outCount] = args as unknown as (GPUStorage | null)[];
+  const l = args[8];
+  const s = [rm, rv, mp, v, om, ov] as GPUStorage[];
+  checkFloat32('batchNormRunning', ...s);
+  const counted = !!(count && outCount);
+  const binds: Bind[] = ['rm', 'rv', 'mp', 'v', 'om', 'ov'].map((name, i) => ({ name, s: s[i], access: i < 4 ? 'read' : 'write' }));
+  if (counted) binds.push({ name: 'cnt', s: count!, access: 'read' }, { name: 'oc', s: outCount!, access: 'write' });
+  const f32 = (name: string, value: number) => ({ name, type: 'f32' as const, value });
+  rt.dispatch({
+    name: 'batchNormRunning',
+    key: `batchNormRunning:${counted}`,
+    binds,
+    params: [{ name: 'c', type: 'u32', value: l.c }, f32('keep', l.keep), f32('take', l.take), f32('tv', l.takeVar), f32('zero', 0)],
+    groups: Math.ceil(l.c / EVAL_GROUP),
+    wgsl: () => `${entry(EVAL_GROUP)} {
+  let ch = fg_group(wg, nwg) * ${EVAL_GROUP}u + lid;
+  ${counted ? 'if (ch == 0u) { oc[0] = cnt[0] + 1; }' : ''}
+  if (ch >= P.c) { return; }
+  let a = rm[ch] * P.keep + P.zero;
+  let b = mp[2u * ch] * P.take + P.zero;
+  om[ch] = a + b;
+  let d = rv[ch] * P.keep + P.zero;
+  let e = v[ch] * P.tv + P.zero;
+  ov[ch] = d + e;
 }`,
   });
 }

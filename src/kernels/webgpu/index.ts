@@ -224,6 +224,9 @@ export class WebGPUBackend implements Backend {
     const g = (s: Storage | null) => s && asGPU(s);
     this.rt.lazy(BATCHNORM, (m) => m.batchNorm(this.rt, asGPU(x), g(weight), g(bias), asGPU(out), asGPU(mean), asGPU(variance), asGPU(rstd), layout));
   }
+  batchNormRunning(...a: Parameters<Backend['batchNormRunning']>): void {
+    this.rt.lazy(BATCHNORM, (m) => m.batchNormRunning(this.rt, a));
+  }
   batchNormEval(x: Storage, runningMean: Storage, runningVar: Storage, weight: Storage | null, bias: Storage | null, out: Storage, layout: BatchNormLayout): void {
     const g = (s: Storage | null) => s && asGPU(s);
     this.rt.lazy(BATCHNORM, (m) => m.batchNormEval(this.rt, asGPU(x), asGPU(runningMean), asGPU(runningVar), g(weight), g(bias), asGPU(out), layout));

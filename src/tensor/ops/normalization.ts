@@ -4,6 +4,7 @@
  * groupNorm, normalize (Lp-normalize along a dim) and cosineSimilarity in tensor ops.
  */
 import type { BatchNormLayout, LayerNormLayout } from '../../kernels/backend.js';
+import { captureHooks } from '../../compile/hooks.js';
 import { isGradEnabled, noGrad, record, vjpRegistry, type Vjp } from '../graph.js';
 import { broadcastShapes, fmt, normAxis, numel } from '../shape.js';
 import { Tensor } from '../tensor.js';
@@ -193,7 +194,7 @@ function batchNormLayout(op: string, x: Tensor, eps: number, params: [string, Te
  * statistics outside training, as a layer without running statistics uses in eval mode); an
  * empty batch gives an empty output and NaN statistics.
  */
-export function batchNormTrain(x: Tensor, weight?: Tensor | null, bias?: Tensor | null, eps = 1e-5, training = true): { y: Tensor; mean: () => Tensor; variance: Tensor } {
+export function batchNormTrain(x: Tensor, weight?: Tensor | null, bias?: Tensor | null, eps = 1e-5, training = true): { y: Tensor; mean: () => Tensor; variance: Tensor; pairs: Tensor } {
   const layout = batchNormLayout('batchNorm', x, eps, [['weight', weight], ['bias', bias]]);
   const { n, c, hw } = layout;
   if (training && n * hw === 1) throw new RangeError(`batchNorm: expected more than 1 value per channel when training, got input ${fmt(x.shape)}`);
@@ -209,7 +210,34 @@ export function batchNormTrain(x: Tensor, weight?: Tensor | null, bias?: Tensor 
   }
   const inputs = [x, ...(weight ? [weight] : []), ...(bias ? [bias] : [])];
   const y = record('batchNorm', out, inputs, { layout, hasWeight: !!weight, hasBias: !!bias }, [mu, rstd]);
-  return { y, mean: () => reshape(narrow(mu, 1, 0, 1), [c]), variance };
+  return { y, mean: () => reshape(narrow(mu, 1, 0, 1), [c]), variance, pairs: mu };
+}
+
+/**
+ * The running statistics after a training batch norm over m values per channel (torch.nn's
+ * update): running * (1 - momentum) + batch * momentum, with the variance made unbiased, and the
+ * batch count (num_batches_tracked, when kept) plus one. One call for all
+ * (backend.batchNormRunning) from batchNormTrain's statistics; new tensors.
+ */
+export function batchNormRunning(
+  runningMean: Tensor,
+  runningVar: Tensor,
+  count: Tensor | null,
+  stats: { pairs: Tensor; variance: Tensor },
+  m: number,
+  momentum: number,
+): [Tensor, Tensor, Tensor | null] {
+  const c = runningMean.size;
+  const l = { c, keep: 1 - momentum, take: momentum, takeVar: (momentum * m) / (m - 1) };
+  // While a step is traced, the ops the kernel stands for (the same bits): the fusion pass folds
+  // them into the plan's programs, in fewer calls than one kernel per layer.
+  if (captureHooks.hostState) {
+    const mean = reshape(narrow(stats.pairs, 1, 0, 1), [c]);
+    return [add(mul(runningMean, l.keep), mul(mean, l.take)), add(mul(runningVar, l.keep), mul(stats.variance, l.takeVar)), count && add(count, 1)];
+  }
+  const [om, ov, oc] = [runningMean, runningVar, count].map((t) => t && Tensor.uninit(t.shape.slice(), t.dtype, t.backend));
+  runningMean.backend.batchNormRunning(runningMean.storage, runningVar.storage, stats.pairs.storage, stats.variance.storage, count?.storage ?? null, om!.storage, ov!.storage, oc?.storage ?? null, l);
+  return [om!, ov!, oc];
 }
 
 /**
