@@ -24,7 +24,7 @@ import { createWasmBackend, type WasmBackend } from '../src/kernels/wasm/index.j
 import { ThreadLoadError } from '../src/kernels/wasm/threads.js';
 import { withBackend } from './helpers/backend-scope.js';
 import { rng } from './helpers/random.js';
-import { countSplits } from './helpers/thread-splits.js';
+import { countSplits, splitBackends } from './helpers/thread-splits.js';
 import { KERNELS, layoutOf, sizes, type Case } from './helpers/conv-parity.js';
 import { expectBitEqual, expectSameRun, runSteps, trainingStep } from './helpers/train-steps.js';
 
@@ -110,19 +110,13 @@ function runProgram(be: Backend, c: ProgramCase, seed: number, alias?: [number, 
 }
 
 describe('fused elementwise programs split over threads', () => {
+  // 2 and 3 threads with minThreadedWork 1: every program with enough rows is split.
   let one: WasmBackend;
-  const many: WasmBackend[] = [];
-  const splits: (() => number)[] = [];
-  beforeAll(async () => {
-    one = await createWasmBackend({ threads: 1 });
-    for (const threads of [2, 3]) {
-      // minThreadedWork 1: every program with enough rows is split.
-      const be = await createWasmBackend({ threads, minThreadedWork: 1 });
-      many.push(be);
-      splits.push(countSplits(be));
-    }
-  });
-  afterAll(() => [one, ...many].forEach((b) => b.dispose()));
+  let many: WasmBackend[];
+  let splits: (() => number)[];
+  let dispose: () => void;
+  beforeAll(async () => ({ one, many, splits, dispose } = await splitBackends()));
+  afterAll(() => dispose());
 
   for (const c of CASES) {
     it(c.name, () => {

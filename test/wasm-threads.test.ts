@@ -13,7 +13,7 @@ import { chooseThreads, SPIN_BRIDGE_US, SplitCost, splitRange } from '../src/ker
 import type { MatmulLayout } from '../src/kernels/backend.js';
 import { type Case, checkParity, KERNELS, layoutOf, run, sizes } from './helpers/conv-parity.js';
 import { randomF32 } from './helpers/webgpu.js';
-import { countSplits, matmulOn } from './helpers/thread-splits.js';
+import { countSplits, matmulOn, splitBackends } from './helpers/thread-splits.js';
 
 const CASES: Case[] = [
   { name: '3x3 pad 1, 16 -> 32 (the issue case, small batch)', n: 5, c: 16, h: 28, w: 28, o: 32, k: [3, 3], pad: [1, 1] },
@@ -32,19 +32,13 @@ const CASES: Case[] = [
 ];
 
 describe('wasm threads: split calls give the bits of one thread', () => {
+  // 2 and 3 threads with minThreadedWork 1: every call is split, whatever the cost model would say.
   let one: WasmBackend;
-  const many: WasmBackend[] = [];
-  const splits: (() => number)[] = [];
-  beforeAll(async () => {
-    one = await createWasmBackend({ threads: 1 });
-    // minThreadedWork 1: every call is split, whatever the cost model would say.
-    for (const threads of [2, 3]) {
-      const be = await createWasmBackend({ threads, minThreadedWork: 1 });
-      many.push(be);
-      splits.push(countSplits(be));
-    }
-  });
-  afterAll(() => [one, ...many].forEach((b) => b?.dispose()));
+  let many: WasmBackend[];
+  let splits: (() => number)[];
+  let dispose: () => void;
+  beforeAll(async () => ({ one, many, splits, dispose } = await splitBackends()));
+  afterAll(() => dispose());
 
   CASES.forEach((t, i) =>
     it(`conv: ${t.name}`, async () => {
