@@ -1,6 +1,9 @@
 /**
  * Reference 2-D convolution and its two gradients, written directly from the definition
- * (cross-correlation over NCHW, grouped, strided, dilated, zero-padded). Every output element is
+ * (cross-correlation over NCHW, grouped, strided, dilated, zero-padded). Padding follows torch's
+ * im2col where a value is Inf or NaN: padded taps are products with zero in the forward and the
+ * weight gradient (an Inf weight or gradient there gives NaN), while the input gradient sums over
+ * real output positions only. Every output element is
  * one sum accumulated in float64 and rounded once on store, so the result does not depend on any
  * blocking: it is the oracle for the implicit-GEMM kernels of the other backends.
  */
@@ -21,11 +24,13 @@ export function conv2dReference(X: TypedArray, W: TypedArray, out: TypedArray, l
           for (let ci = 0; ci < cg; ci++)
             for (let ki = 0; ki < l.kh; ki++) {
               const y = oy * l.sh - l.ph + ki * l.dh;
-              if (y < 0 || y >= l.h) continue;
+              const rowInside = y >= 0 && y < l.h;
               for (let kj = 0; kj < l.kw; kj++) {
                 const x = ox * l.sw - l.pw + kj * l.dw;
-                if (x < 0 || x >= l.w) continue;
-                s += W[o * K + (ci * l.kh + ki) * l.kw + kj] * X[((n * l.c + c0 + ci) * l.h + y) * l.w + x];
+                // A padded tap is a product with zero, as torch's im2col makes it: it changes no
+                // finite sum, and an Inf or NaN weight there gives NaN.
+                const v = rowInside && x >= 0 && x < l.w ? X[((n * l.c + c0 + ci) * l.h + y) * l.w + x] : 0;
+                s += W[o * K + (ci * l.kh + ki) * l.kw + kj] * v;
               }
             }
           out[((n * l.outChannels + o) * l.oh + oy) * l.ow + ox] = s;
@@ -79,11 +84,12 @@ export function conv2dBackwardWeightReference(X: TypedArray, G: TypedArray, out:
           for (let n = 0; n < l.n; n++)
             for (let oy = 0; oy < l.oh; oy++) {
               const y = oy * l.sh - l.ph + ki * l.dh;
-              if (y < 0 || y >= l.h) continue;
+              const rowInside = y >= 0 && y < l.h;
               for (let ox = 0; ox < l.ow; ox++) {
                 const x = ox * l.sw - l.pw + kj * l.dw;
-                if (x < 0 || x >= l.w) continue;
-                s += G[((n * l.outChannels + o) * l.oh + oy) * l.ow + ox] * X[((n * l.c + c0 + ci) * l.h + y) * l.w + x];
+                // Padding multiplies here too (torch: dY times the zero-padded im2col).
+                const v = rowInside && x >= 0 && x < l.w ? X[((n * l.c + c0 + ci) * l.h + y) * l.w + x] : 0;
+                s += G[((n * l.outChannels + o) * l.oh + oy) * l.ow + ox] * v;
               }
             }
           out[((o * cg + ci) * l.kh + ki) * l.kw + kj] = s;

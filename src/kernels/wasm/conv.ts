@@ -37,6 +37,7 @@
  * one thread.
  */
 import type { Conv2dLayout, Storage } from '../backend.js';
+import { conv2dBackwardInputReference } from '../cpu/conv.js';
 import { call, f32, f32x4, i32, select, v128, ValType, type FuncBuilder, type Local, type ModuleBuilder, type Operand } from './emit.js';
 import { ceilDiv, elementwise, shuffle32, transpose4, type KernelExports } from './module.js';
 import { CallList, splitRange } from './threads.js';
@@ -948,6 +949,16 @@ export class WasmConv {
   }
 
   backwardInput(grad: Storage, weight: Storage, out: Storage, l: Conv2dLayout): void {
+    if (!this.finiteWeights(weight, l)) {
+      // The forms below read dY through a zero border (the "full" convolution's, padding or not),
+      // so an Inf or NaN weight times a border zero would put NaN where torch's input gradient
+      // (which sums over real output positions only) has a number: such a call runs the
+      // reference's sum instead (float64, rounded once).
+      const f = this.h.f32();
+      const view = (s: Storage, n: number) => f.subarray(this.h.ptr(s) >>> 2, (this.h.ptr(s) >>> 2) + n);
+      conv2dBackwardInputReference(view(grad, l.n * l.outChannels * l.oh * l.ow), view(weight, l.outChannels * (l.c / l.groups) * l.kh * l.kw), view(out, l.n * l.c * l.h * l.w), l);
+      return;
+    }
     const phT = (l.kh - 1) * l.dh - l.ph;
     const pwT = (l.kw - 1) * l.dw - l.pw;
     if (l.sh === 1 && l.sw === 1 && phT >= 0 && pwT >= 0) {
@@ -964,6 +975,15 @@ export class WasmConv {
     }
     if (l.dh === 1 && l.dw === 1) this.backwardInputByPhases(grad, weight, out, l);
     else this.backwardInputByColumns(grad, weight, out, l);
+  }
+
+  /** Whether every weight of `l` is finite (x - x is 0 for a finite x, NaN for Inf and NaN). */
+  private finiteWeights(weight: Storage, l: Conv2dLayout): boolean {
+    const f = this.h.f32();
+    const from = this.h.ptr(weight) >>> 2;
+    const to = from + l.outChannels * (l.c / l.groups) * l.kh * l.kw;
+    for (let i = from; i < to; i++) if (f[i] - f[i] !== 0) return false;
+    return true;
   }
 
   /**
