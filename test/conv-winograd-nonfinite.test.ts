@@ -215,8 +215,10 @@ describe('Winograd convolutions give conv.ts bits wherever a value is not finite
               expect(got.winograd, how).toBe(1);
               expect(got.direct, `${how}: recomputed by conv.ts`).toBe(1);
               expect(new Uint32Array(got.result.buffer), how).toEqual(new Uint32Array(off.result.buffer));
-              // On 2 threads the work was split (each part noting its inputs in its own slot).
-              if (be === backends[1]) expect(parts[0], how).toBeGreaterThan(1);
+              // On 2 threads the work was split (each part noting its inputs in its own slot), but
+              // for an input gradient with a non-finite weight, which conv.ts sums as the reference
+              // does, on one thread (torch's rule for padding: test/conv-padding-nonfinite.test.ts).
+              if (be === backends[1] && !(kernel === 'conv2dBackwardInput' && sc.weights)) expect(parts[0], how).toBeGreaterThan(1);
             }
           }
         }
