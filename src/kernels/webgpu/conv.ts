@@ -155,12 +155,11 @@ const LANES = [0, 1, 2, 3];
 const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b));
 
 /**
- * WGSL: `acc<r> += <w(r)> * <v>` for the 4 channel rows. The pixels of `v` outside the input are
- * 0, so a tap in the padding adds w * 0: exact for finite weights, but an infinite or NaN weight
- * makes those outputs NaN where the reference skips the tap (as the tiled form's zero-filled
- * tiles do). Dropping those products instead (a select per row, or a finiteness test of the
- * weights per tap) cost about 30% of this kernel on SwiftShader; non-finite weights only arise in
- * a run that has already diverged. Non-finite inputs propagate exactly as in the reference.
+ * WGSL: `acc<r> += <w(r)> * <v>` for the 4 channel rows. Padding follows torch's im2col: the
+ * forward and the weight gradient sum the products with the padded zeros (an infinite or NaN
+ * weight, or dY, makes every output whose window reaches the padding NaN; for finite data w * 0
+ * adds +-0, which changes no sum), the input gradient never has a product with a dY outside the
+ * output (see conv2dBackwardInputDirect).
  */
 const accumulate = (w: (r: number) => string, v: string) => LANES.map((r) => `acc${r} += ${w(r)} * ${v};`).join('\n        ');
 const ACC_DECL = LANES.map((r) => `var acc${r} = vec4<f32>();`).join('\n  ');
@@ -195,12 +194,14 @@ function conv2dDirect(rt: Runtime, x: GPUStorage, weight: GPUStorage, out: GPUSt
   for (var ci = 0i; ci < cg; ci++) {
     let plane = (b * P.c + grp * cg + ci) * P.h;
     for (var ki = 0i; ki < P.kh; ki++) {
+      // A row in the padding reads zeros (its column limit 0 fails every column, its index clamped
+      // to a real row): w * 0 is summed, as torch's im2col does, at no cost inside the kj loop.
       let y = oy * P.sh - P.ph + ki * P.dh;
-      if (y < 0i || y >= P.h) { continue; }
-      let row = (plane + y) * P.w;
+      let xlim = select(0i, P.w, y >= 0i && y < P.h);
+      let row = (plane + clamp(y, 0i, P.h - 1i)) * P.w;
       for (var kj = 0i; kj < P.kw; kj++) {
         let xs = ox0 * P.sw - P.pw + kj * P.dw;
-        let v = vec4<f32>(${LANES.map((p) => `px(row, xs + ${p}i * P.sw)`).join(', ')});
+        let v = vec4<f32>(${LANES.map((p) => `px(row, xs + ${p}i * P.sw, xlim)`).join(', ')});
         let tap = (ci * P.kh + ki) * P.kw + kj;
         ${accumulate((r) => `wt[w${r} + tap]`, 'v')}
       }
@@ -209,8 +210,8 @@ function conv2dDirect(rt: Runtime, x: GPUStorage, weight: GPUStorage, out: GPUSt
   let rows = olast + 1i - o0;
   let pixels = P.ow - ox0;
   ${storeTile('rows', 'pixels', (r, p) => `((b * P.oc + o0 + ${r}i) * P.oh + oy) * P.ow + ox0 + ${p}i`)}`,
-  `/** Input value at (row, x) of a plane, 0 in the padding (read at a clamped index, so never out of bounds). */
-fn px(row: i32, x: i32) -> f32 { return select(0.0, src[row + clamp(x, 0i, P.w - 1i)], x >= 0i && x < P.w); }`,
+  `/** Input value at (row, x) of a plane, 0 in the padding, x >= xlim included (read at a clamped index, so never out of bounds). */
+fn px(row: i32, x: i32, xlim: i32) -> f32 { return select(0.0, src[row + clamp(x, 0i, P.w - 1i)], x >= 0i && x < xlim); }`,
   [...convParams(l), ...tileParams]);
 }
 
@@ -273,9 +274,19 @@ function conv2dBackwardInputDirect(rt: Runtime, grad: GPUStorage, weight: GPUSto
         let grow = (gplane + oy) * P.ow;
         var ox0 = ox00;
         for (var kj = kj0; kj < P.kw; kj += P.kjstep) {
-          let g = vec4<f32>(${LANES.map((p) => `gv(grow, ox0 + ${p}i)`).join(', ')});
           let tap = wrow + ki * P.kw + kj;
-          ${accumulate((r) => `wt[tap + ci${r}]`, 'g')}
+          if (ox0 >= 0i && ox0 + ${TILE - 1}i < P.ow) {
+            let g = vec4<f32>(${LANES.map((p) => `grad[grow + ox0 + ${p}i]`).join(', ')});
+            ${accumulate((r) => `wt[tap + ci${r}]`, 'g')}
+          } else {
+            // A tile at the row's ends: the lanes whose output is outside the row are skipped, not
+            // added as w * 0 (torch's input gradient has no such product; an infinite or NaN
+            // weight would make them NaN).
+            let ox = vec4<i32>(ox0) + vec4<i32>(${LANES.map((p) => `${p}i`).join(', ')});
+            let inside = (ox >= vec4<i32>(0i)) & (ox < vec4<i32>(P.ow));
+            let g = vec4<f32>(${LANES.map((p) => `gv(grow, ox0 + ${p}i)`).join(', ')});
+            ${LANES.map((r) => `acc${r} += select(vec4<f32>(), wt[tap + ci${r}] * g, inside);`).join('\n            ')}
+          }
           ox0 -= P.oxstep;
         }
       }
@@ -285,7 +296,7 @@ function conv2dBackwardInputDirect(rt: Runtime, grad: GPUStorage, weight: GPUSto
   let rows = clast + 1i - c0;
   let pixels = (P.w - phase + P.sw - 1i) / P.sw - t4;
   ${storeTile('rows', 'pixels', (r, p) => `((b * P.c + c0 + ${r}i) * P.h + y) * P.w + phase + P.sw * (t4 + ${p}i)`)}`,
-  `/** dY at column ox of an output row, 0 outside it (read at a clamped index, so never out of bounds). */
+  `/** dY at column ox of an output row, 0 outside it (read at a clamped index, so never out of bounds; its products are dropped). */
 fn gv(row: i32, ox: i32) -> f32 { return select(0.0, grad[row + clamp(ox, 0i, P.ow - 1i)], ox >= 0i && ox < P.ow); }`,
   [...convParams(l), ...tileParams]);
 }
@@ -344,25 +355,40 @@ function conv2dBackwardWeightDirect(rt: Runtime, x: GPUStorage, grad: GPUStorage
   ${LANES.map((r) => `let oc${r} = min(o0 + ${r}i, olast);`).join('\n  ')}
   ${LANES.map((r) => `let c${r} = grp * cg + min(ci0 + ${r}i, cg - 1i);`).join('\n  ')}
   ${ACC_DECL}
+  // The products of dY with the padded zeros, as torch's im2col sums them: the same for every
+  // input channel, so found once: 0 * dY is +0 unless dY is infinite or NaN (then NaN), so the
+  // output channels whose padded dY are not all finite are set to NaN at the end (a literal
+  // 0.0 * dY is folded to 0 by SwiftShader's compiler).
+  var padbad = vec4<bool>();
   let q1 = min(P.n * P.oh, (chunk + 1i) * P.rows);
   for (var q = chunk * P.rows; q < q1; q++) {
     let oy = q % P.oh;
     let b = q / P.oh;
     let y = oy * P.sh - P.ph + ki * P.dh;
-    if (y < 0i || y >= P.h) { continue; }
-    ${LANES.map((r) => `let xrow${r} = ((b * P.c + c${r}) * P.h + y) * P.w + xoff;`).join('\n    ')}
     let g0 = b * P.oc;
     ${LANES.map((r) => `let gr${r} = ((g0 + oc${r}) * P.oh + oy) * P.ow;`).join('\n    ')}
+    // The columns in the padding: [0, pad_lo) and [pad_hi, ow), or the whole row.
+    let in_rows = y >= 0i && y < P.h && ox_lo < ox_hi;
+    let pad_lo = select(P.ow, min(ox_lo, P.ow), in_rows);
+    let pad_hi = select(P.ow, ox_hi, in_rows);
+    for (var ox = 0i; ox < pad_lo; ox++) { padbad |= nonfinite(vec4<f32>(${LANES.map((r) => `grad[gr${r} + ox]`).join(', ')})); }
+    for (var ox = pad_hi; ox < P.ow; ox++) { padbad |= nonfinite(vec4<f32>(${LANES.map((r) => `grad[gr${r} + ox]`).join(', ')})); }
+    if (!in_rows) { continue; }
+    ${LANES.map((r) => `let xrow${r} = ((b * P.c + c${r}) * P.h + y) * P.w + xoff;`).join('\n    ')}
     for (var ox = ox_lo; ox < ox_hi; ox++) {
       let g = vec4<f32>(${LANES.map((r) => `grad[gr${r} + ox]`).join(', ')});
       let xo = ox * P.sw;
       ${LANES.map((r) => `acc${r} += src[xrow${r} + xo] * g;`).join('\n      ')}
     }
   }
+  // A NaN made at run time (WGSL's constant evaluation rejects one).
+  var nan_bits = 0x7fc00000u;
+  let nan = bitcast<f32>(nan_bits);
+  ${LANES.map((r) => `acc${r} = select(acc${r}, vec4<f32>(nan), padbad);`).join('\n  ')}
   // acc<r>[q]: input channel ci0 + r, output channel o0 + q.
   let base = chunk * P.oc * cg * taps + ci0 * taps + tap;
   ${LANES.map((r) => `if (ci0 + ${r}i < cg) {\n    ${LANES.map((q) => `if (o0 + ${q}i <= olast) { dst[base + (o0 + ${q}i) * cg * taps + ${r}i * taps] = acc${r}[${q}]; }`).join('\n    ')}\n  }`).join('\n  ')}`,
-    '',
+    'fn nonfinite(v: vec4<f32>) -> vec4<bool> { return (bitcast<vec4<u32>>(v) & vec4<u32>(0x7f800000u)) == vec4<u32>(0x7f800000u); }',
     [...convParams(l), { name: 'otiles', type: 'i32', value: otiles }, { name: 'ctiles', type: 'i32', value: ctiles }, { name: 'rows', type: 'i32', value: rowsPerChunk }],
   );
   if (chunks === 1) return;
@@ -425,7 +451,8 @@ fn store(i: i32, j: i32, v: f32) { dst[(P.grp * P.og + i) * P.kk + j] = v; }`]
   let taps = P.kh * P.kw;
   return srcb[((P.grp * P.og + p / taps) * (P.c / P.groups) + i) * taps + p % taps];
 }
-fn b_at(p: i32, j: i32) -> f32 {
+/** The index in dY of the output whose window puts tap p on input pixel j, -1 where none does. */
+fn b_index(p: i32, j: i32) -> i32 {
   let taps = P.kh * P.kw;
   let o = p / taps;
   let ki = (p % taps) / P.kw;
@@ -435,14 +462,35 @@ fn b_at(p: i32, j: i32) -> f32 {
   let x = j % P.w;
   let ny = y + P.ph - ki * P.dh;
   let nx = x + P.pw - kj * P.dw;
-  if (ny < 0i || nx < 0i || ny % P.sh != 0i || nx % P.sw != 0i || ny / P.sh >= P.oh || nx / P.sw >= P.ow) { return 0.0; }
-  return srca[((b * P.oc + P.grp * P.og + o) * P.oh + ny / P.sh) * P.ow + nx / P.sw];
+  if (ny < 0i || nx < 0i || ny % P.sh != 0i || nx % P.sw != 0i || ny / P.sh >= P.oh || nx / P.sw >= P.ow) { return -1i; }
+  return ((b * P.oc + P.grp * P.og + o) * P.oh + ny / P.sh) * P.ow + nx / P.sw;
 }
 fn store(i: i32, j: i32, v: f32) {
   let hw = P.h * P.w;
   dst[((j / hw) * P.c + P.grp * (P.c / P.groups) + i) * hw + j % hw] = v;
 }`];
   if (M === 0 || N === 0) return;
+  // The input gradient sums no product with a dY outside the output (torch's col2im adds only real
+  // positions; w * 0 would make an infinite or NaN weight's pixels NaN): Bv marks the B tile's
+  // entries that hold a real dY, and the product loop drops the others. The forward and weight
+  // gradient sum the padded zeros as products (cols_at), as torch's im2col does.
+  const skip = kernel === 'conv2dBackwardInput';
+  const loadB = skip
+    ? `var v = 0.0;
+      var has_dy = false;
+      if (j < P.nn && p < P.dd) {
+        let k = b_index(p, j);
+        has_dy = k >= 0i;
+        if (has_dy) { v = srca[k]; }
+      }
+      Bs[e] = v;
+      Bv[e] = has_dy;`
+    : `var v = 0.0;
+      if (j < P.nn && p < P.dd) { v = b_at(p, j); }
+      Bs[e] = v;`;
+  const product = skip
+    ? `select(0.0, av * Bs[kk * ${TILE_N}i + tx * 4i + c], Bv[kk * ${TILE_N}i + tx * 4i + c])`
+    : `av * Bs[kk * ${TILE_N}i + tx * 4i + c]`;
   const tilesM = Math.ceil(M / TILE_M);
   const tilesN = Math.ceil(N / TILE_N);
   const g = l as Window2d;
@@ -470,6 +518,7 @@ fn store(i: i32, j: i32, v: f32) {
       groups: tilesM * tilesN,
       wgsl: () => `var<workgroup> As: array<f32, ${TILE_K * TILE_M}>;
 var<workgroup> Bs: array<f32, ${TILE_K * TILE_N}>;
+${skip ? `var<workgroup> Bv: array<bool, ${TILE_K * TILE_N}>;` : ''}
 ${IM2COL_AT}
 ${fns}
 ${entry(128)} {
@@ -491,15 +540,13 @@ ${entry(128)} {
     for (var e = i32(lid); e < ${TILE_K * TILE_N}i; e += 128i) {
       let j = n0 + e % ${TILE_N}i;
       let p = k0 + e / ${TILE_N}i;
-      var v = 0.0;
-      if (j < P.nn && p < P.dd) { v = b_at(p, j); }
-      Bs[e] = v;
+      ${loadB}
     }
     workgroupBarrier();
     for (var kk = 0i; kk < ${TILE_K}i; kk++) {
       for (var r = 0i; r < 4i; r++) {
         let av = As[kk * ${TILE_M}i + ty * 4i + r];
-        for (var c = 0i; c < 4i; c++) { acc[r * 4i + c] += av * Bs[kk * ${TILE_N}i + tx * 4i + c]; }
+        for (var c = 0i; c < 4i; c++) { acc[r * 4i + c] += ${product}; }
       }
     }
     workgroupBarrier();
