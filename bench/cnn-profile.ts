@@ -23,6 +23,7 @@
 import * as fg from '../src/index.js';
 import { fusedKernelsFor } from '../src/kernels/fused.js';
 import { instrumentCalls } from './instrument.js';
+import { stepModel } from './models.js';
 
 const arg = (k: string, d: number) => Number(process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1] ?? d);
 const batch = arg('batch', 128);
@@ -32,12 +33,7 @@ const eagerOnly = process.argv.includes('--eager-only');
 const momentum = arg('momentum', 0.9);
 /** --model=vit or mlp: the same comparison for `flatgrad train --model vit` / `--model mlp` (default cnn). */
 const modelName = process.argv.find((a) => a.startsWith('--model='))?.split('=')[1] ?? 'cnn';
-const makeNet = () =>
-  modelName === 'mlp'
-    ? fg.nn.models.mlp([784, 256, 256, 10])
-    : modelName === 'vit'
-      ? fg.nn.models.vit({ imageSize: 28, patchSize: 7, inChannels: 1, numClasses: 10, dim: 32, depth: 2, heads: 4, mlpRatio: 2 })
-      : fg.nn.models.resnetSmall({ inChannels: 1, numClasses: 10, widths: [8, 16, 32], blocksPerStage: 1 });
+const makeNet = () => stepModel(modelName);
 const inputShape = modelName === 'mlp' ? [batch, 784] : [batch, 1, 28, 28];
 
 /** This process's CPU time in ms. */

@@ -16,6 +16,7 @@ import { fusedKernelsFor } from '../src/kernels/fused.js';
 import { planProfile } from '../src/compile/plan.js';
 import type { MatmulLayout } from '../src/kernels/backend.js';
 import { instrumentCalls, trainStep, wallCharger, type WallProfile } from './instrument.js';
+import { stepModel } from './models.js';
 
 const opt = (k: string) => process.argv.find((a) => a.startsWith(`--${k}=`))?.split('=')[1];
 const modelName = opt('model') ?? 'cnn';
@@ -29,7 +30,7 @@ const inputShape = modelName === 'mlp' ? [batch, 784] : [batch, 1, 28, 28];
 await fg.init({ backend: 'wasm', threads });
 const backend = registry.getBackend();
 fg.manualSeed(1);
-const model = modelName === 'mlp' ? fg.nn.models.mlp([784, 256, 256, 10]) : fg.nn.models.resnetSmall({ inChannels: 1, numClasses: 10, widths: [8, 16, 32], blocksPerStage: 1 });
+const model = stepModel(modelName);
 model.train();
 const x = fg.tensor(Float32Array.from({ length: inputShape.reduce((a, b) => a * b, 1) }, (_, i) => Math.sin(i)), { shape: inputShape }).keep();
 const y = fg.tensor(Int32Array.from({ length: batch }, (_, i) => i % 10), { dtype: 'int32' }).keep();

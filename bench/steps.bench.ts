@@ -62,6 +62,7 @@ import * as flatgradRegistry from '../src/kernels/registry.js';
 import { SWIFTSHADER_ICD } from '../src/kernels/webgpu/device.js';
 import { measureSimdPeak } from './simd-peak.js';
 import { instrumentCalls } from './instrument.js';
+import { paceCpuAdapterWaits } from '../src/kernels/webgpu/dawn.js';
 
 // ---------------------------------------------------------------------------------------------
 // The problems, identical for every library
@@ -726,7 +727,8 @@ async function runFamily(model: ModelName, family: Family, opts: { warmup: numbe
     if (process.platform === 'linux' && !process.env.VK_ICD_FILENAMES && existsSync(SWIFTSHADER_ICD)) process.env.VK_ICD_FILENAMES = SWIFTSHADER_ICD;
     const dawn = (await import('webgpu')) as unknown as { create: (o: string[]) => GPU; globals: object };
     Object.assign(globalThis, dawn.globals);
-    const gpu = dawn.create([]);
+    // Every contender waits for the GPU alike: on a CPU adapter asleep between Dawn's polls (dawn.ts).
+    const gpu = paceCpuAdapterWaits(dawn.create([]));
     (globalThis as Record<string, unknown>).__stepsBenchGpu = gpu; // Dawn's instance must outlive its devices
     Object.defineProperty(globalThis, 'navigator', { value: { gpu, userAgent: `Node.js ${process.version}` }, configurable: true, writable: true });
     const fg = flatgrad;

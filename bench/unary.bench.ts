@@ -19,8 +19,8 @@
  * Inputs are uniform in [-4, 4], their absolute values for the ops whose domain is x >= 0 or
  * x > -1 (log, log1p, sqrt, rsqrt, powScalar).
  *
- * Then every binary op of the op table (its SIMD row kernel, or the reference closure where the
- * wasm backend has none: pow) over the broadcast patterns models use (same shape; a row bias
+ * Then every binary op of the op table (its SIMD row kernel; int32 pow alone runs the reference
+ * closure) over the broadcast patterns models use (same shape; a row bias
  * [R, C] + [1, C] for C = 10, 256, 784; a per-channel bias over NCHW; a per-row scale [R, 256] +
  * [R, 1]; a scalar), each at about 2^18 floats (1 MiB per operand) and 2^24, against copy over
  * the same n elements in the same rounds. GB/s counts a + b + out (1 byte per bool output).
@@ -29,7 +29,9 @@
  *   npx esbuild bench/unary.bench.ts --bundle --platform=node --format=esm --packages=external \
  *     --outfile=node_modules/.cache/flatgrad/unary.bench.mjs --log-level=warning \
  *     && node node_modules/.cache/flatgrad/unary.bench.mjs   # add --count for the instruction counts alone
- *   (--binary: the binary tables alone; --ops=add,eq: only those binary ops)
+ *   (--binary: the binary tables alone; --ops=add,eq: only those binary ops; --closure: pow also
+ *   through the CPU backend's closure loop, what the wasm backend ran before pow had a SIMD
+ *   kernel, interleaved in the same rounds: the row "pow (closure)")
  */
 import { execFileSync } from 'node:child_process';
 import { loadavg } from 'node:os';
@@ -37,6 +39,7 @@ import { BINARY_OPS, UNARY_OPS, type BinaryOp, type UnaryOp } from '../src/kerne
 import { ModuleBuilder } from '../src/kernels/wasm/emit.js';
 import { emitUnary, emitUnaryF32, SIMD_UNARY_BOOL_F32, SIMD_UNARY_F32, UNARY_BOOL_F32_BODIES } from '../src/kernels/wasm/module.js';
 import { createWasmBackend } from '../src/kernels/wasm/index.js';
+import { CpuBackend } from '../src/kernels/cpu/index.js';
 
 const SIZES = [1 << 20, 1 << 24];
 const PARAMS: Partial<Record<UnaryOp, [number, number]>> = { elu: [1, 0], leakyRelu: [0.01, 0], powScalar: [2.5, 0], clamp: [-1, 1], affine: [2, 0.5] };
@@ -206,16 +209,22 @@ const BINARY_PATTERNS: { name: string; shapes: (n: number) => [number[], number[
 const BINARY_SIZES = [1 << 18, 1 << 24];
 const onlyOps = process.argv.find((a) => a.startsWith('--ops='))?.slice(6).split(',');
 const binaryOps = (Object.keys(BINARY_OPS) as BinaryOp[]).filter((op) => !onlyOps || onlyOps.includes(op));
+const withClosure = process.argv.includes('--closure') && binaryOps.includes('pow');
+const cpu = new CpuBackend();
+/** [size][pattern] -> [closure pow GB/s, copy GB/s] (--closure). */
+const closurePow: [number, number][][] = BINARY_SIZES.map(() => []);
 // [size][pattern][op] -> [op GB/s, copy GB/s]
-const binary = BINARY_SIZES.map((size) =>
+const binary = BINARY_SIZES.map((size, s) =>
   BINARY_PATTERNS.map(({ shapes }) => {
     const [aShape, bShape] = shapes(size);
     const n = aShape.reduce((p, q) => p * q, 1);
     const nb = bShape.reduce((p, q) => p * q, 1);
     const a = wasm.upload(Float32Array.from({ length: n }, () => Math.random() * 4 - 2), 'float32');
     // Positive and away from 0 (div, pow), with exact zeros now and then (the logical ops).
-    const b = wasm.upload(Float32Array.from({ length: nb }, () => (Math.random() < 0.1 ? 0 : Math.random() + 0.5)), 'float32');
-    const aPos = wasm.upload(Float32Array.from({ length: n }, () => Math.random() * 4), 'float32');
+    const bData = Float32Array.from({ length: nb }, () => (Math.random() < 0.1 ? 0 : Math.random() + 0.5));
+    const aPosData = Float32Array.from({ length: n }, () => Math.random() * 4);
+    const b = wasm.upload(bData, 'float32');
+    const aPos = wasm.upload(aPosData, 'float32');
     const out = wasm.alloc(n, 'float32');
     const outBool = wasm.alloc(n, 'bool');
     const copyOut = wasm.alloc(n, 'float32');
@@ -224,8 +233,13 @@ const binary = BINARY_SIZES.map((size) =>
     const byOp = new Map<BinaryOp, [number, number]>();
     for (const op of binaryOps) {
       const bool = 'compare' in BINARY_OPS[op];
-      const [t, copy] = interleaved([() => wasm.binary(op, op === 'pow' ? aPos : a, b, bool ? outBool : out, layout), () => wasm.unary('neg', a, copyOut)], rounds, roundMs);
+      const runners = [() => wasm.binary(op, op === 'pow' ? aPos : a, b, bool ? outBool : out, layout), () => wasm.unary('neg', a, copyOut)];
+      const closure = withClosure && op === 'pow' ? [cpu.upload(aPosData, 'float32'), cpu.upload(bData, 'float32'), cpu.alloc(n, 'float32')] : null;
+      if (closure) runners.push(() => cpu.binary('pow', closure[0], closure[1], closure[2], layout));
+      const [t, copy, tClosure] = interleaved(runners, rounds, roundMs);
       byOp.set(op, [gbs(4 * (n + nb) + (bool ? 1 : 4) * n, t), gbs(8 * n, copy)]);
+      if (closure) closurePow[s].push([gbs(4 * (n + nb) + 4 * n, tClosure), gbs(8 * n, copy)]);
+      closure?.forEach((st) => cpu.release(st));
     }
     [a, b, aPos, out, outBool, copyOut].forEach((s) => wasm.release(s));
     return byOp;
@@ -238,6 +252,7 @@ for (const [s, size] of BINARY_SIZES.entries()) {
   console.log(`| op | ${BINARY_PATTERNS.map((p) => p.name).join(' | ')} |`);
   console.log(`|---|${BINARY_PATTERNS.map(() => '---').join('|')}|`);
   for (const op of binaryOps) console.log(`| ${op} | ${binary[s].map((byOp) => { const [g, c] = byOp.get(op)!; return `${f(g)} (${f(g / c)})`; }).join(' | ')} |`);
+  if (withClosure) console.log(`| pow (closure) | ${closurePow[s].map(([g, c]) => `${f(g)} (${f(g / c)})`).join(' | ')} |`);
   console.log(`| copy | ${binary[s].map((byOp) => f(median(binaryOps.map((op) => byOp.get(op)![1])))).join(' | ')} |`);
 }
 wasm.dispose();

@@ -24,6 +24,7 @@ import type { Tensor } from '@tensorflow/tfjs';
 import type { MatmulLayout } from '../src/kernels/backend.js';
 import { createWebGPUBackend, SWIFTSHADER_ICD, type WebGPUBackend } from '../src/kernels/webgpu/index.js';
 import { asGPU, type GPUStorage } from '../src/kernels/webgpu/runtime.js';
+import { paceCpuAdapterWaits } from '../src/kernels/webgpu/dawn.js';
 
 const quick = process.argv.includes('--quick');
 // --squares=256,1024,4096 and --elems=N size the run: tiny for bench/gpu.sh --dry-run, large on a real GPU.
@@ -33,7 +34,8 @@ const sizeArg = (k: string) => process.argv.find((a) => a.startsWith(`--${k}=`))
 if (process.platform === 'linux' && !process.env.VK_ICD_FILENAMES && existsSync(SWIFTSHADER_ICD)) process.env.VK_ICD_FILENAMES = SWIFTSHADER_ICD;
 const dawn = (await import('webgpu')) as unknown as { create: (o: string[]) => GPU; globals: object };
 Object.assign(globalThis, dawn.globals);
-const gpu = dawn.create([]);
+// Every contender waits for the GPU alike: on a CPU adapter asleep between Dawn's polls (dawn.ts).
+const gpu = paceCpuAdapterWaits(dawn.create([]));
 // jax-js also reads navigator.userAgent.
 Object.defineProperty(globalThis, 'navigator', { value: { gpu, userAgent: `Node.js ${process.version}` }, configurable: true, writable: true });
 

@@ -18,8 +18,6 @@ export interface BackwardOptions {
   createGraph?: boolean;
 }
 
-const freedNodes = new WeakSet<Node>();
-
 /** Tensors above `outputs` that need a gradient, inputs before the tensors made from them. */
 function topoOrder(outputs: Tensor[], stopAt: Set<Tensor> | null): Tensor[] {
   const order: Tensor[] = [];
@@ -76,14 +74,10 @@ function propagate(
     for (const o of outputs) feeds.delete(o);
   }
   const intoFor = (node: Node): (Tensor | null)[] | undefined => {
-    if (feeds.size === 0) return undefined;
-    let any = false;
-    const into = node.inputs.map((inp) => {
-      const d = feeds.get(inp) === 1 ? direct!.target(inp) : null;
-      any ||= d !== null;
-      return d;
-    });
-    return any ? into : undefined;
+    if (feeds.size) {
+      const into = node.inputs.map((inp) => (feeds.get(inp) === 1 ? direct!.target(inp) : null));
+      if (into.some((d) => d)) return into;
+    }
   };
   const grads = new Map<Tensor, Tensor>();
   const callers = new Set(outGrads.filter((_, i) => !engineMade[i]));
@@ -136,7 +130,7 @@ function propagate(
         else release(g);
         continue;
       }
-      if (freedNodes.has(node)) {
+      if (node.freed) {
         throw new Error(`backward: the graph through ${node.op} was already used by a backward pass and freed; pass { retainGraph: true } to the first backward to run it twice`);
       }
       const vjp = vjpRegistry.get(node.op)!;
@@ -161,7 +155,8 @@ function propagate(
       // Results for inputs that need no gradient were never taken: free them too.
       if (!createGraph) for (const gi of inGrads) if (gi && gi !== g && !uses.has(gi) && !callers.has(gi) && !into?.includes(gi)) gi.dispose();
       release(g);
-      if (!retainGraph) freedNodes.add(node);
+      // A flag on the node, not a WeakSet entry per node (cheaper to set, and nothing for the GC to trace).
+      if (!retainGraph) node.freed = true;
     }
   });
 }

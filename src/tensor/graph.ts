@@ -12,6 +12,8 @@ export interface Node {
   /** Extra tensors the vjp needs that are not inputs (argmax indices, dropout masks). */
   saved: Tensor[];
   attrs: Record<string, unknown>;
+  /** Set by a backward pass through this node without retainGraph: running through it again is an error. */
+  freed?: boolean;
 }
 
 /**

@@ -68,7 +68,8 @@ export function normAxis(op: string, axis: number, rank: number): number {
 export function normAxes(op: string, dims: number | readonly number[] | undefined | null, rank: number): number[] {
   if (dims === undefined || dims === null) return Array.from({ length: rank }, (_, i) => i);
   const list = typeof dims === 'number' ? [dims] : dims;
-  const out = list.map((d) => normAxis(op, d, rank));
-  if (new Set(out).size !== out.length) throw new RangeError(`${op}: dims ${JSON.stringify(list)} repeat an axis`);
-  return out.sort((x, y) => x - y);
+  // Sorted first: a repeated axis is then a neighbour (no Set per call).
+  const out = list.map((d) => normAxis(op, d, rank)).sort((x, y) => x - y);
+  if (out.some((d, i) => d === out[i - 1])) throw new RangeError(`${op}: dims ${JSON.stringify(list)} repeat an axis`);
+  return out;
 }

@@ -61,11 +61,18 @@ let nextId = 1;
 
 const leakReporter =
   typeof FinalizationRegistry !== 'undefined'
-    ? new FinalizationRegistry<{ shape: readonly number[]; dtype: DType; backend: string }>((info) => {
+    ? new FinalizationRegistry<[shape: readonly number[], dtype: DType, backend: string]>(([shape, dtype, backend]) => {
         leaks.count++;
-        if (leaks.report) leaks.report(`flatgrad: a ${info.dtype} tensor of shape ${fmt(info.shape)} on ${info.backend} was garbage-collected without dispose(); its memory leaked until now`);
+        if (leaks.report) leaks.report(`flatgrad: a ${dtype} tensor of shape ${fmt(shape)} on ${backend} was garbage-collected without dispose(); its memory leaked until now`);
       })
     : null;
+
+/** Registers a live tensor that no tidy scope holds with the leak reporter. */
+const watch = (t: Tensor) => {
+  // The shape is formatted only for a report: formatting it here cost every tensor of an eager
+  // step about half of its registration's time (bench/eager-host.ts).
+  leakReporter?.register(t, [t.shape, t.dtype, t.backend.name], t);
+};
 
 /** Counts tensors collected without dispose(); set `report` to log each one. */
 export const leaks: { count: number; report: ((msg: string) => void) | null } = { count: 0, report: null };
@@ -92,10 +99,11 @@ export class Tensor {
     ref.retain();
     this.shape = shape;
     this.dtype = dtype;
-    scopes[scopes.length - 1]?.add(this);
-    // The shape is formatted only for a report: formatting it here cost every tensor of an eager
-    // step about half of its registration's time (bench/eager-host.ts).
-    leakReporter?.register(this, { shape, dtype, backend: ref.backend.name }, this);
+    // A tensor made inside tidy() is held by its scope until the scope disposes it, so it is
+    // registered with the leak reporter only if it leaves the scopes alive (keep(), or returned
+    // from the outermost tidy): registering and unregistering every tensor of an eager step was
+    // about a quarter of the step's host time (bench/eager-host.ts).
+    scopes[scopes.length - 1]?.add(this) ?? watch(this);
   }
 
   /** A new tensor on `backend` (default: the active one) owning freshly allocated zeroed storage. */
@@ -109,7 +117,7 @@ export class Tensor {
     return new Tensor(new StorageRef(backend, backend.allocUninit ? backend.allocUninit(n, dtype) : backend.alloc(n, dtype)), shape, dtype);
   }
 
-  static fromStorage(storage: Storage, shape: number[], backend: Backend, base: StorageRef | null = null): Tensor {
+  static fromStorage(storage: Storage, shape: number[], backend: Backend, base?: StorageRef | null): Tensor {
     return new Tensor(new StorageRef(backend, storage, base), shape, storage.dtype);
   }
 
@@ -175,8 +183,8 @@ export class Tensor {
     if (!this.ref) return;
     const r = this.ref;
     this.ref = null;
-    leakReporter?.unregister(this);
-    for (const s of scopes) s.delete(this);
+    // In a scope (at most one): never registered with the leak reporter (see the constructor).
+    if (!scopes.some((s) => s.delete(this))) leakReporter?.unregister(this);
     r.release();
   }
   [Symbol.dispose](): void {
@@ -185,7 +193,7 @@ export class Tensor {
   /** Exempts this tensor from disposal by enclosing tidy() scopes. */
   keep(): this {
     this.kept = true;
-    for (const s of scopes) s.delete(this);
+    for (const s of scopes) if (s.delete(this)) watch(this);
     return this;
   }
 
@@ -382,18 +390,20 @@ export function tidy<T extends TensorContainer>(fn: () => T): T {
       throw new TypeError('tidy: the function returned a Promise; tidy scopes are synchronous (await outside the tidy)');
     }
   } catch (e) {
-    scopes.pop();
+    // Disposed while the scope is still open, so that dispose() finds them in it (unregistered).
     for (const t of scope) t.dispose();
+    scopes.pop();
     throw e;
   }
-  scopes.pop();
   const survivors = new Set<Tensor>();
   collect(result, survivors);
+  for (const t of scope) if (!survivors.has(t)) t.dispose();
+  scopes.pop();
+  // What is left are the survivors (dispose() took the rest out of the scope). A tensor is in one
+  // scope at a time and never registered while in one: a survivor moves to the parent scope, or
+  // out of all scopes into the leak reporter's watch.
   const parent = scopes[scopes.length - 1];
-  for (const t of scope) {
-    if (survivors.has(t)) parent?.add(t);
-    else if (!t.kept) t.dispose();
-  }
+  for (const t of scope) parent?.add(t) ?? watch(t);
   return result;
 }
 

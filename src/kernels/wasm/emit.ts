@@ -403,6 +403,7 @@ export const f64x2 = {
   gt: simd(0x4a, 'f64x2'),
   le: simd(0x4b, 'f64x2'),
   ge: simd(0x4c, 'f64x2'),
+  floor: simd(0x75, 'f64x2'),
   nearest: simd(0x94, 'f64x2'),
   abs: simd(0xec, 'f64x2'),
   neg: simd(0xed, 'f64x2'),

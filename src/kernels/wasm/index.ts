@@ -52,6 +52,7 @@ import {
   DEFAULT_TILING,
   gemmScratchBytes,
   SIMD_BINARY_F32,
+  SIMD_BINARY_F32_CALLED,
   SIMD_BINARY_I32,
   SIMD_COMPARE,
   SIMD_UNARY_BOOL_F32,
@@ -1429,7 +1430,7 @@ export class WasmBackend implements Backend {
   private binaryKernelDtype(op: BinaryOp, a: DType, b: DType, out: DType): 'f32' | 'i32' | null {
     if (a !== b || (a !== 'float32' && a !== 'int32')) return null;
     const compare = (SIMD_COMPARE as readonly string[]).includes(op);
-    const ops: readonly string[] = compare ? SIMD_COMPARE : a === 'float32' ? SIMD_BINARY_F32 : SIMD_BINARY_I32;
+    const ops: readonly string[] = compare ? SIMD_COMPARE : a === 'float32' ? [...SIMD_BINARY_F32, ...SIMD_BINARY_F32_CALLED] : SIMD_BINARY_I32;
     return ops.includes(op) && out === (compare ? 'bool' : a) ? (a === 'float32' ? 'f32' : 'i32') : null;
   }
 }

@@ -78,6 +78,12 @@ export const SIMD_UNARY_BOOL_F32 = ['isnan', 'isinf', 'isfinite', 'logicalNot'] 
 export const SIMD_UNARY_BOOL_I32 = ['logicalNot'] as const;
 export const SIMD_BINARY_F32 = ['add', 'sub', 'mul', 'div', 'maximum', 'minimum'] as const;
 export const SIMD_BINARY_I32 = ['add', 'sub', 'mul', 'maximum', 'minimum'] as const;
+/**
+ * Float32 binary ops whose body is a function of its own that the row kernels call once per
+ * vector (pow_f32x4): pow's hundreds of instructions inlined would be copied into every loop of
+ * every variant, and the call costs a few instructions of them. Not fused (wasm/fusedmap.ts).
+ */
+export const SIMD_BINARY_F32_CALLED = ['pow'] as const;
 
 /** The bool-valued binary ops: comparisons and the logical ops (nonzero, NaN included, is true). */
 export const SIMD_COMPARE = ['eq', 'ne', 'lt', 'le', 'gt', 'ge', 'logicalAnd', 'logicalOr', 'logicalXor'] as const;
@@ -682,19 +688,23 @@ function viaF64(body: (f: FuncBuilder, x: Local, p0: Local) => Local): VecBody {
   return (f, [x], [p0]) => {
     const p0d = f.local(V128);
     f.set(p0d, f64x2.promoteLowF32x4(p0));
-    return inF64Halves(f, x, (xd) => [body(f, xd, p0d)])[0];
+    return inF64Halves(f, [x], ([xd]) => [body(f, xd, p0d)])[0];
   };
 }
 
 /**
- * Runs `body` on each half of an f32x4 promoted to f64x2, demotes each f64x2 it returns to
- * float32 (one rounding) and joins the halves: one f32x4 per returned value.
+ * Runs `body` on each half of f32x4s promoted to f64x2 (lanes 0-1 of every input, then lanes
+ * 2-3), demotes each f64x2 it returns to float32 (one rounding) and joins the halves: one f32x4
+ * per returned value.
  */
-function inF64Halves(f: FuncBuilder, x: Operand, body: (xd: Local) => Operand[]): Expr[] {
-  const halves = [f64x2.promoteLowF32x4(x), f64x2.promoteLowF32x4(v128.shuffle(x, x, HIGH_HALF))].map((h) => {
-    const xd = f.local(V128);
-    f.set(xd, h);
-    return body(xd).map((r) => {
+function inF64Halves(f: FuncBuilder, xs: Operand[], body: (xds: Local[]) => Operand[]): Expr[] {
+  const halves = [(x: Operand) => f64x2.promoteLowF32x4(x), (x: Operand) => f64x2.promoteLowF32x4(v128.shuffle(x, x, HIGH_HALF))].map((half) => {
+    const xds = xs.map((x) => {
+      const xd = f.local(V128);
+      f.set(xd, half(x));
+      return xd;
+    });
+    return body(xds).map((r) => {
       const out = f.local(V128);
       f.set(out, f32x4.demoteF64x2Zero(r));
       return out;
@@ -807,7 +817,7 @@ const PIO2_3 = 2.02226624871116645580e-21;
  */
 function trigV(f: FuncBuilder, x: Local, shift: 0 | 1): Local {
   const [r, q, r2, out] = f.localsOf(V128, 4);
-  const [rv, qv] = inF64Halves(f, x, (xd) => {
+  const [rv, qv] = inF64Halves(f, [x], ([xd]) => {
     const [n, m] = f.localsOf(V128, 2);
     f.set(n, f64x2.nearest(f64x2.mul(xd, 2 / Math.PI)));
     f.set(m, shift ? f64x2.add(n, 1) : n);
@@ -836,16 +846,17 @@ function pow2D(k: Operand): Expr {
 }
 
 /**
- * x ** p for a scalar p with C's rules, as the closure's powC. |x|^p = 2^(p e) e^(p log m) with
- * |x| = 2^e m, m in [sqrt(1/2), sqrt(2)): p e is exact (24 x 9 bits), so its integer part goes to
- * the exponent and only its fraction and p log m (at most 0.35 |p|) enter the exponential, which
- * keeps the error at a few float64 ulps however large p log |x| is. Where |p e| > 600 (so e != 0)
- * the power is beyond 2^300 or below 2^-300: Inf or 0 by the sign of p e. A whole p with
- * |p| <= 4 is a product instead (x^2 exact, x^3 and x^4 rounded once, as the closure's pow rounds
- * them), so that a result that is exactly a float32 tie rounds as the closure's does.
+ * x ** p with C's rules, as the closures' powC, for f64x2 x and p (one exponent per lane: the
+ * binary op's, or powScalar's splatted). |x|^p = 2^(p e) e^(p log m) with |x| = 2^e m, m in
+ * [sqrt(1/2), sqrt(2)): p e is exact (24 x 9 bits), so its integer part goes to the exponent and
+ * only its fraction and p log m (at most 0.35 |p|) enter the exponential, which keeps the error
+ * at a few float64 ulps however large p log |x| is. Where |p e| > 600 (so e != 0) the power is
+ * beyond 2^300 or below 2^-300: Inf or 0 by the sign of p e. Lanes with a whole p,
+ * 1 <= |p| <= POW_PRODUCT_MAX, take powWholeD's products instead, and lanes with p = 0.5 and
+ * x >= -0 a square root (see there): each lane's result is the closure's where that is exact.
  */
-function powScalarD(f: FuncBuilder, x: Local, p: Local): Local {
-  const [ax, pe, k, half, t, mag, whole, odd, ap, out] = f.localsOf(V128, 10);
+function powD(f: FuncBuilder, x: Local, p: Local): Local {
+  const [ax, pe, k, half, t, mag, whole, odd, ap, products, out] = f.localsOf(V128, 11);
   f.set(ax, f64x2.abs(x));
   const { m, e } = splitD(f, ax);
   f.set(pe, f64x2.mul(p, e));
@@ -863,35 +874,100 @@ function powScalarD(f: FuncBuilder, x: Local, p: Local): Local {
   f.set(odd, v128.and(whole, f64x2.ne(f64x2.mul(f64x2.nearest(f64x2.mul(p, 0.5)), 2), p)));
   f.set(out, v128.xor(mag, v128.and(v128.and(x, F64_SIGN), odd)));
   f.set(ap, f64x2.abs(p));
-  f.set(out, v128.bitselect(powWholeD(f, x, p, ap), out, v128.and(whole, v128.and(f64x2.ge(ap, 1), f64x2.le(ap, 4)))));
+  f.set(products, v128.and(whole, v128.and(f64x2.ge(ap, 1), f64x2.le(ap, POW_PRODUCT_MAX))));
+  f.set(out, v128.bitselect(powWholeD(f, x, p, ap, POW_PRODUCT_MAX), out, products));
+  // sqrt(-0) + 0 = +0 as pow(-0, 0.5); a negative or NaN x keeps the general form (NaN; Inf for -Inf).
+  f.set(out, v128.bitselect(f64x2.add(f64x2.sqrt(x), 0), out, v128.and(f64x2.eq(p, 0.5), f64x2.ge(x, 0))));
   // NaN for a NaN operand and for a negative finite base under a fractional exponent.
   f.set(out, v128.bitselect(F64_NAN, out, v128.or(v128.or(f64x2.ne(x, x), f64x2.ne(p, p)), v128.andnot(v128.and(f64x2.lt(x, 0), f64x2.gt(x, -Infinity)), whole))));
   // pow(x, 0) = pow(1, p) = 1 even for NaN, and (-1)^±Inf = 1.
-  f.set(out, v128.bitselect(f64Lanes(0, 0x3ff00000), out, v128.or(v128.or(f64x2.eq(p, 0), f64x2.eq(x, 1)), v128.and(f64x2.eq(x, -1), f64x2.eq(ap, Infinity)))));
+  f.set(out, v128.bitselect(F64_ONE, out, v128.or(v128.or(f64x2.eq(p, 0), f64x2.eq(x, 1)), v128.and(f64x2.eq(x, -1), f64x2.eq(ap, Infinity)))));
+  return out;
+}
+
+const F64_ONE = f64Lanes(0, 0x3ff00000);
+
+/**
+ * The largest |p| whose whole powers are products (binary powering: squarings of x, each
+ * multiplied in where p's bit is set; 1 / that for p < 0). Where x^p is a float64, which every
+ * float32 tie (a 25-bit result: 31^5, 7.25^5) is, every partial product is one too, so the
+ * result is exact and rounds to float32 as the closure's exact Math.pow does (fdlibm returns
+ * representable powers exactly); the log-exp form's few ulps could round such a tie either way.
+ * Otherwise the error is at most about |p| float64 ulps, far below a float32 ulp. A tie needs a
+ * 25-bit power (|p| <= 15: 3^16 has 26 bits); up to 32 the products also keep exact the powers
+ * of up to 53 bits, which could lie a few float64 ulps from a tie (3^33 is the last under 2^53).
+ */
+const POW_PRODUCT_MAX = 32;
+
+/**
+ * x ** p for a whole p with 1 <= |p| <= max (ap = |p|) by binary powering (see POW_PRODUCT_MAX):
+ * x^2 exact, x^3 = x x^2 and x^4 = (x^2)^2 rounded once. Lanes outside the range compute values
+ * the caller does not select. 0, Inf and signed zeros come out as C's pow gives them (products
+ * keep the sign of an odd power; 1 / ±0 is ±Inf).
+ */
+function powWholeD(f: FuncBuilder, x: Local, p: Local, ap: Local, max: number): Local {
+  const [acc, sq, q, next] = f.localsOf(V128, 4);
+  f.set(acc, F64_ONE);
+  f.set(sq, x);
+  f.set(q, ap);
+  const bits = Math.floor(Math.log2(max)) + 1;
+  for (let j = 0; j < bits; j++) {
+    // Bit j of |p| is q's lowest: q odd where floor(q / 2) * 2 != q.
+    f.set(next, f64x2.floor(f64x2.mul(q, 0.5)));
+    f.set(acc, v128.bitselect(f64x2.mul(acc, sq), acc, f64x2.ne(f64x2.add(next, next), q)));
+    if (j < bits - 1) {
+      f.set(sq, f64x2.mul(sq, sq));
+      f.set(q, next);
+    }
+  }
+  f.set(acc, v128.bitselect(f64x2.div(1, acc), acc, f64x2.lt(p, 0)));
+  return acc;
+}
+
+/**
+ * powD where every lane's p is whole with |p| <= max: its products and the special cases that
+ * remain for such p (NaN for a NaN base, 1 for x = 1 and for p = 0, which the products give
+ * but for a NaN base), the same bits without its log and exp.
+ */
+function powWholeOnlyD(f: FuncBuilder, x: Local, p: Local, max: number): Local {
+  const [ap, out] = f.localsOf(V128, 2);
+  f.set(ap, f64x2.abs(p));
+  f.set(out, v128.bitselect(F64_NAN, powWholeD(f, x, p, ap, max), f64x2.ne(x, x)));
+  f.set(out, v128.bitselect(F64_ONE, out, v128.or(f64x2.eq(x, 1), f64x2.eq(p, 0))));
   return out;
 }
 
 /**
- * x ** p for a whole p with 1 <= |p| <= 4 (ap = |p|) as powScalarD's products: x^2 exact, x^3
- * and x^4 rounded once, 1 / that for p < 0.
+ * The float32 pow of powScalar (b splatted) and of the binary op (one exponent per lane), the
+ * closure's powC rounded once. Per vector, where every lane's exponent allows, a cheaper form of
+ * the same bits: p = 0.5 is float32's sqrt (the closure's Math.pow(x, 0.5) equals Math.sqrt(x)
+ * for x >= +0 under V8, fdlibm's pow special-cases it, and float64 sqrt rounded to float32 is
+ * float32's sqrt; pow(-0, 0.5) = +0 is sqrt(-0) + 0 and pow(-Inf, 0.5) = Inf; other negatives
+ * give NaN either way), whole exponents up to 4 in magnitude three bits of products, up to
+ * POW_PRODUCT_MAX all of them (p = 0 among them); other vectors (lanes of mixed kinds too) take powD.
  */
-function powWholeD(f: FuncBuilder, x: Local, p: Local, ap: Local): Local {
-  const [x2, pw] = f.localsOf(V128, 2);
-  f.set(x2, f64x2.mul(x, x));
-  f.set(pw, v128.bitselect(x, v128.bitselect(x2, v128.bitselect(f64x2.mul(x2, x), f64x2.mul(x2, x2), f64x2.eq(ap, 3)), f64x2.eq(ap, 2)), f64x2.eq(ap, 1)));
-  f.set(pw, v128.bitselect(f64x2.div(1, pw), pw, f64x2.lt(p, 0)));
-  return pw;
-}
-
-/**
- * powScalarD where p is whole with 1 <= |p| <= 4: its products and the two special cases that
- * remain for such p (NaN for a NaN base, 1 for x = 1), the same bits without its log and exp.
- */
-function powWholeScalarD(f: FuncBuilder, x: Local, p: Local): Local {
-  const [ap, out] = f.localsOf(V128, 2);
-  f.set(ap, f64x2.abs(p));
-  f.set(out, v128.bitselect(F64_NAN, powWholeD(f, x, p, ap), f64x2.ne(x, x)));
-  f.set(out, v128.bitselect(f64Lanes(0, 0x3ff00000), out, f64x2.eq(x, 1)));
+function powV(f: FuncBuilder, a: Local, b: Local): Local {
+  const [ab, whole, out] = f.localsOf(V128, 3);
+  f.set(ab, absV(b));
+  // Whole, 0 included (not NaN; ±Inf is whole but beyond every bound below).
+  f.set(whole, f32x4.eq(f32x4.nearest(b), b));
+  const every = (mask: Operand) => i32.eq(anyLane(mask), 15);
+  const inF64 = (body: (f: FuncBuilder, x: Local, p: Local) => Local) => inF64Halves(f, [a, b], ([x, p]) => [body(f, x, p)])[0];
+  f.if(
+    every(f32x4.eq(b, 0.5)),
+    () => f.set(out, v128.bitselect(f32x4.splat(f32.const(Infinity)), f32x4.add(f32x4.sqrt(a), 0), f32x4.eq(a, -Infinity))),
+    () =>
+      f.if(
+        every(v128.and(whole, f32x4.le(ab, 4))),
+        () => f.set(out, inF64((f, x, p) => powWholeOnlyD(f, x, p, 4))),
+        () =>
+          f.if(
+            every(v128.and(whole, f32x4.le(ab, POW_PRODUCT_MAX))),
+            () => f.set(out, inF64((f, x, p) => powWholeOnlyD(f, x, p, POW_PRODUCT_MAX))),
+            () => f.set(out, inF64(powD)),
+          ),
+      ),
+  );
   return out;
 }
 
@@ -966,22 +1042,8 @@ export const UNARY_F32_BODIES: Record<(typeof SIMD_UNARY_F32)[number], VecBody> 
   geluErf: withFastPath((_f, x) => v128.not(f32x4.lt(absV(x), 1.767)), viaF64((f, x) => geluErfD(f, x, true)), viaF64((f, x) => geluErfD(f, x))),
   sin: (f, [x]) => trigV(f, x, 0),
   cos: (f, [x]) => trigV(f, x, 1),
-  // p is one value per call, so these branches always go the same way. A whole p with
-  // 1 <= |p| <= 4 takes the products alone. p = 0.5: the closure's Math.pow(x, 0.5) equals
-  // Math.sqrt(x) for x >= +0 under V8 (fdlibm's pow special-cases it; test/unary-fast.test.ts
-  // holds the kernel to the closure bit for bit), and float64 sqrt rounded to float32 is float32's
-  // sqrt; pow(-0, 0.5) = +0 (sqrt(-0) + 0) and pow(-Inf, 0.5) = Inf; other negatives give NaN either way.
-  powScalar: (f, [x], p) => {
-    const [ap, out] = f.localsOf(V128, 2);
-    f.set(ap, absV(p[0]));
-    const whole = v128.and(f32x4.eq(f32x4.nearest(p[0]), p[0]), v128.and(f32x4.ge(ap, 1), f32x4.le(ap, 4)));
-    f.if(
-      v128.anyTrue(f32x4.eq(p[0], 0.5)),
-      () => f.set(out, v128.bitselect(f32x4.splat(f32.const(Infinity)), f32x4.add(f32x4.sqrt(x), 0), f32x4.eq(x, -Infinity))),
-      () => f.if(v128.anyTrue(whole), () => f.set(out, viaF64(powWholeScalarD)(f, [x], p)), () => f.set(out, viaF64(powScalarD)(f, [x], p))),
-    );
-    return out;
-  },
+  // p is one value per call, so powV's per-vector forms always go the same way.
+  powScalar: (f, [x], [p0]) => powV(f, x, p0),
   // sign(NaN) = sign(±0) = 0, as the closure and PyTorch.
   sign: (_f, [x]) => v128.or(v128.and(f32x4.gt(x, 0), f32x4.splat(f32.const(1))), v128.and(f32x4.lt(x, 0), f32x4.splat(f32.const(-1)))),
 };
@@ -1825,8 +1887,12 @@ export function buildKernelModule(opts: KernelModuleOptions): Uint8Array {
   for (const op of SIMD_UNARY_I32) emitUnary(mb, unaryExport(op, 'i32'), UNARY_I32_BODIES[op]);
   for (const op of SIMD_UNARY_BOOL_F32) emitUnary(mb, unaryExport(op, 'f32'), UNARY_BOOL_F32_BODIES[op], { outBool: true });
   for (const op of SIMD_UNARY_BOOL_I32) emitUnary(mb, unaryExport(op, 'i32'), UNARY_BOOL_I32_BODIES[op], { outBool: true });
+  const called: Record<(typeof SIMD_BINARY_F32_CALLED)[number], FuncRef> = {
+    pow: mb.func('pow_f32x4', [V128, V128], [V128], (f, a, b) => f.push(powV(f, a, b), 'v128'), { exported: false }),
+  };
   for (const variant of rowVariants(2)) {
     const pair = [{}, {}];
+    for (const op of SIMD_BINARY_F32_CALLED) emitRowKernel(mb, binaryExport(op, 'f32', variant), pair, variant, false, ([a, b]) => call(called[op], a, b));
     for (const op of SIMD_BINARY_F32) emitRowKernel(mb, binaryExport(op, 'f32', variant), pair, variant, false, ([a, b]) => BINARY_F32[op](a, b));
     for (const op of SIMD_BINARY_I32) emitRowKernel(mb, binaryExport(op, 'i32', variant), pair, variant, false, ([a, b]) => BINARY_I32[op](a, b));
     for (const op of SIMD_COMPARE) {
