@@ -1047,7 +1047,7 @@ function markdown(sections: Section[]): string {
   out(
     `Machine: ${m?.cores ?? '?'} x ${m?.cpu ?? '?'}, Node ${m?.node ?? '?'}. Each section: the median of its processes, ` +
       `each the median of its interleaved rounds; ratios are taken within each process (SAM / SGD per round: each SAM step runs right after its SGD step), then the median over processes. ` +
-      `Every step ends with an awaited readback of its loss. The machine was shared with other work; on SwiftShader the GPU is these CPU cores, ` +
+      `Every step ends with an awaited readback of its loss; on WebGPU every library waits through the one Dawn GPU object, which (on a CPU adapter) sleeps between Dawn's polls instead of spinning (src/kernels/webgpu/dawn.ts paceCpuAdapterWaits; from 2026-11-30 06:35 UTC, earlier WebGPU sections spun). The machine was shared with other work; on SwiftShader the GPU is these CPU cores, ` +
       `so the ratios measured side by side count, not the absolute times.`,
   );
   out();

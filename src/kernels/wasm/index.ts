@@ -806,7 +806,7 @@ export class WasmBackend implements Backend {
     if (!fn) this.cpu.unary(op, this.host(x), this.host(out), p0, p1);
     // The pool passes i32 arguments only: the ops with float parameters (and the limited ones,
     // which return a flag) run unsplit.
-    else if (p0 === 0 && p1 === 0 && !(kernelOp in SIMD_UNARY_LIMIT) && this.splitFlat(unaryExport(kernelOp, xs.dtype === 'float32' ? 'f32' : 'i32'), xs, o)) return;
+    else if (p0 === 0 && p1 === 0 && !(kernelOp in SIMD_UNARY_LIMIT) && this.splitFlat(unaryExport(kernelOp, xs.dtype === 'float32' ? 'f32' : 'i32'), xs, o, ELEMENTWISE_COST[kernelOp])) return;
     else if (fn(xs.ptr, o.ptr, xs.numel, p0, p1)) this.finishBeyondLimit(op, o, p0, p1);
   }
 
@@ -814,9 +814,9 @@ export class WasmBackend implements Backend {
    * A unary kernel over `x` split in runs of whole vectors among threads, where the cost model
    * says so (false: not split). Each element is the same function of its input on any thread.
    */
-  private splitFlat(name: string, x: WasmStorage, out: WasmStorage): boolean {
+  private splitFlat(name: string, x: WasmStorage, out: WasmStorage, cost = 1): boolean {
     const n = x.numel;
-    const threads = this.splitMemoryBound(n, n * (BYTES[x.dtype] + BYTES[out.dtype]));
+    const threads = this.splitMemoryBound(cost * n, cost * n * (BYTES[x.dtype] + BYTES[out.dtype]));
     if (threads <= 1) return false;
     const [xb, ob] = [BYTES[x.dtype], BYTES[out.dtype]];
     const parts = splitRange(Math.ceil(n / 4), threads).map(([q0, q1]) => {
@@ -850,7 +850,10 @@ export class WasmBackend implements Backend {
     const dt = this.binaryKernelDtype(op, as.dtype, bs.dtype, o.dtype);
     const plan = dt && planBroadcast(layout.shape, [layout.aStrides, layout.bStrides]);
     if (!dt || !plan) this.cpu.binary(op, this.host(a), this.host(b), this.host(out), layout);
-    else if (!this.binaryPeriodic(binaryExport(op, dt, 'vv'), plan, layout, [as, bs], o)) this.runRows(binaryExport(op, dt, plan.variant), plan, [as, bs], o);
+    else {
+      const cost = ELEMENTWISE_COST[op];
+      if (!this.binaryPeriodic(binaryExport(op, dt, 'vv'), plan, layout, [as, bs], o, cost)) this.runRows(binaryExport(op, dt, plan.variant), plan, [as, bs], o, cost);
+    }
   }
 
   /**
@@ -862,7 +865,7 @@ export class WasmBackend implements Backend {
    * element meets the same two values under the same instruction: the same bits. False: not such
    * a case (it runs as planned).
    */
-  private binaryPeriodic(name: string, plan: BroadcastPlan, layout: BroadcastLayout, operands: WasmStorage[], out: WasmStorage): boolean {
+  private binaryPeriodic(name: string, plan: BroadcastPlan, layout: BroadcastLayout, operands: WasmStorage[], out: WasmStorage, cost?: number): boolean {
     const n = out.numel;
     if (plan.cols >= PERIODIC_ROW || n < PERIODIC_MIN) return false;
     const dims = collapseDims(layout.shape, [layout.aStrides, layout.bStrides]);
@@ -899,6 +902,7 @@ export class WasmBackend implements Backend {
         { variant: 'vv', blocks: 1, rows: r, cols: c, rowStrides: flat ? [0, c] : [c, 0], blockStrides: [0, 0], outer: [] },
         operands.map((s, j) => (j === flat ? view(s, s.ptr + 4 * first, r * c) : view(s, row, c))),
         view(out, out.ptr + first * BYTES[out.dtype], r * c),
+        cost,
       );
     call(0, rows, L);
     if (n > rows * L) call(rows * L, 1, n - rows * L);
@@ -919,10 +923,13 @@ export class WasmBackend implements Backend {
     else this.runRows(whereExport(plan.variant), plan, [cs, as, bs], o);
   }
 
-  /** Runs a row kernel (module.ts emitRowKernel) once per index of the plan's outer dims. */
-  private runRows(name: string, plan: BroadcastPlan, operands: WasmStorage[], out: WasmStorage): void {
+  /**
+   * Runs a row kernel (module.ts emitRowKernel) once per index of the plan's outer dims; `cost`:
+   * its time per element over copy's (ELEMENTWISE_COST).
+   */
+  private runRows(name: string, plan: BroadcastPlan, operands: WasmStorage[], out: WasmStorage, cost?: number): void {
     if (out.numel === 0) return;
-    if (plan.outer.length === 0 && this.splitRows(name, plan, operands, out)) return;
+    if (plan.outer.length === 0 && this.splitRows(name, plan, operands, out, cost)) return;
     const fn = this.k[name];
     const sizes = operands.map((s) => BYTES[s.dtype]);
     const outSize = BYTES[out.dtype];
@@ -938,8 +945,8 @@ export class WasmBackend implements Backend {
    * so (false: not split): by blocks, else by rows, else (one row) by runs of whole vectors of
    * columns. Each output element is the same function of its inputs on any thread.
    */
-  private splitRows(name: string, plan: BroadcastPlan, operands: WasmStorage[], out: WasmStorage): boolean {
-    const threads = this.splitMemoryBound(out.numel, operands.reduce((b, s) => b + s.numel * BYTES[s.dtype], out.numel * BYTES[out.dtype]));
+  private splitRows(name: string, plan: BroadcastPlan, operands: WasmStorage[], out: WasmStorage, cost = 1): boolean {
+    const threads = this.splitMemoryBound(cost * out.numel, cost * operands.reduce((b, s) => b + s.numel * BYTES[s.dtype], out.numel * BYTES[out.dtype]));
     if (threads <= 1) return false;
     const sizes = operands.map((s) => BYTES[s.dtype]);
     const outSize = BYTES[out.dtype];
@@ -1446,6 +1453,18 @@ const cpuClock = (globalThis as { process?: { cpuUsage?: (from?: CpuUsage) => Cp
 
 /** Bytes below which a memory-bound kernel runs on one thread (splitMemoryBound). */
 const MEMORY_SPLIT_BYTES = 2 << 20;
+
+/**
+ * Time per element of the compute-bound elementwise kernels over copy's, in cache: copy's GB/s
+ * over the op's in bench/results/unary.md (one thread, 2^20 floats; pow from its binary table,
+ * per element). A call of such an op is split as a memory-bound call of `cost` times its elements
+ * and bytes: the ViT's exact GELU over 35 K floats takes copy's time for 45 MB, and ran on one
+ * thread under the 2 MB floor meant for copies. Ops not listed run at about copy's speed.
+ */
+const ELEMENTWISE_COST: Partial<Record<UnaryOp | BinaryOp, number>> = {
+  exp: 9, expm1: 15, log: 16, log1p: 22, sqrt: 3, rsqrt: 5, reciprocal: 2, elu: 14, silu: 16, tanh: 13, sigmoid: 14,
+  softplus: 27, geluTanh: 44, geluErf: 160, erf: 30, sin: 17, cos: 16, pow: 150,
+};
 
 /**
  * Bytes (over all its vectors) below which an arena pass runs on one thread. Measured on this
