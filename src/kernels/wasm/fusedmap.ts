@@ -19,7 +19,7 @@ import { f32, f32x4, i32, i32x4, ModuleBuilder, v128, ValType, type FuncBuilder,
 import { generatedModules, splitRange, type GeneratedCall } from './threads.js';
 import {
   BINARY_F32, BINARY_I32, COMPARE_F32, COMPARE_I32, SIMD_BINARY_F32, SIMD_BINARY_I32, SIMD_COMPARE, SIMD_UNARY_BOOL_F32, SIMD_UNARY_F32,
-  SIMD_UNARY_LIMIT, UNARY_BOOL_F32_BODIES, UNARY_F32_BODIES,
+  SIMD_UNARY_LIMIT, UNARY_BOOL_F32_BODIES, UNARY_F32_BODIES, ELEMENTWISE_COST,
 } from './module.js';
 
 const { i32: I32, v128: V128 } = ValType;
@@ -316,12 +316,25 @@ function splitRunner(memory: WebAssembly.Memory, p: FusedProgram, whole: (...ptr
   // Bytes touched: a broadcast access (every stride 0) reads one element.
   const nIn = p.inputs.length - p.outputs.length;
   const touched = accesses.reduce((sum, x, k) => sum + (x.strides.some((st) => st !== 0) ? numel : 1) * size(k < p.loads.length ? p.inputs[p.loads[k].input] : p.outputs[k - p.loads.length].dtype), 0);
+  // A program computing a transcendental (a GELU after its bias) splits as one of cost x its
+  // elements and bytes, as the backend's own elementwise calls do (module.ts ELEMENTWISE_COST).
+  let cost = 1;
+  const seen = new Set<FusedExpr>(); // a value used twice is one node (and the walk stays linear)
+  const addCost = (e: FusedExpr): void => {
+    if (seen.has(e)) return;
+    seen.add(e);
+    if (e.k === 'unary' || e.k === 'binary') cost += (ELEMENTWISE_COST[e.op] ?? 1) - 1;
+    if (e.k === 'unary' || e.k === 'cast') addCost(e.x);
+    else if (e.k === 'binary') [e.a, e.b].forEach(addCost);
+    else if (e.k === 'where') [e.cond, e.a, e.b].forEach(addCost);
+  };
+  p.outputs.forEach((o) => addCost(o.expr));
   const vectors = p.shape.length === 1;
   const units = vectors ? Math.ceil(numel / 4) : p.shape[0];
   const same = (a: FusedAccess, b: FusedAccess) => a.offset === b.offset && a.strides.every((st, d) => st === b.strides[d]);
   let band: ReturnType<typeof bandCalls> | null = null;
   return (...ptrs) => {
-    const threads = Math.min(units, splitter.threads(numel, touched));
+    const threads = Math.min(units, splitter.threads(cost * numel, cost * touched));
     const overlapped = () => p.outputs.some((o, k) => p.loads.some((l) => ptrs[l.input] === ptrs[nIn + k] && !same(l, o)));
     if (threads <= 1 || overlapped()) return whole(...ptrs);
     band ??= bandCalls(memory, p, -1);

@@ -60,6 +60,7 @@ import {
   SIMD_UNARY_F32,
   SIMD_UNARY_I32,
   SIMD_UNARY_LIMIT,
+  ELEMENTWISE_COST,
   unaryExport,
   whereExport,
   type GemmTiling,
@@ -1454,17 +1455,6 @@ const cpuClock = (globalThis as { process?: { cpuUsage?: (from?: CpuUsage) => Cp
 /** Bytes below which a memory-bound kernel runs on one thread (splitMemoryBound). */
 const MEMORY_SPLIT_BYTES = 2 << 20;
 
-/**
- * Time per element of the compute-bound elementwise kernels over copy's, in cache: copy's GB/s
- * over the op's in bench/results/unary.md (one thread, 2^20 floats; pow from its binary table,
- * per element). A call of such an op is split as a memory-bound call of `cost` times its elements
- * and bytes: the ViT's exact GELU over 35 K floats takes copy's time for 45 MB, and ran on one
- * thread under the 2 MB floor meant for copies. Ops not listed run at about copy's speed.
- */
-const ELEMENTWISE_COST: Partial<Record<UnaryOp | BinaryOp, number>> = {
-  exp: 9, expm1: 15, log: 16, log1p: 22, sqrt: 3, rsqrt: 5, reciprocal: 2, elu: 14, silu: 16, tanh: 13, sigmoid: 14,
-  softplus: 27, geluTanh: 44, geluErf: 160, erf: 30, sin: 17, cos: 16, pow: 150,
-};
 
 /**
  * Bytes (over all its vectors) below which an arena pass runs on one thread. Measured on this

@@ -1063,6 +1063,18 @@ export function emitUnaryF32(mb: ModuleBuilder, op: (typeof SIMD_UNARY_F32)[numb
 /** The ops whose SIMD body covers |x| <= limit only; the wasm backend finishes the rest with the closure. */
 export const SIMD_UNARY_LIMIT: Partial<Record<(typeof SIMD_UNARY_F32)[number], number>> = { sin: TRIG_SIMD_LIMIT, cos: TRIG_SIMD_LIMIT };
 
+/**
+ * Time per element of the compute-bound elementwise kernels over copy's, in cache: copy's GB/s
+ * over the op's in bench/results/unary.md (one thread, 2^20 floats; pow from its binary table,
+ * per element). A call of such an op is split as a memory-bound call of `cost` times its elements
+ * and bytes: the ViT's exact GELU over 35 K floats takes copy's time for 45 MB, and ran on one
+ * thread under the 2 MB floor meant for copies. Ops not listed run at about copy's speed.
+ */
+export const ELEMENTWISE_COST: Partial<Record<string, number>> = {
+  exp: 9, expm1: 15, log: 16, log1p: 22, sqrt: 3, rsqrt: 5, reciprocal: 2, elu: 14, silu: 16, tanh: 13, sigmoid: 14,
+  softplus: 27, geluTanh: 44, geluErf: 160, erf: 30, sin: 17, cos: 16, pow: 150,
+};
+
 const UNARY_I32_BODIES: Record<(typeof SIMD_UNARY_I32)[number], VecBody> = {
   neg: (_f, [x]) => i32x4.neg(x),
   abs: (_f, [x]) => i32x4.abs(x),

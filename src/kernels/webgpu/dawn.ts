@@ -63,8 +63,8 @@ export async function pacedWait<T>(p: Promise<T>): Promise<T> {
 }
 
 /** A CPU adapter: SwiftShader (Dawn's fallback) or Mesa's llvmpipe / lavapipe. */
-const isCpuAdapter = (info: GPUAdapterInfo) =>
-  info.isFallbackAdapter || /swiftshader|llvmpipe|lavapipe/i.test(`${info.architecture} ${info.description} ${info.device}`);
+const isCpuAdapter = (info: GPUAdapterInfo | undefined) =>
+  !!info && (info.isFallbackAdapter || /swiftshader|llvmpipe|lavapipe/i.test(`${info.architecture} ${info.description} ${info.device}`));
 
 /**
  * Makes the devices of `gpu`'s CPU adapters wait by pacedWait. On a CPU adapter the shaders run
