@@ -314,36 +314,61 @@ export interface AttentionHost {
 /** The byte address of an operand's first element and its row stride in bytes. */
 const operand = (ptr: number, o: AttentionLayout['q']) => [ptr + o.offset * 4, o.row * 4];
 
-export function attentionWasm(host: AttentionHost, q: number, k: number, v: number, out: number, probs: number, g: AttentionLayout): void {
-  const { n, heads, l, s, d, scale } = g;
+/** Scratch bytes of one attn_scores call (a head's keys transposed, then a row of scores). */
+export const attentionScratchBytes = (g: AttentionLayout): number => 4 * (g.d + 1) * ((g.s + 3) & ~3);
+
+/**
+ * The arguments of attn_scores (softmax on, scratch at `scratch`) and of attn_pv for the batches
+ * [b0, b1) of g: the kernels index from their first batch, so a range is its operands' addresses
+ * moved on by b0 batches (q rows b * l + i, k and v rows b * s + j, probs [n, heads, l, s], out
+ * [n, l, heads * d]); a batch's results depend on nothing else, so any split has the same bits.
+ */
+export function attentionForwardArgs(q: number, k: number, v: number, out: number, probs: number, g: AttentionLayout, b0: number, b1: number, scratch: number): [number[], number[]] {
+  const { heads, l, s, d, scale } = g;
   const [qp, qRow] = operand(q, g.q);
   const [kp, kRow] = operand(k, g.k);
   const [vp, vRow] = operand(v, g.v);
-  const x = host.exports;
-  const s4 = (s + 3) & ~3;
-  const scratch = host.scratch(4 * (d + 1) * s4);
-  if (x.attn_scores(qp, kp, probs, n, heads, l, s, d, qRow, kRow, scale, scratch, 1)) {
-    // A row with an infinite or NaN score: the softmax kernel's rules for it.
-    x.attn_scores(qp, kp, probs, n, heads, l, s, d, qRow, kRow, scale, scratch, 0);
-    x.softmax(probs, probs, n * heads * l, s, 0);
-  }
-  x.attn_pv(probs, vp, out, n, heads, l, s, d, vRow);
+  const pb = probs + 4 * b0 * heads * l * s;
+  const n = b1 - b0;
+  return [
+    [qp + b0 * l * qRow, kp + b0 * s * kRow, pb, n, heads, l, s, d, qRow, kRow, scale, scratch, 1],
+    [pb, vp + b0 * s * vRow, out + 4 * b0 * l * heads * d, n, heads, l, s, d, vRow],
+  ];
 }
 
-/** attn_backward's arguments before its scratch, and the scratch's bytes. */
-function backwardArgs(grad: number, q: number, k: number, v: number, probs: number, dq: number, dk: number, dv: number, g: AttentionLayout): [number[], number] {
-  const { n, heads, l, s, d, scale } = g;
+export function attentionWasm(host: AttentionHost, q: number, k: number, v: number, out: number, probs: number, g: AttentionLayout): void {
+  const x = host.exports;
+  const [scores, pv] = attentionForwardArgs(q, k, v, out, probs, g, 0, g.n, host.scratch(attentionScratchBytes(g)));
+  if (x.attn_scores(...scores)) {
+    // A row with an infinite or NaN score: the softmax kernel's rules for it.
+    x.attn_scores(...scores.slice(0, -1), 0);
+    x.softmax(probs, probs, g.n * g.heads * g.l, g.s, 0);
+  }
+  x.attn_pv(...pv);
+}
+
+/**
+ * attn_backward's arguments before its scratch for the batches [b0, b1) of g (addresses moved on
+ * by b0 batches, as attentionForwardArgs'), and the scratch's bytes.
+ */
+export function attentionBackwardArgs(grad: number, q: number, k: number, v: number, probs: number, dq: number, dk: number, dv: number, g: AttentionLayout, b0 = 0, b1 = g.n): [number[], number] {
+  const { heads, l, s, d, scale } = g;
   const [qp, qRow] = operand(q, g.q);
   const [kp, kRow] = operand(k, g.k);
   const [vp, vRow] = operand(v, g.v);
   // The gradients have their inputs' layouts.
   const [dqp, dkp, dvp] = [operand(dq, g.q)[0], operand(dk, g.k)[0], operand(dv, g.v)[0]];
+  const [qo, ko] = [b0 * l * qRow, b0 * s * kRow];
+  const vo = b0 * s * vRow;
   const s4 = (s + 3) & ~3;
-  return [[grad, qp, kp, vp, probs, dqp, dkp, dvp, n, heads, l, s, d, qRow, kRow, vRow, scale], 4 * (d + 2 * l) * s4];
+  return [
+    [grad + 4 * b0 * l * heads * d, qp + qo, kp + ko, vp + vo, probs + 4 * b0 * heads * l * s, dqp + qo, dkp + ko, dvp + vo, b1 - b0, heads, l, s, d, qRow, kRow, vRow, scale],
+    4 * (d + 2 * l) * s4,
+  ];
 }
 
 export function attentionBackwardWasm(host: AttentionHost, grad: number, q: number, k: number, v: number, probs: number, dq: number, dk: number, dv: number, g: AttentionLayout): void {
-  const [args, work] = backwardArgs(grad, q, k, v, probs, dq, dk, dv, g);
+  const [args, work] = attentionBackwardArgs(grad, q, k, v, probs, dq, dk, dv, g);
   host.exports.attn_backward(...args, host.scratch(work));
 }
 
@@ -352,7 +377,7 @@ export function attentionBackwardWasm(host: AttentionHost, grad: number, q: numb
  * sums of x (`width` floats at `sums`); the caller has checked the layout.
  */
 export function attentionBackwardWithSumsWasm(host: AttentionHost, grad: number, q: number, k: number, v: number, probs: number, x: number, sums: number, width: number, g: AttentionLayout): void {
-  const [args, bytes] = backwardArgs(grad, q, k, v, probs, x, x, x, g);
+  const [args, bytes] = attentionBackwardArgs(grad, q, k, v, probs, x, x, x, g);
   // The kernel's scratch, then the sums' float64 row (16-byte aligned).
   const work = Math.ceil(bytes / 16) * 16;
   const scratch = host.scratch(work + 8 * width);

@@ -70,7 +70,7 @@ import { WasmConv, type WasmConvHost } from './conv.js';
 import { isPatchConv, PatchConv, usePatchConv, type ConvKernel } from './conv-patch.js';
 import { isWinogradConv, useWinogradConv, WinogradConv, type WinogradKernel } from './conv-winograd.js';
 import { epsArgs } from './batchnorm.js';
-import { attentionBackwardWasm, attentionBackwardWithSumsWasm, attentionWasm } from './attention.js';
+import { attentionBackwardArgs, attentionBackwardWasm, attentionBackwardWithSumsWasm, attentionForwardArgs, attentionScratchBytes, attentionWasm } from './attention.js';
 import { wasmEpilogueBands, wasmFusedMap, type FusedSplitter } from './fusedmap.js';
 import type { FusedMapKernels, FusedProgram } from '../fusedmap.js';
 import { collapseDims, copyDescriptorBytes, planStridedCopy, stridedCopyArgs, stridedCopyExport, writeCopyDescriptor, type CopyWidth, type Dim } from './copy.js';
@@ -1108,6 +1108,24 @@ export class WasmBackend implements Backend {
     const operands = [q, k, v, out, probs];
     if (!allFloat32(operands)) return this.onHost('attention', [q, k, v, out, probs, l]);
     const [qp, kp, vp, op, pp] = operands.map((s) => ws(s).ptr);
+    const threads = this.attentionThreads(l);
+    if (threads > 1) {
+      const bytes = Math.ceil(attentionScratchBytes(l) / 16) * 16;
+      const scratch = this.scratch(threads * bytes + 16);
+      this.runSplit(
+        splitRange(l.n, threads).map(([b0, b1], t) => {
+          const [scores, pv] = attentionForwardArgs(qp, kp, vp, op, pp, l, b0, b1, scratch + t * bytes);
+          return [{ ...this.kernelCall('attn_scores', scores), floats: true }, this.kernelCall('attn_pv', pv)];
+        }),
+      );
+      // A row whose scores were not all finite is left holding non-finite values (a finite row's
+      // probabilities are in [0, 1]); the parts' flags do not come back, so the probabilities are
+      // summed (finite exactly when all are: at most one per element), and such a call runs again
+      // whole, where the softmax kernel's rules take the row.
+      const sum = scratch + threads * bytes;
+      this.k.reduce_rows_sum(pp, sum, 1, ws(probs).numel);
+      if (Number.isFinite(this.heap().f32[sum >> 2])) return;
+    }
     attentionWasm({ exports: this.k, scratch: (b) => this.scratch(b) }, qp, kp, vp, op, pp, l);
   }
 
@@ -1115,7 +1133,26 @@ export class WasmBackend implements Backend {
     const operands = [grad, q, k, v, probs, dq, dk, dv];
     if (!allFloat32(operands)) return this.onHost('attentionBackward', [grad, q, k, v, probs, dq, dk, dv, l]);
     const [gp, qp, kp, vp, pp, dqp, dkp, dvp] = operands.map((s) => ws(s).ptr);
-    attentionBackwardWasm({ exports: this.k, scratch: (b) => this.scratch(b) }, gp, qp, kp, vp, pp, dqp, dkp, dvp, l);
+    const threads = this.attentionThreads(l, ATTENTION_BACKWARD_FLOPS);
+    if (threads <= 1) return attentionBackwardWasm({ exports: this.k, scratch: (b) => this.scratch(b) }, gp, qp, kp, vp, pp, dqp, dkp, dvp, l);
+    const bytes = Math.ceil(attentionBackwardArgs(gp, qp, kp, vp, pp, dqp, dkp, dvp, l)[1] / 16) * 16;
+    const scratch = this.scratch(threads * bytes);
+    this.runSplit(
+      splitRange(l.n, threads).map(([b0, b1], t) => {
+        const [args] = attentionBackwardArgs(gp, qp, kp, vp, pp, dqp, dkp, dvp, l, b0, b1);
+        return [{ ...this.kernelCall('attn_backward', [...args, scratch + t * bytes]), floats: true }];
+      }),
+    );
+  }
+
+  /**
+   * Threads for an attention call, split by batch: its products over a head's d features (8 in
+   * the ViT) run far below the matmul rate the cost model counts in, so the work is priced by
+   * measured time (ATTENTION_FORWARD_FLOPS).
+   */
+  private attentionThreads(l: AttentionLayout, flopsPer = ATTENTION_FORWARD_FLOPS): number {
+    if (!this.pool || l.n < 2) return 1;
+    return Math.min(l.n, this.splitThreads(flopsPer * l.n * l.heads * l.l * l.s * l.d));
   }
 
   attentionBackwardWithSums(grad: Storage, q: Storage, k: Storage, v: Storage, probs: Storage, x: Storage, sums: Storage, l: AttentionLayout): void {
@@ -1454,6 +1491,14 @@ const cpuClock = (globalThis as { process?: { cpuUsage?: (from?: CpuUsage) => Cp
 
 /** Bytes below which a memory-bound kernel runs on one thread (splitMemoryBound). */
 const MEMORY_SPLIT_BYTES = 2 << 20;
+
+/**
+ * Flops an attention call is priced at per n x heads x l x s x d (attentionThreads): the ViT's
+ * (n 32, 4 heads, 17 x 17, d 8) forward took about 300 us and its backward 240 us on one thread
+ * (2026-11-30), what the cost model's matmul rate (29 GFLOP/s) does in 8.8 and 7.1 MFLOP.
+ */
+const ATTENTION_FORWARD_FLOPS = 30;
+const ATTENTION_BACKWARD_FLOPS = 24;
 
 
 /**
