@@ -56,6 +56,37 @@ describe('elementwise calls split by their cost', () => {
     expect(r.b).toEqual(r.a);
   });
 
+  // Float parameters travel to the workers too (as float64 records): x ** 2.5 takes pow's
+  // general form; x ** 3 is three products (cheap: stays on one thread at this size); elu is a
+  // transcendental; affine costs what copy does.
+  it.each([
+    ['powScalar', 2.5, 0, 1],
+    ['powScalar', -1.5, 0, 1],
+    ['powScalar', 3, 0, 0],
+    ['elu', 0.7, 0, 1],
+    ['affine', 1.5, -0.25, 0],
+  ] as [UnaryOp, number, number, number][])('unary %s(x, %d, %d)', (op, p0, p1, expected) => {
+    const r = both((b, xs, _ys, out) => b.unary(op, xs, out, p0, p1));
+    expect(r.split, `${op} split`).toBe(expected);
+    expect(r.b).toEqual(r.a);
+  });
+
+  it('a cheap op with float parameters splits past the 2 MB floor (affine over 4.8 MB)', () => {
+    const big = 600_000;
+    const xb = randomF32(big, 9, -3, 3);
+    const run = (b: WasmBackend) => {
+      const [xs, out] = [b.upload(xb, 'float32'), b.alloc(big, 'float32')];
+      b.unary('affine', xs, out, 1.1, 0.3);
+      const r = b.readSync(out);
+      [xs, out].forEach((s) => b.release(s));
+      return r;
+    };
+    const before = splits();
+    const got = run(two);
+    expect(splits() - before).toBe(1);
+    expect(got).toEqual(run(one));
+  });
+
   it.each([
     ['pow', 1],
     ['add', 0],

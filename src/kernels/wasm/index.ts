@@ -805,9 +805,8 @@ export class WasmBackend implements Backend {
     const kernelOp = op === 'powScalar' && p0 === 2 && xs.dtype === 'float32' ? 'square' : op;
     const fn = this.unaryKernel(kernelOp, xs.dtype, o.dtype);
     if (!fn) this.cpu.unary(op, this.host(x), this.host(out), p0, p1);
-    // The pool passes i32 arguments only: the ops with float parameters (and the limited ones,
-    // which return a flag) run unsplit.
-    else if (p0 === 0 && p1 === 0 && !(kernelOp in SIMD_UNARY_LIMIT) && this.splitFlat(unaryExport(kernelOp, xs.dtype === 'float32' ? 'f32' : 'i32'), xs, o, ELEMENTWISE_COST[kernelOp])) return;
+    // The limited ones (they return a flag, which a worker cannot hand back) run unsplit.
+    else if (!(kernelOp in SIMD_UNARY_LIMIT) && this.splitFlat(unaryExport(kernelOp, xs.dtype === 'float32' ? 'f32' : 'i32'), xs, o, unaryCost(kernelOp, p0), p0, p1)) return;
     else if (fn(xs.ptr, o.ptr, xs.numel, p0, p1)) this.finishBeyondLimit(op, o, p0, p1);
   }
 
@@ -815,14 +814,17 @@ export class WasmBackend implements Backend {
    * A unary kernel over `x` split in runs of whole vectors among threads, where the cost model
    * says so (false: not split). Each element is the same function of its input on any thread.
    */
-  private splitFlat(name: string, x: WasmStorage, out: WasmStorage, cost = 1): boolean {
+  private splitFlat(name: string, x: WasmStorage, out: WasmStorage, cost = 1, p0 = 0, p1 = 0): boolean {
     const n = x.numel;
     const threads = this.splitMemoryBound(cost * n, cost * n * (BYTES[x.dtype] + BYTES[out.dtype]));
     if (threads <= 1) return false;
     const [xb, ob] = [BYTES[x.dtype], BYTES[out.dtype]];
+    // Float parameters travel as float64 records (one part per thread): the export rounds them to
+    // f32 on every thread as it does here.
+    const floats = p0 !== 0 || p1 !== 0;
     const parts = splitRange(Math.ceil(n / 4), threads).map(([q0, q1]) => {
       const [i0, i1] = [4 * q0, Math.min(n, 4 * q1)];
-      return [this.kernelCall(name, [x.ptr + i0 * xb, out.ptr + i0 * ob, i1 - i0, 0, 0])];
+      return [{ ...this.kernelCall(name, [x.ptr + i0 * xb, out.ptr + i0 * ob, i1 - i0, p0, p1]), floats }];
     });
     this.runSplit(parts);
     return true;
@@ -1491,6 +1493,15 @@ const cpuClock = (globalThis as { process?: { cpuUsage?: (from?: CpuUsage) => Cp
 
 /** Bytes below which a memory-bound kernel runs on one thread (splitMemoryBound). */
 const MEMORY_SPLIT_BYTES = 2 << 20;
+
+/**
+ * A unary op's cost over copy's (ELEMENTWISE_COST); x ** p takes pow's general form except where p
+ * is 0.5 or whole up to 32 (module.ts powV: a square root or a few products).
+ */
+function unaryCost(op: UnaryOp, p0: number): number | undefined {
+  if (op !== 'powScalar') return ELEMENTWISE_COST[op];
+  return p0 === 0.5 || (Number.isInteger(p0) && Math.abs(p0) <= 32) ? 3 : ELEMENTWISE_COST.pow;
+}
 
 /**
  * Flops an attention call is priced at per n x heads x l x s x d (attentionThreads): the ViT's
