@@ -1477,7 +1477,7 @@ export class WasmBackend implements Backend {
   private binaryKernelDtype(op: BinaryOp, a: DType, b: DType, out: DType): 'f32' | 'i32' | null {
     if (a !== b || (a !== 'float32' && a !== 'int32')) return null;
     const compare = (SIMD_COMPARE as readonly string[]).includes(op);
-    const ops: readonly string[] = compare ? SIMD_COMPARE : a === 'float32' ? [...SIMD_BINARY_F32, ...SIMD_BINARY_F32_CALLED] : SIMD_BINARY_I32;
+    const ops: readonly string[] = compare ? SIMD_COMPARE : a === 'float32' ? FLOAT_BINARY_KERNELS : SIMD_BINARY_I32;
     return ops.includes(op) && out === (compare ? 'bool' : a) ? (a === 'float32' ? 'f32' : 'i32') : null;
   }
 }
@@ -1511,6 +1511,8 @@ function unaryCost(op: UnaryOp, p0: number): number | undefined {
 const ATTENTION_FORWARD_FLOPS = 30;
 const ATTENTION_BACKWARD_FLOPS = 24;
 
+/** The float32 binary ops with a row kernel: the inline bodies and the called ones (pow). */
+const FLOAT_BINARY_KERNELS: readonly string[] = [...SIMD_BINARY_F32, ...SIMD_BINARY_F32_CALLED];
 
 /**
  * Bytes (over all its vectors) below which an arena pass runs on one thread. Measured on this
